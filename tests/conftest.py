@@ -1,0 +1,7 @@
+"""Root test configuration: shared fixtures come from plugins so each area owns its own file.
+
+- tests/pgfixtures.py: a real PostgreSQL server (DATABASE_URL or the embedded PostgreSQL 18) and fresh databases
+- tests/testbed/plugin.py: the real Kubernetes test bed (kube-apiserver, kube-controller-manager, etcd, node stand-in)
+"""
+
+pytest_plugins = ["tests.pgfixtures", "tests.testbed.plugin"]
