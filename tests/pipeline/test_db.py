@@ -1,0 +1,110 @@
+"""schemagate.runner.db: redaction, URL handling, error classification, the embedded server, the fixtures."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from schemagate.runner import db
+from schemagate.runner.result import Outcome
+
+
+def test_fresh_db_is_a_real_empty_database(fresh_db: str) -> None:
+    engine = sa.create_engine(db.sqlalchemy_url(fresh_db), poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        assert conn.scalar(sa.text("select current_database()")) == db.database_name(fresh_db)
+        assert conn.scalar(sa.text("select count(*) from pg_tables where schemaname='public'")) == 0
+        version = conn.scalar(sa.text("show server_version_num"))
+    engine.dispose()
+    assert int(version) >= 120000
+
+
+def test_redact_masks_urls_and_key_values() -> None:
+    text = (
+        "connect postgresql+psycopg://app:s3cr%40t@db:5432/x failed; dsn host=db password=hunter22 user=app; "
+        "PGPASSWORD=abc123 and URL('postgresql://u:p@h/d') password='zzz'"
+    )
+    out = db.redact(text)
+    for secret in ("s3cr%40t", "hunter22", "abc123", ":p@", "zzz"):
+        assert secret not in out, out
+    assert "app:***@db:5432" in out
+    assert "postgresql://u@h" not in out  # user kept, password masked
+    db.register_secret("correct-horse")
+    assert "correct-horse" not in db.redact("oops correct-horse leaked")
+
+
+def test_urls() -> None:
+    assert db.sqlalchemy_url("postgres://u:p@h/d") == "postgresql+psycopg://u:p@h/d"
+    assert db.sqlalchemy_url("postgresql+psycopg2://u:p@h/d") == "postgresql+psycopg2://u:p@h/d"
+    assert db.libpq_url("postgresql+psycopg://u:p@h/d") == "postgresql://u:p@h/d"
+    url, pw = db.libpq_url_and_password("postgresql+psycopg://u:p%40ss@h:5/d?sslmode=disable")
+    assert url == "postgresql://u@h:5/d?sslmode=disable" and pw == "p@ss"
+
+
+def test_resolve_url(monkeypatch) -> None:
+    monkeypatch.delenv("SG_MISSING", raising=False)
+    try:
+        db.resolve_url(None, "SG_MISSING")
+    except db.InvalidInputError as e:
+        assert "SG_MISSING" in str(e)
+    else:
+        raise AssertionError("expected InvalidInputError")
+    monkeypatch.setenv("SG_URL", "postgresql://u:topsecret1@h/d")
+    assert db.resolve_url(None, "SG_URL").endswith("@h/d")
+    assert "topsecret1" not in db.redact("x topsecret1 y")
+
+
+def _connect_error(url: str) -> BaseException:
+    engine = sa.create_engine(db.sqlalchemy_url(url), poolclass=sa.pool.NullPool,
+                              connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect():
+            pass
+    except Exception as e:  # noqa: BLE001
+        return e
+    finally:
+        engine.dispose()
+    raise AssertionError("connection unexpectedly succeeded")
+
+
+def test_classify_real_errors(fresh_db: str) -> None:
+    port = db.free_port()
+    out, reason, msg = db.classify_error(_connect_error(f"postgresql://u:pw12345@127.0.0.1:{port}/x"))
+    assert (out, reason) == (Outcome.TRANSIENT_ERROR, "DatabaseUnreachable"), msg
+    assert "pw12345" not in msg
+
+    bad = fresh_db.replace("@", "x@", 0)
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(fresh_db)
+    bad = fresh_db.replace(f":{u.password}@", ":WrongPassw0rd@")
+    out, reason, msg = db.classify_error(_connect_error(bad))
+    assert (out, reason) == (Outcome.PERMANENT_ERROR, "AuthenticationFailed"), msg
+    assert "WrongPassw0rd" not in msg
+
+    out, reason, msg = db.classify_error(_connect_error(db.with_database(fresh_db, "no_such_db_xyz")))
+    assert (out, reason) == (Outcome.PERMANENT_ERROR, "DatabaseUnreachable"), msg
+    assert "no_such_db_xyz" in msg
+
+    engine = sa.create_engine(db.sqlalchemy_url(fresh_db), poolclass=sa.pool.NullPool)
+    with engine.connect() as a:
+        a.exec_driver_sql("create table t (x int)")
+        a.commit()
+        a.exec_driver_sql("lock table t in access exclusive mode")
+        with engine.connect() as b:
+            b.exec_driver_sql("set lock_timeout = '100ms'")
+            try:
+                b.exec_driver_sql("select * from t")
+            except Exception as e:  # noqa: BLE001
+                out, reason, msg = db.classify_error(e)
+            else:
+                raise AssertionError("no lock timeout")
+        a.rollback()
+    engine.dispose()
+    assert (out, reason) == (Outcome.TRANSIENT_ERROR, "LockTimeout"), msg
+    out, reason, msg = db.classify_error(RuntimeError("boom"), "MigrationFailed")
+    assert (out, reason) == (Outcome.PERMANENT_ERROR, "MigrationFailed")
+
+
+def test_pg_bin_prefers_embedded() -> None:
+    path = db.pg_bin("pg_dump")
+    assert "pginstall" in path or db.embedded_bin_dir() is None
