@@ -1,0 +1,319 @@
+"""``schemagate wait``: block until one DatabaseMigration is Ready (for init containers and CI).
+
+Needs only ``get`` on that one resource (a Role with ``resourceNames: [<name>]``): it polls, it does not
+list or watch. It reads the status the same way as the rollout gate (:func:`schemagate.core.gate.migration_state`):
+Ready means phase Succeeded and ``Ready=True`` for the *current* generation, and, with ``--revision``,
+``status.currentRevision`` equal to it.
+
+Exit codes (:class:`WaitExit`):
+  0    Ready
+  3    Blocked or Failed for the current generation (fails fast; the reason is printed and written to the
+       termination-message file)
+  4    cannot read the DatabaseMigration: forbidden/unauthorized (RBAC) or no Kubernetes configuration
+  124  timed out (the convention of coreutils ``timeout``); a missing DatabaseMigration is waited for
+  2    usage error (argparse)
+Transient API errors are retried until the timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from schemagate import API_GROUP, API_VERSION
+from schemagate.core.gate import GateReason, migration_state
+
+PLURAL = "databasemigrations"
+SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+TERMINATION_LOG_ENV = "SCHEMAGATE_TERMINATION_LOG"
+
+
+class WaitExit(enum.IntEnum):
+    READY = 0
+    BLOCKED_OR_FAILED = 3
+    ACCESS_ERROR = 4
+    TIMEOUT = 124
+
+
+class AccessError(Exception):
+    """The DatabaseMigration cannot be read (401/403 or no configuration): retrying will not help."""
+
+
+@dataclass
+class WaitResult:
+    exit_code: WaitExit
+    outcome: str  # Ready | Blocked | Failed | Timeout | AccessError
+    reason: str
+    message: str
+    name: str
+    namespace: str
+    waited_seconds: float
+    phase: str | None = None
+    current_revision: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": "WaitResult",
+            "name": self.name,
+            "namespace": self.namespace,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "message": self.message,
+            "phase": self.phase,
+            "currentRevision": self.current_revision,
+            "waitedSeconds": round(self.waited_seconds, 2),
+            "exitCode": int(self.exit_code),
+        }
+
+
+Getter = Callable[[], "Mapping[str, Any] | None"]
+
+
+def wait_for(
+    get: Getter,
+    *,
+    name: str,
+    namespace: str,
+    revision: str | None = None,
+    timeout: float = 0.0,
+    interval: float = 2.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> WaitResult:
+    """Poll ``get`` (returns the object, or None when it does not exist) until a final answer.
+
+    ``timeout`` <= 0 waits forever. ``get`` raises :class:`AccessError` for permanent access problems; any
+    other exception is logged and retried.
+    """
+    start = clock()
+    last_line = None
+
+    def result(code: WaitExit, outcome: str, reason: str, message: str, obj: Mapping[str, Any] | None = None):
+        status = (obj or {}).get("status") or {}
+        return WaitResult(
+            code,
+            outcome,
+            reason,
+            message,
+            name,
+            namespace,
+            clock() - start,
+            phase=status.get("phase"),
+            current_revision=status.get("currentRevision"),
+        )
+
+    obj: Mapping[str, Any] | None = None
+    while True:
+        try:
+            obj = get()
+        except AccessError as exc:
+            return result(WaitExit.ACCESS_ERROR, "AccessError", "Forbidden", str(exc))
+        except Exception as exc:  # transient: API server restarting, network, 5xx
+            line = (
+                f"waiting: cannot read DatabaseMigration {namespace}/{name} yet ({type(exc).__name__}: {exc})"
+            )
+            obj = None
+        else:
+            if obj is None:
+                line = f"waiting: DatabaseMigration {namespace}/{name} does not exist yet"
+            else:
+                ready, reason, message = migration_state(obj, revision)
+                if ready:
+                    return result(WaitExit.READY, "Ready", reason.value, message, obj)
+                if reason in (GateReason.BLOCKED, GateReason.FAILED):
+                    outcome = "Blocked" if reason is GateReason.BLOCKED else "Failed"
+                    return result(WaitExit.BLOCKED_OR_FAILED, outcome, reason.value, message, obj)
+                line = f"waiting: {message}"
+        if line != last_line:
+            log(line)
+            last_line = line
+        elapsed = clock() - start
+        if timeout > 0 and elapsed >= timeout:
+            detail = last_line.removeprefix("waiting: ") if last_line else ""
+            return result(
+                WaitExit.TIMEOUT,
+                "Timeout",
+                "Timeout",
+                f"DatabaseMigration {namespace}/{name} not Ready after {timeout:g}s ({detail})",
+                obj,
+            )
+        sleep(min(interval, timeout - elapsed) if timeout > 0 else interval)
+
+
+# --- Kubernetes I/O -------------------------------------------------------------------------------------------
+
+
+def default_namespace() -> str:
+    """POD_NAMESPACE, else the service-account namespace, else the kubeconfig context's, else ``default``."""
+    env = os.environ.get("POD_NAMESPACE")
+    if env:
+        return env
+    try:
+        with open(SA_NAMESPACE_FILE, encoding="utf-8") as fh:
+            ns = fh.read().strip()
+            if ns:
+                return ns
+    except OSError:
+        pass
+    try:
+        from kubernetes import config
+
+        _, active = config.list_kube_config_contexts()
+        ns = (active or {}).get("context", {}).get("namespace")
+        if ns:
+            return str(ns)
+    except Exception:  # noqa: S110 - no kubeconfig: fall through to "default"
+        pass
+    return "default"
+
+
+def kubernetes_getter(name: str, namespace: str) -> Getter:
+    """A getter over the official client: in-cluster configuration first, then ``$KUBECONFIG``/~/.kube/config."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except Exception as exc:
+            raise AccessError(f"no in-cluster service account and no usable kubeconfig: {exc}") from exc
+    api = client.CustomObjectsApi()
+
+    def get() -> Mapping[str, Any] | None:
+        try:
+            obj = api.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            if exc.status in (401, 403):
+                raise AccessError(
+                    f"{exc.status} {exc.reason}: this identity may not get databasemigrations.{API_GROUP} "
+                    f"{namespace}/{name} (grant get on it with a Role using resourceNames)"
+                ) from exc
+            raise
+        return obj if isinstance(obj, Mapping) else None
+
+    return get
+
+
+# --- command line ---------------------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``300``, ``300s``, ``5m``, ``1h30m`` -> seconds; ``0`` means no limit."""
+    m = _DURATION.match(text or "")
+    if not text or not m or not any(m.groups()):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 300, 90s, 10m, 1h)")
+    h, mi, s = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mi * 60 + s
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("name", help="DatabaseMigration name")
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        help="its namespace (default: $POD_NAMESPACE, the service account's namespace, the kubeconfig context's)",
+    )
+    parser.add_argument(
+        "--revision", help="also require status.currentRevision to equal this Alembic revision id"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=parse_duration,
+        default=0.0,
+        help="give up after this long, exit 124 (e.g. 300, 10m; default 0 = wait forever)",
+    )
+    parser.add_argument("--interval", type=parse_duration, default=2.0, help="poll interval (default 2s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document (WaitResult) at the end")
+    parser.add_argument(
+        "--termination-log",
+        default=os.environ.get(TERMINATION_LOG_ENV),
+        help=f"also write the final message to this file (default ${TERMINATION_LOG_ENV}), "
+        "e.g. /dev/termination-log so `kubectl describe pod` shows why the init container failed",
+    )
+    return parser
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``wait`` on the ``schemagate`` command's sub-parsers; dispatch with :func:`run`."""
+    parser = subparsers.add_parser(
+        "wait",
+        help="wait until a DatabaseMigration is Ready (exit 0), Blocked/Failed (3), forbidden (4) or timed out (124)",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace, *, getter: Getter | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = sys.stderr
+    namespace = args.namespace or default_namespace()
+
+    def log(line: str) -> None:
+        print(line, file=err, flush=True)
+
+    if getter is None:
+        try:
+            getter = kubernetes_getter(args.name, namespace)
+        except AccessError as exc:
+            res = WaitResult(
+                WaitExit.ACCESS_ERROR, "AccessError", "NoConfiguration", str(exc), args.name, namespace, 0.0
+            )
+            return _finish(res, args, out)
+    log(
+        f"waiting for DatabaseMigration {namespace}/{args.name} to be Ready"
+        + (f" at revision {args.revision}" if args.revision else "")
+        + (f" (timeout {args.timeout:g}s)" if args.timeout > 0 else "")
+    )
+    res = wait_for(
+        getter,
+        name=args.name,
+        namespace=namespace,
+        revision=args.revision,
+        timeout=args.timeout,
+        interval=max(args.interval, 0.05),
+        log=log,
+    )
+    return _finish(res, args, out)
+
+
+def _finish(res: WaitResult, args: argparse.Namespace, out: TextIO) -> int:
+    if args.json:
+        print(json.dumps(res.to_json()), file=out, flush=True)
+    else:
+        print(f"{res.outcome}: {res.message}", file=out, flush=True)
+    if args.termination_log:
+        try:
+            with open(args.termination_log, "w", encoding="utf-8") as fh:
+                fh.write(f"{res.outcome} ({res.reason}): {res.message}"[:4000])
+        except OSError:
+            pass
+    return int(res.exit_code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(prog="schemagate wait", description=__doc__))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # python -m schemagate.waiter
+    sys.exit(main())
