@@ -1,0 +1,396 @@
+"""Count the rows that would violate a set of constraints, with PostgreSQL's own semantics.
+
+Semantics (what PostgreSQL checks when it adds or validates the constraint):
+
+- CHECK (expr): a row violates only where ``expr IS FALSE``; NULL passes.
+- NOT NULL col: a row violates where ``col IS NULL``.
+- UNIQUE (k1, .., kn) [WHERE pred]: the violating rows are the rows in groups of equal keys with more than one
+  row. A row with a NULL in any key takes part in no group (NULLs are distinct) unless the index is
+  ``NULLS NOT DISTINCT``.
+- FOREIGN KEY (c1, .., cn) REFERENCES p (k1, .., kn): MATCH SIMPLE checks a row only when *every* key column
+  is non-NULL; MATCH FULL additionally rejects a partly NULL key. This is ``RI_Initial_Check``
+  (``src/backend/utils/adt/ri_triggers.c``), the anti-join PostgreSQL itself runs on VALIDATE.
+
+Efficiency (see the notes on efficient counting): the CHECK, NOT NULL and foreign-key predicates of one table are
+counted in **one scan** of that table::
+
+    SELECT count(*) AS "rows",
+           count(*) FILTER (WHERE (amount > 0) IS FALSE) AS c1,
+           count(*) FILTER (WHERE t."note" IS NULL) AS c2,
+           count(*) FILTER (WHERE t."order_id" IS NOT NULL AND f3."k1" IS NULL) AS c3
+    FROM "public"."ledger" AS t
+    LEFT JOIN (SELECT "id" AS "k1" FROM "public"."orders") AS f3 ON t."order_id" = f3."k1"
+
+A foreign key joins the parent (one hash build or index probes) as the left anti-join ``RI_Initial_Check``
+uses; it is folded into the table's scan only when the *current* parent has a unique index on the referenced
+columns (the join then cannot multiply rows). Otherwise it is counted on its own with ``NOT EXISTS``.
+UNIQUE is counted with ``GROUP BY .. HAVING count(*) > 1``.
+
+Everything runs in one ``REPEATABLE READ, READ ONLY`` transaction (one snapshot for all tables) with the
+session's ``statement_timeout`` set; user checks (name + SQL returning one number) run in the same transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+KINDS = ("check", "notnull", "unique", "foreignkey", "user")
+
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier the way PostgreSQL's ``quote_ident`` does, but always (safe and simple)."""
+    if "\x00" in name:
+        raise ValueError("identifier contains a NUL byte")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qualified(schema: str | None, name: str) -> str:
+    return f"{quote_ident(schema)}.{quote_ident(name)}" if schema else quote_ident(name)
+
+
+def quote_literal(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("literal contains a NUL byte")
+    return "'" + value.replace("'", "''") + "'"
+
+
+@dataclass
+class Check:
+    """One thing to count. Build with the ``check_``/``notnull``/``unique``/``foreign_key``/``user`` helpers.
+
+    ``count`` is filled by :func:`run_counts`: an int, or None when the check was skipped (``skipped``) or could
+    not be evaluated (``error``).
+    """
+
+    name: str
+    kind: str
+    table: str | None = None  # display form "schema.table"
+    schema: str | None = None
+    relname: str | None = None
+    definition: str = ""
+    expr: str | None = None  # CHECK: the boolean expression, as pg_get_expr prints it
+    columns: tuple[str, ...] = ()  # NOT NULL: (col,); FK: referencing columns (names)
+    keys: tuple[str, ...] = ()  # UNIQUE: key columns/expressions as SQL text (already quoted)
+    predicate: str | None = None  # UNIQUE partial index predicate
+    nulls_not_distinct: bool = False
+    ref_schema: str | None = None
+    ref_relname: str | None = None
+    ref_columns: tuple[str, ...] = ()
+    match_full: bool = False
+    ref_is_new: bool = False  # the referenced table does not exist yet: it is empty when the FK is added
+    ref_unique: bool = False  # the current parent has a unique index on ref_columns: the FK may join the scan
+    only: bool = False  # count FROM ONLY (inheritance parent whose constraint does not cover the children)
+    sql: str | None = None  # user check: SQL returning one number
+    revision: str | None = None
+    note: str | None = None
+    skipped: bool = False
+    count: int | None = None
+    error: str | None = None
+    seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The precheck result's check entry (docs/architecture.md)."""
+        return {
+            "name": self.name,
+            "table": self.table,
+            "kind": self.kind,
+            "definition": self.definition,
+            "count": self.count,
+            "revision": self.revision,
+            "note": self.note,
+        }
+
+    @property
+    def source(self) -> str:
+        """``FROM`` target for this check's table."""
+        assert self.relname is not None
+        return ("ONLY " if self.only else "") + qualified(self.schema, self.relname)
+
+
+# --- constructors -------------------------------------------------------------------------------------------
+
+
+def _display(schema: str | None, relname: str) -> str:
+    return f"{schema}.{relname}" if schema else relname
+
+
+def check_(name: str, schema: str | None, relname: str, expr: str, **kw: Any) -> Check:
+    kw.setdefault("definition", f"CHECK ({expr})")
+    return Check(name=name, kind="check", table=_display(schema, relname), schema=schema, relname=relname,
+                 expr=expr, **kw)
+
+
+def notnull(name: str, schema: str | None, relname: str, column: str, **kw: Any) -> Check:
+    kw.setdefault("definition", f"{quote_ident(column)} NOT NULL")
+    return Check(name=name, kind="notnull", table=_display(schema, relname), schema=schema, relname=relname,
+                 columns=(column,), **kw)
+
+
+def unique(name: str, schema: str | None, relname: str, keys: Sequence[str], *, predicate: str | None = None,
+           nulls_not_distinct: bool = False, **kw: Any) -> Check:
+    """``keys`` are SQL texts (quoted column names or expressions, as ``pg_get_indexdef(oid, k, true)`` prints)."""
+    kw.setdefault("definition", "UNIQUE " + ("NULLS NOT DISTINCT " if nulls_not_distinct else "")
+                  + "(" + ", ".join(keys) + ")" + (f" WHERE {predicate}" if predicate else ""))
+    return Check(name=name, kind="unique", table=_display(schema, relname), schema=schema, relname=relname,
+                 keys=tuple(keys), predicate=predicate, nulls_not_distinct=nulls_not_distinct, **kw)
+
+
+def foreign_key(name: str, schema: str | None, relname: str, columns: Sequence[str], ref_schema: str | None,
+                ref_relname: str, ref_columns: Sequence[str], *, match_full: bool = False, **kw: Any) -> Check:
+    if len(columns) != len(ref_columns) or not columns:
+        raise ValueError("a foreign key needs as many referencing as referenced columns")
+    kw.setdefault("definition", "FOREIGN KEY (" + ", ".join(map(quote_ident, columns)) + ") REFERENCES "
+                  + qualified(ref_schema, ref_relname) + "(" + ", ".join(map(quote_ident, ref_columns)) + ")"
+                  + (" MATCH FULL" if match_full else ""))
+    return Check(name=name, kind="foreignkey", table=_display(schema, relname), schema=schema, relname=relname,
+                 columns=tuple(columns), ref_schema=ref_schema, ref_relname=ref_relname,
+                 ref_columns=tuple(ref_columns), match_full=match_full, **kw)
+
+
+def user(name: str, sql: str, *, table: str | None = None, definition: str | None = None) -> Check:
+    """A user-defined check: ``sql`` must return one row with one number (the violation count)."""
+    if not name or not sql or not sql.strip():
+        raise ValueError("a user check needs a name and SQL")
+    return Check(name=name, kind="user", table=table, sql=sql.strip().rstrip(";"),
+                 definition=definition or sql.strip())
+
+
+# --- SQL generation (pure) ----------------------------------------------------------------------------------
+
+
+def _fk_key_nulls(alias: str, cols: Sequence[str]) -> tuple[str, str]:
+    """(all key columns non-NULL, MATCH FULL partial-NULL) predicates on ``alias``."""
+    refs = [f"{alias}.{quote_ident(c)}" for c in cols]
+    all_set = " AND ".join(f"{r} IS NOT NULL" for r in refs)
+    partial = f"num_nulls({', '.join(refs)}) BETWEEN 1 AND {len(refs) - 1}" if len(refs) > 1 else "false"
+    return all_set, partial
+
+
+def scan_predicate(check: Check, fk_alias: str | None = None) -> str:
+    """The FILTER predicate of a check counted in its table's scan (table alias ``t``)."""
+    if check.kind == "check":
+        return f"({check.expr}) IS FALSE"
+    if check.kind == "notnull":
+        return f"t.{quote_ident(check.columns[0])} IS NULL"
+    if check.kind == "foreignkey":
+        all_set, partial = _fk_key_nulls("t", check.columns)
+        if check.ref_is_new:
+            missing = f"({all_set})"
+        else:
+            assert fk_alias is not None
+            missing = f"({all_set} AND {fk_alias}.\"k1\" IS NULL)"
+        return f"({partial}) OR {missing}" if check.match_full else missing
+    raise ValueError(f"{check.kind} checks are not counted in a table scan")
+
+
+def foldable(check: Check) -> bool:
+    """Can this check be counted inside its table's single scan?"""
+    if check.kind in ("check", "notnull"):
+        return True
+    return check.kind == "foreignkey" and (check.ref_is_new or check.ref_unique)
+
+
+def fk_join(check: Check, alias: str) -> str:
+    """``LEFT JOIN`` of the referenced key, aliased so its columns cannot clash with the table's."""
+    cols = ", ".join(f"{quote_ident(c)} AS \"k{i}\"" for i, c in enumerate(check.ref_columns, 1))
+    on = " AND ".join(f"t.{quote_ident(c)} = {alias}.\"k{i}\"" for i, c in enumerate(check.columns, 1))
+    only = "ONLY " if check.extra.get("ref_only") else ""
+    parent = only + qualified(check.ref_schema, check.ref_relname or "")
+    return f"LEFT JOIN (SELECT {cols} FROM {parent}) AS {alias} ON {on}"  # noqa: S608 - identifiers quoted
+
+
+def table_scan_sql(checks: Sequence[Check]) -> str:
+    """One query counting every foldable check of one table (all must share ``source``)."""
+    if not checks:
+        raise ValueError("no checks")
+    source = checks[0].source
+    if any(c.source != source for c in checks):
+        raise ValueError("checks of different tables in one scan")
+    cols = ['count(*) AS "rows"']
+    joins = []
+    for i, c in enumerate(checks, 1):
+        alias = None
+        if c.kind == "foreignkey" and not c.ref_is_new:
+            alias = f"f{i}"
+            joins.append(fk_join(c, alias))
+        cols.append(f"count(*) FILTER (WHERE {scan_predicate(c, alias)}) AS c{i}")
+    return "SELECT " + ",\n       ".join(cols) + f"\nFROM {source} AS t" + "".join("\n" + j for j in joins)
+
+
+def fk_not_exists_sql(check: Check) -> str:
+    """A foreign key counted on its own: the ``NOT EXISTS`` anti-join (``RI_Initial_Check``)."""
+    all_set, partial = _fk_key_nulls("t", check.columns)
+    if check.ref_is_new:
+        missing = f"({all_set})"
+    else:
+        only = "ONLY " if check.extra.get("ref_only") else ""
+        eq = " AND ".join(f"p.{quote_ident(r)} = t.{quote_ident(c)}" for c, r in zip(check.columns,
+                                                                                     check.ref_columns, strict=True))
+        parent = only + qualified(check.ref_schema, check.ref_relname or "")
+        missing = f"({all_set} AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {eq}))"  # noqa: S608
+    where = f"({partial}) OR {missing}" if check.match_full else missing
+    return f"SELECT count(*) FROM {check.source} AS t WHERE {where}"  # noqa: S608 - identifiers quoted
+
+
+def unique_sql(check: Check) -> str:
+    """Rows in duplicate groups, and the number of groups."""
+    conds = [] if check.nulls_not_distinct else [f"({k}) IS NOT NULL" for k in check.keys]
+    if check.predicate:
+        conds.append(f"({check.predicate})")
+    where = (" WHERE " + " AND ".join(conds)) if conds else ""
+    keys = ", ".join(f"({k})" for k in check.keys)
+    inner = f"SELECT count(*) AS n FROM {check.source}{where} GROUP BY {keys} HAVING count(*) > 1"  # noqa: S608
+    return f"SELECT coalesce(sum(n), 0)::bigint, count(*) FROM ({inner}) AS dup"  # noqa: S608
+
+
+@dataclass
+class Query:
+    sql: str
+    checks: list[Check]
+    kind: str  # scan | unique | foreignkey | user
+    table: str | None = None
+
+
+def plan_queries(checks: Iterable[Check]) -> list[Query]:
+    """Group the checks into queries: one scan per (table, ONLY) for CHECK/NOT NULL/joinable FK."""
+    scans: dict[str, list[Check]] = {}
+    out: list[Query] = []
+    for c in checks:
+        if c.skipped:
+            continue
+        if c.kind == "user":
+            assert c.sql is not None
+            out.append(Query(c.sql, [c], "user", c.table))
+        elif foldable(c):
+            scans.setdefault(c.source, []).append(c)
+        elif c.kind == "foreignkey":
+            out.append(Query(fk_not_exists_sql(c), [c], "foreignkey", c.table))
+        elif c.kind == "unique":
+            out.append(Query(unique_sql(c), [c], "unique", c.table))
+        else:
+            raise ValueError(f"unknown check kind {c.kind!r}")
+    scan_queries = [Query(table_scan_sql(cs), cs, "scan", cs[0].table) for cs in scans.values()]
+    return scan_queries + out
+
+
+# --- execution ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CountOptions:
+    statement_timeout: str = "1h"  # per statement; "0" disables
+    lock_timeout: str = "5s"  # ACCESS SHARE waits only behind ACCESS EXCLUSIVE DDL
+    work_mem: str | None = "64MB"  # hash joins/aggregates for FK and UNIQUE
+    max_parallel_workers_per_gather: int | None = None
+    jit: bool | None = None
+
+
+def _set(cur: Any, name: str, value: str) -> None:
+    cur.execute("SELECT set_config(%s, %s, false)", (name, value))
+
+
+def configure_session(conn: Any, opts: CountOptions) -> None:
+    """Timeouts and resources for the counting session (psycopg connection, autocommit)."""
+    with conn.cursor() as cur:
+        _set(cur, "statement_timeout", opts.statement_timeout)
+        _set(cur, "lock_timeout", opts.lock_timeout)
+        _set(cur, "idle_in_transaction_session_timeout", "0")
+        _set(cur, "application_name", "schemagate-precheck")
+        if opts.work_mem:
+            _set(cur, "work_mem", opts.work_mem)
+        if opts.max_parallel_workers_per_gather is not None:
+            _set(cur, "max_parallel_workers_per_gather", str(opts.max_parallel_workers_per_gather))
+        if opts.jit is not None:
+            _set(cur, "jit", "on" if opts.jit else "off")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
+
+
+def _run_one(cur: Any, q: Query) -> None:
+    t0 = time.monotonic()
+    cur.execute(q.sql)
+    row = cur.fetchone()
+    elapsed = time.monotonic() - t0
+    if q.kind == "scan":
+        for i, c in enumerate(q.checks, 1):
+            c.count = int(row[i])
+            c.seconds = elapsed
+    elif q.kind == "unique":
+        c = q.checks[0]
+        c.count, groups = int(row[0]), int(row[1])
+        c.seconds = elapsed
+        if groups:
+            c.note = _join_note(c.note, f"{groups} duplicate group(s)")
+    else:
+        c = q.checks[0]
+        if row is None or len(row) != 1 or cur.fetchone() is not None:
+            raise ValueError("a user check must return exactly one row with one column")
+        try:
+            c.count = int(row[0]) if row[0] is not None else 0
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"a user check must return a number, got {row[0]!r}") from exc
+        c.seconds = elapsed
+
+
+def _join_note(a: str | None, b: str) -> str:
+    return f"{a}; {b}" if a else b
+
+
+def run_counts(conn: Any, checks: Sequence[Check], opts: CountOptions | None = None) -> list[Query]:
+    """Count every non-skipped check on ``conn`` (a psycopg connection in autocommit mode).
+
+    One REPEATABLE READ, READ ONLY transaction; each query runs under a savepoint so that one failing check
+    (e.g. a function its expression calls does not exist yet) marks that check's ``error`` instead of losing the
+    others. A failing table scan is retried check by check to find the culprit. Connection-level errors
+    (server gone, statement timeout is *not* one of them) propagate.
+    """
+    import psycopg
+
+    opts = opts or CountOptions()
+    configure_session(conn, opts)
+    queries = plan_queries(checks)
+    with conn.transaction():
+        with conn.cursor() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            for q in queries:
+                try:
+                    with conn.transaction():
+                        _run_one(cur, q)
+                except (psycopg.errors.QueryCanceled, psycopg.OperationalError):
+                    raise
+                except (psycopg.Error, ValueError) as exc:
+                    if q.kind == "scan" and len(q.checks) > 1:
+                        for c in q.checks:
+                            single = Query(table_scan_sql([c]), [c], "scan", c.table)
+                            try:
+                                with conn.transaction():
+                                    _run_one(cur, single)
+                            except (psycopg.errors.QueryCanceled, psycopg.OperationalError):
+                                raise
+                            except (psycopg.Error, ValueError) as exc2:
+                                c.error = _short(exc2)
+                    else:
+                        for c in q.checks:
+                            c.error = _short(exc)
+    return queries
+
+
+def summarize(checks: Sequence[Check]) -> dict[str, Any]:
+    counted = [c for c in checks if c.count is not None]
+    return {
+        "total": sum(c.count or 0 for c in counted),
+        "errors": [c.name for c in checks if c.error],
+        "skipped": [c.name for c in checks if c.skipped],
+    }
+
+
+def copy_checks(checks: Iterable[Check]) -> list[Check]:
+    return [dataclasses.replace(c, extra=dict(c.extra)) for c in checks]
