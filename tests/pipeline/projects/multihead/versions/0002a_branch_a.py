@@ -1,0 +1,21 @@
+"""branch a (a second head: nobody merged)
+
+Revision ID: 0002a
+Revises: 0001
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002a"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("things", sa.Column("col_a", sa.Integer(), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("things", "col_a")

@@ -1,0 +1,1 @@
+"""A tiny application package: the ORM models an application's env.py typically imports."""
