@@ -1,0 +1,70 @@
+{{/* Chart name, truncated to the 63 characters label values allow. */}}
+{{- define "schemagate.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: the release name when it already contains the chart name ("schemagate" by default). */}}
+{{- define "schemagate.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "schemagate.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "schemagate.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: schemagate
+{{- end }}
+
+{{/* Selector labels of the operator pod. */}}
+{{- define "schemagate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "schemagate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "schemagate.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "schemagate.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "schemagate.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The rules the operator needs inside a watched namespace (or cluster-wide). */}}
+{{- define "schemagate.namespacedRules" -}}
+- apiGroups: [schemagate.dev]
+  resources: [databasemigrations]
+  verbs: [get, list, watch, patch, update]
+- apiGroups: [schemagate.dev]
+  resources: [databasemigrations/status]
+  verbs: [get, patch, update]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, delete, patch]
+# pods: step Job pods (termination messages) and the rollout gate (remove the schemagate.dev/migration gate)
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, patch]
+# secrets: only to report SecretNotFound early; values are read by the step Jobs via secretKeyRef
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end }}
