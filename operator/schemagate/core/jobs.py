@@ -1,0 +1,270 @@
+"""Pure builders of the step Jobs (dicts ready for the API), see the container layouts in docs/architecture.md.
+
+Credentials never appear in a rendered Job: the database URL (or password) reaches the containers only as a
+``secretKeyRef`` environment variable. Job names are deterministic: ``<name>-<generation>-<step>-<n>`` (``n`` counts
+the Jobs of that step in the run), hashed down to 63 characters when long.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from schemagate.core.model import GROUP, KIND, VERSION, Migration
+
+TERMINATION_LOG = "/dev/termination-log"
+RUNNER_DIR = "/schemagate"
+WORK_DIR = "/work"
+BACKUP_DIR = "/backups"
+PLAN_ENV = "SCHEMAGATE_PLAN"
+CHECKS_ENV = "SCHEMAGATE_CHECKS"
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_MIGRATION = "schemagate.dev/migration"
+LABEL_UID = "schemagate.dev/migration-uid"
+LABEL_STEP = "schemagate.dev/step"
+LABEL_GENERATION = "schemagate.dev/generation"
+LABEL_COUNTER = "schemagate.dev/counter"
+MANAGED_BY = "schemagate"
+
+MAX_NAME = 63
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Operator-side settings: the operator's own image (env SCHEMAGATE_RUNNER_IMAGE) runs the non-app steps."""
+
+    runner_image: str
+    runner_pull_policy: str = "IfNotPresent"
+
+
+def job_name(name: str, generation: int, step: str, counter: int) -> str:
+    base = f"{name}-{generation}-{step}-{counter}"
+    if len(base) <= MAX_NAME:
+        return base
+    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
+    suffix = f"-{generation}-{step}-{counter}-{digest}"
+    head = name[: max(1, MAX_NAME - len(suffix))].rstrip("-.")
+    return (head + suffix)[:MAX_NAME]
+
+
+def label_value(value: str) -> str:
+    """A valid label value (<= 63, alphanumeric ends); long or odd values become a hash."""
+    if len(value) <= 63 and _LABEL_VALUE.match(value):
+        return value
+    return "h-" + hashlib.sha256(value.encode()).hexdigest()[:40]
+
+
+def selector(m: Migration) -> dict[str, str]:
+    return {LABEL_UID: m.uid}
+
+
+def owner_reference(m: Migration) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": m.name, "uid": m.uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def database_env(m: Migration) -> list[dict[str, Any]]:
+    """The environment that carries the database location: secretKeyRef only, never a literal credential."""
+    db = m.database
+    url_env = m.migrations.database_url_env
+    if db.url_from is not None:
+        return [{"name": url_env, "valueFrom": {"secretKeyRef": {"name": db.url_from.name, "key": db.url_from.key}}}]
+    assert db.password_from is not None
+    env: list[dict[str, Any]] = [
+        {"name": "PGHOST", "value": db.host},
+        {"name": "PGPORT", "value": str(db.port)},
+        {"name": "PGDATABASE", "value": db.name},
+        {"name": "PGUSER", "value": db.user},
+        {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": db.password_from.name,
+                                                              "key": db.password_from.key}}},
+    ]
+    query = ""
+    if db.ssl_mode:
+        env.append({"name": "PGSSLMODE", "value": db.ssl_mode})
+        query = "?sslmode=$(PGSSLMODE)"
+    # No password in the URL: libpq takes it from PGPASSWORD.
+    env.append({"name": url_env, "value": f"postgresql://$(PGUSER)@$(PGHOST):$(PGPORT)/$(PGDATABASE){query}"})
+    return env
+
+
+def _common_env(m: Migration) -> list[dict[str, Any]]:
+    return [{"name": "SCHEMAGATE_TERMINATION_LOG", "value": TERMINATION_LOG}, *database_env(m)]
+
+
+def _security(app: bool) -> dict[str, Any]:
+    sc: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    if not app:
+        sc.update({"runAsNonRoot": True, "readOnlyRootFilesystem": True})
+    return sc
+
+
+def _container(m: Migration, s: JobSettings, name: str, command: list[str], *, app: bool = False,
+               extra_env: list[dict[str, Any]] | None = None, mounts: list[dict[str, Any]] | None = None,
+               db: bool = True, working_dir: str | None = None) -> dict[str, Any]:
+    env = _common_env(m) if db else [{"name": "SCHEMAGATE_TERMINATION_LOG", "value": TERMINATION_LOG}]
+    if app:
+        env.append({"name": "PYTHONPATH", "value": RUNNER_DIR})
+    c: dict[str, Any] = {
+        "name": name,
+        "image": m.migrations.image if app else s.runner_image,
+        "command": command,
+        "env": env + list(extra_env or []),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": _security(app),
+        "volumeMounts": list(mounts or []),
+    }
+    pull = m.migrations.image_pull_policy if app else s.runner_pull_policy
+    if pull:
+        c["imagePullPolicy"] = pull
+    if m.job_template.resources:
+        c["resources"] = m.job_template.resources
+    if working_dir:
+        c["workingDir"] = working_dir
+    return c
+
+
+def _tmp_mount() -> dict[str, Any]:
+    return {"name": "tmp", "mountPath": "/tmp"}
+
+
+def _runner_mount() -> dict[str, Any]:
+    return {"name": "schemagate-runner", "mountPath": RUNNER_DIR}
+
+
+def _install_runner(m: Migration, s: JobSettings) -> dict[str, Any]:
+    return _container(m, s, "install-runner", ["schemagate", "install-runner", RUNNER_DIR], db=False,
+                      mounts=[_runner_mount()])
+
+
+def _alembic_config(m: Migration) -> str:
+    return m.migrations.directory.rstrip("/") + "/alembic.ini"
+
+
+def _target(m: Migration, plan: dict[str, Any] | None) -> str:
+    resolved = (plan or {}).get("targetRevision")
+    return str(resolved or m.migrations.target_revision)
+
+
+def _checks_env(checks: Any) -> list[dict[str, Any]]:
+    return [{"name": CHECKS_ENV, "value": json.dumps([c.to_dict() for c in checks], separators=(",", ":"))}] \
+        if checks else []
+
+
+def build_containers(m: Migration, step: str, s: JobSettings, plan: dict[str, Any] | None = None
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(initContainers, containers, volumes) of a step."""
+    url_env = m.migrations.database_url_env
+    base = ["--json", "--database-url-env", url_env, "--termination-log", TERMINATION_LOG]
+    tmp = {"name": "tmp", "emptyDir": {}}
+    if step == "backup":
+        vol = {"name": "backups", **m.backup.volume}
+        mount: dict[str, Any] = {"name": "backups", "mountPath": BACKUP_DIR}
+        if m.backup.sub_path:
+            mount["subPath"] = m.backup.sub_path
+        cmd = ["schemagate", "backup", *base, "--dir", BACKUP_DIR, "--retention", str(m.backup.retention),
+               "--label", f"{m.namespace}-{m.name}"]
+        return [], [_container(m, s, "backup", cmd, mounts=[mount, _tmp_mount()])], [vol, tmp]
+    if step == "precheck":
+        work = {"name": "work", "mountPath": WORK_DIR}
+        common = [*base, "--workdir", WORK_DIR, "--target", m.migrations.target_revision]
+        prepare = ["schemagate", "precheck", "--phase", "prepare", *common]
+        if not m.precheck.derive:
+            prepare.append("--no-derive")
+        shadow = ["python", "-m", "schemagate.runner.app", "shadow-upgrade", "-c", _alembic_config(m),
+                  "--target", m.migrations.target_revision, "--database-url-env", url_env,
+                  "--workdir", WORK_DIR, "--termination-log", TERMINATION_LOG]
+        count = ["schemagate", "precheck", "--phase", "count", *common,
+                 "--max-violations", str(m.precheck.max_violations)]
+        if not m.precheck.derive:
+            count.append("--no-derive")
+        checks = _checks_env(m.precheck.checks)
+        inits = [
+            _install_runner(m, s),
+            _container(m, s, "prepare", prepare, mounts=[work, _tmp_mount()], extra_env=checks),
+            _container(m, s, "shadow-upgrade", shadow, app=True, mounts=[work, _runner_mount()],
+                       working_dir=m.migrations.directory),
+        ]
+        main = _container(m, s, "count", count, mounts=[work, _tmp_mount()], extra_env=checks)
+        vols = [{"name": "work", "emptyDir": {}}, {"name": "schemagate-runner", "emptyDir": {}}, tmp]
+        return inits, [main], vols
+    if step == "migrate":
+        if m.migrations.command:
+            cmd = list(m.migrations.command)
+        else:
+            cmd = ["python", "-m", "schemagate.runner.app", "migrate", "-c", _alembic_config(m),
+                   "--target", _target(m, plan), "--database-url-env", url_env,
+                   "--lock-timeout", m.lock_timeout, "--statement-timeout", m.statement_timeout,
+                   "--termination-log", TERMINATION_LOG]
+        main = _container(m, s, "migrate", cmd, app=True, mounts=[_runner_mount()],
+                          working_dir=m.migrations.directory)
+        return [_install_runner(m, s)], [main], [{"name": "schemagate-runner", "emptyDir": {}}]
+    if step == "verify":
+        plan_doc = dict(plan or {})
+        plan_doc.setdefault("targetRevision", m.migrations.target_revision)
+        if m.verify_checks:
+            plan_doc["userChecks"] = [c.to_dict() for c in m.verify_checks]
+        env = [{"name": PLAN_ENV, "value": json.dumps(plan_doc, separators=(",", ":"), sort_keys=True)}]
+        cmd = ["schemagate", "verify", *base, "--plan-env", PLAN_ENV]
+        return [], [_container(m, s, "verify", cmd, extra_env=env, mounts=[_tmp_mount()])], [tmp]
+    raise ValueError(f"unknown step {step!r}")
+
+
+def build_job(m: Migration, step: str, name: str, counter: int, s: JobSettings,
+              plan: dict[str, Any] | None = None, run_generation: int | None = None) -> dict[str, Any]:
+    """The complete batch/v1 Job of one step attempt (``run_generation``: the generation the run started at)."""
+    inits, containers, volumes = build_containers(m, step, s, plan)
+    labels = {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_NAME: "schemagate",
+        LABEL_MIGRATION: label_value(m.name),
+        LABEL_UID: m.uid,
+        LABEL_STEP: step,
+        LABEL_GENERATION: str(run_generation or m.generation),
+        LABEL_COUNTER: str(counter),
+    }
+    jt = m.job_template
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": containers,
+        "volumes": volumes,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "enableServiceLinks": False,
+    }
+    if inits:
+        pod_spec["initContainers"] = inits
+    if jt.service_account_name:
+        pod_spec["serviceAccountName"] = jt.service_account_name
+    else:
+        pod_spec["automountServiceAccountToken"] = False
+    if jt.node_selector:
+        pod_spec["nodeSelector"] = dict(jt.node_selector)
+    if jt.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in jt.tolerations]
+    if jt.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [dict(p) for p in jt.image_pull_secrets]
+    job_spec: dict[str, Any] = {
+        "backoffLimit": jt.backoff_limit,
+        "activeDeadlineSeconds": jt.active_deadline_seconds,
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+    }
+    if jt.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = jt.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": m.namespace,
+            "labels": labels,
+            "annotations": {"schemagate.dev/target-revision": m.migrations.target_revision},
+            "ownerReferences": [owner_reference(m)],
+        },
+        "spec": job_spec,
+    }

@@ -1,0 +1,246 @@
+"""The DatabaseMigration spec as plain data, parsed from the resource body (pure: standard library only)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+
+GROUP = "schemagate.dev"
+VERSION = "v1alpha1"
+KIND = "DatabaseMigration"
+PLURAL = "databasemigrations"
+RETRY_ANNOTATION = "schemagate.dev/retry"
+
+STEPS = ("backup", "precheck", "migrate", "verify")
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_FULL = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """'1m30s' -> 90.0 seconds. Raises ValueError on anything else (the CRD pattern already rejects it)."""
+    if not _DURATION_FULL.match(text or ""):
+        raise ValueError(f"not a duration: {text!r} (use e.g. 500ms, 5s, 1m30s)")
+    return sum(float(n) * _UNIT[u] for n, u in _DURATION.findall(text))
+
+
+def duration_ms(text: str) -> int:
+    return int(round(parse_duration(text) * 1000))
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str
+    key: str
+
+    @classmethod
+    def parse(cls, d: dict[str, Any] | None) -> SecretRef | None:
+        ref = (d or {}).get("secretKeyRef")
+        if not ref:
+            return None
+        return cls(name=str(ref["name"]), key=str(ref["key"]))
+
+
+@dataclass(frozen=True)
+class Database:
+    url_from: SecretRef | None = None
+    host: str | None = None
+    port: int = 5432
+    name: str | None = None
+    user: str | None = None
+    password_from: SecretRef | None = None
+    ssl_mode: str | None = None
+
+    @classmethod
+    def parse(cls, d: dict[str, Any]) -> Database:
+        return cls(
+            url_from=SecretRef.parse(d.get("urlFrom")),
+            host=d.get("host"),
+            port=int(d.get("port") or 5432),
+            name=d.get("name"),
+            user=d.get("user"),
+            password_from=SecretRef.parse(d.get("passwordFrom")),
+            ssl_mode=d.get("sslMode"),
+        )
+
+    def secret_refs(self) -> list[SecretRef]:
+        return [r for r in (self.url_from, self.password_from) if r is not None]
+
+    def identity(self, url: str | None = None) -> str:
+        """A stable identity of the database server + database name, never containing a credential.
+
+        Host form: from the spec. URL form: from the URL's host, port and path when the caller read it from the
+        Secret (in memory only); otherwise the Secret reference stands in for it."""
+        if self.host:
+            return db_identity(self.host, self.port, self.name or "")
+        if url:
+            ident = url_identity(url)
+            if ident:
+                return ident
+        ref = self.url_from
+        return f"secret:{ref.name}/{ref.key}" if ref else "unknown"
+
+
+def db_identity(host: str, port: int | str, name: str) -> str:
+    return f"{host.strip().lower()}:{int(port)}/{name}"
+
+
+def url_identity(url: str) -> str | None:
+    try:
+        u = urllib.parse.urlsplit(url.strip())
+        host = u.hostname or ""
+        port = u.port or 5432
+    except ValueError:
+        return None
+    name = u.path.lstrip("/")
+    if not host:
+        q = urllib.parse.parse_qs(u.query)
+        host = (q.get("host") or [""])[0]
+    if not host or not name:
+        return None
+    return db_identity(host, port, name)
+
+
+def identity_hash(identity: str) -> str:
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    sql: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "sql": self.sql}
+
+
+def _checks(items: list[dict[str, Any]] | None) -> tuple[Check, ...]:
+    return tuple(Check(name=str(c["name"]), sql=str(c["sql"])) for c in (items or []))
+
+
+@dataclass(frozen=True)
+class Migrations:
+    image: str
+    directory: str = "/app"
+    target_revision: str = "head"
+    database_url_env: str = "DATABASE_URL"
+    command: tuple[str, ...] = ()
+    image_pull_policy: str | None = None
+
+
+@dataclass(frozen=True)
+class Backup:
+    enabled: bool = False
+    volume: dict[str, Any] = field(default_factory=dict)
+    sub_path: str | None = None
+    retention: int = 5
+
+
+@dataclass(frozen=True)
+class Precheck:
+    derive: bool = True
+    max_violations: int = 0
+    checks: tuple[Check, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobTemplate:
+    service_account_name: str | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+    image_pull_secrets: tuple[dict[str, Any], ...] = ()
+    active_deadline_seconds: int = 3600
+    backoff_limit: int = 0
+    ttl_seconds_after_finished: int | None = None
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One DatabaseMigration: identity, generation, annotations that matter, and the parsed spec."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    database: Database
+    migrations: Migrations
+    backup: Backup = Backup()
+    precheck: Precheck = Precheck()
+    verify_checks: tuple[Check, ...] = ()
+    lock_timeout: str = "5s"
+    statement_timeout: str = "0s"
+    job_template: JobTemplate = JobTemplate()
+    suspend: bool = False
+    retry_token: str = ""
+    spec_hash: str = ""
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Migration:
+        meta = body.get("metadata") or {}
+        spec = body.get("spec") or {}
+        mig = spec.get("migrations") or {}
+        bk = spec.get("backup") or {}
+        pc = spec.get("precheck") or {}
+        jt = spec.get("jobTemplate") or {}
+        return cls(
+            name=str(meta.get("name", "")),
+            namespace=str(meta.get("namespace", "")),
+            uid=str(meta.get("uid", "")),
+            generation=int(meta.get("generation") or 1),
+            database=Database.parse(spec.get("database") or {}),
+            migrations=Migrations(
+                image=str(mig.get("image", "")),
+                directory=str(mig.get("directory") or "/app"),
+                target_revision=str(mig.get("targetRevision") or "head"),
+                database_url_env=str(mig.get("databaseUrlEnv") or "DATABASE_URL"),
+                command=tuple(str(a) for a in (mig.get("command") or ())),
+                image_pull_policy=mig.get("imagePullPolicy"),
+            ),
+            backup=Backup(
+                enabled=bool(bk.get("enabled", False)),
+                volume=dict(bk.get("volume") or {}),
+                sub_path=bk.get("subPath"),
+                retention=int(bk.get("retention", 5)),
+            ),
+            precheck=Precheck(
+                derive=bool(pc.get("derive", True)),
+                max_violations=int(pc.get("maxViolations") or 0),
+                checks=_checks(pc.get("checks")),
+            ),
+            verify_checks=_checks((spec.get("verify") or {}).get("checks")),
+            lock_timeout=str(spec.get("lockTimeout") or "5s"),
+            statement_timeout=str(spec.get("statementTimeout") or "0s"),
+            job_template=JobTemplate(
+                service_account_name=jt.get("serviceAccountName"),
+                resources=dict(jt.get("resources") or {}),
+                node_selector=dict(jt.get("nodeSelector") or {}),
+                tolerations=tuple(jt.get("tolerations") or ()),
+                image_pull_secrets=tuple(jt.get("imagePullSecrets") or ()),
+                active_deadline_seconds=int(jt.get("activeDeadlineSeconds") or 3600),
+                backoff_limit=int(jt.get("backoffLimit") or 0),
+                ttl_seconds_after_finished=jt.get("ttlSecondsAfterFinished"),
+            ),
+            suspend=bool(spec.get("suspend", False)),
+            retry_token=str((meta.get("annotations") or {}).get(RETRY_ANNOTATION, "")),
+            spec_hash=spec_hash(spec),
+        )
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def steps(self) -> tuple[str, ...]:
+        return tuple(s for s in STEPS if s != "backup" or self.backup.enabled)
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    """Hash of everything in the spec that defines a run. ``suspend`` is excluded: suspending and resuming
+    continues the same run instead of starting a new one."""
+    relevant = {k: v for k, v in spec.items() if k != "suspend"}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]

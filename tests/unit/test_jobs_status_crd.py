@@ -1,0 +1,276 @@
+"""Job builders, status/condition builders, the model, and the CRD schema (no cluster)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from schemagate.core import jobs as J
+from schemagate.core import status as S
+from schemagate.core.model import Migration, parse_duration, spec_hash, url_identity
+from tests.unit.helpers import T0, body, mig
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = J.JobSettings(runner_image="ghcr.io/schemagate/schemagate:0.1.0")
+HOST_DB = {"host": "pg.db.svc", "port": 5433, "name": "shop", "user": "app", "sslMode": "require",
+           "passwordFrom": {"secretKeyRef": {"name": "pg", "key": "password"}}}
+URL_DB = {"urlFrom": {"secretKeyRef": {"name": "db", "key": "url"}}}
+STEPS = ("backup", "precheck", "migrate", "verify")
+PLAN = {"targetRevision": "0002", "pending": ["0002"], "checks": [{"name": "c"}], "indexes": []}
+
+
+def all_jobs(db):
+    m = mig(database=db, precheck={"checks": [{"name": "neg", "sql": "select count(*) from t where x < 0"}]},
+            verify={"checks": [{"name": "v", "sql": "select 0"}]},
+            jobTemplate={"serviceAccountName": "shop-migrator", "nodeSelector": {"pool": "db"},
+                         "tolerations": [{"key": "k", "operator": "Exists"}], "imagePullSecrets": [{"name": "reg"}],
+                         "resources": {"limits": {"memory": "256Mi"}}, "activeDeadlineSeconds": 900})
+    return m, [J.build_job(m, s, J.job_name(m.name, 1, s, 1), 1, SETTINGS, PLAN) for s in STEPS]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# names
+
+
+def test_job_names_are_deterministic_and_short():
+    assert J.job_name("shop", 3, "precheck", 2) == "shop-3-precheck-2"
+    long = "a" * 200
+    n1, n2 = J.job_name(long, 12, "precheck", 7), J.job_name(long, 12, "precheck", 7)
+    assert n1 == n2 and len(n1) <= 63 and n1.endswith("-12-precheck-7-" + n1.split("-")[-1])
+    assert J.job_name(long, 12, "precheck", 8) != n1
+    assert J.job_name("b" + "a" * 199, 12, "precheck", 7) != n1
+    for name in ("x", "a" * 50, "a" * 63, "a.b-c" * 40, "n" * 253):
+        for step in STEPS:
+            jn = J.job_name(name, 123456, step, 99)
+            assert len(jn) <= 63 and re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", jn), jn
+
+
+def test_label_values_are_valid():
+    assert J.label_value("shop") == "shop"
+    v = J.label_value("x" * 100)
+    assert len(v) <= 63 and re.match(r"^[A-Za-z0-9][-A-Za-z0-9_.]*[A-Za-z0-9]$", v)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the Job manifests
+
+
+@pytest.mark.parametrize("db", [URL_DB, HOST_DB])
+def test_jobs_are_owned_limited_and_labelled(db):
+    m, jobs = all_jobs(db)
+    for step, job in zip(STEPS, jobs, strict=True):
+        md = job["metadata"]
+        assert md["namespace"] == "team" and len(md["name"]) <= 63
+        (ref,) = md["ownerReferences"]
+        assert ref == {"apiVersion": "schemagate.dev/v1alpha1", "kind": "DatabaseMigration", "name": "shop",
+                       "uid": "uid-1234", "controller": True, "blockOwnerDeletion": True}
+        assert md["labels"][J.LABEL_UID] == "uid-1234" and md["labels"][J.LABEL_STEP] == step
+        assert md["labels"][J.LABEL_GENERATION] == "1" and md["labels"][J.LABEL_COUNTER] == "1"
+        spec = job["spec"]
+        assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] == 900
+        pod = spec["template"]["spec"]
+        assert pod["restartPolicy"] == "Never" and pod["serviceAccountName"] == "shop-migrator"
+        assert pod["nodeSelector"] == {"pool": "db"} and pod["imagePullSecrets"] == [{"name": "reg"}]
+        assert pod["tolerations"] == [{"key": "k", "operator": "Exists"}]
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            assert c["terminationMessagePath"] == "/dev/termination-log"
+            assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False
+            assert c["resources"] == {"limits": {"memory": "256Mi"}}
+            mounts = {v["name"] for v in c["volumeMounts"]}
+            assert mounts <= {v["name"] for v in pod["volumes"]}
+
+
+def test_container_layouts_follow_the_architecture():
+    m, (backup, precheck, migrate, verify) = all_jobs(URL_DB)
+    app, op = m.migrations.image, SETTINGS.runner_image
+
+    def layout(job):
+        p = job["spec"]["template"]["spec"]
+        return [(c["name"], c["image"]) for c in p.get("initContainers", [])], \
+               [(c["name"], c["image"]) for c in p["containers"]]
+
+    assert layout(backup) == ([], [("backup", op)])
+    assert layout(precheck) == ([("install-runner", op), ("prepare", op), ("shadow-upgrade", app)], [("count", op)])
+    assert layout(migrate) == ([("install-runner", op)], [("migrate", app)])
+    assert layout(verify) == ([], [("verify", op)])
+    pre = precheck["spec"]["template"]["spec"]
+    assert pre["initContainers"][0]["command"] == ["schemagate", "install-runner", "/schemagate"]
+    assert pre["initContainers"][1]["command"][:4] == ["schemagate", "precheck", "--phase", "prepare"]
+    sh = pre["initContainers"][2]
+    assert sh["command"][:4] == ["python", "-m", "schemagate.runner.app", "shadow-upgrade"]
+    assert {"name": "PYTHONPATH", "value": "/schemagate"} in sh["env"]
+    assert pre["containers"][0]["command"][:4] == ["schemagate", "precheck", "--phase", "count"]
+    mc = migrate["spec"]["template"]["spec"]["containers"][0]
+    assert mc["command"][:4] == ["python", "-m", "schemagate.runner.app", "migrate"]
+    assert mc["command"][mc["command"].index("--target") + 1] == "0002"  # the resolved target, not "head"
+    assert mc["command"][mc["command"].index("-c") + 1] == "/app/alembic.ini"
+    vc = verify["spec"]["template"]["spec"]["containers"][0]
+    plan = json.loads(next(e["value"] for e in vc["env"] if e["name"] == "SCHEMAGATE_PLAN"))
+    assert plan["targetRevision"] == "0002" and plan["userChecks"] == [{"name": "v", "sql": "select 0"}]
+    assert "--plan-env" in vc["command"]
+    bvol = next(v for v in backup["spec"]["template"]["spec"]["volumes"] if v["name"] == "backups")
+    assert bvol == {"name": "backups", "persistentVolumeClaim": {"claimName": "backups"}}
+
+
+def test_command_override():
+    m = mig(migrations={"image": "app:1", "command": ["/bin/migrate", "up"]})
+    job = J.build_job(m, "migrate", "n", 1, SETTINGS, None)
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["/bin/migrate", "up"]
+
+
+_CRED = re.compile(r"://[^/\s@]*:[^/\s@]*@")
+
+
+@pytest.mark.parametrize("db", [URL_DB, HOST_DB])
+def test_credentials_only_via_secret_key_ref(db):
+    m, jobs = all_jobs(db)
+    for job in jobs:
+        text = json.dumps(job)
+        assert not _CRED.search(text), "a URL with a password was rendered"
+        assert "hunter2" not in text
+        for c in job["spec"]["template"]["spec"].get("initContainers", []) + job["spec"]["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in c["env"]}
+            if c["name"] == "install-runner":
+                assert "DATABASE_URL" not in env and "PGPASSWORD" not in env
+                continue
+            url = env["DATABASE_URL"]
+            if "urlFrom" in db:
+                assert url["valueFrom"] == {"secretKeyRef": {"name": "db", "key": "url"}} and "value" not in url
+            else:
+                assert env["PGPASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": "pg", "key": "password"}}
+                assert url["value"] == "postgresql://$(PGUSER)@$(PGHOST):$(PGPORT)/$(PGDATABASE)?sslmode=$(PGSSLMODE)"
+                names = list(env)
+                assert names.index("PGPASSWORD") < names.index("DATABASE_URL")
+            for e in c["env"]:
+                if "PASS" in e["name"].upper():
+                    assert "value" not in e
+
+
+def test_custom_url_env_name():
+    m = mig(migrations={"image": "a:1", "databaseUrlEnv": "SQLALCHEMY_URL"})
+    job = J.build_job(m, "migrate", "n", 1, SETTINGS, None)
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert any(e["name"] == "SQLALCHEMY_URL" for e in c["env"])
+    assert c["command"][c["command"].index("--database-url-env") + 1] == "SQLALCHEMY_URL"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# status helpers and model
+
+
+@pytest.mark.parametrize("phase,ready,rec,stalled", [
+    ("Succeeded", "True", "False", "False"), ("Blocked", "False", "False", "True"),
+    ("Failed", "False", "False", "True"), ("Suspended", "False", "False", "False"),
+    ("Pending", "False", "True", "False"), ("BackingUp", "False", "True", "False"),
+    ("Prechecking", "False", "True", "False"), ("Migrating", "False", "True", "False"),
+    ("Verifying", "False", "True", "False")])
+def test_conditions(phase, ready, rec, stalled):
+    cs = {c["type"]: c for c in S.build_conditions(phase, "R", "m", 4, None, T0)}
+    assert (cs["Ready"]["status"], cs["Reconciling"]["status"], cs["Stalled"]["status"]) == (ready, rec, stalled)
+    assert all(c["observedGeneration"] == 4 and c["lastTransitionTime"] == "2025-01-01T12:00:00Z"
+               for c in cs.values())
+
+
+def test_transition_time_kept_while_status_unchanged():
+    c1 = S.build_conditions("BackingUp", "Progressing", "a", 1, None, T0)
+    later = T0 + dt.timedelta(minutes=5)
+    c2 = {c["type"]: c for c in S.build_conditions("Prechecking", "Progressing", "b", 1, c1, later)}
+    assert c2["Ready"]["lastTransitionTime"] == "2025-01-01T12:00:00Z"
+    c3 = {c["type"]: c for c in S.build_conditions("Succeeded", "Succeeded", "c", 1, list(c2.values()), later)}
+    assert c3["Ready"]["lastTransitionTime"] == "2025-01-01T12:05:00Z"
+
+
+def test_merge_patch():
+    old = {"a": 1, "b": {"c": 2, "d": 3}, "l": [1], "kopf": {"x": 1}, "gone": 5}
+    new = {"a": 1, "b": {"c": 2, "d": 4}, "l": [1, 2], "kopf": {"x": 1}, "n": None}
+    assert S.merge_patch(old, new) == {"b": {"d": 4}, "l": [1, 2], "gone": None}
+    assert S.merge_patch(new, new) is None
+    assert S.merge_patch({}, {"x": {"y": 1}}) == {"x": {"y": 1}}
+    assert S.merge_patch({"x": 1}, {"x": None}) == {"x": None}
+
+
+def test_is_ready_requires_current_generation():
+    b = body(generation=2)
+    b["status"] = {"phase": "Succeeded", "observedGeneration": 1,
+                   "conditions": S.build_conditions("Succeeded", "Succeeded", "", 1, None, T0)}
+    assert not S.is_ready(b)
+    b["status"]["observedGeneration"] = 2
+    assert S.is_ready(b)
+
+
+def test_model_parsing_and_identity():
+    m = Migration.from_body(body(database=HOST_DB, lockTimeout="1m30s"))
+    assert m.database.identity() == "pg.db.svc:5433/shop"
+    assert parse_duration(m.lock_timeout) == 90 and parse_duration("500ms") == 0.5
+    with pytest.raises(ValueError):
+        parse_duration("5 minutes")
+    assert url_identity("postgresql+psycopg://u:secret@PG.example:6543/shop?sslmode=require") == "pg.example:6543/shop"
+    assert "secret" not in (url_identity("postgresql://u:secret@h/db") or "")
+    assert mig().database.identity() == "secret:db/url"
+    assert mig().database.identity("postgresql://u:p@h:5432/d") == "h:5432/d"
+    assert spec_hash({"a": 1, "suspend": True}) == spec_hash({"a": 1}) != spec_hash({"a": 2})
+    assert mig(backup={"enabled": False}).steps() == ("precheck", "migrate", "verify")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CRD
+
+
+def _crd():
+    return yaml.safe_load((ROOT / "manifests/crd.yaml").read_text())
+
+
+def _walk(schema, path):
+    yield path, schema
+    for k, sub in (schema.get("properties") or {}).items():
+        yield from _walk(sub, f"{path}.{k}")
+    if isinstance(schema.get("items"), dict):
+        yield from _walk(schema["items"], f"{path}[]")
+
+
+def test_crd_identity():
+    crd = _crd()
+    assert crd["metadata"]["name"] == "databasemigrations.schemagate.dev"
+    s = crd["spec"]
+    assert s["group"] == "schemagate.dev" and s["scope"] == "Namespaced"
+    assert s["names"]["kind"] == "DatabaseMigration" and s["names"]["shortNames"] == ["dbm"]
+    (v,) = s["versions"]
+    assert v["name"] == "v1alpha1" and v["subresources"] == {"status": {}}
+    assert [c["name"] for c in v["additionalPrinterColumns"]] == ["Phase", "Target", "Current", "Violations",
+                                                                   "Ready", "Age"]
+
+
+def test_every_crd_property_has_a_description():
+    root = _crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    missing = [p for p, sch in _walk(root, "") if p not in ("", ".metadata") and not sch.get("description")
+               and not p.endswith("[]")]
+    assert missing == []
+
+
+def test_crd_spec_fields_cover_the_model():
+    spec = _crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    for k in ("database", "migrations", "backup", "precheck", "verify", "lockTimeout", "statementTimeout",
+              "jobTemplate", "suspend"):
+        assert k in spec
+    for k in ("serviceAccountName", "resources", "nodeSelector", "tolerations", "imagePullSecrets",
+              "activeDeadlineSeconds", "backoffLimit"):
+        assert k in spec["jobTemplate"]["properties"]
+    assert spec["migrations"]["required"] == ["image"]
+
+
+def test_crd_patterns():
+    spec = _crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    rev = re.compile(spec["migrations"]["properties"]["targetRevision"]["pattern"])
+    for ok in ("head", "0002", "ae1027a6acf", "heads"):
+        assert rev.match(ok)
+    for bad in ("", "head; drop", "../x", "a" * 40, "-1"):
+        assert not rev.match(bad)
+    dur = re.compile(spec["lockTimeout"]["pattern"])
+    assert dur.match("5s") and dur.match("1m30s") and dur.match("500ms") and not dur.match("5") \
+        and not dur.match("-1s") and not dur.match("five")
