@@ -22,18 +22,29 @@ _DML = re.compile(r"^\s*(WITH\b.*?\b(INSERT|UPDATE|DELETE|MERGE)\b|INSERT\b|UPDA
 _READ = re.compile(r"^\s*(SELECT|SHOW|SET|RESET|BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|START|EXPLAIN|VALUES"
                    r"|LOCK|DISCARD|LISTEN|NOTIFY|FETCH|DECLARE|CLOSE)\b", re.I)
 _VERSION_TABLE = re.compile(r"\balembic_version\b", re.I)
+_SELECT = re.compile(r"^\s*(SELECT|WITH)\b", re.I)
+_FROM = re.compile(r"\b(FROM|JOIN)\s+((\"[^\"]+\"|\w+)(\s*\.\s*(\"[^\"]+\"|\w+))?)", re.I)
+_SYSTEM = re.compile(r"^\"?(pg_catalog|information_schema|pg_\w+|alembic_version)\b", re.I)
 
 MAX_STATEMENTS = 2000
 MAX_SQL = 4000
 
 
 def classify(sql: str) -> str:
-    """``dml`` (changes rows), ``ddl`` (anything else that changes the database) or ``other`` (reads, session)."""
+    """``dml`` (changes rows), ``read`` (reads rows of an application table: a data migration whose writes depend
+    on the data, invisible in the empty shadow), ``ddl`` (anything else that changes the database) or ``other``
+    (catalog reads, session statements, Alembic's bookkeeping)."""
     text = _COMMENTS.sub(" ", sql).strip()
-    if _VERSION_TABLE.search(text) and (_DML.match(text) or text.upper().startswith("CREATE TABLE")):
+    if _VERSION_TABLE.search(text) and (_DML.match(text) or _SELECT.match(text)
+                                        or text.upper().startswith("CREATE TABLE")):
         return "other"  # Alembic's own bookkeeping
     if _DML.match(text):
         return "dml"
+    if _SELECT.match(text):
+        tables = [m.group(2) for m in _FROM.finditer(text)]
+        if any(not _SYSTEM.match(t.split(".")[0].strip()) for t in tables):
+            return "read"
+        return "other"
     if not text or _READ.match(text):
         return "other"
     return "ddl"
@@ -55,7 +66,7 @@ class StatementLog:
         if len(self.statements) >= MAX_STATEMENTS:
             self.dropped += 1
             return
-        entry = {"revision": self.revision, "kind": kind, "sql": sql[:MAX_SQL]}
+        entry: dict[str, Any] = {"revision": self.revision, "kind": kind, "sql": sql[:MAX_SQL]}
         if executemany:
             entry["executemany"] = True
         self.statements.append(entry)
@@ -94,23 +105,53 @@ def dml_label(statements: list[dict[str, Any]] | None) -> tuple[bool | None, str
     if statements is None:
         return None, ("unknown whether the pending revisions change data: counts are of the current data, "
                       "before any data changes the revisions may make")
-    revs = []
+    writes: list[str] = []
+    reads: list[str] = []
     for s in statements:
-        if s.get("kind") == "dml":
-            r = s.get("revision") or "?"
-            if r not in revs:
-                revs.append(r)
-    if not revs:
+        r = s.get("revision") or "?"
+        if s.get("kind") == "dml" and r not in writes:
+            writes.append(r)
+        elif s.get("kind") == "read" and r not in reads:
+            reads.append(r)
+    reads = [r for r in reads if r not in writes]
+    if not writes and not reads:
         return False, None
-    return True, ("counts are before the pending revisions' data changes (DML in revision(s) "
-                  + ", ".join(revs) + "): they may over-report")
+    why = []
+    if writes:
+        why.append("revision(s) " + ", ".join(writes) + " execute DML")
+    if reads:
+        why.append("revision(s) " + ", ".join(reads) + " read table rows (a data migration)")
+    return True, ("counts are before the pending revisions' data changes (" + "; ".join(why)
+                  + "): they may over-report")
+
+
+_CONCURRENTLY = re.compile(r"\bCONCURRENTLY\b", re.I)
 
 
 def ddl_script(statements: list[dict[str, Any]]) -> str:
-    """The captured DDL as one SQL script (the lint fallback)."""
-    out = []
+    """The captured DDL as one SQL script (the lint fallback): one transaction per revision, as Alembic runs
+    them on PostgreSQL, with CONCURRENTLY statements outside it (as in ``autocommit_block``)."""
+    out: list[str] = []
+    current: object = object()
+    in_tx = False
     for s in statements:
-        if s.get("kind") == "ddl":
-            sql = str(s["sql"]).strip().rstrip(";")
-            out.append(f"-- revision {s.get('revision') or '?'}\n{sql};")
-    return "\n\n".join(out) + ("\n" if out else "")
+        if s.get("kind") != "ddl":
+            continue
+        rev = s.get("revision") or "?"
+        sql = str(s["sql"]).strip().rstrip(";")
+        if rev != current:
+            if in_tx:
+                out.append("COMMIT;")
+            out.append(f"-- revision {rev}")
+            current, in_tx = rev, False
+        concurrent = bool(_CONCURRENTLY.search(sql))
+        if concurrent and in_tx:
+            out.append("COMMIT;")
+            in_tx = False
+        elif not concurrent and not in_tx:
+            out.append("BEGIN;")
+            in_tx = True
+        out.append(sql + ";")
+    if in_tx:
+        out.append("COMMIT;")
+    return "\n".join(out) + ("\n" if out else "")

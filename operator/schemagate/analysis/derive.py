@@ -161,8 +161,11 @@ def derive(real: Catalog, shadow: Catalog) -> Derivation:
             continue
         name = ix.constraint or ix.name
         chk = counting.unique(name, ix.schema, ix.relname, ix.keys, predicate=ix.predicate,
-                              nulls_not_distinct=ix.nulls_not_distinct,
-                              definition=("PRIMARY KEY " if ix.primary else "") + ix.shape)
+                              nulls_not_distinct=ix.nulls_not_distinct)
+        if ix.primary:
+            chk.definition = "PRIMARY KEY (" + ", ".join(ix.keys) + ")"
+        elif not ix.constraint:
+            chk.definition = ix.definition
         old = real_names.get((ix.schema, ix.relname, ix.name))
         if old is not None and not old.valid and old.shape == ix.shape:
             chk.note = "INVALID index in the database; rebuilt by the pending revisions"

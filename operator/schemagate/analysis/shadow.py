@@ -153,7 +153,7 @@ def split_password(conninfo: str) -> tuple[str, str | None]:
 
     params = conninfo_to_dict(conninfo)
     password = params.pop("password", None)
-    return make_conninfo(**{k: v for k, v in params.items() if v is not None}), (
+    return make_conninfo("", **{k: v for k, v in params.items() if v is not None}), (
         str(password) if password is not None else None)
 
 

@@ -1,0 +1,509 @@
+"""The precheck step: count the rows of the real database that would violate the constraints the pending Alembic
+revisions add, lint their SQL with squawk, and fail (``ChecksFailed``/``ViolationsFound``, exit 3) when the
+total is above ``max_violations``.
+
+Public API (the CLI's ``schemagate precheck`` calls these; all return a finished :class:`StepResult` whose
+``data`` follows docs/architecture.md, and never raise for database or input errors)::
+
+    precheck(config_path, target="head", url=None, url_env="DATABASE_URL", *, max_violations=0,
+             user_checks=(), derive=True, lint=True, lint_fail="none", shadow_url=None, shadow_url_env=None,
+             statement_timeout="1h", keep_shadow=False) -> StepResult
+        All in one process (laptop, ``schemagate run``): plan -> shadow database (schema-only copy incl. the
+        Alembic version rows) -> apply the pending revisions to it with ``schemagate.runner.app.upgrade`` while
+        capturing the statements -> catalog diff -> counting -> squawk -> drop the shadow (always).
+
+    prepare(url=None, url_env="DATABASE_URL", *, workdir, shadow_url_env=None) -> StepResult
+        Kubernetes, first init container (operator image): create the shadow database and copy the schema into it;
+        writes ``workdir/prepare.json``.
+
+    count(url=None, url_env="DATABASE_URL", *, workdir, max_violations=0, user_checks=(), lint=True,
+          lint_fail="none", statement_timeout="1h") -> StepResult
+        Kubernetes, main container (operator image), after ``python -m schemagate.runner.app shadow-upgrade
+        --workdir`` ran in the application's image: catalog diff, counting, squawk, drop the shadow (always).
+
+Workdir files (shared ``emptyDir`` between the containers):
+
+- ``prepare.json`` (written by ``prepare``): ``{"shadowDatabase": name|null, "shadowUrlEnv": env|null,
+  "created": bool, "currentRevision": id|null, "versionTables": [..]}``. The shadow-upgrade container targets
+  ``shadowDatabase`` on the server of its ``--database-url-env`` URL (``runner.db.with_database``), or the URL
+  in ``shadowUrlEnv`` when an explicit shadow database was given.
+- ``shadow-upgrade.json`` (written by shadow-upgrade): ``{fromRevision, targetRevision, pending, applied,
+  sqlError?, statements?}``; ``statements`` (optional) is the captured list described in
+  ``schemagate.analysis.capture`` (without it, whether the revisions change data is reported as unknown).
+- ``pending.sql`` (written by shadow-upgrade): the offline rendering, linted with squawk.
+
+``user_checks`` items are ``{"name", "sql", "table"?}`` mappings, ``(name, sql)`` pairs or
+``schemagate.analysis.counting.Check`` objects; ``sql`` must return one row with one number, the violation count,
+and runs in the same read-only transaction as the derived checks.
+
+``lint_fail``: ``"none"`` (default: findings are reported, never fail), ``"blocking"`` (fail on findings of
+``analysis.lint.BLOCKING_RULES``), ``"any"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from schemagate.analysis import capture, catalog, counting, derive, lint, shadow
+from schemagate.analysis.counting import Check, CountOptions
+from schemagate.runner import db
+from schemagate.runner.result import Outcome, StepResult, now
+
+STEP = "precheck"
+DEFAULT_STATEMENT_TIMEOUT = "1h"
+LINT_FAIL_MODES = ("none", "blocking", "any")
+PREPARE_FILE = "prepare.json"
+SHADOW_UPGRADE_FILE = "shadow-upgrade.json"
+PENDING_SQL_FILE = "pending.sql"
+
+
+class PrecheckError(RuntimeError):
+    reason = "InternalError"
+    outcome = Outcome.PERMANENT_ERROR
+
+    def __init__(self, message: str, reason: str | None = None, outcome: Outcome | None = None):
+        super().__init__(db.redact(message))
+        if reason:
+            self.reason = reason
+        if outcome:
+            self.outcome = outcome
+
+
+# --------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _connect(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(db.libpq_url(url), autocommit=True, connect_timeout=15)
+
+
+def parse_user_checks(items: Iterable[Any]) -> list[Check]:
+    """User checks from mappings ``{name, sql, table?}``, ``(name, sql)`` pairs or ``Check`` objects."""
+    out: list[Check] = []
+    names: set[str] = set()
+    for it in items or ():
+        if isinstance(it, Check):
+            c = it
+        elif isinstance(it, Mapping):
+            if not it.get("name") or not it.get("sql"):
+                raise db.InvalidInputError("a user check needs 'name' and 'sql'")
+            c = counting.user(str(it["name"]), str(it["sql"]), table=it.get("table"))
+        elif isinstance(it, Sequence) and not isinstance(it, str) and len(it) == 2:
+            c = counting.user(str(it[0]), str(it[1]))
+        else:
+            raise db.InvalidInputError(f"cannot read a user check from {it!r}")
+        if c.name in names:
+            raise db.InvalidInputError(f"duplicate user check name {c.name!r}")
+        names.add(c.name)
+        out.append(c)
+    return out
+
+
+def _read_current_revision(conn: Any, tables: Sequence[tuple[str, str]]) -> str | None:
+    revs: list[str] = []
+    with conn.cursor() as cur:
+        for s, t in tables:
+            cur.execute(f"SELECT version_num FROM {counting.qualified(s, t)}")  # noqa: S608 - quoted identifiers
+            revs.extend(str(r[0]) for r in cur.fetchall())
+    return ",".join(revs) if revs else None
+
+
+def _lint_fail(mode: str, result: Mapping[str, Any]) -> bool:
+    if mode not in LINT_FAIL_MODES:
+        raise db.InvalidInputError(f"lint_fail must be one of {', '.join(LINT_FAIL_MODES)}, not {mode!r}")
+    if not result.get("available"):
+        return False
+    if mode == "any":
+        return int(result.get("total") or 0) > 0
+    if mode == "blocking":
+        return int(result.get("blocking") or 0) > 0
+    return False
+
+
+def _message(checks: Sequence[Check], total: int, max_violations: int, lint_result: Mapping[str, Any] | None,
+             lint_failed: bool) -> tuple[Outcome, str, str]:
+    errors = [c for c in checks if c.error]
+    violating = sorted((c for c in checks if c.count), key=lambda c: -(c.count or 0))
+    counted = [c for c in checks if c.count is not None]
+    lint_txt = ""
+    if lint_result and lint_result.get("available"):
+        lint_txt = f"; lint: {lint_result.get('total', 0)} finding(s), {lint_result.get('blocking', 0)} blocking"
+    if errors:
+        names = ", ".join(f"{c.name} ({c.error})" for c in errors[:3])
+        return (Outcome.CHECKS_FAILED, "ViolationsFound",
+                f"{len(errors)} check(s) could not be evaluated: {names}"[:600])
+    if total > max_violations:
+        top = ", ".join(f"{c.name} on {c.table}: {c.count}" for c in violating[:5])
+        return (Outcome.CHECKS_FAILED, "ViolationsFound",
+                f"{total} violating row(s) in {len(violating)} of {len(counted)} check(s) "
+                f"(maxViolations {max_violations}): {top}{lint_txt}"[:600])
+    if lint_failed:
+        return (Outcome.CHECKS_FAILED, "ViolationsFound",
+                f"squawk found {lint_result.get('total') if lint_result else 0} problem(s) in the pending SQL "
+                f"(lint is set to fail); {total} violating row(s) in {len(counted)} check(s)")
+    return (Outcome.SUCCEEDED, "PrecheckPassed",
+            f"{total} violating row(s) in {len(counted)} check(s) (maxViolations {max_violations}){lint_txt}")
+
+
+def _error_result(exc: BaseException, started: Any, data: dict[str, Any],
+                  default_reason: str = "InternalError") -> StepResult:
+    outcome, reason, message = db.classify_error(exc, default_reason)
+    return StepResult(step=STEP, outcome=outcome, reason=reason, message=db.redact(message), data=data,
+                      started_at=started).finish()
+
+
+def _base_data(max_violations: int) -> dict[str, Any]:
+    return {
+        "currentRevision": None, "targetRevision": None, "pending": [], "derivation": "disabled",
+        "derivationNote": None, "checks": [], "total": 0, "maxViolations": max_violations, "indexes": [],
+        "lint": lint.unavailable("lint disabled"),
+    }
+
+
+def _drop_quietly(admin_url: str, name: str, notes: list[str]) -> None:
+    try:
+        shadow.drop_shadow(db.libpq_url(admin_url), name)
+    except Exception as e:  # noqa: BLE001 - report, never mask the real result
+        notes.append(f"could not drop the shadow database {name}: {db.error_text(e)}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# shadow preparation (shared by precheck and prepare)
+
+
+class Shadow:
+    """A prepared shadow database: ``url`` (with password), ``name``, ``created`` (ours to drop)."""
+
+    def __init__(self, url: str, name: str | None, created: bool, admin_url: str, info: dict[str, Any]):
+        self.url, self.name, self.created, self.admin_url, self.info = url, name, created, admin_url, info
+
+    def dispose(self, notes: list[str]) -> None:
+        if self.created and self.name:
+            _drop_quietly(self.admin_url, self.name, notes)
+        elif not self.created:
+            try:
+                shadow.wipe_database(db.libpq_url(self.url))
+            except Exception as e:  # noqa: BLE001
+                notes.append(f"could not empty the explicit shadow database: {db.error_text(e)}")
+
+
+def make_shadow(url: str, shadow_url: str | None = None, workdir: str | os.PathLike[str] | None = None) -> Shadow:
+    """Create (or take the explicit, empty) shadow database and copy the real schema into it."""
+    real = db.libpq_url(url)
+    if shadow_url:
+        target = db.libpq_url(shadow_url)
+        if db.database_name(shadow_url) == db.database_name(url) and \
+                db.with_database(real, "x") == db.with_database(target, "x"):
+            raise PrecheckError("the shadow database URL points at the real database", reason="InvalidInput")
+        if shadow.user_table_count(target) > 0:
+            raise PrecheckError("the explicit shadow database is not empty: schemagate needs an empty database "
+                                "it may overwrite", reason="InvalidInput")
+        sh = Shadow(shadow_url, db.database_name(shadow_url), False, shadow_url, {})
+    else:
+        name = shadow.shadow_name(db.database_name(url) or "db")
+        try:
+            shadow.drop_stale_shadows(real, db.database_name(url) or "db")
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+        try:
+            shadow.create_shadow(real, name)
+        except shadow.ShadowError as e:
+            raise PrecheckError(str(e), reason=e.reason) from e
+        sh = Shadow(db.with_database(url, name), name, True, url, {})
+    try:
+        with tempfile.TemporaryDirectory(prefix="schemagate-shadow-", dir=workdir) as tmp:
+            sh.info = shadow.copy_schema(real, db.libpq_url(sh.url), pg_dump=db.pg_bin("pg_dump"),
+                                         pg_restore=db.pg_bin("pg_restore"), workdir=tmp)
+    except BaseException as e:
+        sh.dispose([])
+        if isinstance(e, shadow.ShadowError):
+            raise PrecheckError(str(e), reason=e.reason) from e
+        raise
+    return sh
+
+
+# --------------------------------------------------------------------------------------------------------------
+# analysis after the shadow run (shared by precheck and count)
+
+
+def analyse(
+    url: str,
+    shadow_url: str,
+    *,
+    pending: list[str],
+    statements: list[dict[str, Any]] | None,
+    offline_sql: str | None,
+    offline_error: str | None,
+    user_checks: Sequence[Check],
+    do_lint: bool,
+    statement_timeout: str,
+    data: dict[str, Any],
+) -> list[Check]:
+    """Diff the catalogs, count, lint; fills ``data`` and returns every check (derived and user)."""
+    with _connect(shadow_url) as sconn:
+        shadow_cat = catalog.snapshot(sconn)
+    with _connect(url) as conn:
+        real_cat = catalog.snapshot(conn)
+        d = derive.derive(real_cat, shadow_cat)
+        derive.attribute_revisions(d.checks, statements or [], pending)
+        changed, label = capture.dml_label(statements)
+        notes = list(d.notes)
+        if label:
+            notes.insert(0, label)
+            if changed:
+                for c in d.counted:
+                    c.note = f"{c.note}; {label}" if c.note else "before the pending revisions' data changes"
+        data["derivation"] = "shadow"
+        data["dataChanges"] = changed
+        checks = d.checks + list(user_checks)
+        counting.run_counts(conn, checks, CountOptions(statement_timeout=statement_timeout))
+        data["indexes"] = d.indexes
+        data["derivationNote"] = "; ".join(notes) if notes else None
+    if do_lint:
+        data["lint"] = lint_pending(offline_sql, offline_error, statements, real_cat.server_version_num)
+    return checks
+
+
+def lint_pending(offline_sql: str | None, offline_error: str | None, statements: list[dict[str, Any]] | None,
+                 server_version_num: int) -> dict[str, Any]:
+    """Lint the offline rendering, or (when it failed) the DDL captured in the shadow run."""
+    version = lint.pg_major_version(server_version_num)
+    if offline_sql:
+        return lint.lint_sql(offline_sql, pg_version=version, source="offline")
+    why = f"offline rendering (alembic upgrade --sql) failed: {offline_error}" if offline_error else \
+        "no offline rendering available"
+    if statements:
+        res = lint.lint_sql(capture.ddl_script(statements), pg_version=version, source="captured")
+        res["note"] = f"{why}; linted the DDL executed in the shadow run instead" + (
+            f"; {res['note']}" if res.get("note") else "")
+        return res
+    return lint.unavailable(f"{why}; no captured statements to lint")
+
+
+def _finish(data: dict[str, Any], checks: Sequence[Check], max_violations: int, lint_fail: str,
+            started: Any) -> StepResult:
+    data["checks"] = [c.as_dict() for c in checks]
+    for c, entry in zip(checks, data["checks"], strict=True):
+        if c.error:
+            entry["note"] = f"error: {c.error}" + (f"; {c.note}" if c.note else "")
+    total = sum(c.count or 0 for c in checks)
+    data["total"] = total
+    data["maxViolations"] = max_violations
+    lint_result = data.get("lint")
+    failed_lint = _lint_fail(lint_fail, lint_result or {})
+    outcome, reason, message = _message(checks, total, max_violations, lint_result, failed_lint)
+    return StepResult(step=STEP, outcome=outcome, reason=reason, message=db.redact(message), data=data,
+                      started_at=started).finish()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# all in one
+
+
+def precheck(
+    config_path: str | os.PathLike[str],
+    target: str | None = "head",
+    url: str | None = None,
+    url_env: str | None = db.DEFAULT_URL_ENV,
+    *,
+    max_violations: int = 0,
+    user_checks: Iterable[Any] = (),
+    derive: bool = True,
+    lint: bool = True,
+    lint_fail: str = "none",
+    shadow_url: str | None = None,
+    shadow_url_env: str | None = None,
+    statement_timeout: str = DEFAULT_STATEMENT_TIMEOUT,
+    keep_shadow: bool = False,
+) -> StepResult:
+    """Plan, derive the checks in a shadow database, count, lint (see the module docstring)."""
+    from schemagate.runner import app
+
+    started = now()
+    data = _base_data(max_violations)
+    notes: list[str] = []
+    sh: Shadow | None = None
+    try:
+        if max_violations < 0:
+            raise db.InvalidInputError("maxViolations must be >= 0")
+        if lint_fail not in LINT_FAIL_MODES:
+            raise db.InvalidInputError(f"lint_fail must be one of {', '.join(LINT_FAIL_MODES)}")
+        users = parse_user_checks(user_checks)
+        url = db.resolve_url(url, url_env)
+        if shadow_url_env and not shadow_url:
+            shadow_url = db.resolve_url(None, shadow_url_env)
+        p = app.plan(config_path, target, url, url_env)
+        data.update(currentRevision=p["current"], targetRevision=p["target"], pending=list(p["pending"]))
+        checks: list[Check] = list(users)
+        if not p["pending"]:
+            data["derivation"] = "shadow" if derive else "disabled"
+            data["derivationNote"] = "no pending revisions"
+            if lint:
+                data["lint"] = {"available": lint_module_available(), "findings": [], "total": 0, "blocking": 0,
+                                "source": None, "note": "no pending revisions"}
+            if users:
+                with _connect(url) as conn:
+                    counting.run_counts(conn, users, CountOptions(statement_timeout=statement_timeout))
+            return _finish(data, checks, max_violations, lint_fail, started)
+        if derive:
+            sh = make_shadow(url, shadow_url)
+            log = capture.StatementLog()
+            try:
+                with capture.capture_statements(log):
+                    up = app.upgrade(config_path, p["target"], sh.url, url_env, lock_timeout=None,
+                                     statement_timeout=None, render_sql_text=lint, on_revision=log.on_revision)
+            except Exception as e:
+                raise PrecheckError(
+                    f"applying the pending revisions to the shadow database failed, so the migration would fail "
+                    f"too: {db.redact(str(e))}", reason=getattr(e, "reason", None) or "MigrationFailed",
+                    outcome=getattr(e, "outcome", None)) from e
+            if log.dropped:
+                notes.append(f"{log.dropped} statement(s) of the shadow run were not recorded")
+            checks = analyse(url, sh.url, pending=list(p["pending"]), statements=log.statements,
+                             offline_sql=up.get("sql"), offline_error=up.get("sqlError"), user_checks=users,
+                             do_lint=lint, statement_timeout=statement_timeout, data=data)
+        else:
+            data["derivation"] = "disabled"
+            data["derivationNote"] = "derivation disabled: only user checks are counted"
+            with _connect(url) as conn:
+                counting.run_counts(conn, users, CountOptions(statement_timeout=statement_timeout))
+                version = conn.info.server_version
+            if lint:
+                sql, err = render_offline(config_path, p["current"], p["target"], url, url_env)
+                data["lint"] = lint_pending(sql, err, None, version)
+        result = _finish(data, checks, max_violations, lint_fail, started)
+    except Exception as e:  # noqa: BLE001 - every failure becomes a StepResult
+        result = _error_result(e, started, data)
+    finally:
+        if sh is not None and not keep_shadow:
+            sh.dispose(notes)
+    if notes:
+        result.data["derivationNote"] = "; ".join(filter(None, [result.data.get("derivationNote"), *notes]))
+    return result
+
+
+def lint_module_available() -> bool:
+    return lint.find_squawk() is not None
+
+
+def render_offline(config_path: str | os.PathLike[str], current: str | None, target: str, url: str,
+                   url_env: str | None) -> tuple[str | None, str | None]:
+    """(offline SQL of current:target, error) through the application's env.py in offline mode."""
+    from schemagate.runner import app
+
+    try:
+        cfg = app.make_config(config_path, url)
+        script = app.load_script(cfg)
+        with app.session_environment(url, url_env):
+            return app.render_sql(cfg, script, current, target), None
+    except Exception as e:  # noqa: BLE001
+        return None, db.error_text(e)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Kubernetes phases
+
+
+def prepare(
+    url: str | None = None,
+    url_env: str | None = db.DEFAULT_URL_ENV,
+    *,
+    workdir: str | os.PathLike[str],
+    shadow_url_env: str | None = None,
+) -> StepResult:
+    """Phase 1 (operator image): create the shadow database with the real schema; write ``prepare.json``."""
+    started = now()
+    data: dict[str, Any] = {}
+    try:
+        url = db.resolve_url(url, url_env)
+        explicit = db.resolve_url(None, shadow_url_env) if shadow_url_env else None
+        wd = Path(workdir)
+        wd.mkdir(parents=True, exist_ok=True)
+        sh = make_shadow(url, explicit, wd)
+        try:
+            with _connect(url) as conn:
+                current = _read_current_revision(conn, shadow.version_tables(db.libpq_url(url)))
+            data = {"shadowDatabase": sh.name if sh.created else None,
+                    "shadowUrlEnv": shadow_url_env if not sh.created else None,
+                    "created": sh.created, "currentRevision": current,
+                    "versionTables": sh.info.get("versionTables", []), "copySeconds": sh.info.get("seconds")}
+            (wd / PREPARE_FILE).write_text(json.dumps(data, indent=2), encoding="utf-8")
+        except BaseException:
+            sh.dispose([])
+            raise
+        return StepResult(step=STEP, outcome=Outcome.SUCCEEDED, reason="ShadowPrepared",
+                          message=f"shadow database {sh.name} holds a schema-only copy", data=data,
+                          started_at=started).finish()
+    except Exception as e:  # noqa: BLE001
+        return _error_result(e, started, data)
+
+
+def _shadow_from_prepare(url: str, info: Mapping[str, Any]) -> Shadow:
+    if info.get("created"):
+        name = str(info["shadowDatabase"])
+        return Shadow(db.with_database(url, name), name, True, url, {})
+    env = info.get("shadowUrlEnv")
+    if not env:
+        raise PrecheckError(f"{PREPARE_FILE} names no shadow database", reason="InvalidInput")
+    explicit = db.resolve_url(None, str(env))
+    return Shadow(explicit, db.database_name(explicit), False, explicit, {})
+
+
+def count(
+    url: str | None = None,
+    url_env: str | None = db.DEFAULT_URL_ENV,
+    *,
+    workdir: str | os.PathLike[str],
+    max_violations: int = 0,
+    user_checks: Iterable[Any] = (),
+    lint: bool = True,
+    lint_fail: str = "none",
+    statement_timeout: str = DEFAULT_STATEMENT_TIMEOUT,
+) -> StepResult:
+    """Phase 3 (operator image): catalog diff, counting and squawk after shadow-upgrade; drops the shadow."""
+    started = now()
+    data = _base_data(max_violations)
+    notes: list[str] = []
+    sh: Shadow | None = None
+    try:
+        url = db.resolve_url(url, url_env)
+        wd = Path(workdir)
+        try:
+            info = json.loads((wd / PREPARE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise PrecheckError(f"{PREPARE_FILE} missing or unreadable in {wd}: run --phase prepare first ({e})",
+                                reason="InvalidInput") from e
+        sh = _shadow_from_prepare(url, info)
+        users = parse_user_checks(user_checks)
+        try:
+            up = json.loads((wd / SHADOW_UPGRADE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise PrecheckError(f"{SHADOW_UPGRADE_FILE} missing or unreadable: the shadow-upgrade container did "
+                                f"not finish ({e})", reason="InternalError") from e
+        pending = list(up.get("pending") or [])
+        data.update(currentRevision=up.get("fromRevision", info.get("currentRevision")),
+                    targetRevision=up.get("targetRevision") or up.get("toRevision"), pending=pending)
+        sql_path = wd / PENDING_SQL_FILE
+        offline_sql = sql_path.read_text(encoding="utf-8") if sql_path.exists() else None
+        statements = up.get("statements") if isinstance(up.get("statements"), list) else None
+        checks = analyse(url, sh.url, pending=pending, statements=statements, offline_sql=offline_sql or None,
+                         offline_error=up.get("sqlError"), user_checks=users, do_lint=lint,
+                         statement_timeout=statement_timeout, data=data)
+        if not pending:
+            data["derivationNote"] = "no pending revisions"
+        result = _finish(data, checks, max_violations, lint_fail, started)
+    except Exception as e:  # noqa: BLE001
+        result = _error_result(e, started, data)
+    finally:
+        if sh is not None:
+            sh.dispose(notes)
+    if notes:
+        result.data["derivationNote"] = "; ".join(filter(None, [result.data.get("derivationNote"), *notes]))
+    return result
