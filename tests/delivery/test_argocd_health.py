@@ -72,3 +72,12 @@ def test_configmap_snippet_embeds_the_same_script():
     assert cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == "argocd-cm"
     key = "resource.customizations.health.schemagate.dev_DatabaseMigration"
     assert cm["data"][key].strip() == LUA.read_text().strip()
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
+def test_fixtures_match_the_crd(path):
+    import jsonschema
+
+    crd = yaml.safe_load((ROOT / "manifests" / "crd.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    jsonschema.Draft7Validator(schema).validate(load(path)["object"])
