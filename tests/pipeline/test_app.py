@@ -180,3 +180,21 @@ def test_bad_duration_is_invalid_input(fresh_db: str) -> None:
     assert (r.outcome, r.reason) == (Outcome.PERMANENT_ERROR, "InvalidInput")
     assert "--lock-timeout" in r.message and "soon" in r.message
     assert version(fresh_db) is None
+
+
+def test_shadow_upgrade_workdir_contract(make_db, tmp_path) -> None:
+    real = make_db()
+    shadow = make_db()
+    from schemagate.runner.db import database_name
+
+    (tmp_path / "prepare.json").write_text(json.dumps({"shadowDatabase": database_name(shadow), "created": True}))
+    env = dict(os.environ, PYTHONPATH=str(app.__file__).rsplit("/schemagate/", 1)[0], DATABASE_URL=real)
+    p = run_module(["-m", "schemagate.runner.app", "shadow-upgrade", "-c", str(ORMAPP), "--workdir", str(tmp_path)],
+                   env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    up = json.loads((tmp_path / "shadow-upgrade.json").read_text())
+    assert up["pending"] == ["0001", "0002"] and up["applied"] == ["0001", "0002"]
+    assert "CREATE TABLE customers" in (tmp_path / "pending.sql").read_text()
+    kinds = {(s["revision"], s["kind"]) for s in up["statements"]}
+    assert ("0001", "ddl") in kinds and ("0002", "ddl") in kinds
+    assert version(shadow) == "0002" and version(real) is None

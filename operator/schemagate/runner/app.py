@@ -601,6 +601,70 @@ def migrate(
         return r
 
 
+_SQL_COMMENTS = re.compile(r"(--[^\n]*\n)|(/\*.*?\*/)", re.S)
+_SQL_DML = re.compile(r"^\s*(WITH\b.*?\b(INSERT|UPDATE|DELETE|MERGE)\b|INSERT\b|UPDATE\b|DELETE\b|MERGE\b|COPY\b"
+                      r"|TRUNCATE\b)", re.I | re.S)
+_SQL_READ = re.compile(r"^\s*(SELECT|SHOW|SET|RESET|BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|START|EXPLAIN|VALUES"
+                       r"|LOCK|DISCARD|LISTEN|NOTIFY|FETCH|DECLARE|CLOSE)\b", re.I)
+
+
+def classify_statement(sql: str) -> str:
+    """``dml``, ``ddl`` or ``other``; the same rules as ``schemagate.analysis.capture.classify`` (which this module
+    may not import: it runs in the application's image)."""
+    text = _SQL_COMMENTS.sub(" ", sql).strip()
+    if re.search(r"\balembic_version\b", text, re.I) and (_SQL_DML.match(text) or text.upper().startswith("CREATE TABLE")):
+        return "other"
+    if _SQL_DML.match(text):
+        return "dml"
+    if not text or _SQL_READ.match(text):
+        return "other"
+    return "ddl"
+
+
+@contextlib.contextmanager
+def capture_statements(state: dict[str, Any], limit: int = 2000) -> Iterator[list[dict[str, Any]]]:
+    """Record the DDL/DML every SQLAlchemy engine executes (the env.py's own engine included) during the block,
+    tagged with ``state["revision"]``: ``[{"revision", "kind", "sql"}]`` (see ``schemagate.analysis.capture``)."""
+    from sqlalchemy import event
+
+    log: list[dict[str, Any]] = []
+
+    def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        kind = classify_statement(statement)
+        if kind != "other" and len(log) < limit:
+            entry: dict[str, Any] = {"revision": state.get("revision"), "kind": kind, "sql": statement[:4000]}
+            if executemany:
+                entry["executemany"] = True
+            log.append(entry)
+
+    event.listen(sa.engine.Engine, "before_cursor_execute", before)
+    try:
+        yield log
+    finally:
+        event.remove(sa.engine.Engine, "before_cursor_execute", before)
+
+
+def shadow_url_from_workdir(url: str, workdir: str | os.PathLike[str] | None) -> str:
+    """The shadow database named by ``workdir/prepare.json`` (written by ``schemagate precheck --phase prepare``):
+    ``shadowDatabase`` on the server of ``url``, or the URL in the variable ``shadowUrlEnv``; else ``url``."""
+    if workdir is None:
+        return url
+    f = Path(workdir) / "prepare.json"
+    if not f.exists():
+        return url
+    try:
+        info = json.loads(f.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise InputError(f"--workdir: {f} is not JSON ({e})") from e
+    if info.get("shadowDatabase"):
+        from schemagate.runner.db import with_database
+
+        return with_database(url, str(info["shadowDatabase"]))
+    if info.get("shadowUrlEnv"):
+        return resolve_url(None, str(info["shadowUrlEnv"]))
+    raise InputError(f"{f} names no shadow database")
+
+
 def shadow_upgrade(
     config_path: str | os.PathLike[str],
     target: str | None = "head",
@@ -610,8 +674,16 @@ def shadow_upgrade(
     lock_timeout: str | int | None = None,
     statement_timeout: str | int | None = None,
 ) -> dict[str, Any]:
-    """Apply the pending revisions to a shadow database, rendering their SQL first (for squawk)."""
-    out = upgrade(config_path, target, url, url_env, lock_timeout, statement_timeout, render_sql_text=True)
+    """Apply the pending revisions to the shadow database (named by ``workdir/prepare.json`` when present, else
+    ``url`` itself), rendering their SQL first and capturing the statements executed. Writes
+    ``workdir/pending.sql`` and ``workdir/shadow-upgrade.json`` (``{fromRevision, toRevision, targetRevision,
+    pending, applied, sqlError?, statements}``) when ``workdir`` is given."""
+    url = shadow_url_from_workdir(resolve_url(url, url_env), workdir)
+    state: dict[str, Any] = {"revision": None}
+    with capture_statements(state) as statements:
+        out = upgrade(config_path, target, url, url_env, lock_timeout, statement_timeout, render_sql_text=True,
+                      on_revision=lambda r: state.__setitem__("revision", r))
+    out["statements"] = statements
     if workdir is not None:
         wd = Path(workdir)
         wd.mkdir(parents=True, exist_ok=True)
@@ -669,7 +741,8 @@ def run_command(args: argparse.Namespace) -> StepResult:
                               started_at=started).finish()
         out = shadow_upgrade(args.config, args.target, args.database_url, args.database_url_env, args.workdir,
                              args.lock_timeout, args.statement_timeout)
-        data = {k: v for k, v in out.items() if k != "sql"}
+        data = {k: v for k, v in out.items() if k not in ("sql", "statements")}
+        data["statements"] = len(out.get("statements") or [])
         data["sqlBytes"] = len((out.get("sql") or "").encode())
         return StepResult(step=step, outcome=Outcome.SUCCEEDED, reason="ShadowUpgraded",
                           message=f"applied {len(out['applied'])} revision(s) to the shadow database",
