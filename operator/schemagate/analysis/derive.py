@@ -94,11 +94,15 @@ def derive(real: Catalog, shadow: Catalog) -> Derivation:
             chk = counting.check_(c.name, c.schema, c.relname, c.expr, definition=c.definition)
             chk.only = bool(c.no_inherit and t is not None and t.has_children)
         elif c.contype == "f":
-            if _fk_shape(c) in real_fks:
-                continue
             assert c.ref_relname is not None
             chk = counting.foreign_key(c.name, c.schema, c.relname, c.columns, c.ref_schema, c.ref_relname,
                                        c.ref_columns, match_full=c.match_type == "f", definition=c.definition)
+            if _fk_shape(c) in real_fks:
+                same = [o for o in real.constraints if o.contype == "f" and o.validated and _fk_shape(o) == _fk_shape(c)]
+                if not any(o.name == c.name and o.definition == c.definition for o in same):
+                    d.checks.append(_skip(chk, f"the database already enforces the same key ({same[0].name}); "
+                                               "only the name or the ON DELETE/UPDATE actions change"))
+                continue
             chk.only = bool(t is not None and t.relkind != "p" and t.has_children)
             if c.match_type == "p":
                 chk.note = "MATCH PARTIAL is not implemented by PostgreSQL; counted as MATCH SIMPLE"

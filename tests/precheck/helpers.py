@@ -1,0 +1,58 @@
+"""Helpers for the precheck tests: SQL on a real PostgreSQL (fixtures from tests/pgfixtures.py), test projects."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from schemagate.runner import app
+from schemagate.runner.db import libpq_url
+
+PROJECTS = Path(__file__).parent / "projects"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def project(name: str) -> str:
+    """alembic.ini of a test project (tests/precheck/projects/NAME) or an example (migrations/NAME)."""
+    for base in (PROJECTS, REPO / "migrations"):
+        ini = base / name / "alembic.ini"
+        if ini.exists():
+            return str(ini)
+    raise AssertionError(f"no Alembic project {name!r}")
+
+
+def execute(url: str, *statements: str) -> None:
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        for s in statements:
+            conn.execute(s)  # type: ignore[arg-type]
+
+
+def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+
+def upgrade(url: str, name: str, target: str) -> None:
+    app.upgrade(project(name), target, url, "DATABASE_URL")
+
+
+def databases(url: str) -> set[str]:
+    return {r[0] for r in query(url, "SELECT datname FROM pg_database")}
+
+
+def seq_scans(url: str, tables: list[str], previous: dict[str, int] | None = None,
+              timeout: float = 10.0) -> dict[str, int]:
+    """``pg_stat_user_tables.seq_scan`` per table; with ``previous``, waits until the statistics moved."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            rows = conn.execute("SELECT relname, seq_scan FROM pg_stat_user_tables WHERE relname = ANY(%s)",
+                                (tables,)).fetchall()
+        got = {r[0]: int(r[1] or 0) for r in rows}
+        if previous is None or got != previous or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)

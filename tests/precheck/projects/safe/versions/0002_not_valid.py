@@ -1,0 +1,13 @@
+"""the safe pattern, part 1: NOT VALID constraints (catalog only)"""
+
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+
+
+def upgrade() -> None:
+    op.create_check_constraint("ck_orders_amount", "orders", "amount > 0", postgresql_not_valid=True)
+    op.create_check_constraint("ck_items_quantity", "items", "quantity > 0", postgresql_not_valid=True)
+    op.create_foreign_key("fk_items_order", "items", "orders", ["order_id"], ["id"], ondelete="CASCADE",
+                          postgresql_not_valid=True)

@@ -1,0 +1,176 @@
+"""Counting semantics on a real PostgreSQL: each count is compared with what PostgreSQL itself accepts or rejects."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from schemagate.analysis import counting
+from schemagate.analysis.counting import CountOptions
+from schemagate.runner.db import libpq_url
+from tests.precheck.helpers import execute, query, seq_scans
+
+pytestmark = pytest.mark.postgres
+
+
+def count(url: str, checks: list[counting.Check], **opts: object) -> list[counting.Check]:
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        counting.run_counts(conn, checks, CountOptions(**opts))  # type: ignore[arg-type]
+    return checks
+
+
+def rejects(url: str, ddl: str) -> bool:
+    """Does PostgreSQL refuse the DDL on the current data? (the ground truth the counts must agree with)"""
+    with psycopg.connect(libpq_url(url)) as conn:
+        try:
+            conn.execute(ddl)  # type: ignore[arg-type]
+        except psycopg.errors.IntegrityError:
+            return True
+        finally:
+            conn.rollback()
+    return False
+
+
+def test_check_counts_only_false_rows_null_passes(fresh_db: str) -> None:
+    execute(fresh_db, "CREATE TABLE acct (id int, used numeric, lim numeric)",
+            "INSERT INTO acct VALUES (1, 5, 10), (2, 11, 10), (3, NULL, 10), (4, 5, NULL), (5, NULL, NULL), "
+            "(6, 20, 10)")
+    c = counting.check_("ck", "public", "acct", "used <= lim")
+    count(fresh_db, [c])
+    assert c.count == 2 and c.error is None  # rows 2 and 6; NULL rows pass, as in PostgreSQL
+    assert rejects(fresh_db, "ALTER TABLE acct ADD CONSTRAINT ck CHECK (used <= lim)")
+    execute(fresh_db, "DELETE FROM acct WHERE id IN (2, 6)")
+    count(fresh_db, [c])
+    assert c.count == 0
+    assert not rejects(fresh_db, "ALTER TABLE acct ADD CONSTRAINT ck CHECK (used <= lim)")
+
+
+def test_not_null_counts_nulls(fresh_db: str) -> None:
+    execute(fresh_db, 'CREATE TABLE t ("Note" text, n int)', "INSERT INTO t VALUES ('a', 1), (NULL, 2), (NULL, NULL)")
+    a, b = counting.notnull("nn1", "public", "t", "Note"), counting.notnull("nn2", "public", "t", "n")
+    count(fresh_db, [a, b])
+    assert (a.count, b.count) == (2, 1)
+
+
+@pytest.fixture
+def composite(fresh_db: str) -> str:
+    execute(
+        fresh_db,
+        'CREATE TABLE parent (x int, y int, PRIMARY KEY (x, y))',
+        "INSERT INTO parent VALUES (1, 1), (1, 2)",
+        "CREATE TABLE child (id int, a int, b int, q int)",
+        # ok | orphan | (NULL, 9): partial NULL | (NULL, NULL) | (2, NULL): partial NULL | ok
+        "INSERT INTO child VALUES (1, 1, 1, 1), (2, 9, 9, 1), (3, NULL, 9, 1), (4, NULL, NULL, 1), (5, 2, NULL, 1), "
+        "(6, 1, 2, -1)",
+    )
+    return fresh_db
+
+
+@pytest.mark.parametrize("joined", [True, False], ids=["one-scan-join", "not-exists"])
+@pytest.mark.parametrize("full", [False, True], ids=["simple", "full"])
+def test_composite_foreign_key_match_simple_and_full(composite: str, joined: bool, full: bool) -> None:
+    fk = counting.foreign_key("fk", "public", "child", ["a", "b"], "public", "parent", ["x", "y"], match_full=full)
+    fk.ref_unique = joined
+    count(composite, [fk, counting.check_("ck", "public", "child", "q > 0")])
+    # SIMPLE: only the complete key (9, 9) is checked; FULL: the two partly NULL keys violate too
+    assert fk.count == (3 if full else 1)
+    ddl = ("ALTER TABLE child ADD FOREIGN KEY (a, b) REFERENCES parent (x, y)" + (" MATCH FULL" if full else ""))
+    assert rejects(composite, ddl)
+    execute(composite, "DELETE FROM child WHERE id = 2")
+    count(composite, [fk])
+    assert fk.count == (2 if full else 0)
+    assert rejects(composite, ddl) is full
+
+
+def test_foreign_key_to_a_table_the_revisions_create(composite: str) -> None:
+    fk = counting.foreign_key("fk", "public", "child", ["a", "b"], "public", "missing", ["x", "y"])
+    fk.ref_is_new = True
+    count(composite, [fk])
+    assert fk.count == 3  # every complete key, since the new table is empty
+
+
+def test_unique_counts_rows_in_duplicate_groups_nulls_distinct(fresh_db: str) -> None:
+    execute(fresh_db, "CREATE TABLE u (a int, b text)",
+            "INSERT INTO u VALUES (1, 'x'), (1, 'x'), (1, 'x'), (2, 'y'), (2, 'z'), (3, NULL), (3, NULL), "
+            "(NULL, NULL), (NULL, NULL)")
+    distinct = counting.unique("uq", "public", "u", ["a", "b"])
+    nnd = counting.unique("uq_nnd", "public", "u", ["a", "b"], nulls_not_distinct=True)
+    partial = counting.unique("uq_part", "public", "u", ["a"], predicate="b IS NOT NULL")
+    count(fresh_db, [distinct, nnd, partial])
+    assert distinct.count == 3 and "1 duplicate group" in (distinct.note or "")
+    assert nnd.count == 3 + 2 + 2  # (3, NULL) x2 and (NULL, NULL) x2 collide too
+    assert partial.count == 3 + 2  # a=1 (x3), a=2 (y, z)
+    assert rejects(fresh_db, "CREATE UNIQUE INDEX ON u (a, b)")
+    execute(fresh_db, "DELETE FROM u WHERE a = 1 AND ctid NOT IN (SELECT min(ctid) FROM u WHERE a = 1)")
+    count(fresh_db, [distinct, nnd])
+    assert distinct.count == 0 and nnd.count == 4
+    assert not rejects(fresh_db, "CREATE UNIQUE INDEX ON u (a, b)")
+    assert rejects(fresh_db, "CREATE UNIQUE INDEX ON u (a, b) NULLS NOT DISTINCT")
+
+
+def test_quoting_schema_and_mixed_case(fresh_db: str) -> None:
+    execute(fresh_db, 'CREATE SCHEMA "Sales"', 'CREATE TABLE "Sales"."Order Lines" ("Qty" int, "select" int)',
+            'INSERT INTO "Sales"."Order Lines" VALUES (1, 1), (-1, NULL), (NULL, 2)')
+    ck = counting.check_("ck", "Sales", "Order Lines", '"Qty" > 0')
+    nn = counting.notnull("nn", "Sales", "Order Lines", "select")
+    count(fresh_db, [ck, nn])
+    assert (ck.count, nn.count) == (1, 1)
+
+
+def test_one_scan_per_table_for_all_check_notnull_and_fk_predicates(fresh_db: str) -> None:
+    execute(
+        fresh_db,
+        "CREATE TABLE orders (id int PRIMARY KEY)",
+        "INSERT INTO orders SELECT g FROM generate_series(1, 100) g",
+        "CREATE TABLE wp (id int, stock int, reserved_stock int, amount numeric, order_id int)",
+        "INSERT INTO wp SELECT g, g % 7 - 1, g % 5, g % 3, CASE WHEN g % 11 = 0 THEN 1000 + g ELSE g % 100 + 1 END "
+        "FROM generate_series(1, 5000) g",
+        "ANALYZE",
+    )
+    checks = [
+        counting.check_("c1", "public", "wp", "stock >= 0"),
+        counting.check_("c2", "public", "wp", "reserved_stock >= 0"),
+        counting.check_("c3", "public", "wp", "stock >= reserved_stock"),
+        counting.check_("c4", "public", "wp", "amount > 0"),
+        counting.notnull("n1", "public", "wp", "order_id"),
+        counting.foreign_key("fk", "public", "wp", ["order_id"], "public", "orders", ["id"], ref_unique=True),
+    ]
+    before = seq_scans(fresh_db, ["wp", "orders"])
+    queries = counting.plan_queries(checks)
+    assert [q.kind for q in queries] == ["scan"]
+    count(fresh_db, checks)
+    after = seq_scans(fresh_db, ["wp", "orders"], before)
+    assert after["wp"] - before["wp"] == 1, (before, after)
+    assert after["orders"] - before["orders"] <= 1  # the FK's hash build (or index probes: 0)
+    expected = query(fresh_db, "SELECT count(*) FILTER (WHERE stock < 0), 0, count(*) FILTER (WHERE stock < "
+                               "reserved_stock), count(*) FILTER (WHERE amount <= 0), 0, "
+                               "count(*) FILTER (WHERE order_id > 1000) FROM wp")[0]
+    assert tuple(c.count for c in checks) == expected
+
+
+def test_user_checks_and_error_isolation(fresh_db: str) -> None:
+    execute(fresh_db, "CREATE TABLE t (a int)", "INSERT INTO t VALUES (1), (-1), (-2)")
+    good = counting.user("negatives", "SELECT count(*) FROM t WHERE a < 0")
+    bad_sql = counting.user("broken", "SELECT count(*) FROM no_such_table")
+    two_cols = counting.user("two", "SELECT 1, 2")
+    ck_ok = counting.check_("ck_ok", "public", "t", "a > 0")
+    ck_bad = counting.check_("ck_bad", "public", "t", "no_such_function(a)")
+    count(fresh_db, [good, bad_sql, two_cols, ck_ok, ck_bad])
+    assert good.count == 2 and good.error is None
+    assert bad_sql.count is None and "no_such_table" in (bad_sql.error or "")
+    assert two_cols.count is None and "one column" in (two_cols.error or "")
+    assert ck_ok.count == 2 and ck_bad.count is None and "no_such_function" in (ck_bad.error or "")
+
+
+def test_user_checks_run_read_only(fresh_db: str) -> None:
+    execute(fresh_db, "CREATE TABLE t (a int)", "INSERT INTO t VALUES (1)")
+    sneaky = counting.user("sneaky", "WITH d AS (DELETE FROM t RETURNING 1) SELECT count(*) FROM d")
+    count(fresh_db, [sneaky])
+    assert sneaky.count is None and "read-only" in (sneaky.error or "")
+    assert query(fresh_db, "SELECT count(*) FROM t")[0][0] == 1
+
+
+def test_statement_timeout_applies(fresh_db: str) -> None:
+    slow = counting.user("slow", "SELECT count(*) FROM pg_sleep(2)")
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        count(fresh_db, [slow], statement_timeout="200ms")
