@@ -136,7 +136,7 @@ def _short(s: str, n: int = 1024) -> str:
 
 def fresh_run(m: Migration, prev: dict[str, Any], now: _dt.datetime) -> dict[str, Any]:
     """A new run for a changed spec: keeps what is known about the database (currentRevision, last backup)."""
-    st = {k: prev[k] for k in ("currentRevision", "backup", "conditions", "kopf") if k in prev}
+    st: dict[str, Any] = {k: prev[k] for k in ("currentRevision", "backup", "conditions", "kopf") if k in prev}
     st.update({
         "observedGeneration": m.generation,
         "phase": S.PENDING,
@@ -158,7 +158,8 @@ def fresh_run(m: Migration, prev: dict[str, Any], now: _dt.datetime) -> dict[str
 
 def _precheck_status(st: dict[str, Any], data: dict[str, Any], max_violations: int) -> int:
     checks = [c for c in data.get("checks") or [] if isinstance(c, dict)]
-    total = int(data.get("total") if data.get("total") is not None else sum(int(c.get("count") or 0) for c in checks))
+    raw_total = data.get("total")
+    total = int(raw_total) if raw_total is not None else sum(int(c.get("count") or 0) for c in checks)
     st["violations"] = {
         "total": total,
         "maxViolations": int(data.get("maxViolations", max_violations)),

@@ -88,7 +88,7 @@ def build_conditions(
 def condition(status: dict[str, Any], ctype: str) -> dict[str, Any] | None:
     for c in status.get("conditions") or []:
         if c.get("type") == ctype:
-            return c  # type: ignore[no-any-return]
+            return c
     return None
 
 

@@ -1,0 +1,74 @@
+"""Prometheus metrics of the operator (prometheus_client), served on ``SCHEMAGATE_METRICS_PORT`` (default 8000)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+STEP_DURATION = Histogram(
+    "schemagate_step_duration_seconds", "Duration of a step Job as reported by its StepResult",
+    ["step", "outcome"], buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 7200))
+VIOLATIONS = Gauge(
+    "schemagate_precheck_violations", "Rows violating a new constraint, per check, from the last precheck",
+    ["namespace", "migration", "check"])
+VIOLATIONS_TOTAL = Gauge(
+    "schemagate_precheck_violations_total", "All violating rows from the last precheck", ["namespace", "migration"])
+FAILURES = Counter(
+    "schemagate_step_failures_total", "Failed step Jobs by step and reason", ["step", "reason", "outcome"])
+LAST_SUCCESS = Gauge(
+    "schemagate_last_success_timestamp_seconds", "When the migration last reached Succeeded (Unix time)",
+    ["namespace", "migration"])
+PHASE = Gauge(
+    "schemagate_migration_phase", "1 for the current phase of each DatabaseMigration", ["namespace", "migration", "phase"])
+JOBS_CREATED = Counter("schemagate_jobs_created_total", "Step Jobs created", ["step"])
+API_WRITES = Counter("schemagate_api_writes_total", "Kubernetes API writes by kind", ["kind"])
+RECONCILE = Histogram("schemagate_reconcile_seconds", "Duration of one reconciliation",
+                      buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+RECONCILE_ERRORS = Counter("schemagate_reconcile_errors_total", "Reconciliations that raised", ["error"])
+
+PHASES = ("Pending", "BackingUp", "Prechecking", "Migrating", "Verifying", "Succeeded", "Blocked", "Failed",
+          "Suspended")
+
+_started = False
+
+
+def serve(port: int) -> None:
+    global _started
+    if not _started and port > 0:
+        start_http_server(port)
+        _started = True
+
+
+def observe_result(ns: str, name: str, step: str, result: dict[str, Any]) -> None:
+    outcome = str(result.get("outcome") or "Unknown")
+    dur = result.get("durationSeconds")
+    if isinstance(dur, (int, float)):
+        STEP_DURATION.labels(step, outcome).observe(float(dur))
+    if outcome != "Succeeded":
+        FAILURES.labels(step, str(result.get("reason") or "Unknown"), outcome).inc()
+    if step == "precheck":
+        data = result.get("data") or {}
+        for c in data.get("checks") or []:
+            if isinstance(c, dict) and c.get("name"):
+                VIOLATIONS.labels(ns, name, str(c["name"])).set(float(c.get("count") or 0))
+        if data.get("total") is not None:
+            VIOLATIONS_TOTAL.labels(ns, name).set(float(data["total"]))
+
+
+def observe_phase(ns: str, name: str, phase: str, previous: str | None) -> None:
+    if phase == previous:
+        return
+    for p in PHASES:
+        PHASE.labels(ns, name, p).set(1.0 if p == phase else 0.0)
+    if phase == "Succeeded":
+        LAST_SUCCESS.labels(ns, name).set(time.time())
+
+
+def forget(ns: str, name: str) -> None:
+    for p in PHASES:
+        try:
+            PHASE.remove(ns, name, p)
+        except KeyError:
+            pass
