@@ -560,6 +560,9 @@ def migrate(
         delays = backoff_delays(retries, backoff, max_backoff)
         with advisory_lock(url, lock_wait, sleep=sleep,
                            on_wait=lambda pid: say(f"waiting for another migrator (pid {pid})")):
+            # re-plan under the lock: another migrator may have applied everything while we waited
+            base = plan(config_path, target, url, url_env)
+            data["fromRevision"] = data["toRevision"] = base["current"]
             attempt = 0
             while True:
                 attempt += 1
@@ -582,10 +585,9 @@ def migrate(
                         data["applied"].append(a)
                 data["toRevision"] = out["toRevision"]
                 break
-        # revisions applied in earlier attempts (before a timeout) count too
-        pend = first["pending"]
-        if data["toRevision"] in pend:
-            data["applied"] = pend[: pend.index(data["toRevision"]) + 1]
+        # revisions committed by earlier attempts (before a lock timeout) count too
+        pend = base["pending"]
+        data["applied"] = pend[: pend.index(data["toRevision"]) + 1] if data["toRevision"] in pend else []
         n = len(data["applied"])
         msg = (f"applied {n} revision{'s' if n != 1 else ''} ({', '.join(data['applied'])}); "
                f"the database is at revision {data['toRevision']}") if n else (
