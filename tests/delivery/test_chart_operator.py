@@ -156,14 +156,17 @@ def test_cluster_wide_rbac():
     assert crb["subjects"] == [
         {"kind": "ServiceAccount", "name": "schemagate", "namespace": "schemagate-system"}
     ]
-    assert not by_kind(docs, "Role")
+    (leases,) = by_kind(docs, "Role")
+    assert leases["metadata"]["namespace"] == "schemagate-system"
+    assert rules_of(leases) == {("coordination.k8s.io", "leases", v) for v in ("get", "create", "patch")}
 
 
 def test_namespaced_rbac():
     docs = template("schemagate", "--set", "operator.watchNamespaces={shop,billing}")
-    roles = by_kind(docs, "Role")
+    roles = [r for r in by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leases")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["billing", "shop"]
-    assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == ["billing", "shop"]
+    bindings = [b for b in by_kind(docs, "RoleBinding") if not b["metadata"]["name"].endswith("-leases")]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["billing", "shop"]
     assert ("", "pods", "patch") in rules_of(roles[0])
     (cr,) = by_kind(docs, "ClusterRole")
     assert {r for _, r, _ in rules_of(cr)} == {"customresourcedefinitions"}, (
@@ -190,9 +193,9 @@ def test_notes_render():
 def test_image_defaults_to_app_version():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     c = deployment(template("schemagate"))["spec"]["template"]["spec"]["containers"][0]
-    assert c["image"] == f"schemagate:{chart['appVersion']}"
+    assert c["image"] == f"ghcr.io/schemagate/schemagate:{chart['appVersion']}"
     env = {e["name"]: e.get("value") for e in c["env"]}
-    assert env["SCHEMAGATE_IMAGE"] == c["image"]
+    assert env["SCHEMAGATE_RUNNER_IMAGE"] == c["image"]
     c = deployment(template("schemagate", "--set", "image.repository=r.example/sg,image.tag=1.2"))
     assert c["spec"]["template"]["spec"]["containers"][0]["image"] == "r.example/sg:1.2"
 

@@ -20,16 +20,16 @@
 {{/* Labels on every object. */}}
 {{- define "schemagate.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
-{{ include "schemagate.selectorLabels" . }}
+app.kubernetes.io/name: {{ include "schemagate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: schemagate
 {{- end }}
 
-{{/* Selector labels of the operator pod. */}}
+{{/* Selector labels of the operator pod (the same as manifests/deployment.yaml: one operator per cluster). */}}
 {{- define "schemagate.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "schemagate.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end }}
 
@@ -45,26 +45,28 @@ app.kubernetes.io/component: operator
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
-{{/* The rules the operator needs inside a watched namespace (or cluster-wide). */}}
+{{/* The rules the operator needs inside a watched namespace (or cluster-wide); the same as manifests/rbac.yaml. */}}
 {{- define "schemagate.namespacedRules" -}}
+# The resources it reconciles; status is the only thing it writes on them.
 - apiGroups: [schemagate.dev]
   resources: [databasemigrations]
-  verbs: [get, list, watch, patch, update]
+  verbs: [get, list, watch]
 - apiGroups: [schemagate.dev]
   resources: [databasemigrations/status]
-  verbs: [get, patch, update]
+  verbs: [get, patch]
+# One Job per step (created, never updated; owned by the resource so the garbage collector removes them).
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, delete, patch]
-# pods: step Job pods (termination messages) and the rollout gate (remove the schemagate.dev/migration gate)
+  verbs: [get, list, watch, create]
+# Step results come back as the Job pods' termination messages; patch removes the rollout gate.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, patch]
-# secrets: only to report SecretNotFound early; values are read by the step Jobs via secretKeyRef
+# Only to report SecretNotFound and to learn the database identity for the Lease; never copied anywhere.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-- apiGroups: ["", events.k8s.io]
+- apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}

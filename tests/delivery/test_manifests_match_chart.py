@@ -1,0 +1,84 @@
+"""`kubectl apply -f manifests/` installs what `helm install schemagate charts/schemagate` installs by default.
+
+Compared semantically (parsed objects, not text): Helm's own labels are ignored, RBAC rules are compared as sets of
+(apiGroup, resource, verb). Known, intended differences:
+- manifests/ creates the Namespace (with the restricted Pod Security label); Helm uses --create-namespace;
+- the chart adds a metrics Service (the manifests rely on the pod's prometheus.io annotations).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.delivery.helm import ROOT, template
+
+MANIFESTS = ROOT / "manifests"
+HELM_LABELS = {"helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/instance",
+               "app.kubernetes.io/version", "app.kubernetes.io/part-of"}  # fmt: skip
+ONLY_IN_MANIFESTS = {("Namespace", "schemagate-system")}
+ONLY_IN_CHART = {("Service", "schemagate-metrics")}
+
+
+def manifest_docs() -> list[dict]:
+    files = sorted(MANIFESTS.glob("*.yaml"))
+    if not (MANIFESTS / "deployment.yaml").exists() or not (MANIFESTS / "rbac.yaml").exists():
+        pytest.skip("manifests/deployment.yaml and manifests/rbac.yaml do not exist yet")
+    return [d for f in files for d in yaml.safe_load_all(Path(f).read_text()) if d]
+
+
+def key(d: dict) -> tuple[str, str, str]:
+    return d["kind"], d["metadata"]["name"], d["metadata"].get("namespace", "")
+
+
+def normalize(d: dict) -> dict:
+    d = yaml.safe_load(yaml.safe_dump(d))
+    md = d["metadata"]
+    for field in ("labels", "annotations"):
+        kept = {k: v for k, v in (md.get(field) or {}).items() if k not in HELM_LABELS}
+        md.pop(field, None)
+        if kept:
+            md[field] = kept
+    if d["kind"] in ("ClusterRole", "Role"):
+        d["rules"] = sorted(
+            {(g, r, v) for rule in d.get("rules") or [] for g in rule.get("apiGroups", [])
+             for r in rule.get("resources", []) for v in rule.get("verbs", [])}
+        )  # fmt: skip
+    if d["kind"] == "Deployment":
+        tpl = d["spec"]["template"]["metadata"]
+        tpl["labels"] = {k: v for k, v in tpl.get("labels", {}).items() if k not in HELM_LABELS}
+    return d
+
+
+@pytest.fixture(scope="module")
+def both():
+    m = {key(d): d for d in manifest_docs()}
+    c = {key(d): d for d in template("schemagate", "--include-crds")}
+    return m, c
+
+
+def test_same_objects(both):
+    m, c = both
+    only_m = {(k, n) for k, n, _ in set(m) - set(c)}
+    only_c = {(k, n) for k, n, _ in set(c) - set(m)}
+    assert only_m == ONLY_IN_MANIFESTS, f"only in manifests/: {only_m - ONLY_IN_MANIFESTS}"
+    assert only_c == ONLY_IN_CHART, f"only in the chart: {only_c - ONLY_IN_CHART}"
+
+
+def test_same_content(both):
+    m, c = both
+    diffs = []
+    for k in sorted(set(m) & set(c)):
+        a, b = normalize(m[k]), normalize(c[k])
+        if a != b:
+            diffs.append(f"{k}:\n  manifests: {a}\n  chart:     {b}")
+    assert not diffs, "\n".join(diffs)
+
+
+def test_metrics_service_selects_the_manifest_pods(both):
+    m, c = both
+    svc = c[("Service", "schemagate-metrics", "schemagate-system")]
+    dep = m[("Deployment", "schemagate", "schemagate-system")]
+    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
