@@ -27,7 +27,8 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from schemagate import k8s, metrics
+from schemagate import gatekeeper, k8s, metrics
+from schemagate.core import gate
 from schemagate.core import jobs as J
 from schemagate.core import status as S
 from schemagate.core.decide import Action, LockObs, Observed, RetryPolicy, decide
@@ -256,10 +257,35 @@ async def migration_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> No
         await c.release_known(key)
         c.forget(key)
         return
+    await _release_gated_pods(c, key, event.get("object") or dict(body))
     rv = body["metadata"].get("resourceVersion")
     if rv and c.written_rv.get(key) == rv:
         return  # the echo of our own status write
     c.trigger(key)
+
+
+# --- rollout gate (decision: schemagate.core.gate; I/O: schemagate.gatekeeper) --------------------------------
+# Level-based: every gated pod event and every DatabaseMigration event (our own status writes included, and
+# Kopf's initial listing at start-up) re-evaluates from the current objects, so restarts and missed events are safe.
+
+
+async def _release_gated_pods(c: Controller, key: Key, migration: Any) -> None:
+    if not gate.migration_state(migration)[0]:
+        return  # not Ready for its generation: nothing can be released
+    try:
+        released = await c.call(gatekeeper.release_waiting, c.kube, key[0], key[1], migration)
+        if released:
+            log.info("rollout gate: released %d pod(s) waiting for %s/%s", len(released), *key)
+    except Exception:  # noqa: BLE001 - the next pod or migration event retries
+        log.exception("rollout gate: releasing pods waiting for %s/%s failed", *key)
+
+
+@kopf.on.event("", "v1", "pods", when=lambda body, **_: gate.is_gated(body))
+async def gated_pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    if event.get("type") == "DELETED":
+        return
+    c = controller()
+    await c.call(gatekeeper.evaluate_pod, c.kube, event.get("object") or dict(body))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={J.LABEL_MANAGED_BY: J.MANAGED_BY})
