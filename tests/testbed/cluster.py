@@ -365,7 +365,8 @@ class Cluster:
 
         Keyword arguments set attributes of the client ``Configuration`` (e.g. ``connection_pool_maxsize``).
         """
-        from kubernetes import client, config as kconfig
+        from kubernetes import client
+        from kubernetes import config as kconfig
 
         cfg = client.Configuration()
         kconfig.load_kube_config(config_file=str(self.kubeconfig), client_configuration=cfg)
@@ -471,7 +472,7 @@ class Cluster:
         self.etcd_port, peer = free_port(), free_port()
         etcd = self._add("etcd", [
             str(b / "etcd"),
-            f"--name=testbed",
+            "--name=testbed",
             f"--data-dir={self.run_dir / 'etcd-data'}",
             f"--listen-client-urls=http://127.0.0.1:{self.etcd_port}",
             f"--advertise-client-urls=http://127.0.0.1:{self.etcd_port}",

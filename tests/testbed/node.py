@@ -790,7 +790,8 @@ class PodRunner(threading.Thread):
             return
         if why == "deadline":
             self.kill_reason = "DeadlineExceeded"
-            self._kill_all(0)
+            grace = self.spec.get("terminationGracePeriodSeconds")
+            self._kill_all(min(float(30 if grace is None else grace), self.node.max_grace_seconds))
         else:
             self._kill_all(self.kill_grace)
         if self.gone:
