@@ -1,6 +1,6 @@
 """Alembic environment of the food truck example.
 
-The URL comes from DATABASE_URL (schemagate's runner sets it; ``sqlalchemy.url`` is the fallback). Each revision
+The URL comes from ``sqlalchemy.url`` when set (schemagate's runner sets it), else from DATABASE_URL. Each revision
 runs in its own transaction (``transaction_per_migration=True``) so that a NOT VALID constraint is committed before
 a later revision validates it, and ``autocommit_block()`` can run CREATE INDEX CONCURRENTLY.
 """
@@ -20,7 +20,8 @@ target_metadata = None
 
 
 def database_url() -> str:
-    url = os.environ.get("DATABASE_URL") or config.get_main_option("sqlalchemy.url")
+    # sqlalchemy.url first: schemagate's runner sets it (and the variable it was told to use) to the target
+    url = config.get_main_option("sqlalchemy.url") or os.environ.get("DATABASE_URL")
     if not url:
         raise RuntimeError("set DATABASE_URL to postgresql://user:password@host:port/database")
     scheme, _, rest = url.partition("://")

@@ -15,7 +15,8 @@ Steps (each prints one StepResult with ``--json``, human output with rich otherw
 
 The database URL comes from the environment variable named by ``--database-url-env`` (default DATABASE_URL) or
 ``--database-url`` (discouraged: visible in the process list). With neither, a local embedded PostgreSQL under
-``.demo/`` is started. A URL is never printed.
+``.demo/`` is started (unless ``SCHEMAGATE_NO_EMBEDDED=1``: then it is an error naming the variable). A URL is
+never printed.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from schemagate.runner import db
 from schemagate.runner.result import TERMINATION_LOG_ENV, Outcome, StepResult, write_termination_log
 
 DEMO_DIR = ".demo"
+NO_EMBEDDED_ENV = "SCHEMAGATE_NO_EMBEDDED"  # set in images/Jobs: a missing URL is an error, never a local server
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -282,7 +284,7 @@ def database(args: argparse.Namespace) -> Iterator[tuple[str | None, str | None]
     if os.environ.get(args.database_url_env):
         yield None, args.database_url_env
         return
-    if db.embedded_bin_dir() is None:
+    if db.embedded_bin_dir() is None or os.environ.get(NO_EMBEDDED_ENV, "") not in ("", "0", "false"):
         yield None, args.database_url_env  # the step reports InvalidInput naming the variable
         return
     server = db.EmbeddedPostgres(Path(DEMO_DIR) / "pg")
