@@ -474,9 +474,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             console.print(f"seeded database demo_{name} at revision 0001 "
                           f"(project {escape(str(demo.project(name).parent))})")
             with console.status(f"{name}: backup") as status:
+
+                def say(text: str, status: Any = status) -> None:
+                    status.update(db.redact(text))
+
                 r = pipeline.run(demo.project(name), "head", url, backup_dir=base / "backups" / name, keep=3,
-                                 on_step=lambda s: render(s, console),
-                                 progress=lambda s, status=status: status.update(db.redact(s)))
+                                 on_step=lambda s: render(s, console), progress=say)
             color, mark = _STYLE[r.outcome]
             console.print(f"[bold {color}]{mark} {name}: {r.reason}[/]  {escape(r.message)}")
             outcomes[name] = r
@@ -491,7 +494,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console.print("[bold green]demo complete[/]: the food truck migration went through; the wholesale migration was "
                   "blocked by the precheck before touching the database." if ok else
                   "[bold red]demo did not go as expected[/] (see above)")
-    console.print(f"[dim]backups in {escape(str(base / 'backups'))}; server data in {escape(str(base / 'pg'))}[/]")
+    console.print(f"[dim]backups in {escape(str(base / 'backups'))}; server data in {escape(str(server.base_dir))}[/]")
     return 0 if ok else 1
 
 

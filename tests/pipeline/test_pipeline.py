@@ -67,9 +67,8 @@ def test_wholesale_is_blocked_with_exact_counts_and_untouched(fresh_db: str, tmp
     assert steps[1].data["total"] == demo.WHOLESALE_TOTAL == 13
     assert {c["name"]: c["count"] for c in r.data["checks"]} == demo.WHOLESALE_VIOLATIONS
     assert schema_snapshot(fresh_db) == before and version(fresh_db) == "0001"
-    assert scalar(fresh_db, "select count(*) from pg_database where datname like %s" if False else
-                  "select count(*) from pg_database where datname <> current_database() and datname like "
-                  "current_database() || '%%'") == 0  # no shadow database left behind
+    assert scalar(fresh_db, "select count(*) from pg_database where datname <> current_database() and datname "
+                            "like current_database() || '%'") == 0  # no shadow database left behind
     msg = to_termination_message(r)
     assert len(msg.encode()) <= 4096 and json.loads(msg)["reason"] == "ViolationsFound"
 

@@ -127,8 +127,8 @@ class ClassifiedError(RunnerError):
 
     def __init__(self, outcome: Outcome, reason: str, message: str) -> None:
         super().__init__(message)
-        self.outcome = outcome  # type: ignore[misc]
-        self.reason = reason  # type: ignore[misc]
+        self.outcome = outcome
+        self.reason = reason
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -323,7 +323,8 @@ class EmbeddedPostgres:
     superuser = "superuser"
 
     def __init__(self, base_dir: str | os.PathLike[str], port: int | None = None, bin_dir: str | None = None):
-        self.base_dir = Path(base_dir).resolve()
+        self.requested_dir = Path(base_dir).resolve()
+        self.base_dir = self._usable_dir(self.requested_dir)
         self.data_dir = self.base_dir / "data"
         self.log_file = self.base_dir / "postgres.log"
         self.password_file = self.base_dir / ".password"
@@ -332,6 +333,25 @@ class EmbeddedPostgres:
         self.password: str | None = None
 
     # -- helpers ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _usable_dir(base: Path) -> Path:
+        """``base``, or (as root, when a parent directory is closed to other users, e.g. /root) a directory under
+        the system temporary directory named after ``base``: the server runs as an unprivileged user and must be
+        able to reach its data directory."""
+        if os.geteuid() != 0:
+            return base
+        for parent in list(base.parents):
+            try:
+                if not parent.stat().st_mode & 0o001:
+                    import hashlib
+                    import tempfile
+
+                    tag = hashlib.sha1(str(base).encode()).hexdigest()[:10]  # noqa: S324 - a name, not security
+                    return Path(tempfile.gettempdir()) / f"schemagate-pg-{tag}"
+            except FileNotFoundError:
+                continue
+        return base
+
     def _bin(self, name: str) -> str:
         if self._bin_dir is not None:
             return str(self._bin_dir / name)
