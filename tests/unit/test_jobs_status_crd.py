@@ -112,8 +112,12 @@ def test_container_layouts_follow_the_architecture():
     assert mc["command"][mc["command"].index("-c") + 1] == "/app/alembic.ini"
     vc = verify["spec"]["template"]["spec"]["containers"][0]
     plan = json.loads(next(e["value"] for e in vc["env"] if e["name"] == "SCHEMAGATE_PLAN"))
-    assert plan["targetRevision"] == "0002" and plan["userChecks"] == [{"name": "v", "sql": "select 0"}]
-    assert "--plan-env" in vc["command"]
+    assert plan["targetRevision"] == "0002"
+    assert "--plan-env" in vc["command"] and vc["command"][-2:] == ["--check", "v=select 0"]
+    cc = pre["containers"][0]["command"]
+    assert cc[cc.index("--check") + 1] == "neg=select count(*) from t where x < 0"
+    bc = backup["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert bc[bc.index("--backup-dir") + 1] == "/backups" and bc[bc.index("--keep") + 1] == "5"
     bvol = next(v for v in backup["spec"]["template"]["spec"]["volumes"] if v["name"] == "backups")
     assert bvol == {"name": "backups", "persistentVolumeClaim": {"claimName": "backups"}}
 

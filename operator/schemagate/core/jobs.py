@@ -20,7 +20,6 @@ RUNNER_DIR = "/schemagate"
 WORK_DIR = "/work"
 BACKUP_DIR = "/backups"
 PLAN_ENV = "SCHEMAGATE_PLAN"
-CHECKS_ENV = "SCHEMAGATE_CHECKS"
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_NAME = "app.kubernetes.io/name"
@@ -152,9 +151,12 @@ def _target(m: Migration, plan: dict[str, Any] | None) -> str:
     return str(resolved or m.migrations.target_revision)
 
 
-def _checks_env(checks: Any) -> list[dict[str, Any]]:
-    return [{"name": CHECKS_ENV, "value": json.dumps([c.to_dict() for c in checks], separators=(",", ":"))}] \
-        if checks else []
+def _check_args(checks: Any) -> list[str]:
+    """User checks as the CLI's repeatable ``--check NAME=SQL`` (SQL is configuration, not a secret)."""
+    out: list[str] = []
+    for c in checks:
+        out += ["--check", f"{c.name}={c.sql}"]
+    return out
 
 
 def build_containers(m: Migration, step: str, s: JobSettings, plan: dict[str, Any] | None = None
@@ -168,30 +170,25 @@ def build_containers(m: Migration, step: str, s: JobSettings, plan: dict[str, An
         mount: dict[str, Any] = {"name": "backups", "mountPath": BACKUP_DIR}
         if m.backup.sub_path:
             mount["subPath"] = m.backup.sub_path
-        cmd = ["schemagate", "backup", *base, "--dir", BACKUP_DIR, "--retention", str(m.backup.retention),
-               "--label", f"{m.namespace}-{m.name}"]
+        keep = m.backup.retention if m.backup.retention > 0 else 1_000_000  # 0 keeps all
+        cmd = ["schemagate", "backup", *base, "--backup-dir", BACKUP_DIR, "--keep", str(keep)]
         return [], [_container(m, s, "backup", cmd, mounts=[mount, _tmp_mount()])], [vol, tmp]
     if step == "precheck":
         work = {"name": "work", "mountPath": WORK_DIR}
-        common = [*base, "--workdir", WORK_DIR, "--target", m.migrations.target_revision]
+        common = [*base, "--workdir", WORK_DIR]
         prepare = ["schemagate", "precheck", "--phase", "prepare", *common]
-        if not m.precheck.derive:
-            prepare.append("--no-derive")
         shadow = ["python", "-m", "schemagate.runner.app", "shadow-upgrade", "-c", _alembic_config(m),
                   "--target", m.migrations.target_revision, "--database-url-env", url_env,
                   "--workdir", WORK_DIR, "--termination-log", TERMINATION_LOG]
-        count = ["schemagate", "precheck", "--phase", "count", *common,
-                 "--max-violations", str(m.precheck.max_violations)]
-        if not m.precheck.derive:
-            count.append("--no-derive")
-        checks = _checks_env(m.precheck.checks)
+        count = ["schemagate", "precheck", "--phase", "count", *common, "--target", m.migrations.target_revision,
+                 "--max-violations", str(m.precheck.max_violations), *_check_args(m.precheck.checks)]
         inits = [
             _install_runner(m, s),
-            _container(m, s, "prepare", prepare, mounts=[work, _tmp_mount()], extra_env=checks),
+            _container(m, s, "prepare", prepare, mounts=[work, _tmp_mount()]),
             _container(m, s, "shadow-upgrade", shadow, app=True, mounts=[work, _runner_mount()],
                        working_dir=m.migrations.directory),
         ]
-        main = _container(m, s, "count", count, mounts=[work, _tmp_mount()], extra_env=checks)
+        main = _container(m, s, "count", count, mounts=[work, _tmp_mount()])
         vols = [{"name": "work", "emptyDir": {}}, {"name": "schemagate-runner", "emptyDir": {}}, tmp]
         return inits, [main], vols
     if step == "migrate":
@@ -208,10 +205,8 @@ def build_containers(m: Migration, step: str, s: JobSettings, plan: dict[str, An
     if step == "verify":
         plan_doc = dict(plan or {})
         plan_doc.setdefault("targetRevision", m.migrations.target_revision)
-        if m.verify_checks:
-            plan_doc["userChecks"] = [c.to_dict() for c in m.verify_checks]
         env = [{"name": PLAN_ENV, "value": json.dumps(plan_doc, separators=(",", ":"), sort_keys=True)}]
-        cmd = ["schemagate", "verify", *base, "--plan-env", PLAN_ENV]
+        cmd = ["schemagate", "verify", *base, "--plan-env", PLAN_ENV, *_check_args(m.verify_checks)]
         return [], [_container(m, s, "verify", cmd, extra_env=env, mounts=[_tmp_mount()])], [tmp]
     raise ValueError(f"unknown step {step!r}")
 
