@@ -145,3 +145,20 @@ def test_verify_cli_with_plan_env(fresh_db: str, tmp_path: Path) -> None:
     assert out["reason"] == "Verified" and out["data"]["currentRevision"] == "0003"
     p = _sg(["verify", "--plan-env", "UNSET_PLAN_VAR", "--json"], _env(fresh_db))
     assert p.returncode == 4 and "UNSET_PLAN_VAR" in p.stdout
+
+
+def test_demo_runs_both_scenarios(tmp_path: Path) -> None:
+    import shutil
+
+    from schemagate.runner.db import EmbeddedPostgres
+
+    demo_dir = tmp_path / "demo"
+    try:
+        p = _sg(["demo", "--dir", str(demo_dir)], _env(COLUMNS="200"), timeout=600)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "foodtruck: Verified" in p.stdout
+        assert "wholesale: ViolationsFound" in p.stdout and "13 violating row(s)" in p.stdout
+        assert "demo complete" in p.stdout
+        assert len(list((demo_dir / "backups" / "foodtruck").glob("*.dump"))) == 1
+    finally:
+        shutil.rmtree(EmbeddedPostgres(demo_dir / "pg").base_dir, ignore_errors=True)
