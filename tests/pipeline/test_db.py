@@ -108,3 +108,8 @@ def test_classify_real_errors(fresh_db: str) -> None:
 def test_pg_bin_prefers_embedded() -> None:
     path = db.pg_bin("pg_dump")
     assert "pginstall" in path or db.embedded_bin_dir() is None
+
+
+def test_redact_json_and_no_false_positive() -> None:
+    out = db.redact('{"password": "j50n-secret"} all checks pass: 3')
+    assert "j50n-secret" not in out and "pass: 3" in out

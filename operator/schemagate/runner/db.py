@@ -56,7 +56,7 @@ _SECRETS: set[str] = set()
 _URL_PW = re.compile(r"(?P<pre>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@'\"]*:)(?P<pw>[^\s'\"]*?)(?P<at>@)")
 # libpq key/value and env style: password=..., PGPASSWORD=..., "password": "..."
 _KV_PW = re.compile(
-    r"(?P<pre>\b(?:pg)?pass(?:word)?\s*[=:]\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,)]+)",
+    r"(?P<pre>\b(?:(?:pg)?passw(?:or)?d|pwd)[\"']?\s*[=:]\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,)]+)",
     re.IGNORECASE,
 )
 # sqlalchemy's repr of URL objects: password='...'
