@@ -20,6 +20,14 @@ BINS=(kube-apiserver kube-controller-manager etcd kubectl helm)
 complete() { for b in "${BINS[@]}"; do [ -x "$OUT/$b" ] || return 1; done; }
 if complete; then echo "testbed binaries up to date" >&2; echo "$OUT"; exit 0; fi
 
+# one build at a time (parallel test sessions): wait for a running build, then re-check
+mkdir -p "$ROOT"
+if command -v flock >/dev/null; then
+  exec 9>"$ROOT/.build.lock"
+  flock 9
+  if complete; then echo "testbed binaries up to date (built by a concurrent run)" >&2; echo "$OUT"; exit 0; fi
+fi
+
 command -v go >/dev/null || { echo "ERROR: Go is required to build the test bed (install Go >= 1.25: apt-get install golang or https://go.dev)" >&2; exit 2; }
 export GOTOOLCHAIN=local CGO_ENABLED=0
 mkdir -p "$OUT"

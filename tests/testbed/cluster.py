@@ -641,6 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for h in logging.getLogger().handlers:  # the node's INFO lines go to logs/node.log only
+        h.setLevel(logging.INFO if args.verbose else logging.WARNING)
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt

@@ -303,3 +303,68 @@ def test_failed_start_reports_component_log_tails(tmp_path: Path) -> None:
     assert "etcd: cannot listen: address already in use (simulated)" in text
     assert str(c.run_dir) in text
     assert (c.run_dir / "stopped").exists()
+
+
+# -- the node stand-in's informer: 410 Gone and reconnects -------------------------------------------------------------
+
+
+class _Resp:
+    def __init__(self, body: bytes = b"", lines: list[dict] | None = None):
+        self.data = body
+        self._lines = lines or []
+
+    def stream(self, amt=None, decode_content=False):
+        import json as _json
+
+        for ev in self._lines:
+            yield (_json.dumps(ev) + "\n").encode()
+
+    def release_conn(self) -> None:
+        pass
+
+
+def _obj(name: str, rv: str) -> dict:
+    return {"metadata": {"name": name, "namespace": "ns", "resourceVersion": rv, "uid": name}}
+
+
+def test_informer_relists_on_410_and_rewatches_after_errors() -> None:
+    import json as _json
+    import threading
+
+    from tests.testbed.node import Informer
+
+    stop = threading.Event()
+    calls: list[dict] = []
+    lists = iter([
+        {"metadata": {"resourceVersion": "10"}, "items": [_obj("a", "5"), _obj("b", "6")]},
+        {"metadata": {"resourceVersion": "30"}, "items": [_obj("a", "5"), _obj("c", "21")]},
+    ])
+    watches = iter([
+        [{"type": "ADDED", "object": _obj("c", "11")}, {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "12"}}}],
+        ConnectionResetError("peer went away"),
+        [{"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old resource version"}}],
+        "block",
+    ])
+
+    def list_fn(**kw):
+        calls.append(kw)
+        if not kw.get("watch"):
+            return _Resp(_json.dumps(next(lists)).encode())
+        w = next(watches)
+        if isinstance(w, Exception):
+            raise w
+        if w == "block":
+            stop.set()
+            return _Resp()
+        return _Resp(lines=w)
+
+    events: list[tuple[str, str]] = []
+    inf = Informer("test", list_fn, lambda t, o: events.append((t, o["metadata"]["name"])), stop)
+    inf.run()  # in this thread; returns once `stop` is set
+    assert events == [("SYNC", "a"), ("SYNC", "b"), ("ADDED", "c"),
+                      ("DELETED", "b"), ("SYNC", "a"), ("SYNC", "c")]
+    watch_rvs = [c["resource_version"] for c in calls if c.get("watch")]
+    assert watch_rvs == ["10", "12", "12", "30"]  # resumed after the bookmark; relisted after 410
+    assert all(c.get("allow_watch_bookmarks") for c in calls if c.get("watch"))
+    assert sorted(o["metadata"]["name"] for o in inf.items()) == ["a", "c"]
+    assert inf.relists == 2

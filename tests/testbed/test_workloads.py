@@ -144,3 +144,47 @@ def test_namespace_deletion_finishes(kube: Kube) -> None:
     kube.apply(deployment("web", replicas=1), ns)
     kube.kubectl("rollout", "status", "-n", ns, "deployment/web", "--timeout=60s")
     kube.delete_namespace(ns, wait=True, timeout=60)  # the namespace controller empties it; pods are finalized
+
+
+def test_helm_install_waits_for_claim_deployment_and_job(kube: Kube, namespace: str, tmp_path) -> None:
+    chart = tmp_path / "demo"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: demo\nversion: 0.1.0\n")
+    (chart / "templates" / "all.yaml").write_text("""
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: nginx}]
+      volumes: [{name: d, persistentVolumeClaim: {claimName: data}}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: init-db}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: m, image: example/tool, command: [python, -c, "print('ok')"]}]
+""")
+    kube.helm("install", "demo", str(chart), "-n", namespace, "--wait", "--wait-for-jobs", "--timeout=90s")
+    status = kube.helm("status", "demo", "-n", namespace, "-o", "json").stdout
+    assert json.loads(status)["info"]["status"] == "deployed"
+    assert kube.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/data")["status"]["phase"] == "Bound"
+    kube.helm("uninstall", "demo", "-n", namespace, "--wait", "--timeout=60s")
