@@ -255,7 +255,9 @@ class Component:
             out.flush()
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_pdeathsig, env=self.env,  # noqa: PLW1509
+                start_new_session=True, env=self.env,
+                # PR_SET_PDEATHSIG fires when the *thread* that forked exits: only safe from the main thread
+                preexec_fn=_pdeathsig if threading.current_thread() is threading.main_thread() else None,
             )
 
     def running(self) -> bool:

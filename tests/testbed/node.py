@@ -614,9 +614,8 @@ class PodRunner(threading.Thread):
         for var in ("LANG", "LC_ALL", "TZ", "SSL_CERT_FILE"):
             if var in os.environ:
                 env[var] = os.environ[var]
-        if image:
-            env.update({k: mapper.rewrite(v) for k, v in image.env.items()})
-        for k, v in env_pairs:
+        # a PATH from the image mapping or the pod goes first, followed by the virtualenv's bin and the host PATH
+        for k, v in list(image.env.items() if image else []) + env_pairs:
             v = mapper.rewrite(v)
             env[k] = v + os.pathsep + base_path if k == "PATH" else v
 

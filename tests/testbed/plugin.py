@@ -224,7 +224,11 @@ class Kube:
     # -- waiting ------------------------------------------------------------------------------------------------
     @staticmethod
     def wait_for(fn: Callable[[], T], timeout: float = 60, interval: float = 0.2, message: str = "condition") -> T:
-        """Poll ``fn`` until it returns something truthy (returned); raise AssertionError after ``timeout``."""
+        """Poll ``fn`` until it returns something truthy (returned); raise AssertionError after ``timeout``.
+
+        While polling, ``AssertionError``, ``KeyError``, ``IndexError`` and HTTP 404 errors (:class:`ApiError`,
+        the client's ``ApiException``) count as "not yet" (e.g. ``lambda: kube.get(path)["status"]["phase"]``);
+        the last one is reported on timeout. Other exceptions propagate at once."""
         deadline = time.monotonic() + timeout
         last_exc: Exception | None = None
         while True:
@@ -232,11 +236,15 @@ class Kube:
                 value = fn()
                 if value:
                     return value
-            except AssertionError as e:
+            except (AssertionError, KeyError, IndexError) as e:
+                last_exc = e
+            except Exception as e:
+                if getattr(e, "status", None) != 404:
+                    raise
                 last_exc = e
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout}s waiting for {message}"
-                                     + (f": {last_exc}" if last_exc else ""))
+                                     + (f" (last: {type(last_exc).__name__}: {last_exc})" if last_exc else ""))
             time.sleep(interval)
 
     def wait_job(self, namespace: str, name: str, timeout: float = 120) -> dict:
