@@ -423,7 +423,13 @@ class PodRunner(threading.Thread):
         if not inits_done and not terminal:
             pending = [s.name for s in self.init_order if not s.finished and s.kind == "init"]
             conds[1]["message"] = f"containers with incomplete status: [{' '.join(pending)}]"
-        self.conditions = _merge_conditions(self.conditions, conds)
+        latest = self.node.pods.get(f"{self.ns}/{self.pod_name}")
+        if latest is not None and latest["metadata"].get("uid") == self.uid:
+            # keep conditions others added since (DisruptionTarget, readiness gates)
+            self.conditions = _merge_conditions((latest.get("status") or {}).get("conditions") or [],
+                                                _merge_conditions(self.conditions, conds))
+        else:
+            self.conditions = _merge_conditions(self.conditions, conds)
         status: dict[str, Any] = {
             "phase": self.phase,
             "conditions": self.conditions,
