@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.delivery.capture_status import capture
 from tests.delivery.e2e_support import (
     GATE,
     ROOT,
@@ -98,6 +99,7 @@ def test_pods_wait_for_ready_then_scale_ups_and_restarts(kube: Any, operator: Op
     o = wait_status(kube, namespace, "shop", ("Succeeded", "Blocked", "Failed"), operator)
     assert o["status"]["phase"] == "Succeeded", describe(kube, namespace, "shop", operator)
     assert o["status"]["currentRevision"] == "0003"
+    capture(o, "succeeded")
 
     def released(n: int) -> bool:
         ps = app_pods(kube, namespace, "app=web")
@@ -146,6 +148,7 @@ def test_blocked_migration_never_releases(kube: Any, operator: Operator, images:
     o = wait_status(kube, namespace, "shop", ("Blocked", "Failed", "Succeeded"), operator)
     assert o["status"]["phase"] == "Blocked", describe(kube, namespace, "shop", operator)
     assert o["status"]["violations"]["total"] == 3
+    capture(o, "blocked-violations")
     time.sleep(3)
     (pod,) = app_pods(kube, namespace, "app=web")
     assert is_gated(pod) and not pod["spec"].get("nodeName")
