@@ -419,7 +419,22 @@ class Cluster:
         self._started = True
         atexit.register(self.stop)
         try:
-            self._start_components()
+            for attempt in range(3):
+                try:
+                    self._start_components()
+                    break
+                except ClusterError as e:
+                    # free_port() races with other sessions picking ports at the same moment: retry
+                    if "address already in use" not in str(e) or attempt == 2:
+                        raise
+                    log.warning("port clash while starting the test bed, retrying with new ports")
+                    for c in reversed(self.components):
+                        c.stop(timeout=2)
+                    self.components.clear()
+                    if self.node is not None:
+                        self.node.stop()
+                        self.node = None
+                    shutil.rmtree(self.run_dir / "etcd-data", ignore_errors=True)
         except BaseException:
             self.stop()
             raise

@@ -974,6 +974,11 @@ class _KubeletHandler(BaseHTTPRequestHandler):
         previous = q.get("previous") == "true"
         runner = self.node.runner_for(ns, pod)
         path = runner.log_path(container, previous) if runner else None
+        if runner is None and not previous:
+            obj = self.node.pods.get(f"{ns}/{pod}")
+            names = [c["name"] for c in (obj or {}).get("spec", {}).get("containers") or []]
+            if obj is not None and container in names:
+                return self._send(200, b"")  # a pod that is only marked Running: it has printed nothing
         if path is None:
             what = "previous terminated container" if previous else "container"
             return self._send(400 if runner else 404,
@@ -1409,6 +1414,8 @@ class NodeStandIn:
 
     def _schedule(self, pod: dict) -> None:
         meta, spec = pod["metadata"], pod["spec"]
+        if spec.get("schedulerName", "default-scheduler") != "default-scheduler":
+            return  # another scheduler's pod (none runs here): stays Pending, as in a real cluster
         gates = spec.get("schedulingGates") or []
         if gates:
             conds = (pod.get("status") or {}).get("conditions") or []

@@ -303,6 +303,9 @@ def test_failed_start_reports_component_log_tails(tmp_path: Path) -> None:
     assert "etcd: cannot listen: address already in use (simulated)" in text
     assert str(c.run_dir) in text
     assert (c.run_dir / "stopped").exists()
+    # a port clash (another session took the port between free_port() and bind) is retried with new ports
+    starts = [line for line in (c.run_dir / "logs" / "etcd.log").read_text().splitlines() if line.startswith("$ ")]
+    assert len(starts) == 3 and len({s.split("--listen-client-urls=")[1].split()[0] for s in starts}) == 3
 
 
 # -- the node stand-in's informer: 410 Gone and reconnects -------------------------------------------------------------

@@ -57,6 +57,8 @@ def test_deployment_rolls_out_a_new_template(kube: Kube, namespace: str) -> None
         assert p["status"]["containerStatuses"][0]["ready"] is True
     rs = kube.get(f"/apis/apps/v1/namespaces/{namespace}/replicasets")["items"]
     assert sorted(r["spec"]["replicas"] for r in rs) == [0, 2]
+    # marked pods print nothing, but `kubectl logs` works on them
+    assert kube.kubectl("logs", "-n", namespace, pods[0]["metadata"]["name"]).stdout == ""
 
 
 def test_scheduling_gate_holds_a_pod_until_removed(kube: Kube, namespace: str) -> None:
@@ -73,13 +75,19 @@ def test_scheduling_gate_holds_a_pod_until_removed(kube: Kube, namespace: str) -
 
     def gated_pods() -> list[dict] | None:
         pods = kube.pods(namespace)
+        pods = [p for p in pods if p["metadata"]["name"] != "other-scheduler"]
         ok = len(pods) == 2 and all(
             any(c["type"] == "PodScheduled" and c["status"] == "False" and c.get("reason") == "SchedulingGated"
                 for c in p["status"].get("conditions") or []) for p in pods)
         return pods if ok else None
 
+    other = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "other-scheduler"},
+             "spec": {"schedulerName": "other", "containers": [{"name": "c", "image": "x"}]}}
+    kube.apply(other, namespace)
     kube.wait_for(gated_pods, timeout=30, message="both pods to be SchedulingGated")
     time.sleep(2)  # nothing binds them in the meantime
+    assert not kube.get(f"/api/v1/namespaces/{namespace}/pods/other-scheduler")["spec"].get("nodeName")
+    kube.kubectl("delete", "pod", "-n", namespace, "other-scheduler", "--wait=true")
     pods = kube.pods(namespace)
     assert all(not p["spec"].get("nodeName") and p["status"]["phase"] == "Pending" for p in pods)
     # `kubectl get` shows SchedulingGated as the status
