@@ -53,7 +53,7 @@ REPO = HERE.parent.parent
 BUILD_SCRIPT = HERE / "build.sh"
 DEFAULT_K8S_VERSION = "v1.35.8"  # keep in sync with build.sh (checked by test_units.py)
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
-KEEP_RUNS = 5
+KEEP_RUNS = 10
 
 CONTROLLERS = [
     "job-controller",
@@ -246,10 +246,14 @@ def reap_leftovers(base: Path) -> list[int]:
     return killed
 
 
-def prune_runs(base: Path, keep: int = KEEP_RUNS) -> None:
+def prune_runs(base: Path, keep: int = KEEP_RUNS, min_age: float = 3600) -> None:
+    """Delete finished runs beyond the ``keep`` most recent ones, but none younger than ``min_age`` seconds
+    (several sessions share the base directory; a failed run's logs must survive a colleague's next start)."""
     runs = sorted((p for p in base.glob("run-*") if (p / "stopped").exists()), key=lambda p: p.stat().st_mtime)
+    now = time.time()
     for old in runs[:-keep] if keep else runs:
-        shutil.rmtree(old, ignore_errors=True)
+        if now - old.stat().st_mtime >= min_age:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 class Component:

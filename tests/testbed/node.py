@@ -360,6 +360,7 @@ class PodRunner(threading.Thread):
         self.started_mono = time.monotonic()
         self.mounts: dict[str, str] = {}
         self.sandbox_ready = False
+        self._poll = node.poll_interval
         self.done = threading.Event()
         self.gone = False  # the pod object disappeared
         for c in self.spec.get("initContainers") or []:
@@ -401,6 +402,7 @@ class PodRunner(threading.Thread):
 
     # -- status ---------------------------------------------------------------------------------------------
     def _write_status(self, reason: str | None = None, message: str | None = None) -> None:
+        self._poll = self.node.poll_interval
         main_running = all("running" in s.state for s in self.main)
         sidecars_ok = all("running" in s.state for s in self.init_order if s.kind == "sidecar")
         ready = self.phase == "Running" and main_running and sidecars_ok and not self.kill_event.is_set()
@@ -750,7 +752,9 @@ class PodRunner(threading.Thread):
         """Wait a little; returns 'kill' or 'deadline' when the pod must stop."""
         if self.node.stopping.is_set():
             return "stop"
-        if self.kill_event.wait(self.node.poll_interval):
+        # poll fast right after a change, then back off (many idle pods must not burn the 2 cores)
+        self._poll = min(self._poll * 1.3, self.node.max_poll_interval)
+        if self.kill_event.wait(self._poll):
             return "kill"
         if self._deadline_passed():
             return "deadline"
@@ -1072,7 +1076,8 @@ class NodeStandIn:
         self.threads: list[threading.Thread] = []
         self.kubelet_port = 0
         self._server: ThreadingHTTPServer | None = None
-        self.poll_interval = 0.05
+        self.poll_interval = 0.02  # first poll after a change; grows to max_poll_interval while nothing happens
+        self.max_poll_interval = 0.25
         self.restart_backoff = 1.0  # the kubelet starts at 10s; shortened for tests
         self.max_restart_backoff = 10.0
         self.max_grace_seconds = 10.0  # cap on terminationGracePeriodSeconds when killing
