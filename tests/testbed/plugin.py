@@ -276,13 +276,19 @@ def _uses_kube(item: pytest.Item) -> bool:
     return "kube" in getattr(item, "fixturenames", ())
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark test-bed tests ``e2e`` and build missing binaries before any test runs (outside test timeouts)."""
+    """Mark test-bed tests ``e2e`` (before ``-m`` deselects)."""
+    for item in items:
+        if _uses_kube(item):
+            item.add_marker(pytest.mark.e2e)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build missing binaries once the selection is final, before any test runs (outside test timeouts)."""
     global _build_error
-    selected = [i for i in items if _uses_kube(i)]
-    for item in selected:
-        item.add_marker(pytest.mark.e2e)
-    if not selected or config.option.collectonly:
+    config = session.config
+    if not any(_uses_kube(i) for i in session.items) or config.option.collectonly:
         return
     if not cluster_mod.missing_binaries():
         return
