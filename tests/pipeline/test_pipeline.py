@@ -55,6 +55,26 @@ def test_foodtruck_goes_through(fresh_db: str, tmp_path: Path) -> None:
     assert len(to_termination_message(r).encode()) <= 4096
 
 
+def test_intermediate_target_leaves_not_valid_constraint_on_purpose(fresh_db: str, tmp_path: Path) -> None:
+    """Revision 0002 adds check_stock_non_negative NOT VALID (0003 validates it): verify at 0002 must accept
+    that state, and still report it, instead of calling it a leftover."""
+    demo.seed_foodtruck(fresh_db)
+    steps: list[StepResult] = []
+    r = pipeline.run(FOODTRUCK, "0002", fresh_db, backup_dir=tmp_path / "backups", on_step=steps.append)
+    assert r.outcome is Outcome.SUCCEEDED, r.message
+    pre, ver = steps[1], steps[3]
+    assert {"name": "check_stock_non_negative", "table": "public.menu_items"} in pre.data["notValid"]
+    assert ver.data["failures"] == []
+    assert [e["name"] for e in ver.data["notValid"]] == ["check_stock_non_negative"]
+    assert version(fresh_db) == "0002"
+    # a NOT VALID constraint that the plan does not expect is still a failure
+    execute(fresh_db, "ALTER TABLE menu_items ADD CONSTRAINT stray_check CHECK (stock < 1000000) NOT VALID")
+    again = verify.verify(FOODTRUCK, "0002", fresh_db, plan=pre.data)
+    assert again.outcome is Outcome.CHECKS_FAILED
+    assert any("stray_check" in f for f in again.data["failures"])
+    assert not any("check_stock_non_negative" in f for f in again.data["failures"])
+
+
 def test_wholesale_is_blocked_with_exact_counts_and_untouched(fresh_db: str, tmp_path: Path) -> None:
     demo.seed_wholesale(fresh_db)
     before = schema_snapshot(fresh_db)

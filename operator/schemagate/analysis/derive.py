@@ -32,6 +32,9 @@ class Derivation:
     checks: list[Check] = field(default_factory=list)
     indexes: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # constraints the target revision deliberately leaves NOT VALID (validated by a later revision):
+    # verify expects them to exist, not to be validated
+    not_valid: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def counted(self) -> list[Check]:
@@ -83,8 +86,10 @@ def derive(real: Catalog, shadow: Catalog) -> Derivation:
     real_fks = {_fk_shape(c) for c in real.constraints if c.contype == "f" and c.validated}
     real_by_name = {(c.schema, c.relname, c.name): c for c in real.constraints}
     for c in shadow.constraints:
-        if not c.validated:
-            continue  # NOT VALID: existing rows are not checked when it is added
+        if not c.validated:  # NOT VALID: existing rows are not checked when it is added
+            if (c.schema, c.relname, c.name) not in real_by_name:
+                d.not_valid.append({"name": c.name, "table": f"{c.schema}.{c.relname}"})
+            continue
         t = table_of(c.schema, c.relname)
         previously = real_by_name.get((c.schema, c.relname, c.name))
         if c.contype == "c":

@@ -163,7 +163,7 @@ def _base_data(max_violations: int) -> dict[str, Any]:
     return {
         "currentRevision": None, "targetRevision": None, "pending": [], "derivation": "disabled",
         "derivationNote": None, "checks": [], "total": 0, "maxViolations": max_violations, "indexes": [],
-        "lint": lint.unavailable("lint disabled"),
+        "notValid": [], "lint": lint.unavailable("lint disabled"),
     }
 
 
@@ -265,6 +265,7 @@ def analyse(
         checks = d.checks + list(user_checks)
         counting.run_counts(conn, checks, CountOptions(statement_timeout=statement_timeout))
         data["indexes"] = d.indexes
+        data["notValid"] = d.not_valid
         data["derivationNote"] = "; ".join(notes) if notes else None
     if do_lint:
         data["lint"] = lint_pending(offline_sql, offline_error, statements, real_cat.server_version_num)

@@ -132,7 +132,7 @@ def _parse_time(s: Any) -> _dt.datetime | None:
 
 
 # Lists inside ``data`` that may be shortened, in the order they are given up.
-_SHRINKABLE = ("kept", "removed", "applied", "pending", "indexes", "constraints", "failures", "checks")
+_SHRINKABLE = ("kept", "removed", "applied", "pending", "notValid", "indexes", "constraints", "failures", "checks")
 
 
 def to_termination_message(result: StepResult | dict[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
