@@ -92,4 +92,8 @@ if [ ! -x "$OUT/kubectl" ] || [ ! -x "$OUT/helm" ]; then
 fi
 complete || { echo "ERROR: build finished but binaries are missing in $OUT" >&2; exit 1; }
 log "done: $("$OUT/kube-apiserver" --version 2>&1 | head -1), etcd $("$OUT/etcd" --version 2>&1 | head -1)"
+{ echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) in $(( $(date +%s) - START ))s on $(nproc) cores"
+  echo "go: $(go version)"
+  echo "kubernetes: $K8S_VERSION, etcd: $(awk '$1=="go.etcd.io/etcd/server/v3"{print $2}' "$ETCD_MOD/go.mod")"
+  echo "kubectl/helm: $KUBECTL_NPM"; } > "$OUT/BUILDINFO"
 echo "$OUT"

@@ -561,18 +561,17 @@ class PodRunner(threading.Thread):
         os.chmod(path, mode & 0o777)
 
     # -- processes ------------------------------------------------------------------------------------------
-    def _mapper(self, slot: _Slot, image: ImageMapping | None) -> PathMapper:
+    def _mapper(self, slot: _Slot, image: ImageMapping | None, env_view: dict[str, str]) -> PathMapper:
         mapping: dict[str, str] = {}
         if image:
             mapping.update(image.paths)
-        env_for_subpath: dict[str, str] = {}
         for m in slot.c.get("volumeMounts") or []:
             base = self.mounts.get(m["name"])
             if base is None:
                 raise ConfigError(f"volume {m['name']!r} not found in pod")
             sub = m.get("subPath") or ""
             if m.get("subPathExpr"):
-                sub = podspec.expand(m["subPathExpr"], env_for_subpath)
+                sub = podspec.expand(m["subPathExpr"], env_view)
             local = Path(base) / sub if sub else Path(base)
             if sub and not local.exists():
                 local.mkdir(parents=True, exist_ok=True)
@@ -596,8 +595,8 @@ class PodRunner(threading.Thread):
             self.pod, slot.c, lambda kind, name: self.node.lookup(self.ns, kind, name),
             service_env=service_env, node_allocatable=self.node.allocatable,
         )
-        mapper = self._mapper(slot, image)
         env_view = dict(env_pairs)
+        mapper = self._mapper(slot, image, env_view)
         argv = [podspec.expand(a, env_view) for a in podspec.effective_argv(slot.c, image)]
         if not argv:
             raise ConfigError(f"container {slot.name!r} has no command and image {slot.c.get('image')!r} has no "
@@ -629,8 +628,9 @@ class PodRunner(threading.Thread):
 
         wd_view = slot.c.get("workingDir") or (image.workdir if image else None)
         if wd_view:
-            cwd = mapper.rewrite(podspec.expand(wd_view, env_view)) if wd_view.startswith("/") else wd_view
-            if cwd == wd_view and wd_view.startswith("/") and not Path(cwd).is_dir():
+            wd_view = podspec.expand(wd_view, env_view)
+            cwd = mapper.rewrite(wd_view)
+            if cwd == wd_view and not Path(cwd).is_dir():
                 cwd = str(self.dir / "rootfs" / wd_view.lstrip("/"))  # an image directory we know nothing of
             Path(cwd).mkdir(parents=True, exist_ok=True)
         else:
@@ -652,9 +652,9 @@ class PodRunner(threading.Thread):
         logdir.mkdir(parents=True, exist_ok=True)
         slot.log_file = logdir / f"{slot.restarts}.log"
         (self.dir / "argv").mkdir(exist_ok=True)
-        (self.dir / "argv" / f"{slot.name}.{slot.restarts}.json").write_text(
-            json.dumps({"argv": argv, "cwd": cwd, "env": env}, indent=1)
-        )
+        argv_file = self.dir / "argv" / f"{slot.name}.{slot.restarts}.json"
+        argv_file.write_text(json.dumps({"argv": argv, "cwd": cwd, "env": env}, indent=1))
+        argv_file.chmod(0o600)  # env may hold the test's credentials
         started = now()
         with open(slot.log_file, "ab") as out:
             try:
