@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shadow-database-url-env", default=None, metavar="NAME",
                    help="an existing, empty shadow database (default: create one next to the database)")
     p.add_argument("--no-lint", action="store_true", help="do not run squawk on the pending SQL")
+    p.add_argument("--no-derive", action="store_true",
+                   help="count only the --check queries, not the constraints the pending revisions add")
     p.add_argument("--lint-fail", choices=("none", "blocking", "any"), default="none")
     p.add_argument("--statement-timeout", default="1h", type=_duration("--statement-timeout"),
                    help="statement_timeout of the counting queries (default 1h)")
@@ -372,13 +374,13 @@ def cmd_precheck(args: argparse.Namespace) -> int:
                 return emit(_usage("precheck", "--phase count needs --workdir"), args)
             r = precheck.count(url, url_env, workdir=args.workdir, max_violations=args.max_violations,
                                user_checks=checks, lint=not args.no_lint, lint_fail=args.lint_fail,
-                               statement_timeout=args.statement_timeout)
+                               statement_timeout=args.statement_timeout, derive=not args.no_derive)
         else:
             if not args.config:
                 return emit(_usage("precheck", "-c/--config is required (the application's alembic.ini)"), args)
             r = precheck.precheck(args.config, args.target, url, url_env, max_violations=args.max_violations,
                                   user_checks=checks, lint=not args.no_lint, lint_fail=args.lint_fail,
-                                  shadow_url_env=args.shadow_database_url_env,
+                                  derive=not args.no_derive, shadow_url_env=args.shadow_database_url_env,
                                   statement_timeout=args.statement_timeout)
     return emit(r, args)
 

@@ -204,6 +204,23 @@ def test_kubernetes_phases_prepare_shadow_upgrade_count(wholesale: str, tmp_path
     assert r.data["checks"][0]["revision"] in ("0002", "0003")
 
 
+def test_kubernetes_count_phase_without_derivation_counts_only_user_checks(wholesale: str, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """spec.precheck.derive=false: the dirty wholesale rows are not counted, only the user's query is."""
+    monkeypatch.setenv("DATABASE_URL", wholesale)
+    assert precheck.prepare(workdir=tmp_path).ok
+    info = json.loads((tmp_path / "prepare.json").read_text())
+    app.shadow_upgrade(project("wholesale"), "head", with_database(wholesale, info["shadowDatabase"]),
+                       "DATABASE_URL", tmp_path)
+    r = precheck.count(workdir=tmp_path, derive=False,
+                       user_checks=[{"name": "orders without amount",
+                                     "sql": "SELECT count(*) FROM orders WHERE total_amount IS NULL"}])
+    assert r.outcome is Outcome.CHECKS_FAILED and r.data["total"] == 1
+    assert [c["name"] for c in r.data["checks"]] == ["orders without amount"]
+    assert r.data["derivation"] == "disabled" and "derivation disabled" in r.data["derivationNote"]
+    assert r.data["pending"] == ["0002", "0003"] and r.data["indexes"], "verify still gets the new indexes"
+
+
 def test_data_change_labels() -> None:
     from schemagate.analysis.capture import classify, dml_label
 

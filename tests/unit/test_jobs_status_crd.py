@@ -122,6 +122,21 @@ def test_container_layouts_follow_the_architecture():
     assert bvol == {"name": "backups", "persistentVolumeClaim": {"claimName": "backups"}}
 
 
+def test_every_container_refuses_an_embedded_database():
+    _, jobs = all_jobs(URL_DB)
+    for job in jobs:
+        pod = job["spec"]["template"]["spec"]
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            assert {"name": "SCHEMAGATE_NO_EMBEDDED", "value": "1"} in c["env"], (job["metadata"]["name"], c["name"])
+
+
+def test_derivation_off_is_passed_to_the_count_phase():
+    on = J.build_job(mig(), "precheck", "n", 1, SETTINGS, None)
+    off = J.build_job(mig(precheck={"derive": False}), "precheck", "n", 1, SETTINGS, None)
+    assert "--no-derive" not in on["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--no-derive" in off["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
 def test_command_override():
     m = mig(migrations={"image": "app:1", "command": ["/bin/migrate", "up"]})
     job = J.build_job(m, "migrate", "n", 1, SETTINGS, None)

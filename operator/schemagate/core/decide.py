@@ -179,6 +179,7 @@ def _precheck_status(st: dict[str, Any], data: dict[str, Any], max_violations: i
         "pending": list(data.get("pending") or []),
         "checks": [{k: c.get(k) for k in ("name", "table", "kind", "definition") if k in c} for c in checks],
         "indexes": list(data.get("indexes") or []),
+        "notValid": list(data.get("notValid") or []),
     }
     return total
 

@@ -107,6 +107,8 @@ def _container(m: Migration, s: JobSettings, name: str, command: list[str], *, a
                extra_env: list[dict[str, Any]] | None = None, mounts: list[dict[str, Any]] | None = None,
                db: bool = True, working_dir: str | None = None) -> dict[str, Any]:
     env = _common_env(m) if db else [{"name": "SCHEMAGATE_TERMINATION_LOG", "value": TERMINATION_LOG}]
+    # a missing URL is an error inside a Job, never a reason to start an embedded server
+    env.append({"name": "SCHEMAGATE_NO_EMBEDDED", "value": "1"})
     if app:
         env.append({"name": "PYTHONPATH", "value": RUNNER_DIR})
     c: dict[str, Any] = {
@@ -182,6 +184,8 @@ def build_containers(m: Migration, step: str, s: JobSettings, plan: dict[str, An
                   "--workdir", WORK_DIR, "--termination-log", TERMINATION_LOG]
         count = ["schemagate", "precheck", "--phase", "count", *common, "--target", m.migrations.target_revision,
                  "--max-violations", str(m.precheck.max_violations), *_check_args(m.precheck.checks)]
+        if not m.precheck.derive:
+            count.append("--no-derive")
         inits = [
             _install_runner(m, s),
             _container(m, s, "prepare", prepare, mounts=[work, _tmp_mount()]),

@@ -245,8 +245,12 @@ def analyse(
     do_lint: bool,
     statement_timeout: str,
     data: dict[str, Any],
+    derive_checks: bool = True,
 ) -> list[Check]:
-    """Diff the catalogs, count, lint; fills ``data`` and returns every check (derived and user)."""
+    """Diff the catalogs, count, lint; fills ``data`` and returns every check (derived and user).
+
+    With ``derive_checks=False`` only the user checks are counted; the diff still supplies the new indexes and
+    the intentionally NOT VALID constraints that verify needs."""
     with _connect(shadow_url) as sconn:
         shadow_cat = catalog.snapshot(sconn)
     with _connect(url) as conn:
@@ -260,9 +264,11 @@ def analyse(
             if changed:
                 for c in d.counted:
                     c.note = f"{c.note}; {label}" if c.note else "before the pending revisions' data changes"
-        data["derivation"] = "shadow"
+        data["derivation"] = "shadow" if derive_checks else "disabled"
         data["dataChanges"] = changed
-        checks = d.checks + list(user_checks)
+        if not derive_checks:
+            notes.insert(0, "derivation disabled (spec.precheck.derive=false): only user checks are counted")
+        checks = (d.checks if derive_checks else []) + list(user_checks)
         counting.run_counts(conn, checks, CountOptions(statement_timeout=statement_timeout))
         data["indexes"] = d.indexes
         data["notValid"] = d.not_valid
@@ -467,8 +473,11 @@ def count(
     lint: bool = True,
     lint_fail: str = "none",
     statement_timeout: str = DEFAULT_STATEMENT_TIMEOUT,
+    derive: bool = True,
 ) -> StepResult:
-    """Phase 3 (operator image): catalog diff, counting and squawk after shadow-upgrade; drops the shadow."""
+    """Phase 3 (operator image): catalog diff, counting and squawk after shadow-upgrade; drops the shadow.
+
+    ``derive=False`` counts only ``user_checks`` (the constraints the revisions add are not counted)."""
     started = now()
     data = _base_data(max_violations)
     notes: list[str] = []
@@ -496,7 +505,7 @@ def count(
         statements = up.get("statements") if isinstance(up.get("statements"), list) else None
         checks = analyse(url, sh.url, pending=pending, statements=statements, offline_sql=offline_sql or None,
                          offline_error=up.get("sqlError"), user_checks=users, do_lint=lint,
-                         statement_timeout=statement_timeout, data=data)
+                         statement_timeout=statement_timeout, data=data, derive_checks=derive)
         if not pending:
             data["derivationNote"] = "no pending revisions"
         result = _finish(data, checks, max_violations, lint_fail, started)
