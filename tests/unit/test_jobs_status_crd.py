@@ -235,6 +235,10 @@ def test_model_parsing_and_identity():
     assert mig().database.identity("postgresql://u:p@h:5432/d") == "h:5432/d"
     assert spec_hash({"a": 1, "suspend": True}) == spec_hash({"a": 1}) != spec_hash({"a": 2})
     assert mig(backup={"enabled": False}).steps() == ("precheck", "migrate", "verify")
+    pvc = {"persistentVolumeClaim": {"claimName": "backups"}}
+    assert mig(backup={"volume": pvc}).steps() == ("backup", "precheck", "migrate", "verify"), "a volume turns it on"
+    assert mig(backup={"volume": pvc, "enabled": False}).steps()[0] == "precheck"
+    assert mig(backup={}).steps()[0] == "precheck"
 
 
 # ---------------------------------------------------------------------------------------------------------------

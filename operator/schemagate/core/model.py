@@ -203,7 +203,7 @@ class Migration:
                 image_pull_policy=mig.get("imagePullPolicy"),
             ),
             backup=Backup(
-                enabled=bool(bk.get("enabled", False)),
+                enabled=bool(bk.get("enabled", bool(bk.get("volume")))),  # a volume alone turns the backup on
                 volume=dict(bk.get("volume") or {}),
                 sub_path=bk.get("subPath"),
                 retention=int(bk.get("retention", 5)),
