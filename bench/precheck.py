@@ -6,15 +6,35 @@ stock >= reserved_stock), ``credit_transactions`` (ROWS rows; amount > 0 and a f
 revision (NOT VALID constraints, then VALIDATE) is applied to a copy of the schema (a shadow database) and the
 catalogs are diffed, so the benchmark counts exactly what ``schemagate precheck`` would count.
 
-Measured in one run, warm cache (one untimed pass first), REPS repetitions, medians:
+Default data: 2M rows per child table, *wide* rows shaped like a real orders/products/ledger table (text SKU,
+name, description, reference, status, address and created/updated timestamps; ~150-200 bytes a row, the checked
+columns of ``wholesaler_products`` after the text columns, as they are in the seed). Why: the earlier narrow
+5-column 1M-row tables fit comfortably in every cache and make a bare ``count(*)`` unrealistically cheap per row;
+real tables carry text and timestamps, and 2M wide rows (~0.4 GB a child table) make the cold-cache figure a real
+read from disk while the whole run stays within a few minutes on 2 cores. ``--narrow --rows 1000000`` reproduces
+the earlier setup. ``shared_buffers`` is 2GB and the tables are loaded into it with ``pg_prewarm`` (when the
+extension is available) so that "warm" means PostgreSQL's own cache, not the OS page cache behind the
+bulk-read ring buffer that a scan of a table larger than shared_buffers/4 uses.
+
+Measured in one run, per session mode (serial: ``max_parallel_workers_per_gather=0``; parallel: the server's
+setting), the same parallelism/JIT settings on both sides:
 - precheck: ``schemagate.analysis.counting.run_counts`` (one REPEATABLE READ, READ ONLY transaction: one scan per
   table with every CHECK/FK predicate, the FK as a left anti-join on the parent's primary key);
 - bare: ``SELECT count(*)`` of each of the same three tables.
-Prints the ratio precheck / bare (goal <= 1.3) and ``pg_stat_user_tables.seq_scan`` deltas of one precheck run
-(goal: exactly one scan per table).
+- warm: after an untimed pass, REPS interleaved repetitions, medians; also the backend's CPU time
+  (``/proc/<pid>/schedstat``, serial mode only) because the 2 cores are shared and wall time is noisy;
+- cold: COLD_REPS repetitions where *before each timed side* the embedded server is restarted (empties
+  shared_buffers) and, as root, ``sync; echo 3 > /proc/sys/vm/drop_caches`` empties the OS page cache; both sides
+  then read every table from disk once. Needs the embedded server (not ``$DATABASE_URL``): a server we did not
+  start is not restarted.
+Prints the ratios precheck / bare (goal <= 1.3) and ``pg_stat_user_tables.seq_scan`` deltas of one precheck run
+(goal: exactly one scan per table). In parallel mode every participant (leader + launched workers) bumps
+``seq_scan``, so the raw delta is reported together with the participants PostgreSQL reports for the same SQL
+(``EXPLAIN (ANALYZE)``: workers launched + leader, per scan node) and whether the two agree.
 
-Usage: ``python bench/precheck.py [--rows 1000000] [--reps 5]``; uses ``$DATABASE_URL`` (an admin URL) when set,
-else starts an embedded PostgreSQL 18 in a temporary directory.
+Usage: ``python bench/precheck.py [--rows 2000000] [--reps 5] [--cold-reps 3] [--narrow] [--no-cold]``; uses
+``$DATABASE_URL`` (an admin URL, warm only) when set, else starts an embedded PostgreSQL 18 in a temporary
+directory.
 """
 
 from __future__ import annotations
@@ -44,13 +64,26 @@ from schemagate.runner.db import EmbeddedPostgres, libpq_url, with_database  # n
 
 TABLES = ["wholesaler_products", "credit_transactions", "orders"]
 
-SCHEMA = [
+NARROW_SCHEMA = [
     "CREATE TABLE orders (id bigint PRIMARY KEY, retailer_id int NOT NULL, total_amount numeric(12,2))",
     "CREATE TABLE wholesaler_products (id bigint PRIMARY KEY, wholesaler_id int NOT NULL, name text NOT NULL, "
     "price numeric(12,2) NOT NULL, stock int, reserved_stock int)",
     "CREATE TABLE credit_transactions (id bigint PRIMARY KEY, retailer_id int NOT NULL, order_id bigint, "
     "amount numeric(12,2) NOT NULL, type text NOT NULL)",
 ]
+
+WIDE_SCHEMA = [
+    "CREATE TABLE orders (id bigint PRIMARY KEY, retailer_id int NOT NULL, status text NOT NULL, "
+    "total_amount numeric(12,2), shipping_address text, created_at timestamptz NOT NULL, updated_at timestamptz)",
+    "CREATE TABLE wholesaler_products (id bigint PRIMARY KEY, wholesaler_id int NOT NULL, sku text NOT NULL, "
+    "name text NOT NULL, description text, price numeric(12,2) NOT NULL, stock int, reserved_stock int, "
+    "created_at timestamptz NOT NULL, updated_at timestamptz)",
+    "CREATE TABLE credit_transactions (id bigint PRIMARY KEY, retailer_id int NOT NULL, order_id bigint, "
+    "amount numeric(12,2) NOT NULL, type text NOT NULL, reference text, description text, "
+    "created_at timestamptz NOT NULL)",
+]
+
+SCHEMA = WIDE_SCHEMA
 
 PENDING = [  # the pending revision, applied to the shadow copy only
     "ALTER TABLE wholesaler_products ADD CONSTRAINT check_stock_non_negative CHECK (stock >= 0) NOT VALID",
@@ -69,22 +102,38 @@ PENDING = [  # the pending revision, applied to the shadow copy only
 ]
 
 
-def load(url: str, rows: int) -> None:
+def load(url: str, rows: int, narrow: bool = False) -> None:
+    # violations: every 1000th product has negative stock, every 1500th more reserved than stock; every 2000th
+    # amount is 0, every 3000th order_id an orphan, every 7th NULL
+    n, parents = int(rows), int(rows) // 10
+    stock = "CASE WHEN g % 1000 = 0 THEN -1 ELSE g % 50 + 10 END, CASE WHEN g % 1500 = 0 THEN 100 ELSE g % 10 END"
+    order_id = f"CASE WHEN g % 7 = 0 THEN NULL WHEN g % 3000 = 0 THEN {n} + g ELSE g % {parents} + 1 END"
+    amount = "CASE WHEN g % 2000 = 0 THEN 0 ELSE (g % 300) + 1 END"
+    ts = "timestamptz '2024-01-01' + g * interval '7 seconds'"
     with psycopg.connect(libpq_url(url), autocommit=True) as c:
         for s in SCHEMA:
             c.execute(s)  # type: ignore[arg-type]
-        n, parents = int(rows), int(rows) // 10
-        c.execute(f"INSERT INTO orders SELECT g, g % 1000, (g % 500) + 1 FROM generate_series(1, {parents}) g")
-        # violations: every 1000th product has negative stock, every 1500th more reserved than stock
-        c.execute(
-            f"INSERT INTO wholesaler_products SELECT g, g % 100, 'product ' || g, (g % 997) + 0.5, "
-            "CASE WHEN g % 1000 = 0 THEN -1 ELSE g % 50 + 10 END, CASE WHEN g % 1500 = 0 THEN 100 ELSE g % 10 END "
-            f"FROM generate_series(1, {n}) g")
-        # violations: every 2000th amount is 0, every 3000th order_id is an orphan, every 7th is NULL
-        c.execute(
-            f"INSERT INTO credit_transactions SELECT g, g % 1000, "
-            f"CASE WHEN g % 7 = 0 THEN NULL WHEN g % 3000 = 0 THEN {n} + g ELSE g % {parents} + 1 END, "
-            f"CASE WHEN g % 2000 = 0 THEN 0 ELSE (g % 300) + 1 END, 'DEBIT' FROM generate_series(1, {n}) g")
+        if narrow:
+            c.execute(f"INSERT INTO orders SELECT g, g % 1000, (g % 500) + 1 FROM generate_series(1, {parents}) g")
+            c.execute(f"INSERT INTO wholesaler_products SELECT g, g % 100, 'product ' || g, (g % 997) + 0.5, {stock} "
+                      f"FROM generate_series(1, {n}) g")
+            c.execute(f"INSERT INTO credit_transactions SELECT g, g % 1000, {order_id}, {amount}, 'DEBIT' "
+                      f"FROM generate_series(1, {n}) g")
+        else:
+            c.execute(
+                f"INSERT INTO orders SELECT g, g % 1000, (ARRAY['pending','confirmed','shipped','delivered'])[g % 4 + 1], "
+                f"(g % 500) + 1, g || ' Market Street, Springfield, ' || lpad((g % 99999)::text, 5, '0'), {ts}, "
+                f"CASE WHEN g % 3 = 0 THEN NULL ELSE {ts} + interval '1 day' END FROM generate_series(1, {parents}) g")
+            c.execute(
+                f"INSERT INTO wholesaler_products SELECT g, g % 100, 'SKU-' || lpad(g::text, 9, '0'), "
+                f"'Product ' || g || ' ' || (ARRAY['rice','flour','oil','sugar','tea'])[g % 5 + 1] || ' ' || (g % 25 + 1) || 'kg', "
+                f"'Wholesale pack, ' || md5(g::text) || ', store dry and cool', (g % 997) + 0.5, {stock}, {ts}, "
+                f"CASE WHEN g % 4 = 0 THEN NULL ELSE {ts} + interval '3 hours' END FROM generate_series(1, {n}) g")
+            c.execute(
+                f"INSERT INTO credit_transactions SELECT g, g % 1000, {order_id}, {amount}, "
+                f"(ARRAY['DEBIT','CREDIT','REFUND'])[g % 3 + 1], 'TX-' || md5(g::text), "
+                f"'Payment for order ' || (g % {parents} + 1) || ' by retailer ' || (g % 1000), {ts} "
+                f"FROM generate_series(1, {n}) g")
         c.execute("VACUUM (ANALYZE)")
 
 
@@ -127,6 +176,10 @@ def settle_stats(url: str, before: dict[str, int], timeout: float = 10.0) -> dic
     return last
 
 
+def deltas(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {t: after.get(t, 0) - before.get(t, 0) for t in TABLES}
+
+
 OPTS = counting.CountOptions()
 
 
@@ -139,12 +192,30 @@ def session(c: psycopg.Connection) -> None:
         c.execute("SELECT set_config('jit', %s, false)", ("on" if OPTS.jit else "off",))
 
 
-def run_precheck(url: str, checks: list[counting.Check]) -> float:
-    fresh = counting.copy_checks(checks)
+def backend_cpu_ms(pid: int) -> float | None:
+    """CPU time of a backend on this host (``/proc/<pid>/schedstat``), None when not readable."""
+    try:
+        with open(f"/proc/{pid}/schedstat", encoding="ascii") as f:
+            return int(f.read().split()[0]) / 1e6
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _timed(url: str, body) -> tuple[float, float | None]:  # type: ignore[no-untyped-def]
     with psycopg.connect(libpq_url(url), autocommit=True) as c:
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        session(c)
+        cpu0 = backend_cpu_ms(pid)
         t0 = time.perf_counter()
-        counting.run_counts(c, fresh, OPTS)
+        body(c)
         elapsed = time.perf_counter() - t0
+        cpu1 = backend_cpu_ms(pid)
+    return elapsed, (None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / 1000)
+
+
+def run_precheck(url: str, checks: list[counting.Check]) -> tuple[float, float | None]:
+    fresh = counting.copy_checks(checks)
+    elapsed = _timed(url, lambda c: counting.run_counts(c, fresh, OPTS))
     errors = [x for x in fresh if x.error]
     if errors:
         raise SystemExit(f"counting failed: {[(x.name, x.error) for x in errors]}")
@@ -152,55 +223,157 @@ def run_precheck(url: str, checks: list[counting.Check]) -> float:
     return elapsed
 
 
-def run_bare(url: str) -> float:
-    with psycopg.connect(libpq_url(url), autocommit=True) as c:
-        session(c)
-        t0 = time.perf_counter()
+def run_bare(url: str) -> tuple[float, float | None]:
+    def body(c: psycopg.Connection) -> None:
         for t in TABLES:
             c.execute(f"SELECT count(*) FROM {t}").fetchone()  # type: ignore[arg-type]
-        return time.perf_counter() - t0
+    return _timed(url, body)
 
 
-def measure(url: str, checks: list[counting.Check], reps: int, goal: float) -> None:
+def prewarm(url: str) -> str:
+    with psycopg.connect(libpq_url(url), autocommit=True) as c:
+        try:
+            c.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        except psycopg.Error as e:
+            return f"pg_prewarm unavailable ({str(e).strip().splitlines()[0]}): warm = after an untimed pass"
+        for t in TABLES:
+            c.execute("SELECT pg_prewarm(%s::regclass)", (t,))
+            c.execute("SELECT pg_prewarm(%s::regclass)", (f"{t}_pkey",))
+    return "tables and primary keys loaded into shared_buffers with pg_prewarm"
+
+
+def participants(url: str, checks: list[counting.Check]) -> tuple[dict[str, int], dict[str, int], int]:
+    """Run the precheck's SQL under EXPLAIN (ANALYZE) in the session's mode: the seq_scan deltas of that run, the
+    scan participants PostgreSQL reports per table (leader + launched workers for each Seq Scan node under a
+    Gather, 1 otherwise) and the number of launched workers."""
+    expected = dict.fromkeys(TABLES, 0)
+    launched_total = 0
+
+    def walk(node: dict, gather_participants: int) -> None:  # type: ignore[type-arg]
+        nonlocal launched_total
+        if node.get("Node Type") in ("Gather", "Gather Merge"):
+            launched = int(node.get("Workers Launched", 0))
+            launched_total += launched
+            gather_participants = launched + 1  # parallel_leader_participation is on by default
+        if node.get("Node Type") == "Seq Scan" and node.get("Relation Name") in expected:
+            expected[node["Relation Name"]] += gather_participants
+        for child in node.get("Plans", []):
+            walk(child, gather_participants)
+
+    before = settle_stats(url, {})
+    with psycopg.connect(libpq_url(url), autocommit=True) as c:
+        session(c)
+        counting.configure_session(c, OPTS)
+        with c.transaction():
+            c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            for q in counting.plan_queries(counting.copy_checks(checks)):
+                plan = c.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + q.sql).fetchone()[0]  # type: ignore
+                walk(plan[0]["Plan"], 1)
+    return deltas(settle_stats(url, before), before), expected, launched_total
+
+
+def fmt(d: dict[str, int]) -> str:
+    return ", ".join(f"{t}={n}" for t, n in d.items())
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
+def measure_warm(url: str, checks: list[counting.Check], reps: int, goal: float, serial: bool) -> dict[str, object]:
     # warm-up (untimed), then the scan-count proof on one precheck run and one bare count
     run_bare(url)
     run_precheck(url, checks)
     before = settle_stats(url, {})
     run_precheck(url, checks)
     after = settle_stats(url, before)
-    scans = {t: after.get(t, 0) - before.get(t, 0) for t in TABLES}
+    scans = deltas(after, before)
     run_bare(url)
-    bare_after = settle_stats(url, after)
-    bare_scans = {t: bare_after.get(t, 0) - after.get(t, 0) for t in TABLES}
+    bare_scans = deltas(settle_stats(url, after), after)
 
     pre, bare = [], []
     for _ in range(reps):
         bare.append(run_bare(url))
         pre.append(run_precheck(url, checks))
-    mp, mb = statistics.median(pre), statistics.median(bare)
+    mp, mb = statistics.median(x[0] for x in pre), statistics.median(x[0] for x in bare)
     ratio = mp / mb
     print("counts: " + ", ".join(f"{c.name}={c.count}" for c in checks))
-    print(f"precheck counting: median {mp * 1000:.1f} ms  (runs: {', '.join(f'{x * 1000:.0f}' for x in pre)})")
-    print(f"bare count(*):     median {mb * 1000:.1f} ms  (runs: {', '.join(f'{x * 1000:.0f}' for x in bare)})")
-    print(f"ratio precheck / bare count: {ratio:.2f}x (goal <= {goal}x): {'MET' if ratio <= goal else 'NOT MET'}")
-    print("seq_scan deltas, one precheck run: " + ", ".join(f"{t}={n}" for t, n in scans.items()))
-    print("seq_scan deltas, one bare count:   " + ", ".join(f"{t}={n}" for t, n in bare_scans.items()))
-    # a parallel scan bumps seq_scan once per participant (leader + workers), hence the comparison with count(*)
-    one_scan = all(scans[t] == 1 for t in TABLES)
-    print("exactly one scan per table (seq_scan +1 each): " + ("MET" if one_scan else "NOT MET")
-          + ("" if one_scan else " (with parallel workers each participant counts; the parent's hash build is "
-                                  "replicated per worker)"))
+    print(f"[warm] precheck counting: median {mp * 1000:.1f} ms  (runs: {', '.join(f'{x[0] * 1000:.0f}' for x in pre)})")
+    print(f"[warm] bare count(*):     median {mb * 1000:.1f} ms  (runs: {', '.join(f'{x[0] * 1000:.0f}' for x in bare)})")
+    print(f"[warm] ratio precheck / bare count: {ratio:.2f}x (goal <= {goal}x): {verdict(ratio <= goal)}")
+    cpu_ratio = None
+    if serial and all(x[1] is not None for x in pre + bare):
+        cp = statistics.median(x[1] for x in pre)  # type: ignore[misc]
+        cb = statistics.median(x[1] for x in bare)  # type: ignore[misc]
+        cpu_ratio = cp / cb
+        print(f"[warm] backend CPU time: precheck {cp * 1000:.1f} ms, bare {cb * 1000:.1f} ms, ratio {cpu_ratio:.2f}x "
+              "(less sensitive to the other load on the shared cores)")
+    print("seq_scan deltas, one precheck run: " + fmt(scans))
+    print("seq_scan deltas, one bare count:   " + fmt(bare_scans))
+    if serial:
+        one_scan = all(scans[t] == 1 for t in TABLES)
+        print("exactly one scan per table (seq_scan +1 each, serial): " + verdict(one_scan))
+    else:
+        raw, expected, launched = participants(url, checks)
+        one_scan = raw == expected
+        print(f"parallel: seq_scan deltas of an EXPLAIN (ANALYZE) run of the same SQL: {fmt(raw)}; participants "
+              f"PostgreSQL reports (leader + {launched} launched worker(s), per scan node): {fmt(expected)}")
+        print("one scan per table per participant (raw seq_scan == launched workers + leader): " + verdict(one_scan))
+    return {"warm": ratio, "cpu": cpu_ratio, "scans": scans, "one_scan": one_scan}
+
+
+def drop_os_cache() -> bool:
+    if os.geteuid() != 0:
+        return False
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w", encoding="ascii") as f:
+            f.write("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def measure_cold(embedded: EmbeddedPostgres, url: str, checks: list[counting.Check], reps: int,
+                 goal: float) -> float:
+    pre, bare = [], []
+    dropped = []
+
+    def cold() -> None:
+        embedded.stop(mode="fast")
+        dropped.append(drop_os_cache())
+        embedded.start()
+
+    for i in range(reps):
+        sides = [("bare", bare, lambda: run_bare(url)), ("pre", pre, lambda: run_precheck(url, checks))]
+        for _, out, fn in (sides if i % 2 == 0 else sides[::-1]):
+            cold()
+            out.append(fn()[0])
+    mp, mb = statistics.median(pre), statistics.median(bare)
+    ratio = mp / mb
+    what = ("server restarted and OS page cache dropped before each timed side" if all(dropped)
+            else "server restarted before each timed side; the OS page cache could NOT be dropped (not root?)")
+    print(f"[cold] ({what})")
+    print(f"[cold] precheck counting: median {mp * 1000:.1f} ms  (runs: {', '.join(f'{x * 1000:.0f}' for x in pre)})")
+    print(f"[cold] bare count(*):     median {mb * 1000:.1f} ms  (runs: {', '.join(f'{x * 1000:.0f}' for x in bare)})")
+    print(f"[cold] ratio precheck / bare count: {ratio:.2f}x (goal <= {goal}x): {verdict(ratio <= goal)}")
+    return ratio
 
 
 def main(argv: list[str] | None = None) -> int:
+    global SCHEMA
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--rows", type=int, default=2_000_000)
+    ap.add_argument("--narrow", action="store_true", help="the earlier narrow 5-column tables")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--cold-reps", type=int, default=3)
+    ap.add_argument("--no-cold", action="store_true")
     ap.add_argument("--goal", type=float, default=1.3)
     ap.add_argument("--workers", type=int, default=None,
-                    help="max_parallel_workers_per_gather for both sides (default: the server's)")
-    ap.add_argument("--jit", choices=["on", "off"], default=None, help="jit for both sides (default: the server's)")
+                    help="max_parallel_workers_per_gather for both sides (default: serial, then the server's)")
+    ap.add_argument("--jit", choices=["on", "off"], default="off", help="jit for both sides (default off)")
     args = ap.parse_args(argv)
+    SCHEMA = NARROW_SCHEMA if args.narrow else WIDE_SCHEMA
 
     embedded = None
     base = None
@@ -211,9 +384,11 @@ def main(argv: list[str] | None = None) -> int:
         embedded = EmbeddedPostgres(base)
         embedded.init()
         with open(embedded.data_dir / "postgresql.conf", "a", encoding="utf-8") as f:
-            f.write("shared_buffers = 512MB\n")  # room for the tables: "warm" means PostgreSQL's own cache
+            # room for the tables: "warm" means PostgreSQL's own cache
+            f.write("shared_buffers = 2GB\nmax_wal_size = 4GB\n")
         admin = embedded.start()
     name = "sgbench_" + uuid.uuid4().hex[:8]
+    summary: list[str] = []
     try:
         with psycopg.connect(libpq_url(admin), autocommit=True) as c:
             c.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
@@ -221,14 +396,14 @@ def main(argv: list[str] | None = None) -> int:
                              "current_setting('jit'), current_setting('shared_buffers')").fetchone()
         url = with_database(admin, name)
         t0 = time.perf_counter()
-        load(url, args.rows)
+        load(url, args.rows, args.narrow)
         print(f"PostgreSQL: {info[0].split(',')[0]}; max_parallel_workers_per_gather={info[1]}, jit={info[2]}, "
               f"shared_buffers={info[3]}; CPUs: {os.cpu_count()}")
         with psycopg.connect(libpq_url(url), autocommit=True) as c:
             sizes = c.execute("SELECT relname, n_live_tup, pg_size_pretty(pg_table_size(relid)) FROM "
                               "pg_stat_user_tables WHERE relname = ANY(%s) ORDER BY relname", (TABLES,)).fetchall()
-        print(f"loaded in {time.perf_counter() - t0:.1f}s: " + ", ".join(f"{r[0]} {r[1]} rows ({r[2]})"
-                                                                          for r in sizes))
+        print(f"loaded ({'narrow' if args.narrow else 'wide'} rows) in {time.perf_counter() - t0:.1f}s: "
+              + ", ".join(f"{r[0]} {r[1]} rows ({r[2]})" for r in sizes))
         checks = derived_checks(admin, url)
         print(f"derived {len(checks)} checks: " + ", ".join(f"{c.name} ({c.kind})" for c in checks))
         queries = counting.plan_queries(checks)
@@ -236,14 +411,28 @@ def main(argv: list[str] | None = None) -> int:
         for q in queries:
             print("  " + q.sql.replace("\n", "\n  "))
 
-        modes = [(args.workers, args.jit)] if (args.workers is not None or args.jit is not None) else [
-            (0, "off"), (None, "off")]
-        for workers, jit in modes:
+        modes = [args.workers] if args.workers is not None else [0, None]
+        for workers in modes:
             OPTS.max_parallel_workers_per_gather = workers
-            OPTS.jit = None if jit is None else jit == "on"
-            print(f"\n== session: max_parallel_workers_per_gather={workers if workers is not None else info[1]}, "
-                  f"jit={jit or info[2]} (both sides)")
-            measure(url, checks, args.reps, args.goal)
+            OPTS.jit = args.jit == "on"
+            label = f"max_parallel_workers_per_gather={workers if workers is not None else info[1]}"
+            serial = workers == 0 or (workers is None and info[1] == "0")
+            print(f"\n== session: {label}, jit={args.jit} (both sides)")
+            print(prewarm(url))
+            r = measure_warm(url, checks, args.reps, args.goal, serial)
+            line = (f"{label}: warm {r['warm']:.2f}x ({verdict(r['warm'] <= args.goal)})"  # type: ignore[operator]
+                    + (f", warm CPU {r['cpu']:.2f}x" if r["cpu"] is not None else ""))
+            if embedded is not None and not args.no_cold:
+                cold = measure_cold(embedded, url, checks, args.cold_reps, args.goal)
+                line += f", cold {cold:.2f}x ({verdict(cold <= args.goal)})"
+            elif not args.no_cold:
+                print("[cold] skipped: $DATABASE_URL points at a server this benchmark did not start")
+            line += (f"; seq_scan {fmt(r['scans'])} ({'one scan per table' if serial else 'per participant'}: "  # type: ignore[arg-type]
+                     f"{verdict(bool(r['one_scan']))})")
+            summary.append(line)
+        print(f"\n== summary (goal: ratio <= {args.goal}x and one scan per table)")
+        for line in summary:
+            print("  " + line)
         return 0
     finally:
         try:

@@ -174,3 +174,58 @@ def test_statement_timeout_applies(fresh_db: str) -> None:
     slow = counting.user("slow", "SELECT count(*) FROM pg_sleep(2)")
     with pytest.raises(psycopg.errors.QueryCanceled):
         count(fresh_db, [slow], statement_timeout="200ms")
+
+
+def test_not_expr_counts_exactly_the_false_rows_of_compound_checks(fresh_db: str) -> None:
+    """The scan counts ``NOT (expr)``: the same rows as ``(expr) IS FALSE`` for every TRUE/FALSE/NULL mix, also
+    when the planner pushes the NOT through AND/OR/negatable operators; PostgreSQL agrees."""
+    execute(fresh_db, "CREATE TABLE m (a int, b int, s text, x float8)",
+            "INSERT INTO m SELECT a, b, s, x FROM (VALUES (1), (-1), (NULL)) va(a), (VALUES (2), (0), (NULL)) vb(b), "
+            "(VALUES ('x'), ('y'), (NULL)) vs(s), (VALUES (1.5::float8), ('NaN'), (NULL)) vx(x)")
+    exprs = ["a > 0 AND b > 0", "a > 0 OR s <> 'x'", "NOT (a >= b)", "(a > 0) = (b > 0)", "x < 2",
+             "CASE WHEN s = 'x' THEN a > 0 END", "a IS DISTINCT FROM b", "s IN ('x', 'z')"]
+    checks = [counting.check_(f"ck{i}", "public", "m", e) for i, e in enumerate(exprs)]
+    count(fresh_db, checks)
+    for c, e in zip(checks, exprs, strict=True):
+        expected = query(fresh_db, f"SELECT count(*) FILTER (WHERE ({e}) IS FALSE) FROM m")[0][0]
+        assert c.count == expected and c.error is None, (e, c.count, expected)
+        assert rejects(fresh_db, f"ALTER TABLE m ADD CHECK ({e})") is (expected > 0), e
+
+
+def test_scan_feeds_only_violating_rows_to_the_aggregate(fresh_db: str) -> None:
+    """One scan of the child, its WHERE the OR of the checks and the FK: only violating rows reach the aggregate."""
+    execute(
+        fresh_db,
+        "CREATE TABLE p (id int PRIMARY KEY)",
+        "INSERT INTO p SELECT g FROM generate_series(1, 50) g",
+        "CREATE TABLE ch (id int, q int, p_id int)",
+        # q < 0 every 10th row, orphan every 25th (some rows both), NULL key every 7th
+        "INSERT INTO ch SELECT g, CASE WHEN g % 10 = 0 THEN -1 ELSE 1 END, "
+        "CASE WHEN g % 7 = 0 THEN NULL WHEN g % 25 = 0 THEN 1000 ELSE g % 50 + 1 END FROM generate_series(1, 1000) g",
+        "ANALYZE",
+    )
+    ck = counting.check_("ck", "public", "ch", "q > 0")
+    fk = counting.foreign_key("fk", "public", "ch", ["p_id"], "public", "p", ["id"], ref_unique=True)
+    [q] = counting.plan_queries([ck, fk])
+    assert "\nWHERE " in q.sql and q.sql.count("LEFT JOIN") == 1
+    before = seq_scans(fresh_db, ["ch", "p"])
+    count(fresh_db, [ck, fk])
+    after = seq_scans(fresh_db, ["ch", "p"], before)
+    assert after["ch"] - before["ch"] == 1
+    violating = query(fresh_db, "SELECT count(*) FILTER (WHERE q <= 0), count(*) FILTER (WHERE p_id IS NOT NULL "
+                                "AND p_id NOT IN (SELECT id FROM p)), count(*) FILTER (WHERE q <= 0 OR (p_id IS NOT "
+                                "NULL AND p_id NOT IN (SELECT id FROM p))) FROM ch")[0]
+    assert (ck.count, fk.count) == violating[:2] and violating[2] < violating[0] + violating[1]  # overlap counted
+    with psycopg.connect(libpq_url(fresh_db), autocommit=True) as conn:
+        conn.execute("SET max_parallel_workers_per_gather = 0")
+        plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + q.sql).fetchone()[0][0]["Plan"]  # type: ignore
+    assert plan["Node Type"] == "Aggregate"
+    assert plan["Plans"][0]["Actual Rows"] == violating[2]  # the rows that violate something, nothing else
+
+
+def test_checks_on_an_empty_table_count_zero(fresh_db: str) -> None:
+    execute(fresh_db, "CREATE TABLE e (a int)")
+    c = counting.check_("ck", "public", "e", "a > 0")
+    n = counting.notnull("nn", "public", "e", "a")
+    count(fresh_db, [c, n])
+    assert (c.count, n.count, c.error) == (0, 0, None)
