@@ -94,6 +94,18 @@ def test_env_py_imports_application_models_and_orm_data_migration(fresh_db: str)
         (1, "Ada", "Lovelace"), (2, "Plato", None)]
 
 
+def test_application_modules_do_not_leak_between_projects(fresh_db: str) -> None:
+    """env.py imports ``shopapp``; after the run the process forgets it (and sys.path is restored), so a second
+    project with its own ``shopapp`` package (tests/precheck/projects/shop) imports its own."""
+    import sys
+
+    path_before = list(sys.path)
+    app.upgrade(ORMAPP, "head", fresh_db)
+    assert not [m for m in sys.modules if m == "shopapp" or m.startswith("shopapp.")]
+    assert sys.path == path_before
+    assert "sqlalchemy" in sys.modules and "schemagate.runner.app" in sys.modules, "libraries stay loaded"
+
+
 def test_multiple_heads_is_a_clear_error_and_nothing_changes(fresh_db: str) -> None:
     before = schema_snapshot(fresh_db)
     with pytest.raises(app.MultipleHeadsError) as ei:

@@ -52,11 +52,12 @@ import os
 import random
 import re
 import sys
+import sysconfig
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import util as alembic_util
@@ -210,6 +211,43 @@ def session_environment(
                 os.environ[k] = v
 
 
+def _library_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    dirs = {paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    dirs.add(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the schemagate package itself
+    return tuple(os.path.join(os.path.abspath(d), "") for d in dirs if d)
+
+
+def _forget_application_modules(before: set[str]) -> None:
+    """Drop modules imported since ``before`` that live outside the standard library and installed packages."""
+    libs = _library_dirs()
+    for name in set(sys.modules) - before:
+        f = getattr(sys.modules.get(name), "__file__", None)
+        if f and not os.path.abspath(f).startswith(libs):
+            sys.modules.pop(name, None)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def isolated_imports(fn: _F) -> _F:
+    """Run ``fn`` so that the application modules its env.py and revisions import (e.g. ``myapp.models``) and
+    the ``sys.path`` entries Alembic prepends (``prepend_sys_path``) are gone afterwards: one process can then run
+    several Alembic projects whose packages share a name, and repeated runs do not grow ``sys.path``."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        modules_before = set(sys.modules)
+        path_before = list(sys.path)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _forget_application_modules(modules_before)
+            sys.path[:] = path_before
+
+    return run  # type: ignore[return-value]
+
+
 def engine_for(url: str, connect_timeout: int = 10) -> sa.Engine:
     return sa.create_engine(
         sqlalchemy_url(url),
@@ -298,6 +336,7 @@ def _pending(script: ScriptDirectory, target: str, current: str | None) -> list[
     return [r.revision for r in reversed(revs)]
 
 
+@isolated_imports
 def plan(
     config_path: str | os.PathLike[str],
     target: str | None = "head",
@@ -355,6 +394,7 @@ def render_sql(cfg: Config, script: ScriptDirectory, current: str | None, target
     return buf.getvalue()
 
 
+@isolated_imports
 def upgrade(
     config_path: str | os.PathLike[str],
     target: str | None = "head",
@@ -529,6 +569,7 @@ def result_from_error(step: str, exc: BaseException, started: Any = None, data: 
     return r.finish()
 
 
+@isolated_imports
 def migrate(
     config_path: str | os.PathLike[str],
     target: str | None = "head",
@@ -667,6 +708,7 @@ def shadow_url_from_workdir(url: str, workdir: str | os.PathLike[str] | None) ->
     raise InputError(f"{f} names no shadow database")
 
 
+@isolated_imports
 def shadow_upgrade(
     config_path: str | os.PathLike[str],
     target: str | None = "head",

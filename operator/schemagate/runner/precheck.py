@@ -405,6 +405,11 @@ def render_offline(config_path: str | os.PathLike[str], current: str | None, tar
     """(offline SQL of current:target, error) through the application's env.py in offline mode."""
     from schemagate.runner import app
 
+    return app.isolated_imports(_render_offline)(app, config_path, current, target, url, url_env)
+
+
+def _render_offline(app: Any, config_path: str | os.PathLike[str], current: str | None, target: str, url: str,
+                    url_env: str | None) -> tuple[str | None, str | None]:
     try:
         cfg = app.make_config(config_path, url)
         script = app.load_script(cfg)
