@@ -12,6 +12,10 @@ Environment: ``SCHEMAGATE_RUNNER_IMAGE`` (required: the operator's own image, us
 ``SCHEMAGATE_LEASE_NAMESPACE``/``POD_NAMESPACE``, ``SCHEMAGATE_METRICS_PORT`` (8000; 0 disables),
 ``SCHEMAGATE_RETRY_BASE_SECONDS`` (10), ``SCHEMAGATE_RETRY_CAP_SECONDS`` (300), ``SCHEMAGATE_NAMESPACES``
 (comma separated) or ``SCHEMAGATE_ALL_NAMESPACES=1`` for ``main()``.
+
+Namespace-restricted mode (``main()`` with exact namespace names) turns Kopf's cluster scanning off: Kopf would
+otherwise list and watch Namespaces cluster-wide (403 under the per-namespace RBAC, retried for about a minute
+before it serves anything). Then CRDs are discovered once at start-up, not watched.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import concurrent.futures
 import datetime as _dt
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -37,6 +42,10 @@ from schemagate.core.model import GROUP, PLURAL, VERSION, Migration
 log = logging.getLogger("schemagate.operator")
 
 Key = tuple[str, str]
+
+# Namespace names (not Kopf's glob patterns): serving them needs no cluster-wide list/watch of Namespaces.
+_NAMESPACE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_static_namespaces = False  # set by main(): watching only these exact namespaces
 
 
 def _env_float(name: str, default: float) -> float:
@@ -235,6 +244,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.last-handled-configuration")
     settings.persistence.finalizer = "schemagate.dev/finalizer"
     settings.posting.enabled = False  # our own Events, one per transition
+    if _static_namespaces:
+        settings.scanning.disabled = True  # no cluster-wide Namespace list/watch: the per-namespace RBAC suffices
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
@@ -301,10 +312,12 @@ async def job_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
 def main(namespaces: list[str] | None = None, all_namespaces: bool | None = None, health_port: int | None = None,
          metrics_port: int | None = None, log_level: str = "info", liveness: str | None = None) -> None:
     """Run the operator in this process (what ``schemagate operator`` calls). Without namespaces it watches all."""
+    global _static_namespaces
     env_ns = [n.strip() for n in os.environ.get("SCHEMAGATE_NAMESPACES", "").split(",") if n.strip()]
     namespaces = list(namespaces or env_ns)
     if all_namespaces is None or (not all_namespaces and not namespaces):
         all_namespaces = os.environ.get("SCHEMAGATE_ALL_NAMESPACES", "") in ("1", "true", "yes") or not namespaces
+    _static_namespaces = not all_namespaces and all(_NAMESPACE_NAME.match(n) for n in namespaces)
     if metrics_port is not None:
         os.environ["SCHEMAGATE_METRICS_PORT"] = str(metrics_port)
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),

@@ -1,9 +1,8 @@
 """`kubectl apply -f manifests/` installs what `helm install schemagate charts/schemagate` installs by default.
 
 Compared semantically (parsed objects, not text): Helm's own labels are ignored, RBAC rules are compared as sets of
-(apiGroup, resource, verb). Known, intended differences:
-- manifests/ creates the Namespace (with the restricted Pod Security label); Helm uses --create-namespace;
-- the chart adds a metrics Service (the manifests rely on the pod's prometheus.io annotations).
+(apiGroup, resource, verb). The one known, intended difference: manifests/ creates the Namespace (with the restricted
+Pod Security label); Helm uses --create-namespace. Everything else, the metrics Service included, must match.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ MANIFESTS = ROOT / "manifests"
 HELM_LABELS = {"helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/instance",
                "app.kubernetes.io/version", "app.kubernetes.io/part-of"}  # fmt: skip
 ONLY_IN_MANIFESTS = {("Namespace", "schemagate-system")}
-ONLY_IN_CHART = {("Service", "schemagate-metrics")}
+ONLY_IN_CHART: set[tuple[str, str]] = set()
 
 
 def manifest_docs() -> list[dict]:
@@ -79,6 +78,11 @@ def test_same_content(both):
 
 def test_metrics_service_selects_the_manifest_pods(both):
     m, c = both
-    svc = c[("Service", "schemagate-metrics", "schemagate-system")]
     dep = m[("Deployment", "schemagate", "schemagate-system")]
-    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    ports = {p["name"]: p["containerPort"] for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    for svc in (m[("Service", "schemagate-metrics", "schemagate-system")],
+                c[("Service", "schemagate-metrics", "schemagate-system")]):
+        assert svc["spec"]["selector"].items() <= pod_labels.items()
+        (port,) = svc["spec"]["ports"]
+        assert port["targetPort"] == "metrics" and ports["metrics"] == port["port"] == 8000
