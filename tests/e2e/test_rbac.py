@@ -3,7 +3,7 @@
 - Cluster-wide mode: ``manifests/crd.yaml`` and ``manifests/rbac.yaml`` are applied as they are, a token is minted
   for the ServiceAccount ``schemagate-system/schemagate`` (TokenRequest, ``kubectl create token``), and
   ``schemagate operator`` runs as a subprocess with a kubeconfig holding only that token and the arguments of
-  ``manifests/deployment.yaml``. It drives the food-truck migration against a real PostgreSQL to Succeeded/Ready and
+  ``manifests/workload.yaml``. It drives the food-truck migration against a real PostgreSQL to Succeeded/Ready and
   releases a pod held by the ``schemagate.dev/migration`` scheduling gate. Its log has no 403/Forbidden line.
   ``kubectl auth can-i --as`` checks what the ServiceAccount may not do.
 - Namespace-restricted mode: the chart rendered with ``operator.watchNamespaces=[A]`` (``helm template``: a Role and
@@ -338,7 +338,7 @@ def test_manifest_rbac_denies_what_the_operator_does_not_need(kube: Any, manifes
 def test_least_rights_migrate_and_release_a_gated_pod(kube: Any, manifest_rbac: list[dict], images: None,
                                                       namespace: str, fresh_db: str, tmp_path: Path) -> None:  # fmt: skip
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}})
-    (dep,) = [d for d in _docs((ROOT / "manifests" / "deployment.yaml").read_text()) if d["kind"] == "Deployment"]
+    (dep,) = [d for d in _docs((ROOT / "manifests" / "workload.yaml").read_text()) if d["kind"] == "Deployment"]
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == SA_NAME
     assert dep["metadata"]["namespace"] == OPERATOR_NS
     args = _operator_args(dep)

@@ -27,7 +27,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: schemagate
 {{- end }}
 
-{{/* Selector labels of the operator pod (the same as manifests/deployment.yaml: one operator per cluster). */}}
+{{/* Selector labels of the operator pod (the same as manifests/workload.yaml: one operator per cluster). */}}
 {{- define "schemagate.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "schemagate.name" . }}
 app.kubernetes.io/component: operator
