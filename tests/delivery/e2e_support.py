@@ -1,6 +1,6 @@
 """Shared pieces of the delivery end-to-end tests (tests/e2e/test_gate*.py, tests/e2e/test_helm*.py).
 
-The operator runs as a subprocess (``kopf run -m schemagate.handlers``), like in tests/e2e/test_operator.py; step
+The operator runs as a subprocess (``tests/e2e/operator_process.py``), like in tests/e2e/test_operator.py; step
 Jobs run through the test bed's node stand-in as local processes. The operator image maps to the virtualenv, an
 application image maps ``/app`` to an example Alembic project in ``migrations/``.
 """
@@ -9,70 +9,17 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-RUNNER_IMAGE = "schemagate.test/schemagate:e2e"
-LEASE_NS = "schemagate-system"
+from tests.e2e.operator_process import (  # noqa: F401 (re-exported for the delivery e2e tests)
+    LEASE_NS,
+    ROOT,
+    RUNNER_IMAGE,
+    Operator,
+    free_port,
+)
+
 GATE = "schemagate.dev/migration"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Operator:
-    """The operator as a subprocess that can be killed and started again."""
-
-    def __init__(self, kube: Any, log_dir: Path) -> None:
-        self.kube, self.log_dir = kube, log_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> Operator:
-        self.starts += 1
-        env = self.kube.env(dict(os.environ))
-        env.update({
-            "SCHEMAGATE_RUNNER_IMAGE": RUNNER_IMAGE,
-            "SCHEMAGATE_LEASE_NAMESPACE": LEASE_NS,
-            "SCHEMAGATE_METRICS_PORT": str(free_port()),
-            "SCHEMAGATE_RETRY_BASE_SECONDS": "1",
-            "SCHEMAGATE_RETRY_CAP_SECONDS": "4",
-            "SCHEMAGATE_SECRET_POLL_SECONDS": "2",
-            "SCHEMAGATE_LOCK_POLL_SECONDS": "1",
-        })  # fmt: skip
-        log = open(self.log_dir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces", "-m", "schemagate.handlers",
-             "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))  # fmt: skip
-        return self
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc = None
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
 
 
 def install_crd(kube: Any) -> None:

@@ -9,78 +9,15 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-RUNNER_IMAGE = "schemagate.test/schemagate:e2e"
-LEASE_NS = "schemagate-system"
+from tests.e2e.operator_process import LEASE_NS, ROOT, RUNNER_IMAGE, Operator  # noqa: F401 (re-exported)
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Operator:
-    """The operator as a subprocess that can be killed (SIGKILL) and started again."""
-
-    def __init__(self, kube: Any, log_dir: Path, extra_env: dict[str, str] | None = None) -> None:
-        self.kube, self.log_dir = kube, log_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self.metrics_port = _free_port()
-        self.extra_env = dict(extra_env or {})
-
-    def start(self) -> Operator:
-        self.starts += 1
-        env = self.kube.env(dict(os.environ))
-        env.update({
-            "SCHEMAGATE_RUNNER_IMAGE": RUNNER_IMAGE,
-            "SCHEMAGATE_LEASE_NAMESPACE": LEASE_NS,
-            "SCHEMAGATE_METRICS_PORT": str(self.metrics_port),
-            "SCHEMAGATE_RETRY_BASE_SECONDS": "1",
-            "SCHEMAGATE_RETRY_CAP_SECONDS": "4",
-            "SCHEMAGATE_SECRET_POLL_SECONDS": "2",
-            "SCHEMAGATE_LOCK_POLL_SECONDS": "1",
-            **self.extra_env,
-        })
-        self.log = open(self.log_dir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces", "-m", "schemagate.handlers",
-             "--liveness", f"http://127.0.0.1:{_free_port()}/healthz"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=str(ROOT))
-        return self
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc = None
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,12 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,9 +28,10 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.operator_process import ROOT, RUNNER_IMAGE, free_port
+from tests.e2e.operator_process import Operator as SharedOperator
+
 CHART = ROOT / "charts" / "schemagate"
-RUNNER_IMAGE = "schemagate.test/schemagate:e2e"
 APP_IMAGE = "schemagate.test/rbac-foodtruck:e2e"
 OPERATOR_NS = "schemagate-system"  # what manifests/ name
 SA_NAME = "schemagate"
@@ -52,12 +48,6 @@ REQUEST = re.compile(r'"(GET|POST|PATCH|PUT|DELETE) (\S+) HTTP/1\.1" (\d{3})')
 pytestmark = pytest.mark.e2e
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _docs(text: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(text) if d]
 
@@ -69,7 +59,7 @@ def _operator_args(deployment: dict) -> list[str]:
     assert args[0] == "operator", args
     keep = [a for a in args if not a.startswith(("--health-port", "--metrics-port", "--log-level"))]
     # debug: the best-effort Event posts log their failures (a 403 too) only at debug level
-    return [*keep, f"--health-port={_free_port()}", f"--metrics-port={_free_port()}", "--log-level=debug"]
+    return [*keep, f"--health-port={free_port()}", f"--metrics-port={free_port()}", "--log-level=debug"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -100,53 +90,11 @@ def token_kubeconfig(kube: Any, namespace: str, sa: str, path: Path) -> Path:
     return path
 
 
-class Operator:
+class Operator(SharedOperator):
     """``schemagate operator ARGS`` as a subprocess, authenticated only by a ServiceAccount token kubeconfig."""
 
-    def __init__(self, kube: Any, kubeconfig: Path, args: list[str], pod_namespace: str, log_path: Path) -> None:
-        self.kube, self.kubeconfig, self.args, self.pod_namespace = kube, kubeconfig, args, pod_namespace
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Operator:
-        exe = Path(sys.executable).parent / "schemagate"
-        assert exe.exists(), f"{exe}: the schemagate command is not installed in the virtualenv"
-        env = self.kube.env(dict(os.environ))
-        for k in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "SCHEMAGATE_LEASE_NAMESPACE",
-                  "SCHEMAGATE_NAMESPACES", "SCHEMAGATE_ALL_NAMESPACES"):
-            env.pop(k, None)  # no in-cluster config, no namespace choice but the arguments
-        env.update({
-            "KUBECONFIG": str(self.kubeconfig),
-            "POD_NAMESPACE": self.pod_namespace,  # as the Deployment's fieldRef sets it: the Lease namespace
-            "SCHEMAGATE_RUNNER_IMAGE": RUNNER_IMAGE,
-            "SCHEMAGATE_RETRY_BASE_SECONDS": "1",
-            "SCHEMAGATE_RETRY_CAP_SECONDS": "4",
-            "SCHEMAGATE_SECRET_POLL_SECONDS": "2",
-            "SCHEMAGATE_LOCK_POLL_SECONDS": "1",
-        })  # fmt: skip
-        self.log = open(self.log_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([str(exe), *self.args], env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     cwd=str(ROOT), start_new_session=True)  # fmt: skip
-        return self
-
-    def alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"the operator exited ({self.proc.returncode}):\n{self.logs()[-4000:]}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-        if getattr(self, "log", None):
-            self.log.close()
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def __init__(self, kube: Any, kubeconfig: Path, args: list[str], pod_namespace: str, log_dir: Path) -> None:
+        super().__init__(kube, log_dir, command=args, kubeconfig=kubeconfig, pod_namespace=pod_namespace)
 
     def denied_lines(self) -> list[str]:
         return [line for line in self.logs().splitlines() if DENIED.search(STAMP.sub("", line))]
@@ -352,7 +300,7 @@ def test_least_rights_migrate_and_release_a_gated_pod(kube: Any, manifest_rbac: 
     kube.apply(gated_deployment("web", "shop", "0003"), namespace)
     kube.wait_for(lambda: len(live_pods(kube, namespace, "app=web")) == 1, timeout=60, message="the gated pod")
 
-    op = Operator(kube, kubeconfig, args, OPERATOR_NS, tmp_path / "operator.log").start()
+    op = Operator(kube, kubeconfig, args, OPERATOR_NS, tmp_path / "operator").start()
     try:
         kube.apply(migration("shop"), namespace)
         o = wait_terminal(kube, namespace, "shop", op)
@@ -431,7 +379,7 @@ def test_namespace_restricted_mode(kube: Any, images: None, namespace: str, make
         for ns in (ns_b, ns_a):  # B first: it has all the time A takes to be (wrongly) picked up
             secret(kube, ns, "db", {"url": make_db()})
         kube.apply(migration("shop"), ns_b)
-        op = Operator(kube, kubeconfig, args, ns_op, tmp_path / "operator.log").start()
+        op = Operator(kube, kubeconfig, args, ns_op, tmp_path / "operator").start()
         kube.apply(migration("shop"), ns_a)
 
         o = wait_terminal(kube, ns_a, "shop", op)
