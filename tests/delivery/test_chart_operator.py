@@ -179,7 +179,8 @@ def test_namespaced_rbac():
 def test_every_object_is_namespaced_to_the_release_or_cluster_scoped():
     docs = template("schemagate", namespace="ops")
     for d in docs:
-        if d["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+        if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+                         "ValidatingAdmissionPolicyBinding"):
             assert "namespace" not in d["metadata"]
         else:
             assert d["metadata"]["namespace"] == "ops", d["kind"]
@@ -203,3 +204,13 @@ def test_image_defaults_to_app_version():
 def test_paths_exist():
     assert Path(CHART / "templates" / "NOTES.txt").exists()
     assert Path(CHART / "values.schema.json").exists()
+
+
+def test_pod_patch_policy_names_the_release_service_account_and_can_be_turned_off():
+    docs = template("schemagate", "--set", "serviceAccount.name=ops-sa", namespace="ops")
+    (vap,) = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"]
+    (binding,) = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"]
+    assert vap["spec"]["matchConditions"][0]["expression"].endswith('"system:serviceaccount:ops:ops-sa"')
+    assert binding["spec"]["policyName"] == vap["metadata"]["name"] and binding["spec"]["validationActions"] == ["Deny"]
+    off = template("schemagate", "--set", "rbac.podPatchPolicy=false")
+    assert not [d for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]

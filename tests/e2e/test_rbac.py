@@ -213,14 +213,15 @@ def _install_crd(kube: Any) -> None:
 
 @pytest.fixture(scope="module")
 def manifest_rbac(kube: Any) -> Iterator[list[dict]]:
-    """manifests/crd.yaml and manifests/rbac.yaml applied as they are; yields rbac.yaml's objects."""
+    """manifests/crd.yaml, rbac.yaml and admission.yaml applied as they are; yields rbac.yaml's objects."""
     _install_crd(kube)
     docs = _docs((ROOT / "manifests" / "rbac.yaml").read_text())
+    policy = _docs((ROOT / "manifests" / "admission.yaml").read_text())
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} <= {OPERATOR_NS, None}
-    created = [(d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")) for d in docs
+    created = [(d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")) for d in docs + policy
                if d["kind"] != "Namespace"
                and not _exists(kube, d["kind"], d["metadata"]["name"], d["metadata"].get("namespace"))]  # fmt: skip
-    kube.kubectl("apply", "-f", str(ROOT / "manifests" / "rbac.yaml"))
+    kube.kubectl("apply", "-f", str(ROOT / "manifests" / "rbac.yaml"), "-f", str(ROOT / "manifests" / "admission.yaml"))
     kube.wait_for(lambda: _exists(kube, "serviceaccount", SA_NAME, OPERATOR_NS), timeout=30, message="the SA")
     yield docs
     for kind, name, ns in reversed(created):  # leave what was there before (e.g. a Helm release's objects)
@@ -281,6 +282,42 @@ def test_manifest_rbac_denies_what_the_operator_does_not_need(kube: Any, manifes
                for v in rule["verbs"]}  # fmt: skip
     assert not any(v in ("*", "delete", "deletecollection", "update", "escalate", "bind", "impersonate")
                    or r == "*" for _, r, v in granted), granted  # fmt: skip
+
+
+def test_pod_patch_policy_lets_the_operator_remove_only_its_gate(kube: Any, manifest_rbac: list[dict],
+                                                                 namespace: str, tmp_path: Path) -> None:
+    """RBAC grants "patch pods"; manifests/admission.yaml narrows the operator's pod updates to its own gate."""
+    kubeconfig = token_kubeconfig(kube, OPERATOR_NS, SA_NAME, tmp_path / "sa.kubeconfig")
+    image = "registry.example.com/web:1"
+    kube.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "labels": {"app": "web"}},
+                "spec": {"schedulingGates": [{"name": GATE}, {"name": "example.com/other"}],
+                         "containers": [{"name": "web", "image": image}]}}, namespace)  # fmt: skip
+
+    def patch(ops: list[dict], *, as_operator: bool = True) -> Any:
+        who = ["--kubeconfig", str(kubeconfig)] if as_operator else []
+        return kube.kubectl(*who, "-n", namespace, "patch", "pod", "web", "--type", "json", "-p", json.dumps(ops),
+                            check=False)  # fmt: skip
+
+    evil = [{"op": "replace", "path": "/spec/containers/0/image", "value": "registry.example.com/evil:1"}]
+    # the policy takes effect once the API server has loaded it
+    kube.wait_for(lambda: "may not change a pod's images" in patch(evil).stderr, timeout=30,
+                  message="the pod-patch policy to deny an image change")  # fmt: skip
+    for ops, why in [
+        ([{"op": "add", "path": "/metadata/labels/owned", "value": "yes"}], "labels, annotations or owners"),
+        ([{"op": "add", "path": "/metadata/annotations", "value": {"x": "y"}}], "labels, annotations or owners"),
+        ([{"op": "remove", "path": "/spec/schedulingGates/1"}], "only the schemagate.dev/migration"),
+        ([{"op": "add", "path": "/spec/activeDeadlineSeconds", "value": 5}], "placement or deadline"),
+    ]:
+        r = patch(ops)
+        assert r.returncode != 0 and why in r.stderr, (ops, r.stdout, r.stderr)
+    r = patch([{"op": "test", "path": "/spec/schedulingGates/0/name", "value": GATE},
+               {"op": "remove", "path": "/spec/schedulingGates/0"}])  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    pod = kube.core().read_namespaced_pod("web", namespace)
+    assert [g.name for g in pod.spec.scheduling_gates] == ["example.com/other"]
+    assert pod.spec.containers[0].image == image and pod.metadata.labels == {"app": "web"}
+    # anyone else (here the admin) is not restricted by this policy
+    assert patch([{"op": "add", "path": "/metadata/labels/owned", "value": "yes"}], as_operator=False).returncode == 0
 
 
 def test_least_rights_migrate_and_release_a_gated_pod(kube: Any, manifest_rbac: list[dict], images: None,
