@@ -297,3 +297,32 @@ def test_unreachable_database_is_transient_and_redacted(tmp_path: Path) -> None:
     r = precheck.precheck(project("naive"), "head", url, "DATABASE_URL")
     assert r.outcome is Outcome.TRANSIENT_ERROR and r.reason == "DatabaseUnreachable"
     assert "s3cr3t-pw" not in r.to_json()
+
+
+def test_constraints_and_indexes_on_new_tables_or_columns_are_listed_but_not_counted(fresh_db: str) -> None:
+    """A pending revision's constraint or unique index on a table or column it creates cannot have violating
+    rows yet: derive() lists it as skipped with the reason, and counts the rest."""
+    import psycopg
+
+    from schemagate.analysis import catalog, derive
+    from schemagate.runner.db import libpq_url
+
+    execute(fresh_db, "CREATE TABLE items (id int PRIMARY KEY, qty int)", "INSERT INTO items VALUES (1, 5)")
+
+    def snap() -> catalog.Catalog:
+        with psycopg.connect(libpq_url(fresh_db), autocommit=True) as conn:
+            return catalog.snapshot(conn)
+
+    real = snap()
+    execute(fresh_db,  # what the pending revisions would do, as seen in the shadow database
+            "CREATE TABLE tags (id int PRIMARY KEY, label text CONSTRAINT tag_label_set CHECK (label <> ''))",
+            "ALTER TABLE items ADD COLUMN sku text CONSTRAINT item_sku_short CHECK (length(sku) < 20)",
+            "CREATE UNIQUE INDEX item_sku_unique ON items (sku)",
+            "ALTER TABLE items ADD CONSTRAINT item_qty_positive CHECK (qty > 0)")
+    d = derive.derive(real, snap())
+    notes = {c.name: (c.skipped, c.note) for c in d.checks}
+    assert notes["tag_label_set"] == (True, "skipped: table created by the pending revisions")
+    assert notes["item_sku_short"] == (True, "skipped: column(s) created by the pending revisions: sku")
+    assert notes["item_sku_unique"] == (True, "skipped: column(s) created by the pending revisions: sku")
+    assert notes["item_qty_positive"][0] is False
+    assert [c.name for c in d.counted] == ["item_qty_positive"]

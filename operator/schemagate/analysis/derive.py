@@ -70,6 +70,14 @@ def _unquoted(keys: Iterable[str]) -> set[str]:
     return out
 
 
+def _created_by_pending(table: Table | None, columns: Iterable[str]) -> str | None:
+    """Why a check cannot have violating rows yet: its table or some of its columns are new; None otherwise."""
+    if table is None:
+        return "table created by the pending revisions"
+    missing = [col for col in columns if col not in table.columns]
+    return "column(s) created by the pending revisions: " + ", ".join(missing) if missing else None
+
+
 def derive(real: Catalog, shadow: Catalog) -> Derivation:
     """The checks (``counting.Check``) and new indexes implied by the shadow's extra constraints."""
     d = Derivation()
@@ -124,12 +132,9 @@ def derive(real: Catalog, shadow: Catalog) -> Derivation:
         if previously is not None and previously.contype == c.contype and not previously.validated \
                 and previously.definition == c.definition:
             chk.note = "NOT VALID in the database; validated by the pending revisions"
-        if t is None:
-            d.checks.append(_skip(chk, "table created by the pending revisions"))
-            continue
-        missing = [col for col in c.columns if col not in t.columns]
-        if missing:
-            d.checks.append(_skip(chk, "column(s) created by the pending revisions: " + ", ".join(missing)))
+        new_why = _created_by_pending(t, c.columns)
+        if t is None or new_why:
+            d.checks.append(_skip(chk, new_why or "table created by the pending revisions"))
             continue
         if c.contype == "f":
             parent = table_of(c.ref_schema or "", c.ref_relname or "")
@@ -178,12 +183,9 @@ def derive(real: Catalog, shadow: Catalog) -> Derivation:
         old = real_names.get((ix.schema, ix.relname, ix.name))
         if old is not None and not old.valid and old.shape == ix.shape:
             chk.note = "INVALID index in the database; rebuilt by the pending revisions"
-        if t is None:
-            d.checks.append(_skip(chk, "table created by the pending revisions"))
-            continue
-        missing = [col for col in ix.columns if col not in t.columns]
-        if missing:
-            d.checks.append(_skip(chk, "column(s) created by the pending revisions: " + ", ".join(missing)))
+        new_why = _created_by_pending(t, ix.columns)
+        if t is None or new_why:
+            d.checks.append(_skip(chk, new_why or "table created by the pending revisions"))
             continue
         chk.only = t.relkind != "p" and t.has_children
         d.checks.append(chk)
