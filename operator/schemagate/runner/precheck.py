@@ -51,7 +51,7 @@ from typing import Any
 
 from schemagate.analysis import capture, catalog, counting, derive, lint, shadow
 from schemagate.analysis.counting import Check, CountOptions
-from schemagate.runner import db
+from schemagate.runner import app, db
 from schemagate.runner.result import Outcome, StepResult, now
 
 STEP = "precheck"
@@ -331,8 +331,6 @@ def precheck(
     keep_shadow: bool = False,
 ) -> StepResult:
     """Plan, derive the checks in a shadow database, count, lint (see the module docstring)."""
-    from schemagate.runner import app
-
     started = now()
     data = _base_data(max_violations)
     notes: list[str] = []
@@ -400,16 +398,10 @@ def lint_module_available() -> bool:
     return lint.find_squawk() is not None
 
 
+@app.isolated_imports
 def render_offline(config_path: str | os.PathLike[str], current: str | None, target: str, url: str,
                    url_env: str | None) -> tuple[str | None, str | None]:
     """(offline SQL of current:target, error) through the application's env.py in offline mode."""
-    from schemagate.runner import app
-
-    return app.isolated_imports(_render_offline)(app, config_path, current, target, url, url_env)
-
-
-def _render_offline(app: Any, config_path: str | os.PathLike[str], current: str | None, target: str, url: str,
-                    url_env: str | None) -> tuple[str | None, str | None]:
     try:
         cfg = app.make_config(config_path, url)
         script = app.load_script(cfg)
