@@ -45,7 +45,7 @@ LEASE_NS = "schemagate-system"
 STUB = r'''#!/usr/bin/env python3
 import json, os, sys, datetime
 args = sys.argv[1:]
-if args[:2] == ["-m", "schemagate.runner.app"]:
+if args[:2] == ["-m", "schemagate.runner.inject"]:
     args = args[2:]
 if args and args[0] == "install-runner":
     sys.exit(0)

@@ -10,7 +10,7 @@ Steps (each prints one StepResult with ``--json``, human output with rich otherw
     schemagate migrate   -c alembic.ini [--lock-timeout 5s] [--statement-timeout 0] [--retries 5]
     schemagate verify    [-c alembic.ini] [--plan FILE | --plan-env SCHEMAGATE_PLAN] [--check NAME=SQL ...]
     schemagate demo                       (what `make demo` runs)
-    schemagate install-runner DIR         (copy the pure-Python package for the injected runner)
+    schemagate install-runner DIR         (copy the injected runner's pure-Python files)
     schemagate operator / wait            (the operator; wait for a DatabaseMigration)
 
 The database URL comes from the environment variable named by ``--database-url-env`` (default DATABASE_URL) or
@@ -56,7 +56,7 @@ def _int_at_least(minimum: int, option: str) -> Callable[[str], int]:
 
 def _duration(option: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
-        from schemagate.runner.app import RunnerError, normalize_duration
+        from schemagate.runner.inject.config import RunnerError, normalize_duration
 
         try:
             return normalize_duration(text, option) or "0"
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=DEMO_DIR, help="working directory of the demo (default .demo)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("install-runner", help="copy the pure-Python schemagate package into DIR (injected runner)")
+    p = sub.add_parser("install-runner", help="copy the injected runner's pure-Python files into DIR")
     p.add_argument("dir", metavar="DIR")
     p.set_defaults(func=cmd_install_runner)
 
@@ -386,10 +386,10 @@ def cmd_precheck(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from schemagate.runner import migrate
+    from schemagate.runner.inject.migrate import migrate
 
     with database(args) as (url, url_env), progress(args) as say:
-        r = migrate.migrate(args.config, args.target, url, url_env, args.lock_timeout, args.statement_timeout,
+        r = migrate(args.config, args.target, url, url_env, args.lock_timeout, args.statement_timeout,
                             args.retries, lock_wait=args.lock_wait, log=say)
     return emit(r, args)
 
@@ -419,23 +419,32 @@ def _usage(step: str, message: str) -> StepResult:
 
 
 def cmd_install_runner(args: argparse.Namespace) -> int:
-    """Copy the ``schemagate`` package (pure Python) into DIR, so ``PYTHONPATH=DIR python -m
-    schemagate.runner.app`` works in an image that has Python, SQLAlchemy and Alembic but not schemagate."""
+    """Copy the injected runner's files (``schemagate.runner.inject.INJECTED_FILES``: the ``runner/inject``
+    package and the standard-library-only modules it imports) into DIR/schemagate, so ``PYTHONPATH=DIR python -m
+    schemagate.runner.inject`` works in an image that has Python, SQLAlchemy and Alembic but not schemagate."""
     import schemagate
+    from schemagate.runner.inject import INJECTED_FILES
 
     src = Path(schemagate.__file__).resolve().parent
     dest = Path(args.dir) / "schemagate"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so")
     try:
         Path(args.dir).mkdir(parents=True, exist_ok=True)
         if dest.exists():
             shutil.rmtree(dest)
-        shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
+        for rel in INJECTED_FILES:
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if (src / rel).is_dir():
+                shutil.copytree(src / rel, target, ignore=ignore)
+            else:
+                shutil.copy2(src / rel, target)
     except OSError as e:
         print(f"schemagate install-runner: cannot write {dest}: {e.strerror}", file=sys.stderr)
         return 4
     n = sum(1 for _ in dest.rglob("*.py"))
     print(f"installed the schemagate runner ({n} modules) in {dest}; run it with "
-          f"PYTHONPATH={Path(args.dir)} python -m schemagate.runner.app migrate -c alembic.ini")
+          f"PYTHONPATH={Path(args.dir)} python -m schemagate.runner.inject migrate -c alembic.ini")
     return 0
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from schemagate.runner import app, db
+from schemagate.runner import db
+from schemagate.runner.inject.apply import upgrade
 
 
 def migrations_dir() -> Path:
@@ -87,7 +88,7 @@ WHOLESALE_TOTAL = sum(WHOLESALE_VIOLATIONS.values())
 
 
 def _seed(config: Path, url: str, sql: str) -> None:
-    app.upgrade(config, "0001", url)
+    upgrade(config, "0001", url)
     engine = sa.create_engine(db.sqlalchemy_url(url), poolclass=sa.pool.NullPool)
     try:
         with engine.begin() as conn:

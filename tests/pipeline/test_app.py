@@ -1,4 +1,4 @@
-"""The injected runner (schemagate.runner.app): plan, upgrade, migrate, errors; against real PostgreSQL."""
+"""The injected runner (schemagate.runner.inject): plan, upgrade, migrate, errors; against real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import urllib.parse
 
 import pytest
 
-from schemagate.runner import app
+import schemagate.runner.inject as inject
+from schemagate.runner.inject.apply import upgrade
+from schemagate.runner.inject.config import make_config
+from schemagate.runner.inject.migrate import migrate
+from schemagate.runner.inject.revisions import MultipleHeadsError, plan
 from schemagate.runner.result import ExitCode, Outcome
 from tests.pipeline.helpers import (
     FOODTRUCK,
@@ -26,16 +30,16 @@ from tests.pipeline.helpers import (
 
 
 def test_plan_on_empty_database(fresh_db: str) -> None:
-    p = app.plan(FOODTRUCK, "head", fresh_db)
+    p = plan(FOODTRUCK, "head", fresh_db)
     assert p == {"current": None, "target": "0003", "pending": ["0001", "0002", "0003"], "heads": ["0003"]}
     assert version(fresh_db) is None  # planning changes nothing
 
 
 def test_upgrade_foodtruck_then_downgrade_matches_seed_rollback(fresh_db: str) -> None:
-    out = app.upgrade(FOODTRUCK, "0001", fresh_db)
+    out = upgrade(FOODTRUCK, "0001", fresh_db)
     assert out["applied"] == ["0001"] and out["toRevision"] == "0001"
     execute(fresh_db, "insert into menu_items (id, name, price, stock) values ('m1', 'Taco', 3.5, 10)")
-    out = app.upgrade(FOODTRUCK, "head", fresh_db, lock_timeout="2s", statement_timeout="1min")
+    out = upgrade(FOODTRUCK, "head", fresh_db, lock_timeout="2s", statement_timeout="1min")
     assert out["fromRevision"] == "0001" and out["applied"] == ["0002", "0003"] and out["toRevision"] == "0003"
     assert query(fresh_db, "select conname, convalidated from pg_constraint where conname='check_stock_non_negative'") \
         == [("check_stock_non_negative", True)]
@@ -44,7 +48,7 @@ def test_upgrade_foodtruck_then_downgrade_matches_seed_rollback(fresh_db: str) -
     # the seed's rollback section: constraint, index and column gone
     from alembic import command
 
-    cfg = app.make_config(FOODTRUCK, fresh_db)
+    cfg = make_config(FOODTRUCK, fresh_db)
     os.environ["DATABASE_URL"] = fresh_db
     try:
         command.downgrade(cfg, "0001")
@@ -59,7 +63,7 @@ def test_upgrade_foodtruck_then_downgrade_matches_seed_rollback(fresh_db: str) -
 
 
 def test_wholesale_upgrade_and_full_downgrade(fresh_db: str) -> None:
-    out = app.upgrade(WHOLESALE, "head", fresh_db)
+    out = upgrade(WHOLESALE, "head", fresh_db)
     assert out["applied"] == ["0001", "0002", "0003"]
     rows = query(fresh_db, "select conname, convalidated, confdeltype from pg_constraint "
                            "where conname like 'check_%' or conname in "
@@ -75,7 +79,7 @@ def test_wholesale_upgrade_and_full_downgrade(fresh_db: str) -> None:
 
     os.environ["DATABASE_URL"] = fresh_db
     try:
-        command.downgrade(app.make_config(WHOLESALE, fresh_db), "0001")
+        command.downgrade(make_config(WHOLESALE, fresh_db), "0001")
     finally:
         del os.environ["DATABASE_URL"]
     assert scalar(fresh_db, "select count(*) from pg_constraint where conname like 'check_%'") == 0
@@ -86,9 +90,9 @@ def test_wholesale_upgrade_and_full_downgrade(fresh_db: str) -> None:
 
 
 def test_env_py_imports_application_models_and_orm_data_migration(fresh_db: str) -> None:
-    app.upgrade(ORMAPP, "0001", fresh_db)
+    upgrade(ORMAPP, "0001", fresh_db)
     execute(fresh_db, "insert into customers (id, full_name) values (1, 'Ada Lovelace'), (2, 'Plato')")
-    out = app.upgrade(ORMAPP, "head", fresh_db)
+    out = upgrade(ORMAPP, "head", fresh_db)
     assert out["applied"] == ["0002"]
     assert query(fresh_db, "select id, first_name, last_name from customers order by id") == [
         (1, "Ada", "Lovelace"), (2, "Plato", None)]
@@ -100,42 +104,42 @@ def test_application_modules_do_not_leak_between_projects(fresh_db: str) -> None
     import sys
 
     path_before = list(sys.path)
-    app.upgrade(ORMAPP, "head", fresh_db)
+    upgrade(ORMAPP, "head", fresh_db)
     assert not [m for m in sys.modules if m == "shopapp" or m.startswith("shopapp.")]
     assert sys.path == path_before
-    assert "sqlalchemy" in sys.modules and "schemagate.runner.app" in sys.modules, "libraries stay loaded"
+    assert "sqlalchemy" in sys.modules and "schemagate.runner.inject.apply" in sys.modules, "libraries stay loaded"
 
 
 def test_multiple_heads_is_a_clear_error_and_nothing_changes(fresh_db: str) -> None:
     before = schema_snapshot(fresh_db)
-    with pytest.raises(app.MultipleHeadsError) as ei:
-        app.plan(MULTIHEAD, "head", fresh_db)
+    with pytest.raises(MultipleHeadsError) as ei:
+        plan(MULTIHEAD, "head", fresh_db)
     assert "0002a" in str(ei.value) and "0002b" in str(ei.value)
-    r = app.migrate(MULTIHEAD, "head", fresh_db)
+    r = migrate(MULTIHEAD, "head", fresh_db)
     assert r.outcome is Outcome.PERMANENT_ERROR and r.reason == "MultipleHeads"
     assert "0002a" in r.message and "0002b" in r.message
     assert schema_snapshot(fresh_db) == before
     # one explicit head is a valid target
-    assert app.plan(MULTIHEAD, "0002b", fresh_db)["pending"] == ["0001", "0002b"]
+    assert plan(MULTIHEAD, "0002b", fresh_db)["pending"] == ["0001", "0002b"]
 
 
 def test_unknown_target_revision(fresh_db: str) -> None:
     before = schema_snapshot(fresh_db)
-    r = app.migrate(FOODTRUCK, "9999", fresh_db)
+    r = migrate(FOODTRUCK, "9999", fresh_db)
     assert (r.outcome, r.reason) == (Outcome.PERMANENT_ERROR, "UnknownRevision")
     assert "9999" in r.message
     assert schema_snapshot(fresh_db) == before
 
 
 def test_downgrade_target_refused(fresh_db: str) -> None:
-    app.upgrade(FOODTRUCK, "head", fresh_db)
-    r = app.migrate(FOODTRUCK, "0001", fresh_db)
+    upgrade(FOODTRUCK, "head", fresh_db)
+    r = migrate(FOODTRUCK, "0001", fresh_db)
     assert (r.outcome, r.reason) == (Outcome.PERMANENT_ERROR, "InvalidInput"), r.message
     assert version(fresh_db) == "0003"
 
 
 def test_revision_failing_half_way_keeps_previous_revision(fresh_db: str) -> None:
-    r = app.migrate(HALFWAY, "head", fresh_db)
+    r = migrate(HALFWAY, "head", fresh_db)
     assert (r.outcome, r.reason) == (Outcome.PERMANENT_ERROR, "MigrationFailed")
     assert "revision 0003" in r.message
     assert "ADD CONSTRAINT items_qty_positive" in r.message
@@ -152,7 +156,7 @@ def test_revision_failing_half_way_keeps_previous_revision(fresh_db: str) -> Non
 def test_unreachable_database_is_transient() -> None:
     from schemagate.runner.db import free_port
 
-    r = app.migrate(FOODTRUCK, "head", f"postgresql://u:NotThePw9@127.0.0.1:{free_port()}/db")
+    r = migrate(FOODTRUCK, "head", f"postgresql://u:NotThePw9@127.0.0.1:{free_port()}/db")
     assert (r.outcome, r.reason) == (Outcome.TRANSIENT_ERROR, "DatabaseUnreachable"), r.message
     assert "NotThePw9" not in r.to_json()
 
@@ -161,8 +165,8 @@ def test_wrong_password_cli_never_prints_it(fresh_db: str, tmp_path) -> None:
     u = urllib.parse.urlsplit(fresh_db)
     bad = fresh_db.replace(f":{u.password}@", ":Wr0ngPassw0rd-xyz@")
     log = tmp_path / "termination-log"
-    env = dict(os.environ, PYTHONPATH=str(app.__file__).rsplit("/schemagate/", 1)[0], APP_DB=bad)
-    p = run_module(["-m", "schemagate.runner.app", "migrate", "-c", str(FOODTRUCK), "--database-url-env", "APP_DB",
+    env = dict(os.environ, PYTHONPATH=str(inject.__file__).rsplit("/schemagate/", 1)[0], APP_DB=bad)
+    p = run_module(["-m", "schemagate.runner.inject", "migrate", "-c", str(FOODTRUCK), "--database-url-env", "APP_DB",
                     "--termination-log", str(log)], env)
     assert p.returncode == ExitCode.PERMANENT_ERROR, p.stderr
     out = json.loads(p.stdout)
@@ -176,8 +180,8 @@ def test_wrong_password_cli_never_prints_it(fresh_db: str, tmp_path) -> None:
 
 def test_cli_migrate_json_fits_termination_message(fresh_db: str, tmp_path) -> None:
     log = tmp_path / "tl"
-    env = dict(os.environ, PYTHONPATH=str(app.__file__).rsplit("/schemagate/", 1)[0], DATABASE_URL=fresh_db)
-    p = run_module(["-m", "schemagate.runner.app", "migrate", "-c", str(WHOLESALE), "--termination-log", str(log),
+    env = dict(os.environ, PYTHONPATH=str(inject.__file__).rsplit("/schemagate/", 1)[0], DATABASE_URL=fresh_db)
+    p = run_module(["-m", "schemagate.runner.inject", "migrate", "-c", str(WHOLESALE), "--termination-log", str(log),
                     "--lock-timeout", "3s"], env)
     assert p.returncode == 0, p.stdout + p.stderr
     res = json.loads(p.stdout)
@@ -188,7 +192,7 @@ def test_cli_migrate_json_fits_termination_message(fresh_db: str, tmp_path) -> N
 
 
 def test_bad_duration_is_invalid_input(fresh_db: str) -> None:
-    r = app.migrate(FOODTRUCK, "head", fresh_db, lock_timeout="soon")
+    r = migrate(FOODTRUCK, "head", fresh_db, lock_timeout="soon")
     assert (r.outcome, r.reason) == (Outcome.PERMANENT_ERROR, "InvalidInput")
     assert "--lock-timeout" in r.message and "soon" in r.message
     assert version(fresh_db) is None
@@ -200,8 +204,8 @@ def test_shadow_upgrade_workdir_contract(make_db, tmp_path) -> None:
     from schemagate.runner.db import database_name
 
     (tmp_path / "prepare.json").write_text(json.dumps({"shadowDatabase": database_name(shadow), "created": True}))
-    env = dict(os.environ, PYTHONPATH=str(app.__file__).rsplit("/schemagate/", 1)[0], DATABASE_URL=real)
-    p = run_module(["-m", "schemagate.runner.app", "shadow-upgrade", "-c", str(ORMAPP), "--workdir", str(tmp_path)],
+    env = dict(os.environ, PYTHONPATH=str(inject.__file__).rsplit("/schemagate/", 1)[0], DATABASE_URL=real)
+    p = run_module(["-m", "schemagate.runner.inject", "shadow-upgrade", "-c", str(ORMAPP), "--workdir", str(tmp_path)],
                    env)
     assert p.returncode == 0, p.stdout + p.stderr
     up = json.loads((tmp_path / "shadow-upgrade.json").read_text())

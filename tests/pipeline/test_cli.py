@@ -115,7 +115,7 @@ def test_multiple_heads_named(fresh_db: str) -> None:
 def test_install_runner_works_without_operator_dependencies(fresh_db: str, tmp_path: Path) -> None:
     p = _sg(["install-runner", str(tmp_path / "rt")], _env())
     assert p.returncode == 0, p.stderr
-    assert (tmp_path / "rt" / "schemagate" / "runner" / "app.py").exists()
+    assert (tmp_path / "rt" / "schemagate" / "runner" / "inject" / "__main__.py").exists()
     # block what the application's image does not have: the runner must not need it
     blocker = tmp_path / "block"
     blocker.mkdir()
@@ -124,12 +124,12 @@ def test_install_runner_works_without_operator_dependencies(fresh_db: str, tmp_p
         "for m in ('rich', 'yaml', 'kopf', 'kubernetes', 'prometheus_client', 'psycopg_pool', 'squawk'):\n"
         "    sys.modules[m] = None\n")
     env = _env(fresh_db, PYTHONPATH=f"{tmp_path / 'rt'}:{blocker}")
-    p = run_module(["-c", "import schemagate.runner.app as a; print(a.__file__)"], env)
+    p = run_module(["-c", "import schemagate.runner.inject.migrate as a; print(a.__file__)"], env)
     assert p.stdout.strip().startswith(str(tmp_path / "rt")), p.stdout + p.stderr
-    p = run_module(["-m", "schemagate.runner.app", "migrate", "-c", str(FOODTRUCK)], env)
+    p = run_module(["-m", "schemagate.runner.inject", "migrate", "-c", str(FOODTRUCK)], env)
     assert p.returncode == 0, p.stdout + p.stderr
     assert json.loads(p.stdout)["data"]["applied"] == ["0001", "0002", "0003"]
-    p = run_module(["-m", "schemagate.runner.app", "plan", "-c", str(FOODTRUCK)], env)
+    p = run_module(["-m", "schemagate.runner.inject", "plan", "-c", str(FOODTRUCK)], env)
     assert json.loads(p.stdout)["data"]["pending"] == []
 
 

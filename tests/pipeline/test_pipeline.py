@@ -13,7 +13,10 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from schemagate import demo
-from schemagate.runner import app, pipeline, verify
+from schemagate.runner import pipeline, verify
+from schemagate.runner.inject.apply import upgrade
+from schemagate.runner.inject.lock import ADVISORY_LOCK_KEY
+from schemagate.runner.inject.migrate import migrate
 from schemagate.runner.result import Outcome, StepResult, to_termination_message
 from tests.pipeline.helpers import (
     FOODTRUCK,
@@ -149,7 +152,7 @@ def test_lock_timeout_retries_until_the_blocker_leaves(fresh_db: str) -> None:
     t.start()
     log: list[str] = []
     try:
-        r = app.migrate(FOODTRUCK, "head", fresh_db, lock_timeout="200ms", retries=8, backoff=0.25, max_backoff=1.0,
+        r = migrate(FOODTRUCK, "head", fresh_db, lock_timeout="200ms", retries=8, backoff=0.25, max_backoff=1.0,
                         log=log.append)
     finally:
         t.join()
@@ -167,7 +170,7 @@ def test_lock_timeout_gives_up_as_transient(fresh_db: str) -> None:
     e = engine(fresh_db)
     with e.connect() as blocker:
         blocker.exec_driver_sql("select * from menu_items limit 1")
-        r = app.migrate(FOODTRUCK, "head", fresh_db, lock_timeout="100ms", retries=1, backoff=0.1)
+        r = migrate(FOODTRUCK, "head", fresh_db, lock_timeout="100ms", retries=1, backoff=0.1)
         blocker.rollback()
     e.dispose()
     assert (r.outcome, r.reason) == (Outcome.TRANSIENT_ERROR, "LockTimeout"), r.message
@@ -179,8 +182,8 @@ def test_two_migrators_are_serialised_and_apply_once(fresh_db: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "operator"), DATABASE_URL=fresh_db)
     e = engine(fresh_db)
     holder = e.connect().execution_options(isolation_level="AUTOCOMMIT")
-    holder.execute(sa.text("select pg_advisory_lock(:k)"), {"k": app.ADVISORY_LOCK_KEY})
-    cmd = [sys.executable, "-m", "schemagate.runner.app", "migrate", "-c", str(WHOLESALE), "--lock-timeout", "5s"]
+    holder.execute(sa.text("select pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+    cmd = [sys.executable, "-m", "schemagate.runner.inject", "migrate", "-c", str(WHOLESALE), "--lock-timeout", "5s"]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     try:
@@ -188,7 +191,7 @@ def test_two_migrators_are_serialised_and_apply_once(fresh_db: str) -> None:
         assert all(p.poll() is None for p in procs)  # both wait for the lock
         assert version(fresh_db) is None
     finally:
-        holder.execute(sa.text("select pg_advisory_unlock(:k)"), {"k": app.ADVISORY_LOCK_KEY})
+        holder.execute(sa.text("select pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
         holder.close()
         e.dispose()
     outs = [p.communicate(timeout=180) for p in procs]
@@ -202,7 +205,7 @@ def test_two_migrators_are_serialised_and_apply_once(fresh_db: str) -> None:
 
 def test_verify_finds_not_valid_constraint_invalid_index_and_user_violations(fresh_db: str) -> None:
     demo.seed_foodtruck(fresh_db)
-    app.upgrade(FOODTRUCK, "0002", fresh_db)
+    upgrade(FOODTRUCK, "0002", fresh_db)
     execute(fresh_db, "insert into menu_items (id, name, price, stock) values ('dup', 'Churros', 0, 1)")
     ec = engine(fresh_db).connect().execution_options(isolation_level="AUTOCOMMIT")
     try:
@@ -228,7 +231,7 @@ def test_verify_finds_not_valid_constraint_invalid_index_and_user_violations(fre
 
 def test_verify_plan_from_env(fresh_db: str, monkeypatch) -> None:
     demo.seed_foodtruck(fresh_db)
-    app.upgrade(FOODTRUCK, "head", fresh_db)
+    upgrade(FOODTRUCK, "head", fresh_db)
     res = StepResult(step="precheck", outcome=Outcome.SUCCEEDED, reason="PrecheckPassed", message="ok",
                      data={"targetRevision": "0003", "checks": [
                          {"name": "check_stock_non_negative", "table": "menu_items", "kind": "check", "count": 0}],

@@ -8,8 +8,8 @@ from typing import Any
 
 import psycopg
 
-from schemagate.runner import app
 from schemagate.runner.db import libpq_url
+from schemagate.runner.inject.apply import upgrade as alembic_upgrade
 
 PROJECTS = Path(__file__).parent / "projects"
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
 
 
 def upgrade(url: str, name: str, target: str) -> None:
-    app.upgrade(project(name), target, url, "DATABASE_URL")
+    alembic_upgrade(project(name), target, url, "DATABASE_URL")
 
 
 def databases(url: str) -> set[str]:

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from schemagate.runner import app, precheck
+from schemagate.runner import precheck
 from schemagate.runner.db import with_database
+from schemagate.runner.inject.shadow import shadow_upgrade
 from schemagate.runner.result import ExitCode, Outcome
 from tests.precheck.helpers import databases, execute, project, upgrade
 
@@ -189,7 +190,7 @@ def test_kubernetes_phases_prepare_shadow_upgrade_count(wholesale: str, tmp_path
     info = json.loads((tmp_path / "prepare.json").read_text())
     assert info["created"] and info["currentRevision"] == "0001" and info["shadowDatabase"] in shadows(wholesale)
     # second container (application image): the injected runner on the shadow database
-    app.shadow_upgrade(project("wholesale"), "head", with_database(wholesale, info["shadowDatabase"]),
+    shadow_upgrade(project("wholesale"), "head", with_database(wholesale, info["shadowDatabase"]),
                        "DATABASE_URL", tmp_path)
     upgraded = json.loads((tmp_path / "shadow-upgrade.json").read_text())
     assert any(s["kind"] == "ddl" and s["revision"] == "0002" for s in upgraded["statements"])
@@ -210,7 +211,7 @@ def test_kubernetes_count_phase_without_derivation_counts_only_user_checks(whole
     monkeypatch.setenv("DATABASE_URL", wholesale)
     assert precheck.prepare(workdir=tmp_path).ok
     info = json.loads((tmp_path / "prepare.json").read_text())
-    app.shadow_upgrade(project("wholesale"), "head", with_database(wholesale, info["shadowDatabase"]),
+    shadow_upgrade(project("wholesale"), "head", with_database(wholesale, info["shadowDatabase"]),
                        "DATABASE_URL", tmp_path)
     r = precheck.count(workdir=tmp_path, derive=False,
                        user_checks=[{"name": "orders without amount",

@@ -103,11 +103,11 @@ def test_container_layouts_follow_the_architecture():
     assert pre["initContainers"][0]["command"] == ["schemagate", "install-runner", "/schemagate"]
     assert pre["initContainers"][1]["command"][:4] == ["schemagate", "precheck", "--phase", "prepare"]
     sh = pre["initContainers"][2]
-    assert sh["command"][:4] == ["python", "-m", "schemagate.runner.app", "shadow-upgrade"]
+    assert sh["command"][:4] == ["python", "-m", "schemagate.runner.inject", "shadow-upgrade"]
     assert {"name": "PYTHONPATH", "value": "/schemagate"} in sh["env"]
     assert pre["containers"][0]["command"][:4] == ["schemagate", "precheck", "--phase", "count"]
     mc = migrate["spec"]["template"]["spec"]["containers"][0]
-    assert mc["command"][:4] == ["python", "-m", "schemagate.runner.app", "migrate"]
+    assert mc["command"][:4] == ["python", "-m", "schemagate.runner.inject", "migrate"]
     assert mc["command"][mc["command"].index("--target") + 1] == "0002"  # the resolved target, not "head"
     assert mc["command"][mc["command"].index("-c") + 1] == "/app/alembic.ini"
     vc = verify["spec"]["template"]["spec"]["containers"][0]

@@ -179,7 +179,7 @@ def build_containers(m: Migration, step: str, s: JobSettings, plan: dict[str, An
         work = {"name": "work", "mountPath": WORK_DIR}
         common = [*base, "--workdir", WORK_DIR]
         prepare = ["schemagate", "precheck", "--phase", "prepare", *common]
-        shadow = ["python", "-m", "schemagate.runner.app", "shadow-upgrade", "-c", _alembic_config(m),
+        shadow = ["python", "-m", "schemagate.runner.inject", "shadow-upgrade", "-c", _alembic_config(m),
                   "--target", m.migrations.target_revision, "--database-url-env", url_env,
                   "--workdir", WORK_DIR, "--termination-log", TERMINATION_LOG]
         count = ["schemagate", "precheck", "--phase", "count", *common, "--target", m.migrations.target_revision,
@@ -199,7 +199,7 @@ def build_containers(m: Migration, step: str, s: JobSettings, plan: dict[str, An
         if m.migrations.command:
             cmd = list(m.migrations.command)
         else:
-            cmd = ["python", "-m", "schemagate.runner.app", "migrate", "-c", _alembic_config(m),
+            cmd = ["python", "-m", "schemagate.runner.inject", "migrate", "-c", _alembic_config(m),
                    "--target", _target(m, plan), "--database-url-env", url_env,
                    "--lock-timeout", m.lock_timeout, "--statement-timeout", m.statement_timeout,
                    "--termination-log", TERMINATION_LOG]

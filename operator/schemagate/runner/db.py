@@ -1,6 +1,6 @@
 """Database URLs, credential redaction, error classification and a small embedded PostgreSQL launcher.
 
-Standard library only (plus ``schemagate.runner.result``): the injected runner (``schemagate.runner.app``) imports
+Standard library only (plus ``schemagate.runner.result``): the injected runner (``schemagate.runner.inject``) imports
 this module inside the application's image, where neither psycopg nor rich may be installed. Driver exceptions
 (psycopg 3, psycopg2, SQLAlchemy wrappers) are therefore classified by their SQLSTATE and message, never by type.
 

@@ -16,9 +16,12 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from schemagate.runner import app, db
 from schemagate.runner import backup as backup_step
+from schemagate.runner import db
 from schemagate.runner import verify as verify_step
+from schemagate.runner.inject.config import DEFAULT_LOCK_TIMEOUT, normalize_duration
+from schemagate.runner.inject.migrate import DEFAULT_RETRIES, migrate
+from schemagate.runner.inject.revisions import plan
 from schemagate.runner.result import Outcome, StepResult, now
 
 STEP = "run"
@@ -42,9 +45,9 @@ def run(
     max_violations: int = 0,
     user_checks: Iterable[Any] = (),
     lint: bool = True,
-    lock_timeout: str | int | None = app.DEFAULT_LOCK_TIMEOUT,
+    lock_timeout: str | int | None = DEFAULT_LOCK_TIMEOUT,
     statement_timeout: str | int | None = None,
-    retries: int = app.DEFAULT_RETRIES,
+    retries: int = DEFAULT_RETRIES,
     on_step: Callable[[StepResult], None] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> StepResult:
@@ -67,13 +70,13 @@ def run(
     try:
         if max_violations < 0:
             raise db.InvalidInputError(f"--max-violations: {max_violations} must be >= 0")
-        app.normalize_duration(lock_timeout, "--lock-timeout")
-        app.normalize_duration(statement_timeout, "--statement-timeout")
+        normalize_duration(lock_timeout, "--lock-timeout")
+        normalize_duration(statement_timeout, "--statement-timeout")
         # NAME=SQL strings, (name, sql) pairs or mappings -> {"name", "sql", "table"}; bad ones fail here
         user_checks = [{"name": c.name, "sql": c.sql, "table": c.table}
                        for c in verify_step._parse_user_checks(user_checks)]
         url = db.resolve_url(url, url_env)
-        p = app.plan(config_path, target, url, url_env)
+        p = plan(config_path, target, url, url_env)
     except Exception as e:  # noqa: BLE001
         outcome, reason, msg = db.classify_error(e)
         return finish(outcome, reason, msg)
@@ -106,7 +109,7 @@ def run(
     # 3. migrate
     if progress:
         progress(f"migrate: applying {len(p['pending'])} revision(s)")
-    mr = record(app.migrate(config_path, p["target"], url, url_env, lock_timeout, statement_timeout, retries,
+    mr = record(migrate(config_path, p["target"], url, url_env, lock_timeout, statement_timeout, retries,
                             log=progress))
     data["applied"] = mr.data.get("applied", [])
     data["currentRevision"] = mr.data.get("toRevision", data["currentRevision"])

@@ -9,7 +9,7 @@ Public API (the CLI's ``schemagate precheck`` calls these; all return a finished
              user_checks=(), derive=True, lint=True, lint_fail="none", shadow_url=None, shadow_url_env=None,
              statement_timeout="1h", keep_shadow=False) -> StepResult
         All in one process (laptop, ``schemagate run``): plan -> shadow database (schema-only copy incl. the
-        Alembic version rows) -> apply the pending revisions to it with ``schemagate.runner.app.upgrade`` while
+        Alembic version rows) -> apply the pending revisions to it with ``schemagate.runner.inject.apply.upgrade`` while
         capturing the statements -> catalog diff -> counting -> squawk -> drop the shadow (always).
 
     prepare(url=None, url_env="DATABASE_URL", *, workdir, shadow_url_env=None) -> StepResult
@@ -18,7 +18,7 @@ Public API (the CLI's ``schemagate precheck`` calls these; all return a finished
 
     count(url=None, url_env="DATABASE_URL", *, workdir, max_violations=0, user_checks=(), lint=True,
           lint_fail="none", statement_timeout="1h") -> StepResult
-        Kubernetes, main container (operator image), after ``python -m schemagate.runner.app shadow-upgrade
+        Kubernetes, main container (operator image), after ``python -m schemagate.runner.inject shadow-upgrade
         --workdir`` ran in the application's image: catalog diff, counting, squawk, drop the shadow (always).
 
 Workdir files (shared ``emptyDir`` between the containers):
@@ -51,7 +51,10 @@ from typing import Any
 
 from schemagate.analysis import capture, catalog, counting, derive, lint, shadow
 from schemagate.analysis.counting import Check, CountOptions
-from schemagate.runner import app, db
+from schemagate.runner import db
+from schemagate.runner.inject.apply import render_sql, upgrade
+from schemagate.runner.inject.config import isolated_imports, load_script, make_config, session_environment
+from schemagate.runner.inject.revisions import plan
 from schemagate.runner.result import Outcome, StepResult, now
 
 STEP = "precheck"
@@ -344,7 +347,7 @@ def precheck(
         url = db.resolve_url(url, url_env)
         if shadow_url_env and not shadow_url:
             shadow_url = db.resolve_url(None, shadow_url_env)
-        p = app.plan(config_path, target, url, url_env)
+        p = plan(config_path, target, url, url_env)
         data.update(currentRevision=p["current"], targetRevision=p["target"], pending=list(p["pending"]))
         checks: list[Check] = list(users)
         if not p["pending"]:
@@ -362,7 +365,7 @@ def precheck(
             log = capture.StatementLog()
             try:
                 with capture.capture_statements(log):
-                    up = app.upgrade(config_path, p["target"], sh.url, url_env, lock_timeout=None,
+                    up = upgrade(config_path, p["target"], sh.url, url_env, lock_timeout=None,
                                      statement_timeout=None, render_sql_text=lint, on_revision=log.on_revision)
             except Exception as e:
                 raise PrecheckError(
@@ -398,15 +401,15 @@ def lint_module_available() -> bool:
     return lint.find_squawk() is not None
 
 
-@app.isolated_imports
+@isolated_imports
 def render_offline(config_path: str | os.PathLike[str], current: str | None, target: str, url: str,
                    url_env: str | None) -> tuple[str | None, str | None]:
     """(offline SQL of current:target, error) through the application's env.py in offline mode."""
     try:
-        cfg = app.make_config(config_path, url)
-        script = app.load_script(cfg)
-        with app.session_environment(url, url_env):
-            return app.render_sql(cfg, script, current, target), None
+        cfg = make_config(config_path, url)
+        script = load_script(cfg)
+        with session_environment(url, url_env):
+            return render_sql(cfg, script, current, target), None
     except Exception as e:  # noqa: BLE001
         return None, db.error_text(e)
 

@@ -1,6 +1,6 @@
 """The one JSON result every step emits, its exit codes, and the 4 KiB termination-message form.
 
-Standard library only: the injected runner (``schemagate.runner.app``) runs this inside the application's image.
+Standard library only: the injected runner (``schemagate.runner.inject``) runs this inside the application's image.
 """
 
 from __future__ import annotations

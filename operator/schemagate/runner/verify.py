@@ -172,9 +172,9 @@ def verify(
         # 1. revision
         wanted = plan.get("targetRevision") or target
         if config_path is not None:
-            from schemagate.runner import app
+            from schemagate.runner.inject.revisions import plan as alembic_plan
 
-            p = app.plan(config_path, wanted, url, url_env)
+            p = alembic_plan(config_path, wanted, url, url_env)
             data["currentRevision"], data["targetRevision"] = p["current"], p["target"]
             if p["pending"]:
                 failures.append(f"revision {p['current'] or 'base'} is not the target {p['target']}: "

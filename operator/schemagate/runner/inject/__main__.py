@@ -1,0 +1,91 @@
+"""CLI of the injected runner: prints exactly one StepResult JSON on stdout and writes ``--termination-log`` /
+``$SCHEMAGATE_TERMINATION_LOG``::
+
+    python -m schemagate.runner.inject migrate        -c alembic.ini --target head --database-url-env DATABASE_URL
+    python -m schemagate.runner.inject shadow-upgrade -c alembic.ini --target head --database-url-env SHADOW_URL \
+        --workdir /work
+    python -m schemagate.runner.inject plan           -c alembic.ini --target head
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from schemagate.runner.db import (
+    DEFAULT_URL_ENV,
+)
+from schemagate.runner.inject.config import DEFAULT_LOCK_TIMEOUT
+from schemagate.runner.inject.migrate import DEFAULT_RETRIES, migrate, result_from_error
+from schemagate.runner.inject.revisions import plan
+from schemagate.runner.inject.shadow import shadow_upgrade
+from schemagate.runner.result import Outcome, StepResult, now, write_termination_log
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m schemagate.runner.inject",
+                                 description="schemagate's injected runner (runs in the application's image)")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name, help_ in (("migrate", "apply the pending revisions (advisory lock, lock timeout, retries)"),
+                        ("shadow-upgrade", "apply the pending revisions to a shadow database and render their SQL"),
+                        ("plan", "print current revision, resolved target and pending revisions")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("-c", "--config", default=os.environ.get("SCHEMAGATE_ALEMBIC_CONFIG", "alembic.ini"))
+        p.add_argument("--target", default=os.environ.get("SCHEMAGATE_TARGET", "head"))
+        p.add_argument("--database-url-env", default=DEFAULT_URL_ENV)
+        p.add_argument("--database-url", default=None, help="discouraged: visible in the process list")
+        p.add_argument("--termination-log", default=None)
+        p.add_argument("--json", action="store_true", help="accepted for symmetry; output is always JSON")
+        if name in ("migrate", "shadow-upgrade"):
+            p.add_argument("--lock-timeout", default=DEFAULT_LOCK_TIMEOUT if name == "migrate" else None)
+            p.add_argument("--statement-timeout", default=None)
+        if name == "migrate":
+            p.add_argument("--retries", type=int, default=DEFAULT_RETRIES)
+            p.add_argument("--lock-wait", type=float, default=600.0,
+                           help="seconds to wait for another migrator's advisory lock")
+        if name == "shadow-upgrade":
+            p.add_argument("--workdir", default=None)
+    return ap
+
+
+def run_command(args: argparse.Namespace) -> StepResult:
+    started = now()
+    if args.command == "migrate":
+        return migrate(args.config, args.target, args.database_url, args.database_url_env, args.lock_timeout,
+                       args.statement_timeout, args.retries, lock_wait=args.lock_wait,
+                       log=lambda s: print(s, file=sys.stderr))
+    step = "precheck" if args.command == "shadow-upgrade" else "plan"
+    try:
+        if args.command == "plan":
+            p = plan(args.config, args.target, args.database_url, args.database_url_env)
+            data = {"currentRevision": p["current"], "targetRevision": p["target"], "pending": p["pending"],
+                    "heads": p["heads"]}
+            msg = (f"{len(p['pending'])} pending revision(s) from {p['current'] or 'base'} to {p['target']}")
+            return StepResult(step=step, outcome=Outcome.SUCCEEDED, reason="Planned", message=msg, data=data,
+                              started_at=started).finish()
+        out = shadow_upgrade(args.config, args.target, args.database_url, args.database_url_env, args.workdir,
+                             args.lock_timeout, args.statement_timeout)
+        data = {k: v for k, v in out.items() if k not in ("sql", "statements")}
+        data["statements"] = len(out.get("statements") or [])
+        data["sqlBytes"] = len((out.get("sql") or "").encode())
+        return StepResult(step=step, outcome=Outcome.SUCCEEDED, reason="ShadowUpgraded",
+                          message=f"applied {len(out['applied'])} revision(s) to the shadow database",
+                          data=data, started_at=started).finish()
+    except Exception as e:  # noqa: BLE001
+        return result_from_error(step, e, started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result = run_command(args)
+    except Exception as e:  # noqa: BLE001 - never crash without a result
+        result = result_from_error(args.command, e)
+    print(result.to_json())
+    write_termination_log(result, args.termination_log)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

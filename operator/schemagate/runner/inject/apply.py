@@ -1,0 +1,161 @@
+"""Apply: ``alembic upgrade`` driven programmatically (``upgrade``), the offline SQL rendering of the pending
+range (``render_sql``), and the failing revision/statement named on failure."""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+from collections.abc import Callable
+from typing import Any
+
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from alembic.script import ScriptDirectory
+
+from schemagate.runner.db import (
+    DEFAULT_URL_ENV,
+    classify_error,
+    error_text,
+    redact,
+    resolve_url,
+)
+from schemagate.runner.inject.config import (
+    DEFAULT_LOCK_TIMEOUT,
+    ClassifiedError,
+    LockTimeoutError,
+    MigrationFailedError,
+    isolated_imports,
+    load_script,
+    make_config,
+    normalize_duration,
+    session_environment,
+)
+from schemagate.runner.inject.revisions import current_heads, plan
+
+
+def _statement_of(exc: BaseException) -> str | None:
+    e: BaseException | None = exc
+    while e is not None:
+        stmt = getattr(e, "statement", None)
+        if isinstance(stmt, str) and stmt.strip():
+            return redact(" ".join(stmt.split()))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def render_sql(cfg: Config, script: ScriptDirectory, current: str | None, target: str) -> str:
+    """The offline (``--sql``) rendering of ``current:target`` (what squawk lints)."""
+    buf = io.StringIO()
+    cfg.output_buffer = buf
+    start = current
+
+    def fn(rev: Any, context: Any) -> Any:
+        return script._upgrade_revs(target, rev)
+
+    try:
+        with EnvironmentContext(cfg, script, fn=fn, as_sql=True, starting_rev=start, destination_rev=target):
+            script.run_env()
+    finally:
+        cfg.output_buffer = None
+    return buf.getvalue()
+
+
+@isolated_imports
+def upgrade(
+    config_path: str | os.PathLike[str],
+    target: str | None = "head",
+    url: str | None = None,
+    url_env: str | None = DEFAULT_URL_ENV,
+    lock_timeout: str | int | None = DEFAULT_LOCK_TIMEOUT,
+    statement_timeout: str | int | None = None,
+    *,
+    render_sql_text: bool = False,
+    on_revision: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Apply the pending revisions up to ``target`` (see module docstring)."""
+    lt = normalize_duration(lock_timeout, "--lock-timeout")
+    st = normalize_duration(statement_timeout, "--statement-timeout")
+    url = resolve_url(url, url_env)
+    p = plan(config_path, target, url, url_env)
+    result: dict[str, Any] = {
+        "fromRevision": p["current"],
+        "toRevision": p["current"],
+        "targetRevision": p["target"],
+        "pending": list(p["pending"]),
+        "applied": [],
+        "lockTimeout": lt,
+        "statementTimeout": st,
+        "sql": None,
+    }
+    cfg = make_config(config_path, url)
+    script = load_script(cfg)
+    if render_sql_text and p["pending"]:
+        try:
+            with session_environment(url, url_env):
+                result["sql"] = render_sql(cfg, script, p["current"], p["target"])
+        except Exception as e:  # noqa: BLE001 - revisions that read data cannot render offline
+            result["sql"] = None
+            result["sqlError"] = error_text(e)
+    if not p["pending"]:
+        return result
+
+    state: dict[str, Any] = {"running": None, "done": []}
+
+    def wrap(rev_id: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(*a: Any, **kw: Any) -> Any:
+            state["running"] = rev_id
+            if on_revision is not None:
+                on_revision(rev_id)
+            out = fn(*a, **kw)
+            state["done"].append(rev_id)
+            state["running"] = None
+            return out
+
+        return run
+
+    def upgrade_fn(rev: Any, context: Any) -> Any:
+        steps = script._upgrade_revs(p["target"], rev)
+        for step in steps:
+            rid = getattr(getattr(step, "revision", None), "revision", None)
+            if rid and hasattr(step, "migration_fn"):
+                step.migration_fn = wrap(rid, step.migration_fn)
+        return steps
+
+    try:
+        with session_environment(url, url_env, lt, st):
+            with EnvironmentContext(cfg, script, fn=upgrade_fn, as_sql=False, starting_rev=None,
+                                    destination_rev=p["target"]):
+                script.run_env()
+    except Exception as e:  # noqa: BLE001
+        failing = state["running"]
+        outcome, reason, msg = classify_error(e, "MigrationFailed")
+        after = _safe_current(config_path, url, url_env)
+        result["toRevision"] = after
+        stmt = _statement_of(e)
+        if reason in ("DatabaseUnreachable", "AuthenticationFailed") and failing is None:
+            raise ClassifiedError(outcome, reason, msg) from e
+        where = f"revision {failing}" if failing else "the migration environment (env.py)"
+        text = f"{where} failed"
+        if stmt:
+            text += f" at statement `{stmt[:240]}`"
+        text += f": {msg}; the database is at revision {after or 'base'}"
+        if reason == "LockTimeout":
+            raise LockTimeoutError(text, revision=failing, statement=stmt) from e
+        raise MigrationFailedError(text, revision=failing, statement=stmt, current_revision=after) from e
+    after = _safe_current(config_path, url, url_env)
+    result["toRevision"] = after
+    pend = p["pending"]
+    result["applied"] = pend[: pend.index(after) + 1] if after in pend else []
+    return result
+
+
+def _safe_current(config_path: str | os.PathLike[str], url: str, url_env: str | None) -> str | None:
+    try:
+        cfg = make_config(config_path, url)
+        with session_environment(url, url_env):
+            heads = current_heads(cfg, load_script(cfg))
+        return heads[0] if len(heads) == 1 else (",".join(heads) or None)
+    except Exception:  # noqa: BLE001
+        return None

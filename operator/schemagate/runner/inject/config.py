@@ -1,0 +1,213 @@
+"""Configuration and import isolation of the injected runner: errors with stable reasons, durations, the
+Alembic ``Config``/``ScriptDirectory`` of the application's project, the temporary session environment (URL
+variable, ``PGOPTIONS``) and ``isolated_imports`` (application modules and ``sys.path`` entries are forgotten
+after each call)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import sys
+import sysconfig
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from alembic import util as alembic_util
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from schemagate.runner.db import (
+    DEFAULT_URL_ENV,
+    classify_error,
+    redact,
+    sqlalchemy_url,
+)
+from schemagate.runner.result import Outcome
+
+DEFAULT_LOCK_TIMEOUT = "5s"
+APPLICATION_NAME = "schemagate-runner"
+
+
+class RunnerError(Exception):
+    """An error with a stable reason (docs/architecture.md) and an outcome; the text is already redacted."""
+
+    reason = "InternalError"
+    outcome = Outcome.PERMANENT_ERROR
+
+    def __init__(self, message: str, **data: Any) -> None:
+        super().__init__(redact(message))
+        self.data = data
+
+
+class MultipleHeadsError(RunnerError):
+    reason = "MultipleHeads"
+
+
+class UnknownRevisionError(RunnerError):
+    reason = "UnknownRevision"
+
+
+class InputError(RunnerError):
+    reason = "InvalidInput"
+
+
+class LockTimeoutError(RunnerError):
+    reason = "LockTimeout"
+    outcome = Outcome.TRANSIENT_ERROR
+
+
+class MigrationFailedError(RunnerError):
+    reason = "MigrationFailed"
+
+    def __init__(
+        self, message: str, revision: str | None = None, statement: str | None = None,
+        current_revision: str | None = None, **data: Any,
+    ) -> None:
+        super().__init__(message, **data)
+        self.revision = revision
+        self.statement = statement
+        self.current_revision = current_revision
+
+
+class ClassifiedError(RunnerError):
+    """A database error classified by ``classify_error`` (DatabaseUnreachable, AuthenticationFailed, ...)."""
+
+    def __init__(self, outcome: Outcome, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Configuration and environment
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|min|h)?\s*$")
+
+
+def normalize_duration(value: str | int | float | None, option: str = "timeout") -> str | None:
+    """``"5s"``, ``"500ms"``, ``"2min"``, ``"0"`` or a number of milliseconds -> PostgreSQL text; None stays None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise InputError(f"{option}: {value!r} is negative")
+        return f"{int(value)}ms"
+    m = _DURATION.match(str(value))
+    if not m:
+        raise InputError(f"{option}: {value!r} is not a duration (examples: 500ms, 5s, 2min, 0)")
+    return f"{m.group(1)}{m.group(2) or 'ms'}"
+
+
+def duration_seconds(value: str | None) -> float:
+    if not value:
+        return 0.0
+    m = _DURATION.match(value)
+    assert m
+    n = int(m.group(1))
+    return n * {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0}[m.group(2) or "ms"]
+
+
+def make_config(config_path: str | os.PathLike[str], url: str | None = None) -> Config:
+    path = Path(config_path)
+    if not path.is_file():
+        raise InputError(f"-c/--config: Alembic configuration {str(path)!r} not found")
+    cfg = Config(str(path))
+    loc = cfg.get_main_option("script_location")
+    if not loc:
+        raise InputError(f"-c/--config: {str(path)!r} has no script_location in [alembic]")
+    if ":" not in loc and not os.path.isabs(loc) and not Path(loc).exists() and (path.parent / loc).exists():
+        # a relative script_location is relative to the working directory; accept one relative to the ini too
+        cfg.set_main_option("script_location", str((path.parent / loc).resolve()))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["schemagate"] = True
+    return cfg
+
+
+def load_script(cfg: Config) -> ScriptDirectory:
+    try:
+        return ScriptDirectory.from_config(cfg)
+    except alembic_util.CommandError as e:
+        raise InputError(f"cannot load the migration scripts: {e}") from e
+
+
+@contextlib.contextmanager
+def session_environment(
+    url: str | None, url_env: str | None, lock_timeout: str | None = None, statement_timeout: str | None = None
+) -> Iterator[None]:
+    """Set ``url_env`` (the URL for env.py) and ``PGOPTIONS`` (timeouts for every libpq session) temporarily."""
+    saved = {k: os.environ.get(k) for k in (url_env or DEFAULT_URL_ENV, "PGOPTIONS", "PGAPPNAME")}
+    try:
+        if url:
+            os.environ[url_env or DEFAULT_URL_ENV] = url
+        opts = [o for o in [os.environ.get("PGOPTIONS", "")] if o]
+        if lock_timeout is not None:
+            opts.append(f"-c lock_timeout={lock_timeout}")
+        if statement_timeout is not None:
+            opts.append(f"-c statement_timeout={statement_timeout}")
+        if opts:
+            os.environ["PGOPTIONS"] = " ".join(opts)
+        os.environ.setdefault("PGAPPNAME", APPLICATION_NAME)
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _library_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    dirs = {paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    dirs.add(str(Path(__file__).resolve().parents[2]))  # the schemagate package itself (runner/inject/..)
+    return tuple(os.path.join(os.path.abspath(d), "") for d in dirs if d)
+
+
+def _forget_application_modules(before: set[str]) -> None:
+    """Drop modules imported since ``before`` that live outside the standard library and installed packages."""
+    libs = _library_dirs()
+    for name in set(sys.modules) - before:
+        f = getattr(sys.modules.get(name), "__file__", None)
+        if f and not os.path.abspath(f).startswith(libs):
+            sys.modules.pop(name, None)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def isolated_imports(fn: _F) -> _F:
+    """Run ``fn`` so that the application modules its env.py and revisions import (e.g. ``myapp.models``) and
+    the ``sys.path`` entries Alembic prepends (``prepend_sys_path``) are gone afterwards: one process can then run
+    several Alembic projects whose packages share a name, and repeated runs do not grow ``sys.path``."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        modules_before = set(sys.modules)
+        path_before = list(sys.path)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _forget_application_modules(modules_before)
+            sys.path[:] = path_before
+
+    return run  # type: ignore[return-value]
+
+
+def engine_for(url: str, connect_timeout: int = 10) -> sa.Engine:
+    return sa.create_engine(
+        sqlalchemy_url(url),
+        poolclass=sa.pool.NullPool,
+        connect_args={"connect_timeout": connect_timeout, "application_name": APPLICATION_NAME},
+    )
+
+
+def _reraise_classified(exc: BaseException, default_reason: str = "InternalError") -> None:
+    if isinstance(exc, RunnerError):
+        raise exc
+    outcome, reason, message = classify_error(exc, default_reason)
+    raise ClassifiedError(outcome, reason, message) from exc

@@ -1,0 +1,68 @@
+"""Lock and backoff: the session advisory lock that serialises migrators of one database, and the capped
+exponential backoff between retries after a lock timeout."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import zlib
+from collections.abc import Callable, Iterator
+
+import sqlalchemy as sa
+
+from schemagate.runner.inject.config import LockTimeoutError, _reraise_classified, engine_for
+
+ADVISORY_LOCK_KEY = zlib.crc32(b"schemagate.dev/migrate")  # one lock space per database (pg_locks.database)
+
+
+@contextlib.contextmanager
+def advisory_lock(
+    url: str, wait_seconds: float = 600.0, poll_seconds: float = 0.5, sleep: Callable[[float], None] = time.sleep,
+    on_wait: Callable[[int | None], None] | None = None,
+) -> Iterator[None]:
+    """Hold the migration advisory lock (session level, on a dedicated autocommit connection).
+
+    Polls ``pg_try_advisory_lock`` rather than blocking in ``pg_advisory_lock``: a blocked waiter holds a snapshot
+    that CREATE INDEX CONCURRENTLY on the holder's side would wait for (deadlock or hang).
+    """
+    engine = engine_for(url)
+    try:
+        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    except Exception as e:  # noqa: BLE001
+        engine.dispose()
+        _reraise_classified(e)
+        raise
+    try:
+        conn.exec_driver_sql("SET lock_timeout = 0; SET statement_timeout = 0")
+        deadline = time.monotonic() + wait_seconds
+        while not conn.scalar(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}):
+            holder = conn.scalar(
+                sa.text(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                    "AND classid = 0 AND objid = CAST(:k AS bigint)::oid LIMIT 1"
+                ),
+                {"k": ADVISORY_LOCK_KEY},
+            )
+            if on_wait is not None:
+                on_wait(holder)
+            if time.monotonic() >= deadline:
+                raise LockTimeoutError(
+                    f"another migration of this database is running (advisory lock {ADVISORY_LOCK_KEY} held by "
+                    f"backend pid {holder}); waited {wait_seconds:g}s, nothing was changed"
+                )
+            sleep(poll_seconds)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                conn.scalar(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+        engine.dispose()
+
+
+def backoff_delays(retries: int, base: float = 1.0, cap: float = 30.0) -> list[float]:
+    """Capped exponential backoff (without jitter): base, 2*base, 4*base, ... <= cap; ``retries`` values."""
+    return [min(cap, base * (2**i)) for i in range(max(0, retries))]
