@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 
 from schemagate import demo
-from schemagate.runner import migrate
+from schemagate.runner.inject.migrate import migrate
 from tests.pipeline.helpers import WHOLESALE, scalar, version
 
 WAITING_ON_RESERVATIONS = (
@@ -49,7 +49,7 @@ def test_wholesale_0002_does_not_deadlock_with_an_application_insert(fresh_db: s
         app.execute("update stock_reservations set quantity = quantity where id = 'sr1'")
 
         def run() -> None:
-            result["r"] = migrate.migrate(WHOLESALE, "0002", fresh_db, lock_timeout="5s", retries=0)
+            result["r"] = migrate(WHOLESALE, "0002", fresh_db, lock_timeout="5s", retries=0)
 
         t = threading.Thread(target=run, daemon=True)
         t.start()
