@@ -6,10 +6,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test unit lint testbed cluster bench clean
+.PHONY: help venv demo test unit cases lint testbed cluster bench clean
 help:
 	@echo "make demo     - install, then run the pipeline on an embedded PostgreSQL (food truck passes, wholesale is blocked)"
 	@echo "make test     - install, build the Kubernetes test bed (cached), lint, run every test"
+	@echo "make cases    - run every case of a case corpus through the CLI (SCHEMAGATE_CASES=DIR, default ../shared/cases/precheck)"
 	@echo "make lint     - ruff, mypy and the import contracts"
 	@echo "make testbed  - build kube-apiserver, kube-controller-manager, etcd; fetch kubectl and helm (cached)"
 	@echo "make cluster  - start the test bed and print how to point kubectl at it"
@@ -36,6 +37,9 @@ testbed:
 
 test: venv testbed lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+cases: venv
+	$(BIN)/pytest tests/conformance $(PYTEST_ARGS)
 
 unit: venv
 	$(BIN)/pytest -m "not e2e" $(PYTEST_ARGS)

@@ -2,6 +2,7 @@
 
 - tests/pgfixtures.py: a real PostgreSQL server (DATABASE_URL or the embedded PostgreSQL 18) and fresh databases
 - tests/testbed/plugin.py: the real Kubernetes test bed (kube-apiserver, kube-controller-manager, etcd, node stand-in)
+- tests/conformance/plugin.py: the case corpus option of the conformance runner (--cases DIR)
 """
 
-pytest_plugins = ["tests.pgfixtures", "tests.testbed.plugin"]
+pytest_plugins = ["tests.pgfixtures", "tests.testbed.plugin", "tests.conformance.plugin"]

@@ -55,6 +55,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemagate.analysis.checkkey import check_key
+
 KINDS = ("check", "notnull", "unique", "foreignkey", "user")
 
 
@@ -120,7 +122,15 @@ class Check:
             "count": self.count,
             "revision": self.revision,
             "note": self.note,
+            "key": self.key,
         }
+
+    @property
+    def key(self) -> str:
+        """The key users and case corpora see (``schemagate.analysis.checkkey.check_key``)."""
+        return check_key(self.kind, self.name, schema=self.schema, table=self.relname,
+                         column=self.columns[0] if len(self.columns) == 1 else None,
+                         type_text=self.extra.get("type"))
 
     @property
     def source(self) -> str:

@@ -1,0 +1,71 @@
+"""Conformance: every case of a migration-safety corpus through the real ``schemagate`` CLI on a real PostgreSQL.
+
+The corpus is ``--cases DIR`` or ``SCHEMAGATE_CASES=DIR``, by default ``../shared/cases/precheck`` next to the
+repository (``make cases``; also part of ``make test``). A missing corpus fails naming the directories tried; it
+never skips. What is run and compared per case: ``tests/conformance/corpus.py``.
+
+``KNOWN_FAILING`` lists the cases of the shared corpus that fail today, each with the reason and the issue item
+that fixes it; they run as ``xfail(strict=True)``, so a case that starts passing fails the suite until its fixer
+removes the entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conformance import corpus
+
+pytestmark = pytest.mark.postgres
+
+# case folder -> why it fails today (issue item that fixes it). Remove the entry with the fix.
+KNOWN_FAILING: dict[str, str] = {
+    "01-notnull-column-no-default": "issue 9 item 2 (new columns on existing tables): the NOT NULL of a column "
+                                    "added without a default is skipped as new; precheck passes, migrate fails",
+    "02-rename-table-then-check": "issue 9 item 2 (renamed tables and columns): the CHECK on the renamed table is "
+                                  "skipped as on a new table",
+    "03-db-at-two-heads-merge": "issue 10 item 1 (branches): a database at two heads is refused with MultipleHeads "
+                                "although the target merges them",
+    "06-custom-version-table": "issue 10 item 3 (version table anywhere): the shadow copies only alembic_version, "
+                               "so the shadow replays 0001 and fails",
+    "08-domain-constraint": "issue 9 item 2 (domains): ALTER DOMAIN ADD CONSTRAINT / SET NOT NULL not counted",
+    "09a-partition-check-unique": "issue 9 item 2 (partitions): constraints and unique indexes on one partition "
+                                  "not counted",
+    "10a-new-column-default-check": "issue 9 item 2 (new columns): the CHECK on a column added with a DEFAULT is "
+                                    "skipped as new",
+    "11-backfill-then-set-not-null": "issue 9 item 3 (counts after data changes): the NULLs the revision's UPDATE "
+                                     "fills are counted, so a correct migration is blocked",
+    "12-exclusion-constraint": "issue 9 item 2 (exclusion constraints): skipped, and the precheck passes",
+    "14b-quoted-dotted-identifiers-clean": "issue 10 item 4 (identifiers): verify splits Sales.order.archive at "
+                                           "the dots and reports the NOT NULL as missing",
+    "17-text-to-enum-bad-values": "issue 9 item 2 (column type changes): ALTER COLUMN TYPE is not counted",
+    "20-role-without-createdb": "issue 10 item 5 / issue 9 item 4 (derive: false, shadow off production): "
+                                "`schemagate run` has no way to switch derivation off and the precheck "
+                                "creates a shadow database on the real server (needs CREATEDB)",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "case_dir" not in metafunc.fixturenames:
+        return
+    try:
+        d = corpus.corpus_dir(metafunc.config.getoption("--cases"))
+    except corpus.CorpusError as e:
+        metafunc.parametrize("case_dir", [pytest.param(e, id="corpus-missing")])
+        return
+    params = []
+    for p in corpus.case_dirs(d):
+        marks = []
+        if p.name in KNOWN_FAILING:
+            marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_FAILING[p.name], raises=corpus.Mismatch))
+        params.append(pytest.param(p, id=p.name, marks=marks))
+    metafunc.parametrize("case_dir", params)
+
+
+def test_case(case_dir: Path | corpus.CorpusError, make_db: Callable[[], str], tmp_path: Path) -> None:
+    if isinstance(case_dir, corpus.CorpusError):
+        pytest.fail(str(case_dir), pytrace=False)
+    case = corpus.load_case(case_dir)
+    corpus.run_case(case, tmp_path / case.name, make_db)
