@@ -3,10 +3,15 @@
 --
 -- Reads the status contract of docs/architecture.md:
 --   spec.suspend                               -> Suspended
---   no status / observedGeneration stale       -> Progressing (never report health of an older spec)
+--   never observed (no status, or the CRD's    -> Progressing
+--     default observedGeneration -1)
+--   observedGeneration stale                   -> Progressing (never report health of an older spec)
 --   phase Blocked or Failed                    -> Degraded, with the operator's reason and message
 --   phase Succeeded and Ready=True             -> Healthy
 --   anything else (Pending, BackingUp, ...)    -> Progressing, with the current phase
+--
+-- Uses only what Argo CD opens for a script from argocd-cm: the base, table, package and a safe os library
+-- (no string, math, io or debug library unless resource.customizations.useOpenLibs.<group>_<kind> is "true").
 local hs = {}
 
 local function condition(ctype)
@@ -36,9 +41,10 @@ if obj.metadata ~= nil then
   generation = obj.metadata.generation
 end
 
-if obj.status == nil or obj.status.observedGeneration == nil then
+if obj.status == nil or obj.status.observedGeneration == nil or obj.status.observedGeneration < 0 then
   hs.status = "Progressing"
-  hs.message = "Waiting for the schemagate operator to observe this DatabaseMigration"
+  hs.message = "Waiting for the schemagate operator to observe this DatabaseMigration (generation " ..
+    tostring(generation) .. ", not observed yet)"
   return hs
 end
 
@@ -73,8 +79,8 @@ if phase == "Blocked" or phase == "Failed" then
   if nonempty(message) then
     text = text .. ": " .. message
   end
-  if phase == "Blocked" and obj.status.violations ~= nil and obj.status.violations.total ~= nil and
-    not (nonempty(message) and string.find(message, tostring(obj.status.violations.total), 1, true)) then
+  if phase == "Blocked" and not nonempty(message) and obj.status.violations ~= nil and
+    obj.status.violations.total ~= nil then
     text = text .. " [" .. tostring(obj.status.violations.total) .. " violating rows]"
   end
   hs.status = "Degraded"

@@ -13,8 +13,9 @@ STEP_DURATION = Histogram(
 VIOLATIONS = Gauge(
     "schemagate_precheck_violations", "Rows violating a new constraint, per check, from the last precheck",
     ["namespace", "migration", "check"])
-VIOLATIONS_TOTAL = Gauge(
-    "schemagate_precheck_violations_total", "All violating rows from the last precheck", ["namespace", "migration"])
+# a Gauge must not end in _total (promlint; Prometheus naming: _total is for counters)
+VIOLATING_ROWS = Gauge(
+    "schemagate_precheck_violating_rows", "All violating rows from the last precheck", ["namespace", "migration"])
 FAILURES = Counter(
     "schemagate_step_failures_total", "Failed step Jobs by step and reason", ["step", "reason", "outcome"])
 LAST_SUCCESS = Gauge(
@@ -32,6 +33,8 @@ PHASES = ("Pending", "BackingUp", "Prechecking", "Migrating", "Verifying", "Succ
           "Suspended")
 
 _started = False
+# the check names exported per (namespace, migration), so a new precheck or a deletion removes exactly those series
+_checks: dict[tuple[str, str], set[str]] = {}
 
 
 def serve(port: int) -> None:
@@ -50,11 +53,15 @@ def observe_result(ns: str, name: str, step: str, result: dict[str, Any]) -> Non
         FAILURES.labels(step, str(result.get("reason") or "Unknown"), outcome).inc()
     if step == "precheck":
         data = result.get("data") or {}
-        for c in data.get("checks") or []:
-            if isinstance(c, dict) and c.get("name"):
-                VIOLATIONS.labels(ns, name, str(c["name"])).set(float(c.get("count") or 0))
+        counted = {str(c["name"]): float(c.get("count") or 0)
+                   for c in data.get("checks") or [] if isinstance(c, dict) and c.get("name")}
+        for gone in _checks.get((ns, name), set()) - set(counted):
+            _remove(VIOLATIONS, ns, name, gone)  # a check of an earlier precheck
+        for check, count in counted.items():
+            VIOLATIONS.labels(ns, name, check).set(count)
+        _checks[(ns, name)] = set(counted)
         if data.get("total") is not None:
-            VIOLATIONS_TOTAL.labels(ns, name).set(float(data["total"]))
+            VIOLATING_ROWS.labels(ns, name).set(float(data["total"]))
 
 
 def observe_phase(ns: str, name: str, phase: str, previous: str | None) -> None:
@@ -66,9 +73,23 @@ def observe_phase(ns: str, name: str, phase: str, previous: str | None) -> None:
         LAST_SUCCESS.labels(ns, name).set(time.time())
 
 
+def _remove(metric: Any, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass
+
+
 def forget(ns: str, name: str) -> None:
+    """Remove every series of a deleted DatabaseMigration (phase, violations, violating rows, last success), so
+    an alert on it stops firing. Series without namespace/migration labels (step durations, failures) stay."""
     for p in PHASES:
-        try:
-            PHASE.remove(ns, name, p)
-        except KeyError:
-            pass
+        _remove(PHASE, ns, name, p)
+    for check in _checks.pop((ns, name), set()):
+        _remove(VIOLATIONS, ns, name, check)
+    _remove(VIOLATING_ROWS, ns, name)
+    _remove(LAST_SUCCESS, ns, name)
+
+
+PER_MIGRATION = (PHASE, VIOLATIONS, VIOLATING_ROWS, LAST_SUCCESS)
+"""The metrics with namespace and migration labels: :func:`forget` removes their series of one migration."""

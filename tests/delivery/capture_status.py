@@ -22,7 +22,16 @@ ENABLED = os.environ.get("SCHEMAGATE_CAPTURE_FIXTURES") == "1"
 VOLATILE = ("uid", "resourceVersion", "creationTimestamp", "managedFields", "selfLink")
 
 
+KSTATUS_OF_HEALTH = {"Healthy": "Current", "Degraded": "Failed", "Progressing": "InProgress", "Suspended": "InProgress"}
+
+
 def expected_health(obj: dict[str, Any]) -> dict[str, str]:
+    """Argo CD health (status, message substring) and the kstatus result the status contract implies."""
+    health = _health(obj)
+    return {**health, "kstatus": KSTATUS_OF_HEALTH[health["status"]]}
+
+
+def _health(obj: dict[str, Any]) -> dict[str, str]:
     st = obj.get("status") or {}
     if (obj.get("spec") or {}).get("suspend"):
         return {"status": "Suspended", "message": "Suspended"}

@@ -266,7 +266,9 @@ def test_crd_identity():
     (v,) = s["versions"]
     assert v["name"] == "v1alpha1" and v["subresources"] == {"status": {}}
     assert [c["name"] for c in v["additionalPrinterColumns"]] == ["Phase", "Target", "Current", "Violations",
-                                                                   "Ready", "Age"]
+                                                                   "Ready", "Age", "Reason", "Message"]
+    # `kubectl get -o wide` adds the Ready condition's reason and message (priority 1)
+    assert [c.get("priority", 0) for c in v["additionalPrinterColumns"]] == [0, 0, 0, 0, 0, 0, 1, 1]
 
 
 def test_every_crd_property_has_a_description():

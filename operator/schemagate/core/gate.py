@@ -13,7 +13,8 @@ An application opts in from its pod template::
         schemagate.dev/revision: <Alembic revision id>        # optional
 
 The gate is released only when the named migration is Ready for its *current* generation (status
-``observedGeneration`` equals ``metadata.generation``, phase ``Succeeded``, condition ``Ready=True`` that is
+``observedGeneration`` equals ``metadata.generation``; a missing or negative one, the CRD's default ``-1``, means
+never observed, phase ``Succeeded``, condition ``Ready=True`` that is
 not older than that generation) and, when the pod names a revision, ``status.currentRevision`` equals it.
 Blocked and Failed migrations never release a gate, whatever their conditions say. The decision is
 level-based: it depends only on the current pod and migration, so re-evaluating after an operator restart or
@@ -130,7 +131,14 @@ def migration_state(
     ready_msg = (ready.get("message") or "").strip()
     last_error = status.get("lastError") or {}
 
-    if observed is None or generation is None or observed != generation:
+    if observed is None or observed < 0:
+        # no status, or the CRD's structural default observedGeneration -1: the operator has not seen it yet
+        return (
+            False,
+            GateReason.STALE_STATUS,
+            f"DatabaseMigration {name} has not been observed by the operator yet (generation {generation})",
+        )
+    if generation is None or observed != generation:
         return (
             False,
             GateReason.STALE_STATUS,
