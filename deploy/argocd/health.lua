@@ -10,8 +10,8 @@
 --   phase Succeeded and Ready=True             -> Healthy
 --   anything else (Pending, BackingUp, ...)    -> Progressing, with the current phase
 --
--- Uses only what Argo CD opens for a script from argocd-cm: the base, table, package and a safe os library
--- (no string, math, io or debug library unless resource.customizations.useOpenLibs.<group>_<kind> is "true").
+-- Uses only what Argo CD opens for a script from argocd-cm: the base, table and package libraries (no string,
+-- math, io or debug library unless resource.customizations.useOpenLibs.<group>_<kind> is "true").
 local hs = {}
 
 local function condition(ctype)

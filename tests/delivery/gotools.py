@@ -10,7 +10,6 @@ session fixtures ``argocd_health``, ``kstatus`` and ``promlint``. A tool that ca
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -50,9 +49,8 @@ def module_dir(module_at_version: str, toolchain: str = "local") -> Path:
 
     ``toolchain`` is GOTOOLCHAIN for the download: a module whose go.mod names a newer Go than the machine's
     needs that version (e.g. ``go1.27.3``, itself fetched from the module proxy)."""
-    env = dict(os.environ, GOTOOLCHAIN=toolchain)
-    proc = subprocess.run(["bash", str(BUILD), "--module", module_at_version], capture_output=True, text=True,
-                          env=env, check=False)
+    proc = subprocess.run(["bash", str(BUILD), "--module", module_at_version, toolchain], capture_output=True,
+                          text=True, check=False)
     if proc.returncode != 0 or not proc.stdout.strip():
         raise GoToolError(f"cannot download {module_at_version} from the Go module proxy (exit {proc.returncode}):"
                           f"\n{proc.stderr[-3000:]}")

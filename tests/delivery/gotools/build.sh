@@ -4,8 +4,11 @@
 # returns at once. Prints the binary's path on its last line.
 #
 #   build.sh NAME            build (or reuse) tool NAME
-#   build.sh --module MOD@V  download one module version through the module proxy, print its directory
-#                            (for files a module ships: prometheus-operator's CRDs, Argo CD's Lua sandbox)
+#   build.sh --module MOD@V [GOTOOLCHAIN]
+#                            download one module version through the module proxy, print its directory (for
+#                            files a module ships: prometheus-operator's CRDs, Argo CD's Lua sandbox); a module
+#                            whose go.mod names a newer Go needs that toolchain, e.g. go1.27.3 (fetched by the go
+#                            command from the module proxy, cached)
 #
 # Environment: SCHEMAGATE_GOTOOLS cache root (default ~/.cache/schemagate/gotools), with its own GOCACHE
 # inside so builds here do not contend with other Go builds' caches.
@@ -17,7 +20,8 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly GOCACHE="$ROOT/go-b
 mkdir -p "$ROOT"
 
 if [ "${1:-}" = "--module" ]; then
-  [ -n "${2:-}" ] || { echo "usage: build.sh --module MODULE@VERSION" >&2; exit 2; }
+  [ -n "${2:-}" ] || { echo "usage: build.sh --module MODULE@VERSION [GOTOOLCHAIN]" >&2; exit 2; }
+  export GOTOOLCHAIN="${3:-local}"
   go mod download -json "$2" | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(d["Error"]) if d.get("Error") else print(d["Dir"])'
   exit 0
 fi

@@ -19,6 +19,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/argoproj/argo-cd/v3/common"
 	"github.com/argoproj/argo-cd/v3/util/lua"
 	"github.com/argoproj/argo-cd/v3/util/settings"
 	"github.com/argoproj/gitops-engine/pkg/health"
@@ -56,12 +57,12 @@ func run() error {
 	if err := yaml.UnmarshalStrict(raw, &cm); err != nil {
 		return fmt.Errorf("%s: %w", os.Args[1], err)
 	}
-	if cm.Name != settings.ArgoCDConfigMapName {
-		return fmt.Errorf("%s: metadata.name is %q, Argo CD reads %q", os.Args[1], cm.Name, settings.ArgoCDConfigMapName)
+	if cm.Name != common.ArgoCDConfigMapName {
+		return fmt.Errorf("%s: metadata.name is %q, Argo CD reads %q", os.Args[1], cm.Name, common.ArgoCDConfigMapName)
 	}
 	cm.Namespace = namespace
 	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{
-		Name: settings.ArgoCDSecretName, Namespace: namespace,
+		Name: common.ArgoCDSecretName, Namespace: namespace,
 		Labels: map[string]string{"app.kubernetes.io/part-of": "argocd"},
 	}}
 	ctx, cancel := context.WithCancel(context.Background())
