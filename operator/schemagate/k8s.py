@@ -1,13 +1,18 @@
-"""Every Kubernetes API call the operator makes (synchronous ``kubernetes`` client; the handlers run these in
+"""Every Kubernetes API call the operator makes (synchronous ``kubernetes`` client; the reconciler runs these in
 threads). Responses are read raw (``_preload_content=False``) and parsed as JSON: cheaper than the client's
 models, and the core works on plain dicts anyway.
 
+Errors: the client's ``ApiException`` is translated once, in :func:`translate`, into :class:`ApiError` and its
+subclasses :class:`NotFound` (404), :class:`Conflict` (409), :class:`Forbidden` (401, 403) and :class:`Invalid`
+(422); no other module looks at an HTTP status. (Kubernetes API conventions, "HTTP Status codes".)
+
 The database Lease (``coordination.k8s.io/v1``) lives in the operator's namespace
-(``SCHEMAGATE_LEASE_NAMESPACE`` or ``POD_NAMESPACE``), is named ``schemagate-db-<sha256(identity)[:16]>`` and is
-held by ``<namespace>/<name>/<uid>`` of a DatabaseMigration from its first step Job until its run ends and no Job of
-it is active. A holder that no longer exists, or that is finished (terminal or suspended, no active Job), is stale
-and may be replaced. Secrets are read only to learn that they exist and, for ``urlFrom``, the database's host,
-port and name (in memory; the URL never leaves this process and is never logged).
+(``SCHEMAGATE_LEASE_NAMESPACE`` or ``POD_NAMESPACE``, see :mod:`schemagate.settings`), is named
+``schemagate-db-<sha256(identity)[:16]>`` and is held by ``<namespace>/<name>/<uid>`` of a DatabaseMigration from
+its first step Job until its run ends and no Job of it is active. A holder that no longer exists, or that is
+finished (terminal or suspended, no active Job), is stale and may be replaced. Secrets are read only to learn that
+they exist and, for ``urlFrom``, the database's host, port and name (in memory; the URL never leaves this process
+and is never logged).
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ import base64
 import datetime as _dt
 import json
 import logging
-import os
 import threading
 from collections import Counter
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -34,21 +39,67 @@ log = logging.getLogger("schemagate.k8s")
 
 LEASE_PREFIX = "schemagate-db-"
 MERGE = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+# Gated pods have not been scheduled, so they are Pending: a server-side filter that keeps the list small.
+PENDING_PODS = "status.phase=Pending"
+
+Obj = dict[str, Any]
+JobCreation = Literal["created", "exists", "foreign"]
 
 
-def lease_namespace() -> str:
-    ns = os.environ.get("SCHEMAGATE_LEASE_NAMESPACE") or os.environ.get("POD_NAMESPACE")
-    if ns:
-        return ns
+# ----------------------------------------------------------------------------------------------------------------
+# Errors
+
+
+class ApiError(Exception):
+    """A Kubernetes API request failed. ``status`` is the HTTP status, ``reason`` the server's reason phrase."""
+
+    def __init__(self, status: int, reason: str, message: str = "") -> None:
+        super().__init__(f"{status} {reason}" + (f": {message}" if message else ""))
+        self.status, self.reason = status, reason
+
+
+class NotFound(ApiError):
+    """404: the object (or its namespace) does not exist."""
+
+
+class Conflict(ApiError):
+    """409: a stale ``resourceVersion`` (optimistic concurrency) or the object already exists."""
+
+
+class Forbidden(ApiError):
+    """401/403: this identity may not do it (RBAC, or no credentials)."""
+
+
+class Invalid(ApiError):
+    """422: the request is well formed but rejected, e.g. a JSON patch ``test`` operation that failed."""
+
+
+_BY_STATUS: dict[int, type[ApiError]] = {404: NotFound, 409: Conflict, 401: Forbidden, 403: Forbidden, 422: Invalid}
+
+
+def translate(exc: ApiException) -> ApiError:
+    """The one place an ``ApiException`` becomes a schemagate error (by HTTP status; other statuses: ApiError)."""
+    status = int(exc.status or 0)
+    return _BY_STATUS.get(status, ApiError)(status, str(exc.reason or ""), _server_message(exc))
+
+
+def _server_message(exc: ApiException) -> str:
     try:
-        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace", encoding="utf-8") as f:
-            return f.read().strip()
-    except OSError:
-        return "default"
+        return str(json.loads(exc.body or "{}").get("message") or "")[:512]
+    except (ValueError, AttributeError):
+        return ""
 
 
-def lease_name(identity: str) -> str:
-    return LEASE_PREFIX + identity_hash(identity)
+def request(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a raw client method (``_preload_content=False`` is added) and parse its JSON body.
+
+    Raises :class:`ApiError` (or a subclass) instead of ``ApiException``."""
+    try:
+        r = fn(*args, _preload_content=False, **kwargs)
+    except ApiException as e:
+        raise translate(e) from e
+    return json.loads(r.data) if r.data else {}
 
 
 def _now() -> _dt.datetime:
@@ -57,6 +108,11 @@ def _now() -> _dt.datetime:
 
 def _micro(t: _dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def lease_name(identity: str) -> str:
+    """``schemagate-db-<sha256(identity)[:16]>``: the Lease that serializes runs on one database."""
+    return LEASE_PREFIX + identity_hash(identity)
 
 
 class WriteCounter:
@@ -78,7 +134,12 @@ class WriteCounter:
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+    """The operator's Kubernetes API: DatabaseMigrations, Jobs and their results, Secrets, the database Lease,
+    Events and gated pods. Every method raises :class:`ApiError` subclasses, never ``ApiException``.
+
+    ``instance`` is the ``reportingInstance`` of posted Events (the operator pod's name)."""
+
+    def __init__(self, api_client: client.ApiClient | None = None, instance: str = "schemagate") -> None:
         if api_client is None:
             try:
                 config.load_incluster_config()
@@ -91,96 +152,79 @@ class Kube:
         self.batch: Any = client.BatchV1Api(api_client)
         self.custom: Any = client.CustomObjectsApi(api_client)
         self.coord: Any = client.CoordinationV1Api(api_client)
+        self.instance = instance
         self.writes = WriteCounter()
 
-    # ----------------------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------
     # DatabaseMigration
 
-    def get_migration(self, ns: str, name: str) -> dict[str, Any] | None:
+    def get_migration(self, ns: str, name: str) -> Obj | None:
+        """The DatabaseMigration, or None when it does not exist."""
         try:
-            r = self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, _preload_content=False)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        return json.loads(r.data)
+            return request(self.custom.get_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name)
+        except NotFound:
+            return None
 
-    def patch_status(self, ns: str, name: str, patch: dict[str, Any], resource_version: str | None) -> str:
-        """Merge-patch ``status``; with ``resource_version`` a concurrent change fails with 409. Returns the new rv."""
-        body: dict[str, Any] = {"status": patch}
+    def patch_status(self, ns: str, name: str, patch: Obj, resource_version: str | None) -> str:
+        """Merge-patch ``status``; with ``resource_version`` a concurrent change raises :class:`Conflict`.
+        Returns the new resourceVersion."""
+        body: Obj = {"status": patch}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        r = self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, name, body,
-                                                             _content_type=MERGE, _preload_content=False)
+        r = request(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, ns, PLURAL, name, body,
+                    _content_type=MERGE)
         self.writes.add("status")
-        return str(json.loads(r.data)["metadata"]["resourceVersion"])
+        return str(r["metadata"]["resourceVersion"])
 
-    # ----------------------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------
     # Jobs and their results
 
-    def list_jobs(self, ns: str, uid: str) -> list[dict[str, Any]]:
-        r = self.batch.list_namespaced_job(ns, label_selector=f"{J.LABEL_UID}={uid}", _preload_content=False)
-        return list(json.loads(r.data).get("items") or [])
+    def list_jobs(self, ns: str, uid: str) -> list[Obj]:
+        """The Jobs of one DatabaseMigration (label ``schemagate.dev/migration-uid``)."""
+        r = request(self.batch.list_namespaced_job, ns, label_selector=f"{J.LABEL_UID}={uid}")
+        return list(r.get("items") or [])
 
-    def create_job(self, manifest: dict[str, Any]) -> str:
-        """'created', 'exists' (409 and ours: adopted), or 'foreign' (409, owned by someone else)."""
+    def create_job(self, manifest: Obj) -> JobCreation:
+        """'created', 'exists' (409 and owned by the same resource: adopted), or 'foreign' (409, owned by someone
+        else, or deleted in between)."""
         ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         try:
-            self.batch.create_namespaced_job(ns, manifest, _preload_content=False)
+            request(self.batch.create_namespaced_job, ns, manifest)
             self.writes.add("job")
             return "created"
-        except ApiException as e:
-            if e.status != 409:
-                raise
+        except Conflict:
+            pass
         try:
-            r = self.batch.read_namespaced_job(name, ns, _preload_content=False)
-        except ApiException as e:
-            if e.status == 404:  # deleted in between: try again next time
-                return "foreign"
-            raise
-        existing = json.loads(r.data)
+            existing = request(self.batch.read_namespaced_job, name, ns)
+        except NotFound:  # deleted in between: try again next time
+            return "foreign"
         uid = manifest["metadata"]["ownerReferences"][0]["uid"]
         owners = [o.get("uid") for o in existing["metadata"].get("ownerReferences") or []]
         return "exists" if uid in owners else "foreign"
 
-    def job_result(self, ns: str, job_name: str) -> tuple[dict[str, Any] | None, int | None, str]:
-        """The StepResult of a finished Job's newest pod: (parsed termination message, exit code, other text)."""
-        r = self.core.list_namespaced_pod(ns, label_selector=f"job-name={job_name}", _preload_content=False)
-        pods = json.loads(r.data).get("items") or []
-        if not pods:
+    def job_result(self, ns: str, job_name: str) -> tuple[Obj | None, int | None, str]:
+        """The StepResult of a finished Job's newest pod: ``(parsed termination message, exit code, other text)``
+        (see :func:`pod_termination` and :func:`parse_termination`)."""
+        pods = request(self.core.list_namespaced_pod, ns, label_selector=f"job-name={job_name}").get("items") or []
+        term = pod_termination(pods)
+        if term is None:
             return None, None, ""
-        pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
-        st = pods[-1].get("status") or {}
-        statuses = list(st.get("initContainerStatuses") or []) + list(st.get("containerStatuses") or [])
-        chosen = None
-        for cs in statuses:
-            term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
-            if term and int(term.get("exitCode") or 0) != 0:
-                chosen = term
-                break
-        if chosen is None and statuses:
-            chosen = (statuses[-1].get("state") or {}).get("terminated")
-        if not chosen:
-            return None, None, ""
-        return parse_termination(chosen.get("message") or "", chosen.get("exitCode"))
+        return parse_termination(term.get("message") or "", term.get("exitCode"))
 
-    # ----------------------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------
     # Secrets
 
-    def check_database_secret(self, ns: str, db: Database) -> tuple[str | None, str | None]:
+    def check_database_secret(self, ns: str, db: Database) -> tuple[str | None, str]:
         """(error message or None, the database identity). Never returns or logs a credential."""
         url: str | None = None
         for ref in db.secret_refs():
             try:
-                r = self.core.read_namespaced_secret(ref.name, ns, _preload_content=False)
-            except ApiException as e:
-                if e.status == 404:
-                    return f'Secret "{ref.name}" not found in namespace "{ns}"', db.identity()
-                if e.status == 403:
-                    log.warning("cannot read Secret %s/%s (forbidden); assuming it exists", ns, ref.name)
-                    continue
-                raise
-            data = json.loads(r.data).get("data") or {}
+                data = request(self.core.read_namespaced_secret, ref.name, ns).get("data") or {}
+            except NotFound:
+                return f'Secret "{ref.name}" not found in namespace "{ns}"', db.identity()
+            except Forbidden:
+                log.warning("cannot read Secret %s/%s (forbidden); assuming it exists", ns, ref.name)
+                continue
             if ref.key not in data:
                 return f'Secret "{ref.name}" in namespace "{ns}" has no key "{ref.key}"', db.identity()
             if ref is db.url_from:
@@ -192,17 +236,14 @@ class Kube:
         del url
         return None, ident
 
-    # ----------------------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------
     # The database Lease
 
-    def _read_lease(self, ns: str, name: str) -> dict[str, Any] | None:
+    def _read_lease(self, ns: str, name: str) -> Obj | None:
         try:
-            r = self.coord.read_namespaced_lease(name, ns, _preload_content=False)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        return json.loads(r.data)
+            return request(self.coord.read_namespaced_lease, name, ns)
+        except NotFound:
+            return None
 
     def _holder_stale(self, holder: str) -> bool:
         parts = holder.split("/")
@@ -217,21 +258,24 @@ class Kube:
             st.get("observedGeneration") == other["metadata"].get("generation")
         if not finished:
             return False
-        jobs = self.list_jobs(ns, uid)
-        return not any(job_state(j) == ACTIVE for j in jobs)
+        return not any(job_state(j) == ACTIVE for j in self.list_jobs(ns, uid))
 
     def lease_state(self, ns: str, name: str, me: str) -> LockObs:
+        """The Lease ``ns/name`` as seen by holder id ``me``: mine, held by a live other (``holder`` =
+        ``namespace/name``), or free (absent, released, or held by a stale holder)."""
         lease = self._read_lease(ns, name)
         holder = ((lease or {}).get("spec") or {}).get("holderIdentity")
         if not holder:
-            return LockObs(mine=False, holder=None)
+            return LockObs(mine=False, holder=None, name=name)
         if holder == me:
-            return LockObs(mine=True, holder=None)
+            return LockObs(mine=True, holder=None, name=name)
         if self._holder_stale(holder):
-            return LockObs(mine=False, holder=None)
-        return LockObs(mine=False, holder="/".join(holder.split("/")[:2]))
+            return LockObs(mine=False, holder=None, name=name)
+        return LockObs(mine=False, holder="/".join(holder.split("/")[:2]), name=name)
 
     def acquire_lease(self, ns: str, name: str, me: str, identity_note: str = "") -> bool:
+        """Take the Lease for ``me`` (create it, or replace a stale holder with the read ``resourceVersion``).
+        False when another live holder has it or the race was lost (409/404)."""
         now = _micro(_now())
         spec = {"holderIdentity": me, "acquireTime": now, "renewTime": now, "leaseDurationSeconds": 3600}
         lease = self._read_lease(ns, name)
@@ -242,13 +286,11 @@ class Kube:
                                  "annotations": {"schemagate.dev/database": identity_note} if identity_note else {}},
                     "spec": spec}
             try:
-                self.coord.create_namespaced_lease(ns, body, _preload_content=False)
-                self.writes.add("lease")
-                return True
-            except ApiException as e:
-                if e.status == 409:
-                    return False
-                raise
+                request(self.coord.create_namespaced_lease, ns, body)
+            except Conflict:
+                return False
+            self.writes.add("lease")
+            return True
         holder = (lease.get("spec") or {}).get("holderIdentity")
         if holder == me:
             return True
@@ -256,56 +298,71 @@ class Kube:
             return False
         body = {"metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]}, "spec": spec}
         try:
-            self.coord.patch_namespaced_lease(name, ns, body, _content_type=MERGE, _preload_content=False)
-            self.writes.add("lease")
-            return True
-        except ApiException as e:
-            if e.status in (409, 404):
-                return False
-            raise
+            request(self.coord.patch_namespaced_lease, name, ns, body, _content_type=MERGE)
+        except (Conflict, NotFound):
+            return False
+        self.writes.add("lease")
+        return True
 
     def release_lease(self, ns: str, name: str, me: str) -> None:
+        """Clear the holder when it is ``me`` (a lost race or a deleted Lease is not an error)."""
         lease = self._read_lease(ns, name)
         if lease is None or (lease.get("spec") or {}).get("holderIdentity") != me:
             return
         body = {"metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
                 "spec": {"holderIdentity": None, "acquireTime": None, "renewTime": None}}
         try:
-            self.coord.patch_namespaced_lease(name, ns, body, _content_type=MERGE, _preload_content=False)
-            self.writes.add("lease")
-        except ApiException as e:
-            if e.status not in (404, 409):
-                raise
+            request(self.coord.patch_namespaced_lease, name, ns, body, _content_type=MERGE)
+        except (Conflict, NotFound):
+            return
+        self.writes.add("lease")
 
-    # ----------------------------------------------------------------------------------------------------------
-    # Events
+    # ------------------------------------------------------------------------------------------------------------
+    # Events and gated pods
 
-    def post_event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        md = obj["metadata"]
-        now = _now()
+    def post_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str,
+                   kind: str = KIND, api_version: str = f"{GROUP}/{VERSION}") -> None:
+        """A core/v1 Event about ``obj`` (a DatabaseMigration unless ``kind``/``api_version`` say otherwise).
+        Best effort: a failure is logged at debug level. The message is redacted and cut to 1024 characters."""
+        md = obj.get("metadata") or {}
+        stamp = _now().strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{md['name']}.", "namespace": md["namespace"]},
-            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": md["name"],
-                               "namespace": md["namespace"], "uid": md["uid"]},
+            "metadata": {"generateName": f"{md.get('name', 'object')}.", "namespace": md.get("namespace")},
+            "involvedObject": {"apiVersion": api_version, "kind": kind, "name": md.get("name"),
+                               "namespace": md.get("namespace"), "uid": md.get("uid")},
             "reason": reason, "message": redact(message)[:1024], "type": type_,
             "source": {"component": "schemagate"}, "reportingComponent": "schemagate.dev/operator",
-            "reportingInstance": os.environ.get("HOSTNAME", "schemagate"),
-            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "count": 1,
+            "reportingInstance": self.instance, "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
         }
         try:
-            self.core.create_namespaced_event(md["namespace"], body, _preload_content=False)
-            self.writes.add("event")
-        except ApiException as e:  # events are best effort
-            log.debug("event not posted: %s", e.status)
+            request(self.core.create_namespaced_event, md.get("namespace"), body)
+        except ApiError as e:  # events are best effort
+            log.debug("event on %s %s/%s not posted: %s", kind, md.get("namespace"), md.get("name"), e)
+            return
+        self.writes.add("event")
+
+    def list_pending_pods(self, namespace: str | None = None) -> list[Obj]:
+        """Pending pods (gated pods are never scheduled) in one namespace, or in all."""
+        if namespace:
+            r = request(self.core.list_namespaced_pod, namespace, field_selector=PENDING_PODS)
+        else:
+            r = request(self.core.list_pod_for_all_namespaces, field_selector=PENDING_PODS)
+        return list(r.get("items") or [])
+
+    def patch_pod(self, ns: str, name: str, json_patch: list[Obj]) -> None:
+        """Apply an RFC 6902 JSON patch to a pod. A failed ``test`` operation raises :class:`Invalid`, a pod
+        that is gone :class:`NotFound`."""
+        request(self.core.patch_namespaced_pod, name, ns, json_patch, _content_type=JSON_PATCH)
+        self.writes.add("pod-gate")
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Pure helpers over listed objects (kept here: they know the Job API's shape)
+# ----------------------------------------------------------------------------------------------------------------
+# Pure helpers over listed objects (kept here: they know the Job and Pod API's shape)
 
 
-def job_state(job: dict[str, Any]) -> str:
+def job_state(job: Mapping[str, Any]) -> str:
+    """Succeeded (condition Complete=True), Failed (Failed=True) or Active (batch/v1 Job conditions)."""
     for c in (job.get("status") or {}).get("conditions") or []:
         if c.get("status") == "True" and c.get("type") == "Complete":
             return SUCCEEDED
@@ -314,15 +371,17 @@ def job_state(job: dict[str, Any]) -> str:
     return ACTIVE
 
 
-def job_failure(job: dict[str, Any]) -> tuple[str, str]:
+def job_failure(job: Mapping[str, Any]) -> tuple[str, str]:
+    """(reason, message) of the Job's Failed=True condition, e.g. ('DeadlineExceeded', '...'); else ('', '')."""
     for c in (job.get("status") or {}).get("conditions") or []:
         if c.get("status") == "True" and c.get("type") == "Failed":
             return str(c.get("reason") or ""), str(c.get("message") or "")
     return "", ""
 
 
-def job_observation(job: dict[str, Any], result: dict[str, Any] | None = None, exit_code: int | None = None,
+def job_observation(job: Mapping[str, Any], result: Obj | None = None, exit_code: int | None = None,
                     text: str = "") -> JobObs:
+    """A listed Job as the decision sees it (labels ``schemagate.dev/{step,generation,counter}``)."""
     labels = job["metadata"].get("labels") or {}
     reason, message = job_failure(job)
     return JobObs(
@@ -338,7 +397,27 @@ def job_observation(job: dict[str, Any], result: dict[str, Any] | None = None, e
     )
 
 
-def parse_termination(message: str, exit_code: Any) -> tuple[dict[str, Any] | None, int | None, str]:
+def pod_termination(pods: list[Obj]) -> Obj | None:
+    """The ``terminated`` state that holds a Job's result: of the newest pod (creationTimestamp), the first
+    container that exited non-zero (init containers first, current or last state), else the last container's.
+    None when no pod or no terminated container. (core/v1 ContainerStatus.state.terminated.)"""
+    if not pods:
+        return None
+    newest = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")[-1]
+    st = newest.get("status") or {}
+    statuses = list(st.get("initContainerStatuses") or []) + list(st.get("containerStatuses") or [])
+    for cs in statuses:
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        if term and int(term.get("exitCode") or 0) != 0:
+            return term
+    if statuses:
+        return (statuses[-1].get("state") or {}).get("terminated") or None
+    return None
+
+
+def parse_termination(message: str, exit_code: Any) -> tuple[Obj | None, int | None, str]:
+    """``(StepResult dict, exit code, text)``: the termination message parsed when it is a StepResult document,
+    else the last line of it (``FallbackToLogsOnError``: the log tail of a crash), redacted and cut to 512."""
     code = int(exit_code) if exit_code is not None else None
     text = (message or "").strip()
     if text.startswith("{"):
@@ -348,6 +427,5 @@ def parse_termination(message: str, exit_code: Any) -> tuple[dict[str, Any] | No
                 return d, code, ""
         except ValueError:
             pass
-    # FallbackToLogsOnError: the log tail of a crash. Keep the last line, redacted.
     last = text.splitlines()[-1] if text else ""
     return None, code, redact(last)[:512]

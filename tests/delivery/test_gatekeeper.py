@@ -1,11 +1,17 @@
-"""The rollout gate's I/O (schemagate.gatekeeper) over a fake Kubernetes API."""
+"""The rollout gate's I/O (schemagate.gatekeeper over schemagate.k8s.Kube) over a fake Kubernetes client API.
+
+The fake stands in for the client's CoreV1Api/CustomObjectsApi (raising the client's real ApiException), so the
+Kube methods and their error translation run as in the operator; the e2e tests drive the real API server.
+"""
 
 from __future__ import annotations
 
 import copy
 import json
 
-from schemagate import gatekeeper
+from kubernetes.client.exceptions import ApiException
+
+from schemagate import gatekeeper, k8s
 from schemagate.core import gate
 from tests.delivery.test_gate_decision import dbm, pod
 
@@ -15,10 +21,8 @@ class Resp:
         self.data = json.dumps(obj).encode()
 
 
-class ApiError(Exception):
-    def __init__(self, status):
-        super().__init__(status)
-        self.status = status
+def ApiError(status):  # noqa: N802 - reads like the exception it builds
+    return ApiException(status=status, reason={404: "Not Found", 422: "Unprocessable Entity"}.get(status, ""))
 
 
 def apply_json_patch(obj, patch):
@@ -69,17 +73,34 @@ class FakeCore:
 
     def create_namespaced_event(self, ns, body, _preload_content=True):
         self.events.append((ns, body["type"], body["reason"], body["involvedObject"]["name"]))
+        return Resp(body)
 
 
-class FakeKube:
-    def __init__(self, pods, migrations):
-        self.core = FakeCore(pods)
+class FakeCustom:
+    def __init__(self, migrations):
         self.migrations = migrations
         self.gets = 0
 
-    def get_migration(self, ns, name):
+    def get_namespaced_custom_object(self, group, version, ns, plural, name, _preload_content=True):
+        assert (group, plural) == ("schemagate.dev", "databasemigrations")
         self.gets += 1
-        return copy.deepcopy(self.migrations.get((ns, name)))
+        if (ns, name) not in self.migrations:
+            raise ApiError(404)
+        return Resp(self.migrations[(ns, name)])
+
+
+class FakeKube(k8s.Kube):
+    """The real Kube over fake client APIs (no configuration loaded)."""
+
+    def __init__(self, pods, migrations):
+        self.core = FakeCore(pods)
+        self.custom = FakeCustom(migrations)
+        self.instance = "test"
+        self.writes = k8s.WriteCounter()
+
+    @property
+    def gets(self):
+        return self.custom.gets
 
 
 def mkpod(name, ns="ns", **kw):

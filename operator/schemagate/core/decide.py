@@ -53,10 +53,13 @@ class JobObs:
 
 @dataclass(frozen=True)
 class LockObs:
-    """The database Lease as seen: held by this resource, by another one (``holder``), or free."""
+    """The database Lease as seen: held by this resource, by another one (``holder``), or free.
+
+    ``name`` is the Lease's name (``schemagate-db-<hash>``); ``decide`` records it in ``status.run.lease``."""
 
     mine: bool = False
     holder: str | None = None
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,27 @@ class Action:
     @property
     def phase(self) -> str:
         return str(self.status.get("phase"))
+
+
+def result_wanted(status: dict[str, Any]) -> str | None:
+    """The name of the Job whose StepResult ``decide`` consumes once it has finished: the current step's Job of a
+    run that is not terminal and not waiting to retry; None when no result is wanted. The observer reads the
+    termination message of this Job only (one pod list per finished step, not per pass)."""
+    run = status.get("run") or {}
+    step = run.get("step")
+    if not step or status.get("phase") in S.TERMINAL_PHASES or run.get("retryAt") \
+            or int(run.get("attempt") or 0) <= 0:
+        return None
+    name = (status.get("jobs") or {}).get(step)
+    return str(name) if name else None
+
+
+def settled(m: Migration, status: dict[str, Any]) -> bool:
+    """The run of this spec and retry token has ended (Succeeded, Blocked, Failed): nothing to start, so the
+    observer need not read the Secrets again."""
+    run = status.get("run") or {}
+    return bool(status.get("phase") in S.TERMINAL_PHASES and run.get("specHash") == m.spec_hash
+                and run.get("retry") == m.retry_token)
 
 
 def synthesize_result(job: JobObs) -> dict[str, Any]:
@@ -311,6 +335,8 @@ def decide(m: Migration, status: dict[str, Any] | None, obs: Observed) -> Action
             st["phase"] = S.PENDING
             c.note("RetryRequested", f"annotation schemagate.dev/retry={m.retry_token!r}: starting the run again")
 
+    if obs.lock.name:
+        run["lease"] = obs.lock.name
     gen = int(run["generation"])
     own = [j for j in obs.jobs if j.generation == gen]
     others_active = [j for j in obs.jobs if j.active and j.generation != gen]

@@ -1,0 +1,76 @@
+"""Gather, then decide: one consistent :class:`Snapshot` of what the decision needs about one DatabaseMigration
+(the resource, its Jobs, the result of its finished current Job, its Secrets and its database Lease), read
+before :func:`schemagate.core.decide.decide` runs, as CloudNativePG's reconciler gathers its ``managedResources``.
+
+Synchronous: the reconciler runs :func:`gather` in a worker thread. No Kopf here; Kubernetes only through
+:class:`schemagate.k8s.Kube` (which raises :class:`schemagate.k8s.ApiError` subclasses).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from typing import Any
+
+from schemagate import k8s
+from schemagate.core.decide import JobObs, Observed, RetryPolicy, result_wanted, settled
+from schemagate.core.model import Migration
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One DatabaseMigration as observed: its body, the parsed spec, its status (a copy), what ``decide`` needs
+    (``observed``; ``observed.lock.name`` is the database Lease) and this resource's Lease holder id
+    (``<namespace>/<name>/<uid>``)."""
+
+    body: dict[str, Any]
+    migration: Migration
+    status: dict[str, Any]
+    observed: Observed
+    holder: str
+
+    @property
+    def lease(self) -> str:
+        return self.observed.lock.name
+
+
+def holder_id(m: Migration) -> str:
+    """The Lease ``holderIdentity`` of a DatabaseMigration: ``<namespace>/<name>/<uid>``."""
+    return f"{m.namespace}/{m.name}/{m.uid}"
+
+
+def observe_jobs(kube: k8s.Kube, ns: str, m: Migration, status: dict[str, Any]) -> tuple[JobObs, ...]:
+    """The resource's Jobs; the termination message is read only for the Job whose result ``decide`` wants
+    (:func:`schemagate.core.decide.result_wanted`) and only once it has finished."""
+    wanted = result_wanted(status)
+    out = []
+    for job in kube.list_jobs(ns, m.uid):
+        if wanted and job["metadata"]["name"] == wanted and k8s.job_state(job) != k8s.ACTIVE:
+            out.append(k8s.job_observation(job, *kube.job_result(ns, wanted)))
+        else:
+            out.append(k8s.job_observation(job))
+    return tuple(out)
+
+
+def gather(kube: k8s.Kube, ns: str, name: str, lease_namespace: str, policy: RetryPolicy,
+           now: _dt.datetime | None = None) -> Snapshot | None:
+    """Read everything ``decide`` needs for ``ns/name``; None when the resource does not exist.
+
+    The Secrets are read (and the Lease name derived from the database identity) unless the run has settled
+    and the status already names its Lease. Raises :class:`schemagate.k8s.ApiError` on API failures."""
+    body = kube.get_migration(ns, name)
+    if body is None:
+        return None
+    m = Migration.from_body(body)
+    status: dict[str, Any] = dict(body.get("status") or {})
+    jobs = observe_jobs(kube, ns, m, status)
+    secret_error: str | None = None
+    lease = (status.get("run") or {}).get("lease")
+    if not settled(m, status) or not lease:
+        secret_error, identity = kube.check_database_secret(ns, m.database)
+        lease = k8s.lease_name(identity)
+    me = holder_id(m)
+    lock = kube.lease_state(lease_namespace, lease, me)
+    observed = Observed(now=now or _dt.datetime.now(_dt.timezone.utc), jobs=jobs, secret_error=secret_error,
+                        lock=lock, policy=policy)
+    return Snapshot(body=body, migration=m, status=status, observed=observed, holder=me)
