@@ -31,7 +31,7 @@ from kubernetes.client.exceptions import ApiException
 
 from schemagate.core import jobs as J
 from schemagate.core import status as S
-from schemagate.core.decide import ACTIVE, FAILED, SUCCEEDED, JobObs, LockObs
+from schemagate.core.decide import ACTIVE, FAILED, SUCCEEDED, JobObs, JobState, LockObs
 from schemagate.core.model import GROUP, KIND, PLURAL, VERSION, Database, identity_hash
 from schemagate.runner.db import redact
 
@@ -361,7 +361,7 @@ class Kube:
 # Pure helpers over listed objects (kept here: they know the Job and Pod API's shape)
 
 
-def job_state(job: Mapping[str, Any]) -> str:
+def job_state(job: Mapping[str, Any]) -> JobState:
     """Succeeded (condition Complete=True), Failed (Failed=True) or Active (batch/v1 Job conditions)."""
     for c in (job.get("status") or {}).get("conditions") or []:
         if c.get("status") == "True" and c.get("type") == "Complete":

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from schemagate import k8s
 from schemagate.core.decide import JobObs, Observed, RetryPolicy, result_wanted, settled
 from schemagate.core.model import Migration
+from schemagate.core.status import MigrationStatus
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Snapshot:
 
     body: dict[str, Any]
     migration: Migration
-    status: dict[str, Any]
+    status: MigrationStatus
     observed: Observed
     holder: str
 
@@ -39,7 +40,7 @@ def holder_id(m: Migration) -> str:
     return f"{m.namespace}/{m.name}/{m.uid}"
 
 
-def observe_jobs(kube: k8s.Kube, ns: str, m: Migration, status: dict[str, Any]) -> tuple[JobObs, ...]:
+def observe_jobs(kube: k8s.Kube, ns: str, m: Migration, status: MigrationStatus) -> tuple[JobObs, ...]:
     """The resource's Jobs; the termination message is read only for the Job whose result ``decide`` wants
     (:func:`schemagate.core.decide.result_wanted`) and only once it has finished."""
     wanted = result_wanted(status)
@@ -62,7 +63,7 @@ def gather(kube: k8s.Kube, ns: str, name: str, lease_namespace: str, policy: Ret
     if body is None:
         return None
     m = Migration.from_body(body)
-    status: dict[str, Any] = dict(body.get("status") or {})
+    status = cast(MigrationStatus, dict(body.get("status") or {}))
     jobs = observe_jobs(kube, ns, m, status)
     secret_error: str | None = None
     lease = (status.get("run") or {}).get("lease")

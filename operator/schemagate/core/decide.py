@@ -1,35 +1,54 @@
 """The phase decision: ``decide(spec, status, observed) -> Action`` (pure, no I/O).
 
-The handler lists the resource's Jobs (with their pods' termination messages parsed), checks the Secrets,
-looks at the database Lease, and calls ``decide``. The returned Action holds the complete desired status
-(the handler writes it *before* creating a Job, so the status is an intent log: after a crash the same
-deterministic Job name is computed again, and a 409 on create means "already there"), at most one Job to
-create, whether to acquire or release the database Lease, the Events to post and when to look again.
+The reconciler gathers the resource's Jobs (with the termination message of the finished current one parsed),
+its Secrets and its database Lease (:mod:`schemagate.observe`), and calls ``decide``. The returned Action holds
+the complete desired status (written *before* a Job is created, so the status is an intent log: after a crash the
+same deterministic Job name is computed again, and a 409 on create means "already there"), at most one Job to
+create, whether to acquire or release the database Lease (an intent: the Lease is already recorded in
+``status.run.lease``; losing the race to acquire it means the reconciler looks again), the Events to post and
+when to look again.
 
-Bookkeeping of the run lives in ``status.run``::
+``decide`` is a short pipeline of named pure steps over a :class:`RunState` (see :data:`PIPELINE`):
+start or continue the run, honour the retry annotation, record the Lease, consume the finished Job's result,
+report a terminal phase, advance the current step (wait, or create its Job), the Lease intent, and the
+conditions with the transition Event.
 
-    run: {generation, specHash, retry, step, attempt, counters: {step: n}, retryAt}
+Bookkeeping of the run lives in ``status.run`` (:class:`schemagate.core.status.RunRecord`)::
+
+    run: {generation, specHash, retry, step, attempt, counters: {step: n}, retryAt, lease}
 
 ``generation`` is the generation the run started at (Job names use it), ``counters`` the number of Jobs
 ever created per step in this run (Job name suffix), ``attempt`` the attempts of the current step since the
-run (re)started, ``retryAt`` set while waiting to retry a transient failure of the current step's Job.
+run (re)started, ``retryAt`` set while waiting to retry a transient failure of the current step's Job,
+``lease`` the name of the database Lease.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as _dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal, cast
 
 from schemagate.core import status as S
 from schemagate.core.jobs import job_name
 from schemagate.core.model import Migration
+from schemagate.core.status import MigrationStatus, RunRecord
 from schemagate.runner.result import ExitCode, Outcome
 
-ACTIVE = "Active"
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
+JobState = Literal["Active", "Succeeded", "Failed"]
+ACTIVE: Final = "Active"
+SUCCEEDED: Final = "Succeeded"
+FAILED: Final = "Failed"
+
+LockIntent = Literal["acquire", "release"]
+EventType = Literal["Normal", "Warning"]
+Need = Literal["new", "recreate"]  # a first Job for the step, or the same Job again (crash before create)
+StepResultDict = dict[str, Any]  # a StepResult document (docs/architecture.md, "Step results")
+
+_SUCCEEDED, _CHECKS_FAILED = Outcome.SUCCEEDED.value, Outcome.CHECKS_FAILED.value
+_TRANSIENT = Outcome.TRANSIENT_ERROR.value
 
 
 @dataclass(frozen=True)
@@ -40,8 +59,8 @@ class JobObs:
     step: str
     generation: int
     counter: int = 1
-    state: str = ACTIVE  # Active | Succeeded | Failed
-    result: dict[str, Any] | None = None  # StepResult dict from the termination message
+    state: JobState = ACTIVE
+    result: StepResultDict | None = None  # StepResult dict from the termination message
     exit_code: int | None = None
     reason: str = ""  # Job condition reason, e.g. DeadlineExceeded, BackoffLimitExceeded
     message: str = ""
@@ -64,6 +83,8 @@ class LockObs:
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """Timing of the decision, in seconds (from :class:`schemagate.settings.OperatorSettings`)."""
+
     base_seconds: float = 10.0
     cap_seconds: float = 300.0
     secret_poll_seconds: float = 30.0
@@ -77,6 +98,8 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Observed:
+    """What the reconciler saw: the time, the resource's Jobs, a missing Secret (message), the Lease."""
+
     now: _dt.datetime
     jobs: tuple[JobObs, ...] = ()
     secret_error: str | None = None  # set when a referenced Secret or key is missing
@@ -93,29 +116,31 @@ class JobRequest:
 
 @dataclass(frozen=True)
 class Event:
-    type: str  # Normal | Warning
+    type: EventType
     reason: str
     message: str
 
 
 @dataclass
 class Action:
-    status: dict[str, Any]
+    """The decision: the complete desired status, at most one Job, the Lease intent, Events, next look."""
+
+    status: MigrationStatus
     create: JobRequest | None = None
-    lock: str | None = None  # "acquire" | "release" | None
+    lock: LockIntent | None = None
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
-    consumed: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (step, StepResult dict)
+    consumed: list[tuple[str, StepResultDict]] = field(default_factory=list)  # (step, StepResult dict)
 
     @property
     def phase(self) -> str:
         return str(self.status.get("phase"))
 
 
-def result_wanted(status: dict[str, Any]) -> str | None:
+def result_wanted(status: MigrationStatus) -> str | None:
     """The name of the Job whose StepResult ``decide`` consumes once it has finished: the current step's Job of a
     run that is not terminal and not waiting to retry; None when no result is wanted. The observer reads the
-    termination message of this Job only (one pod list per finished step, not per pass)."""
+    termination message of this Job only."""
     run = status.get("run") or {}
     step = run.get("step")
     if not step or status.get("phase") in S.TERMINAL_PHASES or run.get("retryAt") \
@@ -125,7 +150,7 @@ def result_wanted(status: dict[str, Any]) -> str | None:
     return str(name) if name else None
 
 
-def settled(m: Migration, status: dict[str, Any]) -> bool:
+def settled(m: Migration, status: MigrationStatus) -> bool:
     """The run of this spec and retry token has ended (Succeeded, Blocked, Failed): nothing to start, so the
     observer need not read the Secrets again."""
     run = status.get("run") or {}
@@ -133,12 +158,12 @@ def settled(m: Migration, status: dict[str, Any]) -> bool:
                 and run.get("retry") == m.retry_token)
 
 
-def synthesize_result(job: JobObs) -> dict[str, Any]:
+def synthesize_result(job: JobObs) -> StepResultDict:
     """The StepResult of a finished Job: its termination message, or one made from the exit code."""
     if job.result is not None:
         return job.result
     if job.state == SUCCEEDED:
-        return {"step": job.step, "outcome": Outcome.SUCCEEDED.value, "reason": "Completed",
+        return {"step": job.step, "outcome": _SUCCEEDED, "reason": "Completed",
                 "message": f"job {job.name} completed without a result", "data": {}}
     if job.exit_code is None:
         reason = job.reason or "JobFailed"
@@ -158,9 +183,13 @@ def _short(s: str, n: int = 1024) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
-def fresh_run(m: Migration, prev: dict[str, Any], now: _dt.datetime) -> dict[str, Any]:
+_KEPT_ACROSS_RUNS = ("currentRevision", "backup", "conditions", "kopf")
+
+
+def fresh_run(m: Migration, prev: MigrationStatus, now: _dt.datetime) -> MigrationStatus:
     """A new run for a changed spec: keeps what is known about the database (currentRevision, last backup)."""
-    st: dict[str, Any] = {k: prev[k] for k in ("currentRevision", "backup", "conditions", "kopf") if k in prev}
+    old = cast(dict[str, Any], prev)
+    st = cast(MigrationStatus, {k: old[k] for k in _KEPT_ACROSS_RUNS if k in old})
     st.update({
         "observedGeneration": m.generation,
         "phase": S.PENDING,
@@ -180,14 +209,83 @@ def fresh_run(m: Migration, prev: dict[str, Any], now: _dt.datetime) -> dict[str
     return st
 
 
-def _precheck_status(st: dict[str, Any], data: dict[str, Any], max_violations: int) -> int:
+def _drop(st: MigrationStatus, *keys: str) -> None:
+    d = cast(dict[str, Any], st)
+    for k in keys:
+        d.pop(k, None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The state the pipeline works on
+
+
+@dataclass
+class RunState:
+    """The decision in progress: the spec, what was observed, the previous status, the status being built (a
+    deep copy) and what the pass decided so far (Ready reason/message, Events, the Job, the Lease intent)."""
+
+    m: Migration
+    obs: Observed
+    old: MigrationStatus
+    st: MigrationStatus
+    reason: str = ""
+    message: str = ""
+    stalled: bool = False
+    events: list[Event] = field(default_factory=list)
+    consumed: list[tuple[str, StepResultDict]] = field(default_factory=list)
+    create: JobRequest | None = None
+    lock: LockIntent | None = None
+    requeue: float | None = None
+
+    @property
+    def run(self) -> RunRecord:
+        return self.st["run"]
+
+    @property
+    def phase(self) -> str | None:
+        return self.st.get("phase")
+
+    @property
+    def own_jobs(self) -> dict[str, JobObs]:
+        gen = int(self.run["generation"])
+        return {j.name: j for j in self.obs.jobs if j.generation == gen}
+
+    def current_job(self, step: str) -> JobObs | None:
+        """The Job the status names for ``step`` (only once an attempt was made), if it is listed."""
+        name = (self.st.get("jobs") or {}).get(step) if int(self.run.get("attempt") or 0) > 0 else None
+        return self.own_jobs.get(name) if name else None
+
+    def last_error(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self.st.get("lastError") or {})
+
+    def set(self, phase: str, reason: str, message: str, stalled: bool = False) -> None:
+        self.st["phase"] = phase
+        self.reason, self.message, self.stalled = reason, _short(message), stalled
+
+    def warn(self, reason: str, message: str) -> None:
+        self.events.append(Event("Warning", reason, _short(message)))
+
+    def note(self, reason: str, message: str) -> None:
+        self.events.append(Event("Normal", reason, _short(message)))
+
+    def action(self) -> Action:
+        return Action(status=self.st, create=self.create, lock=self.lock, events=self.events,
+                      requeue_after=self.requeue, consumed=self.consumed)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Consuming a step's result
+
+
+def _precheck_status(st: MigrationStatus, data: dict[str, Any], max_violations: int) -> int:
     checks = [c for c in data.get("checks") or [] if isinstance(c, dict)]
     raw_total = data.get("total")
     total = int(raw_total) if raw_total is not None else sum(int(c.get("count") or 0) for c in checks)
     st["violations"] = {
         "total": total,
         "maxViolations": int(data.get("maxViolations", max_violations)),
-        "checks": [{k: c.get(k) for k in ("name", "table", "kind", "definition", "count") if k in c} for c in checks],
+        "checks": [{k: c.get(k) for k in ("name", "table", "kind", "definition", "count") if k in c}  # type: ignore[misc]
+                   for c in checks],
     }
     if data.get("truncated") or data.get("omitted"):
         st["violations"]["omitted"] = data.get("omitted")
@@ -201,240 +299,286 @@ def _precheck_status(st: dict[str, Any], data: dict[str, Any], max_violations: i
     st["plan"] = {
         "targetRevision": data.get("targetRevision"),
         "pending": list(data.get("pending") or []),
-        "checks": [{k: c.get(k) for k in ("name", "table", "kind", "definition") if k in c} for c in checks],
+        "checks": [{k: c.get(k) for k in ("name", "table", "kind", "definition") if k in c}  # type: ignore[misc]
+                   for c in checks],
         "indexes": list(data.get("indexes") or []),
         "notValid": list(data.get("notValid") or []),
     }
     return total
 
 
-class _Ctx:
-    def __init__(self, m: Migration, st: dict[str, Any], obs: Observed) -> None:
-        self.m, self.st, self.obs = m, st, obs
-        self.reason = ""
-        self.message = ""
-        self.stalled = False
-        self.events: list[Event] = []
-        self.consumed: list[tuple[str, dict[str, Any]]] = []
-
-    def set(self, phase: str, reason: str, message: str, stalled: bool = False) -> None:
-        self.st["phase"] = phase
-        self.reason, self.message, self.stalled = reason, _short(message), stalled
-
-    def warn(self, reason: str, message: str) -> None:
-        self.events.append(Event("Warning", reason, _short(message)))
-
-    def note(self, reason: str, message: str) -> None:
-        self.events.append(Event("Normal", reason, _short(message)))
-
-
-def _next_step(m: Migration, step: str, st: dict[str, Any]) -> str | None:
+def _next_step(m: Migration, step: str, st: MigrationStatus) -> str | None:
     steps = m.steps()
     i = steps.index(step) + 1 if step in steps else len(steps)
     nxt = steps[i] if i < len(steps) else None
-    if nxt == "migrate" and st.get("plan") is not None and not (st["plan"].get("pending") or []) \
-            and st["plan"].get("targetRevision") and st.get("currentRevision") == st["plan"]["targetRevision"]:
+    plan = st.get("plan")
+    if nxt == "migrate" and plan is not None and not (plan.get("pending") or []) \
+            and plan.get("targetRevision") and st.get("currentRevision") == plan["targetRevision"]:
         return "verify"  # nothing pending: skip the migrate Job
     return nxt
 
 
-def _apply_result(c: _Ctx, step: str, job: JobObs) -> None:
-    m, st, obs = c.m, c.st, c.obs
-    res = synthesize_result(job)
-    c.consumed.append((step, res))
+def _verdict(rs: RunState, step: str, res: StepResultDict) -> tuple[str, str, str]:
+    """(outcome, reason, message) of a result; a precheck over ``maxViolations`` is ChecksFailed. Records the
+    precheck's violations, lint and plan in the status."""
     outcome = res.get("outcome")
     reason = str(res.get("reason") or outcome or "Unknown")
     message = str(res.get("message") or "")
     data = res.get("data") or {}
-    run = st["run"]
-    phase = S.PHASE_OF_STEP[step]
+    if step == "precheck" and outcome in (_SUCCEEDED, _CHECKS_FAILED) and data:
+        limit = rs.m.precheck.max_violations
+        total = _precheck_status(rs.st, data, limit)
+        if outcome == _SUCCEEDED and total > limit:
+            outcome, reason = _CHECKS_FAILED, "ViolationsFound"
+            message = f"{total} rows violate the new constraints (maxViolations {limit})"
+    return str(outcome), reason, message
 
-    if step == "precheck" and outcome in (Outcome.SUCCEEDED.value, Outcome.CHECKS_FAILED.value) and data:
-        total = _precheck_status(st, data, m.precheck.max_violations)
-        if outcome == Outcome.SUCCEEDED.value and total > m.precheck.max_violations:
-            outcome, reason = Outcome.CHECKS_FAILED.value, "ViolationsFound"
-            message = f"{total} rows violate the new constraints (maxViolations {m.precheck.max_violations})"
 
-    if outcome == Outcome.SUCCEEDED.value:
-        st.pop("lastError", None)
-        run.pop("retryAt", None)
-        if step == "backup":
-            st["backup"] = {k: data.get(k) for k in ("path", "sizeBytes", "sha256") if data.get(k) is not None}
-            st["backup"]["time"] = res.get("finishedAt") or S.rfc3339(obs.now)
-            c.note("BackupCompleted", message or f"backup written to {data.get('path')}")
-        elif step == "precheck":
-            v = st.get("violations") or {}
-            c.note("PrecheckPassed", message or f"{v.get('total', 0)} violating rows")
-        elif step == "migrate":
-            if data.get("toRevision") is not None:
-                st["currentRevision"] = data["toRevision"]
-            st["appliedRevisions"] = list(data.get("applied") or [])
-            c.note("Migrated", message or f"database at {st.get('currentRevision')}")
-        elif step == "verify":
-            if data.get("currentRevision") is not None:
-                st["currentRevision"] = data["currentRevision"]
-        nxt = _next_step(m, step, st)
-        if nxt is None:
-            run["step"] = None
-            st["finishedAt"] = S.rfc3339(obs.now)
-            c.set(S.SUCCEEDED, "Succeeded",
-                  f"migrated to {st.get('currentRevision') or st.get('resolvedTargetRevision')} and verified")
-            c.note("Succeeded", c.message)
-        else:
-            run["step"], run["attempt"] = nxt, 0
-            st["attempts"] = 0
-        return
+def _record_success(rs: RunState, step: str, res: StepResultDict, message: str) -> None:
+    """What a successful step adds to the status, and its Event."""
+    st, data = rs.st, res.get("data") or {}
+    if step == "backup":
+        st["backup"] = cast(S.BackupRecord, {k: data.get(k) for k in ("path", "sizeBytes", "sha256")
+                                              if data.get(k) is not None})
+        st["backup"]["time"] = res.get("finishedAt") or S.rfc3339(rs.obs.now)
+        rs.note("BackupCompleted", message or f"backup written to {data.get('path')}")
+    elif step == "precheck":
+        v = st.get("violations") or {}
+        rs.note("PrecheckPassed", message or f"{v.get('total', 0)} violating rows")
+    elif step == "migrate":
+        if data.get("toRevision") is not None:
+            st["currentRevision"] = data["toRevision"]
+        st["appliedRevisions"] = list(data.get("applied") or [])
+        rs.note("Migrated", message or f"database at {st.get('currentRevision')}")
+    elif step == "verify" and data.get("currentRevision") is not None:
+        st["currentRevision"] = data["currentRevision"]
 
-    st["lastError"] = {"phase": phase, "reason": reason, "message": _short(message)}
-    if outcome == Outcome.TRANSIENT_ERROR.value:
-        delay = obs.policy.backoff(int(run.get("attempt") or 1))
-        retry_at = obs.now + _dt.timedelta(seconds=delay)
-        run["retryAt"] = S.rfc3339(retry_at)
-        c.warn(reason, f"{step} attempt {run.get('attempt')} failed: {message}; retrying in {int(delay)}s")
+
+def _on_success(rs: RunState, step: str, res: StepResultDict, message: str) -> None:
+    st, run = rs.st, rs.run
+    st.pop("lastError", None)
+    run.pop("retryAt", None)
+    _record_success(rs, step, res, message)
+    nxt = _next_step(rs.m, step, st)
+    if nxt is None:
+        run["step"] = None
+        st["finishedAt"] = S.rfc3339(rs.obs.now)
+        rs.set(S.SUCCEEDED, "Succeeded",
+               f"migrated to {st.get('currentRevision') or st.get('resolvedTargetRevision')} and verified")
+        rs.note("Succeeded", rs.message)
+    else:
+        run["step"], run["attempt"] = nxt, 0
+        st["attempts"] = 0
+
+
+def _on_failure(rs: RunState, step: str, outcome: str, reason: str, message: str) -> None:
+    st, run = rs.st, rs.run
+    st["lastError"] = {"phase": S.PHASE_OF_STEP[step], "reason": reason, "message": _short(message)}
+    if outcome == _TRANSIENT:
+        delay = rs.obs.policy.backoff(int(run.get("attempt") or 1))
+        run["retryAt"] = S.rfc3339(rs.obs.now + _dt.timedelta(seconds=delay))
+        rs.warn(reason, f"{step} attempt {run.get('attempt')} failed: {message}; retrying in {int(delay)}s")
         return
     run["retryAt"] = None
-    st["finishedAt"] = S.rfc3339(obs.now)
-    if outcome == Outcome.CHECKS_FAILED.value and step == "precheck":
-        c.set(S.BLOCKED, reason if reason not in ("ChecksFailed", "") else "ViolationsFound", message)
-    elif outcome == Outcome.CHECKS_FAILED.value and step == "verify":
-        c.set(S.FAILED, reason if reason not in ("ChecksFailed", "") else "VerificationFailed", message)
+    st["finishedAt"] = S.rfc3339(rs.obs.now)
+    if outcome == _CHECKS_FAILED and step == "precheck":
+        rs.set(S.BLOCKED, reason if reason not in ("ChecksFailed", "") else "ViolationsFound", message)
+    elif outcome == _CHECKS_FAILED and step == "verify":
+        rs.set(S.FAILED, reason if reason not in ("ChecksFailed", "") else "VerificationFailed", message)
     else:
-        c.set(S.FAILED, reason, message)
-    st["lastError"]["reason"] = c.reason
-    c.warn(c.reason, f"{step} failed: {message}")
+        rs.set(S.FAILED, reason, message)
+    st["lastError"]["reason"] = rs.reason
+    rs.warn(rs.reason, f"{step} failed: {message}")
 
 
-def decide(m: Migration, status: dict[str, Any] | None, obs: Observed) -> Action:
-    old = status or {}
-    st = copy.deepcopy(old)
-    now = obs.now
-    prev_phase = old.get("phase")
-    run = st.get("run") or {}
-    c = _Ctx(m, st, obs)
-    requeue: float | None = None
-    create: JobRequest | None = None
+def _apply_result(rs: RunState, step: str, job: JobObs) -> None:
+    res = synthesize_result(job)
+    rs.consumed.append((step, res))
+    outcome, reason, message = _verdict(rs, step, res)
+    if outcome == _SUCCEEDED:
+        _on_success(rs, step, res, message)
+    else:
+        _on_failure(rs, step, outcome, reason, message)
 
-    # 1. a new spec starts a new run; a suspend-only change keeps the run
-    if not run or run.get("specHash") != m.spec_hash:
-        st = fresh_run(m, old, now)
-        c.st = st
-        run = st["run"]
-        c.note("RunStarted", f"generation {m.generation}: migrating to {m.migrations.target_revision}")
-    st["observedGeneration"] = m.generation
-    st["targetRevision"] = m.migrations.target_revision
-    run.setdefault("counters", {})
 
-    # 2. the retry annotation restarts a stalled run from its first step
-    if m.retry_token != run.get("retry"):
-        run["retry"] = m.retry_token
-        if st.get("phase") in S.STALLED_PHASES:
-            run.update({"step": m.steps()[0], "attempt": 0, "retryAt": None})
-            for k in ("lastError", "finishedAt", "violations", "lint", "plan", "appliedRevisions"):
-                st.pop(k, None)
-            st["jobs"], st["attempts"], st["startedAt"] = {}, 0, S.rfc3339(now)
-            st["phase"] = S.PENDING
-            c.note("RetryRequested", f"annotation schemagate.dev/retry={m.retry_token!r}: starting the run again")
+# ----------------------------------------------------------------------------------------------------------------
+# Advancing the current step
 
-    if obs.lock.name:
-        run["lease"] = obs.lock.name
-    gen = int(run["generation"])
-    own = [j for j in obs.jobs if j.generation == gen]
+
+def _progress_message(rs: RunState, step: str, job: str, attempt: int) -> None:
+    err = rs.last_error()
+    rs.set(S.PHASE_OF_STEP[step], err.get("reason") or S.PROGRESSING,
+           f"{step}: job {job}, attempt {attempt}" + (f"; last attempt: {err.get('message')}" if err else ""))
+
+
+def _need(rs: RunState, step: str, attempt: int) -> Need | None:
+    """Whether the step needs a Job: None while its Job runs or a transient retry is not yet due."""
+    current = rs.current_job(step)
+    retry_at = S.parse_time(rs.run.get("retryAt"))
+    if current is not None and current.active:
+        _progress_message(rs, step, current.name, attempt)
+        rs.requeue = rs.obs.policy.active_resync_seconds
+        return None
+    if retry_at is not None and rs.obs.now < retry_at:
+        err = rs.last_error()
+        rs.set(S.PHASE_OF_STEP[step], err.get("reason") or "TransientError",
+               f"{step} attempt {attempt} failed ({err.get('message', '')}); retry at {rs.run['retryAt']}")
+        rs.requeue = max(0.05, (retry_at - rs.obs.now).total_seconds())
+        return None
+    if attempt == 0 or retry_at is not None:
+        return "new"
+    return "recreate"  # status says the Job exists but it is not there (crash before create)
+
+
+def _blocked_start(rs: RunState, step: str) -> bool:
+    """Hold back the step's Job: suspended, an older run's Jobs active, a Secret missing, the Lease taken."""
+    obs, policy = rs.obs, rs.obs.policy
+    gen = int(rs.run["generation"])
     others_active = [j for j in obs.jobs if j.active and j.generation != gen]
-    any_active = [j for j in obs.jobs if j.active]
-    jobs_by_name = {j.name: j for j in own}
+    if rs.m.suspend:
+        rs.set(S.SUSPENDED, S.SUSPENDED, f"suspended before {step}; unset spec.suspend to continue")
+    elif others_active:
+        rs.set(S.PENDING, S.WAITING_FOR_PREVIOUS_RUN,
+               "waiting for Jobs of the previous run to finish: " + ", ".join(j.name for j in others_active))
+        rs.requeue = policy.active_resync_seconds
+    elif obs.secret_error:
+        rs.set(S.PENDING, S.SECRET_NOT_FOUND, obs.secret_error, stalled=True)
+        rs.st["lastError"] = {"phase": S.PENDING, "reason": S.SECRET_NOT_FOUND, "message": obs.secret_error}
+        rs.requeue = policy.secret_poll_seconds
+    elif not obs.lock.mine and obs.lock.holder:
+        rs.set(S.PENDING, S.WAITING_FOR_LOCK, f"database in use by {obs.lock.holder}")
+        rs.requeue = policy.lock_poll_seconds
+    else:
+        return False
+    return True
 
-    # 3. consume the current step's finished Job
-    step = run.get("step")
-    current: JobObs | None = None
-    if step and st.get("phase") not in S.TERMINAL_PHASES:
-        name = (st.get("jobs") or {}).get(step) if int(run.get("attempt") or 0) > 0 else None
-        current = jobs_by_name.get(name) if name else None
-        if current is not None and not current.active and not run.get("retryAt"):
-            _apply_result(c, step, current)
-            step = run.get("step")
 
-    phase = st.get("phase")
-    if phase in S.TERMINAL_PHASES:
-        if phase in S.STALLED_PHASES and not c.reason:
-            err = st.get("lastError") or {}
-            c.set(phase, err.get("reason") or phase, err.get("message") or "")
-        elif phase == S.SUCCEEDED and not c.reason:
-            c.set(phase, "Succeeded", f"migrated to {st.get('currentRevision')} and verified")
-    elif step:
-        attempt = int(run.get("attempt") or 0)
-        name = (st.get("jobs") or {}).get(step)
-        current = jobs_by_name.get(name) if (name and attempt > 0) else None
-        retry_at = S.parse_time(run.get("retryAt"))
-        need: str | None = None  # "new" | "recreate"
-        if current is not None and current.active:
-            err = st.get("lastError") or {}
-            c.set(S.PHASE_OF_STEP[step], err.get("reason") or S.PROGRESSING,
-                  f"{step}: job {current.name}, attempt {attempt}"
-                  + (f"; last attempt: {err.get('message')}" if err else ""))
-            requeue = obs.policy.active_resync_seconds
-        elif retry_at is not None and now < retry_at:
-            err = st.get("lastError") or {}
-            c.set(S.PHASE_OF_STEP[step], err.get("reason") or "TransientError",
-                  f"{step} attempt {attempt} failed ({err.get('message', '')}); retry at {run['retryAt']}")
-            requeue = max(0.05, (retry_at - now).total_seconds())
-        elif attempt == 0 or retry_at is not None:
-            need = "new"
-        else:
-            need = "recreate"  # status says the Job exists but it is not there (crash before create)
+def _create_job(rs: RunState, step: str, need: Need, attempt: int) -> None:
+    st, run = rs.st, rs.run
+    if rs.last_error().get("reason") == S.SECRET_NOT_FOUND:
+        st.pop("lastError", None)
+    counters = run["counters"]
+    name = (st.get("jobs") or {}).get(step)
+    if need == "new":
+        counters[step] = int(counters.get(step) or 0) + 1
+        attempt += 1
+        run["attempt"] = attempt
+        run["retryAt"] = None
+        name = job_name(rs.m.name, int(run["generation"]), step, counters[step])
+        st.setdefault("jobs", {})[step] = name
+    assert name is not None
+    st["attempts"] = attempt
+    rs.create = JobRequest(step=step, name=name, counter=int(counters.get(step) or 1))
+    _progress_message(rs, step, name, attempt)
+    if need == "new":
+        rs.note("JobCreated", f"{S.PHASE_OF_STEP[step]}: job {name} (attempt {attempt})")
 
-        if need:
-            if m.suspend:
-                c.set(S.SUSPENDED, S.SUSPENDED, f"suspended before {step}; unset spec.suspend to continue")
-            elif others_active:
-                c.set(S.PENDING, S.WAITING_FOR_PREVIOUS_RUN,
-                      "waiting for Jobs of the previous run to finish: " + ", ".join(j.name for j in others_active))
-                requeue = obs.policy.active_resync_seconds
-            elif obs.secret_error:
-                c.set(S.PENDING, S.SECRET_NOT_FOUND, obs.secret_error, stalled=True)
-                st["lastError"] = {"phase": S.PENDING, "reason": S.SECRET_NOT_FOUND, "message": obs.secret_error}
-                requeue = obs.policy.secret_poll_seconds
-            elif not obs.lock.mine and obs.lock.holder:
-                c.set(S.PENDING, S.WAITING_FOR_LOCK, f"database in use by {obs.lock.holder}")
-                requeue = obs.policy.lock_poll_seconds
-            else:
-                if (st.get("lastError") or {}).get("reason") == S.SECRET_NOT_FOUND:
-                    st.pop("lastError", None)
-                counters = run["counters"]
-                if need == "new":
-                    counters[step] = int(counters.get(step) or 0) + 1
-                    attempt += 1
-                    run["attempt"] = attempt
-                    run["retryAt"] = None
-                    name = job_name(m.name, gen, step, counters[step])
-                    st.setdefault("jobs", {})[step] = name
-                assert name is not None
-                st["attempts"] = attempt
-                create = JobRequest(step=step, name=name, counter=int(counters.get(step) or 1))
-                err = st.get("lastError") or {}
-                c.set(S.PHASE_OF_STEP[step], err.get("reason") or S.PROGRESSING,
-                      f"{step}: job {name}, attempt {attempt}"
-                      + (f"; last attempt: {err.get('message')}" if err else ""))
-                if need == "new":
-                    c.note("JobCreated", f"{S.PHASE_OF_STEP[step]}: job {name} (attempt {attempt})")
 
-    # 4. lock: take it before creating, give it back when nothing of ours runs any more
-    lock: str | None = None
-    if create is not None and not obs.lock.mine:
-        lock = "acquire"
-    elif obs.lock.mine and create is None and not any_active:
-        if st.get("phase") in (*S.TERMINAL_PHASES, S.SUSPENDED) or c.reason == S.SECRET_NOT_FOUND:
-            lock = "release"
+# ----------------------------------------------------------------------------------------------------------------
+# The pipeline
 
-    # 5. conditions and the transition Event
-    if not c.reason:
-        c.set(st.get("phase") or S.PENDING, S.PROGRESSING, "")
-    if run.get("retryAt") is None:
-        run.pop("retryAt", None)
-    prev_ready = S.condition(old, "Ready") or {}
-    st["conditions"] = S.build_conditions(st["phase"], c.reason, c.message, m.generation,
-                                          old.get("conditions"), now, stalled=c.stalled)
-    changed = st["phase"] != prev_phase or c.reason != prev_ready.get("reason")
-    if changed and st["phase"] in (S.SUSPENDED, S.PENDING) and c.reason != S.PROGRESSING:
-        (c.warn if c.stalled else c.note)(c.reason, c.message)
-    return Action(status=st, create=create, lock=lock, events=c.events, requeue_after=requeue,
-                  consumed=c.consumed)
+
+def start_run(rs: RunState) -> None:
+    """A new spec starts a new run; a suspend-only change keeps the run."""
+    m = rs.m
+    run = rs.st.get("run")
+    if not run or run.get("specHash") != m.spec_hash:
+        rs.st = fresh_run(m, rs.old, rs.obs.now)
+        rs.note("RunStarted", f"generation {m.generation}: migrating to {m.migrations.target_revision}")
+    rs.st["observedGeneration"] = m.generation
+    rs.st["targetRevision"] = m.migrations.target_revision
+    rs.run.setdefault("counters", {})
+
+
+def honour_retry(rs: RunState) -> None:
+    """The retry annotation restarts a stalled run from its first step."""
+    m, st, run = rs.m, rs.st, rs.run
+    if m.retry_token == run.get("retry"):
+        return
+    run["retry"] = m.retry_token
+    if st.get("phase") in S.STALLED_PHASES:
+        run.update({"step": m.steps()[0], "attempt": 0, "retryAt": None})
+        _drop(st, "lastError", "finishedAt", "violations", "lint", "plan", "appliedRevisions")
+        st["jobs"], st["attempts"], st["startedAt"] = {}, 0, S.rfc3339(rs.obs.now)
+        st["phase"] = S.PENDING
+        rs.note("RetryRequested", f"annotation schemagate.dev/retry={m.retry_token!r}: starting the run again")
+
+
+def record_lease(rs: RunState) -> None:
+    """The database Lease is data: its name goes into ``status.run.lease`` with the rest of the decision."""
+    if rs.obs.lock.name:
+        rs.run["lease"] = rs.obs.lock.name
+
+
+def consume_result(rs: RunState) -> None:
+    """The current step's finished Job moves the run on (or fails it, or schedules a retry)."""
+    step = rs.run.get("step")
+    if not step or rs.phase in S.TERMINAL_PHASES:
+        return
+    current = rs.current_job(step)
+    if current is not None and not current.active and not rs.run.get("retryAt"):
+        _apply_result(rs, step, current)
+
+
+def report_terminal(rs: RunState) -> None:
+    """A terminal phase keeps its reason (the last error, or Succeeded)."""
+    phase = rs.phase
+    if phase not in S.TERMINAL_PHASES or rs.reason:
+        return
+    if phase in S.STALLED_PHASES:
+        err = rs.last_error()
+        rs.set(phase, err.get("reason") or phase, err.get("message") or "")
+    elif phase == S.SUCCEEDED:
+        rs.set(phase, "Succeeded", f"migrated to {rs.st.get('currentRevision')} and verified")
+
+
+def advance(rs: RunState) -> None:
+    """The current step waits for its Job, waits to retry, is held back, or gets its Job."""
+    step = rs.run.get("step")
+    if not step or rs.phase in S.TERMINAL_PHASES:
+        return
+    attempt = int(rs.run.get("attempt") or 0)
+    need = _need(rs, step, attempt)
+    if need and not _blocked_start(rs, step):
+        _create_job(rs, step, need, attempt)
+
+
+def lock_intent(rs: RunState) -> None:
+    """Take the Lease before creating a Job; give it back when nothing of ours runs any more."""
+    mine = rs.obs.lock.mine
+    if rs.create is not None and not mine:
+        rs.lock = "acquire"
+    elif mine and rs.create is None and not any(j.active for j in rs.obs.jobs):
+        if rs.phase in (*S.TERMINAL_PHASES, S.SUSPENDED) or rs.reason == S.SECRET_NOT_FOUND:
+            rs.lock = "release"
+
+
+def conditions(rs: RunState) -> None:
+    """kstatus conditions, and an Event when a waiting phase or its reason changed."""
+    st, old = rs.st, rs.old
+    if not rs.reason:
+        rs.set(st.get("phase") or S.PENDING, S.PROGRESSING, "")
+    if rs.run.get("retryAt") is None:
+        rs.run.pop("retryAt", None)
+    prev_ready = S.condition(old, "Ready")
+    st["conditions"] = S.build_conditions(st["phase"], rs.reason, rs.message, rs.m.generation,
+                                          old.get("conditions"), rs.obs.now, stalled=rs.stalled)
+    changed = st["phase"] != old.get("phase") or rs.reason != (prev_ready.get("reason") if prev_ready else None)
+    if changed and st["phase"] in (S.SUSPENDED, S.PENDING) and rs.reason != S.PROGRESSING:
+        (rs.warn if rs.stalled else rs.note)(rs.reason, rs.message)
+
+
+PIPELINE: tuple[Callable[[RunState], None], ...] = (
+    start_run, honour_retry, record_lease, consume_result, report_terminal, advance, lock_intent, conditions,
+)
+
+
+def decide(m: Migration, status: MigrationStatus | None, obs: Observed) -> Action:
+    """The next Action for DatabaseMigration ``m`` with its current ``status`` and what was ``obs``erved.
+
+    Pure and deterministic (time comes from ``obs.now``). Runs :data:`PIPELINE` over a :class:`RunState`."""
+    old = status or {}
+    rs = RunState(m=m, obs=obs, old=old, st=copy.deepcopy(old))
+    for step in PIPELINE:
+        step(rs)
+    return rs.action()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,7 +149,7 @@ def _alembic_config(m: Migration) -> str:
     return m.migrations.directory.rstrip("/") + "/alembic.ini"
 
 
-def _target(m: Migration, plan: dict[str, Any] | None) -> str:
+def _target(m: Migration, plan: Mapping[str, Any] | None) -> str:
     resolved = (plan or {}).get("targetRevision")
     return str(resolved or m.migrations.target_revision)
 
@@ -161,7 +162,7 @@ def _check_args(checks: Any) -> list[str]:
     return out
 
 
-def build_containers(m: Migration, step: str, s: JobSettings, plan: dict[str, Any] | None = None
+def build_containers(m: Migration, step: str, s: JobSettings, plan: Mapping[str, Any] | None = None
                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(initContainers, containers, volumes) of a step."""
     url_env = m.migrations.database_url_env
@@ -216,7 +217,7 @@ def build_containers(m: Migration, step: str, s: JobSettings, plan: dict[str, An
 
 
 def build_job(m: Migration, step: str, name: str, counter: int, s: JobSettings,
-              plan: dict[str, Any] | None = None, run_generation: int | None = None) -> dict[str, Any]:
+              plan: Mapping[str, Any] | None = None, run_generation: int | None = None) -> dict[str, Any]:
     """The complete batch/v1 Job of one step attempt (``run_generation``: the generation the run started at)."""
     inits, containers, volumes = build_containers(m, step, s, plan)
     labels = {

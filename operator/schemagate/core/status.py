@@ -1,26 +1,133 @@
-"""Status and kstatus condition builders, and the merge patch between two statuses (pure)."""
+"""Status and kstatus condition builders, the shapes of the DatabaseMigration status (``TypedDict``s, the
+``status`` schema of manifests/crd.yaml), and the merge patch between two statuses (pure)."""
 
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
+from typing import Any, Final, Literal, TypedDict, cast
 
-PENDING = "Pending"
-BACKING_UP = "BackingUp"
-PRECHECKING = "Prechecking"
-MIGRATING = "Migrating"
-VERIFYING = "Verifying"
-SUCCEEDED = "Succeeded"
-BLOCKED = "Blocked"
-FAILED = "Failed"
-SUSPENDED = "Suspended"
+Phase = Literal["Pending", "BackingUp", "Prechecking", "Migrating", "Verifying", "Succeeded", "Blocked", "Failed",
+                "Suspended"]
+Step = Literal["backup", "precheck", "migrate", "verify"]
+ConditionType = Literal["Ready", "Reconciling", "Stalled"]
+ConditionStatus = Literal["True", "False"]
+
+PENDING: Final = "Pending"
+BACKING_UP: Final = "BackingUp"
+PRECHECKING: Final = "Prechecking"
+MIGRATING: Final = "Migrating"
+VERIFYING: Final = "Verifying"
+SUCCEEDED: Final = "Succeeded"
+BLOCKED: Final = "Blocked"
+FAILED: Final = "Failed"
+SUSPENDED: Final = "Suspended"
+
+
+class Condition(TypedDict):
+    """A kstatus condition (``status.conditions[]``)."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+    observedGeneration: int
+    lastTransitionTime: str
+
+
+class LastError(TypedDict):
+    """``status.lastError``: the phase, reason and message of the last failed attempt."""
+
+    phase: str
+    reason: str
+    message: str
+
+
+class RunRecord(TypedDict, total=False):
+    """``status.run``: the operator's bookkeeping of the current run (see docs/architecture.md)."""
+
+    generation: int
+    specHash: str
+    retry: str
+    step: str | None
+    attempt: int
+    counters: dict[str, int]
+    retryAt: str | None
+    lease: str
+
+
+class CheckCount(TypedDict, total=False):
+    """One check of ``status.violations.checks[]`` (``count`` absent in ``status.plan.checks[]``)."""
+
+    name: str
+    table: str
+    kind: str
+    definition: str
+    count: int | None
+
+
+class Violations(TypedDict, total=False):
+    """``status.violations``: rows violating what the pending revisions add."""
+
+    total: int
+    maxViolations: int
+    checks: list[CheckCount]
+    omitted: Any
+
+
+class LintSummary(TypedDict):
+    """``status.lint``: squawk findings of the pending SQL."""
+
+    total: int
+    findings: list[dict[str, Any]]
+
+
+class Plan(TypedDict):
+    """``status.plan``: what the verify step needs from the precheck (passed in ``SCHEMAGATE_PLAN``)."""
+
+    targetRevision: str | None
+    pending: list[str]
+    checks: list[CheckCount]
+    indexes: list[dict[str, Any]]
+    notValid: list[dict[str, Any]]
+
+
+class BackupRecord(TypedDict, total=False):
+    """``status.backup``: the last verified backup."""
+
+    path: str
+    sizeBytes: int
+    sha256: str
+    time: str
+
+
+class MigrationStatus(TypedDict, total=False):
+    """The DatabaseMigration ``status`` the operator writes (``kopf`` is Kopf's own, never patched by us)."""
+
+    observedGeneration: int
+    phase: str
+    conditions: list[Condition]
+    currentRevision: str | None
+    targetRevision: str
+    resolvedTargetRevision: str
+    appliedRevisions: list[str]
+    violations: Violations
+    lint: LintSummary
+    backup: BackupRecord
+    jobs: dict[str, str]
+    attempts: int
+    lastError: LastError
+    startedAt: str
+    finishedAt: str
+    run: RunRecord
+    plan: Plan
+    kopf: dict[str, Any]
 
 PHASES = (PENDING, BACKING_UP, PRECHECKING, MIGRATING, VERIFYING, SUCCEEDED, BLOCKED, FAILED, SUSPENDED)
 RUNNING_PHASES = (BACKING_UP, PRECHECKING, MIGRATING, VERIFYING)
 TERMINAL_PHASES = (SUCCEEDED, BLOCKED, FAILED)
 STALLED_PHASES = (BLOCKED, FAILED)
 
-PHASE_OF_STEP = {"backup": BACKING_UP, "precheck": PRECHECKING, "migrate": MIGRATING, "verify": VERIFYING}
+PHASE_OF_STEP: dict[str, str] = {"backup": BACKING_UP, "precheck": PRECHECKING, "migrate": MIGRATING, "verify": VERIFYING}
 
 # Condition reasons the operator itself produces (step results bring their own, see docs/architecture.md).
 SECRET_NOT_FOUND = "SecretNotFound"
@@ -33,7 +140,7 @@ def rfc3339(t: _dt.datetime) -> str:
     return t.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_time(s: Any) -> _dt.datetime | None:
+def parse_time(s: object) -> _dt.datetime | None:
     if not s:
         return None
     try:
@@ -42,7 +149,7 @@ def parse_time(s: Any) -> _dt.datetime | None:
         return None
 
 
-def condition_states(phase: str, reason: str, stalled: bool = False) -> dict[str, tuple[str, str]]:
+def condition_states(phase: str, reason: str, stalled: bool = False) -> dict[ConditionType, tuple[str, str]]:
     """(status, reason) of Ready, Reconciling and Stalled for a phase.
 
     ``stalled`` marks a non-terminal phase that needs a human (e.g. Pending on a missing Secret)."""
@@ -64,16 +171,16 @@ def build_conditions(
     reason: str,
     message: str,
     generation: int,
-    previous: list[dict[str, Any]] | None,
+    previous: list[Condition] | None,
     now: _dt.datetime,
     stalled: bool = False,
-) -> list[dict[str, Any]]:
+) -> list[Condition]:
     """Ready, Reconciling, Stalled; lastTransitionTime kept while a condition's status does not change."""
     prev = {c.get("type"): c for c in (previous or []) if isinstance(c, dict)}
-    out = []
+    out: list[Condition] = []
     for ctype, (cstatus, creason) in condition_states(phase, reason, stalled).items():
-        old = prev.get(ctype) or {}
-        ltt = old.get("lastTransitionTime") if old.get("status") == cstatus else None
+        old = prev.get(ctype)
+        ltt = old.get("lastTransitionTime") if old and old.get("status") == cstatus else None
         out.append({
             "type": ctype,
             "status": cstatus,
@@ -85,7 +192,7 @@ def build_conditions(
     return out
 
 
-def condition(status: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+def condition(status: MigrationStatus, ctype: ConditionType) -> Condition | None:
     for c in status.get("conditions") or []:
         if c.get("type") == ctype:
             return c
@@ -94,11 +201,11 @@ def condition(status: dict[str, Any], ctype: str) -> dict[str, Any] | None:
 
 def is_ready(body: dict[str, Any]) -> bool:
     """The contract's Ready: phase Succeeded and observedGeneration == metadata.generation."""
-    st = body.get("status") or {}
-    c = condition(st, "Ready") or {}
+    st = cast(MigrationStatus, body.get("status") or {})
+    c = condition(st, "Ready")
     return (
         st.get("phase") == SUCCEEDED
-        and c.get("status") == "True"
+        and c is not None and c.get("status") == "True"
         and st.get("observedGeneration") == (body.get("metadata") or {}).get("generation")
     )
 
