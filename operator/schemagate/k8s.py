@@ -91,14 +91,19 @@ def _server_message(exc: ApiException) -> str:
         return ""
 
 
+def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a client method; raises :class:`ApiError` (or a subclass) instead of ``ApiException``."""
+    try:
+        return fn(*args, **kwargs)
+    except ApiException as e:
+        raise translate(e) from e
+
+
 def request(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call a raw client method (``_preload_content=False`` is added) and parse its JSON body.
 
     Raises :class:`ApiError` (or a subclass) instead of ``ApiException``."""
-    try:
-        r = fn(*args, _preload_content=False, **kwargs)
-    except ApiException as e:
-        raise translate(e) from e
+    r = call(fn, *args, _preload_content=False, **kwargs)
     return json.loads(r.data) if r.data else {}
 
 

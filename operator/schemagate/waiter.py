@@ -181,7 +181,8 @@ def default_namespace() -> str:
 def kubernetes_getter(name: str, namespace: str) -> Getter:
     """A getter over the official client: in-cluster configuration first, then ``$KUBECONFIG``/~/.kube/config."""
     from kubernetes import client, config
-    from kubernetes.client.exceptions import ApiException
+
+    from schemagate import k8s
 
     try:
         config.load_incluster_config()
@@ -194,16 +195,14 @@ def kubernetes_getter(name: str, namespace: str) -> Getter:
 
     def get() -> Mapping[str, Any] | None:
         try:
-            obj = api.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            if exc.status in (401, 403):
-                raise AccessError(
-                    f"{exc.status} {exc.reason}: this identity may not get databasemigrations.{API_GROUP} "
-                    f"{namespace}/{name} (grant get on it with a Role using resourceNames)"
-                ) from exc
-            raise
+            obj = k8s.call(api.get_namespaced_custom_object, API_GROUP, API_VERSION, namespace, PLURAL, name)
+        except k8s.NotFound:
+            return None
+        except k8s.Forbidden as exc:
+            raise AccessError(
+                f"{exc.status} {exc.reason}: this identity may not get databasemigrations.{API_GROUP} "
+                f"{namespace}/{name} (grant get on it with a Role using resourceNames)"
+            ) from exc
         return obj if isinstance(obj, Mapping) else None
 
     return get
