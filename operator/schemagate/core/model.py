@@ -7,7 +7,7 @@ import json
 import re
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, cast
 
 GROUP = "schemagate.dev"
 VERSION = "v1alpha1"
@@ -33,13 +33,106 @@ def duration_ms(text: str) -> int:
     return int(round(parse_duration(text) * 1000))
 
 
+class SecretKeySelector(TypedDict):
+    """core/v1 SecretKeySelector (``name``, ``key``)."""
+
+    name: str
+    key: str
+
+
+class SecretSource(TypedDict, total=False):
+    """``{secretKeyRef: {name, key}}`` (``spec.database.urlFrom``, ``spec.database.passwordFrom``)."""
+
+    secretKeyRef: SecretKeySelector
+
+
+class DatabaseSpec(TypedDict, total=False):
+    """``spec.database``: a URL from a Secret, or host/port/name/user with a password from a Secret."""
+
+    urlFrom: SecretSource
+    host: str
+    port: int
+    name: str
+    user: str
+    passwordFrom: SecretSource
+    sslMode: str
+
+
+class CheckSpec(TypedDict):
+    """One user check (``spec.precheck.checks[]``, ``spec.verify.checks[]``)."""
+
+    name: str
+    sql: str
+
+
+class MigrationsSpec(TypedDict, total=False):
+    """``spec.migrations``."""
+
+    image: str
+    directory: str
+    targetRevision: str
+    databaseUrlEnv: str
+    command: list[str]
+    imagePullPolicy: str
+
+
+class BackupSpec(TypedDict, total=False):
+    """``spec.backup``."""
+
+    enabled: bool
+    volume: dict[str, Any]  # a core/v1 Volume source
+    subPath: str
+    retention: int
+
+
+class PrecheckSpec(TypedDict, total=False):
+    """``spec.precheck``."""
+
+    derive: bool
+    maxViolations: int
+    checks: list[CheckSpec]
+
+
+class VerifySpec(TypedDict, total=False):
+    """``spec.verify``."""
+
+    checks: list[CheckSpec]
+
+
+class JobTemplateSpec(TypedDict, total=False):
+    """``spec.jobTemplate``."""
+
+    serviceAccountName: str
+    resources: dict[str, Any]
+    nodeSelector: dict[str, str]
+    tolerations: list[dict[str, Any]]
+    imagePullSecrets: list[dict[str, Any]]
+    activeDeadlineSeconds: int
+    backoffLimit: int
+    ttlSecondsAfterFinished: int
+
+
+class MigrationSpec(TypedDict, total=False):
+    """The DatabaseMigration ``spec`` (manifests/crd.yaml; docs/reference.md)."""
+
+    database: DatabaseSpec
+    migrations: MigrationsSpec
+    backup: BackupSpec
+    precheck: PrecheckSpec
+    verify: VerifySpec
+    lockTimeout: str
+    statementTimeout: str
+    jobTemplate: JobTemplateSpec
+    suspend: bool
+
+
 @dataclass(frozen=True)
 class SecretRef:
     name: str
     key: str
 
     @classmethod
-    def parse(cls, d: dict[str, Any] | None) -> SecretRef | None:
+    def parse(cls, d: SecretSource | None) -> SecretRef | None:
         ref = (d or {}).get("secretKeyRef")
         if not ref:
             return None
@@ -57,7 +150,7 @@ class Database:
     ssl_mode: str | None = None
 
     @classmethod
-    def parse(cls, d: dict[str, Any]) -> Database:
+    def parse(cls, d: DatabaseSpec) -> Database:
         return cls(
             url_from=SecretRef.parse(d.get("urlFrom")),
             host=d.get("host"),
@@ -119,7 +212,7 @@ class Check:
         return {"name": self.name, "sql": self.sql}
 
 
-def _checks(items: list[dict[str, Any]] | None) -> tuple[Check, ...]:
+def _checks(items: list[CheckSpec] | None) -> tuple[Check, ...]:
     return tuple(Check(name=str(c["name"]), sql=str(c["sql"])) for c in (items or []))
 
 
@@ -183,11 +276,11 @@ class Migration:
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> Migration:
         meta = body.get("metadata") or {}
-        spec = body.get("spec") or {}
-        mig = spec.get("migrations") or {}
-        bk = spec.get("backup") or {}
-        pc = spec.get("precheck") or {}
-        jt = spec.get("jobTemplate") or {}
+        spec = cast(MigrationSpec, body.get("spec") or {})
+        mig: MigrationsSpec = spec.get("migrations") or {}
+        bk: BackupSpec = spec.get("backup") or {}
+        pc: PrecheckSpec = spec.get("precheck") or {}
+        jt: JobTemplateSpec = spec.get("jobTemplate") or {}
         return cls(
             name=str(meta.get("name", "")),
             namespace=str(meta.get("namespace", "")),
@@ -228,7 +321,7 @@ class Migration:
             ),
             suspend=bool(spec.get("suspend", False)),
             retry_token=str((meta.get("annotations") or {}).get(RETRY_ANNOTATION, "")),
-            spec_hash=spec_hash(spec),
+            spec_hash=spec_hash(cast(dict[str, Any], spec)),
         )
 
     @property
