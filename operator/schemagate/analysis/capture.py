@@ -6,12 +6,14 @@ the current-data counts an over-estimate, and (b) the DDL actually executed, whi
 ``env.py`` creates itself.
 
 The shadow-upgrade container (application image) writes the same list as ``statements`` in
-``shadow-upgrade.json``: ``[{"revision": id|null, "kind": "ddl"|"dml"|"other", "sql": text}]``.
+``shadow-upgrade.json``: ``[{"revision": id|null, "kind": "ddl"|"dml"|"other", "sql": text, "tx": n}]``, where
+``tx`` numbers the database transaction (``"autocommit": true`` instead for a statement outside one).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -59,7 +61,7 @@ class StatementLog:
     def on_revision(self, rev: str) -> None:
         self.revision = rev
 
-    def add(self, sql: str, executemany: bool = False) -> None:
+    def add(self, sql: str, executemany: bool = False, tx: int | None = None, autocommit: bool = False) -> None:
         kind = classify(sql)
         if kind == "other":
             return
@@ -69,6 +71,10 @@ class StatementLog:
         entry: dict[str, Any] = {"revision": self.revision, "kind": kind, "sql": sql[:MAX_SQL]}
         if executemany:
             entry["executemany"] = True
+        if autocommit:
+            entry["autocommit"] = True
+        elif tx is not None:
+            entry["tx"] = tx
         self.statements.append(entry)
 
     @property
@@ -84,20 +90,34 @@ class StatementLog:
 
 @contextlib.contextmanager
 def capture_statements(log: StatementLog | None = None) -> Iterator[StatementLog]:
-    """Record every statement any SQLAlchemy engine executes while the block runs."""
+    """Record every statement any SQLAlchemy engine executes while the block runs, with the number of the
+    database transaction it ran in (``tx``) or ``autocommit`` (Alembic's ``autocommit_block``): the lock lint
+    (:mod:`schemagate.analysis.locks`) groups statements by transaction."""
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
     log = log or StatementLog()
+    open_tx: dict[int, int] = {}  # id(Connection) -> number of its open transaction
+    numbers = itertools.count(1)
 
     def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        log.add(statement, executemany)
+        auto = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        if not auto and id(conn) not in open_tx:
+            open_tx[id(conn)] = next(numbers)
+        log.add(statement, executemany, tx=None if auto else open_tx[id(conn)], autocommit=auto)
+
+    def end(conn: Any) -> None:
+        open_tx.pop(id(conn), None)
 
     event.listen(Engine, "before_cursor_execute", before)
+    event.listen(Engine, "commit", end)
+    event.listen(Engine, "rollback", end)
     try:
         yield log
     finally:
         event.remove(Engine, "before_cursor_execute", before)
+        event.remove(Engine, "commit", end)
+        event.remove(Engine, "rollback", end)
 
 
 def dml_label(statements: list[dict[str, Any]] | None) -> tuple[bool | None, str | None]:

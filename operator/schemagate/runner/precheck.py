@@ -49,7 +49,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from schemagate.analysis import capture, catalog, counting, derive, lint, shadow
+from schemagate.analysis import capture, catalog, counting, derive, lint, locks, shadow
 from schemagate.analysis.counting import Check, CountOptions
 from schemagate.runner import db
 from schemagate.runner.inject.apply import render_sql, upgrade
@@ -277,7 +277,9 @@ def analyse(
         data["notValid"] = d.not_valid
         data["derivationNote"] = "; ".join(notes) if notes else None
     if do_lint:
-        data["lint"] = lint_pending(offline_sql, offline_error, statements, real_cat.server_version_num)
+        data["lint"] = locks.merge_into(
+            lint_pending(offline_sql, offline_error, statements, real_cat.server_version_num),
+            locks.lint_locks(statements))
     return checks
 
 
