@@ -22,7 +22,7 @@ import psycopg
 
 from schemagate import demo
 from schemagate.runner.inject.migrate import migrate
-from tests.pipeline.helpers import WHOLESALE, scalar, version
+from tests.pipeline.helpers import FOODTRUCK, WHOLESALE, scalar, version
 
 WAITING_ON_RESERVATIONS = (
     "select count(*) from pg_locks l join pg_class c on c.oid = l.relation "
@@ -80,3 +80,33 @@ def test_wholesale_0002_does_not_deadlock_with_an_application_insert(fresh_db: s
     assert scalar(fresh_db, "select count(*) from stock_reservations where id = 'sr-app'") == 1
     time.sleep(0.6)  # statistics of the ended sessions reach pg_stat_database
     assert _deadlocks(fresh_db) == deadlocks_before, "pg_stat_database counted a deadlock"
+
+
+def test_each_lock_timeout_attempt_reports_the_lock_and_who_held_it(fresh_db: str) -> None:
+    """The migrate step observes its own lock waits (pg_locks, pg_blocking_pids) and names the holder."""
+    demo.seed_foodtruck(fresh_db)
+    blocker = psycopg.connect(fresh_db, application_name="nightly-report")
+    try:
+        blocker.execute("select count(*) from menu_items")  # ACCESS SHARE until the transaction ends
+        blocker_pid = blocker.info.backend_pid
+        log: list[str] = []
+        r = migrate(FOODTRUCK, "head", fresh_db, lock_timeout="400ms", retries=1, backoff=0.1, log=log.append)
+    finally:
+        blocker.close()
+    assert r.reason == "LockTimeout" and r.data["attempts"] == 2, r.message
+    waits = r.data["lockWaits"]
+    assert [w["attempt"] for w in waits] == [1, 2] and all(w["outcome"] == "LockTimeout" for w in waits)
+    for w in waits:
+        assert w["lock"] == {"locktype": "relation", "mode": "AccessExclusiveLock", "relation": "menu_items"}, w
+        assert [h["pid"] for h in w["heldBy"]] == [blocker_pid]
+        assert w["heldBy"][0]["applicationName"] == "nightly-report"
+        assert w["heldBy"][0]["state"] == "idle in transaction"
+        assert "menu_items" in w["statement"]
+    assert f"held by pid {blocker_pid} (application 'nightly-report'" in r.message
+    assert any(f"held by pid {blocker_pid}" in line for line in log if "attempt 1" in line)
+
+
+def test_a_migration_without_lock_waits_reports_none(fresh_db: str) -> None:
+    demo.seed_foodtruck(fresh_db)
+    r = migrate(FOODTRUCK, "head", fresh_db, lock_timeout="5s")
+    assert r.outcome.value == "Succeeded" and r.data["lockWaits"] == [], r.data

@@ -5,7 +5,8 @@
   CONCURRENTLY); a second migrator waits, then finds nothing pending;
 - ``lock_timeout``/``statement_timeout`` for every session of the migration (``PGOPTIONS``);
 - on a lock timeout (SQLSTATE 55P03) the whole upgrade is retried (completed revisions stay committed) with
-  capped exponential backoff and jitter, ``retries`` times;
+  capped exponential backoff and jitter, ``retries`` times; each attempt reports the lock it waited for and the
+  sessions holding it (``data.lockWaits``, observed with ``pg_blocking_pids``: ``runner/inject/lockwait.py``);
 - a revision that fails half-way rolls back (``transaction_per_migration``): the result names the revision, the
   failing statement and the revision the database is left at.
 """
@@ -30,10 +31,12 @@ from schemagate.runner.inject.config import (
     InputError,
     LockTimeoutError,
     MigrationFailedError,
+    duration_seconds,
     isolated_imports,
     normalize_duration,
 )
 from schemagate.runner.inject.lock import advisory_lock, backoff_delays
+from schemagate.runner.inject.lockwait import LockWaitWatcher, describe
 from schemagate.runner.inject.revisions import plan
 from schemagate.runner.result import Outcome, StepResult, now
 
@@ -58,6 +61,11 @@ def result_from_error(step: str, exc: BaseException, started: Any = None, data: 
     return r.finish()
 
 
+def _poll_interval(lock_timeout: str | None) -> float:
+    """How often the lock-wait watcher polls: 5 times per lock_timeout, between 20 ms and 200 ms."""
+    return max(0.02, min(0.2, duration_seconds(lock_timeout) / 5)) if lock_timeout else 0.2
+
+
 @isolated_imports
 def migrate(
     config_path: str | os.PathLike[str],
@@ -77,7 +85,7 @@ def migrate(
     """``upgrade`` under the advisory lock, retried on lock timeouts; always returns a StepResult."""
     started = now()
     data: dict[str, Any] = {"fromRevision": None, "toRevision": None, "applied": [], "attempts": 0,
-                            "lockTimeout": None, "statementTimeout": None}
+                            "lockTimeout": None, "statementTimeout": None, "lockWaits": []}
     say = log or (lambda s: None)
     try:
         if retries < 0:
@@ -89,7 +97,8 @@ def migrate(
         data.update(fromRevision=first["current"], toRevision=first["current"], targetRevision=first["target"])
         delays = backoff_delays(retries, backoff, max_backoff)
         with advisory_lock(url, lock_wait, sleep=sleep,
-                           on_wait=lambda pid: say(f"waiting for another migrator (pid {pid})")):
+                           on_wait=lambda pid: say(f"waiting for another migrator (pid {pid})")), \
+                LockWaitWatcher(url, interval=_poll_interval(data["lockTimeout"])) as watcher:
             # re-plan under the lock: another migrator may have applied everything while we waited
             base = plan(config_path, target, url, url_env)
             data["fromRevision"] = data["toRevision"] = base["current"]
@@ -101,15 +110,21 @@ def migrate(
                     out = upgrade(config_path, target, url, url_env, lock_timeout, statement_timeout,
                                   on_revision=lambda r: say(f"applying revision {r}"))
                 except LockTimeoutError as e:
+                    wait = watcher.take()
+                    data["lockWaits"].append({"attempt": attempt, "outcome": "LockTimeout", **(wait or {})})
+                    why = f"; {describe(wait)}" if wait else ""
                     if attempt > len(delays):
                         raise LockTimeoutError(
-                            f"{e} (gave up after {attempt} attempts; retry later or raise --lock-timeout)",
+                            f"{e} (gave up after {attempt} attempts{why}; retry later or raise --lock-timeout)",
                             revision=getattr(e, "revision", None),
                         ) from e
                     delay = delays[attempt - 1] * (0.8 + 0.4 * random.random())  # noqa: S311
-                    say(f"lock timeout (attempt {attempt}); retrying in {delay:.1f}s")
+                    say(f"lock timeout (attempt {attempt}{why}); retrying in {delay:.1f}s")
                     sleep(delay)
                     continue
+                wait = watcher.take()
+                if wait:
+                    data["lockWaits"].append({"attempt": attempt, "outcome": "Applied", **wait})
                 for a in out["applied"]:
                     if a not in data["applied"]:
                         data["applied"].append(a)
@@ -124,6 +139,9 @@ def migrate(
             f"nothing to apply: the database is already at revision {data['toRevision']}")
         if data["attempts"] > 1:
             msg += f" after {data['attempts']} attempts"
+            last = next((w for w in reversed(data["lockWaits"]) if w["outcome"] == "LockTimeout"), None)
+            if last and last.get("lock"):
+                msg += f" (last lock timeout: {describe(last)})"
         return StepResult(step="migrate", outcome=Outcome.SUCCEEDED, reason="Migrated", message=msg,
                           data=data, started_at=started).finish()
     except Exception as e:  # noqa: BLE001
