@@ -57,7 +57,19 @@ from typing import Any
 
 from schemagate.analysis.checkkey import check_key
 
-KINDS = ("check", "notnull", "unique", "foreignkey", "user")
+KINDS = ("check", "notnull", "unique", "foreignkey", "exclusion", "type", "partition-bound", "domain-check",
+         "domain-notnull", "user")
+# kinds counted as "rows where the predicate is TRUE" in the table's single scan
+PREDICATE_KINDS = ("check", "partition-bound", "domain-check")
+# How a count was produced (``Check.evaluated_by``):
+EVALUATED_BY = {
+    "real-database": "counted on the real database (read-only, one snapshot), before any pending revision runs",
+    "data-shadow": "counted in the data-carrying shadow right before the statement that validates the rows, "
+                   "after the revisions' earlier statements (data changes included) ran there",
+    "postgresql": "the statement ran in the data-carrying shadow and PostgreSQL accepted the rows",
+    "no-rows": "the table is created by the pending revisions and holds no rows when the statement runs",
+    "not-evaluated": "not counted: see the note (blocks unless accepted by name)",
+}
 
 
 def quote_ident(name: str) -> str:
@@ -111,16 +123,26 @@ class Check:
     error: str | None = None
     seconds: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    column: str | None = None  # the column a NOT NULL / type change / domain check is about (display)
+    from_sql: str | None = None  # FROM target overriding the table (a projection of its rows, see derive.bind)
+    ref_from_sql: str | None = None  # foreign key: the same for the referenced table
+    evaluated_by: str | None = None  # EVALUATED_BY: the route that produced ``count``
+    unevaluated: str | None = None  # why this check cannot be counted (blocks unless accepted by name)
+    statement: str | None = None  # the SQL statement of the pending revision that validates the rows
 
     def as_dict(self) -> dict[str, Any]:
-        """The precheck result's check entry (docs/architecture.md)."""
+        """The precheck result's check entry (docs/architecture.md): schema, table and column are separate
+        fields (``table`` is the table name alone)."""
         return {
             "name": self.name,
-            "table": self.table,
+            "schema": self.schema,
+            "table": self.relname if self.kind != "user" else self.table,
+            "column": self.column,
             "kind": self.kind,
             "definition": self.definition,
             "count": self.count,
             "revision": self.revision,
+            "evaluatedBy": self.evaluated_by,
             "note": self.note,
             "key": self.key,
         }
@@ -128,13 +150,18 @@ class Check:
     @property
     def key(self) -> str:
         """The key users and case corpora see (``schemagate.analysis.checkkey.check_key``)."""
+        if self.kind == "domain-notnull":
+            return check_key(self.kind, self.extra.get("domain_name") or self.name,
+                             schema=self.extra.get("domain_schema"))
         return check_key(self.kind, self.name, schema=self.schema, table=self.relname,
-                         column=self.columns[0] if len(self.columns) == 1 else None,
+                         column=self.column or (self.columns[0] if len(self.columns) == 1 else None),
                          type_text=self.extra.get("type"))
 
     @property
     def source(self) -> str:
-        """``FROM`` target for this check's table."""
+        """``FROM`` target for this check's table (callers add the alias ``t``)."""
+        if self.from_sql:
+            return self.from_sql
         assert self.relname is not None
         return ("ONLY " if self.only else "") + qualified(self.schema, self.relname)
 
@@ -200,10 +227,12 @@ def _fk_key_nulls(alias: str, cols: Sequence[str]) -> tuple[str, str]:
 
 def scan_predicate(check: Check, fk_alias: str | None = None) -> str:
     """The FILTER predicate of a check counted in its table's scan (table alias ``t``)."""
-    if check.kind == "check":
+    if check.kind in PREDICATE_KINDS:
         # counted where TRUE: NOT (expr) is TRUE exactly where expr IS FALSE (NULL stays NULL: passes)
         return f"NOT ({check.expr})"
-    if check.kind == "notnull":
+    if check.kind == "type":  # expr is the violation predicate itself
+        return f"({check.expr})"
+    if check.kind in ("notnull", "domain-notnull"):
         return f"t.{quote_ident(check.columns[0])} IS NULL"
     if check.kind == "foreignkey":
         all_set, partial = _fk_key_nulls("t", check.columns)
@@ -218,7 +247,7 @@ def scan_predicate(check: Check, fk_alias: str | None = None) -> str:
 
 def foldable(check: Check) -> bool:
     """Can this check be counted inside its table's single scan?"""
-    if check.kind in ("check", "notnull"):
+    if check.kind in (*PREDICATE_KINDS, "type", "notnull", "domain-notnull"):
         return True
     return check.kind == "foreignkey" and (check.ref_is_new or check.ref_unique)
 
@@ -227,9 +256,14 @@ def fk_join(check: Check, alias: str) -> str:
     """``LEFT JOIN`` of the referenced key, aliased so its columns cannot clash with the table's."""
     cols = ", ".join(f"{quote_ident(c)} AS \"k{i}\"" for i, c in enumerate(check.ref_columns, 1))
     on = " AND ".join(f"t.{quote_ident(c)} = {alias}.\"k{i}\"" for i, c in enumerate(check.columns, 1))
+    return f"LEFT JOIN (SELECT {cols} FROM {_ref_source(check)} AS p) AS {alias} ON {on}"  # noqa: S608
+
+
+def _ref_source(check: Check) -> str:
+    if check.ref_from_sql:
+        return check.ref_from_sql
     only = "ONLY " if check.extra.get("ref_only") else ""
-    parent = only + qualified(check.ref_schema, check.ref_relname or "")
-    return f"LEFT JOIN (SELECT {cols} FROM {parent}) AS {alias} ON {on}"  # noqa: S608 - identifiers quoted
+    return only + qualified(check.ref_schema, check.ref_relname or "")
 
 
 def table_scan_sql(checks: Sequence[Check]) -> str:
@@ -262,10 +296,9 @@ def fk_not_exists_sql(check: Check) -> str:
     if check.ref_is_new:
         missing = f"({all_set})"
     else:
-        only = "ONLY " if check.extra.get("ref_only") else ""
         eq = " AND ".join(f"p.{quote_ident(r)} = t.{quote_ident(c)}" for c, r in zip(check.columns,
                                                                                      check.ref_columns, strict=True))
-        parent = only + qualified(check.ref_schema, check.ref_relname or "")
+        parent = _ref_source(check)
         missing = f"({all_set} AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {eq}))"  # noqa: S608
     where = f"({partial}) OR {missing}" if check.match_full else missing
     return f"SELECT count(*) FROM {check.source} AS t WHERE {where}"  # noqa: S608 - identifiers quoted
@@ -295,7 +328,7 @@ def plan_queries(checks: Iterable[Check]) -> list[Query]:
     scans: dict[str, list[Check]] = {}
     out: list[Query] = []
     for c in checks:
-        if c.skipped:
+        if c.skipped or c.unevaluated or c.count is not None:
             continue
         if c.kind == "user":
             assert c.sql is not None
@@ -306,6 +339,8 @@ def plan_queries(checks: Iterable[Check]) -> list[Query]:
             out.append(Query(fk_not_exists_sql(c), [c], "foreignkey", c.table))
         elif c.kind == "unique":
             out.append(Query(unique_sql(c), [c], "unique", c.table))
+        elif c.kind == "exclusion":
+            out.append(Query(exclusion_sql(c), [c], "foreignkey", c.table))
         else:
             raise ValueError(f"unknown check kind {c.kind!r}")
     scan_queries = [Query(table_scan_sql(cs), cs, "scan", cs[0].table) for cs in scans.values()]
@@ -428,3 +463,26 @@ def summarize(checks: Sequence[Check]) -> dict[str, Any]:
 
 def copy_checks(checks: Iterable[Check]) -> list[Check]:
     return [dataclasses.replace(c, extra=dict(c.extra)) for c in checks]
+
+
+def run_counts_cursor(cur: Any, checks: Sequence[Check], *, savepoints: bool) -> None:
+    """Count ``checks`` through a DB-API cursor inside the caller's transaction (the data-carrying shadow counts
+    in the migration's own transaction, which sees its earlier statements). With ``savepoints`` each query runs
+    under ``SAVEPOINT`` so a failing one marks its checks' ``error`` and leaves the transaction usable; without
+    (autocommit, e.g. inside Alembic's ``autocommit_block``) each query is its own transaction."""
+    for q in plan_queries(checks):
+        try:
+            if savepoints:
+                cur.execute("SAVEPOINT schemagate_count")
+            _run_one(cur, q)
+            if savepoints:
+                cur.execute("RELEASE SAVEPOINT schemagate_count")
+        except Exception as exc:  # noqa: BLE001 - any driver's error marks the checks, the run goes on
+            if savepoints:
+                cur.execute("ROLLBACK TO SAVEPOINT schemagate_count")
+            if q.kind == "scan" and len(q.checks) > 1:
+                for c in q.checks:
+                    run_counts_cursor(cur, [c], savepoints=savepoints)
+            else:
+                for c in q.checks:
+                    c.error = _short(exc)

@@ -18,11 +18,12 @@ on tables and columns that already exist can have violating rows; the others are
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemagate.analysis import counting
+from schemagate.analysis import catalog, counting
 from schemagate.analysis.catalog import Catalog, Constraint, Table
 from schemagate.analysis.counting import Check
 
@@ -215,3 +216,336 @@ def attribute_revisions(checks: Iterable[Check], statements: list[dict[str, Any]
                     (c.kind != "notnull" or "not null" in sql or "primary key" in sql):
                 c.revision = st["revision"]
                 break
+
+
+# ==============================================================================================================
+# Statement by statement, by identity
+#
+# The shadow run takes an identity snapshot (``catalog.IdSnapshot``: OIDs and attnums) after every statement of
+# the pending revisions. ``step_checks(before, after, ..)`` turns what ONE statement changed into the checks
+# PostgreSQL runs on the existing rows while that statement executes:
+#
+# - NOT NULL: a column of an existing table becomes NOT NULL (``SET NOT NULL``, ``ADD COLUMN .. NOT NULL``,
+#   ``ADD PRIMARY KEY``, PostgreSQL 18 ``VALIDATE`` of a NOT NULL constraint);
+# - CHECK / FOREIGN KEY / EXCLUDE: a constraint that is validated after the statement and was not (or did not
+#   exist) before: ``ADD CONSTRAINT`` without NOT VALID, ``VALIDATE CONSTRAINT``; a constraint cloned onto a
+#   partition whose parent constraint already existed (``ATTACH PARTITION``) is counted on that partition;
+# - UNIQUE: a valid unique index that is new and has no valid twin of the same shape before (constraints,
+#   primary keys and ``CREATE UNIQUE INDEX`` alike; an index attached to an existing partitioned index);
+# - domains: ``ALTER DOMAIN .. ADD CONSTRAINT`` / ``VALIDATE CONSTRAINT`` (CHECK with VALUE replaced by the
+#   column) and ``SET NOT NULL``, over every column whose type is the domain or a domain over it;
+# - partition bounds: an existing table that becomes a partition, or whose partition constraint changes (a new
+#   partition next to a DEFAULT partition), counts the rows outside ``pg_get_partition_constraintdef``;
+# - type changes: ``ALTER COLUMN .. TYPE``: rows whose value does not convert (modelled cases below, the others
+#   are reported not evaluated);
+# - a changed generation expression of an existing column: not evaluated.
+#
+# Tables the statement itself creates have no rows and give no check. ``bind(check, at, origins)`` then points a
+# check at the database state ``at`` (the real database before the revisions, or the data-carrying shadow right
+# before the statement) by identity: renamed tables and columns are read under their names at that moment, and a
+# column that does not exist yet is projected with the value every existing row gets (see ``column_value``).
+# ==============================================================================================================
+
+_USING = re.compile(r"\bUSING\s+(.+?)\s*(?:,\s*ALTER\b.*)?;?\s*$", re.I | re.S)
+# casts that cannot fail (source type, target type) by name: integer widening, float widening, to numeric
+_SAFE_CASTS = {("smallint", "integer"), ("smallint", "bigint"), ("integer", "bigint"), ("real", "double precision"),
+               ("smallint", "numeric"), ("integer", "numeric"), ("bigint", "numeric")}
+
+
+def _rel_display(after: catalog.IdSnapshot, relid: int) -> tuple[str, str, str]:
+    r = after.rels[relid]
+    return r.schema, r.relname, r.regclass
+
+
+def _colnames(snap: catalog.IdSnapshot, relid: int, attnums: Iterable[int]) -> tuple[str, ...]:
+    return tuple(snap.attrs[(relid, n)].name for n in attnums if (relid, n) in snap.attrs)
+
+
+def _domain_columns(after: catalog.IdSnapshot, domain: int) -> list[catalog.IdAttr]:
+    """Columns whose type is ``domain`` or a domain based on it (recursively)."""
+    family = {domain}
+    grew = True
+    while grew:
+        grew = False
+        for d in after.domains.values():
+            if d.basetype in family and d.oid not in family:
+                family.add(d.oid)
+                grew = True
+    return [a for a in after.attrs.values() if a.typid in family]
+
+
+_VALUE = re.compile(r"('(?:[^']|'')*')|(\"(?:[^\"]|\"\")*\")|\bVALUE\b")
+
+
+def replace_value(expr: str, column_sql: str) -> str:
+    """A domain CHECK expression with its ``VALUE`` keyword replaced by ``column_sql`` (string literals and quoted
+    identifiers are left alone)."""
+    return _VALUE.sub(lambda m: m.group(1) or m.group(2) or f"({column_sql})", expr)
+
+
+def _type_change(before: catalog.IdAttr, after: catalog.IdAttr, after_snap: catalog.IdSnapshot, sql: str,
+                 regclass: str) -> Check:
+    name = f"{regclass}.{after.quoted} TYPE {after.type}"
+    chk = Check(name=name, kind="type", definition=f"ALTER COLUMN {after.quoted} TYPE {after.type}"
+                + (f" (was {before.type})" if before.type != after.type else ""), column=after.name)
+    col = f"t.{counting.quote_ident(after.name)}"
+    m = _USING.search(sql or "")
+    using = m.group(1).strip() if m else None
+    simple_using = using is None or bool(re.fullmatch(
+        r'(?:"?' + re.escape(after.name) + r'"?\s*::\s*[^()]+(?:\(\s*\d+\s*(?:,\s*\d+\s*)?\))?|CAST\s*\(\s*"?'
+        + re.escape(after.name) + r'"?\s+AS\s+.+\))', using, re.I | re.S))
+    if using is not None:
+        chk.definition += f" USING {using}"
+    if not simple_using:
+        chk.unevaluated = f"the USING expression ({using[:200]}) is not modelled"
+        return chk
+    if (before.type, after.type) in _SAFE_CASTS or (after.typcategory == "S" and after.typmod < 0
+                                                    and after.typtype == "b"):
+        chk.count = 0
+        chk.evaluated_by = "cannot-fail"
+        chk.note = f"{before.type} to {after.type} converts every value"
+        return chk
+    if after.typtype == "e" and before.typcategory == "S":  # enum: the text must equal a label exactly
+        labels = after_snap.enums.get(after.typid, ())
+        arr = "ARRAY[" + ", ".join(counting.quote_literal(x) for x in labels) + "]::text[]" if labels else \
+            "ARRAY[]::text[]"
+        chk.expr = f"{col} IS NOT NULL AND NOT ({col}::text = ANY ({arr}))"
+        chk.note = "enum labels: " + ", ".join(labels)[:300]
+        return chk
+    if before.typcategory == "S" or before.typid == after.typid:
+        if after_snap.server_version_num < 160000:
+            chk.unevaluated = "needs pg_input_is_valid (PostgreSQL 16 or later)"
+            return chk
+        chk.expr = f"{col} IS NOT NULL AND NOT pg_input_is_valid({col}::text, {counting.quote_literal(after.type)})"
+        return chk
+    chk.unevaluated = f"the conversion from {before.type} to {after.type} is not modelled"
+    return chk
+
+
+def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str = "") -> list[Check]:
+    """The checks PostgreSQL runs on existing rows while ONE statement changes ``before`` into ``after``.
+
+    Each check carries ``extra["relid"]`` (and for a foreign key ``extra["ref_relid"]``), the OIDs of the shadow
+    in which the snapshots were taken, and ``extra["after"]``, the snapshot whose names its SQL uses; pass it to
+    :func:`bind` before counting."""
+    out: list[Check] = []
+
+    def base(chk: Check, relid: int) -> Check:
+        schema, rel, _ = _rel_display(after, relid)
+        chk.schema, chk.relname, chk.table = schema, rel, f"{schema}.{rel}"
+        chk.extra.update(relid=relid, after=after)
+        chk.statement = sql[:500] if sql else None
+        return chk
+
+    existing = {r for r in after.rels if r in before.rels}
+    # --- NOT NULL on columns of existing tables -------------------------------------------------------------
+    new_nn = {(r, n) for (r, n), a in after.attrs.items() if r in existing and a.notnull
+              and not ((r, n) in before.attrs and before.attrs[(r, n)].notnull)}
+    for (r, n) in sorted(new_nn):
+        a = after.attrs[(r, n)]
+        parent = after.rels[r].parent
+        if parent is not None and any(pa.name == a.name and (parent, pa.attnum) in new_nn
+                                      for pa in after.columns_of(parent)):
+            continue  # counted on the parent, whose scan includes this child
+        _, _, regclass = _rel_display(after, r)
+        chk = counting.notnull(f"{regclass}.{a.quoted} NOT NULL", None, a.name, a.name)
+        chk.column = a.name
+        out.append(base(chk, r))
+    # --- CHECK, FOREIGN KEY, EXCLUDE --------------------------------------------------------------------------
+    for c in after.cons.values():
+        if c.contype not in ("c", "f", "x") or not c.validated or c.relid == 0 or c.relid not in existing:
+            continue
+        old = before.cons.get(c.oid)
+        if old is not None and old.validated:
+            continue
+        only = False
+        if c.parent:
+            parent_con = before.cons.get(c.parent)
+            if parent_con is None or not parent_con.validated:
+                continue  # cloned from a constraint the statement adds to the parent: counted there
+            only = True
+        elif not c.is_local:
+            continue  # inherited copy of a parent's new constraint: the parent's scan covers this table
+        cols = _colnames(after, c.relid, c.attnums)
+        t = after.rels[c.relid]
+        if c.contype == "c":
+            assert c.expr is not None
+            chk = counting.check_(c.name, None, t.relname, c.expr, definition=c.definition)
+            chk.only = only or bool(c.no_inherit and t.has_children)
+        elif c.contype == "f":
+            ref = after.rels.get(c.ref_relid)
+            if ref is None:
+                continue
+            chk = counting.foreign_key(c.name, None, t.relname, cols, ref.schema, ref.relname,
+                                       _colnames(after, c.ref_relid, c.ref_attnums), match_full=c.match_type == "f",
+                                       definition=c.definition)
+            chk.only = only or (t.relkind != "p" and t.has_children)
+            chk.extra.update(ref_relid=c.ref_relid, ref_attnums=c.ref_attnums)
+            if c.match_type == "p":
+                chk.note = "MATCH PARTIAL is not implemented by PostgreSQL; counted as MATCH SIMPLE"
+        else:
+            ix = after.indexes.get(c.index)
+            if ix is None:
+                continue
+            chk = Check(name=c.name, kind="exclusion", definition=c.definition, keys=ix.keys,
+                        predicate=ix.predicate)
+            chk.extra["operators"] = c.operators
+            chk.only = only
+        if old is not None and not old.validated:
+            chk.note = "NOT VALID before; validated by this statement"
+        chk.column = cols[0] if len(cols) == 1 else None
+        out.append(base(chk, c.relid))
+    # --- domains ----------------------------------------------------------------------------------------------
+    for c in after.cons.values():
+        if c.contype != "c" or not c.validated or c.typid == 0 or c.typid not in before.domains:
+            continue
+        old = before.cons.get(c.oid)
+        if old is not None and old.validated:
+            continue
+        d = after.domains[c.typid]
+        for a in _domain_columns(after, c.typid):
+            if a.relid not in existing or after.rels[a.relid].is_partition:
+                continue
+            expr = replace_value(c.expr or c.definition.removeprefix("CHECK "), counting.quote_ident(a.name))
+            if c.expr is None:
+                continue
+            chk = Check(name=c.name, kind="domain-check", expr=expr, column=a.name,
+                        definition=f"DOMAIN {d.display} {c.definition}")
+            out.append(base(chk, a.relid))
+    for d in after.domains.values():
+        if not d.notnull or d.oid not in before.domains or before.domains[d.oid].notnull:
+            continue
+        for a in _domain_columns(after, d.oid):
+            if a.relid not in existing or after.rels[a.relid].is_partition:
+                continue
+            chk = Check(name=f"DOMAIN {d.display} NOT NULL", kind="domain-notnull", columns=(a.name,),
+                        column=a.name, definition=f"DOMAIN {d.display} NOT NULL")
+            out.append(base(chk, a.relid))
+    # --- UNIQUE -----------------------------------------------------------------------------------------------
+    before_shapes = {(ix.relid, ix.shape) for ix in before.indexes.values() if ix.valid}
+    for ix in after.indexes.values():
+        if not ix.unique or not ix.valid or ix.exclusion or ix.relid not in existing:
+            continue
+        old = before.indexes.get(ix.oid)
+        if (old is not None and old.valid) or (ix.relid, ix.shape) in before_shapes:
+            continue
+        only = False
+        if ix.parent is not None:
+            if ix.parent not in before.indexes:
+                continue  # part of a new partitioned index: counted on the parent
+            only = True
+        t = after.rels[ix.relid]
+        chk = counting.unique(ix.constraint or ix.name, None, t.relname, ix.keys, predicate=ix.predicate,
+                              nulls_not_distinct=ix.nulls_not_distinct)
+        if ix.primary:
+            chk.definition = "PRIMARY KEY (" + ", ".join(ix.keys) + ")"
+        elif not ix.constraint:
+            chk.definition = ix.definition
+        chk.only = only or (t.relkind != "p" and t.has_children)
+        cols = _colnames(after, ix.relid, [n for n in ix.attnums if n])
+        chk.column = cols[0] if len(ix.keys) == 1 and len(cols) == 1 else None
+        out.append(base(chk, ix.relid))
+    # --- type changes, generation expressions ------------------------------------------------------------------
+    for (r, n), a in sorted(after.attrs.items()):
+        b = before.attrs.get((r, n))
+        if r not in existing or b is None or after.rels[r].is_partition:
+            continue
+        _, _, regclass = _rel_display(after, r)
+        if (a.typid, a.typmod) != (b.typid, b.typmod):
+            out.append(base(_type_change(b, a, after, sql, regclass), r))
+        elif a.generated == "s" and b.generated == "s" and a.default != b.default:
+            chk = Check(name=f"{regclass}.{a.quoted} GENERATED", kind="check", column=a.name,
+                        definition=f"GENERATED ALWAYS AS ({a.default}) STORED",
+                        unevaluated="a changed generation expression recomputes every row; not modelled")
+            out.append(base(chk, r))
+    # --- partition bounds -------------------------------------------------------------------------------------
+    for r in sorted(existing):
+        a_rel, b_rel = after.rels[r], before.rels[r]
+        if not a_rel.is_partition or not a_rel.partition_constraint:
+            continue
+        if b_rel.is_partition and b_rel.partition_constraint == a_rel.partition_constraint:
+            continue
+        chk = Check(name=f"{a_rel.regclass} PARTITION BOUND", kind="partition-bound",
+                    expr=a_rel.partition_constraint, definition=f"PARTITION CONSTRAINT {a_rel.partition_constraint}")
+        out.append(base(chk, r))
+    return out
+
+
+def column_value(a: catalog.IdAttr) -> tuple[str, str | None]:
+    """(SQL value, note) that every existing row gets in a column added by ``ALTER TABLE .. ADD COLUMN``.
+
+    PostgreSQL (``ATExecAddColumn``, ``src/backend/commands/tablecmds.c``): a STORED generated column holds its
+    expression, an identity or serial column the next sequence values (modelled as 1, 2, ..: exact for NOT NULL
+    and UNIQUE, the numbers themselves may differ), any other column its DEFAULT evaluated per row (volatile
+    defaults too) or NULL."""
+    typ = a.type
+    if a.generated == "s" and a.default:
+        return f"CAST(({a.default}) AS {typ})", None
+    if a.identity or (a.default and "nextval(" in a.default):
+        return f"CAST(row_number() OVER () AS {typ})", "identity/serial values modelled as 1, 2, .."
+    if a.default:
+        return f"CAST(({a.default}) AS {typ})", None
+    return (f"CAST(NULL AS {typ})" if a.typid < 16384 else "NULL"), None
+
+
+def _projection(relid: int, after: catalog.IdSnapshot, at: catalog.IdSnapshot,
+                origins: dict[tuple[int, int], catalog.IdAttr], only: bool) -> tuple[str | None, list[str]]:
+    """(FROM text reading table ``relid`` at ``at`` under the column names of ``after``, notes); None when the
+    table reads as it is (same names, no new column)."""
+    rel = at.rels[relid]
+    items, notes, plain = [], [], True
+    for a in after.columns_of(relid):
+        now = at.attrs.get((relid, a.attnum))
+        if now is not None:
+            items.append(f"t.{counting.quote_ident(now.name)} AS {counting.quote_ident(a.name)}")
+            if now.name != a.name:
+                plain = False
+                notes.append(f"column {a.name} is {now.name} when counted")
+            continue
+        plain = False
+        origin = origins.get((relid, a.attnum), a)
+        value, note = column_value(origin)
+        items.append(f"{value} AS {counting.quote_ident(a.name)}")
+        notes.append(f"new column {a.name}: existing rows hold "
+                     + (origin.default if origin.default and not note else "NULL" if not note else note)
+                     + (" (generated)" if origin.generated == "s" else ""))
+    src = ("ONLY " if only else "") + counting.qualified(rel.schema, rel.relname)
+    if after.rels[relid].relname != rel.relname or after.rels[relid].schema != rel.schema:
+        notes.append(f"table {after.rels[relid].relname} is {rel.schema}.{rel.relname} when counted")
+    if plain:
+        return (None if after.rels[relid].relname == rel.relname and after.rels[relid].schema == rel.schema
+                else src), notes
+    return f"(SELECT {', '.join(items)} FROM {src} AS t)", notes  # noqa: S608 - identifiers quoted
+
+
+def bind(chk: Check, at: catalog.IdSnapshot, origins: dict[tuple[int, int], catalog.IdAttr]) -> Check:
+    """Point ``chk`` (from :func:`step_checks`) at a database whose catalog is ``at`` (same OIDs as the
+    snapshots it came from). A table that does not exist at ``at`` was created by the pending revisions and
+    holds no rows: the check is marked skipped (``evaluated_by="no-rows"``)."""
+    relid = chk.extra.get("relid")
+    after: catalog.IdSnapshot | None = chk.extra.get("after")
+    if relid is None or after is None or chk.count is not None or chk.unevaluated:
+        return chk
+    if relid not in at.rels:
+        chk.skipped, chk.evaluated_by = True, "no-rows"
+        chk.note = "table created by the pending revisions: no rows when the statement runs"
+        return chk
+    src, notes = _projection(relid, after, at, origins, chk.only)
+    chk.from_sql = src
+    if chk.kind == "foreignkey":
+        ref = chk.extra.get("ref_relid")
+        if ref not in at.rels:
+            chk.ref_is_new = True
+            notes.append("referenced table created by the pending revisions: every non-NULL key counts")
+        else:
+            ref_src, ref_notes = _projection(ref, after, at, origins, False)
+            chk.ref_from_sql = ref_src
+            notes.extend(ref_notes)
+            want = set(chk.extra.get("ref_attnums") or ())
+            chk.ref_unique = ref_src is None and any(
+                ix.relid == ref and ix.unique and ix.valid and ix.predicate is None and set(ix.attnums) == want
+                and 0 not in ix.attnums for ix in at.indexes.values())
+            chk.extra["ref_only"] = at.rels[ref].relkind != "p" and at.rels[ref].has_children
+    if notes:
+        chk.note = "; ".join(filter(None, [chk.note, *notes]))
+    return chk
