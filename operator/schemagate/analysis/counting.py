@@ -311,8 +311,25 @@ def unique_sql(check: Check) -> str:
         conds.append(f"({check.predicate})")
     where = (" WHERE " + " AND ".join(conds)) if conds else ""
     keys = ", ".join(f"({k})" for k in check.keys)
-    inner = f"SELECT count(*) AS n FROM {check.source}{where} GROUP BY {keys} HAVING count(*) > 1"  # noqa: S608
+    inner = f"SELECT count(*) AS n FROM {check.source} AS t{where} GROUP BY {keys} HAVING count(*) > 1"  # noqa: S608
     return f"SELECT coalesce(sum(n), 0)::bigint, count(*) FROM ({inner}) AS dup"  # noqa: S608
+
+
+def exclusion_sql(check: Check) -> str:
+    """Rows that conflict with at least one other row under an exclusion constraint (``EXCLUDE USING .. (k1 WITH
+    op1, ..)`` [WHERE pred]): a row conflicts with another when every ``a.ki opi b.ki`` is TRUE (a NULL result is
+    no conflict), as ``check_exclusion_or_unique_constraint`` (``src/backend/executor/execIndexing.c``) decides
+    while the index is built. ``check.keys`` are the key expressions, ``check.extra["operators"]`` the operators
+    (``OPERATOR(schema.op)``). The self-join is a nested loop unless one operator is hashable (cost: see docs)."""
+    ops = list(check.extra.get("operators") or ())
+    if not ops or len(ops) != len(check.keys):
+        raise ValueError("an exclusion check needs one operator per key")
+    where = f" WHERE ({check.predicate})" if check.predicate else ""
+    cols = ", ".join(f"({k}) AS k{i}" for i, k in enumerate(check.keys, 1))
+    conflict = " AND ".join(f"a.k{i} {op} b.k{i}" for i, op in enumerate(ops, 1))
+    return (f"WITH r AS (SELECT row_number() OVER () AS sg_row, {cols} FROM {check.source} AS t{where}) "  # noqa: S608
+            f"SELECT count(*) FROM r AS a WHERE EXISTS (SELECT 1 FROM r AS b WHERE b.sg_row <> a.sg_row "
+            f"AND {conflict})")
 
 
 @dataclass

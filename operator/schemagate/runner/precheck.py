@@ -49,7 +49,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from schemagate.analysis import capture, catalog, counting, derive, lint, locks, shadow
+from schemagate.analysis import capture, catalog, counting, derive, lint, locks, shadow, stepwise
 from schemagate.analysis.counting import Check, CountOptions
 from schemagate.runner import db
 from schemagate.runner.inject.apply import render_sql, upgrade
@@ -60,6 +60,7 @@ from schemagate.runner.result import Outcome, StepResult, now
 STEP = "precheck"
 DEFAULT_STATEMENT_TIMEOUT = "1h"
 LINT_FAIL_MODES = ("none", "blocking", "any")
+DEFAULT_DATA_SHADOW_MAX_BYTES = 1 << 30  # spec.precheck.dataShadow.maxSize default: 1Gi
 PREPARE_FILE = "prepare.json"
 SHADOW_UPGRADE_FILE = "shadow-upgrade.json"
 PENDING_SQL_FILE = "pending.sql"
@@ -130,29 +131,55 @@ def _lint_fail(mode: str, result: Mapping[str, Any]) -> bool:
     return False
 
 
+def _where(c: Check) -> str:
+    """Display text of a check's place (schema, table and column are separate fields in the result)."""
+    if c.kind == "user":
+        return c.table or ""
+    parts = [p for p in (c.schema, c.relname, c.column) if p]
+    return ".".join(parts)
+
+
+def _label(c: Check) -> str:
+    where = _where(c)
+    return f"{c.name} on {where}" if where and where not in c.name else c.name
+
+
 def _message(checks: Sequence[Check], total: int, max_violations: int, lint_result: Mapping[str, Any] | None,
-             lint_failed: bool) -> tuple[Outcome, str, str]:
+             lint_failed: bool, accepted: Sequence[str] = ()) -> tuple[Outcome, str, str]:
     errors = [c for c in checks if c.error]
+    unevaluated = [c for c in checks if c.unevaluated and c.count is None and c.name not in accepted]
     violating = sorted((c for c in checks if c.count), key=lambda c: -(c.count or 0))
     counted = [c for c in checks if c.count is not None]
     lint_txt = ""
     if lint_result and lint_result.get("available"):
         lint_txt = f"; lint: {lint_result.get('total', 0)} finding(s), {lint_result.get('blocking', 0)} blocking"
+    counts_txt = f"; {total} violating row(s) counted in {len(violating)} of {len(counted)} check(s)" if counted \
+        else ""
     if errors:
-        names = ", ".join(f"{c.name} ({c.error})" for c in errors[:3])
+        names = ", ".join(f"{_label(c)} ({c.error})" for c in errors[:3])
         return (Outcome.CHECKS_FAILED, "ViolationsFound",
-                f"{len(errors)} check(s) could not be evaluated: {names}"[:600])
+                f"{len(errors)} check(s) could not be evaluated: {names}{counts_txt}"[:600])
     if total > max_violations:
-        top = ", ".join(f"{c.name} on {c.table}: {c.count}" for c in violating[:5])
+        top = ", ".join(f"{_label(c)}: {c.count}" for c in violating[:5])
+        more = f"; {len(unevaluated)} more not evaluated" if unevaluated else ""
         return (Outcome.CHECKS_FAILED, "ViolationsFound",
                 f"{total} violating row(s) in {len(violating)} of {len(counted)} check(s) "
-                f"(maxViolations {max_violations}): {top}{lint_txt}"[:600])
+                f"(maxViolations {max_violations}): {top}{more}{lint_txt}"[:600])
+    if unevaluated:
+        what = "; ".join(f"{_label(c)} (revision {c.revision or '?'}: "
+                         f"{(c.statement or c.definition or '')[:120]}): {c.unevaluated}" for c in unevaluated[:3])
+        return (Outcome.CHECKS_FAILED, "PrecheckIncomplete",
+                f"{len(unevaluated)} validating statement(s) not evaluated (accept them by name with "
+                f"spec.precheck.acceptUnevaluated / --accept-unevaluated): {what}{counts_txt}"[:800])
     if lint_failed:
         return (Outcome.CHECKS_FAILED, "ViolationsFound",
                 f"squawk found {lint_result.get('total') if lint_result else 0} problem(s) in the pending SQL "
-                f"(lint is set to fail); {total} violating row(s) in {len(counted)} check(s)")
+                f"(lint is set to fail){counts_txt}")
+    acc = [c.name for c in checks if c.unevaluated and c.count is None and c.name in accepted]
+    acc_txt = f"; {len(acc)} not evaluated, accepted by name: {', '.join(acc)[:200]}" if acc else ""
     return (Outcome.SUCCEEDED, "PrecheckPassed",
-            f"{total} violating row(s) in {len(counted)} check(s) (maxViolations {max_violations}){lint_txt}")
+            f"{total} violating row(s) in {len(counted)} check(s) (maxViolations {max_violations}){acc_txt}"
+            f"{lint_txt}")
 
 
 def _error_result(exc: BaseException, started: Any, data: dict[str, Any],
@@ -249,9 +276,14 @@ def analyse(
     statement_timeout: str,
     data: dict[str, Any],
     derive_checks: bool = True,
+    derived: list[Check] | None = None,
 ) -> list[Check]:
     """Diff the catalogs, count, lint; fills ``data`` and returns every check (derived and user).
 
+    ``derived``: the checks recorded statement by statement (``analysis.stepwise``), already bound to the real
+    database (fast route) or already counted in the data-carrying shadow (data route); the checks without a
+    count are counted here on the real database. Without it (the Kubernetes phases) the checks come from the
+    name-based catalog diff of the real database against the shadow after the revisions.
     With ``derive_checks=False`` only the user checks are counted; the diff still supplies the new indexes and
     the intentionally NOT VALID constraints that verify needs."""
     with _connect(shadow_url) as sconn:
@@ -259,19 +291,28 @@ def analyse(
     with _connect(url) as conn:
         real_cat = catalog.snapshot(conn)
         d = derive.derive(real_cat, shadow_cat)
-        derive.attribute_revisions(d.checks, statements or [], pending)
-        changed, label = capture.dml_label(statements)
         notes = list(d.notes)
-        if label:
-            notes.insert(0, label)
-            if changed:
-                for c in d.counted:
-                    c.note = f"{c.note}; {label}" if c.note else "before the pending revisions' data changes"
+        if derived is None:
+            derive.attribute_revisions(d.checks, statements or [], pending)
+            changed, label = capture.dml_label(statements)
+            if label:
+                notes.insert(0, label)
+                if changed:
+                    for c in d.counted:
+                        c.note = f"{c.note}; {label}" if c.note else "before the pending revisions' data changes"
+            found = d.checks
+            for c in found:
+                c.evaluated_by = c.evaluated_by or ("no-rows" if c.skipped else "real-database")
+        else:
+            changed, _ = capture.dml_label(statements)
+            found = derived
         data["derivation"] = "shadow" if derive_checks else "disabled"
         data["dataChanges"] = changed
         if not derive_checks:
             notes.insert(0, "derivation disabled (spec.precheck.derive=false): only user checks are counted")
-        checks = (d.checks if derive_checks else []) + list(user_checks)
+        checks = (found if derive_checks else []) + list(user_checks)
+        for c in user_checks:
+            c.evaluated_by = "real-database"
         counting.run_counts(conn, checks, CountOptions(statement_timeout=statement_timeout))
         data["indexes"] = d.indexes
         data["notValid"] = d.not_valid
@@ -300,17 +341,29 @@ def lint_pending(offline_sql: str | None, offline_error: str | None, statements:
 
 
 def _finish(data: dict[str, Any], checks: Sequence[Check], max_violations: int, lint_fail: str,
-            started: Any) -> StepResult:
+            started: Any, accepted: Sequence[str] = ()) -> StepResult:
+    stepwise.mark_unevaluated(checks)
     data["checks"] = [c.as_dict() for c in checks]
     for c, entry in zip(checks, data["checks"], strict=True):
         if c.error:
             entry["note"] = f"error: {c.error}" + (f"; {c.note}" if c.note else "")
+            entry["evaluatedBy"] = "not-evaluated"
+        if c.unevaluated and c.count is None:
+            entry["note"] = f"not evaluated: {c.unevaluated}" + (f"; {c.note}" if c.note else "")
+            entry["accepted"] = c.name in accepted
+        if c.statement:
+            entry["statement"] = c.statement
     total = sum(c.count or 0 for c in checks)
     data["total"] = total
     data["maxViolations"] = max_violations
+    data["acceptUnevaluated"] = list(accepted)
+    routes: dict[str, int] = {}
+    for entry in data["checks"]:
+        routes[str(entry.get("evaluatedBy"))] = routes.get(str(entry.get("evaluatedBy")), 0) + 1
+    data["evaluatedBy"] = routes
     lint_result = data.get("lint")
     failed_lint = _lint_fail(lint_fail, lint_result or {})
-    outcome, reason, message = _message(checks, total, max_violations, lint_result, failed_lint)
+    outcome, reason, message = _message(checks, total, max_violations, lint_result, failed_lint, accepted)
     return StepResult(step=STEP, outcome=outcome, reason=reason, message=db.redact(message), data=data,
                       started_at=started).finish()
 
@@ -334,8 +387,15 @@ def precheck(
     shadow_url_env: str | None = None,
     statement_timeout: str = DEFAULT_STATEMENT_TIMEOUT,
     keep_shadow: bool = False,
+    accept_unevaluated: Sequence[str] = (),
+    data_shadow_max_bytes: int | None = DEFAULT_DATA_SHADOW_MAX_BYTES,
 ) -> StepResult:
-    """Plan, derive the checks in a shadow database, count, lint (see the module docstring)."""
+    """Plan, derive the checks in a shadow database, count, lint (see the module docstring).
+
+    ``accept_unevaluated``: names of checks that may stay not evaluated without blocking
+    (``spec.precheck.acceptUnevaluated``). ``data_shadow_max_bytes``: the largest total size of the tables
+    copied into the data-carrying shadow (``spec.precheck.dataShadow.maxSize``; None: no limit); above it the
+    step is blocked (``DataShadowTooLarge``) before anything is copied."""
     started = now()
     data = _base_data(max_violations)
     notes: list[str] = []
@@ -361,14 +421,21 @@ def precheck(
             if users:
                 with _connect(url) as conn:
                     counting.run_counts(conn, users, CountOptions(statement_timeout=statement_timeout))
-            return _finish(data, checks, max_violations, lint_fail, started)
+            return _finish(data, checks, max_violations, lint_fail, started, accept_unevaluated)
         if derive:
             sh = make_shadow(url, shadow_url)
             log = capture.StatementLog()
+            with _connect(sh.url) as sconn, sconn.cursor() as scur:
+                rec = stepwise.StepRecorder(catalog.id_snapshot(scur))
+
+            def on_revision(rev: str) -> None:
+                log.on_revision(rev)
+                rec.on_revision(rev)
+
             try:
-                with capture.capture_statements(log):
+                with capture.capture_statements(log), rec.listening():
                     up = upgrade(config_path, p["target"], sh.url, url_env, lock_timeout=None,
-                                     statement_timeout=None, render_sql_text=lint, on_revision=log.on_revision)
+                                 statement_timeout=None, render_sql_text=lint, on_revision=on_revision)
             except Exception as e:
                 raise PrecheckError(
                     f"applying the pending revisions to the shadow database failed, so the migration would fail "
@@ -376,9 +443,16 @@ def precheck(
                     outcome=getattr(e, "outcome", None)) from e
             if log.dropped:
                 notes.append(f"{log.dropped} statement(s) of the shadow run were not recorded")
+            changed, _ = capture.dml_label(log.statements)
+            if changed and rec.checks:
+                derived = _count_in_data_shadow(config_path, p["target"], url, url_env, shadow_url, rec,
+                                                log.statements, data_shadow_max_bytes, data, notes)
+            else:
+                derived = stepwise.bind_all(rec.steps, rec.start, rec.origins, "real-database")
+                data["route"] = "real-database"
             checks = analyse(url, sh.url, pending=list(p["pending"]), statements=log.statements,
                              offline_sql=up.get("sql"), offline_error=up.get("sqlError"), user_checks=users,
-                             do_lint=lint, statement_timeout=statement_timeout, data=data)
+                             do_lint=lint, statement_timeout=statement_timeout, data=data, derived=derived)
         else:
             data["derivation"] = "disabled"
             data["derivationNote"] = "derivation disabled: only user checks are counted"
@@ -388,7 +462,11 @@ def precheck(
             if lint:
                 sql, err = render_offline(config_path, p["current"], p["target"], url, url_env)
                 data["lint"] = lint_pending(sql, err, None, version)
-        result = _finish(data, checks, max_violations, lint_fail, started)
+        result = _finish(data, checks, max_violations, lint_fail, started, accept_unevaluated)
+    except stepwise.DataShadowTooLarge as e:
+        result = StepResult(step=STEP, outcome=Outcome.CHECKS_FAILED, reason="DataShadowTooLarge",
+                            message=f"blocked: {e}; the revisions change data, so their checks can only be counted "
+                                    "in a shadow that holds those rows", data=data, started_at=started).finish()
     except Exception as e:  # noqa: BLE001 - every failure becomes a StepResult
         result = _error_result(e, started, data)
     finally:
@@ -397,6 +475,43 @@ def precheck(
     if notes:
         result.data["derivationNote"] = "; ".join(filter(None, [result.data.get("derivationNote"), *notes]))
     return result
+
+
+def _count_in_data_shadow(config_path: str | os.PathLike[str], target: str, url: str, url_env: str | None,
+                          shadow_url: str | None, rec: stepwise.StepRecorder, statements: list[dict[str, Any]],
+                          max_bytes: int | None, data: dict[str, Any], notes: list[str]) -> list[Check]:
+    """The data route (``analysis.stepwise``): a second shadow with the real schema and the rows of the affected
+    tables, where the pending revisions run again and each statement's checks are counted right before it."""
+    import time
+
+    t0 = time.monotonic()
+    relids = stepwise.affected_tables(rec.steps, rec.start, statements)
+    dsh = make_shadow(url, shadow_url) if shadow_url is None else None
+    if dsh is None:  # an explicit shadow database serves both runs: empty it and restore the schema again
+        raise PrecheckError("the data-carrying shadow needs its own database; with an explicit shadow database URL "
+                            "the revisions that change data cannot be counted", reason="PrecheckIncomplete",
+                            outcome=Outcome.CHECKS_FAILED)
+    try:
+        with _connect(url) as real_conn, _connect(dsh.url) as data_conn:
+            loaded = stepwise.load_rows(real_conn, data_conn, rec.start, relids, max_bytes)
+        counter = stepwise.DataCounter(rec.steps, rec.origins)
+        try:
+            with counter.listening():
+                upgrade(config_path, target, dsh.url, url_env, lock_timeout=None, statement_timeout=None,
+                        render_sql_text=False)
+        except Exception as e:  # noqa: BLE001 - a failing revision is a result here, not an error
+            if counter.stopped_at is None and counter.failed is None and counter.mismatch is None:
+                counter.failed = (counter.current or rec.steps[-1], db.error_text(e)) if rec.steps else None
+                if counter.failed is None:
+                    raise
+        checks = counter.finish()
+    finally:
+        dsh.dispose(notes)
+    data["route"] = "data-shadow"
+    data["dataShadow"] = {**loaded, "seconds": round(time.monotonic() - t0, 3),
+                          "stoppedAt": (f"revision {counter.stopped_at.revision}, statement "
+                                        f"{counter.stopped_at.index + 1}") if counter.stopped_at else None}
+    return checks
 
 
 def lint_module_available() -> bool:

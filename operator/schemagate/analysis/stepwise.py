@@ -1,0 +1,341 @@
+"""Statement by statement: which rows each statement of the pending revisions makes PostgreSQL check, and the
+two routes that count them.
+
+1. **Recording** (schema-only shadow, :class:`StepRecorder`): while the pending revisions run in the shadow, an
+   identity snapshot (``catalog.id_snapshot``) is taken after every statement that is not DML; what one statement
+   changed becomes that statement's checks (``derive.step_checks``), tagged with its revision and SQL.
+2. **Fast route** (revisions without data changes, :func:`bind_all`): every check is pointed at the real
+   database as it is now (``derive.bind``: renamed tables/columns by identity, new columns projected with the
+   value existing rows get) and counted there in one read-only snapshot, one scan per table.
+3. **Data route** (a revision changes or reads data, :class:`DataCounter`): the same revisions run again in a
+   *data-carrying* shadow that holds the rows of the affected tables (:func:`load_rows`, streamed with ``COPY``
+   and bounded in size). Right before each statement that validates rows, its checks are counted there, inside
+   the migration's own transaction, so they see the data after the revision's earlier statements (an UPDATE
+   backfill, a function the revision created). When a count is above 0 the real migration fails at that statement:
+   the checks of every later statement are counted on the data as it stands there and the run stops. A check that
+   cannot be modelled is decided by PostgreSQL itself: the statement runs and either succeeds (0 rows) or fails
+   (not evaluated, the migration would fail there).
+
+The statements of the two runs are matched by position and text; if the data-carrying run executes different
+statements (a data migration that branches on the rows), the checks not yet counted are reported not evaluated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemagate.analysis import capture, catalog, counting, derive
+from schemagate.analysis.counting import Check
+
+
+@dataclass
+class Step:
+    """One recorded statement of the shadow run that is not DML."""
+
+    index: int  # position among the recorded statements (0-based)
+    revision: str | None
+    sql: str
+    before: catalog.IdSnapshot
+    after: catalog.IdSnapshot
+    checks: list[Check] = field(default_factory=list)
+
+
+def _norm(sql: str) -> str:
+    return re.sub(r"\s+", " ", sql or "").strip()
+
+
+def recorded_kind(sql: str) -> bool:
+    """Statements around which the recorder snapshots the catalog: everything but DML and Alembic's bookkeeping
+    and plain reads (``capture.classify``)."""
+    return capture.classify(sql) == "ddl"
+
+
+class StepRecorder:
+    """Snapshots the catalog after every recorded statement of the schema-only shadow run.
+
+    ``start`` is the snapshot before the revisions (the shadow restored from the real schema); ``steps`` the
+    recorded statements with their checks; ``origins`` maps ``(relid, attnum)`` of every column the revisions add
+    to its definition right after it was added (its DEFAULT/identity/generation decides the existing rows'
+    value)."""
+
+    def __init__(self, start: catalog.IdSnapshot) -> None:
+        self.start = start
+        self.snap = start
+        self.revision: str | None = None
+        self.steps: list[Step] = []
+        self.origins: dict[tuple[int, int], catalog.IdAttr] = {}
+
+    def on_revision(self, rev: str) -> None:
+        self.revision = rev
+
+    def after_execute(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+                      executemany: bool) -> None:
+        if executemany or not recorded_kind(statement):
+            return
+        dbapi = cursor.connection
+        cur = dbapi.cursor()
+        try:
+            after = catalog.id_snapshot(cur)
+        finally:
+            cur.close()
+        for key, a in after.attrs.items():
+            if key not in self.snap.attrs:
+                self.origins.setdefault(key, a)
+        checks = derive.step_checks(self.snap, after, statement)
+        for c in checks:
+            c.revision = self.revision
+        self.steps.append(Step(len(self.steps), self.revision, statement, self.snap, after, checks))
+        self.snap = after
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[StepRecorder]:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        event.listen(Engine, "after_cursor_execute", self.after_execute)
+        try:
+            yield self
+        finally:
+            event.remove(Engine, "after_cursor_execute", self.after_execute)
+
+    @property
+    def checks(self) -> list[Check]:
+        return [c for s in self.steps for c in s.checks]
+
+
+def bind_all(steps: Sequence[Step], at: catalog.IdSnapshot,
+             origins: dict[tuple[int, int], catalog.IdAttr], route: str) -> list[Check]:
+    """Every check of ``steps`` pointed at the database state ``at``; ``route`` goes to ``evaluated_by``."""
+    out = []
+    for s in steps:
+        for c in s.checks:
+            derive.bind(c, at, origins)
+            if c.evaluated_by is None and not c.unevaluated:
+                c.evaluated_by = route
+            out.append(c)
+    return out
+
+
+def mark_unevaluated(checks: Iterable[Check]) -> None:
+    for c in checks:
+        if c.unevaluated and c.count is None:
+            c.evaluated_by = "not-evaluated"
+
+
+class StopCounting(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised from the data-carrying run once a statement is known to fail: nothing after it needs running."""
+
+
+class DataCounter:
+    """Counts each recorded statement's checks in the data-carrying shadow right before the statement runs."""
+
+    def __init__(self, steps: Sequence[Step], origins: dict[tuple[int, int], catalog.IdAttr]) -> None:
+        self.steps = list(steps)
+        self.origins = origins
+        self.position = 0
+        self.stopped_at: Step | None = None
+        self.failed: tuple[Step, str] | None = None
+        self.mismatch: str | None = None
+        self.current: Step | None = None
+
+    def _count(self, cursor: Any, checks: list[Check], at: catalog.IdSnapshot, note: str | None) -> None:
+        todo = []
+        for c in checks:
+            if c.count is not None or c.unevaluated:
+                continue
+            derive.bind(c, at, self.origins)
+            if c.skipped:
+                continue
+            c.evaluated_by = "data-shadow"
+            if note:
+                c.note = f"{c.note}; {note}" if c.note else note
+            todo.append(c)
+        if not todo:
+            return
+        dbapi = cursor.connection
+        cur = dbapi.cursor()
+        try:
+            in_tx = _in_transaction(dbapi)
+            counting.run_counts_cursor(cur, todo, savepoints=in_tx)
+        finally:
+            cur.close()
+
+    def before_execute(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+                       executemany: bool) -> None:
+        if executemany or not recorded_kind(statement):
+            return
+        if self.position >= len(self.steps) or _norm(self.steps[self.position].sql) != _norm(statement):
+            self.mismatch = (f"the revisions executed a different statement on the data than on the empty schema "
+                             f"(statement {self.position + 1}: {_norm(statement)[:200]})")
+            raise StopCounting(self.mismatch)
+        step = self.steps[self.position]
+        self.position += 1
+        self.current = step
+        if not step.checks:
+            return
+        self._count(cursor, step.checks, step.before, None)
+        if any(c.count or c.error for c in step.checks):
+            where = f"revision {step.revision}, statement {step.index + 1}"
+            later = [c for s in self.steps[step.index + 1:] for c in s.checks]
+            self._count(cursor, later, step.before,
+                        f"counted on the data as it stands before {where}, which fails (later statements not run)")
+            self.stopped_at = step
+            raise StopCounting(where)
+
+    def after_execute(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+                      executemany: bool) -> None:
+        if executemany or not recorded_kind(statement) or self.current is None:
+            return
+        for c in self.current.checks:  # not modelled, but PostgreSQL accepted the rows
+            if c.unevaluated and c.count is None:
+                c.count, c.evaluated_by = 0, "postgresql"
+                c.note = f"{c.note}; {c.unevaluated}" if c.note else c.unevaluated
+                c.unevaluated = None
+        self.current = None
+
+    def handle_error(self, context: Any) -> None:
+        if self.current is not None and self.failed is None and not isinstance(context.original_exception,
+                                                                                StopCounting):
+            self.failed = (self.current, str(context.original_exception).strip().splitlines()[0][:300])
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[DataCounter]:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        event.listen(Engine, "before_cursor_execute", self.before_execute)
+        event.listen(Engine, "after_cursor_execute", self.after_execute)
+        event.listen(Engine, "handle_error", self.handle_error)
+        try:
+            yield self
+        finally:
+            event.remove(Engine, "before_cursor_execute", self.before_execute)
+            event.remove(Engine, "after_cursor_execute", self.after_execute)
+            event.remove(Engine, "handle_error", self.handle_error)
+
+    def finish(self) -> list[Check]:
+        """Every check after the run, with what was not reached marked not evaluated; a statement that failed
+        for a reason the checks do not model becomes a check of its own (kind ``statement``, not evaluated)."""
+        out: list[Check] = []
+        for s in self.steps:
+            for c in s.checks:
+                if c.count is None and not c.skipped and not c.error and not c.unevaluated:
+                    c.unevaluated = self.mismatch or "not reached in the data-carrying shadow"
+                out.append(c)
+        if self.failed is not None:
+            step, error = self.failed
+            out.append(Check(name=f"revision {step.revision} statement {step.index + 1}", kind="statement",
+                             definition=_norm(step.sql)[:500], revision=step.revision, statement=step.sql[:500],
+                             unevaluated=f"fails on the data in the data-carrying shadow: {error}"))
+        mark_unevaluated(out)
+        return out
+
+
+def _in_transaction(dbapi: Any) -> bool:
+    info = getattr(dbapi, "info", None)
+    if info is not None and hasattr(info, "transaction_status"):  # psycopg 3
+        return int(info.transaction_status) != 0
+    status = getattr(dbapi, "get_transaction_status", None)  # psycopg2
+    return bool(status and status() != 0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# which tables the data-carrying shadow needs, and loading them
+
+
+def affected_tables(steps: Sequence[Step], start: catalog.IdSnapshot, statements: Sequence[dict[str, Any]]
+                    ) -> list[int]:
+    """OIDs (in ``start``) of the tables whose rows the data route needs: the tables of every check and the
+    tables its foreign keys reference, the partitions and inheritance children of those, and every table whose
+    name appears in a statement that changes or reads data."""
+    wanted: set[int] = set()
+    for s in steps:
+        for c in s.checks:
+            for key in ("relid", "ref_relid"):
+                r = c.extra.get(key)
+                if r in start.rels:
+                    wanted.add(r)
+    texts = [str(st.get("sql") or "") for st in statements if st.get("kind") in ("dml", "read")]
+    if texts:
+        blob = "\n".join(texts)
+        touched = {oid for oid, rel in start.rels.items()
+                   if re.search(r'(?<![\w$])"?' + re.escape(rel.relname) + r'"?(?![\w$])', blob, re.I)}
+        # their foreign-key neighbours too: the data changes fire the same RI triggers as on the real database
+        for c in start.cons.values():
+            if c.contype == "f" and (c.relid in touched or c.ref_relid in touched):
+                touched.update((c.relid, c.ref_relid))
+        wanted |= {t for t in touched if t in start.rels}
+    grew = True
+    while grew:
+        grew = False
+        for oid, rel in start.rels.items():
+            if rel.parent in wanted and oid not in wanted:
+                wanted.add(oid)
+                grew = True
+    return sorted(wanted)
+
+
+class DataShadowTooLarge(RuntimeError):
+    """The affected tables exceed ``spec.precheck.dataShadow.maxSize``."""
+
+
+def table_bytes(real_conn: Any, tables: Sequence[tuple[str, str]]) -> int:
+    total = 0
+    with real_conn.cursor() as cur:
+        for schema, rel in tables:
+            cur.execute("SELECT pg_total_relation_size(%s::regclass)", (counting.qualified(schema, rel),))
+            total += int(cur.fetchone()[0] or 0)
+    return total
+
+
+def load_rows(real_conn: Any, data_conn: Any, start: catalog.IdSnapshot, relids: Sequence[int],
+              max_bytes: int | None) -> dict[str, Any]:
+    """Stream the rows of ``relids`` (leaf tables only; partitioned parents hold none) from the real database
+    into the data-carrying shadow with ``COPY .. (FORMAT binary)``, in one REPEATABLE READ, READ ONLY snapshot,
+    triggers and foreign-key checks off (``session_replication_role = replica``: the shadow holds only some
+    tables). Sequences owned by those tables get the real values. Raises :class:`DataShadowTooLarge` before
+    copying anything when the tables' total size (``pg_total_relation_size``) exceeds ``max_bytes``.
+
+    Returns ``{"tables": [..], "bytes": n, "rows": n}``."""
+    leaves = [start.rels[r] for r in relids if start.rels[r].relkind == "r"]
+    names = [(r.schema, r.relname) for r in leaves]
+    size = table_bytes(real_conn, names)
+    if max_bytes is not None and size > max_bytes:
+        raise DataShadowTooLarge(
+            f"the tables the data-carrying shadow needs ({', '.join(f'{s}.{t}' for s, t in names[:10])}) hold "
+            f"{size} bytes, more than spec.precheck.dataShadow.maxSize ({max_bytes} bytes)")
+    rows = 0
+    with data_conn.cursor() as dcur:
+        dcur.execute("SET session_replication_role = replica")
+    with real_conn.transaction():
+        with real_conn.cursor() as rcur:
+            rcur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        for rel in leaves:
+            cols = [a for a in start.columns_of(rel.oid) if not a.generated]
+            collist = ", ".join(counting.quote_ident(a.name) for a in cols)
+            src = counting.qualified(rel.schema, rel.relname)
+            copy_out = f"COPY (SELECT {collist} FROM ONLY {src}) TO STDOUT (FORMAT binary)"  # noqa: S608
+            copy_in = f"COPY {src} ({collist}) FROM STDIN (FORMAT binary)"
+            with real_conn.cursor() as rcur, data_conn.cursor() as dcur:
+                with rcur.copy(copy_out) as out, dcur.copy(copy_in) as inp:
+                    for chunk in out:
+                        inp.write(chunk)
+                rows += dcur.rowcount if dcur.rowcount and dcur.rowcount > 0 else 0
+        with real_conn.cursor() as rcur:
+            rcur.execute(
+                "SELECT n.nspname, s.relname, pg_sequence_last_value(s.oid) FROM pg_class s "
+                "JOIN pg_namespace n ON n.oid = s.relnamespace JOIN pg_depend d ON d.objid = s.oid "
+                "AND d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
+                "WHERE s.relkind = 'S' AND d.refobjid = ANY(%s::regclass[]) AND d.deptype IN ('a', 'i')",
+                ([counting.qualified(s, t) for s, t in names],))
+            seqs = rcur.fetchall()
+    with data_conn.cursor() as dcur:
+        for schema, seq, value in seqs:
+            if value is not None:
+                dcur.execute("SELECT setval(%s::regclass, %s)", (counting.qualified(schema, seq), value))
+        dcur.execute("SET session_replication_role = DEFAULT")
+    return {"tables": [f"{s}.{t}" for s, t in names], "bytes": size, "rows": rows}
