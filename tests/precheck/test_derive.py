@@ -53,15 +53,21 @@ def test_shop_env_imports_models_and_orm_data_migration(shop: str) -> None:
     assert checks["ck_products_stock"]["count"] == 2 and checks["ck_products_stock"]["kind"] == "check"
     assert checks["uq_products_name"]["count"] == 2 and checks["uq_products_name"]["kind"] == "unique"
     assert checks["fk_orders_product"]["count"] == 1 and checks["fk_orders_product"]["kind"] == "foreignkey"
-    assert checks["orders.note NOT NULL"]["count"] == 1 and checks["orders.note NOT NULL"]["kind"] == "notnull"
-    assert d["total"] == 6
-    # constraints on a column and a table the revision creates cannot have violating rows
-    assert checks["ck_products_version"]["count"] is None and "column" in checks["ck_products_version"]["note"]
-    assert checks["ck_audit_id"]["count"] is None and "table created" in checks["ck_audit_id"]["note"]
+    # the ORM data migration fills the NULL note before SET NOT NULL: counted after it, in the data-carrying shadow
+    assert checks["orders.note NOT NULL"]["count"] == 0 and checks["orders.note NOT NULL"]["kind"] == "notnull"
+    assert d["route"] == "data-shadow" and all(c["evaluatedBy"] == "data-shadow" for c in d["checks"])
+    assert d["dataShadow"]["tables"] == ["public.orders", "public.products"] and d["dataShadow"]["bytes"] > 0
+    assert d["total"] == 5
+    # the new nullable column holds NULL in every existing row: its CHECK passes them
+    assert checks["ck_products_version"]["count"] == 0 and "new column version" in checks["ck_products_version"]["note"]
+    # a table the statement creates has no rows: its constraints are not checks
+    assert "ck_audit_id" not in checks
     assert all(c["revision"] == "0002" for c in d["checks"])
-    # the ORM migration reads rows (in the empty shadow it writes none): counts are labelled
+    assert (checks["orders.note NOT NULL"]["schema"], checks["orders.note NOT NULL"]["table"],
+            checks["orders.note NOT NULL"]["column"]) == ("public", "orders", "note")
+    # the ORM migration reads rows (in the empty shadow it writes none): the data route counts after it
     assert d["dataChanges"] is True
-    assert "before the pending revisions' data changes" in d["derivationNote"]
+    assert "data-carrying shadow" in d["derivationNote"] and "over-report" not in d["derivationNote"]
     assert {i["name"] for i in d["indexes"]} >= {"ix_orders_product", "uq_products_name"}
     # offline rendering cannot run an ORM migration: the captured DDL is linted instead
     assert d["lint"]["available"] and d["lint"]["source"] == "captured"
@@ -70,8 +76,8 @@ def test_shop_env_imports_models_and_orm_data_migration(shop: str) -> None:
 
 
 def test_max_violations_allows_a_budget(shop: str) -> None:
-    r = precheck.precheck(project("shop"), "head", shop, "DATABASE_URL", max_violations=6, lint=False)
-    assert r.outcome is Outcome.SUCCEEDED and r.reason == "PrecheckPassed" and r.data["total"] == 6
+    r = precheck.precheck(project("shop"), "head", shop, "DATABASE_URL", max_violations=5, lint=False)
+    assert r.outcome is Outcome.SUCCEEDED and r.reason == "PrecheckPassed" and r.data["total"] == 5
     assert r.data["lint"]["available"] is False
 
 
@@ -94,7 +100,7 @@ def test_raw_sql_constraints(fresh_db: str) -> None:
     checks = by_name(r)
     assert checks["ck_credit"]["count"] == 2  # accounts 2 and 3; account 4 (NULL) passes
     assert checks["ck_limit_positive"]["count"] == 1
-    assert "NOT VALID in the database" in checks["ck_limit_positive"]["note"]
+    assert "NOT VALID before; validated by this statement" in checks["ck_limit_positive"]["note"]
     assert checks["fk_lines_order"]["count"] == 2  # (9, 9) orphan + (NULL, 2) partly NULL under MATCH FULL
     assert "MATCH FULL" in checks["fk_lines_order"]["definition"]
     assert checks["fk_refs_order"]["count"] == 1  # MATCH SIMPLE: only (7, 7)
@@ -153,13 +159,15 @@ def test_wholesale_ten_checks_and_foreign_keys(wholesale: str) -> None:
     r = precheck.precheck(project("wholesale"), "head", wholesale, "DATABASE_URL")
     assert r.data["pending"] == ["0002", "0003"]
     checks = by_name(r)
-    counted = {n: c["count"] for n, c in checks.items() if c["count"] is not None}
+    counted = {n: c["count"] for n, c in checks.items() if c["count"]}
     assert counted == WHOLESALE_EXPECTED
     assert sum(1 for c in checks.values() if c["kind"] == "check") == 10
-    assert checks["credit_transactions_order_id_fkey"]["revision"] == "0002"
-    # the ledger FK only changes its ON DELETE action: the same key is already enforced
+    # 0002 adds it NOT VALID (no row checked), 0003 validates it: the revision whose statement checks the rows
+    assert checks["credit_transactions_order_id_fkey"]["revision"] == "0003"
+    assert "VALIDATE CONSTRAINT" in checks["credit_transactions_order_id_fkey"]["statement"]
+    # the ledger FK only changes its ON DELETE action: the same key is already enforced, no row can violate it
     ledger = checks["ledger_entries_order_id_fkey"]
-    assert ledger["count"] is None and "already enforces" in ledger["note"]
+    assert ledger["count"] == 0 and ledger["evaluatedBy"] == "already-enforced" and "already enforces" in ledger["note"]
     assert r.data["total"] == sum(WHOLESALE_EXPECTED.values()) and r.exit_code == ExitCode.CHECKS_FAILED
     assert {i["name"] for i in r.data["indexes"]} == {
         "orders_status_created_at_idx", "orders_status_deleted_at_idx",

@@ -371,6 +371,7 @@ def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str 
         if c.contype == "c":
             assert c.expr is not None
             chk = counting.check_(c.name, None, t.relname, c.expr, definition=c.definition)
+            chk.extra["constraint_definition"] = c.definition
             chk.only = only or bool(c.no_inherit and t.has_children)
         elif c.contype == "f":
             ref = after.rels.get(c.ref_relid)
@@ -380,7 +381,8 @@ def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str 
                                        _colnames(after, c.ref_relid, c.ref_attnums), match_full=c.match_type == "f",
                                        definition=c.definition)
             chk.only = only or (t.relkind != "p" and t.has_children)
-            chk.extra.update(ref_relid=c.ref_relid, ref_attnums=c.ref_attnums)
+            chk.extra.update(ref_relid=c.ref_relid, ref_attnums=c.ref_attnums, attnums=c.attnums,
+                             match_type=c.match_type)
             if c.match_type == "p":
                 chk.note = "MATCH PARTIAL is not implemented by PostgreSQL; counted as MATCH SIMPLE"
         else:
@@ -516,6 +518,27 @@ def _projection(relid: int, after: catalog.IdSnapshot, at: catalog.IdSnapshot,
         return (None if after.rels[relid].relname == rel.relname and after.rels[relid].schema == rel.schema
                 else src), notes
     return f"(SELECT {', '.join(items)} FROM {src} AS t)", notes  # noqa: S608 - identifiers quoted
+
+
+def already_enforced(chk: Check, at: catalog.IdSnapshot) -> bool:
+    """Mark ``chk`` counted 0 when ``at`` (the real database before the revisions, no data changes in between)
+    already holds a validated constraint of the same kind on the same columns: a FOREIGN KEY with the same key,
+    referenced table/columns and MATCH type (a revision that only changes ON DELETE drops and re-adds it), or a
+    CHECK with the same definition as ``pg_get_constraintdef`` prints it in the same database."""
+    relid = chk.extra.get("relid")
+    for c in at.cons.values():
+        if c.relid != relid or not c.validated:
+            continue
+        same = (chk.kind == "foreignkey" and c.contype == "f" and c.attnums == chk.extra.get("attnums")
+                and c.ref_relid == chk.extra.get("ref_relid") and c.ref_attnums == chk.extra.get("ref_attnums")
+                and c.match_type == chk.extra.get("match_type")) or \
+               (chk.kind == "check" and c.contype == "c" and c.definition == chk.extra.get("constraint_definition")
+                and not chk.only)
+        if same:
+            chk.count, chk.evaluated_by = 0, "already-enforced"
+            chk.note = f"the database already enforces the same rule ({c.name}): no row can violate it"
+            return True
+    return False
 
 
 def bind(chk: Check, at: catalog.IdSnapshot, origins: dict[tuple[int, int], catalog.IdAttr]) -> Check:

@@ -113,6 +113,8 @@ def bind_all(steps: Sequence[Step], at: catalog.IdSnapshot,
     out = []
     for s in steps:
         for c in s.checks:
+            if route == "real-database":
+                derive.already_enforced(c, at)
             derive.bind(c, at, origins)
             if c.evaluated_by is None and not c.unevaluated:
                 c.evaluated_by = route

@@ -140,6 +140,8 @@ def _where(c: Check) -> str:
 
 
 def _label(c: Check) -> str:
+    if c.kind in ("notnull", "type", "partition-bound", "domain-notnull"):
+        return c.name  # the name says where
     where = _where(c)
     return f"{c.name} on {where}" if where and where not in c.name else c.name
 
@@ -291,7 +293,7 @@ def analyse(
     with _connect(url) as conn:
         real_cat = catalog.snapshot(conn)
         d = derive.derive(real_cat, shadow_cat)
-        notes = list(d.notes)
+        notes = list(d.notes) if derived is None else []
         if derived is None:
             derive.attribute_revisions(d.checks, statements or [], pending)
             changed, label = capture.dml_label(statements)
@@ -313,7 +315,8 @@ def analyse(
         checks = (found if derive_checks else []) + list(user_checks)
         for c in user_checks:
             c.evaluated_by = "real-database"
-        counting.run_counts(conn, checks, CountOptions(statement_timeout=statement_timeout))
+        todo = [c for c in checks if c.count is None]  # the data route counted its checks already
+        counting.run_counts(conn, todo, CountOptions(statement_timeout=statement_timeout))
         data["indexes"] = d.indexes
         data["notValid"] = d.not_valid
         data["derivationNote"] = "; ".join(notes) if notes else None
@@ -508,6 +511,9 @@ def _count_in_data_shadow(config_path: str | os.PathLike[str], target: str, url:
     finally:
         dsh.dispose(notes)
     data["route"] = "data-shadow"
+    notes.insert(0, f"the pending revisions change or read data: each check was counted in a data-carrying shadow "
+                    f"({len(loaded['tables'])} table(s), {loaded['bytes']} bytes) right before the statement that "
+                    f"validates it")
     data["dataShadow"] = {**loaded, "seconds": round(time.monotonic() - t0, 3),
                           "stoppedAt": (f"revision {counter.stopped_at.revision}, statement "
                                         f"{counter.stopped_at.index + 1}") if counter.stopped_at else None}
