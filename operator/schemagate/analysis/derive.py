@@ -297,7 +297,7 @@ def _type_change(before: catalog.IdAttr, after: catalog.IdAttr, after_snap: cata
     if using is not None:
         chk.definition += f" USING {using}"
     if not simple_using:
-        chk.unevaluated = f"the USING expression ({using[:200]}) is not modelled"
+        chk.unevaluated = f"the USING expression ({(using or '')[:200]}) is not modelled"
         return chk
     if (before.type, after.type) in _SAFE_CASTS or (after.typcategory == "S" and after.typmod < 0
                                                     and after.typtype == "b"):
@@ -428,8 +428,8 @@ def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str 
     for ix in after.indexes.values():
         if not ix.unique or not ix.valid or ix.exclusion or ix.relid not in existing:
             continue
-        old = before.indexes.get(ix.oid)
-        if (old is not None and old.valid) or (ix.relid, ix.shape) in before_shapes:
+        old_ix = before.indexes.get(ix.oid)
+        if (old_ix is not None and old_ix.valid) or (ix.relid, ix.shape) in before_shapes:
             continue
         only = False
         if ix.parent is not None:

@@ -267,9 +267,9 @@ def affected_tables(steps: Sequence[Step], start: catalog.IdSnapshot, statements
         touched = {oid for oid, rel in start.rels.items()
                    if re.search(r'(?<![\w$])"?' + re.escape(rel.relname) + r'"?(?![\w$])', blob, re.I)}
         # their foreign-key neighbours too: the data changes fire the same RI triggers as on the real database
-        for c in start.cons.values():
-            if c.contype == "f" and (c.relid in touched or c.ref_relid in touched):
-                touched.update((c.relid, c.ref_relid))
+        for con in start.cons.values():
+            if con.contype == "f" and (con.relid in touched or con.ref_relid in touched):
+                touched.update((con.relid, con.ref_relid))
         wanted |= {t for t in touched if t in start.rels}
     grew = True
     while grew:
