@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-backup", action="store_true", help="skip the backup step")
     p.add_argument("--max-violations", default=0, type=_int_at_least(0, "--max-violations"))
     p.add_argument("--no-lint", action="store_true", help="do not run squawk on the pending SQL")
+    _precheck_scope(p)
     _checks(p)
     _migrate_opts(p)
     _common(p)
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lint-fail", choices=("none", "blocking", "any"), default="none")
     p.add_argument("--statement-timeout", default="1h", type=_duration("--statement-timeout"),
                    help="statement_timeout of the counting queries (default 1h)")
+    _precheck_scope(p)
     _checks(p)
     _common(p)
     p.set_defaults(func=cmd_precheck)
@@ -324,6 +326,26 @@ def _failed(step: str, exc: BaseException) -> StepResult:
 # commands
 
 
+def _precheck_scope(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--accept-unevaluated", action="append", default=[], metavar="NAME",
+                   help="a check the precheck cannot evaluate that may pass anyway (repeatable; "
+                        "spec.precheck.acceptUnevaluated)")
+    p.add_argument("--data-shadow-max-size", default="1Gi", type=_size("--data-shadow-max-size"), metavar="SIZE",
+                   help="largest total size of the tables copied into the data-carrying shadow when a revision "
+                        "changes data (default 1Gi; spec.precheck.dataShadow.maxSize)")
+
+
+def _size(option: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        from schemagate.runner.precheck import parse_size
+
+        try:
+            return parse_size(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{option}: {e}") from e
+    return parse
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from schemagate.runner import pipeline
 
@@ -332,6 +354,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         r = pipeline.run(
             args.config, args.target, url, url_env, backup_dir=args.backup_dir, keep=args.keep,
             backup=not args.no_backup, max_violations=args.max_violations, user_checks=args.check,
+            accept_unevaluated=args.accept_unevaluated, data_shadow_max_bytes=args.data_shadow_max_size,
             lint=not args.no_lint, lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
             retries=args.retries, progress=say,
             on_step=None if args.json else (lambda s: render(s, console)),
@@ -374,14 +397,18 @@ def cmd_precheck(args: argparse.Namespace) -> int:
                 return emit(_usage("precheck", "--phase count needs --workdir"), args)
             r = precheck.count(url, url_env, workdir=args.workdir, max_violations=args.max_violations,
                                user_checks=checks, lint=not args.no_lint, lint_fail=args.lint_fail,
-                               statement_timeout=args.statement_timeout, derive=not args.no_derive)
+                               statement_timeout=args.statement_timeout, derive=not args.no_derive,
+                               accept_unevaluated=args.accept_unevaluated,
+                               data_shadow_max_bytes=args.data_shadow_max_size)
         else:
             if not args.config:
                 return emit(_usage("precheck", "-c/--config is required (the application's alembic.ini)"), args)
             r = precheck.precheck(args.config, args.target, url, url_env, max_violations=args.max_violations,
                                   user_checks=checks, lint=not args.no_lint, lint_fail=args.lint_fail,
                                   derive=not args.no_derive, shadow_url_env=args.shadow_database_url_env,
-                                  statement_timeout=args.statement_timeout)
+                                  statement_timeout=args.statement_timeout,
+                                  accept_unevaluated=args.accept_unevaluated,
+                                  data_shadow_max_bytes=args.data_shadow_max_size)
     return emit(r, args)
 
 

@@ -187,6 +187,9 @@ def build_containers(m: Migration, step: str, s: JobSettings, plan: Mapping[str,
                  "--max-violations", str(m.precheck.max_violations), *_check_args(m.precheck.checks)]
         if not m.precheck.derive:
             count.append("--no-derive")
+        for name in m.precheck.accept_unevaluated:
+            count += ["--accept-unevaluated", name]
+        count += ["--data-shadow-max-size", m.precheck.data_shadow_max_size]
         inits = [
             _install_runner(m, s),
             _container(m, s, "prepare", prepare, mounts=[work, _tmp_mount()]),

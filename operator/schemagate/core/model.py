@@ -239,6 +239,8 @@ class Precheck:
     derive: bool = True
     max_violations: int = 0
     checks: tuple[Check, ...] = ()
+    accept_unevaluated: tuple[str, ...] = ()  # spec.precheck.acceptUnevaluated
+    data_shadow_max_size: str = "1Gi"  # spec.precheck.dataShadow.maxSize (a quantity)
 
 
 @dataclass(frozen=True)
@@ -305,6 +307,8 @@ class Migration:
                 derive=bool(pc.get("derive", True)),
                 max_violations=int(pc.get("maxViolations") or 0),
                 checks=_checks(pc.get("checks")),
+                accept_unevaluated=tuple(str(n) for n in (pc.get("acceptUnevaluated") or ())),
+                data_shadow_max_size=str((pc.get("dataShadow") or {}).get("maxSize") or "1Gi"),
             ),
             verify_checks=_checks((spec.get("verify") or {}).get("checks")),
             lock_timeout=str(spec.get("lockTimeout") or "5s"),

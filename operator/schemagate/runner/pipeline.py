@@ -44,6 +44,8 @@ def run(
     backup: bool = True,
     max_violations: int = 0,
     user_checks: Iterable[Any] = (),
+    accept_unevaluated: Iterable[str] = (),
+    data_shadow_max_bytes: int | None = None,
     lint: bool = True,
     lock_timeout: str | int | None = DEFAULT_LOCK_TIMEOUT,
     statement_timeout: str | int | None = None,
@@ -99,9 +101,13 @@ def run(
     if progress:
         progress("precheck: deriving the checks in a shadow database and counting")
     pr = record(precheck_step.precheck(config_path, p["target"], url, url_env, max_violations=max_violations,
-                                       user_checks=user_checks, lint=lint))
+                                       user_checks=user_checks, lint=lint,
+                                       accept_unevaluated=list(accept_unevaluated),
+                                       data_shadow_max_bytes=data_shadow_max_bytes
+                                       or precheck_step.DEFAULT_DATA_SHADOW_MAX_BYTES))
     if not pr.ok:
-        data["checks"] = [c for c in pr.data.get("checks") or [] if c.get("count")]
+        data["checks"] = [c for c in pr.data.get("checks") or []
+                          if c.get("count") or (c.get("evaluatedBy") == "not-evaluated" and not c.get("accepted"))]
         data["total"] = pr.data.get("total")
         data["maxViolations"] = max_violations
         return finish(pr.outcome, pr.reason, f"blocked by the precheck, nothing was applied: {pr.message}")
@@ -123,7 +129,23 @@ def run(
     if not vr.ok:
         data["failures"] = vr.data.get("failures", [])
         return finish(vr.outcome, vr.reason, f"applied, but verification failed: {vr.message}")
-    n = len(data["applied"])
-    return finish(Outcome.SUCCEEDED, "Verified",
-                  f"backed up, prechecked (0 violations), applied {n} revision(s) and verified: the database is at "
-                  f"revision {data['currentRevision']}")
+    return finish(Outcome.SUCCEEDED, "Verified", run_summary(data, pr.data))
+
+
+def run_summary(data: dict[str, Any], precheck_data: dict[str, Any]) -> str:
+    """The successful run's one-line summary, from what was done: "backed up" only when a backup was taken, the
+    violation total the precheck counted (it may pass with violations under maxViolations), the checks accepted as
+    not evaluated."""
+    parts = ["backed up" if data.get("backup") else "no backup taken"]
+    total = int(precheck_data.get("total") or 0)
+    counted = sum(1 for c in precheck_data.get("checks") or [] if c.get("count") is not None)
+    pc = f"prechecked ({total} violating row(s) in {counted} check(s)"
+    if total:
+        pc += f", within maxViolations {precheck_data.get('maxViolations')}"
+    accepted = [c["name"] for c in precheck_data.get("checks") or [] if c.get("accepted")]
+    if accepted:
+        pc += f"; not evaluated, accepted: {', '.join(accepted)}"
+    parts.append(pc + ")")
+    parts.append(f"applied {len(data.get('applied') or [])} revision(s) and verified: the database is at revision "
+                 f"{data.get('currentRevision')}")
+    return ", ".join(parts)

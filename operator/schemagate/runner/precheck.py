@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -80,6 +81,26 @@ class PrecheckError(RuntimeError):
 
 # --------------------------------------------------------------------------------------------------------------
 # helpers
+
+
+_SIZE = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
+         "Ti": 2**40, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from a Kubernetes quantity (``512Mi``, ``1Gi``, ``2G``), ``MB``/``GB`` or a plain number of bytes.
+
+    Raises ValueError naming the value when it is not one."""
+    if isinstance(text, int):
+        value = text
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kMGT]i?|[KMGT]B)?\s*", str(text))
+        if not m:
+            raise ValueError(f"{text!r} is not a size (e.g. 512Mi, 1Gi, 2G or a number of bytes)")
+        value = int(float(m.group(1)) * _SIZE[m.group(2) or ""])
+    if value <= 0:
+        raise ValueError(f"{text!r}: the size must be above 0")
+    return value
 
 
 def _connect(url: str) -> Any:
@@ -597,10 +618,14 @@ def count(
     lint_fail: str = "none",
     statement_timeout: str = DEFAULT_STATEMENT_TIMEOUT,
     derive: bool = True,
+    accept_unevaluated: Sequence[str] = (),
+    data_shadow_max_bytes: int | None = DEFAULT_DATA_SHADOW_MAX_BYTES,
 ) -> StepResult:
     """Phase 3 (operator image): catalog diff, counting and squawk after shadow-upgrade; drops the shadow.
 
-    ``derive=False`` counts only ``user_checks`` (the constraints the revisions add are not counted)."""
+    ``derive=False`` counts only ``user_checks`` (the constraints the revisions add are not counted).
+    ``accept_unevaluated`` as in :func:`precheck`; ``data_shadow_max_bytes`` is accepted for the same command
+    line but unused: these phases count by the name-based catalog diff (no statement-by-statement record)."""
     started = now()
     data = _base_data(max_violations)
     notes: list[str] = []
@@ -631,7 +656,7 @@ def count(
                          statement_timeout=statement_timeout, data=data, derive_checks=derive)
         if not pending:
             data["derivationNote"] = "no pending revisions"
-        result = _finish(data, checks, max_violations, lint_fail, started)
+        result = _finish(data, checks, max_violations, lint_fail, started, accept_unevaluated)
     except Exception as e:  # noqa: BLE001
         result = _error_result(e, started, data)
     finally:
