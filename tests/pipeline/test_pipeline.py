@@ -49,8 +49,9 @@ def test_foodtruck_goes_through(fresh_db: str, tmp_path: Path) -> None:
     assert pre.data["total"] == 0
     assert {c["name"]: c["count"] for c in pre.data["checks"]}["check_stock_non_negative"] == 0
     assert mig.data["applied"] == ["0002", "0003"]
-    assert {"name": "check_stock_non_negative", "table": "public.menu_items", "exists": True, "validated": True} in [
-        {k: c[k] for k in ("name", "table", "exists", "validated")} for c in ver.data["constraints"]]
+    assert {"name": "check_stock_non_negative", "schema": "public", "table": "menu_items", "exists": True,
+            "validated": True} in [{k: c[k] for k in ("name", "schema", "table", "exists", "validated")}
+                                   for c in ver.data["constraints"]]
     assert {"name": "idx_menu_items_version", "valid": True} in ver.data["indexes"]
     assert ver.data["failures"] == []
     assert version(fresh_db) == "0003"

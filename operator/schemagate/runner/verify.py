@@ -196,11 +196,15 @@ def verify(
                 if not isinstance(c, Mapping) or c.get("kind") not in CONSTRAINT_KINDS:
                     continue
                 name, table, kind = str(c["name"]), c.get("table"), c["kind"]
-                entry: dict[str, Any] = {"name": name, "table": table, "exists": False, "validated": False}
+                entry: dict[str, Any] = {"name": name, "schema": c.get("schema"), "table": table, "exists": False,
+                                         "validated": False}
                 data["constraints"].append(entry)
-                if kind == "notnull":
-                    col = _notnull_column(str(c.get("definition") or ""))
+                if "schema" in c:  # schema and table as separate fields (precheck results since issue 9)
+                    schema, rel = str(c.get("schema") or ""), str(table or "")
+                else:  # an older plan: "schema.table"
                     schema, _, rel = (table or "").rpartition(".")
+                if kind == "notnull":
+                    col = c.get("column") or _notnull_column(str(c.get("definition") or ""))
                     cur.execute(
                         "SELECT a.attnotnull, t.oid FROM pg_attribute a JOIN pg_class t ON t.oid = a.attrelid "
                         "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE t.relname = %s "
@@ -216,7 +220,8 @@ def verify(
                         failures.append(f"{table}.{col} is not NOT NULL")
                     continue
                 cur.execute(_CONSTRAINTS_SQL, (name,))
-                rows = [r for r in cur.fetchall() if _table_matches(table, r[1], r[2])]
+                rows = [r for r in cur.fetchall()
+                        if (r[1], r[2]) == (schema, rel) or (not schema and _table_matches(rel, r[1], r[2]))]
                 if not rows and kind == "unique":  # a unique index rather than a constraint
                     cur.execute(_INDEX_SQL, (name,))
                     irow = cur.fetchone()
