@@ -22,25 +22,10 @@ pytestmark = pytest.mark.postgres
 
 # case folder -> why it fails today (issue item that fixes it). Remove the entry with the fix.
 KNOWN_FAILING: dict[str, str] = {
-    "01-notnull-column-no-default": "issue 9 item 2 (new columns on existing tables): the NOT NULL of a column "
-                                    "added without a default is skipped as new; precheck passes, migrate fails",
-    "02-rename-table-then-check": "issue 9 item 2 (renamed tables and columns): the CHECK on the renamed table is "
-                                  "skipped as on a new table",
     "03-db-at-two-heads-merge": "issue 10 item 1 (branches): a database at two heads is refused with MultipleHeads "
                                 "although the target merges them",
     "06-custom-version-table": "issue 10 item 3 (version table anywhere): the shadow copies only alembic_version, "
                                "so the shadow replays 0001 and fails",
-    "08-domain-constraint": "issue 9 item 2 (domains): ALTER DOMAIN ADD CONSTRAINT / SET NOT NULL not counted",
-    "09a-partition-check-unique": "issue 9 item 2 (partitions): constraints and unique indexes on one partition "
-                                  "not counted",
-    "10a-new-column-default-check": "issue 9 item 2 (new columns): the CHECK on a column added with a DEFAULT is "
-                                    "skipped as new",
-    "11-backfill-then-set-not-null": "issue 9 item 3 (counts after data changes): the NULLs the revision's UPDATE "
-                                     "fills are counted, so a correct migration is blocked",
-    "12-exclusion-constraint": "issue 9 item 2 (exclusion constraints): skipped, and the precheck passes",
-    "14b-quoted-dotted-identifiers-clean": "issue 10 item 4 (identifiers): verify splits Sales.order.archive at "
-                                           "the dots and reports the NOT NULL as missing",
-    "17-text-to-enum-bad-values": "issue 9 item 2 (column type changes): ALTER COLUMN TYPE is not counted",
     "20-role-without-createdb": "issue 10 item 5 / issue 9 item 4 (derive: false, shadow off production): "
                                 "`schemagate run` has no way to switch derivation off and the precheck "
                                 "creates a shadow database on the real server (needs CREATEDB)",

@@ -148,6 +148,7 @@ class Check:
             "evaluatedBy": self.evaluated_by,
             "note": self.note,
             "key": self.key,
+            "presentAtTarget": self.extra.get("present_at_target", True),
         }
 
     @property

@@ -25,6 +25,7 @@ from typing import Any
 
 from schemagate.analysis import catalog, counting
 from schemagate.analysis.catalog import Catalog, Constraint, Table
+from schemagate.analysis.checkkey import check_key
 from schemagate.analysis.counting import Check
 
 
@@ -284,10 +285,11 @@ def replace_value(expr: str, column_sql: str) -> str:
 
 
 def _type_change(before: catalog.IdAttr, after: catalog.IdAttr, after_snap: catalog.IdSnapshot, sql: str,
-                 regclass: str) -> Check:
-    name = f"{regclass}.{after.quoted} TYPE {after.type}"
+                 rel: catalog.IdRel) -> Check:
+    name = check_key("type", "", schema=rel.schema, table=rel.relname, column=after.name, type_text=after.type)
     chk = Check(name=name, kind="type", definition=f"ALTER COLUMN {after.quoted} TYPE {after.type}"
                 + (f" (was {before.type})" if before.type != after.type else ""), column=after.name)
+    chk.extra["type"] = after.type
     col = f"t.{counting.quote_ident(after.name)}"
     m = _USING.search(sql or "")
     using = m.group(1).strip() if m else None
@@ -347,9 +349,11 @@ def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str 
         if parent is not None and any(pa.name == a.name and (parent, pa.attnum) in new_nn
                                       for pa in after.columns_of(parent)):
             continue  # counted on the parent, whose scan includes this child
-        _, _, regclass = _rel_display(after, r)
-        chk = counting.notnull(f"{regclass}.{a.quoted} NOT NULL", None, a.name, a.name)
+        rel = after.rels[r]
+        chk = counting.notnull(check_key("notnull", "", schema=rel.schema, table=rel.relname, column=a.name),
+                               None, rel.relname, a.name)
         chk.column = a.name
+        chk.extra["identity"] = ("attr", r, n)
         out.append(base(chk, r))
     # --- CHECK, FOREIGN KEY, EXCLUDE --------------------------------------------------------------------------
     for c in after.cons.values():
@@ -396,6 +400,7 @@ def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str 
         if old is not None and not old.validated:
             chk.note = "NOT VALID before; validated by this statement"
         chk.column = cols[0] if len(cols) == 1 else None
+        chk.extra["identity"] = ("con", c.oid)
         out.append(base(chk, c.relid))
     # --- domains ----------------------------------------------------------------------------------------------
     for c in after.cons.values():
@@ -420,8 +425,9 @@ def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str 
         for a in _domain_columns(after, d.oid):
             if a.relid not in existing or after.rels[a.relid].is_partition:
                 continue
-            chk = Check(name=f"DOMAIN {d.display} NOT NULL", kind="domain-notnull", columns=(a.name,),
-                        column=a.name, definition=f"DOMAIN {d.display} NOT NULL")
+            chk = Check(name=check_key("domain-notnull", d.name, schema=d.schema), kind="domain-notnull",
+                        columns=(a.name,), column=a.name, definition=f"DOMAIN {d.display} NOT NULL")
+            chk.extra.update(domain_name=d.name, domain_schema=d.schema)
             out.append(base(chk, a.relid))
     # --- UNIQUE -----------------------------------------------------------------------------------------------
     before_shapes = {(ix.relid, ix.shape) for ix in before.indexes.values() if ix.valid}
@@ -445,6 +451,7 @@ def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str 
             chk.definition = ix.definition
         chk.only = only or (t.relkind != "p" and t.has_children)
         cols = _colnames(after, ix.relid, [n for n in ix.attnums if n])
+        chk.extra["identity"] = ("index", ix.oid)
         chk.column = cols[0] if len(ix.keys) == 1 and len(cols) == 1 else None
         out.append(base(chk, ix.relid))
     # --- type changes, generation expressions ------------------------------------------------------------------
@@ -452,11 +459,12 @@ def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str 
         b = before.attrs.get((r, n))
         if r not in existing or b is None or after.rels[r].is_partition:
             continue
-        _, _, regclass = _rel_display(after, r)
+        rel = after.rels[r]
         if (a.typid, a.typmod) != (b.typid, b.typmod):
-            out.append(base(_type_change(b, a, after, sql, regclass), r))
+            out.append(base(_type_change(b, a, after, sql, rel), r))
         elif a.generated == "s" and b.generated == "s" and a.default != b.default:
-            chk = Check(name=f"{regclass}.{a.quoted} GENERATED", kind="check", column=a.name,
+            where = check_key("notnull", "", schema=rel.schema, table=rel.relname, column=a.name)
+            chk = Check(name=where.removesuffix(" NOT NULL") + " GENERATED", kind="check", column=a.name,
                         definition=f"GENERATED ALWAYS AS ({a.default}) STORED",
                         unevaluated="a changed generation expression recomputes every row; not modelled")
             out.append(base(chk, r))
@@ -467,10 +475,26 @@ def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str 
             continue
         if b_rel.is_partition and b_rel.partition_constraint == a_rel.partition_constraint:
             continue
-        chk = Check(name=f"{a_rel.regclass} PARTITION BOUND", kind="partition-bound",
+        chk = Check(name=check_key("partition-bound", "", schema=a_rel.schema, table=a_rel.relname),
+                    kind="partition-bound",
                     expr=a_rel.partition_constraint, definition=f"PARTITION CONSTRAINT {a_rel.partition_constraint}")
         out.append(base(chk, r))
     return out
+
+
+def present_at(chk: Check, final: catalog.IdSnapshot) -> bool:
+    """Whether the object a check validates still exists (NOT NULL: still set) in ``final``, the catalog at the
+    target revision; a helper constraint a later statement drops was counted when it was added, but verify must
+    not expect it."""
+    ident = chk.extra.get("identity")
+    if not ident:
+        return True
+    if ident[0] == "attr":
+        a = final.attrs.get((ident[1], ident[2]))
+        return bool(a and a.notnull)
+    if ident[0] == "con":
+        return ident[1] in final.cons
+    return ident[1] in final.indexes
 
 
 def column_value(a: catalog.IdAttr) -> tuple[str, str | None]:

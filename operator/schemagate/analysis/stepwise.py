@@ -106,6 +106,12 @@ class StepRecorder:
     def checks(self) -> list[Check]:
         return [c for s in self.steps for c in s.checks]
 
+    def mark_present(self) -> None:
+        """After the run: ``extra["present_at_target"]`` on every check (``derive.present_at`` the last
+        snapshot)."""
+        for c in self.checks:
+            c.extra["present_at_target"] = derive.present_at(c, self.snap)
+
 
 def bind_all(steps: Sequence[Step], at: catalog.IdSnapshot,
              origins: dict[tuple[int, int], catalog.IdAttr], route: str) -> list[Check]:

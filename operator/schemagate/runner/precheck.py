@@ -467,6 +467,7 @@ def precheck(
                     outcome=getattr(e, "outcome", None)) from e
             if log.dropped:
                 notes.append(f"{log.dropped} statement(s) of the shadow run were not recorded")
+            rec.mark_present()
             changed, _ = capture.dml_label(log.statements)
             if changed and rec.checks:
                 derived = _count_in_data_shadow(config_path, p["target"], url, url_env, shadow_url, rec,
