@@ -91,6 +91,14 @@ class PrecheckSpec(TypedDict, total=False):
     derive: bool
     maxViolations: int
     checks: list[CheckSpec]
+    acceptUnevaluated: list[str]
+    dataShadow: DataShadowSpec
+
+
+class DataShadowSpec(TypedDict, total=False):
+    """``spec.precheck.dataShadow``."""
+
+    maxSize: str
 
 
 class VerifySpec(TypedDict, total=False):
@@ -308,7 +316,7 @@ class Migration:
                 max_violations=int(pc.get("maxViolations") or 0),
                 checks=_checks(pc.get("checks")),
                 accept_unevaluated=tuple(str(n) for n in (pc.get("acceptUnevaluated") or ())),
-                data_shadow_max_size=str((pc.get("dataShadow") or {}).get("maxSize") or "1Gi"),
+                data_shadow_max_size=str(pc.get("dataShadow", {}).get("maxSize") or "1Gi"),
             ),
             verify_checks=_checks((spec.get("verify") or {}).get("checks")),
             lock_timeout=str(spec.get("lockTimeout") or "5s"),
