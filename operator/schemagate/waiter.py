@@ -154,23 +154,30 @@ def wait_for(
 # --- Kubernetes I/O -------------------------------------------------------------------------------------------
 
 
-def default_namespace() -> str:
-    """POD_NAMESPACE, else the service-account namespace, else the kubeconfig context's, else ``default``."""
+def default_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
+    """The namespace to use when ``--namespace`` is not given.
+
+    With ``--kubeconfig`` or ``--context``: that kubeconfig context's namespace, else ``default``. Otherwise
+    POD_NAMESPACE, else the service-account namespace, else the current kubeconfig context's, else ``default``
+    (kubectl's order for a kubeconfig context)."""
+    explicit = kubeconfig is not None or context is not None
     env = os.environ.get("POD_NAMESPACE")
-    if env:
+    if env and not explicit:
         return env
-    try:
-        with open(SA_NAMESPACE_FILE, encoding="utf-8") as fh:
-            ns = fh.read().strip()
-            if ns:
-                return ns
-    except OSError:
-        pass
+    if not explicit:
+        try:
+            with open(SA_NAMESPACE_FILE, encoding="utf-8") as fh:
+                ns = fh.read().strip()
+                if ns:
+                    return ns
+        except OSError:
+            pass
     try:
         from kubernetes import config
 
-        _, active = config.list_kube_config_contexts()
-        ns = (active or {}).get("context", {}).get("namespace")
+        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        chosen = next((c for c in contexts or [] if c.get("name") == context), None) if context else active
+        ns = (chosen or {}).get("context", {}).get("namespace")
         if ns:
             return str(ns)
     except Exception:  # noqa: S110 - no kubeconfig: fall through to "default"
@@ -178,20 +185,35 @@ def default_namespace() -> str:
     return "default"
 
 
-def kubernetes_getter(name: str, namespace: str) -> Getter:
-    """A getter over the official client: in-cluster configuration first, then ``$KUBECONFIG``/~/.kube/config."""
+def kubernetes_getter(name: str, namespace: str, kubeconfig: str | None = None,
+                      context: str | None = None) -> Getter:
+    """A getter over the official client.
+
+    Without ``kubeconfig``/``context``: the in-cluster configuration first, then ``$KUBECONFIG``/~/.kube/config
+    and its current context. With either: that kubeconfig file (default ``$KUBECONFIG``/~/.kube/config) and
+    that context (default its current one), never the in-cluster configuration. Raises :class:`AccessError`
+    when no configuration is usable (a missing file, an unknown context)."""
     from kubernetes import client, config
 
     from schemagate import k8s
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
+    if kubeconfig is not None or context is not None:
+        configuration = client.Configuration()
         try:
-            config.load_kube_config()
+            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
         except Exception as exc:
-            raise AccessError(f"no in-cluster service account and no usable kubeconfig: {exc}") from exc
-    api = client.CustomObjectsApi()
+            where = f"kubeconfig {kubeconfig or '$KUBECONFIG or ~/.kube/config'}"
+            raise AccessError(f"{where}" + (f", context {context!r}" if context else "") + f": {exc}") from exc
+        api = client.CustomObjectsApi(client.ApiClient(configuration=configuration))
+    else:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            try:
+                config.load_kube_config()
+            except Exception as exc:
+                raise AccessError(f"no in-cluster service account and no usable kubeconfig: {exc}") from exc
+        api = client.CustomObjectsApi()
 
     def get() -> Mapping[str, Any] | None:
         try:
@@ -233,6 +255,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--revision", help="also require status.currentRevision to equal this Alembic revision id"
     )
     parser.add_argument(
+        "--kubeconfig",
+        help="kubeconfig file to use (default: the in-cluster service account, else $KUBECONFIG or ~/.kube/config)",
+    )
+    parser.add_argument(
+        "--context", help="kubeconfig context to use (default: the kubeconfig's current context)"
+    )
+    parser.add_argument(
         "--timeout",
         type=parse_duration,
         default=0.0,
@@ -265,14 +294,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, *, getter: Getter | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     err = sys.stderr
-    namespace = args.namespace or default_namespace()
+    kubeconfig, context = getattr(args, "kubeconfig", None), getattr(args, "context", None)
+    namespace = args.namespace or default_namespace(kubeconfig, context)
 
     def log(line: str) -> None:
         print(line, file=err, flush=True)
 
     if getter is None:
         try:
-            getter = kubernetes_getter(args.name, namespace)
+            getter = kubernetes_getter(args.name, namespace, kubeconfig, context)
         except AccessError as exc:
             res = WaitResult(
                 WaitExit.ACCESS_ERROR, "AccessError", "NoConfiguration", str(exc), args.name, namespace, 0.0
