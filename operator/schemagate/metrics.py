@@ -35,6 +35,7 @@ PHASES = ("Pending", "BackingUp", "Prechecking", "Migrating", "Verifying", "Succ
 _started = False
 # the check names exported per (namespace, migration), so a new precheck or a deletion removes exactly those series
 _checks: dict[tuple[str, str], set[str]] = {}
+_phases: dict[tuple[str, str], str] = {}  # the phase exported per (namespace, migration)
 
 
 def serve(port: int) -> None:
@@ -65,11 +66,16 @@ def observe_result(ns: str, name: str, step: str, result: dict[str, Any]) -> Non
 
 
 def observe_phase(ns: str, name: str, phase: str, previous: str | None) -> None:
-    if phase == previous:
-        return
-    for p in PHASES:
-        PHASE.labels(ns, name, p).set(1.0 if p == phase else 0.0)
-    if phase == "Succeeded":
+    """Export ``phase`` (1 for it, 0 for the others) after a reconciliation whose status went from ``previous``.
+
+    The series are (re)written whenever they do not show ``phase`` yet, also when ``phase == previous``: after an
+    operator restart a Blocked migration is exported again at its first reconciliation, so alerts keep firing.
+    ``schemagate_last_success_timestamp_seconds`` is set only on a transition into Succeeded."""
+    if _phases.get((ns, name)) != phase:
+        for p in PHASES:
+            PHASE.labels(ns, name, p).set(1.0 if p == phase else 0.0)
+        _phases[(ns, name)] = phase
+    if phase == "Succeeded" and previous != "Succeeded":
         LAST_SUCCESS.labels(ns, name).set(time.time())
 
 
@@ -85,6 +91,7 @@ def forget(ns: str, name: str) -> None:
     an alert on it stops firing. Series without namespace/migration labels (step durations, failures) stay."""
     for p in PHASES:
         _remove(PHASE, ns, name, p)
+    _phases.pop((ns, name), None)
     for check in _checks.pop((ns, name), set()):
         _remove(VIOLATIONS, ns, name, check)
     _remove(VIOLATING_ROWS, ns, name)

@@ -1,9 +1,9 @@
-"""The ecosystem's own Go code as test tools: Argo CD's resource health, kstatus, promlint.
+"""The ecosystem's own Go code as test tools: Argo CD's resource health, kstatus, promlint, PromQL.
 
 ``tests/delivery/gotools/build.sh`` builds each tool from the Go module proxy and caches the binary by content
 hash (``~/.cache/schemagate/gotools``). As pytest plugin, this module builds the tools the selected tests use
 once the selection is final, before any test runs (outside the per-test timeout), and provides them as
-session fixtures ``argocd_health``, ``kstatus`` and ``promlint``. A tool that cannot be built makes its tests
+session fixtures ``argocd_health``, ``kstatus``, ``promlint`` and ``promql``. A tool that cannot be built makes its tests
 **fail** with the build's message (Go >= 1.25 and the module proxy are needed); nothing is skipped.
 """
 
@@ -20,7 +20,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 BUILD = HERE / "gotools" / "build.sh"
-FIXTURE_TOOLS = {"argocd_health": "argocd-health", "kstatus": "kstatus", "promlint": "promlint"}
+FIXTURE_TOOLS = {"argocd_health": "argocd-health", "kstatus": "kstatus", "promlint": "promlint", "promql": "promql"}
 
 _paths: dict[str, Path] = {}
 _errors: dict[str, str] = {}
@@ -119,3 +119,9 @@ def kstatus() -> GoTool:
 def promlint() -> GoTool:
     """client_golang's ``testutil/promlint`` (tests/delivery/gotools/promlint)."""
     return _fixture("promlint")
+
+
+@pytest.fixture(scope="session")
+def promql() -> GoTool:
+    """Prometheus' PromQL engine over a TSDB (tests/delivery/gotools/promql)."""
+    return _fixture("promql")

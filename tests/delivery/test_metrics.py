@@ -73,3 +73,15 @@ def test_a_new_precheck_replaces_the_check_series():
     checks = {labels["check"]: labels for n, labels in series_of("re-dbm") if n == "schemagate_precheck_violations"}
     assert set(checks) == {"ck_both"}
     metrics.forget("re-ns", "re-dbm")
+
+
+def test_phase_exported_again_after_an_operator_restart():
+    """A restarted operator reconciles a Blocked migration whose status already says Blocked: still exported."""
+    metrics.observe_phase("rs-ns", "rs-dbm", "Blocked", "Blocked")
+    phases = {labels["phase"]: labels for n, labels in series_of("rs-dbm") if n == "schemagate_migration_phase"}
+    assert set(phases) == set(metrics.PHASES)
+    value = [s.value for fam in text_string_to_metric_families(generate_latest(REGISTRY).decode())
+             for s in fam.samples if s.labels.get("migration") == "rs-dbm" and s.labels.get("phase") == "Blocked"]
+    assert value == [1.0]
+    assert not [n for n, _ in series_of("rs-dbm") if n == "schemagate_last_success_timestamp_seconds"]
+    metrics.forget("rs-ns", "rs-dbm")

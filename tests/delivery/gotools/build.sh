@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds one of the Go tools in this directory (argocd-health, kstatus, promlint) from the Go module proxy and
+# Builds one of the Go tools in this directory (argocd-health, kstatus, promlint, promql) from the Go module proxy and
 # caches the binary by content hash (the module's go.mod, go.sum, *.go and the Go version), so a second run
 # returns at once. Prints the binary's path on its last line.
 #
