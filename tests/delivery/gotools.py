@@ -85,7 +85,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for name in needed:
         if name in _paths:
             continue
-        msg = f"gotools: building {name} (cached after the first build)"
+        msg = f"gotools: {name} (built from the Go module proxy on first use, then cached)"
         if tr is not None:
             tr.write_line(msg)
         else:
