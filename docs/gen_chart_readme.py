@@ -29,13 +29,28 @@ def _comment_above(lines: list[str], line: int) -> str | None:
     j = line - 1
     block: list[str] = []
     while j >= 0 and lines[j].strip().startswith("#"):
-        text = lines[j].strip().lstrip("#").strip()
-        block.insert(0, text)
-        if text.startswith("--"):
-            block[0] = text[2:].strip()
-            return " ".join(b for b in block if b)
+        raw = lines[j].strip()[1:]
+        raw = raw[1:] if raw.startswith(" ") else raw
+        if raw.strip().startswith("--"):
+            block.insert(0, raw.strip()[2:].strip())
+            return _join(block)
+        block.insert(0, raw)
         j -= 1
     return None
+
+
+def _join(block: list[str]) -> str:
+    """Comment lines as one table cell: indented lines (lists) each on a line of their own, generated-block
+    markers (``BEGIN generated: ...``/``END generated: ...``) dropped."""
+    out = ""
+    for raw in block:
+        if raw.startswith(("BEGIN generated:", "END generated:")) or not raw.strip():
+            continue
+        if raw.startswith(" ") and out:
+            out += "\n" + raw.strip()
+        else:
+            out += (" " if out else "") + raw.strip()
+    return out
 
 
 def _type(value: Any) -> str:
@@ -81,7 +96,8 @@ def _rows(node: yaml.Node, value: Any, lines: list[str], path: tuple[str, ...], 
 def _md(text: str) -> str:
     """A table cell: pipes escaped, and angle brackets outside `code` spans shown as text, not taken for HTML."""
     parts = text.replace("|", "\\|").split("`")
-    return "`".join(p if i % 2 else p.replace("<", "&lt;").replace(">", "&gt;") for i, p in enumerate(parts))
+    cell = "`".join(p if i % 2 else p.replace("<", "&lt;").replace(">", "&gt;") for i, p in enumerate(parts))
+    return cell.replace("\n", "<br>")
 
 
 def render(chart: str) -> str:
