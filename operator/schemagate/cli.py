@@ -123,10 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("backup", help="pg_dump -Fc, verified by a full read, with retention")
+    p = sub.add_parser("backup", help="pg_dump (custom, or directory with --jobs), verified by a full read, "
+                       "with retention")
     p.add_argument("--backup-dir", default="backups", help="directory for backups (default ./backups)")
     p.add_argument("--keep", default=5, type=_int_at_least(1, "--keep"), help="backups to keep (default 5)")
     p.add_argument("--lock-wait-timeout", default="30s", type=_duration("--lock-wait-timeout"))
+    p.add_argument("--compress", default=None, metavar="METHOD[:LEVEL]",
+                   help="pg_dump compression: gzip, lz4, zstd or none, with a level (default gzip:1, measured)")
+    p.add_argument("--jobs", default=1, type=_int_at_least(1, "--jobs"),
+                   help="> 1: directory format dumped by this many connections in parallel (default 1)")
     _common(p)
     p.set_defaults(func=cmd_backup)
 
@@ -376,7 +381,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
     with database(args) as (url, url_env), progress(args) as say:
         r = backup.backup(url, url_env, backup_dir=args.backup_dir, keep=args.keep,
-                          lock_wait_timeout=args.lock_wait_timeout, progress=say)
+                          lock_wait_timeout=args.lock_wait_timeout, compress=args.compress, jobs=args.jobs,
+                          progress=say)
     return emit(r, args)
 
 

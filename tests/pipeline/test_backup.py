@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from schemagate.runner import backup as bk
 from schemagate.runner.result import Outcome
@@ -84,3 +89,80 @@ def test_backup_bad_input_and_wrong_password(fresh_db: str, tmp_path: Path) -> N
                   backup_dir=tmp_path)
     assert (r.outcome, r.reason) == (Outcome.TRANSIENT_ERROR, "DatabaseUnreachable"), r.message
     assert os.listdir(tmp_path) == []
+
+
+@contextlib.contextmanager
+def small_volume(path: Path, size_bytes: int) -> Iterator[Path]:
+    """A real tmpfs of ``size_bytes`` (a full volume, for real); needs root (CAP_SYS_ADMIN) to mount."""
+    path.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
+                       capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        pytest.fail(f"mounting a {size_bytes}-byte tmpfs at {path} failed (needs root): {p.stderr.strip()}",
+                    pytrace=False)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_full_volume_leaves_nothing_and_names_the_path(fresh_db: str, tmp_path: Path) -> None:
+    _seed(fresh_db)
+    with small_volume(tmp_path / "full", 64 * 1024) as vol:
+        r = bk.backup(fresh_db, backup_dir=vol)
+        assert (r.outcome, r.reason) == (Outcome.PERMANENT_ERROR, "BackupFailed"), r.message
+        assert str(vol) in r.message and ".partial" in r.message, r.message
+        assert os.listdir(vol) == []
+
+
+def test_dump_that_fits_but_its_sidecar_does_not_leaves_no_good_dump_beside_an_empty_sidecar(
+        fresh_db: str, tmp_path: Path) -> None:
+    """Issue: a full volume left a good dump beside a 0-byte .sha256, which later called the dump corrupt."""
+    _seed(fresh_db)
+    probe = bk.backup(fresh_db, backup_dir=tmp_path / "probe")
+    assert probe.ok, probe.message
+    pages = -(-probe.data["sizeBytes"] // 4096)
+    with small_volume(tmp_path / "tight", pages * 4096) as vol:
+        r = bk.backup(fresh_db, backup_dir=vol)
+        assert not r.ok, "the sidecar should not have fitted"
+        assert "cannot write" in r.message and ".sha256.partial" in r.message and str(vol) in r.message, r.message
+        assert os.listdir(vol) == [], os.listdir(vol)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_formats_and_compression_verified_and_sidecar_checks_every_file(fresh_db: str, tmp_path: Path,
+                                                                        jobs: int) -> None:
+    _seed(fresh_db)
+    execute(fresh_db, "create table u as select g as id, md5((g * 3)::text) as v from generate_series(1, 5000) g")
+    r = bk.backup(fresh_db, backup_dir=tmp_path, compress="none" if jobs == 1 else "gzip:5", jobs=jobs)
+    assert r.ok, r.message
+    p = Path(r.data["path"])
+    assert r.data["format"] == ("directory" if jobs > 1 else "custom") and p.is_dir() == (jobs > 1)
+    assert r.data["compression"] == ("none" if jobs == 1 else "gzip:5") and r.data["jobs"] == jobs
+    lines = (tmp_path / (p.name + ".sha256")).read_text().splitlines()
+    assert r.data["files"] == len(lines) and (len(lines) > 2) == (jobs > 1)
+    # sha256sum -c accepts the sidecar from the backup directory
+    check = subprocess.run(["sha256sum", "-c", p.name + ".sha256"], cwd=tmp_path, capture_output=True, text=True,
+                           check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert bk.verify_backup(p) == (True, "sha256 and full read OK")
+    victim = max(bk.archive_files(p), key=lambda f: f.stat().st_size)
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    victim.write_bytes(bytes(raw))
+    ok, why = bk.verify_backup(p)
+    assert not ok and "sha256 mismatch" in why
+    # retention removes directory backups too
+    r2 = bk.backup(fresh_db, backup_dir=tmp_path, jobs=jobs, keep=1)
+    assert r2.ok and r2.data["removed"] == [str(p)] and not p.exists()
+    assert not (tmp_path / (p.name + ".sha256")).exists()
+
+
+def test_compression_bad_or_unsupported_is_refused_naming_the_value(fresh_db: str, tmp_path: Path) -> None:
+    r = bk.backup(fresh_db, backup_dir=tmp_path, compress="brotli:3")
+    assert (r.outcome, r.reason) == (Outcome.PERMANENT_ERROR, "InvalidInput") and "'brotli:3'" in r.message
+    r = bk.backup(fresh_db, backup_dir=tmp_path, compress="gzip:42")
+    assert r.reason == "InvalidInput" and "'gzip:42'" in r.message, r.message
+    r = bk.backup(fresh_db, backup_dir=tmp_path, jobs=0)
+    assert r.reason == "InvalidInput" and "--jobs" in r.message
+    assert not tmp_path.exists() or os.listdir(tmp_path) == []

@@ -122,6 +122,27 @@ def test_container_layouts_follow_the_architecture():
     assert bvol == {"name": "backups", "persistentVolumeClaim": {"claimName": "backups"}}
 
 
+def test_backup_jobs_and_compression_reach_the_backup_command():
+    pvc = {"persistentVolumeClaim": {"claimName": "backups"}}
+
+    def command(backup):
+        m = mig(backup=backup)
+        job = J.build_job(m, "backup", J.job_name(m.name, 1, "backup", 1), 1, SETTINGS, PLAN)
+        return job["spec"]["template"]["spec"]["containers"][0]["command"]
+
+    plain = command({"volume": pvc})
+    assert "--jobs" not in plain and "--compress" not in plain  # the runner's defaults: custom format, gzip:1
+    assert "--jobs" not in command({"volume": pvc, "jobs": 1})
+    c = command({"volume": pvc, "jobs": 4, "compression": "zstd:3"})
+    assert c[c.index("--jobs") + 1] == "4" and c[c.index("--compress") + 1] == "zstd:3"
+    crd_backup = _crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "backup"]["properties"]
+    assert crd_backup["jobs"]["minimum"] == 1 and crd_backup["jobs"]["default"] == 1
+    pattern = re.compile(crd_backup["compression"]["pattern"])
+    assert all(pattern.match(v) for v in ("gzip:1", "zstd:19", "lz4", "none", "6"))
+    assert not any(pattern.match(v) for v in ("brotli", "gzip:", "zstd:3; rm -rf /", "gzip:100"))
+
+
 def test_every_container_refuses_an_embedded_database():
     _, jobs = all_jobs(URL_DB)
     for job in jobs:

@@ -175,6 +175,10 @@ def build_containers(m: Migration, step: str, s: JobSettings, plan: Mapping[str,
             mount["subPath"] = m.backup.sub_path
         keep = m.backup.retention if m.backup.retention > 0 else 1_000_000  # 0 keeps all
         cmd = ["schemagate", "backup", *base, "--backup-dir", BACKUP_DIR, "--keep", str(keep)]
+        if m.backup.jobs > 1:
+            cmd += ["--jobs", str(m.backup.jobs)]
+        if m.backup.compression:
+            cmd += ["--compress", m.backup.compression]
         return [], [_container(m, s, "backup", cmd, mounts=[mount, _tmp_mount()])], [vol, tmp]
     if step == "precheck":
         work = {"name": "work", "mountPath": WORK_DIR}

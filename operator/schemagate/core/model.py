@@ -83,6 +83,8 @@ class BackupSpec(TypedDict, total=False):
     volume: dict[str, Any]  # a core/v1 Volume source
     subPath: str
     retention: int
+    jobs: int
+    compression: str
 
 
 class PrecheckSpec(TypedDict, total=False):
@@ -240,6 +242,8 @@ class Backup:
     volume: dict[str, Any] = field(default_factory=dict)
     sub_path: str | None = None
     retention: int = 5
+    jobs: int = 1  # > 1: pg_dump's directory format with that many parallel jobs
+    compression: str | None = None  # pg_dump --compress METHOD[:LEVEL]; None: the runner's default
 
 
 @dataclass(frozen=True)
@@ -310,6 +314,8 @@ class Migration:
                 volume=dict(bk.get("volume") or {}),
                 sub_path=bk.get("subPath"),
                 retention=int(bk.get("retention", 5)),
+                jobs=int(bk.get("jobs") or 1),
+                compression=bk.get("compression"),
             ),
             precheck=Precheck(
                 derive=bool(pc.get("derive", True)),
