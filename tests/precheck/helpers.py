@@ -56,3 +56,36 @@ def seq_scans(url: str, tables: list[str], previous: dict[str, int] | None = Non
         if previous is None or got != previous or time.monotonic() > deadline:
             return got
         time.sleep(0.2)
+
+
+def sql_project(root: Path, base: list[str], *revisions: list[str]) -> str:
+    """A throw-away Alembic project under ``root``: revision 0001 runs ``base``, then one revision per list of
+    statements (0002, 0003, ..), each statement through ``op.execute``; env.py is the rawsql project's
+    (``transaction_per_migration=True``). Returns its alembic.ini."""
+    import shutil
+
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECTS / "rawsql" / "env.py", root / "env.py")
+    (root / "alembic.ini").write_text("[alembic]\nscript_location = %(here)s\n"
+                                      "sqlalchemy.url = postgresql://localhost/unused\n", encoding="utf-8")
+    versions = root / "versions"
+    versions.mkdir(exist_ok=True)
+    previous = None
+    for i, statements in enumerate([base, *revisions], 1):
+        rev = f"{i:04d}"
+        body = "\n".join(f"    op.execute({s!r})" for s in statements) or "    pass"
+        (versions / f"{rev}_r.py").write_text(
+            f"from alembic import op\n\nrevision = {rev!r}\ndown_revision = {previous!r}\n"
+            f"branch_labels = None\ndepends_on = None\n\n\ndef upgrade():\n{body}\n\n\ndef downgrade():\n    pass\n",
+            encoding="utf-8")
+        previous = rev
+    return str(root / "alembic.ini")
+
+
+def migration_fails(url: str, ini: str, target: str = "head") -> bool:
+    """Whether plain ``alembic upgrade`` to ``target`` fails on ``url`` (PostgreSQL's own verdict)."""
+    try:
+        alembic_upgrade(ini, target, url, "DATABASE_URL")
+    except Exception:  # noqa: BLE001 - any failure of the upgrade is the answer
+        return True
+    return False

@@ -42,6 +42,11 @@ class Step:
     before: catalog.IdSnapshot
     after: catalog.IdSnapshot
     checks: list[Check] = field(default_factory=list)
+    ordinal: int = 0  # 1-based position among the revision's statements (DML included)
+
+    @property
+    def where(self) -> str:
+        return f"revision {self.revision}, statement {self.ordinal or self.index + 1}"
 
 
 def _norm(sql: str) -> str:
@@ -71,9 +76,14 @@ class StepRecorder:
 
     def on_revision(self, rev: str) -> None:
         self.revision = rev
+        self.ordinal = 0
+
+    ordinal = 0
 
     def after_execute(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
                       executemany: bool) -> None:
+        if capture.classify(statement) != "other":
+            self.ordinal += 1
         if executemany or not recorded_kind(statement):
             return
         dbapi = cursor.connection
@@ -88,7 +98,7 @@ class StepRecorder:
         checks = derive.step_checks(self.snap, after, statement)
         for c in checks:
             c.revision = self.revision
-        self.steps.append(Step(len(self.steps), self.revision, statement, self.snap, after, checks))
+        self.steps.append(Step(len(self.steps), self.revision, statement, self.snap, after, checks, self.ordinal))
         self.snap = after
 
     @contextlib.contextmanager
@@ -187,7 +197,7 @@ class DataCounter:
             return
         self._count(cursor, step.checks, step.before, None)
         if any(c.count or c.error for c in step.checks):
-            where = f"revision {step.revision}, statement {step.index + 1}"
+            where = step.where
             later = [c for s in self.steps[step.index + 1:] for c in s.checks]
             self._count(cursor, later, step.before,
                         f"counted on the data as it stands before {where}, which fails (later statements not run)")
@@ -236,7 +246,7 @@ class DataCounter:
                 out.append(c)
         if self.failed is not None:
             step, error = self.failed
-            out.append(Check(name=f"revision {step.revision} statement {step.index + 1}", kind="statement",
+            out.append(Check(name=step.where, kind="statement",
                              definition=_norm(step.sql)[:500], revision=step.revision, statement=step.sql[:500],
                              unevaluated=f"fails on the data in the data-carrying shadow: {error}"))
         mark_unevaluated(out)

@@ -537,8 +537,7 @@ def _count_in_data_shadow(config_path: str | os.PathLike[str], target: str, url:
                     f"({len(loaded['tables'])} table(s), {loaded['bytes']} bytes) right before the statement that "
                     f"validates it")
     data["dataShadow"] = {**loaded, "seconds": round(time.monotonic() - t0, 3),
-                          "stoppedAt": (f"revision {counter.stopped_at.revision}, statement "
-                                        f"{counter.stopped_at.index + 1}") if counter.stopped_at else None}
+                          "stoppedAt": counter.stopped_at.where if counter.stopped_at else None}
     return checks
 
 
