@@ -206,8 +206,12 @@ def test_kubernetes_phases_prepare_shadow_upgrade_count(wholesale: str, tmp_path
                                                        "sql": "SELECT count(*) FROM orders WHERE total_amount "
                                                               "IS NULL"}])
     assert shadows(wholesale) == before, "count must drop the shadow"
-    counted = {c["name"]: c["count"] for c in r.data["checks"] if c["count"] is not None}
+    counted = {c["name"]: c["count"] for c in r.data["checks"] if c["count"]}
     assert counted == {**WHOLESALE_EXPECTED, "orders without amount": 1}
+    # the shadow-upgrade container recorded a catalog snapshot after each statement: the same statement-by-
+    # statement checks as the all-in-one precheck
+    assert (tmp_path / "snapshots.json").exists() and r.data["route"] == "real-database"
+    assert by_name(r)["credit_transactions_order_id_fkey"]["revision"] == "0003"
     assert r.data["pending"] == ["0002", "0003"] and r.data["lint"]["source"] == "offline"
     assert r.data["dataChanges"] is False and r.data["derivationNote"] is None
     assert r.data["checks"][0]["revision"] in ("0002", "0003")

@@ -311,3 +311,32 @@ def test_no_validating_statement_passes_with_zero_checks(fresh_db: str, tmp_path
                        ["CREATE INDEX t_a ON t (a)", "ALTER TABLE t ADD COLUMN b text",
                         "CREATE TABLE u (id int PRIMARY KEY, v int NOT NULL CHECK (v > 0))"])
     assert r.outcome is Outcome.SUCCEEDED and checks == {} and "in 0 check(s)" in r.message
+
+
+def test_kubernetes_phases_count_statement_by_statement(fresh_db: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """prepare -> shadow-upgrade (the injected runner records a snapshot after each statement) -> count: a new
+    column's NOT NULL and a CHECK on a renamed column are counted, not skipped as new; a table the revisions
+    change data in is reported not evaluated (the phases have no data-carrying shadow yet)."""
+    from schemagate.runner.db import with_database
+    from schemagate.runner.inject.apply import upgrade
+    from schemagate.runner.inject.shadow import shadow_upgrade
+
+    ini = sql_project(tmp_path / "proj", ["CREATE TABLE g (id int, w int)", "CREATE TABLE h (id int, v int)"],
+                      ["ALTER TABLE g ADD COLUMN on_sale boolean NOT NULL",
+                       "ALTER TABLE g RENAME COLUMN w TO weight", "ALTER TABLE g ADD CONSTRAINT g_w CHECK (weight > 0)",
+                       "UPDATE h SET v = 1 WHERE v IS NULL", "ALTER TABLE h ALTER COLUMN v SET NOT NULL"])
+    upgrade(ini, "0001", fresh_db, "DATABASE_URL")
+    execute(fresh_db, "INSERT INTO g VALUES (1, 5), (2, -1), (3, NULL)", "INSERT INTO h VALUES (1, NULL)")
+    monkeypatch.setenv("DATABASE_URL", fresh_db)
+    work = tmp_path / "work"
+    assert precheck.prepare(workdir=work).ok
+    import json
+
+    info = json.loads((work / "prepare.json").read_text())
+    shadow_upgrade(ini, "head", with_database(fresh_db, info["shadowDatabase"]), "DATABASE_URL", work)
+    r = precheck.count(workdir=work, lint=False)
+    checks = {c["key"]: c for c in r.data["checks"]}
+    assert {k: c["count"] for k, c in checks.items()} == {"g.on_sale NOT NULL": 3, "g_w": 1, "h.v NOT NULL": None}
+    assert "change or read this table's rows" in checks["h.v NOT NULL"]["note"]
+    assert r.outcome is Outcome.CHECKS_FAILED and r.reason == "ViolationsFound"

@@ -343,31 +343,47 @@ class IdSnapshot:
         return sorted((a for (r, _), a in self.attrs.items() if r == relid), key=lambda a: a.attnum)
 
 
+ENUMS_SQL = ("SELECT e.enumtypid::bigint, array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e "
+             "GROUP BY e.enumtypid")
+
+
+def id_queries(version: int) -> dict[str, str]:
+    """The identity snapshot's queries for a server of ``server_version_num`` ``version``, by name. They are plain
+    SQL without parameters, so another process (the injected runner in the application's image, which may not
+    import this module) can run them from ``prepare.json`` and hand back the rows (:func:`id_snapshot_from_rows`)."""
+    return {"rels": _ID_RELS, "attrs": _id_attrs_sql(version), "cons": _ID_CONS, "indexes": _id_indexes_sql(version),
+            "domains": _ID_DOMAINS, "enums": ENUMS_SQL}
+
+
 def id_snapshot(cur: Any) -> IdSnapshot:
     """Read an identity snapshot through a DB-API cursor (psycopg); runs in the caller's transaction, so it sees
     the statements executed so far in it."""
     cur.execute("SELECT current_setting('server_version_num')::int")
     version = int(cur.fetchone()[0])
-    cur.execute(_ID_RELS)
+    rows: dict[str, list[Any]] = {}
+    for name, sql in id_queries(version).items():
+        cur.execute(sql)
+        rows[name] = cur.fetchall()
+    return id_snapshot_from_rows(version, rows)
+
+
+def id_snapshot_from_rows(version: int, rows: dict[str, list[Any]]) -> IdSnapshot:
+    """An :class:`IdSnapshot` from the rows of :func:`id_queries` (tuples, or lists read back from JSON).
+
+    Raises KeyError naming a missing query."""
     rels = {int(r[0]): IdRel(int(r[0]), r[1], r[2], r[3], bool(r[4]), r[5], r[6],
-                             int(r[7]) if r[7] is not None else None, bool(r[8])) for r in cur.fetchall()}
-    cur.execute(_id_attrs_sql(version))
+                             int(r[7]) if r[7] is not None else None, bool(r[8])) for r in rows["rels"]}
     attrs = {(int(r[0]), int(r[1])): IdAttr(int(r[0]), int(r[1]), r[2], r[3], bool(r[4]), int(r[5]), int(r[6]),
                                             r[7], r[8], r[9] or "", r[10] or "", r[11], r[12])
-             for r in cur.fetchall()}
-    cur.execute(_ID_CONS)
+             for r in rows["attrs"]}
     cons = {int(r[0]): IdCon(int(r[0]), r[1], r[2], bool(r[3]), int(r[4]), int(r[5]), int(r[6]), bool(r[7]),
                              bool(r[8]), _NOT_VALID.sub("", r[9] or ""), r[10], tuple(r[11] or ()), int(r[12]),
                              tuple(r[13] or ()), r[14] or "s", int(r[15]), tuple(r[16] or ()))
-            for r in cur.fetchall()}
-    cur.execute(_id_indexes_sql(version))
+            for r in rows["cons"]}
     indexes = {int(r[0]): IdIndex(int(r[0]), int(r[1]), r[2], bool(r[3]), bool(r[4]), bool(r[5]), bool(r[6]), r[7],
                                   tuple(r[8] or ()), r[9], tuple(r[10] or ()), bool(r[11]), r[12],
                                   int(r[13]) if r[13] is not None else None)
-               for r in cur.fetchall()}
-    cur.execute(_ID_DOMAINS)
-    domains = {int(r[0]): IdDomain(int(r[0]), r[1], r[2], r[3], bool(r[4]), int(r[5]), r[6]) for r in cur.fetchall()}
-    cur.execute("SELECT e.enumtypid::bigint, array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e "
-                "GROUP BY e.enumtypid")
-    enums = {int(r[0]): tuple(r[1] or ()) for r in cur.fetchall()}
+               for r in rows["indexes"]}
+    domains = {int(r[0]): IdDomain(int(r[0]), r[1], r[2], r[3], bool(r[4]), int(r[5]), r[6]) for r in rows["domains"]}
+    enums = {int(r[0]): tuple(r[1] or ()) for r in rows["enums"]}
     return IdSnapshot(version, rels, attrs, cons, indexes, domains, enums)

@@ -550,6 +550,8 @@ def already_enforced(chk: Check, at: catalog.IdSnapshot) -> bool:
     referenced table/columns and MATCH type (a revision that only changes ON DELETE drops and re-adds it), or a
     CHECK with the same definition as ``pg_get_constraintdef`` prints it in the same database."""
     relid = chk.extra.get("relid")
+    if chk.unevaluated or chk.count is not None:
+        return False
     for c in at.cons.values():
         if c.relid != relid or not c.validated:
             continue

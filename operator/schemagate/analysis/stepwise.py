@@ -92,14 +92,25 @@ class StepRecorder:
             after = catalog.id_snapshot(cur)
         finally:
             cur.close()
+        self.add(after, statement)
+
+    def add(self, after: catalog.IdSnapshot, statement: str, revision: str | None = None,
+            ordinal: int | None = None) -> Step:
+        """Record one statement whose catalog afterwards is ``after`` (live from the hook, or replayed from the
+        snapshots the Kubernetes shadow-upgrade container wrote)."""
+        if revision is not None:
+            self.revision = revision
         for key, a in after.attrs.items():
             if key not in self.snap.attrs:
                 self.origins.setdefault(key, a)
         checks = derive.step_checks(self.snap, after, statement)
         for c in checks:
             c.revision = self.revision
-        self.steps.append(Step(len(self.steps), self.revision, statement, self.snap, after, checks, self.ordinal))
+        step = Step(len(self.steps), self.revision, statement, self.snap, after, checks,
+                    self.ordinal if ordinal is None else ordinal)
+        self.steps.append(step)
         self.snap = after
+        return step
 
     @contextlib.contextmanager
     def listening(self) -> Iterator[StepRecorder]:
@@ -121,6 +132,18 @@ class StepRecorder:
         snapshot)."""
         for c in self.checks:
             c.extra["present_at_target"] = derive.present_at(c, self.snap)
+
+
+def replay(recorded: dict[str, Any]) -> StepRecorder:
+    """A :class:`StepRecorder` rebuilt from what the injected runner wrote in the application's image
+    (``schemagate.runner.inject.shadow``: ``{"version", "start": rows, "steps": [{"revision", "ordinal", "sql",
+    "rows"}]}``, the rows of ``catalog.id_queries``)."""
+    version = int(recorded["version"])
+    rec = StepRecorder(catalog.id_snapshot_from_rows(version, recorded["start"]))
+    for st in recorded.get("steps") or []:
+        rec.add(catalog.id_snapshot_from_rows(version, st["rows"]), str(st.get("sql") or ""), st.get("revision"),
+                int(st.get("ordinal") or 0))
+    return rec
 
 
 def bind_all(steps: Sequence[Step], at: catalog.IdSnapshot,

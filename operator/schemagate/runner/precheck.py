@@ -586,6 +586,7 @@ def prepare(
                     "created": sh.created, "currentRevision": current,
                     "versionTables": sh.info.get("versionTables", []), "copySeconds": sh.info.get("seconds")}
             (wd / PREPARE_FILE).write_text(json.dumps(data, indent=2), encoding="utf-8")
+            write_snapshot_queries(sh.url, wd)
         except BaseException:
             sh.dispose([])
             raise
@@ -594,6 +595,44 @@ def prepare(
                           started_at=started).finish()
     except Exception as e:  # noqa: BLE001
         return _error_result(e, started, data)
+
+
+SNAPSHOT_QUERIES_FILE = "snapshot-queries.json"  # runner.inject.snapshots.QUERIES_FILE
+SNAPSHOTS_FILE = "snapshots.json"  # runner.inject.snapshots.SNAPSHOTS_FILE
+
+
+def write_snapshot_queries(shadow_url: str, wd: Path) -> None:
+    """``snapshot-queries.json`` for the shadow-upgrade container: the identity snapshot's queries for the shadow
+    server's version (``runner.inject.snapshots``)."""
+    with _connect(shadow_url) as conn:
+        version = int(conn.info.server_version)
+    (wd / SNAPSHOT_QUERIES_FILE).write_text(
+        json.dumps({"version": version, "queries": catalog.id_queries(version)}), encoding="utf-8")
+
+
+def replayed_checks(wd: Path, statements: list[dict[str, Any]] | None) -> list[Check] | None:
+    """The statement-by-statement checks rebuilt from ``snapshots.json`` (None when the shadow-upgrade container
+    wrote none: an older injected runner; the name-based diff is used then). The checks are bound to the real
+    database (fast route). The Kubernetes phases have no data-carrying shadow yet: when the revisions change or
+    read data, the checks on the tables those statements name (and their foreign-key neighbours) are reported not
+    evaluated instead of counted before the data changes."""
+    f = wd / SNAPSHOTS_FILE
+    if not f.exists():
+        return None
+    try:
+        rec = stepwise.replay(json.loads(f.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise PrecheckError(f"{SNAPSHOTS_FILE} is unreadable ({e})", reason="InternalError") from e
+    rec.mark_present()
+    changed, _ = capture.dml_label(statements)
+    if changed:
+        touched = set(stepwise.affected_tables([], rec.start, statements or []))
+        for c in rec.checks:
+            if c.extra.get("relid") in touched or c.extra.get("ref_relid") in touched:
+                c.unevaluated = ("the pending revisions change or read this table's rows; the Kubernetes phases "
+                                 "cannot count after data changes yet (schemagate precheck counts them in a "
+                                 "data-carrying shadow)")
+    return stepwise.bind_all(rec.steps, rec.start, rec.origins, "real-database")
 
 
 def _shadow_from_prepare(url: str, info: Mapping[str, Any]) -> Shadow:
@@ -651,9 +690,12 @@ def count(
         sql_path = wd / PENDING_SQL_FILE
         offline_sql = sql_path.read_text(encoding="utf-8") if sql_path.exists() else None
         statements = up.get("statements") if isinstance(up.get("statements"), list) else None
+        derived = replayed_checks(wd, statements) if derive else None
         checks = analyse(url, sh.url, pending=pending, statements=statements, offline_sql=offline_sql or None,
                          offline_error=up.get("sqlError"), user_checks=users, do_lint=lint,
-                         statement_timeout=statement_timeout, data=data, derive_checks=derive)
+                         statement_timeout=statement_timeout, data=data, derive_checks=derive, derived=derived)
+        if derived is not None:
+            data["route"] = "real-database"
         if not pending:
             data["derivationNote"] = "no pending revisions"
         result = _finish(data, checks, max_violations, lint_fail, started, accept_unevaluated)

@@ -15,6 +15,7 @@ from schemagate.runner.db import (
 from schemagate.runner.inject.apply import upgrade
 from schemagate.runner.inject.capture import capture_statements
 from schemagate.runner.inject.config import InputError, isolated_imports
+from schemagate.runner.inject.snapshots import record_snapshots
 
 
 def shadow_url_from_workdir(url: str, workdir: str | os.PathLike[str] | None) -> str:
@@ -54,7 +55,7 @@ def shadow_upgrade(
     pending, applied, sqlError?, statements}``) when ``workdir`` is given."""
     url = shadow_url_from_workdir(resolve_url(url, url_env), workdir)
     state: dict[str, Any] = {"revision": None}
-    with capture_statements(state) as statements:
+    with capture_statements(state) as statements, record_snapshots(url, workdir, state):
         out = upgrade(config_path, target, url, url_env, lock_timeout, statement_timeout, render_sql_text=True,
                       on_revision=lambda r: state.__setitem__("revision", r))
     out["statements"] = statements
