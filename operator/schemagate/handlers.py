@@ -1,13 +1,9 @@
-"""Kopf registration and start-up, nothing else: the watches feed :class:`schemagate.reconciler.Reconciler`.
+"""Kopf registration and start-up only; the watches feed :class:`schemagate.reconciler.Reconciler`.
 
-Only ``@kopf.on.event`` handlers are used, so Kopf adds no finalizer and writes no diff-base or progress; the
-persistence settings still point at ``status.kopf`` so nothing large ever lands in annotations. Configuration:
-:class:`schemagate.settings.OperatorSettings` (environment variables, listed in docs/architecture.md).
-
-Run: ``schemagate operator [--namespace NS ...|--all-namespaces]`` or
-``kopf run -m schemagate.handlers --liveness http://0.0.0.0:8080/healthz [--all-namespaces|-n NS]``.
-With exact namespace names, Kopf's cluster scanning is off: it would otherwise list and watch Namespaces
-cluster-wide (403 under the per-namespace RBAC, retried for about a minute); CRDs are then discovered once.
+Only ``@kopf.on.event`` handlers: Kopf adds no finalizer and writes no diff-base or progress (both storages point
+at ``status.kopf`` anyway). Settings: :class:`schemagate.settings.OperatorSettings`. Run ``schemagate operator``
+or ``kopf run -m schemagate.handlers``. With exact namespace names Kopf's cluster-wide Namespace scanning is off
+(it would be denied under per-namespace RBAC); CRDs are then discovered once.
 """
 
 from __future__ import annotations
