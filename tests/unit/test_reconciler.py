@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from schemagate import k8s, observe, reconciler
+from schemagate import k8s, metrics, observe, reconciler
 from schemagate.core import decide as decide_module
 from schemagate.reconciler import CONFLICT_REQUEUE, Reconciler
 from schemagate.settings import OperatorSettings
@@ -24,6 +24,14 @@ ME = f"{NS}/{NAME}/uid-1234"
 
 def settings() -> OperatorSettings:
     return OperatorSettings(runner_image="registry.example/schemagate:0.1.0", lease_namespace=LEASE_NS)
+
+
+@pytest.fixture(autouse=True)
+def _forget_metric_series():
+    """The reconciler records per-migration series in the process-wide Prometheus registry: drop them again."""
+    yield
+    for name in (NAME, "billing"):
+        metrics.forget(NS, name)
 
 
 @pytest.fixture
