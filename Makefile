@@ -14,7 +14,7 @@ help:
 	@echo "make lint     - ruff, mypy and the import contracts"
 	@echo "make testbed  - build kube-apiserver, kube-controller-manager, etcd; fetch kubectl and helm (cached)"
 	@echo "make cluster  - start the test bed and print how to point kubectl at it"
-	@echo "make bench    - run the benchmarks in bench/"
+	@echo "make bench    - run the benchmarks in bench/ and print every goal with met/not met (ratios, one run)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -47,9 +47,13 @@ unit: venv
 cluster: venv testbed
 	$(BIN)/python -m tests.testbed.cluster
 
+BENCHES := stall backup overhead shadow_scale precheck
+BENCH_SUMMARY := $(CURDIR)/.bench-summary.jsonl
 bench: venv
-	$(BIN)/python bench/precheck.py
-	$(BIN)/python bench/operator.py
+	@rm -f $(BENCH_SUMMARY)
+	@for b in $(BENCHES); do echo "== bench/$$b.py"; SCHEMAGATE_BENCH_SUMMARY=$(BENCH_SUMMARY) $(BIN)/python bench/$$b.py || true; done
+	-$(BIN)/python bench/operator.py
+	$(BIN)/python bench/summary.py $(BENCH_SUMMARY) $(BENCHES)
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

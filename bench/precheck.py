@@ -1,4 +1,12 @@
-"""Benchmark B1: the precheck's counting cost against a bare ``SELECT count(*)`` of the same tables.
+"""Benchmark B1: the precheck's counting cost against PostgreSQL's own NOT VALID + VALIDATE of the same
+constraints (the anchor), with a bare ``SELECT count(*)`` and the seed runbook's diagnostic queries as context.
+
+The anchor (``measure_anchor``, at the end of a run, serial, jit off): the violating rows are fixed first (VALIDATE
+stops at the first bad row, so only on valid data does it scan everything, as the precheck always does); then, in
+interleaved repetitions: NOT VALID + VALIDATE in one rolled-back transaction; the precheck's counting; count(*)
+of each table; the runbook's one count(*) per constraint; and the whole ``schemagate precheck`` (a subprocess: start-
+up, plan, shadow, counting, lint) on an Alembic project whose pending revision is the same SQL. Goals: counting
+<= 1.0x VALIDATE warm and cold ("keep it"), whole precheck <= 0.8x VALIDATE. Then, as before:
 
 Setup (the wholesale seed's predicates): ``wholesaler_products`` (ROWS rows; stock >= 0, reserved_stock >= 0,
 stock >= reserved_stock), ``credit_transactions`` (ROWS rows; amount > 0 and a foreign key order_id -> orders),
@@ -27,8 +35,8 @@ setting), the same parallelism/JIT settings on both sides:
   shared_buffers) and, as root, ``sync; echo 3 > /proc/sys/vm/drop_caches`` empties the OS page cache; both sides
   then read every table from disk once. Needs the embedded server (not ``$DATABASE_URL``): a server we did not
   start is not restarted.
-Prints the ratios precheck / bare (goal <= 1.3) and ``pg_stat_user_tables.seq_scan`` deltas of one precheck run
-(goal: exactly one scan per table). In parallel mode every participant (leader + launched workers) bumps
+Prints the ratios precheck / bare (context, <= 1.3) and ``pg_stat_user_tables.seq_scan`` deltas of one precheck
+run (exactly one scan per table). In parallel mode every participant (leader + launched workers) bumps
 ``seq_scan``, so the raw delta is reported together with the participants PostgreSQL reports for the same SQL
 (``EXPLAIN (ANALYZE)``: workers launched + leader, per scan node) and whether the two agree.
 
@@ -49,6 +57,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 import argparse  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
@@ -56,8 +65,10 @@ from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
+sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
+from bench.common import goal as goal_line  # noqa: E402
 
 from schemagate.analysis import catalog, counting, derive  # noqa: E402
 from schemagate.runner.db import EmbeddedPostgres, libpq_url, with_database  # noqa: E402
@@ -300,7 +311,8 @@ def measure_warm(url: str, checks: list[counting.Check], reps: int, goal: float,
     print("counts: " + ", ".join(f"{c.name}={c.count}" for c in checks))
     print(f"[warm] precheck counting: median {mp * 1000:.1f} ms  (runs: {', '.join(f'{x[0] * 1000:.0f}' for x in pre)})")
     print(f"[warm] bare count(*):     median {mb * 1000:.1f} ms  (runs: {', '.join(f'{x[0] * 1000:.0f}' for x in bare)})")
-    print(f"[warm] ratio precheck / bare count: {ratio:.2f}x (goal <= {goal}x): {verdict(ratio <= goal)}")
+    print(f"[warm] ratio precheck / bare count: {ratio:.2f}x (context: <= {goal}x {verdict(ratio <= goal)}; the "
+          "goal is against VALIDATE, below)")
     cpu_ratio = None
     if serial and all(x[1] is not None for x in pre + bare):
         cp = statistics.median(x[1] for x in pre)  # type: ignore[misc]
@@ -356,8 +368,133 @@ def measure_cold(embedded: EmbeddedPostgres, url: str, checks: list[counting.Che
     print(f"[cold] ({what})")
     print(f"[cold] precheck counting: median {mp * 1000:.1f} ms  (runs: {', '.join(f'{x * 1000:.0f}' for x in pre)})")
     print(f"[cold] bare count(*):     median {mb * 1000:.1f} ms  (runs: {', '.join(f'{x * 1000:.0f}' for x in bare)})")
-    print(f"[cold] ratio precheck / bare count: {ratio:.2f}x (goal <= {goal}x): {verdict(ratio <= goal)}")
+    print(f"[cold] ratio precheck / bare count: {ratio:.2f}x (context: <= {goal}x {verdict(ratio <= goal)}; the "
+          "goal is against VALIDATE, below)")
     return ratio
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The anchor: PostgreSQL's own NOT VALID + VALIDATE of the same constraints
+
+NOT_VALID = [s for s in PENDING if "NOT VALID" in s]
+VALIDATE = [s for s in PENDING if "VALIDATE CONSTRAINT" in s]
+# what the seed runbook runs by hand before migrating: one diagnostic count(*) per constraint
+RUNBOOK = [
+    "SELECT count(*) FROM wholesaler_products WHERE stock < 0",
+    "SELECT count(*) FROM wholesaler_products WHERE reserved_stock < 0",
+    "SELECT count(*) FROM wholesaler_products WHERE stock < reserved_stock",
+    "SELECT count(*) FROM credit_transactions WHERE amount <= 0",
+    "SELECT count(*) FROM credit_transactions ct LEFT JOIN orders o ON o.id = ct.order_id "
+    "WHERE ct.order_id IS NOT NULL AND o.id IS NULL",
+]
+FIX = [  # VALIDATE stops at the first violating row: it scans everything only on valid data
+    "UPDATE wholesaler_products SET stock = greatest(stock, 0, reserved_stock), "
+    "reserved_stock = greatest(reserved_stock, 0) WHERE stock < 0 OR reserved_stock < 0 OR stock < reserved_stock",
+    "UPDATE credit_transactions SET amount = 1 WHERE amount <= 0",
+    "UPDATE credit_transactions ct SET order_id = NULL WHERE order_id IS NOT NULL "
+    "AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = ct.order_id)",
+]
+
+
+def run_validate(url: str) -> tuple[float, float | None]:
+    """NOT VALID + VALIDATE of the pending constraints in one transaction, rolled back (nothing stays)."""
+    def body(c: psycopg.Connection) -> None:
+        with c.transaction(force_rollback=True):
+            for s in NOT_VALID + VALIDATE:
+                c.execute(s)  # type: ignore[arg-type]
+    return _timed(url, body)
+
+
+def run_runbook(url: str) -> tuple[float, float | None]:
+    def body(c: psycopg.Connection) -> None:
+        for q in RUNBOOK:
+            c.execute(q).fetchone()  # type: ignore[arg-type]
+    return _timed(url, body)
+
+
+def alembic_project(tmp: Path) -> Path:
+    """An Alembic project whose 0002 is the pending revision above (0001 = the schema already loaded)."""
+    proj = tmp / "benchproject"
+    (proj / "versions").mkdir(parents=True)
+    shutil.copyfile(ROOT / "migrations" / "wholesale" / "alembic.ini", proj / "alembic.ini")
+    shutil.copyfile(ROOT / "migrations" / "wholesale" / "env.py", proj / "env.py")
+    (proj / "versions" / "0001_base.py").write_text(
+        'revision = "0001"\ndown_revision = None\n\n\ndef upgrade() -> None:\n    pass\n')
+    body = "".join(f"    op.execute({s!r})\n" for s in PENDING)
+    (proj / "versions" / "0002_pending.py").write_text(
+        'from alembic import op\n\nrevision = "0002"\ndown_revision = "0001"\n\n\n'
+        f"def upgrade() -> None:\n{body}")
+    return proj / "alembic.ini"
+
+
+def run_whole_precheck(url: str, config: Path, pgoptions: str) -> float:
+    env = dict(os.environ, DATABASE_URL=url, PGOPTIONS=pgoptions)
+    t0 = time.perf_counter()
+    p = subprocess.run([str(Path(sys.executable).parent / "schemagate"), "precheck", "-c", str(config), "--json"],
+                       env=env, capture_output=True, text=True, check=False)
+    dt = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"schemagate precheck failed (exit {p.returncode}): {p.stdout[-600:]} {p.stderr[-600:]}")
+    return dt
+
+
+def measure_anchor(embedded: EmbeddedPostgres | None, url: str, checks: list[counting.Check], reps: int,
+                   cold_reps: int) -> bool:
+    """Counting, whole ``schemagate precheck``, count(*) and runbook queries against NOT VALID + VALIDATE, serial,
+    after the violating rows are fixed (committed) so that VALIDATE scans every row as the precheck does."""
+    OPTS.max_parallel_workers_per_gather, OPTS.jit = 0, False
+    with psycopg.connect(libpq_url(url), autocommit=True) as c:
+        for s in FIX:
+            c.execute(s)  # type: ignore[arg-type]
+        c.execute("VACUUM (ANALYZE)")
+        c.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+        c.execute("INSERT INTO alembic_version VALUES ('0001')")
+    print("\n== anchor: PostgreSQL's own NOT VALID + VALIDATE of the same constraints (serial, jit off; violating "
+          "rows fixed first, so VALIDATE scans every row)")
+    tmp = Path(tempfile.mkdtemp(prefix="schemagate-bench-precheck-"))
+    try:
+        config = alembic_project(tmp)
+        pgoptions = "-c max_parallel_workers_per_gather=0 -c jit=off"
+        run_whole_precheck(url, config, pgoptions)  # warm-up
+        sides: dict[str, list[float]] = {"validate": [], "counting": [], "count(*)": [], "runbook": [],
+                                         "whole precheck": []}
+        for _ in range(reps):
+            sides["validate"].append(run_validate(url)[0])
+            sides["counting"].append(run_precheck(url, checks)[0])
+            sides["count(*)"].append(run_bare(url)[0])
+            sides["runbook"].append(run_runbook(url)[0])
+            sides["whole precheck"].append(run_whole_precheck(url, config, pgoptions))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in sides.items()}
+    print("| warm, serial | median (ms) | / VALIDATE |")
+    print("|---|---|---|")
+    for k, v in med.items():
+        print(f"| {k} | {v * 1000:.0f} | {v / med['validate']:.2f}x |")
+    ok = goal_line("precheck", "precheck counting vs NOT VALID + VALIDATE (warm, serial)",
+              f"{med['counting'] / med['validate']:.2f}x (count(*) {med['count(*)'] / med['validate']:.2f}x, "
+              f"runbook queries {med['runbook'] / med['validate']:.2f}x)", "<= 1.0x (keep it)",
+              med["counting"] <= med["validate"])
+    ok &= goal_line("precheck", "whole schemagate precheck vs NOT VALID + VALIDATE (warm, serial)",
+               f"{med['whole precheck'] / med['validate']:.2f}x ({med['whole precheck']:.2f}s vs "
+               f"{med['validate']:.2f}s)", "<= 0.8x", med["whole precheck"] <= 0.8 * med["validate"])
+    if embedded is not None and cold_reps > 0:
+        cold_sides: dict[str, list[float]] = {"validate": [], "counting": []}
+
+        def cold() -> None:
+            embedded.stop(mode="fast")
+            drop_os_cache()
+            embedded.start()
+
+        for i in range(cold_reps):
+            order = [("validate", lambda: run_validate(url)), ("counting", lambda: run_precheck(url, checks))]
+            for k, fn in (order if i % 2 == 0 else order[::-1]):
+                cold()
+                cold_sides[k].append(fn()[0])
+        cv, cc = statistics.median(cold_sides["validate"]), statistics.median(cold_sides["counting"])
+        ok &= goal_line("precheck", "precheck counting vs NOT VALID + VALIDATE (cold, serial)",
+                   f"{cc / cv:.2f}x ({cc * 1000:.0f} vs {cv * 1000:.0f} ms)", "<= 1.0x (keep it)", cc <= cv)
+    return ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -430,10 +567,11 @@ def main(argv: list[str] | None = None) -> int:
             line += (f"; seq_scan {fmt(r['scans'])} ({'one scan per table' if serial else 'per participant'}: "  # type: ignore[arg-type]
                      f"{verdict(bool(r['one_scan']))})")
             summary.append(line)
-        print(f"\n== summary (goal: ratio <= {args.goal}x and one scan per table)")
+        print(f"\n== context: precheck / bare count(*) (<= {args.goal}x) and one scan per table")
         for line in summary:
             print("  " + line)
-        return 0
+        anchored = measure_anchor(embedded, url, checks, args.reps, 0 if args.no_cold else args.cold_reps)
+        return 0 if anchored else 1
     finally:
         try:
             with psycopg.connect(libpq_url(admin), autocommit=True) as c:
