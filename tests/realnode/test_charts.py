@@ -1,0 +1,235 @@
+"""The charts as a user installs them, on the real node, with the images built from this repository.
+
+- ``helm install`` of charts/schemagate: the operator pod runs the built image as uid 10001 on a read-only root
+  filesystem and becomes Ready; the kubelet runs its liveness probe.
+- ``helm upgrade --install --wait`` of charts/example-app with a new ``version``: backup, precheck, migrate and
+  verify run as Jobs in real containers (migrate in the application image, with the runner injected by an init
+  container of the operator image); the gated pods start only once the migration is Ready, after the waiter init
+  container (``schemagate wait``) ran for real against the API server.
+- a Blocked migration: Helm fails naming it, the old pods keep serving, nothing is applied.
+- the operator pod killed (``--grace-period=0``) mid-migration: the new operator pod finishes the run, each step
+  Job ran once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests.delivery.e2e_support import app_pods, get_dbm, is_gated
+from tests.delivery.helm import CHARTS
+
+pytestmark = [pytest.mark.e2e, pytest.mark.realnode]
+OPERATOR_NS = "schemagate-system"
+APP = "shop-example-app"
+
+
+def diagnostics(kube: Any, *namespaces: str) -> str:
+    out = []
+    for ns in namespaces:
+        out.append(kube.kubectl("get", "pods,jobs,dbm", "-n", ns, "-o", "wide", check=False).stdout)
+        for p in kube.pods(ns):
+            out.append(f"--- pod {p['metadata']['name']}: {json.dumps(p.get('status', {}))[:1500]}")
+        ev = kube.kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False).stdout
+        out.append("--- events:\n" + "\n".join(ev.splitlines()[-25:]))
+    for p in kube.pods(OPERATOR_NS):
+        out.append(f"--- operator log {p['metadata']['name']}:\n" + kube.logs(OPERATOR_NS, p["metadata"]["name"])[-3000:])
+    return "\n".join(out)
+
+
+@pytest.fixture(scope="module")
+def operator(real_kube: Any, node_images: dict) -> Iterator[dict]:
+    repo, tag = node_images["schemagate"]["image"].rsplit(":", 1)
+    r = real_kube.helm("upgrade", "--install", "schemagate", str(CHARTS / "schemagate"), "-n", OPERATOR_NS,
+                       "--create-namespace", "--set-string", f"image.repository={repo}",
+                       "--set-string", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
+                       "--wait", "--timeout", "240s", check=False, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr + diagnostics(real_kube)
+    yield node_images["schemagate"]
+
+
+def operator_pod(kube: Any) -> dict:
+    pods = [p for p in kube.pods(OPERATOR_NS, "app.kubernetes.io/component=operator")
+            if not p["metadata"].get("deletionTimestamp")]  # fmt: skip
+    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+    return pods[0]
+
+
+def test_operator_runs_its_image_as_10001_on_a_read_only_root(real_kube: Any, operator: dict) -> None:
+    pod = operator_pod(real_kube)
+    name = pod["metadata"]["name"]
+    st = pod["status"]
+    assert {c["type"]: c["status"] for c in st["conditions"]}["Ready"] == "True"
+    cs = st["containerStatuses"][0]
+    assert cs["ready"] and cs["restartCount"] == 0 and cs["image"] == operator["image"]
+    spec = pod["spec"]["containers"][0]
+    assert spec["securityContext"]["readOnlyRootFilesystem"] is True
+    ids = real_kube.kubectl("exec", "-n", OPERATOR_NS, name, "--", "python3", "-c",
+                            "import os; print(os.getuid(), os.getgid())").stdout.split()
+    assert ids == ["10001", "10001"]
+    ro = real_kube.kubectl("exec", "-n", OPERATOR_NS, name, "--", "python3", "-c",
+                           "open('/opt/schemagate/x', 'w')", check=False)
+    assert ro.returncode != 0 and "Read-only file system" in ro.stderr
+    # the kubelet probes the operator's /healthz for real: its probe counters say so
+    def probed() -> bool:
+        metrics = real_kube.kubectl("get", "--raw", "/api/v1/nodes/schemagate-node/proxy/metrics/probes").stdout
+        return any(ln.startswith("prober_probe_total") and f'pod="{name}"' in ln and 'probe_type="Liveness"' in ln
+                   and 'result="successful"' in ln for ln in metrics.splitlines())  # fmt: skip
+    real_kube.wait_for(probed, timeout=60, interval=2, message="a successful liveness probe of the operator")
+
+
+def install_app(kube: Any, ns: str, node_images: dict, url: str, version: str, *extra: str,
+                timeout: str = "300s", check: bool = True) -> Any:  # fmt: skip
+    app = node_images["example-app"]
+    r = kube.helm("upgrade", "--install", "shop", str(CHARTS / "example-app"), "-n", ns,
+                  "--set-string", f"version={version}", "--set-string", f"database.url={url}",
+                  "--set-string", f"image.repository={app['repository']}", "--set", "image.pullPolicy=Never",
+                  "--set", "gate.waitInitContainer.enabled=true",
+                  "--set-string", f"gate.waitInitContainer.image={node_images['schemagate']['image']}",
+                  "--set", "replicas=2", "--wait", "--timeout", timeout, *extra, check=False, timeout=600)  # fmt: skip
+    if check:
+        assert r.returncode == 0, r.stderr + diagnostics(kube, ns)
+    return r
+
+
+def revision(url: str) -> str | None:
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    finally:
+        engine.dispose()
+
+
+def jobs_by_step(kube: Any, ns: str) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for j in kube.get(f"/apis/batch/v1/namespaces/{ns}/jobs")["items"]:
+        out.setdefault(j["metadata"]["labels"].get("schemagate.dev/step", "?"), []).append(j)
+    return out
+
+
+def test_upgrade_runs_every_step_in_real_containers(real_kube: Any, operator: dict, node_images: dict,
+                                                   real_namespace: str, pod_db: tuple[str, str]) -> None:  # fmt: skip
+    url, in_pod = pod_db
+    ns = real_namespace
+    install_app(real_kube, ns, node_images, in_pod, "0001")
+    assert revision(url) == "0001"
+    install_app(real_kube, ns, node_images, in_pod, "0003")
+    o = get_dbm(real_kube, ns, APP)
+    assert o["status"]["phase"] == "Succeeded" and o["status"]["currentRevision"] == "0003", o["status"]
+    assert revision(url) == "0003"
+
+    app_image = f"{node_images['example-app']['repository']}:0003"
+    jobs = jobs_by_step(real_kube, ns)
+    for step in ("precheck", "migrate", "verify"):
+        assert step in jobs, (step, sorted(jobs))
+    for step, js in jobs.items():
+        for j in js:
+            assert j["status"].get("succeeded") == 1, (step, j["status"])
+    # each step ran in a real container of the right image, and the kubelet wrote its termination message
+    for step, js in jobs.items():
+        job = max(js, key=lambda j: j["metadata"]["creationTimestamp"])
+        pods = real_kube.pods(ns, f"job-name={job['metadata']['name']}")
+        assert pods, step
+        p = pods[-1]
+        images = {c["name"]: c["image"] for c in p["spec"]["containers"]}
+        statuses = p["status"]["containerStatuses"]
+        assert all(s["state"]["terminated"]["exitCode"] == 0 for s in statuses), (step, statuses)
+        assert any((s["state"]["terminated"].get("message") or "").startswith("{") for s in statuses), (step, statuses)
+        if step == "migrate":
+            assert app_image in images.values(), images
+            inits = {c["name"]: c["image"] for c in p["spec"].get("initContainers") or []}
+            assert operator["image"] in inits.values(), inits  # install-runner from the operator image
+        else:
+            assert set(images.values()) == {operator["image"]}, (step, images)
+
+    # the new pods: started after Ready, through the waiter init container, serving revision 0003
+    pods = [p for p in app_pods(real_kube, ns, "app.kubernetes.io/instance=shop") if not is_gated(p)]
+    assert len(pods) == 2, [p["metadata"]["name"] for p in pods]
+    for p in pods:
+        assert p["spec"]["containers"][0]["image"] == app_image
+        init = p["status"]["initContainerStatuses"][0]
+        assert init["name"] == "wait-for-migration" and init["state"]["terminated"]["exitCode"] == 0, init
+        assert {c["type"]: c["status"] for c in p["status"]["conditions"]}["Ready"] == "True"
+        with urllib.request.urlopen(f"http://{p['status']['podIP']}:8000/", timeout=5) as r:  # noqa: S310 (pod IP on this machine)
+            assert json.loads(r.read())["revision"] == "0003"
+
+
+def test_blocked_upgrade_fails_and_keeps_the_old_pods(real_kube: Any, operator: dict, node_images: dict,
+                                                     real_namespace: str, pod_db: tuple[str, str]) -> None:  # fmt: skip
+    from tests.e2e.test_gate import seed_negative_stock
+
+    url, in_pod = pod_db
+    ns = real_namespace
+    install_app(real_kube, ns, node_images, in_pod, "0001")
+    seed_negative_stock(url, rows=4)
+    r = install_app(real_kube, ns, node_images, in_pod, "0003", timeout="150s", check=False)
+    assert r.returncode != 0, r.stdout
+    o = get_dbm(real_kube, ns, APP)
+    assert o["status"]["phase"] == "Blocked" and o["status"]["violations"]["total"] == 4, o["status"]
+    assert revision(url) == "0001"  # nothing applied
+    pods = app_pods(real_kube, ns, "app.kubernetes.io/instance=shop")
+    old = [p for p in pods if not is_gated(p)]
+    assert old and all(p["spec"]["containers"][0]["image"].endswith(":0001") for p in old)
+    assert all({c["type"]: c["status"] for c in p["status"]["conditions"]}["Ready"] == "True" for p in old)
+    assert any(is_gated(p) for p in pods)  # the new pod waits, unscheduled
+    assert "migrate" not in jobs_by_step(real_kube, ns)
+
+
+def test_operator_killed_mid_migration(real_kube: Any, operator: dict, node_images: dict, real_namespace: str,
+                                       pod_db: tuple[str, str]) -> None:  # fmt: skip
+    """The migrate Job waits on the migration advisory lock (held here); meanwhile the operator pod is deleted with
+    grace period 0. The Deployment's new pod picks the run up; once the lock is released the migration finishes,
+    with one migrate Job whose pod ran once."""
+    from schemagate.runner.app import ADVISORY_LOCK_KEY
+
+    url, in_pod = pod_db
+    ns = real_namespace
+    install_app(real_kube, ns, node_images, in_pod, "0001")
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1), poolclass=sa.pool.NullPool)
+    holder = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+        r = install_app(real_kube, ns, node_images, in_pod, "0003", "--wait=false", timeout="30s", check=False)
+        assert r.returncode == 0, r.stderr
+
+        def migrate_running() -> bool:
+            js = jobs_by_step(real_kube, ns).get("migrate") or []
+            pods = [p for j in js for p in real_kube.pods(ns, f"job-name={j['metadata']['name']}")]
+            return any(p["status"].get("phase") == "Running" for p in pods)
+
+        real_kube.wait_for(migrate_running, timeout=240, interval=1, message="the migrate Job's pod to run")
+        old = operator_pod(real_kube)["metadata"]["name"]
+        real_kube.kubectl("delete", "pod", "-n", OPERATOR_NS, old, "--grace-period=0", "--force", "--wait=false")
+
+        def new_operator_ready() -> bool:
+            p = operator_pod(real_kube)
+            return p["metadata"]["name"] != old and any(
+                c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or [])
+
+        real_kube.wait_for(new_operator_ready, timeout=180, interval=1, message="a new operator pod, Ready")
+        time.sleep(2)
+    finally:
+        holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+        holder.close()
+        engine.dispose()
+
+    def done() -> bool:
+        return get_dbm(real_kube, ns, APP).get("status", {}).get("phase") == "Succeeded"
+
+    real_kube.wait_for(done, timeout=300, interval=2, message=f"{APP} Succeeded after the operator restart")
+    assert revision(url) == "0003"
+    o = get_dbm(real_kube, ns, APP)
+    assert o["status"]["currentRevision"] == "0003"
+    migrate = jobs_by_step(real_kube, ns)["migrate"]
+    gen2 = [j for j in migrate if j["metadata"]["labels"].get("schemagate.dev/generation") == "2"]
+    assert len(gen2) == 1, [j["metadata"]["name"] for j in migrate]
+    assert gen2[0]["status"].get("succeeded") == 1 and not gen2[0]["status"].get("failed"), gen2[0]["status"]
+    pods = real_kube.pods(ns, f"job-name={gen2[0]['metadata']['name']}")
+    assert len(pods) == 1 and all(s["restartCount"] == 0 for s in pods[0]["status"]["containerStatuses"])
