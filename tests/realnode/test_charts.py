@@ -187,7 +187,7 @@ def test_operator_killed_mid_migration(real_kube: Any, operator: dict, node_imag
     """The migrate Job waits on the migration advisory lock (held here); meanwhile the operator pod is deleted with
     grace period 0. The Deployment's new pod picks the run up; once the lock is released the migration finishes,
     with one migrate Job whose pod ran once."""
-    from schemagate.runner.app import ADVISORY_LOCK_KEY
+    from schemagate.runner.inject.lock import ADVISORY_LOCK_KEY
 
     url, in_pod = pod_db
     ns = real_namespace
