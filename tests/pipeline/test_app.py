@@ -10,9 +10,9 @@ import pytest
 
 import schemagate.runner.inject as inject
 from schemagate.runner.inject.apply import upgrade
-from schemagate.runner.inject.config import make_config
+from schemagate.runner.inject.config import MultipleHeadsError, make_config
 from schemagate.runner.inject.migrate import migrate
-from schemagate.runner.inject.revisions import MultipleHeadsError, plan
+from schemagate.runner.inject.revisions import plan
 from schemagate.runner.result import ExitCode, Outcome
 from tests.pipeline.helpers import (
     FOODTRUCK,
@@ -31,7 +31,8 @@ from tests.pipeline.helpers import (
 
 def test_plan_on_empty_database(fresh_db: str) -> None:
     p = plan(FOODTRUCK, "head", fresh_db)
-    assert p == {"current": None, "target": "0003", "pending": ["0001", "0002", "0003"], "heads": ["0003"]}
+    assert p == {"current": None, "currentHeads": [], "target": "0003", "pending": ["0001", "0002", "0003"],
+                 "expected": ["0003"], "heads": ["0003"]}
     assert version(fresh_db) is None  # planning changes nothing
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from alembic.config import Config
@@ -31,6 +31,7 @@ from schemagate.runner.inject.config import (
     normalize_duration,
     session_environment,
 )
+from schemagate.runner.inject.graph import alembic_target, join_revisions, reached, split_revisions
 from schemagate.runner.inject.revisions import current_heads, plan
 
 
@@ -44,17 +45,20 @@ def _statement_of(exc: BaseException) -> str | None:
     return None
 
 
-def render_sql(cfg: Config, script: ScriptDirectory, current: str | None, target: str) -> str:
-    """The offline (``--sql``) rendering of ``current:target`` (what squawk lints)."""
+def render_sql(cfg: Config, script: ScriptDirectory, current: str | Sequence[str] | None, target: str) -> str:
+    """The offline (``--sql``) rendering of ``current:target`` (what squawk lints). ``current``: the version rows
+    (a tuple, or comma-separated text for several); ``target``: as ``plan`` resolves it."""
     buf = io.StringIO()
     cfg.output_buffer = buf
-    start = current
+    start = split_revisions(current) or None
+    dest = alembic_target(target)
 
     def fn(rev: Any, context: Any) -> Any:
-        return script._upgrade_revs(target, rev)
+        return script._upgrade_revs(dest, rev)  # type: ignore[arg-type] - Alembic takes a tuple of ids too
 
     try:
-        with EnvironmentContext(cfg, script, fn=fn, as_sql=True, starting_rev=start, destination_rev=target):
+        with EnvironmentContext(cfg, script, fn=fn, as_sql=True, starting_rev=start,  # type: ignore[arg-type]
+                                destination_rev=target):
             script.run_env()
     finally:
         cfg.output_buffer = None
@@ -116,7 +120,7 @@ def upgrade(
         return run
 
     def upgrade_fn(rev: Any, context: Any) -> Any:
-        steps = script._upgrade_revs(p["target"], rev)
+        steps = script._upgrade_revs(alembic_target(p["target"]), rev)  # type: ignore[arg-type]
         for step in steps:
             rid = getattr(getattr(step, "revision", None), "revision", None)
             if rid and hasattr(step, "migration_fn"):
@@ -146,8 +150,7 @@ def upgrade(
         raise MigrationFailedError(text, revision=failing, statement=stmt, current_revision=after) from e
     after = _safe_current(config_path, url, url_env)
     result["toRevision"] = after
-    pend = p["pending"]
-    result["applied"] = pend[: pend.index(after) + 1] if after in pend else []
+    result["applied"] = reached(script, p["pending"], split_revisions(after))
     return result
 
 
@@ -156,6 +159,6 @@ def _safe_current(config_path: str | os.PathLike[str], url: str, url_env: str | 
         cfg = make_config(config_path, url)
         with session_environment(url, url_env):
             heads = current_heads(cfg, load_script(cfg))
-        return heads[0] if len(heads) == 1 else (",".join(heads) or None)
+        return join_revisions(heads)
     except Exception:  # noqa: BLE001
         return None

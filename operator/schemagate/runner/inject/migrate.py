@@ -35,9 +35,10 @@ from schemagate.runner.inject.config import (
     isolated_imports,
     normalize_duration,
 )
+from schemagate.runner.inject.graph import split_revisions
 from schemagate.runner.inject.lock import advisory_lock, backoff_delays
 from schemagate.runner.inject.lockwait import LockWaitWatcher, describe
-from schemagate.runner.inject.revisions import plan
+from schemagate.runner.inject.revisions import applied_revisions, plan
 from schemagate.runner.result import Outcome, StepResult, now
 
 DEFAULT_RETRIES = 5
@@ -131,8 +132,7 @@ def migrate(
                 data["toRevision"] = out["toRevision"]
                 break
         # revisions committed by earlier attempts (before a lock timeout) count too
-        pend = base["pending"]
-        data["applied"] = pend[: pend.index(data["toRevision"]) + 1] if data["toRevision"] in pend else []
+        data["applied"] = applied_revisions(config_path, url, base["pending"], split_revisions(data["toRevision"]))
         n = len(data["applied"])
         msg = (f"applied {n} revision{'s' if n != 1 else ''} ({', '.join(data['applied'])}); "
                f"the database is at revision {data['toRevision']}") if n else (

@@ -1,12 +1,13 @@
-"""Revisions and plan: the target resolved against the migration scripts, the database's current revision read
-through the application's env.py, and the pending revisions in apply order (``plan``)."""
+"""Revisions and plan: the database's current revisions read through the application's env.py (its version
+table, wherever env.py puts it), and what ``alembic upgrade <target>`` does from there (``plan``, built on
+``schemagate.runner.inject.graph``)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
-from alembic import util as alembic_util
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
@@ -16,42 +17,14 @@ from schemagate.runner.db import (
     resolve_url,
 )
 from schemagate.runner.inject.config import (
-    InputError,
-    MultipleHeadsError,
     RunnerError,
-    UnknownRevisionError,
     _reraise_classified,
     isolated_imports,
     load_script,
     make_config,
     session_environment,
 )
-
-
-def resolve_target(script: ScriptDirectory, target: str | None) -> tuple[str, list[str]]:
-    heads = list(script.get_heads())
-    target = (target or "head").strip()
-    if not heads:
-        raise InputError("the migration scripts have no revisions")
-    if target in ("head", "heads"):
-        if len(heads) > 1:
-            raise MultipleHeadsError(
-                f"the migration scripts have {len(heads)} heads ({', '.join(sorted(heads))}): merge them "
-                f"(alembic merge heads) or set the target to one revision; nothing was changed",
-                heads=sorted(heads),
-            )
-        return heads[0], heads
-    if target == "base":
-        raise InputError("--target base would downgrade; schemagate only upgrades")
-    try:
-        rev = script.get_revision(target)
-    except alembic_util.CommandError as e:
-        raise UnknownRevisionError(
-            f"unknown target revision {target!r} ({e}); heads: {', '.join(sorted(heads))}; nothing was changed"
-        ) from e
-    if rev is None:
-        raise UnknownRevisionError(f"unknown target revision {target!r}; nothing was changed")
-    return rev.revision, heads
+from schemagate.runner.inject.graph import join_revisions, plan_upgrade, reached
 
 
 def current_heads(cfg: Config, script: ScriptDirectory) -> tuple[str, ...]:
@@ -67,36 +40,6 @@ def current_heads(cfg: Config, script: ScriptDirectory) -> tuple[str, ...]:
     return captured.get("heads", ())
 
 
-def _pending(script: ScriptDirectory, target: str, current: str | None) -> list[str]:
-    if current == target:
-        return []
-    if current is not None:
-        try:
-            script.get_revision(current)
-        except alembic_util.CommandError as e:
-            raise UnknownRevisionError(
-                f"the database is at revision {current!r}, which the migration scripts do not contain "
-                f"(an older image, or a revision deleted from the scripts); nothing was changed"
-            ) from e
-    if current is not None:
-        below = {r.revision for r in script.iterate_revisions(current, "base")}
-        if target in below:
-            raise InputError(
-                f"target revision {target!r} is older than the database's revision {current!r}: schemagate only "
-                f"upgrades; nothing was changed"
-            )
-    try:
-        revs = list(script.iterate_revisions(target, current, implicit_base=True))
-    except Exception as e:  # RangeNotAncestorError and friends
-        raise InputError(
-            f"target revision {target!r} is not ahead of the database's revision {current!r}: schemagate only "
-            f"upgrades; nothing was changed"
-        ) from e
-    if current is not None and revs and any(r.revision == current for r in revs):
-        revs = [r for r in revs if r.revision != current]
-    return [r.revision for r in reversed(revs)]
-
-
 @isolated_imports
 def plan(
     config_path: str | os.PathLike[str],
@@ -104,11 +47,15 @@ def plan(
     url: str | None = None,
     url_env: str | None = DEFAULT_URL_ENV,
 ) -> dict[str, Any]:
-    """``{current, target (resolved id), pending [ids in apply order], heads}`` (see module docstring)."""
+    """What ``alembic upgrade <target>`` does on this database (see ``schemagate.runner.inject.graph``).
+
+    Returns ``{"current": "0002a,0002b"|None (the version rows, sorted, comma-separated), "currentHeads": [ids],
+    "target": resolved target (revision ids, comma-separated for several), "pending": [ids in apply order],
+    "expected": [version rows after the upgrade, sorted], "heads": [heads of the scripts]}``. Raises
+    ``MultipleHeadsError``, ``UnknownRevisionError``, ``InputError`` before any change (see ``plan_upgrade``)."""
     url = resolve_url(url, url_env)
     cfg = make_config(config_path, url)
     script = load_script(cfg)
-    target_id, heads = resolve_target(script, target)
     try:
         with session_environment(url, url_env):
             cur = current_heads(cfg, script)
@@ -116,9 +63,16 @@ def plan(
         raise
     except Exception as e:  # noqa: BLE001
         _reraise_classified(e)
-    if len(cur) > 1:
-        raise MultipleHeadsError(
-            f"the database is at several revisions ({', '.join(cur)}); merge the heads first", heads=list(cur)
-        )
-    current = cur[0] if cur else None
-    return {"current": current, "target": target_id, "pending": _pending(script, target_id, current), "heads": heads}
+    up = plan_upgrade(script, cur, target)
+    return {"current": join_revisions(up.current), "currentHeads": list(up.current), "target": up.resolved_target,
+            "pending": list(up.pending), "expected": list(up.expected), "heads": list(up.script_heads)}
+
+
+@isolated_imports
+def applied_revisions(config_path: str | os.PathLike[str], url: str | None, pending: Sequence[str],
+                      heads: Sequence[str]) -> list[str]:
+    """The revisions of ``pending`` (apply order kept) that the database now holds: each is one of ``heads`` or
+    an ancestor of one (Alembic's revision map; no env.py run). Revisions committed by an attempt that failed
+    later count too."""
+    script = load_script(make_config(config_path, url))
+    return reached(script, pending, heads)
