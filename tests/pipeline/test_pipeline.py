@@ -188,7 +188,14 @@ def test_two_migrators_are_serialised_and_apply_once(fresh_db: str) -> None:
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     try:
-        time.sleep(3)
+        # both reach the lock and poll it (the machine may be slow to start them: wait for it, not a fixed time)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and scalar(
+                fresh_db, "select count(*) from pg_stat_activity where application_name = 'schemagate-runner' "
+                          "and query like '%advisory%' and datname = current_database()") < 2:
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            time.sleep(0.2)
+        time.sleep(1.5)  # a few more polls each
         assert all(p.poll() is None for p in procs)  # both wait for the lock
         assert version(fresh_db) is None
     finally:
@@ -200,7 +207,7 @@ def test_two_migrators_are_serialised_and_apply_once(fresh_db: str) -> None:
     assert [p.returncode for p in procs] == [0, 0], outs
     applied = sorted(len(r["data"]["applied"]) for r in results)
     assert applied == [0, 3], results
-    assert all("waiting for another migrator" in o[1] for o in outs)
+    assert all("waiting for another migrator" in o[1] for o in outs), [o[1][-3000:] for o in outs]
     assert query(fresh_db, "select version_num from alembic_version") == [("0003",)]
 
 

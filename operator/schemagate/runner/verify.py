@@ -1,24 +1,35 @@
 """The verify step: after migrating, prove that the database is where the plan said it would be.
 
-Checks (each failure is one line in ``data.failures``; any failure -> ``ChecksFailed``/``VerificationFailed``):
+Named checks, each adding to one ``VerifyReport`` (every failure is one line in ``data.failures``; any failure ->
+``ChecksFailed``/``VerificationFailed``):
 
-1. the current revision equals the target (read with the Alembic project when ``config_path`` is given, else
-   straight from the version table, e.g. in the operator's image where the project is absent);
-2. every constraint the revisions added (the plan's checks of kind check/foreignkey/unique) exists and
-   ``pg_constraint.convalidated``; NOT NULL ones are ``attnotnull``;
-3. every index the revisions added has ``indisvalid AND indisready AND indislive``;
-4. no NOT VALID constraint and no invalid index is left on a touched table (every user table without a plan);
-5. recount: the plan's checks, rebuilt from the live catalog, count 0 violating rows with the precheck's own
-   counting (``schemagate.analysis.counting``: PostgreSQL semantics, one scan per table), and so do the user
+1. ``check_revisions``: the database's set of current revisions (the version table's rows) equals the set the
+   target leaves. With ``config_path`` (the Alembic project) nothing may be pending for the target; without it
+   (the operator's image) the rows are compared with the plan's ``expectedRevisions`` (or ``targetRevision``,
+   comma-separated for several heads). The version table is the plan's ``versionTableSchema``/``versionTable``
+   when given, else ``version_table_schema``/``version_table``.
+2. ``check_constraints``: every constraint the revisions added (the plan's checks of kind
+   check/foreignkey/unique/notnull) exists and ``pg_constraint.convalidated``; NOT NULL ones are ``attnotnull``.
+3. ``check_indexes``: every index the revisions added has ``indisvalid AND indisready AND indislive``.
+4. ``check_leftovers``: no NOT VALID constraint and no invalid index is left on a touched table (every user table
+   without a plan), except constraints the target leaves NOT VALID on purpose (the plan's ``notValid``).
+5. ``check_counts``: the plan's checks, rebuilt from the live catalog, count 0 violating rows with the precheck's
+   own counting (``schemagate.analysis.counting``: PostgreSQL semantics, one scan per table), and so do the user
    checks (SQL returning a count).
 
-The plan is the precheck result's ``data`` (``{targetRevision, checks, indexes, ...}``) or the whole precheck
-StepResult, given as JSON through ``--plan FILE`` or the environment variable of ``--plan-env``
+Identifiers: a plan entry names its table by separate fields (``schema``, ``relname`` (or ``table`` when
+``schema`` is given) and ``columns``); an older entry with only the display text ``table`` is matched against
+``schema.relname`` as a whole, never split. Tables are resolved to an oid once and queried by oid; SQL
+identifiers are quoted by the driver (``psycopg.sql.Identifier``). Messages name tables as PostgreSQL prints
+``oid::regclass``.
+
+The plan is the precheck result's ``data`` (``{targetRevision, expectedRevisions, checks, indexes, ...}``) or the
+whole precheck StepResult, given as JSON through ``--plan FILE`` or the environment variable of ``--plan-env``
 (``SCHEMAGATE_PLAN`` in the verify Job).
 
 Public API: ``verify(config_path=None, target="head", url=None, url_env="DATABASE_URL", *, plan=None,
-user_checks=(), version_table="alembic_version", statement_timeout="1h") -> StepResult``;
-``load_plan(path=None, env=None) -> dict | None``.
+user_checks=(), version_table="alembic_version", version_table_schema=None, statement_timeout="1h") ->
+StepResult``; ``load_plan(path=None, env=None) -> dict | None``; ``VerifyReport``.
 """
 
 from __future__ import annotations
@@ -26,7 +37,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,49 +88,192 @@ def _connect(url: str) -> Any:
     return psycopg.connect(conninfo, **kw)
 
 
-def _table_matches(display: str | None, schema: str, relname: str) -> bool:
-    if not display:
-        return True
-    return display in (relname, f"{schema}.{relname}", f'"{schema}"."{relname}"')
+@dataclass
+class VerifyReport:
+    """What verify found. ``as_data()`` is the StepResult's ``data``: ``{currentRevision, targetRevision,
+    expectedRevisions, constraints: [{name, table, exists, validated}], indexes: [{name, valid}], checks: [...],
+    notValid?: [{name, table}], failures: [str]}``. ``touched`` (table oids) and ``recount``
+    (``counting.Check``) pass work from the catalog checks to ``check_leftovers`` and ``check_counts``."""
 
+    current_revision: str | None = None
+    target_revision: str | None = None
+    expected_revisions: list[str] = field(default_factory=list)
+    constraints: list[dict[str, Any]] = field(default_factory=list)
+    indexes: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    not_valid: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    touched: set[int] = field(default_factory=set)
+    recount: list[Any] = field(default_factory=list)
+
+    def fail(self, text: str) -> None:
+        self.failures.append(text)
+
+    def as_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"currentRevision": self.current_revision, "targetRevision": self.target_revision,
+                                "constraints": self.constraints, "indexes": self.indexes, "checks": self.checks,
+                                "failures": self.failures}
+        if self.expected_revisions:
+            data["expectedRevisions"] = self.expected_revisions
+        if self.not_valid:
+            data["notValid"] = self.not_valid
+        return data
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tables and identifiers
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table resolved in the live catalog: ``oid``, ``schema``, ``relname`` and ``display`` (``oid::regclass``
+    as PostgreSQL prints it: schema only when not on the search_path, quotes only where needed)."""
+
+    oid: int
+    schema: str
+    relname: str
+    display: str
+
+
+_TABLE_SQL = """
+SELECT t.oid, n.nspname, t.relname, t.oid::regclass::text FROM pg_class t
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE t.relkind IN ('r', 'p', 'f', 'm') AND {where}
+ORDER BY pg_table_is_visible(t.oid) DESC, n.nspname LIMIT 2
+"""
+
+
+def table_fields(entry: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """``(schema, relname, display)`` of a plan entry: separate fields when present, else only the display text."""
+    relname = entry.get("relname")
+    if relname is None and "schema" in entry:
+        relname = entry.get("table")
+    display = entry.get("table") if relname is None else None
+    return entry.get("schema"), relname, display
+
+
+def resolve_table(cur: Any, entry: Mapping[str, Any]) -> Table | None:
+    """The table a plan entry names, or None when it does not exist (or, for a display-only entry, is ambiguous).
+    Without a schema the table visible on the search_path wins, as in PostgreSQL's own name lookup."""
+    schema, relname, display = table_fields(entry)
+    if relname:
+        cur.execute(_TABLE_SQL.format(where="t.relname = %s AND (%s::text IS NULL OR n.nspname = %s)"),
+                    (relname, schema, schema))
+        rows = cur.fetchall()[:1]
+    elif display:  # matched whole against schema.relname (never split), else a visible table of that name
+        cur.execute(_TABLE_SQL.format(where="n.nspname || '.' || t.relname = %s"), (display,))
+        rows = cur.fetchall()
+        if len(rows) != 1:
+            cur.execute(_TABLE_SQL.format(where="t.relname = %s AND pg_table_is_visible(t.oid)"), (display,))
+            rows = cur.fetchall()[:1]
+    else:
+        return None
+    return Table(*rows[0]) if rows else None
+
+
+def _entry_display(entry: Mapping[str, Any]) -> str:
+    schema, relname, display = table_fields(entry)
+    if relname:
+        return f"{schema}.{relname}" if schema else str(relname)
+    return str(display or "?")
+
+
+def notnull_column(entry: Mapping[str, Any]) -> str | None:
+    """The column of a NOT NULL plan entry: ``columns[0]``/``column``, else the quoted name in ``"col" NOT NULL``."""
+    cols = entry.get("columns")
+    if isinstance(cols, Sequence) and not isinstance(cols, str) and cols:
+        return str(cols[0])
+    if entry.get("column"):
+        return str(entry["column"])
+    definition = str(entry.get("definition") or "")
+    m = re.match(r'^\s*"((?:[^"]|"")+)"\s+NOT NULL', definition) or re.match(r"^\s*(\w+)\s+NOT NULL", definition)
+    return m.group(1).replace('""', '"') if m else None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 1. revisions
+
+
+def read_version_rows(cur: Any, table: str, schema: str | None) -> list[str] | None:
+    """The version table's rows (sorted), or None when the table does not exist. Quoted by the driver."""
+    from psycopg import sql
+
+    cur.execute("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = %s "
+                "AND (%s::text IS NULL OR n.nspname = %s) ORDER BY pg_table_is_visible(c.oid) DESC LIMIT 1",
+                (table, schema, schema))
+    if cur.fetchone() is None:
+        return None
+    name = sql.Identifier(schema, table) if schema else sql.Identifier(table)
+    cur.execute(sql.SQL("SELECT version_num FROM {} ORDER BY 1").format(name))
+    return [r[0] for r in cur.fetchall()]
+
+
+def _revisions_with_project(report: VerifyReport, config_path: str | os.PathLike[str], wanted: str | None,
+                            url: str, url_env: str | None, expected: list[str]) -> None:
+    from schemagate.runner.inject.revisions import plan as alembic_plan
+
+    p = alembic_plan(config_path, wanted, url, url_env)
+    report.current_revision, report.target_revision = p["current"], p["target"]
+    report.expected_revisions = expected or p["expected"]
+    if p["pending"]:
+        report.fail(f"revision {p['current'] or 'base'} is not the target {p['target']}: "
+                    f"{len(p['pending'])} revision(s) pending ({', '.join(p['pending'])})")
+    elif expected and sorted(p["currentHeads"]) != sorted(expected):
+        report.fail(f"the database is at revision(s) {p['current'] or 'base'}, not the expected "
+                    f"{','.join(sorted(expected))}")
+
+
+def check_revisions(report: VerifyReport, cur: Any, plan: Mapping[str, Any], config_path: Any, target: str | None,
+                    url: str, url_env: str | None, version_table: tuple[str, str | None]) -> None:
+    """Check 1 (see the module docstring). Raises ``InvalidInputError`` when, without the project, the plan names
+    no revision ids to compare with."""
+    wanted = plan.get("targetRevision") or target
+    expected = sorted(str(r) for r in plan.get("expectedRevisions") or [])
+    if config_path is not None:
+        _revisions_with_project(report, config_path, wanted, url, url_env, expected)
+        return
+    if not expected:
+        if not wanted or wanted in ("head", "heads") or "@" in str(wanted):
+            raise db.InvalidInputError("verify needs the target revision id(s): give -c/--config (the Alembic "
+                                       "project) or a plan (--plan/--plan-env) with targetRevision")
+        expected = sorted({r.strip() for r in str(wanted).split(",") if r.strip()})
+    rows = read_version_rows(cur, version_table[0], version_table[1]) or []
+    report.current_revision = ",".join(rows) or None
+    report.target_revision, report.expected_revisions = wanted, expected
+    if rows != expected:
+        report.fail(f"the database is at revision(s) {report.current_revision or 'base'}, not the expected "
+                    f"{','.join(expected)}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 2. constraints
 
 _CONSTRAINTS_SQL = """
-SELECT c.conname, n.nspname, t.relname, c.contype, c.convalidated, pg_get_constraintdef(c.oid),
-       pg_get_expr(c.conbin, c.conrelid),
+SELECT c.conname, n.nspname, t.relname, c.contype, c.convalidated, pg_get_expr(c.conbin, c.conrelid),
        ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(attnum, ord)
              JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum ORDER BY k.ord)::text[],
        fn.nspname, ft.relname,
        ARRAY(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY k(attnum, ord)
              JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum ORDER BY k.ord)::text[],
-       c.confmatchtype, t.oid
+       c.confmatchtype, t.oid, t.oid::regclass::text
 FROM pg_constraint c
 JOIN pg_class t ON t.oid = c.conrelid
 JOIN pg_namespace n ON n.oid = t.relnamespace
 LEFT JOIN pg_class ft ON ft.oid = c.confrelid
 LEFT JOIN pg_namespace fn ON fn.oid = ft.relnamespace
-WHERE c.conname = %s
+WHERE c.conname = %s AND (%s::oid IS NULL OR c.conrelid = %s::oid)
+ORDER BY pg_table_is_visible(t.oid) DESC
 """
 
 _INDEX_SQL = """
-SELECT n.nspname, t.relname, i.indisvalid AND i.indisready AND i.indislive, t.oid, ic.relname
+SELECT n.nspname, t.relname, i.indisvalid AND i.indisready AND i.indislive, t.oid, t.oid::regclass::text
 FROM pg_index i
 JOIN pg_class ic ON ic.oid = i.indexrelid
 JOIN pg_class t ON t.oid = i.indrelid
 JOIN pg_namespace n ON n.oid = ic.relnamespace
-WHERE ic.relname = %s
+WHERE ic.relname = %s AND (%s::oid IS NULL OR i.indrelid = %s::oid)
+ORDER BY pg_table_is_visible(t.oid) DESC
 """
-
-_USER_TABLES_SQL = """
-SELECT t.oid FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace
-WHERE t.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\\_%%'
-"""
-
-
-def _notnull_column(definition: str) -> str | None:
-    m = re.match(r'^\s*"((?:[^"]|"")+)"\s+NOT NULL', definition or "") or re.match(r"^\s*(\w+)\s+NOT NULL",
-                                                                                   definition or "")
-    return m.group(1).replace('""', '"') if m else None
 
 
 def _unique_keys(cur: Any, conname: str, table_oid: int) -> list[str]:
@@ -131,17 +286,188 @@ def _unique_keys(cur: Any, conname: str, table_oid: int) -> list[str]:
     return [r[0] for r in cur.fetchall()]
 
 
-def _current_revision(cur: Any, version_table: str) -> str | None:
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (version_table,))
-    if not cur.fetchone()[0]:
-        return None
-    from schemagate.analysis.counting import quote_ident
+def _check_notnull(report: VerifyReport, cur: Any, c: Mapping[str, Any], entry: dict[str, Any],
+                   table: Table | None) -> None:
+    from schemagate.analysis import counting
 
-    parts = version_table.split(".")
-    name = ".".join(quote_ident(p) for p in parts)
-    cur.execute(f"SELECT version_num FROM {name}")  # noqa: S608 - identifier quoted
-    rows = [r[0] for r in cur.fetchall()]
-    return ",".join(rows) if rows else None
+    col = notnull_column(c)
+    row = None
+    if table is not None and col:
+        cur.execute("SELECT a.attnotnull FROM pg_attribute a WHERE a.attrelid = %s AND a.attname = %s "
+                    "AND NOT a.attisdropped", (table.oid, col))
+        row = cur.fetchone()
+    if table is not None and row:
+        entry.update(exists=True, validated=bool(row[0]))
+        report.touched.add(table.oid)
+        report.recount.append(counting.notnull(str(c["name"]), table.schema, table.relname, col or ""))
+    if not row or not row[0]:
+        where = table.display if table is not None else _entry_display(c)
+        report.fail(f"{where}.{col} is not NOT NULL")
+
+
+def _recount_constraint(report: VerifyReport, cur: Any, name: str, row: Sequence[Any]) -> None:
+    from schemagate.analysis import counting
+
+    (conname, nsp, rel, contype, _validated, expr, cols, fnsp, frel, fcols, matchtype, toid, _display) = row
+    if contype == "c" and expr:
+        report.recount.append(counting.check_(name, nsp, rel, expr))
+    elif contype == "f" and cols and fcols:
+        report.recount.append(counting.foreign_key(name, nsp, rel, list(cols), fnsp, frel, list(fcols),
+                                                   match_full=matchtype == "f"))
+    elif contype == "u":
+        keys = _unique_keys(cur, conname, toid)
+        if keys:
+            report.recount.append(counting.unique(name, nsp, rel, keys))
+
+
+def _check_named_constraint(report: VerifyReport, cur: Any, c: Mapping[str, Any], entry: dict[str, Any],
+                            table: Table | None) -> None:
+    name, kind = str(c["name"]), c["kind"]
+    oid = table.oid if table is not None else None
+    where = table.display if table is not None else _entry_display(c)
+    cur.execute(_CONSTRAINTS_SQL, (name, oid, oid))
+    rows = cur.fetchall()
+    if not rows and kind == "unique":  # a unique index rather than a constraint
+        cur.execute(_INDEX_SQL, (name, oid, oid))
+        irow = cur.fetchone()
+        if irow:
+            entry.update(exists=True, validated=bool(irow[2]))
+            report.touched.add(irow[3])
+            if not irow[2]:
+                report.fail(f"unique index {name} on {irow[4]} is INVALID")
+            return
+    if not rows:
+        report.fail(f"constraint {name} on {where} does not exist")
+        return
+    row = rows[0]
+    report.touched.add(row[11])
+    entry.update(exists=True, validated=bool(row[4]))
+    if not row[4]:
+        report.fail(f"constraint {name} on {row[12]} is NOT VALID")
+    _recount_constraint(report, cur, name, row)
+
+
+def check_constraints(report: VerifyReport, cur: Any, plan: Mapping[str, Any]) -> None:
+    """Check 2 (see the module docstring)."""
+    for c in plan.get("checks") or []:
+        if not isinstance(c, Mapping) or c.get("kind") not in CONSTRAINT_KINDS:
+            continue
+        if c.get("presentAtTarget") is False:  # validated on the way, dropped by a later statement
+            continue
+        table = resolve_table(cur, c)
+        schema, relname, display = table_fields(c)
+        entry: dict[str, Any] = {"name": str(c["name"]), "schema": schema, "table": relname or display,
+                                 "exists": False, "validated": False}
+        report.constraints.append(entry)
+        if c["kind"] == "notnull":
+            _check_notnull(report, cur, c, entry, table)
+        else:
+            _check_named_constraint(report, cur, c, entry, table)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 3. indexes and 4. leftovers
+
+
+def check_indexes(report: VerifyReport, cur: Any, plan: Mapping[str, Any]) -> None:
+    """Check 3 (see the module docstring)."""
+    for ix in plan.get("indexes") or []:
+        if not isinstance(ix, Mapping) or not ix.get("name"):
+            continue
+        table = resolve_table(cur, ix)
+        if table is None and (ix.get("table") or ix.get("relname")):
+            rows: list[Any] = []
+        else:
+            oid = table.oid if table is not None else None
+            cur.execute(_INDEX_SQL, (str(ix["name"]), oid, oid))
+            rows = cur.fetchall()
+        valid = bool(rows and rows[0][2])
+        report.indexes.append({"name": ix["name"], "valid": valid})
+        if not rows:
+            report.fail(f"index {ix['name']} does not exist")
+            continue
+        report.touched.add(rows[0][3])
+        if not valid:
+            report.fail(f"index {ix['name']} is INVALID")
+
+
+_USER_TABLES_SQL = """
+SELECT t.oid FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE t.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_%%'
+"""
+
+
+def check_leftovers(report: VerifyReport, cur: Any, plan: Mapping[str, Any]) -> None:
+    """Check 4 (see the module docstring)."""
+    if not plan.get("checks") and not plan.get("indexes"):
+        cur.execute(_USER_TABLES_SQL)
+        report.touched |= {r[0] for r in cur.fetchall()}
+    if not report.touched:
+        return
+    oids = sorted(report.touched)
+    cur.execute("SELECT c.conname, c.conrelid::regclass::text FROM pg_constraint c "
+                "WHERE NOT c.convalidated AND c.conrelid = ANY(%s::oid[]) ORDER BY 2, 1", (oids,))
+    listed = {e["name"] for e in report.constraints}
+    # constraints the target revision leaves NOT VALID on purpose (a later revision validates them)
+    intended = {e.get("name") for e in plan.get("notValid") or [] if isinstance(e, Mapping)}
+    for conname, tbl in cur.fetchall():
+        if conname in intended:
+            report.not_valid.append({"name": conname, "table": tbl})
+        elif conname not in listed:
+            report.fail(f"constraint {conname} on {tbl} is NOT VALID")
+    cur.execute("SELECT ic.relname, i.indrelid::regclass::text FROM pg_index i "
+                "JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = ANY(%s::oid[]) "
+                "AND NOT (i.indisvalid AND i.indisready AND i.indislive) ORDER BY 2, 1", (oids,))
+    listed = {e["name"] for e in report.indexes}
+    for iname, tbl in cur.fetchall():
+        if iname not in listed:
+            report.fail(f"index {iname} on {tbl} is INVALID")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 5. counts
+
+
+def check_counts(report: VerifyReport, url: str, users: Sequence[Any], statement_timeout: str) -> int:
+    """Check 5 (see the module docstring): returns how many checks were counted."""
+    from schemagate.analysis import counting
+
+    checks = report.recount + list(users)
+    if checks:
+        with _connect(url) as conn:
+            counting.run_counts(conn, checks, counting.CountOptions(statement_timeout=statement_timeout))
+    for c in checks:
+        report.checks.append({"name": c.name, "table": c.table, "kind": c.kind, "definition": c.definition,
+                              "count": c.count, **({"note": f"error: {c.error}"} if c.error else {})})
+        if c.error:
+            report.fail(f"check {c.name} could not be evaluated: {c.error}")
+        elif c.count:
+            report.fail(f"check {c.name}" + (f" on {c.table}" if c.table else "")
+                        + f" counts {c.count} violating row(s)")
+    return len(checks)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The step
+
+
+def _plan_user_checks(plan: Mapping[str, Any], user_checks: Iterable[Any]) -> list[Any]:
+    return _parse_user_checks(list(user_checks) + [
+        {"name": c["name"], "sql": c["definition"], "table": c.get("table")}
+        for c in plan.get("checks") or [] if isinstance(c, Mapping) and c.get("kind") == "user"
+    ])
+
+
+def _finish(report: VerifyReport, counted: int, started: Any) -> StepResult:
+    if report.failures:
+        msg = f"verification failed ({len(report.failures)} problem(s)): " + "; ".join(report.failures[:3])
+        return StepResult(step=STEP, outcome=Outcome.CHECKS_FAILED, reason="VerificationFailed",
+                          message=db.redact(msg[:600]), data=report.as_data(), started_at=started).finish()
+    msg = (f"verified: at revision {report.current_revision}, {len(report.constraints)} constraint(s) valid, "
+           f"{len(report.indexes)} index(es) valid, {counted} check(s) count 0")
+    return StepResult(step=STEP, outcome=Outcome.SUCCEEDED, reason="Verified", message=msg,
+                      data=report.as_data(), started_at=started).finish()
 
 
 def verify(
@@ -153,166 +479,30 @@ def verify(
     plan: Mapping[str, Any] | None = None,
     user_checks: Iterable[Any] = (),
     version_table: str = "alembic_version",
+    version_table_schema: str | None = None,
     statement_timeout: str = "1h",
 ) -> StepResult:
-    """Verify revision, constraints, indexes and counts (see the module docstring). Never raises."""
+    """Run the named checks (see the module docstring) and return one StepResult. Never raises."""
     started = now()
-    data: dict[str, Any] = {"currentRevision": None, "targetRevision": None, "constraints": [], "indexes": [],
-                            "checks": [], "failures": []}
-    failures: list[str] = data["failures"]
+    report = VerifyReport()
     try:
-        from schemagate.analysis import counting
-
         url = db.resolve_url(url, url_env)
         plan = dict(plan or {})
-        users = _parse_user_checks(list(user_checks) + [
-            {"name": c["name"], "sql": c["definition"], "table": c.get("table")}
-            for c in plan.get("checks") or [] if isinstance(c, Mapping) and c.get("kind") == "user"
-        ])
-        # 1. revision
-        wanted = plan.get("targetRevision") or target
-        if config_path is not None:
-            from schemagate.runner.inject.revisions import plan as alembic_plan
-
-            p = alembic_plan(config_path, wanted, url, url_env)
-            data["currentRevision"], data["targetRevision"] = p["current"], p["target"]
-            if p["pending"]:
-                failures.append(f"revision {p['current'] or 'base'} is not the target {p['target']}: "
-                                f"{len(p['pending'])} revision(s) pending ({', '.join(p['pending'])})")
+        users = _plan_user_checks(plan, user_checks)
+        vt = (str(plan.get("versionTable") or version_table),
+              plan.get("versionTableSchema") or version_table_schema)
         with _connect(url) as conn, conn.cursor() as cur:
             cur.execute("SELECT set_config('statement_timeout', %s, false)", (statement_timeout,))
-            if config_path is None:
-                cur_rev = _current_revision(cur, version_table)
-                data["currentRevision"], data["targetRevision"] = cur_rev, wanted
-                if not wanted or wanted in ("head", "heads"):
-                    raise db.InvalidInputError("verify needs the target revision id: give -c/--config (the Alembic "
-                                               "project) or a plan (--plan/--plan-env) with targetRevision")
-                if cur_rev != wanted:
-                    failures.append(f"the database is at revision {cur_rev or 'base'}, not the target {wanted}")
-            # 2. constraints
-            touched: set[int] = set()
-            recount: list[Any] = []
-            for c in plan.get("checks") or []:
-                if not isinstance(c, Mapping) or c.get("kind") not in CONSTRAINT_KINDS:
-                    continue
-                if c.get("presentAtTarget") is False:  # validated on the way, dropped by a later statement
-                    continue
-                name, table, kind = str(c["name"]), c.get("table"), c["kind"]
-                entry: dict[str, Any] = {"name": name, "schema": c.get("schema"), "table": table, "exists": False,
-                                         "validated": False}
-                data["constraints"].append(entry)
-                if "schema" in c:  # schema and table as separate fields (precheck results since issue 9)
-                    schema, rel = str(c.get("schema") or ""), str(table or "")
-                else:  # an older plan: "schema.table"
-                    schema, _, rel = (table or "").rpartition(".")
-                if kind == "notnull":
-                    col = c.get("column") or _notnull_column(str(c.get("definition") or ""))
-                    cur.execute(
-                        "SELECT a.attnotnull, t.oid FROM pg_attribute a JOIN pg_class t ON t.oid = a.attrelid "
-                        "JOIN pg_namespace n ON n.oid = t.relnamespace WHERE t.relname = %s "
-                        "AND (%s = '' OR n.nspname = %s) AND a.attname = %s AND NOT a.attisdropped",
-                        (rel, schema, schema, col or ""),
-                    )
-                    row = cur.fetchone()
-                    if row:
-                        entry.update(exists=True, validated=bool(row[0]))
-                        touched.add(row[1])
-                        recount.append(counting.notnull(name, schema or None, rel, col or ""))
-                    if not row or not row[0]:
-                        failures.append(f"{table}.{col} is not NOT NULL")
-                    continue
-                cur.execute(_CONSTRAINTS_SQL, (name,))
-                rows = [r for r in cur.fetchall()
-                        if (r[1], r[2]) == (schema, rel) or (not schema and _table_matches(rel, r[1], r[2]))]
-                if not rows and kind == "unique":  # a unique index rather than a constraint
-                    cur.execute(_INDEX_SQL, (name,))
-                    irow = cur.fetchone()
-                    if irow:
-                        entry.update(exists=True, validated=bool(irow[2]))
-                        touched.add(irow[3])
-                        if not irow[2]:
-                            failures.append(f"unique index {name} on {table} is INVALID")
-                        continue
-                if not rows:
-                    failures.append(f"constraint {name} on {table} does not exist")
-                    continue
-                (conname, nsp, rel, contype, validated, condef, expr, cols, fnsp, frel, fcols, matchtype,
-                 toid) = rows[0]
-                touched.add(toid)
-                entry.update(exists=True, validated=bool(validated))
-                if not validated:
-                    failures.append(f"constraint {name} on {table} is NOT VALID")
-                if contype == "c" and expr:
-                    recount.append(counting.check_(name, nsp, rel, expr))
-                elif contype == "f" and cols and fcols:
-                    recount.append(counting.foreign_key(name, nsp, rel, list(cols), fnsp, frel, list(fcols),
-                                                        match_full=matchtype == "f"))
-                elif contype == "u":
-                    keys = _unique_keys(cur, conname, toid)
-                    if keys:
-                        recount.append(counting.unique(name, nsp, rel, keys))
-            # 3. indexes
-            for ix in plan.get("indexes") or []:
-                if not isinstance(ix, Mapping) or not ix.get("name"):
-                    continue
-                cur.execute(_INDEX_SQL, (str(ix["name"]),))
-                rows = [r for r in cur.fetchall() if _table_matches(ix.get("table"), r[0], r[1])]
-                valid = bool(rows and rows[0][2])
-                data["indexes"].append({"name": ix["name"], "valid": valid})
-                if rows:
-                    touched.add(rows[0][3])
-                if not rows:
-                    failures.append(f"index {ix['name']} does not exist")
-                elif not valid:
-                    failures.append(f"index {ix['name']} is INVALID")
-            # 4. leftovers on touched tables (every user table without a plan)
-            if not plan.get("checks") and not plan.get("indexes"):
-                cur.execute(_USER_TABLES_SQL)
-                touched |= {r[0] for r in cur.fetchall()}
-            if touched:
-                oids = sorted(touched)
-                cur.execute("SELECT c.conname, c.conrelid::regclass::text FROM pg_constraint c "
-                            "WHERE NOT c.convalidated AND c.conrelid = ANY(%s::oid[]) ORDER BY 2, 1", (oids,))
-                listed = {e["name"] for e in data["constraints"]}
-                # constraints the target revision leaves NOT VALID on purpose (a later revision validates them)
-                intended = {e.get("name") for e in plan.get("notValid") or [] if isinstance(e, dict)}
-                for conname, tbl in cur.fetchall():
-                    if conname in intended:
-                        data.setdefault("notValid", []).append({"name": conname, "table": tbl})
-                    elif conname not in listed:
-                        failures.append(f"constraint {conname} on {tbl} is NOT VALID")
-                cur.execute("SELECT ic.relname, i.indrelid::regclass::text FROM pg_index i "
-                            "JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = ANY(%s::oid[]) "
-                            "AND NOT (i.indisvalid AND i.indisready AND i.indislive) ORDER BY 2, 1", (oids,))
-                listed = {e["name"] for e in data["indexes"]}
-                for iname, tbl in cur.fetchall():
-                    if iname not in listed:
-                        failures.append(f"index {iname} on {tbl} is INVALID")
-        # 5. recount with the precheck's counting (PostgreSQL semantics)
-        checks = recount + users
-        if checks:
-            with _connect(url) as conn:
-                counting.run_counts(conn, checks, counting.CountOptions(statement_timeout=statement_timeout))
-        for c in checks:
-            data["checks"].append({"name": c.name, "table": c.table, "kind": c.kind, "definition": c.definition,
-                                   "count": c.count, **({"note": f"error: {c.error}"} if c.error else {})})
-            if c.error:
-                failures.append(f"check {c.name} could not be evaluated: {c.error}")
-            elif c.count:
-                failures.append(f"check {c.name}" + (f" on {c.table}" if c.table else "")
-                                + f" counts {c.count} violating row(s)")
-        if failures:
-            msg = f"verification failed ({len(failures)} problem(s)): " + "; ".join(failures[:3])
-            return StepResult(step=STEP, outcome=Outcome.CHECKS_FAILED, reason="VerificationFailed",
-                              message=db.redact(msg[:600]), data=data, started_at=started).finish()
-        msg = (f"verified: at revision {data['currentRevision']}, {len(data['constraints'])} constraint(s) valid, "
-               f"{len(data['indexes'])} index(es) valid, {len(checks)} check(s) count 0")
-        return StepResult(step=STEP, outcome=Outcome.SUCCEEDED, reason="Verified", message=msg, data=data,
-                          started_at=started).finish()
+            check_revisions(report, cur, plan, config_path, target, url, url_env, vt)
+            check_constraints(report, cur, plan)
+            check_indexes(report, cur, plan)
+            check_leftovers(report, cur, plan)
+        counted = check_counts(report, url, users, statement_timeout)
+        return _finish(report, counted, started)
     except Exception as e:  # noqa: BLE001 - every failure becomes a StepResult
         outcome, reason, msg = db.classify_error(e)
-        return StepResult(step=STEP, outcome=outcome, reason=reason, message=db.redact(msg), data=data,
-                          started_at=started).finish()
+        return StepResult(step=STEP, outcome=outcome, reason=reason, message=db.redact(msg),
+                          data=report.as_data(), started_at=started).finish()
 
 
 def _parse_user_checks(items: Iterable[Any]) -> list[Any]:
