@@ -54,10 +54,11 @@ def render_sql(cfg: Config, script: ScriptDirectory, current: str | Sequence[str
     dest = alembic_target(target)
 
     def fn(rev: Any, context: Any) -> Any:
-        return script._upgrade_revs(dest, rev)  # type: ignore[arg-type] - Alembic takes a tuple of ids too
+        # Alembic takes a tuple of revision ids as the destination too (ScriptDirectory.get_revisions)
+        return script._upgrade_revs(dest, rev)  # type: ignore[arg-type]
 
     try:
-        with EnvironmentContext(cfg, script, fn=fn, as_sql=True, starting_rev=start,  # type: ignore[arg-type]
+        with EnvironmentContext(cfg, script, fn=fn, as_sql=True, starting_rev=start,
                                 destination_rev=target):
             script.run_env()
     finally:

@@ -55,7 +55,8 @@ class _CountingHeads(HeadMaintainer):
     insert, delete, merge, unmerge, update) is Alembic's own ``update_to_step``."""
 
     def __init__(self, heads: Iterable[str]) -> None:
-        super().__init__(context=None, heads=heads)  # type: ignore[arg-type] - the context is only used to write
+        # the context is only used to write the version table, which this subclass never does
+        super().__init__(context=None, heads=heads)  # type: ignore[arg-type]
 
     def _insert_version(self, version: str) -> None:
         self.heads.add(version)
@@ -145,7 +146,7 @@ def _resolve(script: ScriptDirectory, target: str, current: Sequence[str]) -> tu
             f"unknown target revision {target!r} ({e}); heads of the scripts: "
             f"{describe_heads(script, script.get_heads())}; {NOTHING_CHANGED}"
         ) from e
-    return tuple(sorted(r.revision for r in revs if r is not None))
+    return tuple(sorted(r.revision for r in revs if r is not None and not isinstance(r, str)))
 
 
 def _refuse_downgrade(script: ScriptDirectory, target: str, target_ids: Sequence[str],
@@ -154,7 +155,8 @@ def _refuse_downgrade(script: ScriptDirectory, target: str, target_ids: Sequence
     (it would report success at a revision the user did not ask for)."""
     if not current or not target_ids or set(target_ids) <= set(current):
         return
-    below = {r.revision for r in script.revision_map._get_ancestor_nodes(script.revision_map.get_revisions(current))}
+    rmap = script.revision_map
+    below = {r.revision for r in rmap._get_ancestor_nodes(rmap.get_revisions(current)) if not isinstance(r, str)}
     if set(target_ids) <= below:
         raise InputError(
             f"target revision {target!r} is older than the database's revision(s) {join_revisions(current)}: "
