@@ -172,7 +172,7 @@ def derive(real: Catalog, shadow: Catalog) -> Derivation:
         if (ix.schema, ix.relname, ix.shape) in real_shapes:
             continue
         t = table_of(ix.schema, ix.relname)
-        d.indexes.append({"name": ix.name, "table": f"{ix.schema}.{ix.relname}", "definition": ix.definition})
+        d.indexes.append({"name": ix.name, "schema": ix.schema, "table": ix.relname, "definition": ix.definition})
         if not ix.unique:
             continue
         name = ix.constraint or ix.name

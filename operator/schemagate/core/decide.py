@@ -298,8 +298,10 @@ def _precheck_status(st: MigrationStatus, data: dict[str, Any], max_violations: 
         st["resolvedTargetRevision"] = data["targetRevision"]
     st["plan"] = {
         "targetRevision": data.get("targetRevision"),
+        "expectedRevisions": list(data.get("expectedRevisions") or []),
         "pending": list(data.get("pending") or []),
-        "checks": [{k: c.get(k) for k in ("name", "table", "kind", "definition") if k in c}  # type: ignore[misc]
+        "checks": [{k: c.get(k) for k in ("name", "schema", "table", "column", "kind", "definition", "presentAtTarget")
+                    if k in c}  # type: ignore[misc]
                    for c in checks],
         "indexes": list(data.get("indexes") or []),
         "notValid": list(data.get("notValid") or []),

@@ -434,7 +434,8 @@ def precheck(
         if shadow_url_env and not shadow_url:
             shadow_url = db.resolve_url(None, shadow_url_env)
         p = plan(config_path, target, url, url_env)
-        data.update(currentRevision=p["current"], targetRevision=p["target"], pending=list(p["pending"]))
+        data.update(currentRevision=p["current"], targetRevision=p["target"], pending=list(p["pending"]),
+                    expectedRevisions=list(p["expected"]))
         checks: list[Check] = list(users)
         if not p["pending"]:
             data["derivation"] = "shadow" if derive else "disabled"
