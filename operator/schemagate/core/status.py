@@ -59,10 +59,13 @@ class CheckCount(TypedDict, total=False):
     """One check of ``status.violations.checks[]`` (``count`` absent in ``status.plan.checks[]``)."""
 
     name: str
+    schema: str | None
     table: str
+    column: str | None
     kind: str
     definition: str
     count: int | None
+    presentAtTarget: bool
 
 
 class Violations(TypedDict, total=False):
@@ -85,6 +88,7 @@ class Plan(TypedDict):
     """``status.plan``: what the verify step needs from the precheck (passed in ``SCHEMAGATE_PLAN``)."""
 
     targetRevision: str | None
+    expectedRevisions: list[str]
     pending: list[str]
     checks: list[CheckCount]
     indexes: list[dict[str, Any]]
