@@ -51,7 +51,7 @@ unit: venv
 cluster: venv testbed
 	$(BIN)/python -m tests.testbed.cluster
 
-BENCHES := stall backup overhead shadow_scale precheck
+BENCHES := stall backup overhead shadow_scale precheck data_shadow
 BENCH_SUMMARY := $(CURDIR)/.bench-summary.jsonl
 bench: venv
 	@rm -f $(BENCH_SUMMARY)

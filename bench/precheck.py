@@ -70,7 +70,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 from bench.common import goal as goal_line  # noqa: E402
 
-from schemagate.analysis import catalog, counting, derive  # noqa: E402
+from schemagate.analysis import catalog, counting, stepwise  # noqa: E402
 from schemagate.runner.db import EmbeddedPostgres, libpq_url, with_database  # noqa: E402
 
 TABLES = ["wholesaler_products", "credit_transactions", "orders"]
@@ -149,19 +149,25 @@ def load(url: str, rows: int, narrow: bool = False) -> None:
 
 
 def derived_checks(admin: str, real: str) -> list[counting.Check]:
-    """Derive the checks exactly as the precheck does: shadow copy + pending revision + catalog diff."""
+    """Derive the checks exactly as the precheck does: a shadow copy of the schema, the pending revision's
+    statements one by one with an identity snapshot after each (``analysis.stepwise``), bound to the real
+    database (the fast route: no data changes)."""
     shadow_name = "sgbench_shadow_" + uuid.uuid4().hex[:8]
     with psycopg.connect(libpq_url(admin), autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{shadow_name}"')  # type: ignore[arg-type]
     shadow = with_database(admin, shadow_name)
     try:
         with psycopg.connect(libpq_url(shadow), autocommit=True) as c:
-            for s in SCHEMA + PENDING:
+            for s in SCHEMA:
                 c.execute(s)  # type: ignore[arg-type]
-            shadow_cat = catalog.snapshot(c)
-        with psycopg.connect(libpq_url(real), autocommit=True) as c:
-            real_cat = catalog.snapshot(c)
-        return derive.derive(real_cat, shadow_cat).counted
+            with c.cursor() as cur:
+                rec = stepwise.StepRecorder(catalog.id_snapshot(cur))
+            for s in PENDING:
+                c.execute(s)  # type: ignore[arg-type]
+                with c.cursor() as cur:
+                    rec.add(catalog.id_snapshot(cur), s, "bench")
+        checks = stepwise.bind_all(rec.steps, rec.start, rec.origins, "real-database")
+        return [c for c in checks if not c.skipped and c.count is None and not c.unevaluated]
     finally:
         with psycopg.connect(libpq_url(admin), autocommit=True) as c:
             c.execute(f'DROP DATABASE "{shadow_name}" WITH (FORCE)')  # type: ignore[arg-type]

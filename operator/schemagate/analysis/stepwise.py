@@ -352,28 +352,37 @@ def load_rows(real_conn: Any, data_conn: Any, start: catalog.IdSnapshot, relids:
     rows = 0
     with data_conn.cursor() as dcur:
         dcur.execute("SET session_replication_role = replica")
-    with real_conn.transaction():
+    with real_conn.transaction(), data_conn.transaction():
         with real_conn.cursor() as rcur:
             rcur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        if leaves:  # truncated in this transaction, so COPY .. FREEZE writes the rows frozen (no hint-bit or clog
+            # work when the revisions then read them); CASCADE: every table of the shadow is empty anyway
+            with data_conn.cursor() as dcur:
+                dcur.execute("TRUNCATE " + ", ".join(counting.qualified(r.schema, r.relname) for r in leaves)
+                             + " CASCADE")
         for rel in leaves:
             cols = [a for a in start.columns_of(rel.oid) if not a.generated]
             collist = ", ".join(counting.quote_ident(a.name) for a in cols)
             src = counting.qualified(rel.schema, rel.relname)
             copy_out = f"COPY (SELECT {collist} FROM ONLY {src}) TO STDOUT (FORMAT binary)"  # noqa: S608
-            copy_in = f"COPY {src} ({collist}) FROM STDIN (FORMAT binary)"
+            copy_in = f"COPY {src} ({collist}) FROM STDIN (FORMAT binary, FREEZE)"
             with real_conn.cursor() as rcur, data_conn.cursor() as dcur:
                 with rcur.copy(copy_out) as out, dcur.copy(copy_in) as inp:
                     for chunk in out:
                         inp.write(chunk)
                 rows += dcur.rowcount if dcur.rowcount and dcur.rowcount > 0 else 0
-        with real_conn.cursor() as rcur:
-            rcur.execute(
-                "SELECT n.nspname, s.relname, pg_sequence_last_value(s.oid) FROM pg_class s "
-                "JOIN pg_namespace n ON n.oid = s.relnamespace JOIN pg_depend d ON d.objid = s.oid "
-                "AND d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
-                "WHERE s.relkind = 'S' AND d.refobjid = ANY(%s::regclass[]) AND d.deptype IN ('a', 'i')",
-                ([counting.qualified(s, t) for s, t in names],))
-            seqs = rcur.fetchall()
+        seqs: list[Any] = []
+        try:  # best effort: a role without rights on the sequences still gets its counts
+            with real_conn.transaction(), real_conn.cursor() as rcur:
+                rcur.execute(
+                    "SELECT n.nspname, s.relname, pg_sequence_last_value(s.oid) FROM pg_class s "
+                    "JOIN pg_namespace n ON n.oid = s.relnamespace JOIN pg_depend d ON d.objid = s.oid "
+                    "AND d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
+                    "WHERE s.relkind = 'S' AND d.refobjid = ANY(%s::regclass[]) AND d.deptype IN ('a', 'i')",
+                    ([counting.qualified(s, t) for s, t in names],))
+                seqs = rcur.fetchall()
+        except Exception:  # noqa: BLE001 - any driver error: the sequences keep their start values
+            seqs = []
     with data_conn.cursor() as dcur:
         for schema, seq, value in seqs:
             if value is not None:
