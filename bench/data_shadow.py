@@ -41,8 +41,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "operator"))
 sys.path.insert(0, os.path.dirname(_HERE))
 
 import psycopg  # noqa: E402
-
 from bench.common import ROOT, fresh_database, goal, server  # noqa: E402
+
 from schemagate.runner import precheck  # noqa: E402
 from schemagate.runner.db import libpq_url  # noqa: E402
 
