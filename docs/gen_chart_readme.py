@@ -53,20 +53,12 @@ def _join(block: list[str]) -> str:
     return out
 
 
+_TYPES = ((bool, "bool"), (int, "int"), (float, "float"), (str, "string"), (list, "list"), (dict, "object"))
+
+
 def _type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "object"
-    return "null"
+    """helm-docs' type names (bool before int: a bool is an int in Python)."""
+    return next((name for t, name in _TYPES if isinstance(value, t)), "null")
 
 
 def _default(value: Any) -> str:
