@@ -340,3 +340,28 @@ def test_kubernetes_phases_count_statement_by_statement(fresh_db: str, tmp_path:
     assert {k: c["count"] for k, c in checks.items()} == {"g.on_sale NOT NULL": 3, "g_w": 1, "h.v NOT NULL": None}
     assert "change or read this table's rows" in checks["h.v NOT NULL"]["note"]
     assert r.outcome is Outcome.CHECKS_FAILED and r.reason == "ViolationsFound"
+
+
+def test_type_change_rechecks_constraints_and_unique_indexes_on_converted_values(fresh_db: str,
+                                                                                  tmp_path: Path) -> None:
+    """numeric(6,2) -> numeric(6,0) rounds: 1.4 and 1.2 both become 1 (a duplicate for the unique index PostgreSQL
+    rebuilds) and 0.4 becomes 0 (FALSE for the CHECK PostgreSQL re-checks), although no value fails to convert."""
+    r, checks, ini = run(
+        fresh_db, tmp_path, ["CREATE TABLE p (id int, price numeric(6,2) CONSTRAINT p_pos CHECK (price > 0))",
+                             "CREATE UNIQUE INDEX p_price ON p (price)"],
+        ["INSERT INTO p VALUES (1, 1.4), (2, 1.2), (3, 0.4), (4, 7)"],
+        ["ALTER TABLE p ALTER COLUMN price TYPE numeric(6,0)"])
+    assert counts(checks) == {"p.price TYPE numeric(6,0)": 0, "p_pos": 1, "p_price": 2}
+    agrees(fresh_db, ini, r)
+
+
+def test_check_calling_a_function_the_revision_creates_is_evaluated(fresh_db: str, tmp_path: Path) -> None:
+    """No data change, but the CHECK calls a function the same revision creates (absent from the real database):
+    counted in the data-carrying shadow, where the function exists."""
+    r, checks, ini = run(
+        fresh_db, tmp_path, ["CREATE TABLE u (id int, email text)"],
+        ["INSERT INTO u VALUES (1, 'a@x'), (2, 'nope'), (3, NULL)"],
+        ["CREATE FUNCTION looks_like_email(t text) RETURNS boolean IMMUTABLE LANGUAGE sql AS $$SELECT t LIKE '%@%'$$",
+         "ALTER TABLE u ADD CONSTRAINT u_email CHECK (looks_like_email(email))"])
+    assert counts(checks) == {"u_email": 1} and checks["u_email"]["evaluatedBy"] == "data-shadow"
+    agrees(fresh_db, ini, r)

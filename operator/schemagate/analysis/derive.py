@@ -431,11 +431,14 @@ def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str 
             out.append(base(chk, a.relid))
     # --- UNIQUE -----------------------------------------------------------------------------------------------
     before_shapes = {(ix.relid, ix.shape) for ix in before.indexes.values() if ix.valid}
+    retyped = {(r, n) for (r, n), a in after.attrs.items() if r in existing and (r, n) in before.attrs
+               and (a.typid, a.typmod) != (before.attrs[(r, n)].typid, before.attrs[(r, n)].typmod)}
     for ix in after.indexes.values():
         if not ix.unique or not ix.valid or ix.exclusion or ix.relid not in existing:
             continue
         old_ix = before.indexes.get(ix.oid)
-        if (old_ix is not None and old_ix.valid) or (ix.relid, ix.shape) in before_shapes:
+        converted = any((ix.relid, n) in retyped for n in ix.attnums)  # rebuilt on converted values
+        if (old_ix is not None and old_ix.valid) or ((ix.relid, ix.shape) in before_shapes and not converted):
             continue
         only = False
         if ix.parent is not None:
@@ -479,6 +482,15 @@ def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str 
                     kind="partition-bound",
                     expr=a_rel.partition_constraint, definition=f"PARTITION CONSTRAINT {a_rel.partition_constraint}")
         out.append(base(chk, r))
+    # a type change re-checks the table's constraints and rebuilds its indexes on the converted values: the other
+    # checks of this statement read a converted column as CAST(old AS new) (built-in target types; a value that
+    # does not convert is the type check's business)
+    for chk in out:
+        relid = chk.extra.get("relid")
+        casts = {n: after.attrs[(r, n)].type for (r, n) in retyped
+                 if r == relid and after.attrs[(r, n)].typid < 16384}
+        if chk.kind != "type" and casts:
+            chk.extra["casts"] = casts
     return out
 
 
@@ -515,13 +527,20 @@ def column_value(a: catalog.IdAttr) -> tuple[str, str | None]:
 
 
 def _projection(relid: int, after: catalog.IdSnapshot, at: catalog.IdSnapshot,
-                origins: dict[tuple[int, int], catalog.IdAttr], only: bool) -> tuple[str | None, list[str]]:
+                origins: dict[tuple[int, int], catalog.IdAttr], only: bool,
+                casts: dict[int, str] | None = None) -> tuple[str | None, list[str]]:
     """(FROM text reading table ``relid`` at ``at`` under the column names of ``after``, notes); None when the
-    table reads as it is (same names, no new column)."""
+    table reads as it is (same names, no new column). ``casts``: attnum -> type the column is converted to."""
     rel = at.rels[relid]
     items, notes, plain = [], [], True
     for a in after.columns_of(relid):
         now = at.attrs.get((relid, a.attnum))
+        if now is not None and casts and a.attnum in casts:
+            plain = False
+            items.append(f"CAST(t.{counting.quote_ident(now.name)} AS {casts[a.attnum]}) AS "
+                         f"{counting.quote_ident(a.name)}")
+            notes.append(f"column {a.name} read as converted to {casts[a.attnum]}")
+            continue
         if now is not None:
             items.append(f"t.{counting.quote_ident(now.name)} AS {counting.quote_ident(a.name)}")
             if now.name != a.name:
@@ -550,7 +569,7 @@ def already_enforced(chk: Check, at: catalog.IdSnapshot) -> bool:
     referenced table/columns and MATCH type (a revision that only changes ON DELETE drops and re-adds it), or a
     CHECK with the same definition as ``pg_get_constraintdef`` prints it in the same database."""
     relid = chk.extra.get("relid")
-    if chk.unevaluated or chk.count is not None:
+    if chk.unevaluated or chk.count is not None or chk.extra.get("casts"):
         return False
     for c in at.cons.values():
         if c.relid != relid or not c.validated:
@@ -579,7 +598,7 @@ def bind(chk: Check, at: catalog.IdSnapshot, origins: dict[tuple[int, int], cata
         chk.skipped, chk.evaluated_by = True, "no-rows"
         chk.note = "table created by the pending revisions: no rows when the statement runs"
         return chk
-    src, notes = _projection(relid, after, at, origins, chk.only)
+    src, notes = _projection(relid, after, at, origins, chk.only, chk.extra.get("casts"))
     chk.from_sql = src
     if chk.kind == "foreignkey":
         ref = chk.extra.get("ref_relid")

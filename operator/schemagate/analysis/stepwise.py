@@ -146,6 +146,26 @@ def replay(recorded: dict[str, Any]) -> StepRecorder:
     return rec
 
 
+_ROUTINE = re.compile(r"^\s*CREATE\s+(OR\s+REPLACE\s+)?(FUNCTION|PROCEDURE|AGGREGATE|OPERATOR|CAST)\b", re.I)
+
+
+def creates_routines(statements: Iterable[dict[str, Any]]) -> bool:
+    """Whether the pending revisions create a function, procedure, aggregate, operator or cast: a constraint may
+    call it, and the real database does not have it yet (counted in the data-carrying shadow, which does)."""
+    return any(_ROUTINE.match(str(s.get("sql") or "")) for s in statements)
+
+
+def save_checks(rec: StepRecorder) -> list[list[Check]]:
+    """Copies of every step's checks before they are bound and counted (see :func:`restore_checks`)."""
+    return [[counting.copy_checks([c])[0] for c in s.checks] for s in rec.steps]
+
+
+def restore_checks(rec: StepRecorder, saved: list[list[Check]]) -> None:
+    """Put the copies from :func:`save_checks` back, to count the same checks by another route."""
+    for step, checks in zip(rec.steps, saved, strict=True):
+        step.checks = checks
+
+
 def bind_all(steps: Sequence[Step], at: catalog.IdSnapshot,
              origins: dict[tuple[int, int], catalog.IdAttr], route: str) -> list[Check]:
     """Every check of ``steps`` pointed at the database state ``at``; ``route`` goes to ``evaluated_by``."""

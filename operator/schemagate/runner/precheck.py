@@ -470,12 +470,24 @@ def precheck(
                 notes.append(f"{log.dropped} statement(s) of the shadow run were not recorded")
             rec.mark_present()
             changed, _ = capture.dml_label(log.statements)
-            if changed and rec.checks:
+            if rec.checks and (changed or stepwise.creates_routines(log.statements)):
                 derived = _count_in_data_shadow(config_path, p["target"], url, url_env, shadow_url, rec,
                                                 log.statements, data_shadow_max_bytes, data, notes)
             else:
+                pristine = stepwise.save_checks(rec)
                 derived = stepwise.bind_all(rec.steps, rec.start, rec.origins, "real-database")
+                with _connect(url) as conn:
+                    counting.run_counts(conn, [c for c in derived if c.count is None],
+                                        CountOptions(statement_timeout=statement_timeout))
+                failed = [c for c in derived if c.error]
                 data["route"] = "real-database"
+                if failed:  # e.g. an expression that uses an object the revisions create: count after them
+                    stepwise.restore_checks(rec, pristine)
+                    notes.append(f"{len(failed)} check(s) could not be counted on the real database ("
+                                 f"{failed[0].name}: {failed[0].error}); every check was counted in the "
+                                 "data-carrying shadow instead")
+                    derived = _count_in_data_shadow(config_path, p["target"], url, url_env, shadow_url, rec,
+                                                    log.statements, data_shadow_max_bytes, data, notes)
             checks = analyse(url, sh.url, pending=list(p["pending"]), statements=log.statements,
                              offline_sql=up.get("sql"), offline_error=up.get("sqlError"), user_checks=users,
                              do_lint=lint, statement_timeout=statement_timeout, data=data, derived=derived)
