@@ -47,12 +47,21 @@ def argocd_built_version() -> str:
 
 
 def sandboxed_lua() -> LuaRuntime:
-    """A Lua 5.1 state exposing only what Argo CD's VM exposes to argocd-cm scripts (useOpenLibs false)."""
+    """A Lua 5.1 state exposing only what Argo CD's VM exposes to argocd-cm scripts (useOpenLibs false): its
+    globals and library members, what require() returns for each standard library, no string methods."""
     allowed = set(GLOBALS.read_text().split())
     lua = LuaRuntime()
     if "<string methods>" not in allowed:
         lua.execute('getmetatable("").__index = nil')
     g = lua.globals()
+    loaded = g.package.loaded
+    for lib in ("string", "math", "io", "os", "debug", "coroutine", "table"):
+        members = {a.split(").", 1)[1] for a in allowed if a.startswith(f"require({lib}).")}
+        if not members:
+            loaded[lib] = None  # require(lib) then fails, as in Argo CD
+        elif loaded[lib] is not None:
+            module = lua.table_from({m: loaded[lib][m] for m in members})
+            loaded[lib] = module  # e.g. Argo CD's os for require("os"): time and date only
     for name in list(g):
         value = g[name]
         if name not in allowed:
