@@ -496,3 +496,26 @@ def test_long_messages_are_cut():
     a = sim.run({"backup": result("backup", "PermanentError", "BackupFailed", "x" * 5000)})
     assert len(a.status["lastError"]["message"]) <= 1024
     assert all(len(c["message"]) <= 1024 for c in a.status["conditions"])
+
+
+def test_migrate_leftovers_become_events():
+    """An INVALID index a failed attempt left (data.leftovers of the migrate result) is one Warning Event each:
+    LeftoverIndexFound while it is there, LeftoverIndexDropped once dropped before the retry."""
+    sim = Sim(mig(backup={"enabled": False}))
+    sim.step()
+    sim.finish("precheck", OK_RESULTS["precheck"])
+    sim.step()
+    left = {"schema": "Sales", "table": "Ev", "index": "ix_Ev_Code", "revision": "0002"}
+    sim.finish("migrate", result("migrate", "TransientError", "LockTimeout", "lock timeout",
+                                 leftovers=[{**left, "dropped": False}]))
+    a = sim.step()
+    found = [e for e in a.events if e.reason == "LeftoverIndexFound"]
+    assert len(found) == 1 and found[0].type == "Warning"
+    assert "ix_Ev_Code" in found[0].message and "schema Sales" in found[0].message and "0002" in found[0].message
+    sim.now += dt.timedelta(seconds=10)
+    sim.step()
+    sim.finish("migrate", result("migrate", reason="Migrated", fromRevision="0001", toRevision="0002",
+                                 applied=["0002"], leftovers=[{**left, "dropped": True}]))
+    a = sim.step()
+    dropped = [e for e in a.events if e.reason == "LeftoverIndexDropped"]
+    assert len(dropped) == 1 and "DROP INDEX CONCURRENTLY" in dropped[0].message

@@ -393,10 +393,27 @@ def _on_failure(rs: RunState, step: str, outcome: str, reason: str, message: str
     rs.warn(rs.reason, f"{step} failed: {message}")
 
 
+def _leftover_events(rs: RunState, data: dict[str, Any]) -> None:
+    """One Warning per INVALID index a failed migrate attempt left (``data.leftovers``, see
+    ``schemagate.runner.inject.leftovers``): dropped before the retry, or still there for the next attempt."""
+    for x in data.get("leftovers") or []:
+        if not isinstance(x, dict):
+            continue
+        where = f"index {x.get('index')} (table {x.get('table')}, schema {x.get('schema')})"
+        if x.get("dropped"):
+            rs.warn("LeftoverIndexDropped", f"dropped INVALID {where} left by a failed attempt of revision "
+                                            f"{x.get('revision')} (DROP INDEX CONCURRENTLY), then applied it again")
+        else:
+            rs.warn("LeftoverIndexFound", f"INVALID {where} left by a failed attempt of revision "
+                                          f"{x.get('revision')}; the next migrate attempt drops it first")
+
+
 def _apply_result(rs: RunState, step: str, job: JobObs) -> None:
     res = synthesize_result(job)
     rs.consumed.append((step, res))
     outcome, reason, message = _verdict(rs, step, res)
+    if step == "migrate":
+        _leftover_events(rs, res.get("data") or {})
     if outcome == _SUCCEEDED:
         _on_success(rs, step, res, message)
     else:

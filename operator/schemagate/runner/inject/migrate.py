@@ -25,7 +25,8 @@ from schemagate.runner.db import (
     redact,
     resolve_url,
 )
-from schemagate.runner.inject.apply import upgrade
+from schemagate.runner.inject import leftovers
+from schemagate.runner.inject.apply import render_sql, upgrade
 from schemagate.runner.inject.config import (
     DEFAULT_LOCK_TIMEOUT,
     InputError,
@@ -33,7 +34,10 @@ from schemagate.runner.inject.config import (
     MigrationFailedError,
     duration_seconds,
     isolated_imports,
+    load_script,
+    make_config,
     normalize_duration,
+    session_environment,
 )
 from schemagate.runner.inject.graph import split_revisions
 from schemagate.runner.inject.lock import advisory_lock, backoff_delays
@@ -67,6 +71,87 @@ def _poll_interval(lock_timeout: str | None) -> float:
     return max(0.02, min(0.2, duration_seconds(lock_timeout) / 5)) if lock_timeout else 0.2
 
 
+class _Cleanup:
+    """Leftovers of failed attempts (``schemagate.runner.inject.leftovers``): which the pending revisions' index
+    builds left INVALID, dropped before the next attempt and recorded in ``data["leftovers"]``."""
+
+    def __init__(self, url: str, lock_timeout: str | None, data: dict[str, Any], say: Callable[[str], None]):
+        self.url, self.lock_timeout, self.data, self.say = url, lock_timeout, data, say
+        self.builds = leftovers.IndexBuilds()
+        self.found: list[leftovers.Leftover] = []
+
+    def discover_offline(self, config_path: str | os.PathLike[str], url_env: str | None,
+                         p: dict[str, Any]) -> None:
+        """The builds of the pending revisions' offline SQL (leftovers of an earlier process are found before the
+        first attempt); a revision that cannot render offline is found when its attempt fails instead."""
+        try:
+            cfg = make_config(config_path, self.url)
+            with session_environment(self.url, url_env):
+                self.builds.add_sql(render_sql(cfg, load_script(cfg), p["currentHeads"], p["target"]))
+        except Exception as e:  # noqa: BLE001 - an env.py or revision that cannot render offline
+            self.say(f"offline rendering unavailable for the leftover check ({type(e).__name__})")
+        self.look()
+
+    def look(self) -> list[leftovers.Leftover]:
+        new = [x for x in leftovers.find(self.url, self.builds.builds) if x not in self.found]
+        for x in new:
+            self.found.append(x)
+            self.data.setdefault("leftovers", []).append(x.as_dict(dropped=False))
+            self.say(f"found INVALID {x.display()} left by an earlier attempt of revision {x.revision}")
+        return new
+
+    def drop_pending(self, attempt: int) -> None:
+        """Drop what was found and not yet dropped. Raises ``LockTimeoutError`` when writers still hold the table."""
+        todo = [(i, x) for i, x in enumerate(self.found) if not self.data["leftovers"][i]["dropped"]]
+        if not todo:
+            return
+        try:
+            leftovers.drop(self.url, [x for _, x in todo], self.lock_timeout)
+        except Exception as e:  # noqa: BLE001
+            if leftovers.sqlstate(e) == "55P03":
+                raise LockTimeoutError(f"DROP INDEX CONCURRENTLY of the leftover {todo[0][1].display()} hit "
+                                       f"lock_timeout; the database is unchanged") from e
+            raise
+        for i, x in todo:
+            self.data["leftovers"][i].update(dropped=True, attempt=attempt)
+            self.say(f"dropped INVALID {x.display()} (DROP INDEX CONCURRENTLY) before attempt {attempt}")
+
+    def sentence(self) -> str:
+        """A message clause naming the leftovers and what was done, or ''."""
+        items = self.data.get("leftovers") or []
+        done = [x for x in items if x["dropped"]]
+        left = [x for x in items if not x["dropped"]]
+        out = ""
+        if done:
+            out += ("; dropped INVALID index(es) " + ", ".join(f"{x['index']} (table {x['table']}, schema "
+                    f"{x['schema']})" for x in done) + " left by a failed attempt (DROP INDEX CONCURRENTLY)")
+        if left:
+            out += ("; INVALID index(es) " + ", ".join(f"{x['index']} (table {x['table']}, schema {x['schema']})"
+                    for x in left) + " left behind, dropped by the next attempt before it applies revision "
+                    + ", ".join(sorted({str(x["revision"]) for x in left})))
+        return out
+
+
+def _attempt(config_path: str | os.PathLike[str], target: str | None, url: str, url_env: str | None,
+             lock_timeout: str | int | None, statement_timeout: str | int | None, cleanup: _Cleanup, attempt: int,
+             say: Callable[[str], None]) -> dict[str, Any]:
+    """One upgrade attempt: leftovers dropped first, index builds recorded while it runs, looked for on failure.
+    A failure on a relation that exists because of a leftover just dropped is retried at once (once)."""
+    cleanup.drop_pending(attempt)
+
+    def on_revision(r: str) -> None:
+        cleanup.builds.on_revision(r)
+        say(f"applying revision {r}")
+
+    try:
+        with cleanup.builds.watch():
+            return upgrade(config_path, target, url, url_env, lock_timeout, statement_timeout,
+                           on_revision=on_revision)
+    except (LockTimeoutError, MigrationFailedError):
+        cleanup.look()
+        raise
+
+
 @isolated_imports
 def migrate(
     config_path: str | os.PathLike[str],
@@ -83,11 +168,13 @@ def migrate(
     sleep: Callable[[float], None] = time.sleep,
     log: Callable[[str], None] | None = None,
 ) -> StepResult:
-    """``upgrade`` under the advisory lock, retried on lock timeouts; always returns a StepResult."""
+    """``upgrade`` under the advisory lock, retried on lock timeouts; INVALID indexes the pending revisions' own
+    concurrent builds left are dropped before each attempt (``data.leftovers``); always returns a StepResult."""
     started = now()
     data: dict[str, Any] = {"fromRevision": None, "toRevision": None, "applied": [], "attempts": 0,
                             "lockTimeout": None, "statementTimeout": None, "lockWaits": []}
     say = log or (lambda s: None)
+    cleanup: _Cleanup | None = None
     try:
         if retries < 0:
             raise InputError(f"--retries: {retries} is negative")
@@ -97,55 +184,70 @@ def migrate(
         first = plan(config_path, target, url, url_env)  # validates everything before taking any lock
         data.update(fromRevision=first["current"], toRevision=first["current"], targetRevision=first["target"])
         delays = backoff_delays(retries, backoff, max_backoff)
+        cleanup = _Cleanup(url, data["lockTimeout"], data, say)
         with advisory_lock(url, lock_wait, sleep=sleep,
                            on_wait=lambda pid: say(f"waiting for another migrator (pid {pid})")), \
                 LockWaitWatcher(url, interval=_poll_interval(data["lockTimeout"])) as watcher:
             # re-plan under the lock: another migrator may have applied everything while we waited
             base = plan(config_path, target, url, url_env)
             data["fromRevision"] = data["toRevision"] = base["current"]
+            if base["pending"]:
+                cleanup.discover_offline(config_path, url_env, base)
             attempt = 0
+            duplicate_retried = False
             while True:
                 attempt += 1
                 data["attempts"] = attempt
                 try:
-                    out = upgrade(config_path, target, url, url_env, lock_timeout, statement_timeout,
-                                  on_revision=lambda r: say(f"applying revision {r}"))
+                    out = _attempt(config_path, target, url, url_env, lock_timeout, statement_timeout, cleanup,
+                                   attempt, say)
                 except LockTimeoutError as e:
                     wait = watcher.take()
                     data["lockWaits"].append({"attempt": attempt, "outcome": "LockTimeout", **(wait or {})})
                     why = f"; {describe(wait)}" if wait else ""
                     if attempt > len(delays):
                         raise LockTimeoutError(
-                            f"{e} (gave up after {attempt} attempts{why}; retry later or raise --lock-timeout)",
+                            f"{e} (gave up after {attempt} attempts{why}; retry later or raise --lock-timeout)"
+                            f"{cleanup.sentence()}",
                             revision=getattr(e, "revision", None),
                         ) from e
                     delay = delays[attempt - 1] * (0.8 + 0.4 * random.random())  # noqa: S311
                     say(f"lock timeout (attempt {attempt}{why}); retrying in {delay:.1f}s")
                     sleep(delay)
                     continue
+                except MigrationFailedError as e:
+                    if leftovers.is_duplicate_relation(e) and not duplicate_retried and any(
+                            not x["dropped"] for x in data.get("leftovers") or []):
+                        duplicate_retried = True  # the leftover of an earlier process: drop it, apply again
+                        continue
+                    raise
                 wait = watcher.take()
                 if wait:
                     data["lockWaits"].append({"attempt": attempt, "outcome": "Applied", **wait})
-                for a in out["applied"]:
-                    if a not in data["applied"]:
-                        data["applied"].append(a)
                 data["toRevision"] = out["toRevision"]
                 break
         # revisions committed by earlier attempts (before a lock timeout) count too
         data["applied"] = applied_revisions(config_path, url, base["pending"], split_revisions(data["toRevision"]))
-        n = len(data["applied"])
-        msg = (f"applied {n} revision{'s' if n != 1 else ''} ({', '.join(data['applied'])}); "
-               f"the database is at revision {data['toRevision']}") if n else (
-            f"nothing to apply: the database is already at revision {data['toRevision']}")
-        if data["attempts"] > 1:
-            msg += f" after {data['attempts']} attempts"
-            last = next((w for w in reversed(data["lockWaits"]) if w["outcome"] == "LockTimeout"), None)
-            if last and last.get("lock"):
-                msg += f" (last lock timeout: {describe(last)})"
-        return StepResult(step="migrate", outcome=Outcome.SUCCEEDED, reason="Migrated", message=msg,
-                          data=data, started_at=started).finish()
+        return _succeeded(data, started, cleanup)
     except Exception as e:  # noqa: BLE001
         if isinstance(e, MigrationFailedError) and e.current_revision is not None:
             data["toRevision"] = e.current_revision
         r = result_from_error("migrate", e, started, data, "MigrationFailed")
+        if cleanup is not None and not isinstance(e, LockTimeoutError) and cleanup.sentence():
+            r.message = redact(r.message + cleanup.sentence())
         return r
+
+
+def _succeeded(data: dict[str, Any], started: Any, cleanup: _Cleanup) -> StepResult:
+    n = len(data["applied"])
+    msg = (f"applied {n} revision{'s' if n != 1 else ''} ({', '.join(data['applied'])}); "
+           f"the database is at revision {data['toRevision']}") if n else (
+        f"nothing to apply: the database is already at revision {data['toRevision']}")
+    if data["attempts"] > 1:
+        msg += f" after {data['attempts']} attempts"
+        last = next((w for w in reversed(data["lockWaits"]) if w["outcome"] == "LockTimeout"), None)
+        if last and last.get("lock"):
+            msg += f" (last lock timeout: {describe(last)})"
+    msg += cleanup.sentence()
+    return StepResult(step="migrate", outcome=Outcome.SUCCEEDED, reason="Migrated", message=msg,
+                      data=data, started_at=started).finish()

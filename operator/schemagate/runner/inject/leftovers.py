@@ -1,0 +1,232 @@
+"""Leftovers of a partly applied, non-transactional step, and their cleanup before a retry.
+
+``CREATE [UNIQUE] INDEX CONCURRENTLY`` and ``REINDEX ... CONCURRENTLY`` cannot run in a transaction (a revision
+runs them in an ``autocommit_block``): PostgreSQL commits the new index's catalog entry first, marked invalid, and
+only then builds it, waiting for the table's writers. When that wait hits ``lock_timeout`` (or the build fails, e.g.
+on a duplicate key) the index stays behind with ``pg_index.indisvalid = false``; REINDEX leaves ``<index>_ccnew``
+(or ``_ccold``). Running the revision again then fails with "relation ... already exists" (SQLSTATE 42P07), or
+leaves another ``_ccnew``. PostgreSQL's documented recovery is ``DROP INDEX CONCURRENTLY`` and building again
+(https://www.postgresql.org/docs/current/sql-createindex.html#SQL-CREATEINDEX-CONCURRENTLY,
+https://www.postgresql.org/docs/current/sql-reindex.html#SQL-REINDEX-CONCURRENTLY).
+
+``IndexBuilds`` knows which index names the pending revisions build that way: from the statements each attempt
+executed (a SQLAlchemy ``before_cursor_execute`` listener, tagged with the running revision) and from the offline
+rendering of the pending revisions (so a leftover of an earlier process, e.g. a previous Job, is found before the
+first attempt). ``find`` returns only INVALID indexes with exactly those names (for REINDEX: ``<name>_ccnew[N]`` /
+``_ccold[N]`` on the same table); ``drop`` removes them with ``DROP INDEX CONCURRENTLY`` under the migration's
+``lock_timeout``. No other index is ever touched. Identifiers are quoted by SQLAlchemy's dialect
+(``IdentifierPreparer.quote_identifier``) and compared as PostgreSQL stores them (unquoted names folded to lower
+case).
+
+Public API: ``IndexBuild``, ``Leftover``, ``parse_index_build(sql, revision=None) -> IndexBuild | None``,
+``IndexBuilds`` (``watch()``, ``on_revision(rev)``, ``add_sql(text, revision)``, ``builds``), ``find(url,
+builds) -> [Leftover]``, ``drop(url, leftovers, lock_timeout) -> None``, ``is_duplicate_relation(exc)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from schemagate.runner.inject.config import engine_for
+
+_IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
+_QUALIFIED = rf"{_IDENT}(?:\s*\.\s*{_IDENT})?"
+_CREATE = re.compile(
+    rf"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?(?P<name>{_IDENT})\s+ON\s+"
+    rf"(?:ONLY\s+)?(?P<table>{_QUALIFIED})", re.I | re.S)
+_REINDEX = re.compile(
+    rf"^\s*REINDEX\s+(?:\([^)]*\)\s*)?(?P<what>INDEX|TABLE)\s+CONCURRENTLY\s+(?P<name>{_QUALIFIED})", re.I | re.S)
+_COMMENTS = re.compile(r"(--[^\n]*(\n|$))|(/\*.*?\*/)", re.S)
+_REINDEX_LEFTOVER = re.compile(r"(?P<base>.+)_cc(?:new|old)\d*")
+_RUNNING = re.compile(r"^-- Running upgrade .*-> (\S+)\s*$", re.M)
+
+
+def _ident(token: str) -> str:
+    """An identifier as PostgreSQL stores it: quoted kept exactly, unquoted folded to lower case."""
+    token = token.strip()
+    if token.startswith('"'):
+        return token[1:-1].replace('""', '"')
+    return token.lower()
+
+
+def _qualified(text: str) -> tuple[str | None, str]:
+    parts = re.findall(_IDENT, text)
+    return (_ident(parts[0]), _ident(parts[1])) if len(parts) == 2 else (None, _ident(parts[0]))
+
+
+@dataclass(frozen=True)
+class IndexBuild:
+    """An index built outside a transaction. ``kind``: ``create`` (``index`` on ``schema``.``table``),
+    ``reindex-index`` (``index`` in ``schema``) or ``reindex-table`` (every index of ``schema``.``table``);
+    ``schema`` is None when the statement does not name it (the search_path decides)."""
+
+    kind: str
+    schema: str | None
+    table: str | None
+    index: str | None
+    revision: str | None = None
+
+
+def parse_index_build(sql: str, revision: str | None = None) -> IndexBuild | None:
+    """The ``IndexBuild`` of one SQL statement, or None when it builds no index outside a transaction (or names
+    none: ``CREATE INDEX CONCURRENTLY ON t`` lets PostgreSQL choose, and nothing can be attributed)."""
+    text = _COMMENTS.sub(" ", sql)
+    m = _CREATE.match(text)
+    if m and m.group("name").upper() != "ON":
+        schema, table = _qualified(m.group("table"))
+        return IndexBuild("create", schema, table, _ident(m.group("name")), revision)
+    m = _REINDEX.match(text)
+    if m:
+        schema, name = _qualified(m.group("name"))
+        if m.group("what").upper() == "INDEX":
+            return IndexBuild("reindex-index", schema, None, name, revision)
+        return IndexBuild("reindex-table", schema, name, None, revision)
+    return None
+
+
+def statements_of(script: str) -> list[str]:
+    """The statements of an offline rendering (``alembic upgrade --sql``), split at ``;`` line ends."""
+    return [s for s in re.split(r";\s*\n", script) if s.strip()]
+
+
+@dataclass
+class IndexBuilds:
+    """The index builds of the pending revisions, collected while attempts run and from their offline SQL."""
+
+    builds: list[IndexBuild] = field(default_factory=list)
+    revision: str | None = None
+
+    def on_revision(self, revision: str) -> None:
+        self.revision = revision
+
+    def add(self, build: IndexBuild | None) -> None:
+        if build is not None and build not in self.builds:
+            self.builds.append(build)
+
+    def add_sql(self, script: str) -> None:
+        """Add the builds of an offline rendering; each statement is tagged with the revision of the ``-- Running
+        upgrade A -> B`` comment Alembic writes before it."""
+        revision = None
+        for stmt in statements_of(script):
+            for m in _RUNNING.finditer(stmt):
+                revision = m.group(1)
+            self.add(parse_index_build(stmt, revision))
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[None]:
+        """Record the index builds every SQLAlchemy engine executes during the block (the env.py's own included)."""
+        from sqlalchemy import event
+
+        def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+            self.add(parse_index_build(statement, self.revision))
+
+        event.listen(sa.engine.Engine, "before_cursor_execute", before)
+        try:
+            yield
+        finally:
+            event.remove(sa.engine.Engine, "before_cursor_execute", before)
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """An INVALID index a build of ``revision`` left: ``schema``, ``table``, ``index`` as PostgreSQL stores them."""
+
+    schema: str
+    table: str
+    index: str
+    revision: str | None
+
+    def as_dict(self, dropped: bool) -> dict[str, Any]:
+        return {"schema": self.schema, "table": self.table, "index": self.index, "revision": self.revision,
+                "dropped": dropped}
+
+    def display(self) -> str:
+        return f"index {self.index} (table {self.table}, schema {self.schema})"
+
+
+_INVALID_SQL = """
+SELECT n.nspname, t.relname, ic.relname, i.indrelid FROM pg_index i
+JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = ic.relnamespace
+WHERE NOT i.indisvalid AND {where}
+  AND (CAST(:schema AS text) IS NULL AND pg_table_is_visible(t.oid) OR n.nspname = :schema)
+ORDER BY 1, 3
+"""
+
+
+def _leftovers_of(conn: sa.Connection, b: IndexBuild) -> list[Leftover]:
+    if b.kind == "create":
+        rows = conn.execute(sa.text(_INVALID_SQL.format(where="ic.relname = :index AND t.relname = :table")),
+                            {"index": b.index, "table": b.table, "schema": b.schema}).all()
+        return [Leftover(r[0], r[1], r[2], b.revision) for r in rows[:1]]
+    if b.kind == "reindex-index":
+        rows = conn.execute(sa.text(_INVALID_SQL.format(
+            where="i.indrelid IN (SELECT x.indrelid FROM pg_index x JOIN pg_class xc ON xc.oid = x.indexrelid "
+                  "JOIN pg_namespace xn ON xn.oid = xc.relnamespace WHERE xc.relname = :index "
+                  "AND (CAST(:schema AS text) IS NULL OR xn.nspname = :schema))")),
+            {"index": b.index, "schema": b.schema}).all()
+    else:
+        rows = conn.execute(sa.text(_INVALID_SQL.format(where="t.relname = :table")),
+                            {"table": b.table, "schema": b.schema}).all()
+    out = []
+    for r in rows:
+        m = _REINDEX_LEFTOVER.fullmatch(r[2])
+        if m and (b.index is None or b.index.startswith(m.group("base"))):
+            out.append(Leftover(r[0], r[1], r[2], b.revision))
+    return out
+
+
+def find(url: str, builds: Iterable[IndexBuild]) -> list[Leftover]:
+    """The INVALID indexes that ``builds`` left (see the module docstring); one query per build."""
+    builds = list(builds)
+    if not builds:
+        return []
+    engine = engine_for(url)
+    try:
+        with engine.connect() as conn:
+            found: list[Leftover] = []
+            for b in builds:
+                found += [x for x in _leftovers_of(conn, b) if x not in found]
+            return found
+    finally:
+        engine.dispose()
+
+
+def drop(url: str, leftovers: Sequence[Leftover], lock_timeout: str | None) -> None:
+    """``DROP INDEX CONCURRENTLY IF EXISTS`` each leftover (autocommit, under ``lock_timeout``). Raises the
+    database error of the first drop that fails (a lock timeout when writers still hold the table)."""
+    if not leftovers:
+        return
+    engine = engine_for(url)
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text("SELECT set_config('lock_timeout', :v, false)"), {"v": lock_timeout or "0"})
+            q = conn.dialect.identifier_preparer.quote_identifier
+            for x in leftovers:
+                conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {q(x.schema)}.{q(x.index)}")
+    finally:
+        engine.dispose()
+
+
+def sqlstate(exc: BaseException | None) -> str | None:
+    """The SQLSTATE of the database error behind ``exc`` (psycopg 3 ``sqlstate``, psycopg2 ``pgcode``)."""
+    seen = 0
+    while exc is not None and seen < 20:
+        for obj in (exc, getattr(exc, "orig", None)):
+            code = getattr(obj, "sqlstate", None) or getattr(obj, "pgcode", None)
+            if isinstance(code, str):
+                return code
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+def is_duplicate_relation(exc: BaseException) -> bool:
+    """True when ``exc`` is PostgreSQL's "relation ... already exists" (SQLSTATE 42P07, duplicate_table)."""
+    return sqlstate(exc) == "42P07"
