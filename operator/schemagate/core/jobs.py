@@ -146,7 +146,12 @@ def _install_runner(m: Migration, s: JobSettings) -> dict[str, Any]:
 
 
 def _alembic_config(m: Migration) -> str:
-    return m.migrations.directory.rstrip("/") + "/alembic.ini"
+    """The runner's ``-c``: ``spec.migrations.config`` as given when absolute or a ``package.module:path``
+    resource, else relative to ``spec.migrations.directory`` (the Job's working directory)."""
+    config = m.migrations.config
+    if config.startswith("/") or ":" in config:
+        return config
+    return m.migrations.directory.rstrip("/") + "/" + config
 
 
 def _target(m: Migration, plan: Mapping[str, Any] | None) -> str:

@@ -70,6 +70,7 @@ class MigrationsSpec(TypedDict, total=False):
 
     image: str
     directory: str
+    config: str
     targetRevision: str
     databaseUrlEnv: str
     command: list[str]
@@ -230,6 +231,7 @@ def _checks(items: list[CheckSpec] | None) -> tuple[Check, ...]:
 class Migrations:
     image: str
     directory: str = "/app"
+    config: str = "alembic.ini"  # alembic.ini (relative to directory), package:path/alembic.ini, or a script location
     target_revision: str = "head"
     database_url_env: str = "DATABASE_URL"
     command: tuple[str, ...] = ()
@@ -304,6 +306,7 @@ class Migration:
             migrations=Migrations(
                 image=str(mig.get("image", "")),
                 directory=str(mig.get("directory") or "/app"),
+                config=str(mig.get("config") or "alembic.ini"),
                 target_revision=str(mig.get("targetRevision") or "head"),
                 database_url_env=str(mig.get("databaseUrlEnv") or "DATABASE_URL"),
                 command=tuple(str(a) for a in (mig.get("command") or ())),

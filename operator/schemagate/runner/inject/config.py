@@ -111,17 +111,67 @@ def duration_seconds(value: str | None) -> float:
     return n * {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0}[m.group(2) or "ms"]
 
 
-def make_config(config_path: str | os.PathLike[str], url: str | None = None) -> Config:
-    path = Path(config_path)
-    if not path.is_file():
-        raise InputError(f"-c/--config: Alembic configuration {str(path)!r} not found")
-    cfg = Config(str(path))
+def _is_resource(text: str) -> bool:
+    """``package.module:path`` (Alembic's own form for ``script_location``; never an absolute path)."""
+    return ":" in text and not os.path.isabs(text)
+
+
+def resource_path(text: str, option: str = "-c/--config") -> Path:
+    """The filesystem path of ``package.module:path/inside`` in an installed (importable) package, the way Alembic
+    resolves a packaged ``script_location`` (``importlib.resources``). Raises ``InputError`` naming ``option``."""
+    import importlib.resources
+
+    package, _, inside = text.partition(":")
+    try:
+        ref = importlib.resources.files(package.strip())
+    except (ImportError, TypeError, ValueError) as e:
+        raise InputError(f"{option}: {text!r}: package {package!r} cannot be imported ({e})") from e
+    for part in inside.strip("/").split("/"):
+        if part:
+            ref = ref / part
+    return Path(str(ref))
+
+
+def project_location(config: str | os.PathLike[str]) -> tuple[Path | None, str | None]:
+    """``(alembic.ini, None)`` or, for a project without an ini, ``(None, script location)``.
+
+    ``config`` is the path of an ``alembic.ini``, a ``package.module:path/alembic.ini`` inside an installed package,
+    or the project's script location itself (a directory holding ``env.py``, or ``package.module:path`` such as
+    ``mlflow.store:db_migrations``). Raises ``InputError`` naming ``-c/--config`` and the value."""
+    text = os.fspath(config)
+    path = resource_path(text) if _is_resource(text) else Path(text)
+    if path.is_file():
+        return path, None
+    if path.is_dir() and (path / "env.py").is_file():
+        return None, str(path.resolve())
+    what = "neither an Alembic configuration file nor a directory holding env.py"
+    raise InputError(f"-c/--config: {text!r} ({path}) is {what}" if path.exists() else
+                     f"-c/--config: Alembic configuration {text!r} not found")
+
+
+def _script_location(cfg: Config, ini: Path) -> None:
+    """A relative ``script_location`` is relative to the ini's own directory (never the working directory):
+    the project may be installed anywhere, e.g. inside a package. ``package:path`` is left to Alembic."""
     loc = cfg.get_main_option("script_location")
     if not loc:
-        raise InputError(f"-c/--config: {str(path)!r} has no script_location in [alembic]")
-    if ":" not in loc and not os.path.isabs(loc) and not Path(loc).exists() and (path.parent / loc).exists():
-        # a relative script_location is relative to the working directory; accept one relative to the ini too
-        cfg.set_main_option("script_location", str((path.parent / loc).resolve()))
+        raise InputError(f"-c/--config: {str(ini)!r} has no script_location in [alembic]")
+    if _is_resource(loc):
+        resource_path(loc, f"script_location in {ini}")  # a clear error now rather than Alembic's later
+        return
+    if not os.path.isabs(loc):
+        cfg.set_main_option("script_location", str((ini.parent / loc).resolve()).replace("%", "%%"))
+
+
+def make_config(config_path: str | os.PathLike[str], url: str | None = None) -> Config:
+    """The Alembic ``Config`` of the application's project (see ``project_location`` for the forms of
+    ``config_path``). ``url``, when given, is set as ``sqlalchemy.url``. Raises ``InputError``."""
+    ini, location = project_location(config_path)
+    if ini is not None:
+        cfg = Config(str(ini))
+        _script_location(cfg, ini)
+    else:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(location).replace("%", "%%"))
     if url:
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["schemagate"] = True
