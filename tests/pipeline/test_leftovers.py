@@ -147,3 +147,24 @@ def test_unique_index_and_reindex_concurrently_in_a_mixed_case_schema(fresh_db: 
     assert indexes(fresh_db)["ix_events_kind"] is True
     assert ("Sales", "ix_Ev_Note_ccnew") in {(x["schema"], x["index"]) for x in second.data["leftovers"]}
     assert versions(fresh_db) == ["0003"]
+
+
+def test_failed_unique_build_is_named_then_dropped_by_the_retry_after_the_data_fix(fresh_db: str) -> None:
+    """CREATE UNIQUE INDEX CONCURRENTLY on duplicates fails for good (not a lock timeout) and leaves an INVALID
+    index that still enforces uniqueness on new rows: the failure names it; the retry after the data fix (a new
+    run, as after schemagate.dev/retry) drops it before building again."""
+    assert migrate(CONCURRENT, "0001", fresh_db, retries=0).ok
+    execute(fresh_db, """insert into "Sales"."Ev" ("Code") values ('same'), ('same'), ('other')""")
+    failed = migrate(CONCURRENT, "0002", fresh_db, retries=3, backoff=0.1)
+    assert (failed.outcome, failed.reason) == (Outcome.PERMANENT_ERROR, "MigrationFailed"), failed.message
+    assert failed.data["attempts"] == 1  # not a lock timeout: no retry within the run
+    assert indexes(fresh_db, "Sales")["ix_Ev_Code"] is False
+    assert "ix_Ev_Code" in failed.message and "INVALID" in failed.message
+    assert [(x["schema"], x["index"], x["dropped"]) for x in failed.data["leftovers"]] == [
+        ("Sales", "ix_Ev_Code", False)]
+    execute(fresh_db, """delete from "Sales"."Ev" where "Code" = 'same' and "Id" > (
+                             select min("Id") from "Sales"."Ev" where "Code" = 'same')""")
+    again = migrate(CONCURRENT, "0002", fresh_db, retries=0)
+    assert again.outcome is Outcome.SUCCEEDED, again.message
+    assert indexes(fresh_db, "Sales")["ix_Ev_Code"] is True
+    assert [(x["index"], x["dropped"]) for x in again.data["leftovers"]] == [("ix_Ev_Code", True)]
