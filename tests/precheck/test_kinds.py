@@ -365,3 +365,27 @@ def test_check_calling_a_function_the_revision_creates_is_evaluated(fresh_db: st
          "ALTER TABLE u ADD CONSTRAINT u_email CHECK (looks_like_email(email))"])
     assert counts(checks) == {"u_email": 1} and checks["u_email"]["evaluatedBy"] == "data-shadow"
     agrees(fresh_db, ini, r)
+
+
+def test_ddl_only_revisions_scan_each_table_once(fresh_db: str, tmp_path: Path) -> None:
+    """Checks of different statements on one table (a renamed column, a new column, a plain CHECK, NOT NULL) are
+    counted in one scan of that table (pg_stat_user_tables.seq_scan +1), through one merged projection."""
+    from tests.precheck.helpers import seq_scans
+
+    base = ["CREATE TABLE w (id int, a int, b int)"]
+    data = ["INSERT INTO w SELECT g, g - 5, CASE WHEN g % 4 = 0 THEN NULL ELSE g END FROM generate_series(1, 40) g"]
+    revs = [["ALTER TABLE w RENAME COLUMN a TO amount", "ALTER TABLE w ADD CONSTRAINT w_amount CHECK (amount > 0)",
+             "ALTER TABLE w ADD COLUMN flag int NOT NULL DEFAULT 1",
+             "ALTER TABLE w ADD CONSTRAINT w_flag CHECK (flag = 1)", "ALTER TABLE w ALTER COLUMN b SET NOT NULL"]]
+    from schemagate.runner.inject.apply import upgrade
+
+    ini = sql_project(tmp_path / "proj", base, *revs)
+    upgrade(ini, "0001", fresh_db, "DATABASE_URL")
+    execute(fresh_db, *data)
+    before = seq_scans(fresh_db, ["w"])
+    r = precheck.precheck(ini, "head", fresh_db, "DATABASE_URL", lint=False)
+    after = seq_scans(fresh_db, ["w"], before)
+    assert {c["key"]: c["count"] for c in r.data["checks"]} == {
+        "w.flag NOT NULL": 0, "w_amount": 5, "w_flag": 0, "w.b NOT NULL": 10}
+    assert after["w"] - before["w"] == 1
+    assert len({c["note"] is not None for c in r.data["checks"]}) == 1  # every check read through a projection

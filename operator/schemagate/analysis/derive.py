@@ -560,7 +560,82 @@ def _projection(relid: int, after: catalog.IdSnapshot, at: catalog.IdSnapshot,
     if plain:
         return (None if after.rels[relid].relname == rel.relname and after.rels[relid].schema == rel.schema
                 else src), notes
-    return f"(SELECT {', '.join(items)} FROM {src} AS t)", notes  # noqa: S608 - identifiers quoted
+    return projection_sql(items, src), notes
+
+
+def projection_sql(items: Iterable[str], base: str) -> str:
+    """``(SELECT <items> FROM <base> AS t)``: the table's rows under other column names or with new columns."""
+    return f"(SELECT {', '.join(items)} FROM {base} AS t)"  # noqa: S608 - identifiers quoted
+
+
+_ITEM = re.compile(r'^(.*) AS ("(?:[^"]|"")*")$', re.S)
+
+
+def merge_projections(checks: Iterable[Check], at: catalog.IdSnapshot) -> None:
+    """One scan per table on the fast route: the foldable checks of one table whose FROM texts differ only
+    because they read it through different projections (checks of different statements: a column added by one,
+    renamed by another) get one projection that carries every alias they use, plus the table's columns under
+    their current names. Left alone when two checks need the same alias for different values."""
+    groups: dict[tuple[int, bool], list[Check]] = {}
+    for c in checks:
+        relid = c.extra.get("relid")
+        if relid is None or relid not in at.rels or c.skipped or c.unevaluated or c.count is not None \
+                or not counting.foldable(c):
+            continue
+        groups.setdefault((relid, c.only), []).append(c)
+    for (relid, only), group in groups.items():
+        if len({c.source for c in group}) < 2:
+            continue
+        rel = at.rels[relid]
+        base = ("ONLY " if only else "") + counting.qualified(rel.schema, rel.relname)
+        alias_expr: dict[str, str] = {counting.quote_ident(a.name): f"t.{counting.quote_ident(a.name)}"
+                                      for a in at.columns_of(relid)}
+        ok = True
+        for c in group:
+            src = c.from_sql
+            if not src or not src.startswith("(SELECT "):
+                continue
+            inner = src[len("(SELECT "):src.rindex(f" FROM {base} AS t)")] if f" FROM {base} AS t)" in src else None
+            if inner is None:
+                ok = False
+                break
+            for item in _split_items(inner):
+                m = _ITEM.match(item.strip())
+                if not m:
+                    ok = False
+                    break
+                expr, alias = m.group(1), m.group(2)
+                if alias_expr.setdefault(alias, expr) != expr:
+                    ok = False
+                    break
+        if not ok:
+            continue
+        merged = projection_sql((f"{e} AS {a}" for a, e in alias_expr.items()), base)
+        for c in group:
+            c.from_sql = merged
+
+
+def _split_items(text: str) -> list[str]:
+    """Split a SELECT list at top-level commas (not inside parentheses or quotes)."""
+    out, depth, quote, cur = [], 0, "", []
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    if cur:
+        out.append("".join(cur))
+    return out
 
 
 def already_enforced(chk: Check, at: catalog.IdSnapshot) -> bool:

@@ -178,6 +178,8 @@ def bind_all(steps: Sequence[Step], at: catalog.IdSnapshot,
             if c.evaluated_by is None and not c.unevaluated:
                 c.evaluated_by = route
             out.append(c)
+    if route == "real-database":
+        derive.merge_projections(out, at)
     return out
 
 
