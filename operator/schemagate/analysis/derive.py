@@ -617,7 +617,9 @@ def merge_projections(checks: Iterable[Check], at: catalog.IdSnapshot) -> None:
 
 def _split_items(text: str) -> list[str]:
     """Split a SELECT list at top-level commas (not inside parentheses or quotes)."""
-    out, depth, quote, cur = [], 0, "", []
+    out: list[str] = []
+    cur: list[str] = []
+    depth, quote = 0, ""
     for ch in text:
         if quote:
             if ch == quote:
