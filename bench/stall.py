@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "operator"))
 sys.path.insert(0, os.path.dirname(_HERE))
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import random  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -218,11 +219,14 @@ def scenario(admin: str, variant: str, tmp: Path, args: argparse.Namespace) -> R
     env = dict(os.environ, DATABASE_URL=url)
     t0 = time.monotonic()
     p = subprocess.run([str(SCHEMAGATE), "migrate", "-c", str(config), "--target", "head",
-                        "--lock-timeout", args.lock_timeout], capture_output=True, text=True, env=env,
+                        "--lock-timeout", args.lock_timeout, "--json"], capture_output=True, text=True, env=env,
                        timeout=600, check=False)
     run.migrate_seconds = time.monotonic() - t0
     run.migrate_exit = p.returncode
-    run.migrate_message = (p.stdout.strip().splitlines() or p.stderr.strip().splitlines() or [""])[-1][:300]
+    try:
+        run.migrate_message = str(json.loads(p.stdout)["message"])[:400]
+    except (ValueError, KeyError, TypeError):
+        run.migrate_message = (p.stdout.strip() or p.stderr.strip())[-400:]
     time.sleep(1.0)
     stop.set()
     for t in threads:
