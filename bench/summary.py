@@ -6,9 +6,14 @@ Usage: ``python bench/summary.py FILE [EXPECTED_BENCH ...]``.
 
 from __future__ import annotations
 
-import json
+import os
 import sys
-from pathlib import Path
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]  # bench/operator.py shadows stdlib
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
