@@ -115,6 +115,7 @@ def test_operator_deployment_is_hardened():
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert c["livenessProbe"]["httpGet"]["port"] in ports
+    assert c["readinessProbe"]["httpGet"] == c["livenessProbe"]["httpGet"]
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
     assert c["args"][0] == "operator" and "--all-namespaces" in c["args"]

@@ -76,12 +76,15 @@ def test_operator_runs_its_image_as_10001_on_a_read_only_root(real_kube: Any, op
     ro = real_kube.kubectl("exec", "-n", OPERATOR_NS, name, "--", "python3", "-c",
                            "open('/opt/schemagate/x', 'w')", check=False)
     assert ro.returncode != 0 and "Read-only file system" in ro.stderr
-    # the kubelet probes the operator's /healthz for real: its probe counters say so
-    def probed() -> bool:
+    # the kubelet probes the operator's /healthz for real (readiness made it Ready): its probe counters say so
+    def probed(kind: str) -> bool:
         metrics = real_kube.kubectl("get", "--raw", "/api/v1/nodes/schemagate-node/proxy/metrics/probes").stdout
-        return any(ln.startswith("prober_probe_total") and f'pod="{name}"' in ln and 'probe_type="Liveness"' in ln
+        return any(ln.startswith("prober_probe_total") and f'pod="{name}"' in ln and f'probe_type="{kind}"' in ln
                    and 'result="successful"' in ln for ln in metrics.splitlines())  # fmt: skip
-    real_kube.wait_for(probed, timeout=60, interval=2, message="a successful liveness probe of the operator")
+
+    for kind in ("Readiness", "Liveness"):
+        real_kube.wait_for(lambda: probed(kind), timeout=60, interval=2,  # noqa: B023 (used at once)
+                           message=f"a successful {kind} probe of the operator")
 
 
 def install_app(kube: Any, ns: str, node_images: dict, url: str, version: str, *extra: str,
