@@ -213,8 +213,12 @@ class Kube:
         pods = request(self.core.list_namespaced_pod, ns, label_selector=f"job-name={job_name}").get("items") or []
         term = pod_termination(pods)
         if term is None:
-            return None, None, ""
-        return parse_termination(term.get("message") or "", term.get("exitCode"))
+            return None, None, pod_waiting(pods)
+        result, code, text = parse_termination(term.get("message") or "", term.get("exitCode"))
+        if result is None and term.get("reason") == "OOMKilled":
+            text = "OOMKilled: the kernel killed the step at its memory limit (spec.jobTemplate.resources)" + (
+                f"; last output: {text}" if text else "")
+        return result, code, text
 
     # ------------------------------------------------------------------------------------------------------------
     # Secrets
@@ -418,6 +422,20 @@ def pod_termination(pods: list[Obj]) -> Obj | None:
     if statuses:
         return (statuses[-1].get("state") or {}).get("terminated") or None
     return None
+
+
+def pod_waiting(pods: list[Obj]) -> str:
+    """Why the newest pod's containers never ran, as ``"REASON: message"`` (e.g. ``ErrImageNeverPull``,
+    ``CreateContainerConfigError``; core/v1 ContainerStateWaiting written by the kubelet), or "" when none says."""
+    if not pods:
+        return ""
+    newest = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")[-1]
+    st = newest.get("status") or {}
+    for cs in list(st.get("initContainerStatuses") or []) + list(st.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") and waiting["reason"] not in ("PodInitializing", "ContainerCreating"):
+            return redact(f"{waiting['reason']}: {waiting.get('message') or ''}".rstrip(": "))[:512]
+    return ""
 
 
 def parse_termination(message: str, exit_code: Any) -> tuple[Obj | None, int | None, str]:

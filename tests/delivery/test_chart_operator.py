@@ -116,6 +116,8 @@ def test_operator_deployment_is_hardened():
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert c["livenessProbe"]["httpGet"]["port"] in ports
     assert c["readinessProbe"]["httpGet"] == c["livenessProbe"]["httpGet"]
+    # service links would inject SCHEMAGATE_METRICS_PORT=tcp://... for the schemagate-metrics Service
+    assert dep["spec"]["template"]["spec"]["enableServiceLinks"] is False
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
     assert c["args"][0] == "operator" and "--all-namespaces" in c["args"]

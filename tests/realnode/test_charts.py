@@ -16,49 +16,15 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from tests.delivery.e2e_support import app_pods, get_dbm, is_gated
-from tests.delivery.helm import CHARTS
+from tests.realnode.support import APP, OPERATOR_NS, install_app, jobs_by_step, operator_pod, revision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.realnode]
-OPERATOR_NS = "schemagate-system"
-APP = "shop-example-app"
-
-
-def diagnostics(kube: Any, *namespaces: str) -> str:
-    out = []
-    for ns in namespaces:
-        out.append(kube.kubectl("get", "pods,jobs,dbm", "-n", ns, "-o", "wide", check=False).stdout)
-        for p in kube.pods(ns):
-            out.append(f"--- pod {p['metadata']['name']}: {json.dumps(p.get('status', {}))[:1500]}")
-        ev = kube.kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False).stdout
-        out.append("--- events:\n" + "\n".join(ev.splitlines()[-25:]))
-    for p in kube.pods(OPERATOR_NS):
-        out.append(f"--- operator log {p['metadata']['name']}:\n" + kube.logs(OPERATOR_NS, p["metadata"]["name"])[-3000:])
-    return "\n".join(out)
-
-
-@pytest.fixture(scope="module")
-def operator(real_kube: Any, node_images: dict) -> Iterator[dict]:
-    repo, tag = node_images["schemagate"]["image"].rsplit(":", 1)
-    r = real_kube.helm("upgrade", "--install", "schemagate", str(CHARTS / "schemagate"), "-n", OPERATOR_NS,
-                       "--create-namespace", "--set-string", f"image.repository={repo}",
-                       "--set-string", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
-                       "--wait", "--timeout", "240s", check=False, timeout=300)  # fmt: skip
-    assert r.returncode == 0, r.stderr + diagnostics(real_kube)
-    yield node_images["schemagate"]
-
-
-def operator_pod(kube: Any) -> dict:
-    pods = [p for p in kube.pods(OPERATOR_NS, "app.kubernetes.io/component=operator")
-            if not p["metadata"].get("deletionTimestamp")]  # fmt: skip
-    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
-    return pods[0]
 
 
 def test_operator_runs_its_image_as_10001_on_a_read_only_root(real_kube: Any, operator: dict) -> None:
@@ -85,36 +51,6 @@ def test_operator_runs_its_image_as_10001_on_a_read_only_root(real_kube: Any, op
     for kind in ("Readiness", "Liveness"):
         real_kube.wait_for(lambda: probed(kind), timeout=60, interval=2,  # noqa: B023 (used at once)
                            message=f"a successful {kind} probe of the operator")
-
-
-def install_app(kube: Any, ns: str, node_images: dict, url: str, version: str, *extra: str,
-                timeout: str = "300s", check: bool = True) -> Any:  # fmt: skip
-    app = node_images["example-app"]
-    r = kube.helm("upgrade", "--install", "shop", str(CHARTS / "example-app"), "-n", ns,
-                  "--set-string", f"version={version}", "--set-string", f"database.url={url}",
-                  "--set-string", f"image.repository={app['repository']}", "--set", "image.pullPolicy=Never",
-                  "--set", "gate.waitInitContainer.enabled=true",
-                  "--set-string", f"gate.waitInitContainer.image={node_images['schemagate']['image']}",
-                  "--set", "replicas=2", "--wait", "--timeout", timeout, *extra, check=False, timeout=600)  # fmt: skip
-    if check:
-        assert r.returncode == 0, r.stderr + diagnostics(kube, ns)
-    return r
-
-
-def revision(url: str) -> str | None:
-    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1), poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
-    finally:
-        engine.dispose()
-
-
-def jobs_by_step(kube: Any, ns: str) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for j in kube.get(f"/apis/batch/v1/namespaces/{ns}/jobs")["items"]:
-        out.setdefault(j["metadata"]["labels"].get("schemagate.dev/step", "?"), []).append(j)
-    return out
 
 
 def test_upgrade_runs_every_step_in_real_containers(real_kube: Any, operator: dict, node_images: dict,

@@ -138,14 +138,16 @@ archive() {  # image -> path of its OCI archive (made once)
   echo "$f"
 }
 OP_TAR="$(archive "$OPERATOR")"; APP_TAR="$(archive "$APP")"
-# images and archives that are no longer current are removed (each operator image is ~470 MB)
-for f in "$CACHE"/*.oci.tar; do
-  case "$f" in "$OP_TAR"|"$APP_TAR") ;; *) rm -f "$f" ;; esac
-done
+# older images and archives are removed (each operator image is ~470 MB): per repository the newest KEEP images
+# stay (other work trees on this machine build their own versions), archives not used for a day go
+KEEP=4
+find "$CACHE" -maxdepth 1 -name '*.oci.tar' -mmin +1440 ! -path "$OP_TAR" ! -path "$APP_TAR" -delete
+touch "$OP_TAR" "$APP_TAR"
 for keep in "$BASE" "$OPERATOR" "$APP"; do
-  for old in $(buildah images --noheading --format '{{.Name}}:{{.Tag}}' --filter "reference=${keep%:*}"); do
-    if [ "$old" != "$keep" ]; then log "removing $old"; buildah rmi --force "$old" >/dev/null 2>&1 || true; fi
-  done
+  buildah images --noheading --format '{{.CreatedAtRaw}}|{{.Name}}:{{.Tag}}' --filter "reference=${keep%:*}" \
+    | sort -r | tail -n +$((KEEP + 1)) | cut -d'|' -f2 | while read -r old; do
+      if [ "$old" != "$keep" ]; then log "removing $old"; buildah rmi --force "$old" >/dev/null 2>&1 || true; fi
+    done
 done
 
 OUT="$CACHE/images-$(text_hash "$BASE $OPERATOR $APP").json"

@@ -152,3 +152,35 @@ def test_job_observation_reads_labels_and_failure_condition():
     obs = k8s.job_observation(job)
     assert (obs.step, obs.generation, obs.counter, obs.state) == ("verify", 2, 3, k8s.FAILED)
     assert obs.reason == "DeadlineExceeded" and "deadline" in obs.message
+
+
+def test_an_oom_killed_step_says_so() -> None:
+    """The kubelet's terminated.reason OOMKilled (exit 137, no termination message) becomes the status reason."""
+    from schemagate.core.decide import FAILED, JobObs, synthesize_result
+
+    k = FakeKube()
+    k.store.put("Job", {"metadata": {"name": "j", "namespace": "team"}})
+    k.store.put("Pod", {"metadata": {"name": "j-pod", "namespace": "team", "labels": {"job-name": "j"},
+                                     "creationTimestamp": "2025-01-01T12:00:00Z"},
+                        "status": {"containerStatuses": [{"name": "step", "state": {"terminated": {
+                            "exitCode": 137, "reason": "OOMKilled", "message": "loading psycopg"}}}]}})
+    result, code, text = k.job_result("team", "j")
+    assert result is None and code == 137 and text.startswith("OOMKilled: ") and "memory limit" in text
+    assert text.endswith("last output: loading psycopg")
+    res = synthesize_result(JobObs("j", "precheck", 1, state=FAILED, exit_code=code, message=text))
+    assert res["reason"] == "OOMKilled" and res["outcome"] == "PermanentError" and "137" in res["message"]
+    # an ordinary crash stays an internal error
+    plain = synthesize_result(JobObs("j", "precheck", 1, state=FAILED, exit_code=1, message="Traceback"))
+    assert plain["reason"] == "InternalError"
+
+
+def test_a_pod_that_never_ran_reports_the_kubelets_waiting_reason() -> None:
+    waiting = {"waiting": {"reason": "ErrImageNeverPull",
+                           "message": 'Container image "shop:9" is not present with pull policy of Never'}}
+    pod = {"metadata": {"creationTimestamp": "t"}, "status": {
+        "initContainerStatuses": [{"name": "runner", "state": {"terminated": {"exitCode": 0}}}],
+        "containerStatuses": [{"name": "step", "state": waiting}]}}
+    assert k8s.pod_waiting([pod]) == 'ErrImageNeverPull: Container image "shop:9" is not present with pull policy of Never'
+    starting = {"metadata": {"creationTimestamp": "t"},
+                "status": {"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]}}
+    assert k8s.pod_waiting([starting]) == "" and k8s.pod_waiting([]) == ""

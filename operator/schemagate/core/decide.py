@@ -173,6 +173,8 @@ def synthesize_result(job: JobObs) -> StepResultDict:
     outcome = ExitCode.outcome_of(job.exit_code)
     reason = {Outcome.TRANSIENT_ERROR: "TransientError", Outcome.CHECKS_FAILED: "ChecksFailed"}.get(
         outcome, "InternalError")
+    if job.message.startswith("OOMKilled"):  # the kubelet's reason for a memory-limit kill (k8s.job_result)
+        reason = "OOMKilled"
     msg = f"step {job.step} exited with code {job.exit_code}"
     if job.message:
         msg += f": {job.message}"

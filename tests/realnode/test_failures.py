@@ -1,0 +1,62 @@
+"""Failures that only a real node produces, surfacing as clear reasons in the DatabaseMigration's status:
+a step container killed by the kernel at its memory limit (OOMKilled), and a step pod the kubelet cannot start
+(its image is not on the node and may not be pulled) ended by the Job's deadline."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.delivery.e2e_support import get_dbm
+from tests.realnode.support import APP, diagnostics, install_app
+
+pytestmark = [pytest.mark.e2e, pytest.mark.realnode]
+
+
+def finished(kube: Any, ns: str) -> dict:
+    def phase() -> dict | None:
+        st = get_dbm(kube, ns, APP).get("status") or {}
+        return st if st.get("phase") in ("Failed", "Blocked", "Succeeded") else None
+
+    try:
+        return kube.wait_for(phase, timeout=240, interval=2, message=f"{APP} to finish")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{diagnostics(kube, ns)}") from None
+
+
+def step_statuses(kube: Any, ns: str) -> list[dict]:
+    return [cs for p in kube.pods(ns, "schemagate.dev/step")
+            for cs in (p["status"].get("initContainerStatuses") or []) + (p["status"].get("containerStatuses") or [])]
+
+
+def test_an_oom_killed_step_fails_the_run_with_reason_oomkilled(real_kube: Any, operator: dict, node_images: dict,
+                                                               real_namespace: str,
+                                                               pod_db: tuple[str, str]) -> None:  # fmt: skip
+    ns, (_, in_pod) = real_namespace, pod_db
+    tiny = {"jobTemplate": {"resources": {"limits": {"memory": "24Mi"}, "requests": {"memory": "24Mi"}}}}
+    install_app(real_kube, ns, node_images, in_pod, "0001", "--set-json", f"migration.extraSpec={json.dumps(tiny)}",
+                "--wait=false", timeout="60s")
+    st = finished(real_kube, ns)
+    assert st["phase"] == "Failed", st
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "OOMKilled" and "memory limit" in ready["message"], ready
+    killed = [cs for cs in step_statuses(real_kube, ns)
+              if ((cs.get("state") or {}).get("terminated") or {}).get("reason") == "OOMKilled"]  # fmt: skip
+    assert killed and killed[0]["state"]["terminated"]["exitCode"] == 137
+
+
+def test_a_step_pod_that_cannot_start_fails_at_its_deadline(real_kube: Any, operator: dict, node_images: dict,
+                                                             real_namespace: str,
+                                                             pod_db: tuple[str, str]) -> None:  # fmt: skip
+    ns, (_, in_pod) = real_namespace, pod_db
+    short = {"jobTemplate": {"activeDeadlineSeconds": 20}}
+    install_app(real_kube, ns, node_images, in_pod, "0001", "--set-string", "image.tag=not-on-this-node",
+                "--set-json", f"migration.extraSpec={json.dumps(short)}", "--wait=false", timeout="60s")
+    st = finished(real_kube, ns)
+    assert st["phase"] == "Failed", st
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "DeadlineExceeded", ready
+    events = real_kube.kubectl("get", "events", "-n", ns, "-o", "json").stdout
+    assert "ErrImageNeverPull" in events  # the kubelet's own reason, on the pod
