@@ -211,9 +211,28 @@ def test_paths_exist():
 
 def test_pod_patch_policy_names_the_release_service_account_and_can_be_turned_off():
     docs = template("schemagate", "--set", "serviceAccount.name=ops-sa", namespace="ops")
-    (vap,) = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"]
-    (binding,) = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"]
+    (vap,) = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicy" and d["metadata"]["name"].endswith("-pod-patch")]
+    (binding,) = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"
+                  and d["metadata"]["name"].endswith("-pod-patch")]  # fmt: skip
     assert vap["spec"]["matchConditions"][0]["expression"].endswith('"system:serviceaccount:ops:ops-sa"')
     assert binding["spec"]["policyName"] == vap["metadata"]["name"] and binding["spec"]["validationActions"] == ["Deny"]
     off = template("schemagate", "--set", "rbac.podPatchPolicy=false")
-    assert not [d for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert [d["metadata"]["name"] for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")] == [
+        "schemagate-migration-create", "schemagate-migration-create"]
+
+
+def test_migration_create_policy_is_on_by_default_and_can_be_turned_off():
+    """The chart's copy of manifests/admission.yaml's create policy, bound with Deny; one value turns it off."""
+    docs = template("schemagate", namespace="ops")
+    (vap,) = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"
+              and d["metadata"]["name"] == "schemagate-migration-create"]  # fmt: skip
+    (binding,) = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"
+                  and d["metadata"]["name"] == "schemagate-migration-create"]  # fmt: skip
+    assert vap["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["databasemigrations"]
+    assert vap["spec"]["matchConstraints"]["resourceRules"][0]["operations"] == ["CREATE", "UPDATE"]
+    checks = " ".join(v["expression"] for v in vap["spec"]["validations"])
+    for needle in ('resource("jobs")', 'resource("pods")', 'check("impersonate")'):
+        assert needle in checks, needle
+    assert binding["spec"] == {"policyName": "schemagate-migration-create", "validationActions": ["Deny"]}
+    off = template("schemagate", "--set", "rbac.migrationCreatePolicy=false")
+    assert not [d for d in off if d["metadata"]["name"].endswith("-migration-create")]
