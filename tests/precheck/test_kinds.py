@@ -389,3 +389,44 @@ def test_ddl_only_revisions_scan_each_table_once(fresh_db: str, tmp_path: Path) 
         "w.flag NOT NULL": 0, "w_amount": 5, "w_flag": 0, "w.b NOT NULL": 10}
     assert after["w"] - before["w"] == 1
     assert len({c["note"] is not None for c in r.data["checks"]}) == 1  # every check read through a projection
+
+
+def test_data_route_on_an_explicit_shadow_database_as_a_role_without_superuser(pg_server: str, make_db: Any,
+                                                                               tmp_path: Path) -> None:
+    """The data route reuses an explicit (empty) shadow database: emptied and restored again; a role that may not
+    switch triggers off still loads the rows (parents first), and the database is left empty."""
+    import urllib.parse
+    import uuid
+
+    from schemagate.analysis.shadow import user_table_count
+    from schemagate.runner.db import libpq_url
+    from schemagate.runner.inject.apply import upgrade
+
+    real, spare = make_db(), make_db()
+    role, password = "sg_plain_" + uuid.uuid4().hex[:6], "pw-" + uuid.uuid4().hex
+
+    def as_role(url: str) -> str:
+        parts = urllib.parse.urlsplit(url)
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
+
+    execute(pg_server, f"CREATE ROLE {role} LOGIN PASSWORD '{password}' NOCREATEDB")
+    try:
+        for url in (real, spare):
+            execute(pg_server, f'ALTER DATABASE "{urllib.parse.urlsplit(url).path.lstrip("/")}" OWNER TO {role}')
+            execute(url, f"ALTER SCHEMA public OWNER TO {role}")
+        ini = sql_project(tmp_path / "proj", ["CREATE TABLE p (id int PRIMARY KEY)",
+                                              "CREATE TABLE c (id int, p_id int REFERENCES p, n int)"],
+                          ["UPDATE c SET n = 0 WHERE n IS NULL", "ALTER TABLE c ALTER COLUMN n SET NOT NULL",
+                           "ALTER TABLE c ADD CONSTRAINT c_n CHECK (n < 5)"])
+        upgrade(ini, "0001", as_role(real), "DATABASE_URL")
+        execute(as_role(real), "INSERT INTO p VALUES (1)", "INSERT INTO c VALUES (1, 1, NULL), (2, 1, 9)")
+        r = precheck.precheck(ini, "head", as_role(real), "DATABASE_URL", lint=False, shadow_url=as_role(spare))
+        assert {c["key"]: c["count"] for c in r.data["checks"]} == {"c.n NOT NULL": 0, "c_n": 1}, r.message
+        assert r.data["dataShadow"]["triggersOff"] is False and r.data["dataShadow"]["tables"] == ["public.p",
+                                                                                                   "public.c"]
+        assert user_table_count(libpq_url(as_role(spare))) == 0 and password not in r.to_json()
+    finally:
+        execute(pg_server, f"DROP OWNED BY {role} CASCADE")
+        for url in (real, spare):
+            execute(pg_server, f'DROP DATABASE IF EXISTS "{urllib.parse.urlsplit(url).path.lstrip("/")}" WITH (FORCE)')
+        execute(pg_server, f"DROP ROLE IF EXISTS {role}")

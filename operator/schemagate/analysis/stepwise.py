@@ -333,13 +333,39 @@ def affected_tables(steps: Sequence[Step], start: catalog.IdSnapshot, statements
                 touched.update((con.relid, con.ref_relid))
         wanted |= {t for t in touched if t in start.rels}
     grew = True
-    while grew:
+    while grew:  # partitions and children, and the parents of every foreign key of what is loaded
         grew = False
         for oid, rel in start.rels.items():
             if rel.parent in wanted and oid not in wanted:
                 wanted.add(oid)
                 grew = True
+        for con in start.cons.values():
+            if con.contype == "f" and con.relid in wanted and con.ref_relid in start.rels \
+                    and con.ref_relid not in wanted:
+                wanted.add(con.ref_relid)
+                grew = True
     return sorted(wanted)
+
+
+def _parents_first(start: catalog.IdSnapshot, relids: Sequence[int]) -> list[int]:
+    """``relids`` with every foreign key's referenced table before the referencing one (cycles keep their
+    order)."""
+    parents = {r: {c.ref_relid for c in start.cons.values() if c.contype == "f" and c.relid == r
+                   and c.ref_relid != r and c.ref_relid in relids} for r in relids}
+    out: list[int] = []
+    seen: set[int] = set()
+
+    def visit(r: int, path: set[int]) -> None:
+        if r in seen or r in path:
+            return
+        for p in sorted(parents.get(r, ())):
+            visit(p, path | {r})
+        seen.add(r)
+        out.append(r)
+
+    for r in relids:
+        visit(r, set())
+    return out
 
 
 class DataShadowTooLarge(RuntimeError):
@@ -359,12 +385,12 @@ def load_rows(real_conn: Any, data_conn: Any, start: catalog.IdSnapshot, relids:
               max_bytes: int | None) -> dict[str, Any]:
     """Stream the rows of ``relids`` (leaf tables only; partitioned parents hold none) from the real database
     into the data-carrying shadow with ``COPY .. (FORMAT binary)``, in one REPEATABLE READ, READ ONLY snapshot,
-    triggers and foreign-key checks off (``session_replication_role = replica``: the shadow holds only some
-    tables). Sequences owned by those tables get the real values. Raises :class:`DataShadowTooLarge` before
+    parents before children, triggers and foreign-key checks off (``session_replication_role = replica``) when the
+    shadow's role may (a superuser: the throw-away server's), else on (``triggersOff: false``). Sequences owned by those tables get the real values. Raises :class:`DataShadowTooLarge` before
     copying anything when the tables' total size (``pg_total_relation_size``) exceeds ``max_bytes``.
 
     Returns ``{"tables": [..], "bytes": n, "rows": n}``."""
-    leaves = [start.rels[r] for r in relids if start.rels[r].relkind == "r"]
+    leaves = [start.rels[r] for r in _parents_first(start, relids) if start.rels[r].relkind == "r"]
     names = [(r.schema, r.relname) for r in leaves]
     size = table_bytes(real_conn, names)
     if max_bytes is not None and size > max_bytes:
@@ -372,8 +398,12 @@ def load_rows(real_conn: Any, data_conn: Any, start: catalog.IdSnapshot, relids:
             f"the tables the data-carrying shadow needs ({', '.join(f'{s}.{t}' for s, t in names[:10])}) hold "
             f"{size} bytes, more than spec.precheck.dataShadow.maxSize ({max_bytes} bytes)")
     rows = 0
-    with data_conn.cursor() as dcur:
-        dcur.execute("SET session_replication_role = replica")
+    replica = True
+    try:  # needs superuser (the throw-away shadow server's); else parents are loaded first and triggers fire
+        with data_conn.cursor() as dcur:
+            dcur.execute("SET session_replication_role = replica")
+    except Exception:  # noqa: BLE001 - any driver's permission error
+        replica = False
     with real_conn.transaction(), data_conn.transaction():
         with real_conn.cursor() as rcur:
             rcur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -409,5 +439,6 @@ def load_rows(real_conn: Any, data_conn: Any, start: catalog.IdSnapshot, relids:
         for schema, seq, value in seqs:
             if value is not None:
                 dcur.execute("SELECT setval(%s::regclass, %s)", (counting.qualified(schema, seq), value))
-        dcur.execute("SET session_replication_role = DEFAULT")
-    return {"tables": [f"{s}.{t}" for s, t in names], "bytes": size, "rows": rows}
+        if replica:
+            dcur.execute("SET session_replication_role = DEFAULT")
+    return {"tables": [f"{s}.{t}" for s, t in names], "bytes": size, "rows": rows, "triggersOff": replica}

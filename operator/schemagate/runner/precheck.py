@@ -524,11 +524,9 @@ def _count_in_data_shadow(config_path: str | os.PathLike[str], target: str, url:
 
     t0 = time.monotonic()
     relids = stepwise.affected_tables(rec.steps, rec.start, statements)
-    dsh = make_shadow(url, shadow_url) if shadow_url is None else None
-    if dsh is None:  # an explicit shadow database serves both runs: empty it and restore the schema again
-        raise PrecheckError("the data-carrying shadow needs its own database; with an explicit shadow database URL "
-                            "the revisions that change data cannot be counted", reason="PrecheckIncomplete",
-                            outcome=Outcome.CHECKS_FAILED)
+    if shadow_url is not None:  # an explicit shadow database serves both runs: empty it, restore the schema again
+        shadow.wipe_database(db.libpq_url(shadow_url))
+    dsh = make_shadow(url, shadow_url)
     try:
         with _connect(url) as real_conn, _connect(dsh.url) as data_conn:
             loaded = stepwise.load_rows(real_conn, data_conn, rec.start, relids, max_bytes)
