@@ -286,7 +286,8 @@ def _precheck_status(st: MigrationStatus, data: dict[str, Any], max_violations: 
     st["violations"] = {
         "total": total,
         "maxViolations": int(data.get("maxViolations", max_violations)),
-        "checks": [{k: c.get(k) for k in ("name", "table", "kind", "definition", "count") if k in c}  # type: ignore[misc]
+        "checks": [{k: c.get(k) for k in ("name", "schema", "table", "column", "kind", "definition", "count",
+                                          "revision", "evaluatedBy") if k in c}  # type: ignore[misc]
                    for c in checks],
     }
     if data.get("truncated") or data.get("omitted"):
