@@ -86,6 +86,38 @@ def test_jobs_are_owned_limited_and_labelled(db):
             assert mounts <= {v["name"] for v in pod["volumes"]}
 
 
+@pytest.mark.parametrize("db", [URL_DB, HOST_DB])
+def test_every_container_passes_pod_security_restricted(db):
+    """Pod Security Standards, restricted profile (kubernetes.io/docs/concepts/security/pod-security-standards):
+    non-root, no privilege escalation, all capabilities dropped, seccomp RuntimeDefault; plus a read-only root
+    filesystem with a writable emptyDir /tmp for every container that runs the application's image."""
+    m, jobs = all_jobs(db)
+    for step, job in zip(STEPS, jobs, strict=True):
+        pod = job["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True, (step, c["name"])
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+            assert sc.get("runAsUser", 10001) != 0
+            if c["image"] == m.migrations.image:
+                assert sc["runAsUser"] == 10001, (step, c["name"])
+                assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"], (step, c["name"])
+                assert {"name": "HOME", "value": "/tmp"} in c["env"]
+        mounted = {v["name"] for c in pod.get("initContainers", []) + pod["containers"] for v in c["volumeMounts"]}
+        assert mounted <= {v["name"] for v in pod["volumes"]}
+
+
+def test_run_as_user_reaches_the_application_containers():
+    m = mig(jobTemplate={"runAsUser": 4242})
+    job = J.build_job(m, "migrate", "shop-migrate", 1, SETTINGS)
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["securityContext"]["runAsUser"] == 4242
+    (init,) = job["spec"]["template"]["spec"]["initContainers"]
+    assert "runAsUser" not in init["securityContext"]  # the operator image runs as its own uid 10001
+
+
 def test_container_layouts_follow_the_architecture():
     m, (backup, precheck, migrate, verify) = all_jobs(URL_DB)
     app, op = m.migrations.image, SETTINGS.runner_image

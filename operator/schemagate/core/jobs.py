@@ -97,10 +97,15 @@ def _common_env(m: Migration) -> list[dict[str, Any]]:
     return [{"name": "SCHEMAGATE_TERMINATION_LOG", "value": TERMINATION_LOG}, *database_env(m)]
 
 
-def _security(app: bool) -> dict[str, Any]:
-    sc: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
-    if not app:
-        sc.update({"runAsNonRoot": True, "readOnlyRootFilesystem": True})
+def _security(m: Migration, app: bool) -> dict[str, Any]:
+    """A container ``securityContext`` that passes the Pod Security Standards' ``restricted`` profile
+    (https://kubernetes.io/docs/concepts/security/pod-security-standards/: non-root, no privilege escalation,
+    every capability dropped; seccomp is set on the pod) with a read-only root filesystem. Containers in the
+    application's image run as ``spec.jobTemplate.runAsUser``, since such an image may declare no non-root user."""
+    sc: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                          "runAsNonRoot": True, "readOnlyRootFilesystem": True}
+    if app:
+        sc["runAsUser"] = m.job_template.run_as_user
     return sc
 
 
@@ -111,7 +116,9 @@ def _container(m: Migration, s: JobSettings, name: str, command: list[str], *, a
     # a missing URL is an error inside a Job, never a reason to start an embedded server
     env.append({"name": "SCHEMAGATE_NO_EMBEDDED", "value": "1"})
     if app:
-        env.append({"name": "PYTHONPATH", "value": RUNNER_DIR})
+        # the root filesystem is read-only: temporary files and Python's caches stay out of it
+        env += [{"name": "PYTHONPATH", "value": RUNNER_DIR}, {"name": "HOME", "value": "/tmp"},
+                {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}]
     c: dict[str, Any] = {
         "name": name,
         "image": m.migrations.image if app else s.runner_image,
@@ -119,7 +126,7 @@ def _container(m: Migration, s: JobSettings, name: str, command: list[str], *, a
         "env": env + list(extra_env or []),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": _security(app),
+        "securityContext": _security(m, app),
         "volumeMounts": list(mounts or []),
     }
     pull = m.migrations.image_pull_policy if app else s.runner_pull_policy
@@ -202,7 +209,7 @@ def build_containers(m: Migration, step: str, s: JobSettings, plan: Mapping[str,
         inits = [
             _install_runner(m, s),
             _container(m, s, "prepare", prepare, mounts=[work, _tmp_mount()]),
-            _container(m, s, "shadow-upgrade", shadow, app=True, mounts=[work, _runner_mount()],
+            _container(m, s, "shadow-upgrade", shadow, app=True, mounts=[work, _runner_mount(), _tmp_mount()],
                        working_dir=m.migrations.directory),
         ]
         main = _container(m, s, "count", count, mounts=[work, _tmp_mount()])
@@ -216,9 +223,9 @@ def build_containers(m: Migration, step: str, s: JobSettings, plan: Mapping[str,
                    "--target", _target(m, plan), "--database-url-env", url_env,
                    "--lock-timeout", m.lock_timeout, "--statement-timeout", m.statement_timeout,
                    "--termination-log", TERMINATION_LOG]
-        main = _container(m, s, "migrate", cmd, app=True, mounts=[_runner_mount()],
+        main = _container(m, s, "migrate", cmd, app=True, mounts=[_runner_mount(), _tmp_mount()],
                           working_dir=m.migrations.directory)
-        return [_install_runner(m, s)], [main], [{"name": "schemagate-runner", "emptyDir": {}}]
+        return [_install_runner(m, s)], [main], [{"name": "schemagate-runner", "emptyDir": {}}, tmp]
     if step == "verify":
         plan_doc = dict(plan or {})
         plan_doc.setdefault("targetRevision", m.migrations.target_revision)
@@ -246,7 +253,7 @@ def build_job(m: Migration, step: str, name: str, counter: int, s: JobSettings,
         "restartPolicy": "Never",
         "containers": containers,
         "volumes": volumes,
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "enableServiceLinks": False,
     }
     if inits:

@@ -119,6 +119,7 @@ class JobTemplateSpec(TypedDict, total=False):
     tolerations: list[dict[str, Any]]
     imagePullSecrets: list[dict[str, Any]]
     activeDeadlineSeconds: int
+    runAsUser: int
     backoffLimit: int
     ttlSecondsAfterFinished: int
 
@@ -265,6 +266,7 @@ class JobTemplate:
     tolerations: tuple[dict[str, Any], ...] = ()
     image_pull_secrets: tuple[dict[str, Any], ...] = ()
     active_deadline_seconds: int = 3600
+    run_as_user: int = 10001
     backoff_limit: int = 0
     ttl_seconds_after_finished: int | None = None
 
@@ -337,6 +339,7 @@ class Migration:
                 tolerations=tuple(jt.get("tolerations") or ()),
                 image_pull_secrets=tuple(jt.get("imagePullSecrets") or ()),
                 active_deadline_seconds=int(jt.get("activeDeadlineSeconds") or 3600),
+                run_as_user=int(jt.get("runAsUser") or 10001),
                 backoff_limit=int(jt.get("backoffLimit") or 0),
                 ttl_seconds_after_finished=jt.get("ttlSecondsAfterFinished"),
             ),
