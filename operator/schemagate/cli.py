@@ -230,15 +230,20 @@ def render(result: StepResult, console: Any) -> None:
     if checks:
         t = Table(title="constraint checks" if result.step != "verify" else "recount", title_justify="left",
                   show_lines=False, pad_edge=False)
-        for col in ("check", "table", "kind", "violations", "definition"):
+        for col in ("check", "schema", "table", "column", "kind", "violations", "revision", "how", "definition"):
             t.add_column(col, justify="right" if col == "violations" else "left",
                          overflow="fold", max_width=60 if col == "definition" else None)
         for c in sorted(checks, key=lambda c: -(c.get("count") or 0)):
             n = c.get("count")
-            cnt = "-" if n is None else (f"[bold red]{n}[/]" if n else "[green]0[/]")
-            t.add_row(escape(str(c.get("name"))), escape(str(c.get("table") or "")), escape(str(c.get("kind"))),
-                      cnt, escape(str(c.get("definition") or ""))[:200])
+            cnt = "[bold yellow]not evaluated[/]" if n is None and c.get("evaluatedBy") == "not-evaluated" else (
+                "-" if n is None else (f"[bold red]{n}[/]" if n else "[green]0[/]"))
+            t.add_row(*(escape(str(c.get(k) or "")) for k in ("name", "schema", "table", "column", "kind")), cnt,
+                      escape(str(c.get("revision") or "")), escape(str(c.get("evaluatedBy") or "")),
+                      escape(str(c.get("definition") or ""))[:200])
         console.print(t)
+        unevaluated = [c for c in checks if c.get("evaluatedBy") == "not-evaluated" and c.get("note")]
+        for c in unevaluated[:10]:
+            console.print(f"[yellow]{escape(str(c.get('name')))}[/]: {escape(str(c.get('note')))[:300]}")
         if data.get("derivationNote"):
             console.print(f"[dim]note: {escape(str(data['derivationNote']))}[/]")
     lint = data.get("lint")
