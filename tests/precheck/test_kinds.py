@@ -63,6 +63,7 @@ def test_new_columns_hold_null_default_identity_or_generated_value(fresh_db: str
          "ALTER TABLE item ADD COLUMN note text NOT NULL"])
     assert counts(checks) == {
         "item.lvl NOT NULL": 0, "ck_lvl": 4,  # every row holds the default 0
+        "item.dbl GENERATED": 0,  # the generation expression computes for every row without an error
         "ck_dbl": 2,  # 14 and 10; NULL qty gives NULL: passes
         "item.seq NOT NULL": 0, "uq_seq": 0, "item.ser NOT NULL": 0, "uq_ser": 0,  # identity/serial: distinct
         "uq_tag": 4,  # one group of 4 'x'
@@ -430,3 +431,18 @@ def test_data_route_on_an_explicit_shadow_database_as_a_role_without_superuser(p
         for url in (real, spare):
             execute(pg_server, f'DROP DATABASE IF EXISTS "{urllib.parse.urlsplit(url).path.lstrip("/")}" WITH (FORCE)')
         execute(pg_server, f"DROP ROLE IF EXISTS {role}")
+
+
+def test_new_generated_column_whose_expression_raises_blocks(fresh_db: str, tmp_path: Path) -> None:
+    """ADD COLUMN .. GENERATED ALWAYS AS (100 / qty) STORED computes the value for every row: a zero qty makes
+    PostgreSQL reject the statement, so the precheck must not pass (it reports the statement failing on the data)."""
+    r, checks, ini = run(
+        fresh_db, tmp_path, ["CREATE TABLE q (id int, qty int)"], ["INSERT INTO q VALUES (1, 5), (2, 0)"],
+        ["ALTER TABLE q ADD COLUMN per int GENERATED ALWAYS AS (100 / qty) STORED"])
+    assert r.outcome is Outcome.CHECKS_FAILED, r.message
+    assert "division by zero" in r.message
+    assert migration_fails(fresh_db, ini)
+    execute(fresh_db, "DELETE FROM q WHERE qty = 0")
+    r = precheck.precheck(ini, "head", fresh_db, "DATABASE_URL", lint=False)
+    assert r.outcome is Outcome.SUCCEEDED and {c["key"]: c["count"] for c in r.data["checks"]} == {
+        "q.per GENERATED": 0}, r.message

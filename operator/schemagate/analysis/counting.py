@@ -58,7 +58,7 @@ from typing import Any
 from schemagate.analysis.checkkey import check_key
 
 KINDS = ("check", "notnull", "unique", "foreignkey", "exclusion", "type", "partition-bound", "domain-check",
-         "domain-notnull", "user")
+         "domain-notnull", "generated", "user")
 # kinds counted as "rows where the predicate is TRUE" in the table's single scan
 PREDICATE_KINDS = ("check", "partition-bound", "domain-check")
 # How a count was produced (``Check.evaluated_by``):
@@ -236,6 +236,8 @@ def scan_predicate(check: Check, fk_alias: str | None = None) -> str:
         return f"NOT ({check.expr})"
     if check.kind == "type":  # expr is the violation predicate itself
         return f"({check.expr})"
+    if check.kind == "generated":  # never TRUE, but computes the new column's value for every row (errors raise)
+        return f"num_nulls(t.{quote_ident(check.columns[0])}) < 0"
     if check.kind in ("notnull", "domain-notnull"):
         return f"t.{quote_ident(check.columns[0])} IS NULL"
     if check.kind == "foreignkey":
@@ -251,7 +253,7 @@ def scan_predicate(check: Check, fk_alias: str | None = None) -> str:
 
 def foldable(check: Check) -> bool:
     """Can this check be counted inside its table's single scan?"""
-    if check.kind in (*PREDICATE_KINDS, "type", "notnull", "domain-notnull"):
+    if check.kind in (*PREDICATE_KINDS, "type", "generated", "notnull", "domain-notnull"):
         return True
     return check.kind == "foreignkey" and (check.ref_is_new or check.ref_unique)
 

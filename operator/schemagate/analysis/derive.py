@@ -355,6 +355,15 @@ def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str 
         chk.column = a.name
         chk.extra["identity"] = ("attr", r, n)
         out.append(base(chk, r))
+    # --- STORED generated columns added to existing tables: the expression runs on every row (it may raise) ----
+    for (r, n), a in sorted(after.attrs.items()):
+        if r in existing and (r, n) not in before.attrs and a.generated == "s" and not after.rels[r].is_partition:
+            rel = after.rels[r]
+            where = check_key("notnull", "", schema=rel.schema, table=rel.relname, column=a.name)
+            chk = Check(name=where.removesuffix(" NOT NULL") + " GENERATED", kind="generated", column=a.name,
+                        columns=(a.name,), definition=f"GENERATED ALWAYS AS ({a.default}) STORED")
+            chk.note = "the expression is computed for every existing row: an error there fails the statement"
+            out.append(base(chk, r))
     # --- CHECK, FOREIGN KEY, EXCLUDE --------------------------------------------------------------------------
     for c in after.cons.values():
         if c.contype not in ("c", "f", "x") or not c.validated or c.relid == 0 or c.relid not in existing:
