@@ -59,8 +59,9 @@ def load(url: str, rows: int) -> int:
 
 
 def anchor(url: str, out: Path) -> tuple[float, int]:
+    from schemagate.contract.dburl import libpq_url_and_password
+    from schemagate.libpq import pg_bin
     from schemagate.runner import backup as bk
-    from schemagate.runner.db import libpq_url_and_password, pg_bin
 
     conn_url, password = libpq_url_and_password(url)
     target = out / "anchor.dump"
@@ -87,8 +88,8 @@ def variant(url: str, out: Path, compress: str, jobs: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from schemagate.contract.dburl import libpq_url
     from schemagate.runner import backup as bk
-    from schemagate.runner.db import libpq_url
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_500_000)

@@ -43,8 +43,8 @@ sys.path.insert(0, os.path.dirname(_HERE))
 import psycopg  # noqa: E402
 from bench.common import ROOT, fresh_database, goal, server  # noqa: E402
 
+from schemagate.contract.dburl import libpq_url  # noqa: E402
 from schemagate.runner import precheck  # noqa: E402
-from schemagate.runner.db import libpq_url  # noqa: E402
 
 REVISION = ["UPDATE member SET confirmed = false WHERE confirmed IS NULL",
             "ALTER TABLE member ALTER COLUMN confirmed SET NOT NULL"]

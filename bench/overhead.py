@@ -85,7 +85,8 @@ class SessionCounter:
 
 def run_side(side: str, admin: str, counter: SessionCounter, template: str, config: Path,
              tmp: Path) -> dict[str, float]:
-    from schemagate.runner.db import libpq_url_and_password, pg_bin, with_database
+    from schemagate.contract.dburl import libpq_url_and_password, with_database
+    from schemagate.libpq import pg_bin
 
     name = f"sgover_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin, autocommit=True) as c:
@@ -135,7 +136,7 @@ def startup(reps: int) -> list[tuple[str, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     from schemagate import demo
-    from schemagate.runner.db import libpq_url, with_database
+    from schemagate.contract.dburl import libpq_url, with_database
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)

@@ -71,7 +71,8 @@ import psycopg  # noqa: E402
 from bench.common import goal as goal_line  # noqa: E402
 
 from schemagate.analysis import catalog, counting, stepwise  # noqa: E402
-from schemagate.runner.db import EmbeddedPostgres, libpq_url, with_database  # noqa: E402
+from schemagate.contract.dburl import libpq_url, with_database  # noqa: E402
+from schemagate.local.postgres import EmbeddedPostgres  # noqa: E402
 
 TABLES = ["wholesaler_products", "credit_transactions", "orders"]
 

@@ -62,7 +62,7 @@ def schema_sql(n: int) -> str:
 @contextlib.contextmanager
 def throwaway_server() -> Iterator[str]:
     """An embedded server with its data directory on /dev/shm and durability off (when /dev/shm exists)."""
-    from schemagate.runner.db import EmbeddedPostgres
+    from schemagate.local.postgres import EmbeddedPostgres
 
     parent = "/dev/shm" if os.path.isdir("/dev/shm") else None
     base = tempfile.mkdtemp(prefix="schemagate-bench-shadow-", dir=parent)
@@ -93,7 +93,7 @@ def prepare_once(url: str, shadow_url: str | None) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from schemagate.runner.db import libpq_url
+    from schemagate.contract.dburl import libpq_url
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10,100,1000")

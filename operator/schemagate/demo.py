@@ -12,7 +12,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from schemagate.runner import db
+from schemagate.contract.dburl import sqlalchemy_url
 from schemagate.runner.inject.apply import upgrade
 
 
@@ -89,7 +89,7 @@ WHOLESALE_TOTAL = sum(WHOLESALE_VIOLATIONS.values())
 
 def _seed(config: Path, url: str, sql: str) -> None:
     upgrade(config, "0001", url)
-    engine = sa.create_engine(db.sqlalchemy_url(url), poolclass=sa.pool.NullPool)
+    engine = sa.create_engine(sqlalchemy_url(url), poolclass=sa.pool.NullPool)
     try:
         with engine.begin() as conn:
             conn.exec_driver_sql(sql)

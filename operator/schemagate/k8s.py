@@ -29,11 +29,11 @@ from typing import Any, Literal
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from schemagate.contract.redact import redact
 from schemagate.core import jobs as J
 from schemagate.core import status as S
 from schemagate.core.decide import ACTIVE, FAILED, SUCCEEDED, JobObs, JobState, LockObs
 from schemagate.core.model import GROUP, KIND, PLURAL, VERSION, Database, identity_hash
-from schemagate.runner.db import redact
 
 log = logging.getLogger("schemagate.k8s")
 

@@ -21,7 +21,6 @@ import argparse
 import enum
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from schemagate import API_GROUP, API_VERSION
+from schemagate.contract import durations
+from schemagate.contract.errors import InvalidInput
 from schemagate.core.gate import GateReason, migration_state
 
 PLURAL = "databasemigrations"
@@ -119,7 +120,7 @@ def wait_for(
             obj = get()
         except AccessError as exc:
             return result(WaitExit.ACCESS_ERROR, "AccessError", "Forbidden", str(exc))
-        except Exception as exc:  # transient: API server restarting, network, 5xx
+        except Exception as exc:  # noqa: BLE001 - transient: API server restarting, network, 5xx
             line = (
                 f"waiting: cannot read DatabaseMigration {namespace}/{name} yet ({type(exc).__name__}: {exc})"
             )
@@ -180,7 +181,7 @@ def default_namespace(kubeconfig: str | None = None, context: str | None = None)
         ns = (chosen or {}).get("context", {}).get("namespace")
         if ns:
             return str(ns)
-    except Exception:  # noqa: S110 - no kubeconfig: fall through to "default"
+    except Exception:  # noqa: BLE001, S110 - no kubeconfig: fall through to "default"
         pass
     return "default"
 
@@ -232,16 +233,13 @@ def kubernetes_getter(name: str, namespace: str, kubeconfig: str | None = None,
 
 # --- command line ---------------------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
-
-
 def parse_duration(text: str) -> float:
-    """``300``, ``300s``, ``5m``, ``1h30m`` -> seconds; ``0`` means no limit."""
-    m = _DURATION.match(text or "")
-    if not text or not m or not any(m.groups()):
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 300, 90s, 10m, 1h)")
-    h, mi, s = (float(g) if g else 0.0 for g in m.groups())
-    return h * 3600 + mi * 60 + s
+    """``300s``, ``5m``, ``1h30m``, ``1.5m`` -> seconds (``contract.durations``: the CRD's grammar); ``0`` means no
+    limit. Raises ``argparse.ArgumentTypeError`` naming the value otherwise."""
+    try:
+        return durations.to_seconds(text, "duration")
+    except InvalidInput as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -265,7 +263,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--timeout",
         type=parse_duration,
         default=0.0,
-        help="give up after this long, exit 124 (e.g. 300, 10m; default 0 = wait forever)",
+        help="give up after this long, exit 124 (e.g. 300s, 10m; default 0 = wait forever)",
     )
     parser.add_argument("--interval", type=parse_duration, default=2.0, help="poll interval (default 2s)")
     parser.add_argument("--json", action="store_true", help="print one JSON document (WaitResult) at the end")

@@ -148,7 +148,6 @@ def load_case(path: Path) -> Case:
 
 def _connect(url: str) -> Any:
     import psycopg
-
     from schemagate.runner.db import libpq_url
 
     return psycopg.connect(libpq_url(url), autocommit=True, connect_timeout=15)

@@ -111,13 +111,14 @@ def test_exit_codes_distinct():
 
 
 @pytest.mark.parametrize(
-    "text,seconds", [("300", 300), ("90s", 90), ("10m", 600), ("1h30m", 5400), ("0", 0), ("1.5m", 90)]
+    "text,seconds", [("300s", 300), ("90s", 90), ("10m", 600), ("1h30m", 5400), ("0", 0), ("1.5m", 90), ("50ms", 0.05)]
 )
 def test_parse_duration(text, seconds):
     assert waiter.parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "abc", "5d", "-3"])
+# one grammar with the CRD (contract.durations): a number other than 0 needs a unit
+@pytest.mark.parametrize("text", ["", "abc", "5d", "-3", "300", "2min", "5 minutes"])
 def test_parse_duration_rejects(text):
     with pytest.raises(argparse.ArgumentTypeError):
         waiter.parse_duration(text)
@@ -145,7 +146,7 @@ def test_run_human(monkeypatch):
     monkeypatch.setenv("POD_NAMESPACE", "from-env")
     out = io.StringIO()
     code = waiter.run(
-        parse(["shop", "--timeout", "0", "--interval", "0.05"]), getter=seq_getter(dbm()), out=out
+        parse(["shop", "--timeout", "0", "--interval", "50ms"]), getter=seq_getter(dbm()), out=out
     )
     assert code == 0 and out.getvalue().startswith("Ready: DatabaseMigration shop is Ready")
 

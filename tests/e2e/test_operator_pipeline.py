@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from schemagate import demo
-from schemagate.runner import db as rdb
+from schemagate.contract.dburl import sqlalchemy_url
 from tests.e2e.test_operator import (  # noqa: F401
     Operator,
     cond,
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 
 
 def scalar(url: str, sql: str) -> Any:
-    eng = sa.create_engine(rdb.sqlalchemy_url(url), poolclass=sa.pool.NullPool)
+    eng = sa.create_engine(sqlalchemy_url(url), poolclass=sa.pool.NullPool)
     try:
         with eng.connect() as c:
             return c.exec_driver_sql(sql).scalar()
@@ -77,7 +77,7 @@ def test_wholesale_blocked_then_retry(kube: Any, operator: Operator, images: Any
     out = kube.kubectl("get", "-n", namespace, "dbm", "wholesale").stdout
     assert str(demo.WHOLESALE_TOTAL) in out and "Blocked" in out
     # clean the data, ask for a retry
-    eng = sa.create_engine(rdb.sqlalchemy_url(fresh_db), poolclass=sa.pool.NullPool)
+    eng = sa.create_engine(sqlalchemy_url(fresh_db), poolclass=sa.pool.NullPool)
     with eng.begin() as c:
         for stmt in demo.WHOLESALE_CLEANUP if hasattr(demo, "WHOLESALE_CLEANUP") else _cleanup_sql():
             c.exec_driver_sql(stmt)

@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from schemagate.runner.db import sqlalchemy_url
+from schemagate.contract.dburl import sqlalchemy_url
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = ROOT / "migrations"

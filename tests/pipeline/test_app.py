@@ -9,11 +9,12 @@ import urllib.parse
 import pytest
 
 import schemagate.runner.inject as inject
+from schemagate.contract.errors import MultipleHeads
+from schemagate.contract.stepresult import ExitCode, Outcome
 from schemagate.runner.inject.apply import upgrade
-from schemagate.runner.inject.config import MultipleHeadsError, make_config
+from schemagate.runner.inject.config import make_config
 from schemagate.runner.inject.migrate import migrate
 from schemagate.runner.inject.revisions import plan
-from schemagate.runner.result import ExitCode, Outcome
 from tests.pipeline.helpers import (
     FOODTRUCK,
     HALFWAY,
@@ -40,7 +41,7 @@ def test_upgrade_foodtruck_then_downgrade_matches_seed_rollback(fresh_db: str) -
     out = upgrade(FOODTRUCK, "0001", fresh_db)
     assert out["applied"] == ["0001"] and out["toRevision"] == "0001"
     execute(fresh_db, "insert into menu_items (id, name, price, stock) values ('m1', 'Taco', 3.5, 10)")
-    out = upgrade(FOODTRUCK, "head", fresh_db, lock_timeout="2s", statement_timeout="1min")
+    out = upgrade(FOODTRUCK, "head", fresh_db, lock_timeout="2s", statement_timeout="1m")  # the CRD grammar
     assert out["fromRevision"] == "0001" and out["applied"] == ["0002", "0003"] and out["toRevision"] == "0003"
     assert query(fresh_db, "select conname, convalidated from pg_constraint where conname='check_stock_non_negative'") \
         == [("check_stock_non_negative", True)]
@@ -113,7 +114,7 @@ def test_application_modules_do_not_leak_between_projects(fresh_db: str) -> None
 
 def test_multiple_heads_is_a_clear_error_and_nothing_changes(fresh_db: str) -> None:
     before = schema_snapshot(fresh_db)
-    with pytest.raises(MultipleHeadsError) as ei:
+    with pytest.raises(MultipleHeads) as ei:
         plan(MULTIHEAD, "head", fresh_db)
     assert "0002a" in str(ei.value) and "0002b" in str(ei.value)
     r = migrate(MULTIHEAD, "head", fresh_db)
@@ -155,7 +156,7 @@ def test_revision_failing_half_way_keeps_previous_revision(fresh_db: str) -> Non
 
 
 def test_unreachable_database_is_transient() -> None:
-    from schemagate.runner.db import free_port
+    from schemagate.local.postgres import free_port
 
     r = migrate(FOODTRUCK, "head", f"postgresql://u:NotThePw9@127.0.0.1:{free_port()}/db")
     assert (r.outcome, r.reason) == (Outcome.TRANSIENT_ERROR, "DatabaseUnreachable"), r.message
@@ -202,7 +203,7 @@ def test_bad_duration_is_invalid_input(fresh_db: str) -> None:
 def test_shadow_upgrade_workdir_contract(make_db, tmp_path) -> None:
     real = make_db()
     shadow = make_db()
-    from schemagate.runner.db import database_name
+    from schemagate.contract.dburl import database_name
 
     (tmp_path / "prepare.json").write_text(json.dumps({"shadowDatabase": database_name(shadow), "created": True}))
     env = dict(os.environ, PYTHONPATH=str(inject.__file__).rsplit("/schemagate/", 1)[0], DATABASE_URL=real)
@@ -214,4 +215,7 @@ def test_shadow_upgrade_workdir_contract(make_db, tmp_path) -> None:
     assert "CREATE TABLE customers" in (tmp_path / "pending.sql").read_text()
     kinds = {(s["revision"], s["kind"]) for s in up["statements"]}
     assert ("0001", "ddl") in kinds and ("0002", "ddl") in kinds
+    # the Kubernetes path reports a revision that reads rows (0002 queries customers through the ORM), as the
+    # local path does (tests/precheck/test_derive.py): one classifier, contract.sqlkind
+    assert ("0002", "read") in kinds, kinds
     assert version(shadow) == "0002" and version(real) is None

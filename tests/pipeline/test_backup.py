@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from schemagate.contract.stepresult import Outcome
+from schemagate.local.postgres import free_port
 from schemagate.runner import backup as bk
-from schemagate.runner.result import Outcome
 from tests.pipeline.helpers import execute
 
 
@@ -85,7 +86,7 @@ def test_backup_bad_input_and_wrong_password(fresh_db: str, tmp_path: Path) -> N
     assert (r.outcome, r.reason) == (Outcome.PERMANENT_ERROR, "AuthenticationFailed"), r.message
     assert "Secr3tWrongPw" not in r.to_json()
     assert not list(tmp_path.glob("*.dump*"))
-    r = bk.backup(f"postgresql://u:pw@127.0.0.1:{__import__('schemagate.runner.db').runner.db.free_port()}/x",
+    r = bk.backup(f"postgresql://u:pw@127.0.0.1:{free_port()}/x",
                   backup_dir=tmp_path)
     assert (r.outcome, r.reason) == (Outcome.TRANSIENT_ERROR, "DatabaseUnreachable"), r.message
     assert os.listdir(tmp_path) == []

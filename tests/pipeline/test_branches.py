@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from schemagate.contract.errors import MultipleHeads
+from schemagate.contract.stepresult import Outcome
 from schemagate.runner import verify as verify_step
-from schemagate.runner.inject.config import MultipleHeadsError
 from schemagate.runner.inject.migrate import migrate
 from schemagate.runner.inject.revisions import plan
-from schemagate.runner.result import Outcome
 from tests.pipeline.helpers import PROJECTS, ROOT, execute, query, run_module, schema_snapshot
 
 BRANCHES = PROJECTS / "branches" / "alembic.ini"
@@ -84,7 +84,7 @@ def test_migrate_applies_what_alembic_upgrade_applies(make_db, base, target, exp
 def test_head_with_three_heads_is_refused_before_any_change_naming_them(fresh_db: str) -> None:
     prepare(BRANCHES, fresh_db, ["0001"])
     before = schema_snapshot(fresh_db)
-    with pytest.raises(MultipleHeadsError) as ei:
+    with pytest.raises(MultipleHeads) as ei:
         plan(BRANCHES, "head", fresh_db)
     text = str(ei.value)
     for needed in ("0002a", "0002c", "0003b", "'heads'", "'right@head'", "'left@head'", "'extra@head'",

@@ -73,7 +73,7 @@ def test_wrong_password_never_printed(fresh_db: str, tmp_path: Path) -> None:
 
 
 def test_unreachable_database_is_transient(tmp_path: Path) -> None:
-    from schemagate.runner.db import free_port
+    from schemagate.local.postgres import free_port
 
     url = f"postgresql://app:Sup3rSecret@127.0.0.1:{free_port()}/app"
     p = _sg(["migrate", "-c", str(FOODTRUCK), "--json"], _env(url))
@@ -150,7 +150,7 @@ def test_verify_cli_with_plan_env(fresh_db: str, tmp_path: Path) -> None:
 def test_demo_runs_both_scenarios(tmp_path: Path) -> None:
     import shutil
 
-    from schemagate.runner.db import EmbeddedPostgres
+    from schemagate.local.postgres import EmbeddedPostgres
 
     demo_dir = tmp_path / "demo"
     try:

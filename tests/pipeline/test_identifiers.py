@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from schemagate.contract.stepresult import Outcome
 from schemagate.runner import verify as verify_step
 from schemagate.runner.inject.migrate import migrate
 from schemagate.runner.precheck import precheck
-from schemagate.runner.result import Outcome
 from tests.pipeline.helpers import PROJECTS, execute
 
 QUOTED = PROJECTS / "quoted" / "alembic.ini"

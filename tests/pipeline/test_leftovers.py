@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from schemagate.contract.stepresult import Outcome
 from schemagate.runner import verify as verify_step
 from schemagate.runner.inject.migrate import migrate
-from schemagate.runner.result import Outcome
 from tests.pipeline.helpers import PROJECTS, engine, execute, query
 
 CONCURRENT = PROJECTS / "concurrent" / "alembic.ini"

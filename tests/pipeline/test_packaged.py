@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from schemagate.contract.stepresult import Outcome
 from schemagate.core.jobs import JobSettings, build_job
 from schemagate.core.model import Migration
 from schemagate.runner.inject.migrate import migrate
 from schemagate.runner.inject.revisions import plan
-from schemagate.runner.result import Outcome
 from tests.pipeline.helpers import ROOT, query, schema_snapshot
 
 SETTINGS = JobSettings(runner_image="example/schemagate:1")

@@ -13,11 +13,11 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from schemagate import demo
+from schemagate.contract.stepresult import Outcome, StepResult, to_termination_message
 from schemagate.runner import pipeline, verify
 from schemagate.runner.inject.apply import upgrade
 from schemagate.runner.inject.lock import ADVISORY_LOCK_KEY
 from schemagate.runner.inject.migrate import migrate
-from schemagate.runner.result import Outcome, StepResult, to_termination_message
 from tests.pipeline.helpers import (
     FOODTRUCK,
     ROOT,

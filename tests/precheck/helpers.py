@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from schemagate.runner.db import libpq_url
+from schemagate.contract.dburl import libpq_url
 from schemagate.runner.inject.apply import upgrade as alembic_upgrade
 
 PROJECTS = Path(__file__).parent / "projects"

@@ -7,7 +7,7 @@ import pytest
 
 from schemagate.analysis import counting
 from schemagate.analysis.counting import CountOptions
-from schemagate.runner.db import libpq_url
+from schemagate.contract.dburl import libpq_url
 from tests.precheck.helpers import execute, query, seq_scans
 
 pytestmark = pytest.mark.postgres

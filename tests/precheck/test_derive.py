@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from schemagate.contract.dburl import with_database
+from schemagate.contract.stepresult import ExitCode, Outcome
 from schemagate.runner import precheck
-from schemagate.runner.db import with_database
 from schemagate.runner.inject.shadow import shadow_upgrade
-from schemagate.runner.result import ExitCode, Outcome
 from tests.precheck.helpers import databases, execute, project, upgrade
 
 pytestmark = pytest.mark.postgres
@@ -294,7 +294,7 @@ def test_without_createdb_a_clear_error_then_an_explicit_shadow_url(pg_server: s
         assert password not in r.to_json()
         # the explicit shadow database is left empty again
         from schemagate.analysis.shadow import user_table_count
-        from schemagate.runner.db import libpq_url
+        from schemagate.contract.dburl import libpq_url
 
         assert user_table_count(libpq_url(spare_role)) == 0
     finally:
@@ -318,7 +318,7 @@ def test_constraints_and_indexes_on_new_tables_or_columns_are_listed_but_not_cou
     import psycopg
 
     from schemagate.analysis import catalog, derive
-    from schemagate.runner.db import libpq_url
+    from schemagate.contract.dburl import libpq_url
 
     execute(fresh_db, "CREATE TABLE items (id int PRIMARY KEY, qty int)", "INSERT INTO items VALUES (1, 5)")
 

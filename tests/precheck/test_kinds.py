@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from schemagate.contract.stepresult import Outcome
 from schemagate.runner import precheck
-from schemagate.runner.result import Outcome
 from tests.precheck.helpers import execute, migration_fails, sql_project
 
 pytestmark = pytest.mark.postgres
@@ -319,7 +319,7 @@ def test_kubernetes_phases_count_statement_by_statement(fresh_db: str, tmp_path:
     """prepare -> shadow-upgrade (the injected runner records a snapshot after each statement) -> count: a new
     column's NOT NULL and a CHECK on a renamed column are counted, not skipped as new; a table the revisions
     change data in is reported not evaluated (the phases have no data-carrying shadow yet)."""
-    from schemagate.runner.db import with_database
+    from schemagate.contract.dburl import with_database
     from schemagate.runner.inject.apply import upgrade
     from schemagate.runner.inject.shadow import shadow_upgrade
 
@@ -400,7 +400,7 @@ def test_data_route_on_an_explicit_shadow_database_as_a_role_without_superuser(p
     import uuid
 
     from schemagate.analysis.shadow import user_table_count
-    from schemagate.runner.db import libpq_url
+    from schemagate.contract.dburl import libpq_url
     from schemagate.runner.inject.apply import upgrade
 
     real, spare = make_db(), make_db()

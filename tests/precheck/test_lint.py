@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from schemagate.analysis import lint
+from schemagate.contract.stepresult import Outcome
 from schemagate.runner import precheck
-from schemagate.runner.result import Outcome
 from tests.precheck.helpers import project, upgrade
 
 

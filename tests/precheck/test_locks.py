@@ -202,7 +202,7 @@ def test_kubernetes_phases_carry_transactions_from_the_injected_runner_to_the_lo
         fresh_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """prepare -> shadow-upgrade (the injected runner, application image) -> count: the statements the injected
     runner captures carry their transaction, and the count phase's lint reports the naive revision's locks."""
-    from schemagate.runner.db import with_database
+    from schemagate.contract.dburl import with_database
     from schemagate.runner.inject.shadow import shadow_upgrade
 
     demo.seed_wholesale(fresh_db)

@@ -6,8 +6,13 @@ import json
 
 import pytest
 
+from schemagate.contract.stepresult import (
+    TERMINATION_MESSAGE_LIMIT,
+    Outcome,
+    StepResult,
+    to_termination_message,
+)
 from schemagate.runner import precheck
-from schemagate.runner.result import TERMINATION_MESSAGE_LIMIT, Outcome, StepResult, to_termination_message
 from tests.precheck.helpers import execute, project, upgrade
 
 pytestmark = pytest.mark.postgres

@@ -1,123 +1,21 @@
-"""Capture the statements the pending revisions execute on the shadow database (SQLAlchemy only).
+"""What the captured statements mean for the precheck: whether the pending revisions change data, and the
+captured DDL as a script for the linter.
 
-Used in the shadow run to learn (a) whether a revision changes data (DML) before adding a constraint, which makes
-the current-data counts an over-estimate, and (b) the DDL actually executed, which squawk lints when the offline
-(``--sql``) rendering fails. Listens on the ``Engine`` *class*, so it sees the engine the application's
-``env.py`` creates itself.
-
-The shadow-upgrade container (application image) writes the same list as ``statements`` in
-``shadow-upgrade.json``: ``[{"revision": id|null, "kind": "ddl"|"dml"|"other", "sql": text, "tx": n}]``, where
-``tx`` numbers the database transaction (``"autocommit": true`` instead for a statement outside one).
+The statements are captured on the shadow database by ``schemagate.runner.inject.capture.capture_statements`` (on a
+laptop in the precheck's process, in Kubernetes in the application's image, written as ``statements`` into
+``shadow-upgrade.json``) and classified by the one classifier, ``schemagate.contract.sqlkind``:
+``[{"revision": id|null, "kind": "ddl"|"dml"|"read", "sql": text, "tx": n}]``, where ``tx`` numbers the database
+transaction (``"autocommit": true`` instead for a statement outside one).
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import re
-from collections.abc import Iterator
 from typing import Any
 
-_COMMENTS = re.compile(r"(--[^\n]*\n)|(/\*.*?\*/)", re.S)
-_DML = re.compile(r"^\s*(WITH\b.*?\b(INSERT|UPDATE|DELETE|MERGE)\b|INSERT\b|UPDATE\b|DELETE\b|MERGE\b|COPY\b"
-                  r"|TRUNCATE\b)", re.I | re.S)
-_READ = re.compile(r"^\s*(SELECT|SHOW|SET|RESET|BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|START|EXPLAIN|VALUES"
-                   r"|LOCK|DISCARD|LISTEN|NOTIFY|FETCH|DECLARE|CLOSE)\b", re.I)
-_VERSION_TABLE = re.compile(r"\balembic_version\b", re.I)
-_SELECT = re.compile(r"^\s*(SELECT|WITH)\b", re.I)
-_FROM = re.compile(r"\b(FROM|JOIN)\s+((\"[^\"]+\"|\w+)(\s*\.\s*(\"[^\"]+\"|\w+))?)", re.I)
-_SYSTEM = re.compile(r"^\"?(pg_catalog|information_schema|pg_\w+|alembic_version)\b", re.I)
+from schemagate.contract.sqlkind import MAX_SQL, MAX_STATEMENTS, Statement, StatementLog, classify
 
-MAX_STATEMENTS = 2000
-MAX_SQL = 4000
-
-
-def classify(sql: str) -> str:
-    """``dml`` (changes rows), ``read`` (reads rows of an application table: a data migration whose writes depend
-    on the data, invisible in the empty shadow), ``ddl`` (anything else that changes the database) or ``other``
-    (catalog reads, session statements, Alembic's bookkeeping)."""
-    text = _COMMENTS.sub(" ", sql).strip()
-    if _VERSION_TABLE.search(text) and (_DML.match(text) or _SELECT.match(text)
-                                        or text.upper().startswith("CREATE TABLE")):
-        return "other"  # Alembic's own bookkeeping
-    if _DML.match(text):
-        return "dml"
-    if _SELECT.match(text):
-        tables = [m.group(2) for m in _FROM.finditer(text)]
-        if any(not _SYSTEM.match(t.split(".")[0].strip()) for t in tables):
-            return "read"
-        return "other"
-    if not text or _READ.match(text):
-        return "other"
-    return "ddl"
-
-
-class StatementLog:
-    def __init__(self) -> None:
-        self.revision: str | None = None
-        self.statements: list[dict[str, Any]] = []
-        self.dropped = 0
-
-    def on_revision(self, rev: str) -> None:
-        self.revision = rev
-
-    def add(self, sql: str, executemany: bool = False, tx: int | None = None, autocommit: bool = False) -> None:
-        kind = classify(sql)
-        if kind == "other":
-            return
-        if len(self.statements) >= MAX_STATEMENTS:
-            self.dropped += 1
-            return
-        entry: dict[str, Any] = {"revision": self.revision, "kind": kind, "sql": sql[:MAX_SQL]}
-        if executemany:
-            entry["executemany"] = True
-        if autocommit:
-            entry["autocommit"] = True
-        elif tx is not None:
-            entry["tx"] = tx
-        self.statements.append(entry)
-
-    @property
-    def dml_revisions(self) -> list[str]:
-        seen: list[str] = []
-        for s in self.statements:
-            if s["kind"] == "dml":
-                r = s.get("revision") or "?"
-                if r not in seen:
-                    seen.append(r)
-        return seen
-
-
-@contextlib.contextmanager
-def capture_statements(log: StatementLog | None = None) -> Iterator[StatementLog]:
-    """Record every statement any SQLAlchemy engine executes while the block runs, with the number of the
-    database transaction it ran in (``tx``) or ``autocommit`` (Alembic's ``autocommit_block``): the lock lint
-    (:mod:`schemagate.analysis.locks`) groups statements by transaction."""
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-
-    log = log or StatementLog()
-    open_tx: dict[int, int] = {}  # id(Connection) -> number of its open transaction
-    numbers = itertools.count(1)
-
-    def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        auto = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
-        if not auto and id(conn) not in open_tx:
-            open_tx[id(conn)] = next(numbers)
-        log.add(statement, executemany, tx=None if auto else open_tx[id(conn)], autocommit=auto)
-
-    def end(conn: Any) -> None:
-        open_tx.pop(id(conn), None)
-
-    event.listen(Engine, "before_cursor_execute", before)
-    event.listen(Engine, "commit", end)
-    event.listen(Engine, "rollback", end)
-    try:
-        yield log
-    finally:
-        event.remove(Engine, "before_cursor_execute", before)
-        event.remove(Engine, "commit", end)
-        event.remove(Engine, "rollback", end)
+__all__ = ["MAX_SQL", "MAX_STATEMENTS", "Statement", "StatementLog", "classify", "ddl_script", "dml_label"]
 
 
 def dml_label(statements: list[dict[str, Any]] | None) -> tuple[bool | None, str | None]:

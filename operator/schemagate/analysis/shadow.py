@@ -4,7 +4,7 @@ applied so that the catalog diff shows what they add.
 - :func:`shadow_name` derives ``<db>_sgshadow_<unix time hex><random>`` (at most 63 bytes); the time lets
   :func:`drop_stale_shadows` remove copies left behind by a killed Job.
 - :func:`create_shadow` needs ``CREATEDB`` (or superuser) on the real server; without it
-  :class:`ShadowError` says so and points to an explicit shadow URL.
+  :class:`~schemagate.contract.errors.InvalidInput` says so and points to an explicit shadow URL.
 - :func:`copy_schema` runs ``pg_dump --schema-only`` of the real database plus the *data* of the Alembic version
   table(s) (so Alembic knows the current revision) and restores both into the shadow with ``pg_restore``.
 - :func:`drop_shadow` drops it (``WITH (FORCE)``); :func:`wipe_database` empties an explicit shadow database.
@@ -25,20 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from schemagate.analysis.counting import qualified, quote_ident, quote_literal
+from schemagate.contract.errors import InvalidInput, ShadowUnavailable
+from schemagate.libpq import connect, password_env
 
 SHADOW_MARK = "_sgshadow_"
 MAX_IDENT = 63
 
 
-class ShadowError(RuntimeError):
-    """The shadow database could not be prepared (permission, restore failure); ``reason`` for the StepResult."""
-
-    reason = "InvalidInput"
-
-    def __init__(self, message: str, reason: str | None = None):
-        super().__init__(message)
-        if reason:
-            self.reason = reason
+class ShadowError(ShadowUnavailable):
+    """The shadow database could not be copied into (pg_dump/pg_restore failed)."""
 
 
 def shadow_name(dbname: str, now: float | None = None) -> str:
@@ -57,9 +52,7 @@ def shadow_age_seconds(name: str, now: float | None = None) -> float | None:
 
 
 def _connect(conninfo: str) -> Any:
-    import psycopg
-
-    return psycopg.connect(conninfo, autocommit=True, connect_timeout=15)
+    return connect(conninfo)
 
 
 def can_create_databases(conn: Any) -> bool:
@@ -73,9 +66,10 @@ def create_shadow(real_conninfo: str, name: str) -> None:
     """``CREATE DATABASE name`` from template0 with the real database's encoding and locale."""
     with _connect(real_conninfo) as conn:
         if not can_create_databases(conn):
-            raise ShadowError(
+            raise InvalidInput(
                 "the precheck needs a throw-away shadow database, but the database role may not create databases: "
                 "grant it CREATEDB (ALTER ROLE ... CREATEDB) or give an explicit shadow database URL",
+                field="spec.precheck (database role without CREATEDB)",
             )
         with conn.cursor() as cur:
             cur.execute("SELECT current_setting('server_version_num')::int")
@@ -93,7 +87,7 @@ def create_shadow(real_conninfo: str, name: str) -> None:
                 opts += f" LOCALE_PROVIDER builtin BUILTIN_LOCALE {quote_literal(loc)}"
             try:
                 cur.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0{opts}")
-            except Exception:
+            except Exception:  # noqa: BLE001 - a locale this server lacks: the server's defaults instead
                 cur.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0")
 
 
@@ -170,13 +164,8 @@ def version_tables(conninfo: str, names: Sequence[str] = ("alembic_version",)) -
 
 
 def _run(args: list[str], password: str | None, timeout: float) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.pop("PGOPTIONS", None)
-    if password is not None:
-        env["PGPASSWORD"] = password
-    else:
-        env.pop("PGPASSWORD", None)
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(args, env=password_env(password), capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 def copy_schema(
@@ -200,7 +189,7 @@ def copy_schema(
     p = _run([pg_dump, "--schema-only", "--format=custom", *common, f"--file={schema_file}", f"--dbname={real_dsn}"],
              real_pw, timeout)
     if p.returncode != 0:
-        raise ShadowError(f"pg_dump --schema-only failed: {_tail(p.stderr)}", reason="InternalError")
+        raise ShadowError(f"pg_dump --schema-only failed: {_tail(p.stderr)}")
     vts = version_tables(real_conninfo, version_table_names)
     data_file = work / "versions.dump"
     if vts:
@@ -208,18 +197,15 @@ def copy_schema(
         args += [f"--table={qualified(s, t)}" for s, t in vts]
         p = _run([*args, f"--dbname={real_dsn}"], real_pw, timeout)
         if p.returncode != 0:
-            raise ShadowError(f"pg_dump of the Alembic version table failed: {_tail(p.stderr)}",
-                              reason="InternalError")
+            raise ShadowError(f"pg_dump of the Alembic version table failed: {_tail(p.stderr)}")
     restore = [pg_restore, "--no-owner", "--no-privileges", "--exit-on-error", f"--dbname={shadow_dsn}"]
     p = _run([*restore, str(schema_file)], shadow_pw, timeout)
     if p.returncode != 0:
-        raise ShadowError(f"restoring the schema into the shadow database failed: {_tail(p.stderr)}",
-                          reason="InternalError")
+        raise ShadowError(f"restoring the schema into the shadow database failed: {_tail(p.stderr)}")
     if vts:
         p = _run([*restore, "--data-only", str(data_file)], shadow_pw, timeout)
         if p.returncode != 0:
-            raise ShadowError(f"restoring the Alembic version table failed: {_tail(p.stderr)}",
-                              reason="InternalError")
+            raise ShadowError(f"restoring the Alembic version table failed: {_tail(p.stderr)}")
     for f in (schema_file, data_file):
         f.unlink(missing_ok=True)
     return {"seconds": round(time.monotonic() - t0, 3), "versionTables": [f"{s}.{t}" for s, t in vts]}

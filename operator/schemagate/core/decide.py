@@ -31,11 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
+from schemagate.contract.stepresult import ExitCode, Outcome
 from schemagate.core import status as S
 from schemagate.core.jobs import job_name
 from schemagate.core.model import Migration
 from schemagate.core.status import MigrationStatus, RunRecord
-from schemagate.runner.result import ExitCode, Outcome
 
 JobState = Literal["Active", "Succeeded", "Failed"]
 ACTIVE: Final = "Active"

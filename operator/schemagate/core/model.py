@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, cast
+
+from schemagate.contract import durations
+from schemagate.contract.checks import UserCheck
 
 GROUP = "schemagate.dev"
 VERSION = "v1alpha1"
@@ -17,20 +19,14 @@ RETRY_ANNOTATION = "schemagate.dev/retry"
 
 STEPS = ("backup", "precheck", "migrate", "verify")
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION_FULL = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def parse_duration(text: str) -> float:
-    """'1m30s' -> 90.0 seconds. Raises ValueError on anything else (the CRD pattern already rejects it)."""
-    if not _DURATION_FULL.match(text or ""):
-        raise ValueError(f"not a duration: {text!r} (use e.g. 500ms, 5s, 1m30s)")
-    return sum(float(n) * _UNIT[u] for n, u in _DURATION.findall(text))
+    """'1m30s' -> 90.0 seconds (``contract.durations``, the CRD's grammar). Raises ``InvalidInput`` (a
+    ``ValueError``) on anything else."""
+    return durations.to_seconds(text)
 
 
 def duration_ms(text: str) -> int:
-    return int(round(parse_duration(text) * 1000))
+    return durations.parse(text).to_milliseconds()
 
 
 class SecretKeySelector(TypedDict):
@@ -215,17 +211,11 @@ def identity_hash(identity: str) -> str:
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class Check:
-    name: str
-    sql: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"name": self.name, "sql": self.sql}
+Check = UserCheck  # spec.precheck.checks / spec.verify.checks items
 
 
-def _checks(items: list[CheckSpec] | None) -> tuple[Check, ...]:
-    return tuple(Check(name=str(c["name"]), sql=str(c["sql"])) for c in (items or []))
+def _checks(items: list[CheckSpec] | None, field: str) -> tuple[Check, ...]:
+    return UserCheck.parse_all(items, field)
 
 
 @dataclass(frozen=True)
@@ -325,11 +315,11 @@ class Migration:
             precheck=Precheck(
                 derive=bool(pc.get("derive", True)),
                 max_violations=int(pc.get("maxViolations") or 0),
-                checks=_checks(pc.get("checks")),
+                checks=_checks(pc.get("checks"), "spec.precheck.checks"),
                 accept_unevaluated=tuple(str(n) for n in (pc.get("acceptUnevaluated") or ())),
                 data_shadow_max_size=str(pc.get("dataShadow", {}).get("maxSize") or "1Gi"),
             ),
-            verify_checks=_checks((spec.get("verify") or {}).get("checks")),
+            verify_checks=_checks((spec.get("verify") or {}).get("checks"), "spec.verify.checks"),
             lock_timeout=str(spec.get("lockTimeout") or "5s"),
             statement_timeout=str(spec.get("statementTimeout") or "0s"),
             job_template=JobTemplate(

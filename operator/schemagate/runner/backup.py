@@ -40,8 +40,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from schemagate.runner import db
-from schemagate.runner.result import Outcome, StepResult, now
+from schemagate.contract import durations
+from schemagate.contract.dburl import DEFAULT_URL_ENV, database_name, resolve_url
+from schemagate.contract.errors import (
+    BackupCorrupt,
+    BackupFailed,
+    InternalError,
+    InvalidInput,
+    LockTimeout,
+    StepBoundary,
+    translate,
+)
+from schemagate.contract.redact import redact
+from schemagate.contract.stepresult import BackupData, StepResult
+from schemagate.libpq import ClientEnv, client_env, password_env, pg_bin
 
 STEP = "backup"
 SUFFIX = ".dump"
@@ -51,13 +63,6 @@ DEFAULT_COMPRESS = "gzip:1"  # measured: bench/backup.py (module docstring)
 COMPRESS_METHODS = ("gzip", "lz4", "zstd", "none")
 _COMPRESS = re.compile(r"(?P<method>gzip|lz4|zstd|none)(:(level=)?(?P<level>\d{1,2}))?|(?P<digit>\d)")
 MAX_JOBS = 64
-
-
-class BackupError(RuntimeError):
-    def __init__(self, message: str, reason: str = "BackupFailed", outcome: Outcome = Outcome.PERMANENT_ERROR):
-        super().__init__(db.redact(message))
-        self.reason = reason
-        self.outcome = outcome
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -75,27 +80,18 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "database"
 
 
-def _env(password: str | None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PGOPTIONS", None)
-    if password is not None:
-        env["PGPASSWORD"] = password
-    env.setdefault("PGCONNECT_TIMEOUT", "15")
-    return env
-
-
 def _tail(stderr: str, limit: int = 400) -> str:
     lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
     text = " ".join(lines[-3:])
-    return db.redact(text[-limit:])
+    return redact(text[-limit:])
 
 
 def full_read(path: Path, timeout: float = 3600) -> tuple[bool, str]:
     """Read the whole archive (a custom-format file or a directory-format directory) with ``pg_restore -f
     /dev/null``: detects truncation and corrupt data blocks. (ok, why)."""
     proc = subprocess.run(
-        [db.pg_bin("pg_restore"), "--file", os.devnull, str(path)],
-        capture_output=True, text=True, timeout=timeout, env=_env(None),
+        [pg_bin("pg_restore"), "--file", os.devnull, str(path)],
+        capture_output=True, text=True, timeout=timeout, env=password_env(None),
     )
     if proc.returncode != 0:
         return False, _tail(proc.stderr) or f"pg_restore exited {proc.returncode}"
@@ -180,9 +176,9 @@ def compression_error(spec: str) -> str | None:
     """Why this pg_dump refuses ``--compress=spec`` (its own message), or None when it accepts it. pg_dump checks
     the specification before connecting, so the probe connects nowhere (a socket directory that does not exist)."""
     proc = subprocess.run(
-        [db.pg_bin("pg_dump"), f"--compress={spec}", "--format=custom", "--file", os.devnull, "--no-password",
+        [pg_bin("pg_dump"), f"--compress={spec}", "--format=custom", "--file", os.devnull, "--no-password",
          "--dbname", "host=/nonexistent-schemagate-probe port=1 dbname=probe connect_timeout=1"],
-        capture_output=True, text=True, timeout=60, env=_env(None),
+        capture_output=True, text=True, timeout=60, env=password_env(None),
     )
     err = proc.stderr or ""
     if "compression" in err and ("invalid" in err or "not support" in err):
@@ -191,16 +187,16 @@ def compression_error(spec: str) -> str | None:
 
 
 def check_compress(spec: str | None) -> str:
-    """The ``--compress`` value to use; raises ``InvalidInputError`` naming the value when it is malformed or this
+    """The ``--compress`` value to use; raises ``InvalidInput`` naming the value when it is malformed or this
     pg_dump build lacks the method (e.g. a client built without zstd)."""
     value = str(spec if spec is not None else DEFAULT_COMPRESS).strip()
     if not _COMPRESS.fullmatch(value):
-        raise db.InvalidInputError(
+        raise InvalidInput(
             f"--compress: {value!r} is not a pg_dump compression (METHOD[:LEVEL], METHOD one of "
-            f"{', '.join(COMPRESS_METHODS)}; e.g. gzip:1, zstd:3, lz4, none)")
+            f"{', '.join(COMPRESS_METHODS)}; e.g. gzip:1, zstd:3, lz4, none)", field="--compress")
     why = compression_error(value)
     if why:
-        raise db.InvalidInputError(f"--compress: {value!r} is refused by pg_dump: {why}")
+        raise InvalidInput(f"--compress: {value!r} is refused by pg_dump: {why}", field="--compress")
     return value
 
 
@@ -227,7 +223,7 @@ def apply_retention(backup_dir: Path, database: str, keep: int, protect: Path) -
 
 def backup(
     url: str | None = None,
-    url_env: str | None = db.DEFAULT_URL_ENV,
+    url_env: str | None = DEFAULT_URL_ENV,
     *,
     backup_dir: str | os.PathLike[str],
     keep: int = DEFAULT_KEEP,
@@ -239,122 +235,147 @@ def backup(
 ) -> StepResult:
     """Dump, verify, keep the newest ``keep`` (see the module docstring). ``compress``: pg_dump's
     ``METHOD[:LEVEL]`` (None = :data:`DEFAULT_COMPRESS`); ``jobs > 1`` selects the directory format dumped by
-    ``jobs`` connections. Never raises: every failure is a StepResult naming the path or option at fault."""
-    started = now()
-    data: dict[str, Any] = {"format": "directory" if jobs > 1 else "custom", "verified": False}
-    partial: Path | None = None
-    side_tmp: Path | None = None
+    ``jobs`` connections. Never raises: every failure is a StepResult naming the path or option at fault
+    (``InvalidInput``, ``BackupFailed``, ``BackupCorrupt``, ``LockTimeout``, ``DatabaseUnreachable``,
+    ``AuthenticationFailed``); nothing half-written is left behind."""
+    data: BackupData = {"format": "directory" if jobs > 1 else "custom", "verified": False}
     say = progress or (lambda s: None)
-    try:
-        if keep < 1:
-            raise db.InvalidInputError(f"--keep: {keep} must be at least 1 (the new backup is always kept)")
-        if not 1 <= jobs <= MAX_JOBS:
-            raise db.InvalidInputError(f"--jobs: {jobs} must be between 1 and {MAX_JOBS}")
-        if not re.fullmatch(r"\d+\s*(ms|s|min|h)?", str(lock_wait_timeout).strip()):
-            raise db.InvalidInputError(
-                f"--lock-wait-timeout: {lock_wait_timeout!r} is not a duration (examples: 500ms, 30s, 2min)")
-        spec = check_compress(compress)
-        data.update(compression=spec, jobs=jobs)
-        url = db.resolve_url(url, url_env)
-        conn_url, password = db.libpq_url_and_password(url)
-        database = db.database_name(url) or "postgres"
-        bdir = Path(backup_dir)
-        try:
-            bdir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise db.InvalidInputError(f"--backup-dir: cannot create {bdir}: {e.strerror}") from e
-        if not os.access(bdir, os.W_OK):
-            raise db.InvalidInputError(f"--backup-dir: {bdir} is not writable")
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        final = bdir / f"{_safe_name(database)}-{stamp}{SUFFIX}"
+    with StepBoundary(STEP, default=BackupFailed, data=data) as step:  # type: ignore[arg-type]
+        spec, lock_wait = _options(keep, jobs, lock_wait_timeout, compress)
+        data.update({"compression": spec, "jobs": jobs})
+        url = resolve_url(url, url_env)
+        database = database_name(url) or "postgres"
+        final = _destination(Path(backup_dir), database)
         partial = final.with_name(final.name + ".partial")
         side_tmp = sidecar(final).with_name(sidecar(final).name + ".partial")
-        args = [db.pg_bin("pg_dump"), f"--format={data['format']}", "--no-password",
-                f"--lock-wait-timeout={str(lock_wait_timeout).replace(' ', '')}", "--file", str(partial),
-                f"--compress={spec}"]
-        if jobs > 1:
-            args.append(f"--jobs={jobs}")
-        args += ["--dbname", conn_url]
         t0 = time.monotonic()
-        say(f"pg_dump ({data['format']}, {spec}, {jobs} job{'s' if jobs > 1 else ''}) of {database} to "
-            f"{final.name}")
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                env=_env(password))
-        stderr_box: list[str] = []
-        reader = threading.Thread(target=lambda: stderr_box.append(proc.stderr.read() if proc.stderr else ""))
-        reader.start()
-        while proc.poll() is None:
-            if time.monotonic() - t0 > timeout:
-                proc.kill()
-                raise BackupError(f"pg_dump did not finish within {timeout:g}s (writing {partial})")
-            say(f"pg_dump: {_size(partial) / 1e6:.1f} MB written")
-            time.sleep(0.2)
-        reader.join()
-        stderr = "".join(stderr_box)
-        if proc.returncode != 0:
-            outcome, reason, msg = db.classify_error(RuntimeError(stderr), "BackupFailed")
-            if "could not obtain lock" in stderr or "lock timeout" in stderr.lower():
-                outcome, reason = Outcome.TRANSIENT_ERROR, "LockTimeout"
-            if reason in ("InternalError", "InvalidInput"):
-                reason = "BackupFailed"
-            raise BackupError(f"pg_dump failed writing {partial}: {_tail(stderr)}", reason, outcome)
-        dump_seconds = time.monotonic() - t0
-        say("verifying: reading the whole archive back and computing its sha256")
-        t1 = time.monotonic()
-        digests: dict[str, Any] = {}
-
-        def hash_all() -> None:
-            try:
-                digests["manifest"] = manifest(partial, final.name)  # type: ignore[arg-type]
-            except OSError as e:
-                digests["error"] = e
-            digests["seconds"] = time.monotonic() - t1
-
-        hasher = threading.Thread(target=hash_all, name="schemagate-backup-sha256")
-        hasher.start()
-        ok, why = full_read(partial)
-        read_seconds = time.monotonic() - t1
-        hasher.join()
-        if not ok:
-            raise BackupError(f"the new backup cannot be read back ({why}); it was removed", "BackupCorrupt")
-        if "error" in digests:
-            raise BackupError(f"cannot read {partial} for its sha256: {digests['error']}")
-        text = str(digests["manifest"])
-        digest = digest_of(partial, text)
-        size = _size(partial)
         try:
-            with open(side_tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as e:
-            raise BackupError(f"cannot write {side_tmp}: {e.strerror or e}; the backup was removed") from e
-        try:
-            os.replace(partial, final)
-        except OSError as e:
-            raise BackupError(f"cannot rename {partial} to {final.name}: {e.strerror or e}") from e
-        partial = None
-        try:
-            os.replace(side_tmp, sidecar(final))
-        except OSError as e:
-            raise BackupError(f"cannot rename {side_tmp} to {sidecar(final).name}: {e.strerror or e}") from e
-        side_tmp = None
-        kept, removed = apply_retention(bdir, database, keep, final)
-        duration = round(time.monotonic() - t0, 3)
-        data.update(path=str(final), sizeBytes=size, sha256=digest, verified=True, durationSeconds=duration,
-                    dumpSeconds=round(dump_seconds, 3), verifySeconds=round(time.monotonic() - t1, 3),
-                    fullReadSeconds=round(read_seconds, 3), sha256Seconds=round(float(digests["seconds"]), 3),
-                    files=len(text.splitlines()), database=database, kept=kept, removed=removed, keep=keep)
-        msg = (f"backed up {database} to {final} ({data['format']}, {spec}, {size / 1e6:.2f} MB, sha256 "
-               f"{digest[:12]}), verified by a full read; kept {len(kept)}, removed {len(removed)}")
-        return StepResult(step=STEP, outcome=Outcome.SUCCEEDED, reason="BackupCompleted", message=msg, data=data,
-                          started_at=started).finish()
-    except Exception as e:  # noqa: BLE001 - every failure becomes a StepResult
-        for leftover in (partial, side_tmp):
-            if leftover is not None:
+            say(f"pg_dump ({data['format']}, {spec}, {jobs} job{'s' if jobs > 1 else ''}) of {database} to "
+                f"{final.name}")
+            _pg_dump(client_env(url), partial, data["format"], spec, jobs, lock_wait, timeout, say)
+            dump_seconds = time.monotonic() - t0
+            t1 = time.monotonic()
+            text, read_seconds, sha_seconds = _verify_archive(partial, final.name, say)
+            digest, size = _publish(partial, side_tmp, final, text)
+        except BaseException:
+            for leftover in (partial, side_tmp):
                 _remove(leftover)
-        outcome, reason, msg = db.classify_error(e, "BackupFailed")
-        if reason == "InternalError":
-            reason = "BackupFailed"
-        return StepResult(step=STEP, outcome=outcome, reason=reason, message=db.redact(msg), data=data,
-                          started_at=started).finish()
+            raise
+        kept, removed = apply_retention(final.parent, database, keep, final)
+        data.update({"path": str(final), "sizeBytes": size, "sha256": digest, "verified": True,
+                     "durationSeconds": round(time.monotonic() - t0, 3), "dumpSeconds": round(dump_seconds, 3),
+                     "verifySeconds": round(time.monotonic() - t1, 3), "fullReadSeconds": round(read_seconds, 3),
+                     "sha256Seconds": round(sha_seconds, 3), "files": len(text.splitlines()),
+                     "database": database, "kept": kept, "removed": removed, "keep": keep})
+        step.succeed("BackupCompleted",
+                     f"backed up {database} to {final} ({data['format']}, {spec}, {size / 1e6:.2f} MB, sha256 "
+                     f"{digest[:12]}), verified by a full read; kept {len(kept)}, removed {len(removed)}")
+    return step.result
+
+
+def _options(keep: int, jobs: int, lock_wait_timeout: str, compress: str | None) -> tuple[str, str]:
+    """(compression spec, lock wait for pg_dump in ms) after checking every option (``InvalidInput`` naming it)."""
+    if keep < 1:
+        raise InvalidInput(f"--keep: {keep} must be at least 1 (the new backup is always kept)", field="--keep")
+    if not 1 <= jobs <= MAX_JOBS:
+        raise InvalidInput(f"--jobs: {jobs} must be between 1 and {MAX_JOBS}", field="--jobs")
+    lock_wait = durations.to_postgres(lock_wait_timeout, "--lock-wait-timeout") or "0"
+    return check_compress(compress), lock_wait
+
+
+def _destination(bdir: Path, database: str) -> Path:
+    """``<bdir>/<database>-<UTC time>.dump`` after checking that ``bdir`` exists (created) and is writable."""
+    try:
+        bdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidInput(f"--backup-dir: cannot create {bdir}: {e.strerror}", field="--backup-dir") from e
+    if not os.access(bdir, os.W_OK):
+        raise InvalidInput(f"--backup-dir: {bdir} is not writable", field="--backup-dir")
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return bdir / f"{_safe_name(database)}-{stamp}{SUFFIX}"
+
+
+def _pg_dump(conn: ClientEnv, partial: Path, fmt: str, spec: str, jobs: int, lock_wait: str, timeout: float,
+             say: Callable[[str], None]) -> None:
+    """``pg_dump`` into ``partial`` (password in the environment only), reporting the size written while it runs.
+    Raises ``BackupFailed`` (not finished within ``timeout`` seconds, or failed), ``LockTimeout`` (a table lock not
+    obtained within ``--lock-wait-timeout``), or what ``translate`` makes of pg_dump's error (unreachable,
+    authentication)."""
+    args = [pg_bin("pg_dump"), f"--format={fmt}", "--no-password", f"--lock-wait-timeout={lock_wait}",
+            "--file", str(partial), f"--compress={spec}"]
+    if jobs > 1:
+        args.append(f"--jobs={jobs}")
+    args += ["--dbname", conn.conninfo]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=conn.env)
+    stderr_box: list[str] = []
+    reader = threading.Thread(target=lambda: stderr_box.append(proc.stderr.read() if proc.stderr else ""))
+    reader.start()
+    while proc.poll() is None:
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            reader.join()
+            raise BackupFailed(f"pg_dump did not finish within {timeout:g}s (writing {partial})")
+        say(f"pg_dump: {_size(partial) / 1e6:.1f} MB written")
+        time.sleep(0.2)
+    reader.join()
+    stderr = "".join(stderr_box)
+    if proc.returncode == 0:
+        return
+    message = f"pg_dump failed writing {partial}: {_tail(stderr)}"
+    if "could not obtain lock" in stderr or "lock timeout" in stderr.lower():
+        raise LockTimeout(message, field="--lock-wait-timeout")
+    err = translate(RuntimeError(stderr), BackupFailed)
+    if isinstance(err, (InternalError, InvalidInput)) or type(err) is BackupFailed:
+        raise BackupFailed(message)
+    raise type(err)(message, outcome=err.outcome, field=err.field)
+
+
+def _verify_archive(partial: Path, name: str, say: Callable[[str], None]) -> tuple[str, float, float]:
+    """Read the whole archive back while computing the sha256 of its files in parallel: (the sidecar's manifest
+    text, full-read seconds, sha256 seconds). Raises ``BackupCorrupt`` when it cannot be read back,
+    ``BackupFailed`` when its files cannot be read for the digest."""
+    say("verifying: reading the whole archive back and computing its sha256")
+    t1 = time.monotonic()
+    digests: dict[str, Any] = {}
+
+    def hash_all() -> None:
+        try:
+            digests["manifest"] = manifest(partial, name)
+        except OSError as e:
+            digests["error"] = e
+        digests["seconds"] = time.monotonic() - t1
+
+    hasher = threading.Thread(target=hash_all, name="schemagate-backup-sha256")
+    hasher.start()
+    ok, why = full_read(partial)
+    read_seconds = time.monotonic() - t1
+    hasher.join()
+    if not ok:
+        raise BackupCorrupt(f"the new backup cannot be read back ({why}); it was removed")
+    if "error" in digests:
+        raise BackupFailed(f"cannot read {partial} for its sha256: {digests['error']}")
+    return str(digests["manifest"]), read_seconds, float(digests["seconds"])
+
+
+def _publish(partial: Path, side_tmp: Path, final: Path, text: str) -> tuple[str, int]:
+    """Write the sidecar under its temporary name, then rename the archive and the sidecar to their final names;
+    (sha256, size). Raises ``BackupFailed`` naming the path it could not write or rename."""
+    digest = digest_of(partial, text)
+    size = _size(partial)
+    try:
+        with open(side_tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise BackupFailed(f"cannot write {side_tmp}: {e.strerror or e}; the backup was removed") from e
+    try:
+        os.replace(partial, final)
+    except OSError as e:
+        raise BackupFailed(f"cannot rename {partial} to {final.name}: {e.strerror or e}") from e
+    try:
+        os.replace(side_tmp, sidecar(final))
+    except OSError as e:
+        raise BackupFailed(f"cannot rename {side_tmp} to {sidecar(final).name}: {e.strerror or e}") from e
+    return digest, size

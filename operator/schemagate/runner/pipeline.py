@@ -16,13 +16,16 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from schemagate.contract import durations
+from schemagate.contract.checks import UserCheck
+from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
+from schemagate.contract.errors import InvalidInput, StepBoundary
+from schemagate.contract.stepresult import Plan, StepResult
 from schemagate.runner import backup as backup_step
-from schemagate.runner import db
 from schemagate.runner import verify as verify_step
-from schemagate.runner.inject.config import DEFAULT_LOCK_TIMEOUT, normalize_duration
+from schemagate.runner.inject.config import DEFAULT_LOCK_TIMEOUT
 from schemagate.runner.inject.migrate import DEFAULT_RETRIES, migrate
 from schemagate.runner.inject.revisions import plan
-from schemagate.runner.result import Outcome, StepResult, now
 
 STEP = "run"
 
@@ -33,11 +36,32 @@ def _summary(r: StepResult) -> dict[str, Any]:
             "durationSeconds": d["durationSeconds"]}
 
 
+class _Run:
+    """The run's result under construction: ``data`` (``steps`` summaries, revisions, ...) and ``on_step``."""
+
+    def __init__(self, boundary: StepBoundary, on_step: Callable[[StepResult], None] | None,
+                 progress: Callable[[str], None] | None) -> None:
+        self.boundary = boundary
+        self.data = boundary.data
+        self.on_step = on_step
+        self.say = progress or (lambda s: None)
+
+    def record(self, r: StepResult) -> StepResult:
+        self.data["steps"].append(_summary(r))
+        if self.on_step is not None:
+            self.on_step(r)
+        return r
+
+    def stop(self, r: StepResult, why: str) -> StepResult:
+        """End the run with step ``r``'s outcome and reason, ``why`` before its message."""
+        return self.boundary.finish(r.outcome, r.reason, f"{why}: {r.message}")
+
+
 def run(
     config_path: str | os.PathLike[str],
     target: str | None = "head",
     url: str | None = None,
-    url_env: str | None = db.DEFAULT_URL_ENV,
+    url_env: str | None = DEFAULT_URL_ENV,
     *,
     backup_dir: str | os.PathLike[str] | None = None,
     keep: int = backup_step.DEFAULT_KEEP,
@@ -47,89 +71,81 @@ def run(
     accept_unevaluated: Iterable[str] = (),
     data_shadow_max_bytes: int | None = None,
     lint: bool = True,
-    lock_timeout: str | int | None = DEFAULT_LOCK_TIMEOUT,
-    statement_timeout: str | int | None = None,
+    lock_timeout: str | None = DEFAULT_LOCK_TIMEOUT,
+    statement_timeout: str | None = None,
     retries: int = DEFAULT_RETRIES,
     on_step: Callable[[StepResult], None] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> StepResult:
-    started = now()
-    user_checks = list(user_checks)
-    steps: list[StepResult] = []
+    """Backup, precheck, migrate, verify; the first step that does not succeed ends the run with its outcome.
+
+    Everything is validated before the backup (``InvalidInput`` naming the option, plan errors), so bad input
+    changes nothing and writes no file."""
     data: dict[str, Any] = {"steps": [], "currentRevision": None, "targetRevision": None, "applied": []}
-
-    def record(r: StepResult) -> StepResult:
-        steps.append(r)
-        data["steps"].append(_summary(r))
-        if on_step is not None:
-            on_step(r)
-        return r
-
-    def finish(outcome: Outcome, reason: str, message: str) -> StepResult:
-        return StepResult(step=STEP, outcome=outcome, reason=reason, message=db.redact(message), data=data,
-                          started_at=started).finish()
-
-    try:
-        if max_violations < 0:
-            raise db.InvalidInputError(f"--max-violations: {max_violations} must be >= 0")
-        normalize_duration(lock_timeout, "--lock-timeout")
-        normalize_duration(statement_timeout, "--statement-timeout")
-        # NAME=SQL strings, (name, sql) pairs or mappings -> {"name", "sql", "table"}; bad ones fail here
-        user_checks = [{"name": c.name, "sql": c.sql, "table": c.table}
-                       for c in verify_step._parse_user_checks(user_checks)]
-        url = db.resolve_url(url, url_env)
+    with StepBoundary(STEP, data=data) as boundary:
+        r = _Run(boundary, on_step, progress)
+        checks = _validate(max_violations, lock_timeout, statement_timeout, user_checks)
+        url = resolve_url(url, url_env)
         p = plan(config_path, target, url, url_env)
-    except Exception as e:  # noqa: BLE001
-        outcome, reason, msg = db.classify_error(e)
-        return finish(outcome, reason, msg)
-    data.update(currentRevision=p["current"], targetRevision=p["target"], pending=p["pending"])
+        data.update(currentRevision=p["current"], targetRevision=p["target"], pending=p["pending"])
+        if backup and p["pending"]:
+            if backup_dir is None:
+                raise InvalidInput("--backup-dir is required (or --no-backup)", field="--backup-dir")
+            b = r.record(backup_step.backup(url, url_env, backup_dir=backup_dir, keep=keep, progress=progress))
+            if not b.ok:
+                return r.stop(b, "backup failed, nothing was applied")
+            data["backup"] = {k: b.data.get(k) for k in ("path", "sizeBytes", "sha256")}
+        _precheck_migrate_verify(r, config_path, p, url, url_env, checks, max_violations=max_violations, lint=lint,
+                                 accept_unevaluated=list(accept_unevaluated),
+                                 data_shadow_max_bytes=data_shadow_max_bytes,
+                                 lock_timeout=lock_timeout, statement_timeout=statement_timeout, retries=retries)
+    return boundary.result
 
-    # 1. backup (only when something is to be applied)
-    if backup and p["pending"]:
-        if backup_dir is None:
-            return finish(Outcome.PERMANENT_ERROR, "InvalidInput", "--backup-dir is required (or --no-backup)")
-        r = record(backup_step.backup(url, url_env, backup_dir=backup_dir, keep=keep, progress=progress))
-        if not r.ok:
-            return finish(r.outcome, r.reason, f"backup failed, nothing was applied: {r.message}")
-        data["backup"] = {k: r.data.get(k) for k in ("path", "sizeBytes", "sha256")}
 
-    # 2. precheck
-    try:
-        from schemagate.runner import precheck as precheck_step
-    except ImportError as e:  # pragma: no cover - the precheck module ships with schemagate
-        return finish(Outcome.PERMANENT_ERROR, "InternalError", f"precheck unavailable: {e}")
-    if progress:
-        progress("precheck: deriving the checks in a shadow database and counting")
-    pr = record(precheck_step.precheck(config_path, p["target"], url, url_env, max_violations=max_violations,
-                                       user_checks=user_checks, lint=lint,
-                                       accept_unevaluated=list(accept_unevaluated),
-                                       data_shadow_max_bytes=data_shadow_max_bytes
-                                       or precheck_step.DEFAULT_DATA_SHADOW_MAX_BYTES))
+def _validate(max_violations: int, lock_timeout: str | None, statement_timeout: str | None,
+              user_checks: Iterable[Any]) -> list[dict[str, str]]:
+    """The options checked before anything runs; the user checks as ``{"name", "sql", "table"?}``."""
+    if max_violations < 0:
+        raise InvalidInput(f"--max-violations: {max_violations} must be >= 0", field="--max-violations")
+    durations.to_postgres(lock_timeout, "--lock-timeout")
+    durations.to_postgres(statement_timeout, "--statement-timeout")
+    return [c.to_dict() for c in UserCheck.parse_all(user_checks, "--check")]
+
+
+def _precheck_migrate_verify(r: _Run, config_path: str | os.PathLike[str], p: Plan, url: str, url_env: str | None,
+                             checks: list[dict[str, str]], *, max_violations: int, lint: bool,
+                             accept_unevaluated: list[str], data_shadow_max_bytes: int | None,
+                             lock_timeout: str | None, statement_timeout: str | None, retries: int) -> None:
+    """Steps 2 to 4; sets the run's result through ``r``."""
+    from schemagate.runner import precheck as precheck_step  # imports the analysis layer: only when running
+
+    r.say("precheck: deriving the checks in a shadow database and counting")
+    pr = r.record(precheck_step.precheck(config_path, p["target"], url, url_env, max_violations=max_violations,
+                                         user_checks=checks, lint=lint, accept_unevaluated=accept_unevaluated,
+                                         data_shadow_max_bytes=data_shadow_max_bytes
+                                         or precheck_step.DEFAULT_DATA_SHADOW_MAX_BYTES))
     if not pr.ok:
-        data["checks"] = [c for c in pr.data.get("checks") or []
-                          if c.get("count") or (c.get("evaluatedBy") == "not-evaluated" and not c.get("accepted"))]
-        data["total"] = pr.data.get("total")
-        data["maxViolations"] = max_violations
-        return finish(pr.outcome, pr.reason, f"blocked by the precheck, nothing was applied: {pr.message}")
-
-    # 3. migrate
-    if progress:
-        progress(f"migrate: applying {len(p['pending'])} revision(s)")
-    mr = record(migrate(config_path, p["target"], url, url_env, lock_timeout, statement_timeout, retries,
-                            log=progress))
-    data["applied"] = mr.data.get("applied", [])
-    data["currentRevision"] = mr.data.get("toRevision", data["currentRevision"])
+        r.data["checks"] = [c for c in pr.data.get("checks") or []
+                            if c.get("count") or (c.get("evaluatedBy") == "not-evaluated" and not c.get("accepted"))]
+        r.data["total"] = pr.data.get("total")
+        r.data["maxViolations"] = max_violations
+        r.stop(pr, "blocked by the precheck, nothing was applied")
+        return
+    r.say(f"migrate: applying {len(p['pending'])} revision(s)")
+    mr = r.record(migrate(config_path, p["target"], url, url_env, lock_timeout, statement_timeout, retries,
+                          log=r.say))
+    r.data["applied"] = mr.data.get("applied", [])
+    r.data["currentRevision"] = mr.data.get("toRevision", r.data["currentRevision"])
     if not mr.ok:
-        return finish(mr.outcome, mr.reason, f"migration failed: {mr.message}")
-
-    # 4. verify
-    if progress:
-        progress("verify: revision, constraints, indexes, counts")
-    vr = record(verify_step.verify(config_path, p["target"], url, url_env, plan=pr.data, user_checks=user_checks))
+        r.stop(mr, "migration failed")
+        return
+    r.say("verify: revision, constraints, indexes, counts")
+    vr = r.record(verify_step.verify(config_path, p["target"], url, url_env, plan=pr.data, user_checks=checks))
     if not vr.ok:
-        data["failures"] = vr.data.get("failures", [])
-        return finish(vr.outcome, vr.reason, f"applied, but verification failed: {vr.message}")
-    return finish(Outcome.SUCCEEDED, "Verified", run_summary(data, pr.data))
+        r.data["failures"] = vr.data.get("failures", [])
+        r.stop(vr, "applied, but verification failed")
+        return
+    r.boundary.succeed("Verified", run_summary(r.data, pr.data))
 
 
 def run_summary(data: dict[str, Any], precheck_data: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ Workdir files (shared ``emptyDir`` between the containers):
 
 - ``prepare.json`` (written by ``prepare``): ``{"shadowDatabase": name|null, "shadowUrlEnv": env|null,
   "created": bool, "currentRevision": id|null, "versionTables": [..]}``. The shadow-upgrade container targets
-  ``shadowDatabase`` on the server of its ``--database-url-env`` URL (``runner.db.with_database``), or the URL
+  ``shadowDatabase`` on the server of its ``--database-url-env`` URL (``runner.with_database``), or the URL
   in ``shadowUrlEnv`` when an explicit shadow database was given.
 - ``shadow-upgrade.json`` (written by shadow-upgrade): ``{fromRevision, targetRevision, pending, applied,
   sqlError?, statements?}``; ``statements`` (optional) is the captured list described in
@@ -52,11 +52,23 @@ from typing import Any
 
 from schemagate.analysis import capture, catalog, counting, derive, lint, locks, shadow, stepwise
 from schemagate.analysis.counting import Check, CountOptions
-from schemagate.runner import db
+from schemagate.contract.checks import UserCheck
+from schemagate.contract.dburl import DEFAULT_URL_ENV, database_name, libpq_url, resolve_url, with_database
+from schemagate.contract.errors import (
+    InternalError,
+    InvalidInput,
+    MigrationFailed,
+    error_result,
+    error_text,
+    translate,
+)
+from schemagate.contract.redact import redact
+from schemagate.contract.stepresult import Outcome, StepResult, now
+from schemagate.libpq import connect, pg_bin
 from schemagate.runner.inject.apply import render_sql, upgrade
+from schemagate.runner.inject.capture import capture_statements
 from schemagate.runner.inject.config import isolated_imports, load_script, make_config, session_environment
 from schemagate.runner.inject.revisions import plan
-from schemagate.runner.result import Outcome, StepResult, now
 
 STEP = "precheck"
 DEFAULT_STATEMENT_TIMEOUT = "1h"
@@ -65,18 +77,6 @@ DEFAULT_DATA_SHADOW_MAX_BYTES = 1 << 30  # spec.precheck.dataShadow.maxSize defa
 PREPARE_FILE = "prepare.json"
 SHADOW_UPGRADE_FILE = "shadow-upgrade.json"
 PENDING_SQL_FILE = "pending.sql"
-
-
-class PrecheckError(RuntimeError):
-    reason = "InternalError"
-    outcome = Outcome.PERMANENT_ERROR
-
-    def __init__(self, message: str, reason: str | None = None, outcome: Outcome | None = None):
-        super().__init__(db.redact(message))
-        if reason:
-            self.reason = reason
-        if outcome:
-            self.outcome = outcome
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -104,31 +104,13 @@ def parse_size(text: str | int) -> int:
 
 
 def _connect(url: str) -> Any:
-    import psycopg
-
-    return psycopg.connect(db.libpq_url(url), autocommit=True, connect_timeout=15)
+    return connect(url)
 
 
 def parse_user_checks(items: Iterable[Any]) -> list[Check]:
-    """User checks from mappings ``{name, sql, table?}``, ``(name, sql)`` pairs or ``Check`` objects."""
-    out: list[Check] = []
-    names: set[str] = set()
-    for it in items or ():
-        if isinstance(it, Check):
-            c = it
-        elif isinstance(it, Mapping):
-            if not it.get("name") or not it.get("sql"):
-                raise db.InvalidInputError("a user check needs 'name' and 'sql'")
-            c = counting.user(str(it["name"]), str(it["sql"]), table=it.get("table"))
-        elif isinstance(it, Sequence) and not isinstance(it, str) and len(it) == 2:
-            c = counting.user(str(it[0]), str(it[1]))
-        else:
-            raise db.InvalidInputError(f"cannot read a user check from {it!r}")
-        if c.name in names:
-            raise db.InvalidInputError(f"duplicate user check name {c.name!r}")
-        names.add(c.name)
-        out.append(c)
-    return out
+    """User checks (``UserCheck.parse_all``: ``NAME=SQL``, ``{name, sql, table?}``, ``(name, sql)``; a repeated name
+    is ``InvalidInput``) as counting checks."""
+    return [counting.user(c.name, c.sql, table=c.table) for c in UserCheck.parse_all(items, "--check")]
 
 
 def _read_current_revision(conn: Any, tables: Sequence[tuple[str, str]]) -> str | None:
@@ -142,7 +124,7 @@ def _read_current_revision(conn: Any, tables: Sequence[tuple[str, str]]) -> str 
 
 def _lint_fail(mode: str, result: Mapping[str, Any]) -> bool:
     if mode not in LINT_FAIL_MODES:
-        raise db.InvalidInputError(f"lint_fail must be one of {', '.join(LINT_FAIL_MODES)}, not {mode!r}")
+        raise InvalidInput(f"lint_fail must be one of {', '.join(LINT_FAIL_MODES)}, not {mode!r}")
     if not result.get("available"):
         return False
     if mode == "any":
@@ -205,13 +187,6 @@ def _message(checks: Sequence[Check], total: int, max_violations: int, lint_resu
             f"{lint_txt}")
 
 
-def _error_result(exc: BaseException, started: Any, data: dict[str, Any],
-                  default_reason: str = "InternalError") -> StepResult:
-    outcome, reason, message = db.classify_error(exc, default_reason)
-    return StepResult(step=STEP, outcome=outcome, reason=reason, message=db.redact(message), data=data,
-                      started_at=started).finish()
-
-
 def _base_data(max_violations: int) -> dict[str, Any]:
     return {
         "currentRevision": None, "targetRevision": None, "pending": [], "derivation": "disabled",
@@ -222,9 +197,9 @@ def _base_data(max_violations: int) -> dict[str, Any]:
 
 def _drop_quietly(admin_url: str, name: str, notes: list[str]) -> None:
     try:
-        shadow.drop_shadow(db.libpq_url(admin_url), name)
+        shadow.drop_shadow(libpq_url(admin_url), name)
     except Exception as e:  # noqa: BLE001 - report, never mask the real result
-        notes.append(f"could not drop the shadow database {name}: {db.error_text(e)}")
+        notes.append(f"could not drop the shadow database {name}: {error_text(e)}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -242,42 +217,37 @@ class Shadow:
             _drop_quietly(self.admin_url, self.name, notes)
         elif not self.created:
             try:
-                shadow.wipe_database(db.libpq_url(self.url))
+                shadow.wipe_database(libpq_url(self.url))
             except Exception as e:  # noqa: BLE001
-                notes.append(f"could not empty the explicit shadow database: {db.error_text(e)}")
+                notes.append(f"could not empty the explicit shadow database: {error_text(e)}")
 
 
 def make_shadow(url: str, shadow_url: str | None = None, workdir: str | os.PathLike[str] | None = None) -> Shadow:
     """Create (or take the explicit, empty) shadow database and copy the real schema into it."""
-    real = db.libpq_url(url)
+    real = libpq_url(url)
     if shadow_url:
-        target = db.libpq_url(shadow_url)
-        if db.database_name(shadow_url) == db.database_name(url) and \
-                db.with_database(real, "x") == db.with_database(target, "x"):
-            raise PrecheckError("the shadow database URL points at the real database", reason="InvalidInput")
+        target = libpq_url(shadow_url)
+        if database_name(shadow_url) == database_name(url) and \
+                with_database(real, "x") == with_database(target, "x"):
+            raise InvalidInput("the shadow database URL points at the real database", field="shadow database URL")
         if shadow.user_table_count(target) > 0:
-            raise PrecheckError("the explicit shadow database is not empty: schemagate needs an empty database "
-                                "it may overwrite", reason="InvalidInput")
-        sh = Shadow(shadow_url, db.database_name(shadow_url), False, shadow_url, {})
+            raise InvalidInput("the explicit shadow database is not empty: schemagate needs an empty database "
+                               "it may overwrite", field="shadow database URL")
+        sh = Shadow(shadow_url, database_name(shadow_url), False, shadow_url, {})
     else:
-        name = shadow.shadow_name(db.database_name(url) or "db")
+        name = shadow.shadow_name(database_name(url) or "db")
         try:
-            shadow.drop_stale_shadows(real, db.database_name(url) or "db")
+            shadow.drop_stale_shadows(real, database_name(url) or "db")
         except Exception:  # noqa: BLE001 - best effort
             pass
-        try:
-            shadow.create_shadow(real, name)
-        except shadow.ShadowError as e:
-            raise PrecheckError(str(e), reason=e.reason) from e
-        sh = Shadow(db.with_database(url, name), name, True, url, {})
+        shadow.create_shadow(real, name)
+        sh = Shadow(with_database(url, name), name, True, url, {})
     try:
         with tempfile.TemporaryDirectory(prefix="schemagate-shadow-", dir=workdir) as tmp:
-            sh.info = shadow.copy_schema(real, db.libpq_url(sh.url), pg_dump=db.pg_bin("pg_dump"),
-                                         pg_restore=db.pg_bin("pg_restore"), workdir=tmp)
-    except BaseException as e:
+            sh.info = shadow.copy_schema(real, libpq_url(sh.url), pg_dump=pg_bin("pg_dump"),
+                                         pg_restore=pg_bin("pg_restore"), workdir=tmp)
+    except BaseException:
         sh.dispose([])
-        if isinstance(e, shadow.ShadowError):
-            raise PrecheckError(str(e), reason=e.reason) from e
         raise
     return sh
 
@@ -388,7 +358,7 @@ def _finish(data: dict[str, Any], checks: Sequence[Check], max_violations: int, 
     lint_result = data.get("lint")
     failed_lint = _lint_fail(lint_fail, lint_result or {})
     outcome, reason, message = _message(checks, total, max_violations, lint_result, failed_lint, accepted)
-    return StepResult(step=STEP, outcome=outcome, reason=reason, message=db.redact(message), data=data,
+    return StepResult(step=STEP, outcome=outcome, reason=reason, message=redact(message), data=data,
                       started_at=started).finish()
 
 
@@ -400,7 +370,7 @@ def precheck(
     config_path: str | os.PathLike[str],
     target: str | None = "head",
     url: str | None = None,
-    url_env: str | None = db.DEFAULT_URL_ENV,
+    url_env: str | None = DEFAULT_URL_ENV,
     *,
     max_violations: int = 0,
     user_checks: Iterable[Any] = (),
@@ -426,13 +396,13 @@ def precheck(
     sh: Shadow | None = None
     try:
         if max_violations < 0:
-            raise db.InvalidInputError("maxViolations must be >= 0")
+            raise InvalidInput("maxViolations must be >= 0", field="maxViolations")
         if lint_fail not in LINT_FAIL_MODES:
-            raise db.InvalidInputError(f"lint_fail must be one of {', '.join(LINT_FAIL_MODES)}")
+            raise InvalidInput(f"lint_fail must be one of {', '.join(LINT_FAIL_MODES)}", field="lint_fail")
         users = parse_user_checks(user_checks)
-        url = db.resolve_url(url, url_env)
+        url = resolve_url(url, url_env)
         if shadow_url_env and not shadow_url:
-            shadow_url = db.resolve_url(None, shadow_url_env)
+            shadow_url = resolve_url(None, shadow_url_env)
         p = plan(config_path, target, url, url_env)
         data.update(currentRevision=p["current"], targetRevision=p["target"], pending=list(p["pending"]),
                     expectedRevisions=list(p["expected"]))
@@ -458,21 +428,22 @@ def precheck(
                 rec.on_revision(rev)
 
             try:
-                with capture.capture_statements(log), rec.listening():
+                with capture_statements(log), rec.listening():
                     up = upgrade(config_path, p["target"], sh.url, url_env, lock_timeout=None,
                                  statement_timeout=None, render_sql_text=lint, on_revision=on_revision)
-            except Exception as e:
-                raise PrecheckError(
-                    f"applying the pending revisions to the shadow database failed, so the migration would fail "
-                    f"too: {db.redact(str(e))}", reason=getattr(e, "reason", None) or "MigrationFailed",
-                    outcome=getattr(e, "outcome", None)) from e
+            except Exception as e:  # translated and re-raised with what it means for the migration
+                failure = translate(e, MigrationFailed)
+                raise type(failure)(f"applying the pending revisions to the shadow database failed, so the "
+                                    f"migration would fail too: {failure.message}", outcome=failure.outcome,
+                                    field=failure.field) from e
             if log.dropped:
                 notes.append(f"{log.dropped} statement(s) of the shadow run were not recorded")
             rec.mark_present()
-            changed, _ = capture.dml_label(log.statements)
-            if rec.checks and (changed or stepwise.creates_routines(log.statements)):
+            statements: list[dict[str, Any]] = [dict(s) for s in log.statements]
+            changed, _ = capture.dml_label(statements)
+            if rec.checks and (changed or stepwise.creates_routines(statements)):
                 derived = _count_in_data_shadow(config_path, p["target"], url, url_env, shadow_url, rec,
-                                                log.statements, data_shadow_max_bytes, data, notes)
+                                                statements, data_shadow_max_bytes, data, notes)
             else:
                 pristine = stepwise.save_checks(rec)
                 derived = stepwise.bind_all(rec.steps, rec.start, rec.origins, "real-database")
@@ -487,8 +458,8 @@ def precheck(
                                  f"{failed[0].name}: {failed[0].error}); every check was counted in the "
                                  "data-carrying shadow instead")
                     derived = _count_in_data_shadow(config_path, p["target"], url, url_env, shadow_url, rec,
-                                                    log.statements, data_shadow_max_bytes, data, notes)
-            checks = analyse(url, sh.url, pending=list(p["pending"]), statements=log.statements,
+                                                    statements, data_shadow_max_bytes, data, notes)
+            checks = analyse(url, sh.url, pending=list(p["pending"]), statements=statements,
                              offline_sql=up.get("sql"), offline_error=up.get("sqlError"), user_checks=users,
                              do_lint=lint, statement_timeout=statement_timeout, data=data, derived=derived)
         else:
@@ -506,7 +477,7 @@ def precheck(
                             message=f"blocked: {e}; the revisions change data, so their checks can only be counted "
                                     "in a shadow that holds those rows", data=data, started_at=started).finish()
     except Exception as e:  # noqa: BLE001 - every failure becomes a StepResult
-        result = _error_result(e, started, data)
+        result = error_result(STEP, e, started=started, data=data)
     finally:
         if sh is not None and not keep_shadow:
             sh.dispose(notes)
@@ -525,7 +496,7 @@ def _count_in_data_shadow(config_path: str | os.PathLike[str], target: str, url:
     t0 = time.monotonic()
     relids = stepwise.affected_tables(rec.steps, rec.start, statements)
     if shadow_url is not None:  # an explicit shadow database serves both runs: empty it, restore the schema again
-        shadow.wipe_database(db.libpq_url(shadow_url))
+        shadow.wipe_database(libpq_url(shadow_url))
     dsh = make_shadow(url, shadow_url)
     try:
         with _connect(url) as real_conn, _connect(dsh.url) as data_conn:
@@ -537,7 +508,7 @@ def _count_in_data_shadow(config_path: str | os.PathLike[str], target: str, url:
                         render_sql_text=False)
         except Exception as e:  # noqa: BLE001 - a failing revision is a result here, not an error
             if counter.stopped_at is None and counter.failed is None and counter.mismatch is None:
-                counter.failed = (counter.current or rec.steps[-1], db.error_text(e)) if rec.steps else None
+                counter.failed = (counter.current or rec.steps[-1], error_text(e)) if rec.steps else None
                 if counter.failed is None:
                     raise
         checks = counter.finish()
@@ -566,7 +537,7 @@ def render_offline(config_path: str | os.PathLike[str], current: str | None, tar
         with session_environment(url, url_env):
             return render_sql(cfg, script, current, target), None
     except Exception as e:  # noqa: BLE001
-        return None, db.error_text(e)
+        return None, error_text(e)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -575,7 +546,7 @@ def render_offline(config_path: str | os.PathLike[str], current: str | None, tar
 
 def prepare(
     url: str | None = None,
-    url_env: str | None = db.DEFAULT_URL_ENV,
+    url_env: str | None = DEFAULT_URL_ENV,
     *,
     workdir: str | os.PathLike[str],
     shadow_url_env: str | None = None,
@@ -584,14 +555,14 @@ def prepare(
     started = now()
     data: dict[str, Any] = {}
     try:
-        url = db.resolve_url(url, url_env)
-        explicit = db.resolve_url(None, shadow_url_env) if shadow_url_env else None
+        url = resolve_url(url, url_env)
+        explicit = resolve_url(None, shadow_url_env) if shadow_url_env else None
         wd = Path(workdir)
         wd.mkdir(parents=True, exist_ok=True)
         sh = make_shadow(url, explicit, wd)
         try:
             with _connect(url) as conn:
-                current = _read_current_revision(conn, shadow.version_tables(db.libpq_url(url)))
+                current = _read_current_revision(conn, shadow.version_tables(libpq_url(url)))
             data = {"shadowDatabase": sh.name if sh.created else None,
                     "shadowUrlEnv": shadow_url_env if not sh.created else None,
                     "created": sh.created, "currentRevision": current,
@@ -605,7 +576,7 @@ def prepare(
                           message=f"shadow database {sh.name} holds a schema-only copy", data=data,
                           started_at=started).finish()
     except Exception as e:  # noqa: BLE001
-        return _error_result(e, started, data)
+        return error_result(STEP, e, started=started, data=data)
 
 
 SNAPSHOT_QUERIES_FILE = "snapshot-queries.json"  # runner.inject.snapshots.QUERIES_FILE
@@ -633,7 +604,7 @@ def replayed_checks(wd: Path, statements: list[dict[str, Any]] | None) -> list[C
     try:
         rec = stepwise.replay(json.loads(f.read_text(encoding="utf-8")))
     except (ValueError, KeyError, TypeError, IndexError) as e:
-        raise PrecheckError(f"{SNAPSHOTS_FILE} is unreadable ({e})", reason="InternalError") from e
+        raise InternalError(f"{SNAPSHOTS_FILE} is unreadable ({e})", field=SNAPSHOTS_FILE) from e
     rec.mark_present()
     changed, _ = capture.dml_label(statements)
     if changed:
@@ -649,17 +620,17 @@ def replayed_checks(wd: Path, statements: list[dict[str, Any]] | None) -> list[C
 def _shadow_from_prepare(url: str, info: Mapping[str, Any]) -> Shadow:
     if info.get("created"):
         name = str(info["shadowDatabase"])
-        return Shadow(db.with_database(url, name), name, True, url, {})
+        return Shadow(with_database(url, name), name, True, url, {})
     env = info.get("shadowUrlEnv")
     if not env:
-        raise PrecheckError(f"{PREPARE_FILE} names no shadow database", reason="InvalidInput")
-    explicit = db.resolve_url(None, str(env))
-    return Shadow(explicit, db.database_name(explicit), False, explicit, {})
+        raise InvalidInput(f"{PREPARE_FILE} names no shadow database", field=PREPARE_FILE)
+    explicit = resolve_url(None, str(env))
+    return Shadow(explicit, database_name(explicit), False, explicit, {})
 
 
 def count(
     url: str | None = None,
-    url_env: str | None = db.DEFAULT_URL_ENV,
+    url_env: str | None = DEFAULT_URL_ENV,
     *,
     workdir: str | os.PathLike[str],
     max_violations: int = 0,
@@ -681,20 +652,20 @@ def count(
     notes: list[str] = []
     sh: Shadow | None = None
     try:
-        url = db.resolve_url(url, url_env)
+        url = resolve_url(url, url_env)
         wd = Path(workdir)
         try:
             info = json.loads((wd / PREPARE_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise PrecheckError(f"{PREPARE_FILE} missing or unreadable in {wd}: run --phase prepare first ({e})",
-                                reason="InvalidInput") from e
+            raise InvalidInput(f"{PREPARE_FILE} missing or unreadable in {wd}: run --phase prepare first ({e})",
+                               field=PREPARE_FILE) from e
         sh = _shadow_from_prepare(url, info)
         users = parse_user_checks(user_checks)
         try:
             up = json.loads((wd / SHADOW_UPGRADE_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise PrecheckError(f"{SHADOW_UPGRADE_FILE} missing or unreadable: the shadow-upgrade container did "
-                                f"not finish ({e})", reason="InternalError") from e
+            raise InternalError(f"{SHADOW_UPGRADE_FILE} missing or unreadable: the shadow-upgrade container did "
+                                f"not finish ({e})", field=SHADOW_UPGRADE_FILE) from e
         pending = list(up.get("pending") or [])
         data.update(currentRevision=up.get("fromRevision", info.get("currentRevision")),
                     targetRevision=up.get("targetRevision") or up.get("toRevision"), pending=pending)
@@ -711,7 +682,7 @@ def count(
             data["derivationNote"] = "no pending revisions"
         result = _finish(data, checks, max_violations, lint_fail, started, accept_unevaluated)
     except Exception as e:  # noqa: BLE001
-        result = _error_result(e, started, data)
+        result = error_result(STEP, e, started=started, data=data)
     finally:
         if sh is not None:
             sh.dispose(notes)

@@ -42,11 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemagate.runner import db
-from schemagate.runner.result import Outcome, StepResult, now
+from schemagate.contract import names
+from schemagate.contract.checks import UserCheck
+from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
+from schemagate.contract.errors import InvalidInput, StepBoundary
+from schemagate.contract.stepresult import Outcome, StepResult
+from schemagate.libpq import connect
 
 STEP = "verify"
-PLAN_ENV = "SCHEMAGATE_PLAN"
+PLAN_ENV = names.ENV_PLAN
 CONSTRAINT_KINDS = ("check", "foreignkey", "unique", "notnull")
 
 
@@ -59,7 +63,7 @@ def load_plan(path: str | os.PathLike[str] | None = None, env: str | None = None
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
-            raise db.InvalidInputError(f"--plan: cannot read {path}: {e.strerror}") from e
+            raise InvalidInput(f"--plan: cannot read {path}: {e.strerror}") from e
     elif env:
         source = f"--plan-env {env}"
         text = os.environ.get(env)
@@ -70,22 +74,16 @@ def load_plan(path: str | os.PathLike[str] | None = None, env: str | None = None
     try:
         doc = json.loads(text)
     except ValueError as e:
-        raise db.InvalidInputError(f"{source}: not JSON ({e})") from e
+        raise InvalidInput(f"{source}: not JSON ({e})") from e
     if not isinstance(doc, dict):
-        raise db.InvalidInputError(f"{source}: expected a JSON object")
+        raise InvalidInput(f"{source}: expected a JSON object")
     if doc.get("kind") == "StepResult":
         doc = dict(doc.get("data") or {})
     return doc
 
 
 def _connect(url: str) -> Any:
-    import psycopg
-
-    conninfo, password = db.libpq_url_and_password(url)
-    kw: dict[str, Any] = {"autocommit": True, "connect_timeout": 15, "application_name": "schemagate-verify"}
-    if password is not None:
-        kw["password"] = password
-    return psycopg.connect(conninfo, **kw)
+    return connect(url, application_name="schemagate-verify")
 
 
 @dataclass
@@ -225,7 +223,7 @@ def _revisions_with_project(report: VerifyReport, config_path: str | os.PathLike
 
 def check_revisions(report: VerifyReport, cur: Any, plan: Mapping[str, Any], config_path: Any, target: str | None,
                     url: str, url_env: str | None, version_table: tuple[str, str | None]) -> None:
-    """Check 1 (see the module docstring). Raises ``InvalidInputError`` when, without the project, the plan names
+    """Check 1 (see the module docstring). Raises ``InvalidInput`` when, without the project, the plan names
     no revision ids to compare with."""
     wanted = plan.get("targetRevision") or target
     expected = sorted(str(r) for r in plan.get("expectedRevisions") or [])
@@ -234,7 +232,7 @@ def check_revisions(report: VerifyReport, cur: Any, plan: Mapping[str, Any], con
         return
     if not expected:
         if not wanted or wanted in ("head", "heads") or "@" in str(wanted):
-            raise db.InvalidInputError("verify needs the target revision id(s): give -c/--config (the Alembic "
+            raise InvalidInput("verify needs the target revision id(s): give -c/--config (the Alembic "
                                        "project) or a plan (--plan/--plan-env) with targetRevision")
         expected = sorted({r.strip() for r in str(wanted).split(",") if r.strip()})
     rows = read_version_rows(cur, version_table[0], version_table[1]) or []
@@ -453,28 +451,33 @@ def check_counts(report: VerifyReport, url: str, users: Sequence[Any], statement
 
 
 def _plan_user_checks(plan: Mapping[str, Any], user_checks: Iterable[Any]) -> list[Any]:
-    return _parse_user_checks(list(user_checks) + [
-        {"name": c["name"], "sql": c["definition"], "table": c.get("table")}
-        for c in plan.get("checks") or [] if isinstance(c, Mapping) and c.get("kind") == "user"
-    ])
+    """The user checks given (``UserCheck.parse_all``: a repeated name is ``InvalidInput``) followed by the plan's
+    user checks (the precheck's, usually the same ones) whose names were not given, as counting checks."""
+    from schemagate.analysis import counting
+
+    given = UserCheck.parse_all(user_checks, "--check")
+    names_given = {c.name for c in given}
+    from_plan = [UserCheck.parse({"name": c.get("name"), "sql": c.get("definition"), "table": c.get("table")},
+                                 "--plan checks")
+                 for c in plan.get("checks") or []
+                 if isinstance(c, Mapping) and c.get("kind") == "user" and c.get("name") not in names_given]
+    return [counting.user(c.name, c.sql, table=c.table) for c in (*given, *from_plan)]
 
 
-def _finish(report: VerifyReport, counted: int, started: Any) -> StepResult:
+def _finish(step: StepBoundary, report: VerifyReport, counted: int) -> StepResult:
     if report.failures:
         msg = f"verification failed ({len(report.failures)} problem(s)): " + "; ".join(report.failures[:3])
-        return StepResult(step=STEP, outcome=Outcome.CHECKS_FAILED, reason="VerificationFailed",
-                          message=db.redact(msg[:600]), data=report.as_data(), started_at=started).finish()
-    msg = (f"verified: at revision {report.current_revision}, {len(report.constraints)} constraint(s) valid, "
-           f"{len(report.indexes)} index(es) valid, {counted} check(s) count 0")
-    return StepResult(step=STEP, outcome=Outcome.SUCCEEDED, reason="Verified", message=msg,
-                      data=report.as_data(), started_at=started).finish()
+        return step.finish(Outcome.CHECKS_FAILED, "VerificationFailed", msg[:600])
+    return step.succeed("Verified", f"verified: at revision {report.current_revision}, {len(report.constraints)} "
+                                    f"constraint(s) valid, {len(report.indexes)} index(es) valid, {counted} check(s) "
+                                    f"count 0")
 
 
 def verify(
     config_path: str | os.PathLike[str] | None = None,
     target: str | None = "head",
     url: str | None = None,
-    url_env: str | None = db.DEFAULT_URL_ENV,
+    url_env: str | None = DEFAULT_URL_ENV,
     *,
     plan: Mapping[str, Any] | None = None,
     user_checks: Iterable[Any] = (),
@@ -483,49 +486,22 @@ def verify(
     statement_timeout: str = "1h",
 ) -> StepResult:
     """Run the named checks (see the module docstring) and return one StepResult. Never raises."""
-    started = now()
     report = VerifyReport()
-    try:
-        url = db.resolve_url(url, url_env)
-        plan = dict(plan or {})
-        users = _plan_user_checks(plan, user_checks)
-        vt = (str(plan.get("versionTable") or version_table),
-              plan.get("versionTableSchema") or version_table_schema)
-        with _connect(url) as conn, conn.cursor() as cur:
-            cur.execute("SELECT set_config('statement_timeout', %s, false)", (statement_timeout,))
-            check_revisions(report, cur, plan, config_path, target, url, url_env, vt)
-            check_constraints(report, cur, plan)
-            check_indexes(report, cur, plan)
-            check_leftovers(report, cur, plan)
-        counted = check_counts(report, url, users, statement_timeout)
-        return _finish(report, counted, started)
-    except Exception as e:  # noqa: BLE001 - every failure becomes a StepResult
-        outcome, reason, msg = db.classify_error(e)
-        return StepResult(step=STEP, outcome=outcome, reason=reason, message=db.redact(msg),
-                          data=report.as_data(), started_at=started).finish()
-
-
-def _parse_user_checks(items: Iterable[Any]) -> list[Any]:
-    """User checks: ``{"name", "sql", "table"?}``, ``(name, sql)`` or ``"NAME=SQL"``."""
-    from schemagate.analysis import counting
-
-    out = []
-    seen: set[str] = set()
-    for it in items:
-        if isinstance(it, counting.Check):
-            c = it
-        elif isinstance(it, str):
-            name, sep, sql = it.partition("=")
-            if not sep or not name.strip() or not sql.strip():
-                raise db.InvalidInputError(f"--check: {it!r} is not NAME=SQL")
-            c = counting.user(name.strip(), sql)
-        elif isinstance(it, Mapping):
-            c = counting.user(str(it.get("name") or ""), str(it.get("sql") or ""), table=it.get("table"))
-        else:
-            name, sql = it
-            c = counting.user(str(name), str(sql))
-        if c.name in seen:
-            continue
-        seen.add(c.name)
-        out.append(c)
-    return out
+    with StepBoundary(STEP) as step:
+        try:
+            url = resolve_url(url, url_env)
+            plan = dict(plan or {})
+            users = _plan_user_checks(plan, user_checks)
+            vt = (str(plan.get("versionTable") or version_table),
+                  plan.get("versionTableSchema") or version_table_schema)
+            with _connect(url) as conn, conn.cursor() as cur:
+                cur.execute("SELECT set_config('statement_timeout', %s, false)", (statement_timeout,))
+                check_revisions(report, cur, plan, config_path, target, url, url_env, vt)
+                check_constraints(report, cur, plan)
+                check_indexes(report, cur, plan)
+                check_leftovers(report, cur, plan)
+            counted = check_counts(report, url, users, statement_timeout)
+        finally:  # what was checked so far is in the result, also when a check failed to run
+            step.data.update(report.as_data())
+        _finish(step, report, counted)
+    return step.result

@@ -1,13 +1,13 @@
 """The injected runner: what runs *inside the application's image* (``python -m schemagate.runner.inject ...``).
 
-It imports only the standard library, SQLAlchemy, Alembic and ``schemagate.runner.result`` /
-``schemagate.runner.db`` (both standard library only); an import-linter contract in ``pyproject.toml`` enforces
-it. The application's own ``env.py`` runs unchanged: it reads the URL from the environment variable ``url_env``
+It imports only the standard library, SQLAlchemy, Alembic and ``schemagate.contract`` (standard library only);
+import-linter contracts in ``pyproject.toml`` enforce it, and ``INJECTED_FILES`` (what ``install-runner`` copies) is
+checked against its import closure. The application's own ``env.py`` runs unchanged: it reads the URL from the environment variable ``url_env``
 (set here for the duration of a call) or from ``sqlalchemy.url`` (also set), and ``lock_timeout`` /
 ``statement_timeout`` reach every session the migration opens through ``PGOPTIONS`` (read by libpq, so psycopg and
 psycopg2; not asyncpg).
 
-Modules: ``config`` (errors, durations, Alembic config, session environment, import isolation), ``revisions``
+Modules: ``config`` (Alembic config, session environment, import isolation), ``revisions``
 (``plan``), ``apply`` (``upgrade``, ``render_sql``), ``lock`` (advisory lock, backoff), ``capture`` (statement
 capture), ``migrate`` (``migrate``), ``shadow`` (``shadow_upgrade``), ``__main__`` (the CLI).
 
@@ -15,17 +15,17 @@ Stable API (other steps call these; keep the signatures):
 
 ``revisions.plan(config_path, target="head", url=None, url_env="DATABASE_URL") -> dict``
     ``{"current": str|None, "target": resolved id, "pending": [ids in apply order], "heads": [ids]}``.
-    Raises ``MultipleHeadsError`` (names the heads) when ``target`` is head(s) and the scripts have several
-    heads, ``UnknownRevisionError`` for an unknown target (or a database revision the scripts do not know),
-    ``InvalidInputError`` for a downgrade target or a missing config. The URL is only used through env.py.
+    Raises ``MultipleHeads`` (names the heads) when ``target`` is head(s) and the scripts have several
+    heads, ``UnknownRevision`` for an unknown target (or a database revision the scripts do not know),
+    ``InvalidInput`` for a downgrade target or a missing config. The URL is only used through env.py.
 
 ``apply.upgrade(config_path, target="head", url=None, url_env="DATABASE_URL", lock_timeout="5s",
 statement_timeout=None, *, render_sql=False) -> dict``
     Runs ``alembic upgrade`` programmatically. Returns ``{"fromRevision", "toRevision", "applied": [ids],
     "pending": [ids], "lockTimeout", "statementTimeout", "sql": str|None}`` (``sql``: the offline rendering of the
-    pending range, when ``render_sql``). On failure raises ``MigrationFailedError`` (``.revision``,
+    pending range, when ``render_sql``). On failure raises ``MigrationFailed`` (``.revision``,
     ``.statement``, ``.current_revision``: the message names the revision and the failing statement; with
-    ``transaction_per_migration`` the database stays at the previous revision), or ``LockTimeoutError``
+    ``transaction_per_migration`` the database stays at the previous revision), or ``LockTimeout``
     (transient) when a statement hit ``lock_timeout``. No advisory lock and no retries here: see ``migrate``.
 
 ``migrate.migrate(config_path, target, url, url_env, lock_timeout, statement_timeout, retries=5, ...) -> StepResult``
@@ -51,6 +51,5 @@ INJECTED_FILES: tuple[str, ...] = (
     "__init__.py",
     "runner/__init__.py",
     "runner/inject",
-    "runner/db.py",
-    "runner/result.py",
+    "contract",
 )

@@ -13,14 +13,14 @@ import argparse
 import os
 import sys
 
-from schemagate.runner.db import (
-    DEFAULT_URL_ENV,
-)
+from schemagate.contract import names
+from schemagate.contract.dburl import DEFAULT_URL_ENV
+from schemagate.contract.errors import StepBoundary
+from schemagate.contract.stepresult import StepResult, write_termination_log
 from schemagate.runner.inject.config import DEFAULT_LOCK_TIMEOUT
-from schemagate.runner.inject.migrate import DEFAULT_RETRIES, migrate, result_from_error
+from schemagate.runner.inject.migrate import DEFAULT_RETRIES, migrate
 from schemagate.runner.inject.revisions import plan
 from schemagate.runner.inject.shadow import shadow_upgrade
-from schemagate.runner.result import Outcome, StepResult, now, write_termination_log
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,8 +31,8 @@ def _parser() -> argparse.ArgumentParser:
                         ("shadow-upgrade", "apply the pending revisions to a shadow database and render their SQL"),
                         ("plan", "print current revision, resolved target and pending revisions")):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("-c", "--config", default=os.environ.get("SCHEMAGATE_ALEMBIC_CONFIG", "alembic.ini"))
-        p.add_argument("--target", default=os.environ.get("SCHEMAGATE_TARGET", "head"))
+        p.add_argument("-c", "--config", default=os.environ.get(names.ENV_ALEMBIC_CONFIG, "alembic.ini"))
+        p.add_argument("--target", default=os.environ.get(names.ENV_TARGET, "head"))
         p.add_argument("--database-url-env", default=DEFAULT_URL_ENV)
         p.add_argument("--database-url", default=None, help="discouraged: visible in the process list")
         p.add_argument("--termination-log", default=None)
@@ -50,38 +50,34 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_command(args: argparse.Namespace) -> StepResult:
-    started = now()
+    """The StepResult of one command; never raises for an error of the step (``StepBoundary``)."""
     if args.command == "migrate":
         return migrate(args.config, args.target, args.database_url, args.database_url_env, args.lock_timeout,
                        args.statement_timeout, args.retries, lock_wait=args.lock_wait,
                        log=lambda s: print(s, file=sys.stderr))
-    step = "precheck" if args.command == "shadow-upgrade" else "plan"
-    try:
-        if args.command == "plan":
+    if args.command == "plan":
+        with StepBoundary("plan") as step:
             p = plan(args.config, args.target, args.database_url, args.database_url_env)
-            data = {"currentRevision": p["current"], "targetRevision": p["target"], "pending": p["pending"],
-                    "heads": p["heads"]}
-            msg = (f"{len(p['pending'])} pending revision(s) from {p['current'] or 'base'} to {p['target']}")
-            return StepResult(step=step, outcome=Outcome.SUCCEEDED, reason="Planned", message=msg, data=data,
-                              started_at=started).finish()
+            step.data.update(currentRevision=p["current"], targetRevision=p["target"], pending=p["pending"],
+                             heads=p["heads"])
+            step.succeed("Planned",
+                         f"{len(p['pending'])} pending revision(s) from {p['current'] or 'base'} to {p['target']}")
+        return step.result
+    with StepBoundary("precheck") as step:
         out = shadow_upgrade(args.config, args.target, args.database_url, args.database_url_env, args.workdir,
                              args.lock_timeout, args.statement_timeout)
-        data = {k: v for k, v in out.items() if k not in ("sql", "statements")}
-        data["statements"] = len(out.get("statements") or [])
-        data["sqlBytes"] = len((out.get("sql") or "").encode())
-        return StepResult(step=step, outcome=Outcome.SUCCEEDED, reason="ShadowUpgraded",
-                          message=f"applied {len(out['applied'])} revision(s) to the shadow database",
-                          data=data, started_at=started).finish()
-    except Exception as e:  # noqa: BLE001
-        return result_from_error(step, e, started)
+        step.data.update({k: v for k, v in out.items() if k not in ("sql", "statements")})
+        step.data["statements"] = len(out.get("statements") or [])
+        step.data["sqlBytes"] = len((out.get("sql") or "").encode())
+        step.succeed("ShadowUpgraded", f"applied {len(out['applied'])} revision(s) to the shadow database")
+    return step.result
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        result = run_command(args)
-    except Exception as e:  # noqa: BLE001 - never crash without a result
-        result = result_from_error(args.command, e)
+    with StepBoundary(args.command) as step:  # never end without a result
+        step.set_result(run_command(args))
+    result = step.result
     print(result.to_json())
     write_termination_log(result, args.termination_log)
     return result.exit_code

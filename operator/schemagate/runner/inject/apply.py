@@ -13,22 +13,22 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
 
-from schemagate.runner.db import (
-    DEFAULT_URL_ENV,
-    classify_error,
+from schemagate.contract import durations
+from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
+from schemagate.contract.errors import (
+    AuthenticationFailed,
+    DatabaseUnreachable,
+    LockTimeout,
+    MigrationFailed,
     error_text,
-    redact,
-    resolve_url,
+    translate,
 )
+from schemagate.contract.redact import redact
 from schemagate.runner.inject.config import (
     DEFAULT_LOCK_TIMEOUT,
-    ClassifiedError,
-    LockTimeoutError,
-    MigrationFailedError,
     isolated_imports,
     load_script,
     make_config,
-    normalize_duration,
     session_environment,
 )
 from schemagate.runner.inject.graph import alembic_target, join_revisions, reached, split_revisions
@@ -66,21 +66,26 @@ def render_sql(cfg: Config, script: ScriptDirectory, current: str | Sequence[str
     return buf.getvalue()
 
 
+def _given(duration: str | None) -> str | None:
+    """A duration as the user gave it (for results), None when not given."""
+    return duration.strip() if duration and duration.strip() else None
+
+
 @isolated_imports
 def upgrade(
     config_path: str | os.PathLike[str],
     target: str | None = "head",
     url: str | None = None,
     url_env: str | None = DEFAULT_URL_ENV,
-    lock_timeout: str | int | None = DEFAULT_LOCK_TIMEOUT,
-    statement_timeout: str | int | None = None,
+    lock_timeout: str | None = DEFAULT_LOCK_TIMEOUT,
+    statement_timeout: str | None = None,
     *,
     render_sql_text: bool = False,
     on_revision: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Apply the pending revisions up to ``target`` (see module docstring)."""
-    lt = normalize_duration(lock_timeout, "--lock-timeout")
-    st = normalize_duration(statement_timeout, "--statement-timeout")
+    lt = durations.to_postgres(lock_timeout, "--lock-timeout")
+    st = durations.to_postgres(statement_timeout, "--statement-timeout")
     url = resolve_url(url, url_env)
     p = plan(config_path, target, url, url_env)
     result: dict[str, Any] = {
@@ -89,8 +94,8 @@ def upgrade(
         "targetRevision": p["target"],
         "pending": list(p["pending"]),
         "applied": [],
-        "lockTimeout": lt,
-        "statementTimeout": st,
+        "lockTimeout": _given(lock_timeout),
+        "statementTimeout": _given(statement_timeout),
         "sql": None,
     }
     cfg = make_config(config_path, url)
@@ -133,22 +138,22 @@ def upgrade(
             with EnvironmentContext(cfg, script, fn=upgrade_fn, as_sql=False, starting_rev=None,
                                     destination_rev=p["target"]):
                 script.run_env()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # the application's revisions and env.py may raise anything
         failing = state["running"]
-        outcome, reason, msg = classify_error(e, "MigrationFailed")
+        err = translate(e, MigrationFailed)
         after = _safe_current(config_path, url, url_env)
         result["toRevision"] = after
         stmt = _statement_of(e)
-        if reason in ("DatabaseUnreachable", "AuthenticationFailed") and failing is None:
-            raise ClassifiedError(outcome, reason, msg) from e
+        if isinstance(err, (DatabaseUnreachable, AuthenticationFailed)) and failing is None:
+            raise err from e
         where = f"revision {failing}" if failing else "the migration environment (env.py)"
         text = f"{where} failed"
         if stmt:
             text += f" at statement `{stmt[:240]}`"
-        text += f": {msg}; the database is at revision {after or 'base'}"
-        if reason == "LockTimeout":
-            raise LockTimeoutError(text, revision=failing, statement=stmt) from e
-        raise MigrationFailedError(text, revision=failing, statement=stmt, current_revision=after) from e
+        text += f": {err.message}; the database is at revision {after or 'base'}"
+        if isinstance(err, LockTimeout):
+            raise LockTimeout(text, revision=failing, statement=stmt) from e
+        raise MigrationFailed(text, revision=failing, statement=stmt, current_revision=after) from e
     after = _safe_current(config_path, url, url_env)
     result["toRevision"] = after
     result["applied"] = reached(script, p["pending"], split_revisions(after))
@@ -161,5 +166,5 @@ def _safe_current(config_path: str | os.PathLike[str], url: str, url_env: str | 
         with session_environment(url, url_env):
             heads = current_heads(cfg, load_script(cfg))
         return join_revisions(heads)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - best effort: only to say where the database was left
         return None

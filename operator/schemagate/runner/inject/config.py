@@ -1,4 +1,4 @@
-"""Configuration and import isolation of the injected runner: errors with stable reasons, durations, the
+"""Configuration and import isolation of the injected runner: the
 Alembic ``Config``/``ScriptDirectory`` of the application's project, the temporary session environment (URL
 variable, ``PGOPTIONS``) and ``isolated_imports`` (application modules and ``sys.path`` entries are forgotten
 after each call)."""
@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
 import sys
 import sysconfig
 from collections.abc import Callable, Iterator
@@ -20,95 +19,11 @@ from alembic import util as alembic_util
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from schemagate.runner.db import (
-    DEFAULT_URL_ENV,
-    classify_error,
-    redact,
-    sqlalchemy_url,
-)
-from schemagate.runner.result import Outcome
+from schemagate.contract.dburl import DEFAULT_URL_ENV, sqlalchemy_url
+from schemagate.contract.errors import InvalidInput
 
 DEFAULT_LOCK_TIMEOUT = "5s"
 APPLICATION_NAME = "schemagate-runner"
-
-
-class RunnerError(Exception):
-    """An error with a stable reason (docs/architecture.md) and an outcome; the text is already redacted."""
-
-    reason = "InternalError"
-    outcome = Outcome.PERMANENT_ERROR
-
-    def __init__(self, message: str, **data: Any) -> None:
-        super().__init__(redact(message))
-        self.data = data
-
-
-class MultipleHeadsError(RunnerError):
-    reason = "MultipleHeads"
-
-
-class UnknownRevisionError(RunnerError):
-    reason = "UnknownRevision"
-
-
-class InputError(RunnerError):
-    reason = "InvalidInput"
-
-
-class LockTimeoutError(RunnerError):
-    reason = "LockTimeout"
-    outcome = Outcome.TRANSIENT_ERROR
-
-
-class MigrationFailedError(RunnerError):
-    reason = "MigrationFailed"
-
-    def __init__(
-        self, message: str, revision: str | None = None, statement: str | None = None,
-        current_revision: str | None = None, **data: Any,
-    ) -> None:
-        super().__init__(message, **data)
-        self.revision = revision
-        self.statement = statement
-        self.current_revision = current_revision
-
-
-class ClassifiedError(RunnerError):
-    """A database error classified by ``classify_error`` (DatabaseUnreachable, AuthenticationFailed, ...)."""
-
-    def __init__(self, outcome: Outcome, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.outcome = outcome
-        self.reason = reason
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Configuration and environment
-
-_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|min|h)?\s*$")
-
-
-def normalize_duration(value: str | int | float | None, option: str = "timeout") -> str | None:
-    """``"5s"``, ``"500ms"``, ``"2min"``, ``"0"`` or a number of milliseconds -> PostgreSQL text; None stays None."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise InputError(f"{option}: {value!r} is negative")
-        return f"{int(value)}ms"
-    m = _DURATION.match(str(value))
-    if not m:
-        raise InputError(f"{option}: {value!r} is not a duration (examples: 500ms, 5s, 2min, 0)")
-    return f"{m.group(1)}{m.group(2) or 'ms'}"
-
-
-def duration_seconds(value: str | None) -> float:
-    if not value:
-        return 0.0
-    m = _DURATION.match(value)
-    assert m
-    n = int(m.group(1))
-    return n * {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0}[m.group(2) or "ms"]
 
 
 def _is_resource(text: str) -> bool:
@@ -118,14 +33,14 @@ def _is_resource(text: str) -> bool:
 
 def resource_path(text: str, option: str = "-c/--config") -> Path:
     """The filesystem path of ``package.module:path/inside`` in an installed (importable) package, the way Alembic
-    resolves a packaged ``script_location`` (``importlib.resources``). Raises ``InputError`` naming ``option``."""
+    resolves a packaged ``script_location`` (``importlib.resources``). Raises ``InvalidInput`` naming ``option``."""
     import importlib.resources
 
     package, _, inside = text.partition(":")
     try:
         ref = importlib.resources.files(package.strip())
     except (ImportError, TypeError, ValueError) as e:
-        raise InputError(f"{option}: {text!r}: package {package!r} cannot be imported ({e})") from e
+        raise InvalidInput(f"{option}: {text!r}: package {package!r} cannot be imported ({e})") from e
     for part in inside.strip("/").split("/"):
         if part:
             ref = ref / part
@@ -137,7 +52,7 @@ def project_location(config: str | os.PathLike[str]) -> tuple[Path | None, str |
 
     ``config`` is the path of an ``alembic.ini``, a ``package.module:path/alembic.ini`` inside an installed package,
     or the project's script location itself (a directory holding ``env.py``, or ``package.module:path`` such as
-    ``mlflow.store:db_migrations``). Raises ``InputError`` naming ``-c/--config`` and the value."""
+    ``mlflow.store:db_migrations``). Raises ``InvalidInput`` naming ``-c/--config`` and the value."""
     text = os.fspath(config)
     path = resource_path(text) if _is_resource(text) else Path(text)
     if path.is_file():
@@ -145,7 +60,7 @@ def project_location(config: str | os.PathLike[str]) -> tuple[Path | None, str |
     if path.is_dir() and (path / "env.py").is_file():
         return None, str(path.resolve())
     what = "neither an Alembic configuration file nor a directory holding env.py"
-    raise InputError(f"-c/--config: {text!r} ({path}) is {what}" if path.exists() else
+    raise InvalidInput(f"-c/--config: {text!r} ({path}) is {what}" if path.exists() else
                      f"-c/--config: Alembic configuration {text!r} not found")
 
 
@@ -154,7 +69,7 @@ def _script_location(cfg: Config, ini: Path) -> None:
     the project may be installed anywhere, e.g. inside a package. ``package:path`` is left to Alembic."""
     loc = cfg.get_main_option("script_location")
     if not loc:
-        raise InputError(f"-c/--config: {str(ini)!r} has no script_location in [alembic]")
+        raise InvalidInput(f"-c/--config: {str(ini)!r} has no script_location in [alembic]")
     if _is_resource(loc):
         resource_path(loc, f"script_location in {ini}")  # a clear error now rather than Alembic's later
         return
@@ -164,7 +79,7 @@ def _script_location(cfg: Config, ini: Path) -> None:
 
 def make_config(config_path: str | os.PathLike[str], url: str | None = None) -> Config:
     """The Alembic ``Config`` of the application's project (see ``project_location`` for the forms of
-    ``config_path``). ``url``, when given, is set as ``sqlalchemy.url``. Raises ``InputError``."""
+    ``config_path``). ``url``, when given, is set as ``sqlalchemy.url``. Raises ``InvalidInput``."""
     ini, location = project_location(config_path)
     if ini is not None:
         cfg = Config(str(ini))
@@ -182,7 +97,7 @@ def load_script(cfg: Config) -> ScriptDirectory:
     try:
         return ScriptDirectory.from_config(cfg)
     except alembic_util.CommandError as e:
-        raise InputError(f"cannot load the migration scripts: {e}") from e
+        raise InvalidInput(f"cannot load the migration scripts: {e}") from e
 
 
 @contextlib.contextmanager
@@ -254,10 +169,3 @@ def engine_for(url: str, connect_timeout: int = 10) -> sa.Engine:
         poolclass=sa.pool.NullPool,
         connect_args={"connect_timeout": connect_timeout, "application_name": APPLICATION_NAME},
     )
-
-
-def _reraise_classified(exc: BaseException, default_reason: str = "InternalError") -> None:
-    if isinstance(exc, RunnerError):
-        raise exc
-    outcome, reason, message = classify_error(exc, default_reason)
-    raise ClassifiedError(outcome, reason, message) from exc

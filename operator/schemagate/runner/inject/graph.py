@@ -5,7 +5,7 @@ Nothing here walks the graph by hand: the pending revisions are ``ScriptDirector
 ``alembic upgrade`` itself runs, ``alembic.command.upgrade``), and the version rows they leave are worked out by
 Alembic's own ``alembic.runtime.migration.HeadMaintainer`` replaying those steps on a set instead of the version
 table. Alembic's errors (``MultipleHeads``, ``ResolutionError``, ``RangeNotAncestorError``) become the runner's
-``MultipleHeadsError``, ``UnknownRevisionError`` and ``InputError``, each naming the heads that exist and what to do.
+``MultipleHeads``, ``UnknownRevision`` and ``InvalidInput``, each naming the heads that exist and what to do.
 
 Public API: ``plan_upgrade(script, current, target) -> UpgradePlan``; ``alembic_target(text) -> str | tuple``;
 ``join_revisions(ids) -> str | None``.
@@ -22,7 +22,7 @@ from alembic.runtime.migration import HeadMaintainer
 from alembic.script import ScriptDirectory
 from alembic.script import revision as alembic_revision
 
-from schemagate.runner.inject.config import InputError, MultipleHeadsError, UnknownRevisionError
+from schemagate.contract.errors import InvalidInput, MultipleHeads, UnknownRevision
 
 NOTHING_CHANGED = "nothing was changed"
 
@@ -105,12 +105,12 @@ def describe_heads(script: ScriptDirectory, heads: Iterable[str]) -> str:
 
 
 def _multiple_heads(script: ScriptDirectory, target: str, current: Sequence[str],
-                    heads: Sequence[str]) -> MultipleHeadsError:
+                    heads: Sequence[str]) -> MultipleHeads:
     labelled = [f"'{label}@head'" for h in heads for label in _labels(script, h)]
     choices = "'heads' (all of them)"
     if labelled:
         choices += ", one branch (" + ", ".join(labelled) + ")"
-    return MultipleHeadsError(
+    return MultipleHeads(
         f"target {target!r} is ambiguous: the migration scripts have {len(heads)} heads "
         f"({describe_heads(script, heads)}) and the database is at {join_revisions(current) or 'base'}; set the "
         f"target to {choices} or one revision id, or merge the heads (alembic merge heads) and target the merge; "
@@ -126,7 +126,7 @@ def _check_current(script: ScriptDirectory, current: Sequence[str]) -> None:
         except alembic_util.CommandError:
             found = None
         if found is None:
-            raise UnknownRevisionError(
+            raise UnknownRevision(
                 f"the database is at revision {rev!r}, which the migration scripts do not contain (an older "
                 f"image, or a revision deleted from the scripts); heads of the scripts: "
                 f"{describe_heads(script, script.get_heads())}; {NOTHING_CHANGED}"
@@ -142,7 +142,7 @@ def _resolve(script: ScriptDirectory, target: str, current: Sequence[str]) -> tu
     except alembic_revision.MultipleHeads as e:
         raise _multiple_heads(script, target, current, script.get_heads()) from e
     except alembic_revision.RevisionError as e:
-        raise UnknownRevisionError(
+        raise UnknownRevision(
             f"unknown target revision {target!r} ({e}); heads of the scripts: "
             f"{describe_heads(script, script.get_heads())}; {NOTHING_CHANGED}"
         ) from e
@@ -158,7 +158,7 @@ def _refuse_downgrade(script: ScriptDirectory, target: str, target_ids: Sequence
     rmap = script.revision_map
     below = {r.revision for r in rmap._get_ancestor_nodes(rmap.get_revisions(current)) if not isinstance(r, str)}
     if set(target_ids) <= below:
-        raise InputError(
+        raise InvalidInput(
             f"target revision {target!r} is older than the database's revision(s) {join_revisions(current)}: "
             f"schemagate only upgrades; {NOTHING_CHANGED}"
         )
@@ -172,8 +172,8 @@ def _steps(script: ScriptDirectory, target: str, current: Sequence[str]) -> list
         if isinstance(cause, alembic_revision.MultipleHeads):
             raise _multiple_heads(script, target, current, script.get_heads()) from e
         if isinstance(cause, alembic_revision.ResolutionError):
-            raise UnknownRevisionError(f"unknown target revision {target!r} ({e}); {NOTHING_CHANGED}") from e
-        raise InputError(
+            raise UnknownRevision(f"unknown target revision {target!r} ({e}); {NOTHING_CHANGED}") from e
+        raise InvalidInput(
             f"cannot upgrade from {join_revisions(current) or 'base'} to {target!r}: {e}; heads of the scripts: "
             f"{describe_heads(script, script.get_heads())}; {NOTHING_CHANGED}"
         ) from e
@@ -182,17 +182,17 @@ def _steps(script: ScriptDirectory, target: str, current: Sequence[str]) -> list
 def plan_upgrade(script: ScriptDirectory, current: Iterable[str], target: str | None) -> UpgradePlan:
     """What ``alembic upgrade <target>`` does on a database whose version table holds ``current``.
 
-    Raises ``MultipleHeadsError`` (target ``head`` or ``label@head`` with several heads: names them, their branch
-    labels and the targets that work), ``UnknownRevisionError`` (an unknown target, or a current revision the
-    scripts lack), ``InputError`` (a target below the database's revisions, or one Alembic cannot reach). Source:
+    Raises ``MultipleHeads`` (target ``head`` or ``label@head`` with several heads: names them, their branch
+    labels and the targets that work), ``UnknownRevision`` (an unknown target, or a current revision the
+    scripts lack), ``InvalidInput`` (a target below the database's revisions, or one Alembic cannot reach). Source:
     ``alembic.command.upgrade`` (``script._upgrade_revs(destination, heads)``) and ``HeadMaintainer``."""
     heads = tuple(sorted(script.get_heads()))
     if not heads:
-        raise InputError("the migration scripts have no revisions")
+        raise InvalidInput("the migration scripts have no revisions")
     cur = split_revisions(tuple(current))
     text = (target or "head").strip()
     if text == "base":
-        raise InputError(f"--target base would downgrade; schemagate only upgrades; {NOTHING_CHANGED}")
+        raise InvalidInput(f"--target base would downgrade; schemagate only upgrades; {NOTHING_CHANGED}")
     _check_current(script, cur)
     target_ids = _resolve(script, text, cur)
     _refuse_downgrade(script, text, target_ids, cur)

@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 
 import sqlalchemy as sa
 
-from schemagate.runner.inject.config import LockTimeoutError, _reraise_classified, engine_for
+from schemagate.contract.errors import LockTimeout, translate
+from schemagate.runner.inject.config import engine_for
 
 ADVISORY_LOCK_KEY = zlib.crc32(b"schemagate.dev/migrate")  # one lock space per database (pg_locks.database)
 
@@ -28,10 +29,9 @@ def advisory_lock(
     engine = engine_for(url)
     try:
         conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # the driver's connection errors: translated, re-raised
         engine.dispose()
-        _reraise_classified(e)
-        raise
+        raise translate(e) from e
     try:
         conn.exec_driver_sql("SET lock_timeout = 0; SET statement_timeout = 0")
         deadline = time.monotonic() + wait_seconds
@@ -47,7 +47,7 @@ def advisory_lock(
             if on_wait is not None:
                 on_wait(holder)
             if time.monotonic() >= deadline:
-                raise LockTimeoutError(
+                raise LockTimeout(
                     f"another migration of this database is running (advisory lock {ADVISORY_LOCK_KEY} held by "
                     f"backend pid {holder}); waited {wait_seconds:g}s, nothing was changed"
                 )

@@ -19,56 +19,31 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from schemagate.runner.db import (
-    DEFAULT_URL_ENV,
-    classify_error,
-    redact,
-    resolve_url,
-)
+from schemagate.contract import durations
+from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
+from schemagate.contract.errors import InvalidInput, LockTimeout, MigrationFailed, error_result
+from schemagate.contract.redact import redact
+from schemagate.contract.stepresult import Outcome, Plan, StepResult, now
 from schemagate.runner.inject import leftovers
 from schemagate.runner.inject.apply import render_sql, upgrade
 from schemagate.runner.inject.config import (
     DEFAULT_LOCK_TIMEOUT,
-    InputError,
-    LockTimeoutError,
-    MigrationFailedError,
-    duration_seconds,
     isolated_imports,
     load_script,
     make_config,
-    normalize_duration,
     session_environment,
 )
 from schemagate.runner.inject.graph import split_revisions
 from schemagate.runner.inject.lock import advisory_lock, backoff_delays
 from schemagate.runner.inject.lockwait import LockWaitWatcher, describe
 from schemagate.runner.inject.revisions import applied_revisions, plan
-from schemagate.runner.result import Outcome, StepResult, now
 
 DEFAULT_RETRIES = 5
 
 
-def result_from_error(step: str, exc: BaseException, started: Any = None, data: dict[str, Any] | None = None,
-                      default_reason: str = "InternalError") -> StepResult:
-    outcome, reason, message = classify_error(exc, default_reason)
-    r = StepResult(step=step, outcome=outcome, reason=reason, message=redact(message), data=dict(data or {}))
-    if started is not None:
-        r.started_at = started
-    extra = getattr(exc, "data", None)
-    if isinstance(extra, dict):
-        r.data.update(extra)
-    for attr in ("revision", "statement", "current_revision"):
-        v = getattr(exc, attr, None)
-        if v is not None:
-            r.data["failedRevision" if attr == "revision" else
-                   "failedStatement" if attr == "statement" else "currentRevision"] = (
-                v[:300] if isinstance(v, str) else v)
-    return r.finish()
-
-
 def _poll_interval(lock_timeout: str | None) -> float:
     """How often the lock-wait watcher polls: 5 times per lock_timeout, between 20 ms and 200 ms."""
-    return max(0.02, min(0.2, duration_seconds(lock_timeout) / 5)) if lock_timeout else 0.2
+    return max(0.02, min(0.2, durations.to_seconds(lock_timeout) / 5)) if lock_timeout else 0.2
 
 
 class _Cleanup:
@@ -81,7 +56,7 @@ class _Cleanup:
         self.found: list[leftovers.Leftover] = []
 
     def discover_offline(self, config_path: str | os.PathLike[str], url_env: str | None,
-                         p: dict[str, Any]) -> None:
+                         p: Plan) -> None:
         """The builds of the pending revisions' offline SQL (leftovers of an earlier process are found before the
         first attempt); a revision that cannot render offline is found when its attempt fails instead."""
         try:
@@ -101,7 +76,7 @@ class _Cleanup:
         return new
 
     def drop_pending(self, attempt: int) -> None:
-        """Drop what was found and not yet dropped. Raises ``LockTimeoutError`` when writers still hold the table."""
+        """Drop what was found and not yet dropped. Raises ``LockTimeout`` when writers still hold the table."""
         todo = [(i, x) for i, x in enumerate(self.found) if not self.data["leftovers"][i]["dropped"]]
         if not todo:
             return
@@ -109,7 +84,7 @@ class _Cleanup:
             leftovers.drop(self.url, [x for _, x in todo], self.lock_timeout)
         except Exception as e:  # noqa: BLE001
             if leftovers.sqlstate(e) == "55P03":
-                raise LockTimeoutError(f"DROP INDEX CONCURRENTLY of the leftover {todo[0][1].display()} hit "
+                raise LockTimeout(f"DROP INDEX CONCURRENTLY of the leftover {todo[0][1].display()} hit "
                                        f"lock_timeout; the database is unchanged") from e
             raise
         for i, x in todo:
@@ -133,7 +108,7 @@ class _Cleanup:
 
 
 def _attempt(config_path: str | os.PathLike[str], target: str | None, url: str, url_env: str | None,
-             lock_timeout: str | int | None, statement_timeout: str | int | None, cleanup: _Cleanup, attempt: int,
+             lock_timeout: str | None, statement_timeout: str | None, cleanup: _Cleanup, attempt: int,
              say: Callable[[str], None]) -> dict[str, Any]:
     """One upgrade attempt: leftovers dropped first, index builds recorded while it runs, looked for on failure.
     A failure on a relation that exists because of a leftover just dropped is retried at once (once)."""
@@ -147,7 +122,7 @@ def _attempt(config_path: str | os.PathLike[str], target: str | None, url: str, 
         with cleanup.builds.watch():
             return upgrade(config_path, target, url, url_env, lock_timeout, statement_timeout,
                            on_revision=on_revision)
-    except (LockTimeoutError, MigrationFailedError):
+    except (LockTimeout, MigrationFailed):
         cleanup.look()
         raise
 
@@ -158,8 +133,8 @@ def migrate(
     target: str | None = "head",
     url: str | None = None,
     url_env: str | None = DEFAULT_URL_ENV,
-    lock_timeout: str | int | None = DEFAULT_LOCK_TIMEOUT,
-    statement_timeout: str | int | None = None,
+    lock_timeout: str | None = DEFAULT_LOCK_TIMEOUT,
+    statement_timeout: str | None = None,
     retries: int = DEFAULT_RETRIES,
     *,
     backoff: float = 1.0,
@@ -172,19 +147,22 @@ def migrate(
     concurrent builds left are dropped before each attempt (``data.leftovers``); always returns a StepResult."""
     started = now()
     data: dict[str, Any] = {"fromRevision": None, "toRevision": None, "applied": [], "attempts": 0,
-                            "lockTimeout": None, "statementTimeout": None, "lockWaits": []}
+                            "lockTimeout": None, "statementTimeout": None, "lockWaits": []}  # MigrateData
     say = log or (lambda s: None)
     cleanup: _Cleanup | None = None
     try:
         if retries < 0:
-            raise InputError(f"--retries: {retries} is negative")
-        data["lockTimeout"] = normalize_duration(lock_timeout, "--lock-timeout")
-        data["statementTimeout"] = normalize_duration(statement_timeout, "--statement-timeout")
+            raise InvalidInput(f"--retries: {retries} is negative", field="--retries")
+        lock_pg = durations.to_postgres(lock_timeout, "--lock-timeout")  # what PostgreSQL receives (ms)
+        durations.to_postgres(statement_timeout, "--statement-timeout")
+        data["lockTimeout"] = lock_timeout.strip() if lock_timeout else None  # as given
+        data["statementTimeout"] = statement_timeout.strip() if statement_timeout else None
         url = resolve_url(url, url_env)
         first = plan(config_path, target, url, url_env)  # validates everything before taking any lock
-        data.update(fromRevision=first["current"], toRevision=first["current"], targetRevision=first["target"])
+        data.update({"fromRevision": first["current"], "toRevision": first["current"],
+                     "targetRevision": first["target"]})
         delays = backoff_delays(retries, backoff, max_backoff)
-        cleanup = _Cleanup(url, data["lockTimeout"], data, say)
+        cleanup = _Cleanup(url, lock_pg, data, say)
         with advisory_lock(url, lock_wait, sleep=sleep,
                            on_wait=lambda pid: say(f"waiting for another migrator (pid {pid})")), \
                 LockWaitWatcher(url, interval=_poll_interval(data["lockTimeout"])) as watcher:
@@ -201,12 +179,12 @@ def migrate(
                 try:
                     out = _attempt(config_path, target, url, url_env, lock_timeout, statement_timeout, cleanup,
                                    attempt, say)
-                except LockTimeoutError as e:
+                except LockTimeout as e:
                     wait = watcher.take()
                     data["lockWaits"].append({"attempt": attempt, "outcome": "LockTimeout", **(wait or {})})
                     why = f"; {describe(wait)}" if wait else ""
                     if attempt > len(delays):
-                        raise LockTimeoutError(
+                        raise LockTimeout(
                             f"{e} (gave up after {attempt} attempts{why}; retry later or raise --lock-timeout)"
                             f"{cleanup.sentence()}",
                             revision=getattr(e, "revision", None),
@@ -215,7 +193,7 @@ def migrate(
                     say(f"lock timeout (attempt {attempt}{why}); retrying in {delay:.1f}s")
                     sleep(delay)
                     continue
-                except MigrationFailedError as e:
+                except MigrationFailed as e:
                     if leftovers.is_duplicate_relation(e) and not duplicate_retried and any(
                             not x["dropped"] for x in data.get("leftovers") or []):
                         duplicate_retried = True  # the leftover of an earlier process: drop it, apply again
@@ -230,10 +208,10 @@ def migrate(
         data["applied"] = applied_revisions(config_path, url, base["pending"], split_revisions(data["toRevision"]))
         return _succeeded(data, started, cleanup)
     except Exception as e:  # noqa: BLE001
-        if isinstance(e, MigrationFailedError) and e.current_revision is not None:
+        if isinstance(e, MigrationFailed) and e.current_revision is not None:
             data["toRevision"] = e.current_revision
-        r = result_from_error("migrate", e, started, data, "MigrationFailed")
-        if cleanup is not None and not isinstance(e, LockTimeoutError) and cleanup.sentence():
+        r = error_result("migrate", e, started=started, data=data, default=MigrationFailed)
+        if cleanup is not None and not isinstance(e, LockTimeout) and cleanup.sentence():
             r.message = redact(r.message + cleanup.sentence())
         return r
 

@@ -12,13 +12,10 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
 
-from schemagate.runner.db import (
-    DEFAULT_URL_ENV,
-    resolve_url,
-)
+from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
+from schemagate.contract.errors import translate
+from schemagate.contract.stepresult import Plan
 from schemagate.runner.inject.config import (
-    RunnerError,
-    _reraise_classified,
     isolated_imports,
     load_script,
     make_config,
@@ -46,23 +43,21 @@ def plan(
     target: str | None = "head",
     url: str | None = None,
     url_env: str | None = DEFAULT_URL_ENV,
-) -> dict[str, Any]:
+) -> Plan:
     """What ``alembic upgrade <target>`` does on this database (see ``schemagate.runner.inject.graph``).
 
     Returns ``{"current": "0002a,0002b"|None (the version rows, sorted, comma-separated), "currentHeads": [ids],
     "target": resolved target (revision ids, comma-separated for several), "pending": [ids in apply order],
     "expected": [version rows after the upgrade, sorted], "heads": [heads of the scripts]}``. Raises
-    ``MultipleHeadsError``, ``UnknownRevisionError``, ``InputError`` before any change (see ``plan_upgrade``)."""
+    ``MultipleHeads``, ``UnknownRevision``, ``InvalidInput`` before any change (see ``plan_upgrade``)."""
     url = resolve_url(url, url_env)
     cfg = make_config(config_path, url)
     script = load_script(cfg)
     try:
         with session_environment(url, url_env):
             cur = current_heads(cfg, script)
-    except RunnerError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        _reraise_classified(e)
+    except Exception as e:  # the application's env.py may raise anything: translated, re-raised
+        raise translate(e) from e
     up = plan_upgrade(script, cur, target)
     return {"current": join_revisions(up.current), "currentHeads": list(up.current), "target": up.resolved_target,
             "pending": list(up.pending), "expected": list(up.expected), "heads": list(up.script_heads)}

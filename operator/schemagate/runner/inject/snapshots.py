@@ -4,7 +4,7 @@
 ``{"version": server_version_num, "queries": {name: sql}}`` (``schemagate.analysis.catalog.id_queries``, plain
 SQL without parameters). While ``shadow-upgrade`` applies the pending revisions in the application's image, this
 module runs those queries once before the first revision and again after every statement that is not DML
-(``capture.classify_statement`` says ``ddl``), on the migration's own connection (so it sees the statement's
+(``contract.sqlkind.classify`` says ``ddl``), on the migration's own connection (so it sees the statement's
 effect inside its transaction), and writes ``workdir/snapshots.json``::
 
     {"version": n, "start": {name: rows}, "steps": [{"revision", "ordinal", "sql", "rows": {name: rows}}]}
@@ -24,8 +24,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from schemagate.runner.db import sqlalchemy_url
-from schemagate.runner.inject.capture import classify_statement
+from schemagate.contract.dburl import sqlalchemy_url
+from schemagate.contract.sqlkind import classify
 
 QUERIES_FILE = "snapshot-queries.json"
 SNAPSHOTS_FILE = "snapshots.json"
@@ -67,7 +67,7 @@ def record_snapshots(url: str, workdir: str | os.PathLike[str] | None, state: di
     position: dict[str, Any] = {"revision": None, "ordinal": 0}
 
     def after(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        kind = classify_statement(statement)
+        kind = classify(statement)
         if state.get("revision") != position["revision"]:
             position.update(revision=state.get("revision"), ordinal=0)
         if kind == "other":

@@ -1,6 +1,10 @@
 """The one JSON result every step emits, its exit codes, and the 4 KiB termination-message form.
 
-Standard library only: the injected runner (``schemagate.runner.inject``) runs this inside the application's image.
+Standard library only: the injected runner (``schemagate.runner.inject``) runs this inside the application's image,
+and the operator's core reads it from the Job's termination message (Kubernetes:
+``terminationMessagePath``/``terminationMessagePolicy``, at most 4096 bytes).
+
+The shapes of ``data`` per step and of the operator's run bookkeeping are the ``TypedDict``s below.
 """
 
 from __future__ import annotations
@@ -11,13 +15,108 @@ import enum
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
-API_VERSION = "schemagate.dev/v1alpha1"
-KIND = "StepResult"
+from schemagate.contract import names
+
+API_VERSION = names.API_VERSION
+KIND = names.STEP_RESULT_KIND
 SCHEMA_VERSION = 1
 TERMINATION_MESSAGE_LIMIT = 4096
-TERMINATION_LOG_ENV = "SCHEMAGATE_TERMINATION_LOG"
+TERMINATION_LOG_ENV = names.ENV_TERMINATION_LOG
+
+
+class Plan(TypedDict):
+    """The Alembic plan (``runner.inject.revisions.plan``): revision ids as Alembic names them."""
+
+    current: str | None  # the database's version rows, sorted, comma-separated; None = none (base)
+    currentHeads: list[str]  # the same as a list
+    target: str  # the resolved target (revision ids, comma-separated for several)
+    pending: list[str]  # the revisions ``alembic upgrade target`` applies, in apply order
+    expected: list[str]  # the version rows after the upgrade, sorted
+    heads: list[str]  # the heads of the migration scripts
+
+
+class MigrateData(TypedDict, total=False):
+    """``data`` of the migrate step."""
+
+    fromRevision: str | None
+    toRevision: str | None
+    targetRevision: str
+    applied: list[str]
+    attempts: int
+    lockTimeout: str | None  # as given (the duration grammar of ``contract.durations``)
+    statementTimeout: str | None
+    lockWaits: list[dict[str, Any]]  # per attempt: the lock it waited for and its holders (runner.inject.lockwait)
+    failedRevision: str
+    failedStatement: str
+    currentRevision: str | None
+
+
+class BackupData(TypedDict, total=False):
+    """``data`` of the backup step (pg_dump custom or directory format)."""
+
+    format: str
+    compression: str  # pg_dump --compress METHOD[:LEVEL]
+    jobs: int
+    verifySeconds: float
+    fullReadSeconds: float
+    sha256Seconds: float
+    files: int
+    verified: bool
+    path: str
+    sizeBytes: int
+    sha256: str
+    durationSeconds: float
+    dumpSeconds: float
+    database: str
+    keep: int
+    kept: list[str]
+    removed: list[str]
+
+
+class PrecheckData(TypedDict, total=False):
+    """``data`` of the precheck step (see docs/architecture.md for ``checks`` and ``lint``)."""
+
+    currentRevision: str | None
+    targetRevision: str | None
+    pending: list[str]
+    derivation: str
+    derivationNote: str | None
+    checks: list[dict[str, Any]]
+    total: int
+    maxViolations: int
+    indexes: list[dict[str, Any]]
+    notValid: list[dict[str, Any]]
+    lint: dict[str, Any]
+
+
+class VerifyData(TypedDict, total=False):
+    """``data`` of the verify step."""
+
+    currentRevision: str | None
+    targetRevision: str | None
+    failures: list[str]
+    checks: list[dict[str, Any]]
+
+
+class ErrorData(TypedDict, total=False):
+    """Keys every failed StepResult's ``data`` may carry (``contract.errors.error_result``)."""
+
+    actor: str  # who must act: user, database, schemagate
+    field: str  # the option, spec field, file or check the error is about
+
+
+class RunStatus(TypedDict, total=False):
+    """``status.run`` of a DatabaseMigration: the operator's bookkeeping of the current run."""
+
+    generation: int
+    specHash: str
+    retry: str | None
+    step: str | None
+    attempt: int
+    counters: dict[str, int]
+    retryAt: str | None
 
 
 class Outcome(str, enum.Enum):

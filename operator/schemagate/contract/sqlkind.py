@@ -1,0 +1,105 @@
+"""The one classifier of the SQL statements revisions execute, and the log both capture paths fill.
+
+Both the local path (``schemagate precheck``/``run``: ``runner.precheck`` capturing on the shadow database) and the
+Kubernetes path (the injected runner's ``shadow-upgrade`` in the application's image, which writes ``statements``
+into ``shadow-upgrade.json``) classify with ``classify`` and record into a ``StatementLog``, so both report the same
+kinds: ``[{"revision": id|None, "kind": "ddl"|"dml"|"read", "sql": text, "tx": n | "autocommit": true,
+"executemany"?: true}]``.
+
+Kinds:
+
+- ``dml``: changes rows (INSERT, UPDATE, DELETE, MERGE, COPY, TRUNCATE, also inside WITH);
+- ``read``: reads rows of an application table (a data migration whose writes depend on the data, which the empty
+  shadow database cannot show);
+- ``ddl``: anything else that changes the database (CREATE, ALTER, DROP, COMMENT, GRANT, ...);
+- ``other``: catalog reads, session and transaction statements, Alembic's bookkeeping on its version table.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, TypedDict
+
+Kind = Literal["dml", "read", "ddl", "other"]
+
+MAX_STATEMENTS = 2000
+MAX_SQL = 4000
+
+_COMMENTS = re.compile(r"(--[^\n]*\n)|(/\*.*?\*/)", re.S)
+_DML = re.compile(r"^\s*(WITH\b.*?\b(INSERT|UPDATE|DELETE|MERGE)\b|INSERT\b|UPDATE\b|DELETE\b|MERGE\b|COPY\b"
+                  r"|TRUNCATE\b)", re.I | re.S)
+_SESSION = re.compile(r"^\s*(SELECT|SHOW|SET|RESET|BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|START|EXPLAIN|VALUES"
+                      r"|LOCK|DISCARD|LISTEN|NOTIFY|FETCH|DECLARE|CLOSE)\b", re.I)
+_VERSION_TABLE = re.compile(r"\balembic_version\b", re.I)
+_SELECT = re.compile(r"^\s*(SELECT|WITH)\b", re.I)
+_FROM = re.compile(r"\b(FROM|JOIN)\s+((\"[^\"]+\"|\w+)(\s*\.\s*(\"[^\"]+\"|\w+))?)", re.I)
+_SYSTEM = re.compile(r"^\"?(pg_catalog|information_schema|pg_\w+|alembic_version)\b", re.I)
+
+
+def classify(sql: str) -> Kind:
+    """The kind of one statement (see the module docstring); comments are ignored."""
+    text = _COMMENTS.sub(" ", sql).strip()
+    if _VERSION_TABLE.search(text) and (_DML.match(text) or _SELECT.match(text)
+                                        or text.upper().startswith("CREATE TABLE")):
+        return "other"  # Alembic's own bookkeeping
+    if _DML.match(text):
+        return "dml"
+    if _SELECT.match(text):
+        tables = [m.group(2) for m in _FROM.finditer(text)]
+        if any(not _SYSTEM.match(t.split(".")[0].strip()) for t in tables):
+            return "read"
+        return "other"
+    if not text or _SESSION.match(text):
+        return "other"
+    return "ddl"
+
+
+class Statement(TypedDict, total=False):
+    revision: str | None
+    kind: Kind
+    sql: str  # at most MAX_SQL characters
+    executemany: bool
+    tx: int  # the number of the database transaction it ran in (1, 2, ... per capture)
+    autocommit: bool  # ran outside a transaction (Alembic's autocommit_block)
+
+
+class StatementLog:
+    """The classified statements of a run, tagged with the revision running (``on_revision``); ``other`` is not
+    kept, at most ``limit`` entries (``dropped`` counts the rest)."""
+
+    def __init__(self, limit: int = MAX_STATEMENTS) -> None:
+        self.revision: str | None = None
+        self.statements: list[Statement] = []
+        self.dropped = 0
+        self.limit = limit
+
+    def on_revision(self, rev: str) -> None:
+        self.revision = rev
+
+    def add(self, sql: str, executemany: bool = False, tx: int | None = None, autocommit: bool = False) -> None:
+        """Record ``sql`` unless it is ``other``; ``tx`` numbers its transaction, ``autocommit`` when outside one."""
+        kind = classify(sql)
+        if kind == "other":
+            return
+        if len(self.statements) >= self.limit:
+            self.dropped += 1
+            return
+        entry: Statement = {"revision": self.revision, "kind": kind, "sql": sql[:MAX_SQL]}
+        if executemany:
+            entry["executemany"] = True
+        if autocommit:
+            entry["autocommit"] = True
+        elif tx is not None:
+            entry["tx"] = tx
+        self.statements.append(entry)
+
+    @property
+    def dml_revisions(self) -> list[str]:
+        """The revisions that executed DML, in order of first appearance (``?`` for statements outside one)."""
+        seen: list[str] = []
+        for s in self.statements:
+            if s["kind"] == "dml":
+                r = s.get("revision") or "?"
+                if r not in seen:
+                    seen.append(r)
+        return seen

@@ -1,0 +1,1 @@
+"""Local-only tools: the embedded PostgreSQL server (CLI embedded mode, demo, tests). Never copied into images."""
