@@ -28,9 +28,9 @@ SUMMARY_ENV = "SCHEMAGATE_BENCH_SUMMARY"
 
 
 def _embedded_class():  # type: ignore[no-untyped-def]
-    from schemagate.runner import db
+    from schemagate.local.postgres import EmbeddedPostgres
 
-    return db.EmbeddedPostgres
+    return EmbeddedPostgres
 
 
 @contextlib.contextmanager
@@ -57,7 +57,7 @@ def server(extra_conf: str = "") -> Iterator[str]:
 
 def fresh_database(admin: str, prefix: str = "sgbench") -> str:
     """CREATE DATABASE with a unique name; returns its URL (libpq form)."""
-    from schemagate.runner.db import libpq_url, with_database
+    from schemagate.contract.dburl import libpq_url, with_database
 
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(libpq_url(admin), autocommit=True) as c:

@@ -195,7 +195,7 @@ def deadlocks(url: str) -> int:
 
 
 def scenario(admin: str, variant: str, tmp: Path, args: argparse.Namespace) -> Run:
-    from schemagate.runner.db import libpq_url
+    from schemagate.contract.dburl import libpq_url
 
     url = libpq_url(fresh_database(admin, f"sgstall_{variant}"))
     config = project(variant, tmp)

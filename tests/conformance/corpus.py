@@ -148,7 +148,8 @@ def load_case(path: Path) -> Case:
 
 def _connect(url: str) -> Any:
     import psycopg
-    from schemagate.runner.db import libpq_url
+
+    from schemagate.contract.dburl import libpq_url
 
     return psycopg.connect(libpq_url(url), autocommit=True, connect_timeout=15)
 
@@ -274,7 +275,7 @@ def alembic_upgrade(workdir: Path, url: str, revision: str) -> None:
     p = subprocess.run([sys.executable, "-m", "alembic", "-c", "alembic.ini", "upgrade", revision], cwd=workdir,
                        env=_env(url), capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False)
     if p.returncode != 0:
-        from schemagate.runner.db import redact
+        from schemagate.contract.redact import redact
 
         raise CorpusError(f"{workdir.name}: alembic upgrade {revision} (preparing the case) failed: "
                           f"{redact(p.stderr.strip()[-1500:])}")
@@ -359,7 +360,7 @@ def prepare(case: Case, workdir: Path, make_db: Any) -> tuple[str, str]:
     if case.connect_as:
         import secrets
 
-        from schemagate.runner.db import register_secret
+        from schemagate.contract.redact import register_secret
 
         password = "case-" + secrets.token_hex(8)
         register_secret(password)

@@ -11,7 +11,7 @@ from schemagate.runner.inject import INJECTED_FILES
 
 
 def _module_file(module: str) -> str:
-    """``schemagate.runner.db`` -> ``runner/db.py``; a package -> its ``__init__.py``."""
+    """``schemagate.contract.dburl`` -> ``contract/dburl.py``; a package -> its ``__init__.py``."""
     root = Path(schemagate.__file__).resolve().parent
     rel = Path(*module.split(".")[1:])
     return str(rel / "__init__.py") if (root / rel).is_dir() else f"{rel}.py"

@@ -45,7 +45,8 @@ def test_quoting_rules() -> None:
 def test_same_text_as_postgresql(fresh_db: str) -> None:
     """The keyword list is PostgreSQL's, and a relation prints as ``'<rel>'::regclass::text`` does."""
     import psycopg
-    from schemagate.runner.db import libpq_url
+
+    from schemagate.contract.dburl import libpq_url
 
     with psycopg.connect(libpq_url(fresh_db), autocommit=True) as conn:
         words = {r[0] for r in conn.execute("SELECT word FROM pg_get_keywords() WHERE catcode <> 'U'")}
