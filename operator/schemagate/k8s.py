@@ -207,6 +207,19 @@ class Kube:
         owners = [o.get("uid") for o in existing["metadata"].get("ownerReferences") or []]
         return "exists" if uid in owners else "foreign"
 
+    def job_stuck(self, ns: str, job_name: str) -> tuple[str, str] | None:
+        """Why an active Job's step cannot run, as ``(reason, message)``, or None while nothing says so.
+
+        Reads the Job's pods (label ``job-name``) and, when it has none, the Job's ``FailedCreate`` Events
+        (written by the Job controller when the API refuses the pod: Pod Security admission, a missing
+        ServiceAccount, a quota). See :func:`stuck_reason`."""
+        pods = request(self.core.list_namespaced_pod, ns, label_selector=f"job-name={job_name}").get("items") or []
+        events: list[Obj] = []
+        if not pods:
+            selector = f"involvedObject.kind=Job,involvedObject.name={job_name},reason=FailedCreate"
+            events = request(self.core.list_namespaced_event, ns, field_selector=selector).get("items") or []
+        return stuck_reason(pods, events)
+
     def job_result(self, ns: str, job_name: str) -> tuple[Obj | None, int | None, str]:
         """The StepResult of a finished Job's newest pod: ``(parsed termination message, exit code, other text)``
         (see :func:`pod_termination` and :func:`parse_termination`)."""
@@ -403,6 +416,7 @@ def job_observation(job: Mapping[str, Any], result: Obj | None = None, exit_code
         exit_code=exit_code,
         reason=reason,
         message=text or message,
+        running=int((job.get("status") or {}).get("ready") or 0) > 0,
     )
 
 
@@ -422,6 +436,35 @@ def pod_termination(pods: list[Obj]) -> Obj | None:
     if statuses:
         return (statuses[-1].get("state") or {}).get("terminated") or None
     return None
+
+
+# core/v1 ContainerStateWaiting reasons after which a container never starts without a change by the user: the
+# kubelet gave up pulling (ImagePullBackOff after its retries, ErrImageNeverPull with imagePullPolicy Never), the
+# image name is invalid, or the container's configuration cannot be built (a missing Secret/ConfigMap key,
+# runAsNonRoot with an image that runs as root). ErrImagePull alone is the first, possibly transient, failure.
+STUCK_WAITING = ("ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName", "CreateContainerConfigError")
+
+
+def stuck_reason(pods: list[Obj], events: list[Obj]) -> tuple[str, str] | None:
+    """``(reason, message)`` when an active Job's step cannot run until someone changes something, else None.
+
+    ``pods``: the Job's pods; a container waiting with a reason in :data:`STUCK_WAITING` gives that reason.
+    ``events``: the Job's ``FailedCreate`` Events, used when it has no pod: the API server refused the pod
+    (reason ``FailedCreate``, the Event's message, e.g. ``violates PodSecurity "restricted:latest"`` or
+    ``serviceaccount "x" not found``). Messages are redacted and cut to 512 characters."""
+    if pods:
+        waiting = pod_waiting(pods)
+        reason = waiting.split(":", 1)[0]
+        if reason in STUCK_WAITING:
+            return reason, f"the step's container cannot start ({waiting}); fix the image or pod settings in the " \
+                           "spec, then retry"
+        return None
+    refused = [e for e in events if e.get("reason") == "FailedCreate"]
+    if not refused:
+        return None
+    newest = sorted(refused, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))[-1]
+    text = redact(str(newest.get("message") or ""))[:512]
+    return "FailedCreate", f"the Job controller could not create the step's pod: {text}"
 
 
 def pod_waiting(pods: list[Obj]) -> str:

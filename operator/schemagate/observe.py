@@ -9,7 +9,7 @@ Synchronous: the reconciler runs :func:`gather` in a worker thread. No Kopf here
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from schemagate import k8s
@@ -46,10 +46,15 @@ def observe_jobs(kube: k8s.Kube, ns: str, m: Migration, status: MigrationStatus)
     wanted = result_wanted(status)
     out = []
     for job in kube.list_jobs(ns, m.uid):
-        if wanted and job["metadata"]["name"] == wanted and k8s.job_state(job) != k8s.ACTIVE:
-            out.append(k8s.job_observation(job, *kube.job_result(ns, wanted)))
-        else:
-            out.append(k8s.job_observation(job))
+        name = job["metadata"]["name"]
+        obs = k8s.job_observation(job)
+        if wanted and name == wanted and obs.state != k8s.ACTIVE:
+            obs = k8s.job_observation(job, *kube.job_result(ns, wanted))
+        elif obs.active and name == wanted:
+            stuck = kube.job_stuck(ns, name)
+            if stuck:  # a step that cannot start fails now, not at the Job's activeDeadlineSeconds
+                obs = replace(obs, state=k8s.FAILED, reason=stuck[0], message=stuck[1])
+        out.append(obs)
     return tuple(out)
 
 

@@ -9,6 +9,7 @@ creates it (a ``FailedCreate`` event on the Job), and the migration would never 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -51,3 +52,24 @@ def test_restricted_namespace_runs_a_whole_migration(kube: Any, operator: Operat
     refused = kube.kubectl("get", "events", "-n", namespace, "--field-selector", "reason=FailedCreate",
                            "-o", "name").stdout.strip()  # fmt: skip
     assert refused == "", refused
+
+
+def test_a_pod_the_api_refuses_fails_the_step_at_once(kube: Any, operator: Operator, images: Any, namespace: str,
+                                                      fresh_db: str) -> None:  # fmt: skip
+    """A step Job whose pod the API refuses (here: a ServiceAccount that does not exist) fails with the Job
+    controller's own words within seconds, not at the Job's activeDeadlineSeconds (300 s here); nothing ran."""
+    demo.seed_foodtruck(fresh_db)
+    image = images("foodtruck")
+    secret(kube, namespace, "db", {"url": fresh_db})
+    kube.apply(dbm("no-sa", image=image, jobTemplate={"activeDeadlineSeconds": 300,
+                                                      "serviceAccountName": "no-such-sa"}), namespace)  # fmt: skip
+    t0 = time.monotonic()
+    o = wait_phase(kube, namespace, "no-sa", ("Failed", "Succeeded", "Blocked"), op=operator, timeout=120)
+    elapsed = time.monotonic() - t0
+    ready = cond(o, "Ready")
+    assert o["status"]["phase"] == "Failed" and ready["reason"] == "FailedCreate", o["status"]
+    assert 'serviceaccount "no-such-sa" not found' in ready["message"], ready
+    assert elapsed < 120  # bounded by wait_phase's timeout above, far below the Job's 300 s deadline
+    (job,) = jobs(kube, namespace)
+    assert job["metadata"]["labels"]["schemagate.dev/step"] == "backup"
+    assert not job["status"].get("succeeded") and not job["status"].get("failed")

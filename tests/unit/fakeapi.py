@@ -146,6 +146,20 @@ class FakeCore:
         self.events.append(body)
         return Resp(body)
 
+    def list_namespaced_event(self, ns, field_selector=None, _preload_content=True):
+        """Events stored as kind "Event" (the Job controller's), filtered by the ``involvedObject.kind``,
+        ``involvedObject.name`` and ``reason`` terms of ``field_selector`` as the API server does."""
+        terms = dict(t.split("=", 1) for t in (field_selector or "").split(",") if t)
+
+        def field(o: Obj, path: str) -> str:
+            for part in path.split("."):
+                o = o.get(part) or {}
+            return str(o) if o else ""
+
+        listed = json.loads(self.s.list("Event", ns).data)["items"]
+        items = [o for o in listed if all(field(o, k) == v for k, v in terms.items())]
+        return Resp({"items": items})
+
 
 class FakeCoordination:
     def __init__(self, store: Store) -> None:

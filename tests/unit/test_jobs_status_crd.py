@@ -352,3 +352,42 @@ def test_crd_patterns():
     dur = re.compile(spec["lockTimeout"]["pattern"])
     assert dur.match("5s") and dur.match("1m30s") and dur.match("500ms") and not dur.match("5") \
         and not dur.match("-1s") and not dur.match("five")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a step that cannot start
+
+
+def _pod(reason: str, message: str = "", init: bool = False) -> dict:
+    statuses = [{"name": "c", "state": {"waiting": {"reason": reason, "message": message}}}]
+    key = "initContainerStatuses" if init else "containerStatuses"
+    return {"metadata": {"name": "p", "creationTimestamp": "2026-01-01T00:00:00Z"}, "status": {key: statuses}}
+
+
+@pytest.mark.parametrize("reason", ["ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
+                                    "CreateContainerConfigError"])
+def test_a_container_that_cannot_start_is_stuck(reason):
+    from schemagate import k8s
+
+    got = k8s.stuck_reason([_pod(reason, "image x not found", init=reason == "ImagePullBackOff")], [])
+    assert got is not None and got[0] == reason and "image x not found" in got[1]
+
+
+@pytest.mark.parametrize("reason", ["ContainerCreating", "PodInitializing", "ErrImagePull", "CrashLoopBackOff"])
+def test_a_container_on_its_way_is_not_stuck(reason):
+    from schemagate import k8s
+
+    assert k8s.stuck_reason([_pod(reason)], []) is None
+
+
+def test_a_refused_pod_is_stuck_with_the_newest_event():
+    from schemagate import k8s
+
+    events = [{"reason": "FailedCreate", "lastTimestamp": "2026-01-01T00:00:01Z", "message": "old"},
+              {"reason": "FailedCreate", "lastTimestamp": "2026-01-01T00:00:05Z",
+               "message": 'pods "x" is forbidden: violates PodSecurity "restricted:latest"'}]
+    assert k8s.stuck_reason([], events) == (
+        "FailedCreate", 'the Job controller could not create the step\'s pod: pods "x" is forbidden: violates '
+        'PodSecurity "restricted:latest"')
+    assert k8s.stuck_reason([], []) is None
+    assert k8s.stuck_reason([], [{"reason": "SuccessfulCreate", "message": "created"}]) is None

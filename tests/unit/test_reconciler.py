@@ -97,6 +97,26 @@ def test_a_crash_without_a_result_fails_with_the_redacted_log_tail(kube):
     assert kube.lease_holder(LEASE_NS, LEASE) is None  # released: terminal, nothing of ours runs
 
 
+def test_a_step_pod_the_api_refused_fails_the_step_at_once(kube):
+    """No pod and a FailedCreate Event of the Job controller: Failed with its words, before any deadline; while
+    a step's pod has not started, the resource is looked at again after start_poll_seconds, not 120 s."""
+    reconcile(kube)
+    assert reconcile(kube) == settings().retry_policy.start_poll_seconds  # created, no pod yet
+    kube.store.put("Event", {"metadata": {"name": "e1", "namespace": NS}, "reason": "FailedCreate",
+                             "involvedObject": {"kind": "Job", "name": "shop-1-backup-1"},
+                             "message": 'Error creating: pods "p" is forbidden: violates PodSecurity "restricted"'})
+    reconcile(kube)
+    st = status(kube)
+    assert st["phase"] == "Failed" and st["lastError"]["reason"] == "FailedCreate", st
+    assert 'violates PodSecurity "restricted"' in st["lastError"]["message"]
+
+
+def test_a_running_step_is_resynced_slowly(kube):
+    reconcile(kube)
+    kube.job(NS, "shop-1-backup-1")["status"] = {"active": 1, "ready": 1}
+    assert reconcile(kube) == settings().retry_policy.active_resync_seconds
+
+
 def test_a_lost_lease_race_is_a_requeue_without_any_write(kube, monkeypatch):
     """Another DatabaseMigration on the same database takes the Lease between the observation and the acquire:
     nothing is written, decide is not asked again, and the next pass waits for the holder."""

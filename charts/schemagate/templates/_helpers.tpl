@@ -68,5 +68,5 @@ app.kubernetes.io/component: operator
   verbs: [get]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 {{- end }}

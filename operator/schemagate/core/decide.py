@@ -64,6 +64,7 @@ class JobObs:
     exit_code: int | None = None
     reason: str = ""  # Job condition reason, e.g. DeadlineExceeded, BackoffLimitExceeded
     message: str = ""
+    running: bool = False  # a pod of the Job is Ready (batch/v1 JobStatus.ready > 0): its step has started
 
     @property
     def active(self) -> bool:
@@ -90,6 +91,7 @@ class RetryPolicy:
     secret_poll_seconds: float = 30.0
     lock_poll_seconds: float = 5.0
     active_resync_seconds: float = 120.0
+    start_poll_seconds: float = 5.0  # while a step's pod has not started: look for a pod that cannot start
 
     def backoff(self, attempt: int) -> float:
         """Capped exponential backoff after the ``attempt``-th failed attempt (1-based)."""
@@ -439,7 +441,8 @@ def _need(rs: RunState, step: str, attempt: int) -> Need | None:
     retry_at = S.parse_time(rs.run.get("retryAt"))
     if current is not None and current.active:
         _progress_message(rs, step, current.name, attempt)
-        rs.requeue = rs.obs.policy.active_resync_seconds
+        policy = rs.obs.policy
+        rs.requeue = policy.active_resync_seconds if current.running else policy.start_poll_seconds
         return None
     if retry_at is not None and rs.obs.now < retry_at:
         err = rs.last_error()
