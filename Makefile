@@ -14,7 +14,7 @@ help:
 	@echo "make lint     - ruff, mypy and the import contracts"
 	@echo "make testbed  - build kube-apiserver, kube-controller-manager, etcd, kubelet, kube-scheduler, pause; fetch kubectl and helm (cached)"
 	@echo "make images   - build the operator, example-app and Debian base images with buildah, no registry (cached)"
-	@echo "make cluster  - start the test bed and print how to point kubectl at it"
+	@echo "make cluster  - start the test bed and print how to point kubectl at it (ARGS=--real-node: containerd + kubelet)"
 	@echo "make bench    - run the benchmarks in bench/ and print every goal with met/not met (ratios, one run)"
 
 $(STAMP): pyproject.toml
@@ -49,7 +49,7 @@ unit: venv
 	$(BIN)/pytest -m "not e2e" $(PYTEST_ARGS)
 
 cluster: venv testbed
-	$(BIN)/python -m tests.testbed.cluster
+	$(BIN)/python -m tests.testbed.cluster $(ARGS)
 
 BENCHES := stall backup overhead shadow_scale precheck data_shadow
 BENCH_SUMMARY := $(CURDIR)/.bench-summary.jsonl

@@ -695,6 +695,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Start the schemagate Kubernetes test bed and keep it running until Ctrl-C.",
     )
     parser.add_argument("--no-node", action="store_true", help="do not start the node stand-in")
+    parser.add_argument("--real-node", action="store_true",
+                        help="a real node instead of the stand-in: containerd + kubelet + kube-scheduler, with the "
+                             "images of tests/testbed/images.sh imported (root)")
     parser.add_argument("--no-build", action="store_true", help="fail instead of running build.sh")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the node stand-in to the terminal")
     args = parser.parse_args(argv)
@@ -708,7 +711,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
-    cluster = Cluster(node=not args.no_node, build=not args.no_build)
+    images: list[tuple[Path, list[str]]] = []
+    if args.real_node:
+        from .realplugin import build_images, node_image_imports
+
+        images = node_image_imports(build_images(output=print))
+    cluster = Cluster(node="real" if args.real_node else not args.no_node, build=not args.no_build, images=images,
+                      start_timeout=600 if args.real_node else 90)
     try:
         cluster.start()
     except ClusterError as e:
@@ -725,7 +734,8 @@ schemagate test bed is up in {cluster.startup_seconds:.1f}s (Kubernetes {k8s_ver
 
 Logs:  {cluster.logs_dir}/  (etcd, kube-apiserver, kube-controller-manager, node)
 Pods:  {cluster.run_dir / 'pods'}/<namespace>/<pod>-<uid>/logs/<container>/<n>.log  (kubectl logs works too)
-Only pods owned by a Job run (as local processes); other pods are just marked Running and Ready.
+{"A real node (containerd + kubelet) runs every pod in a container; images: schemagate.test/*." if args.real_node else
+ "Only pods owned by a Job run (as local processes); other pods are just marked Running and Ready."}
 
 Press Ctrl-C to stop (everything is cleaned up; the run directory is kept).""", flush=True)
     try:

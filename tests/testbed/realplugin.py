@@ -85,16 +85,21 @@ def node_images() -> dict[str, Any]:
     return _images
 
 
-@pytest.fixture(scope="session")
-def real_kube(node_images: dict[str, Any]) -> Iterator[Kube]:
-    """A test-bed cluster with the real node (see the module docstring)."""
-    op, app = node_images["schemagate"], node_images["example-app"]
-    imports = [
+def node_image_imports(images: dict[str, Any]) -> list[tuple[Path, list[str]]]:
+    """(OCI archive, names) to import into the node's containerd: the operator image, and the example application
+    under its content tag and one tag per Alembic revision (the chart's ``version`` is the image tag)."""
+    op, app = images["schemagate"], images["example-app"]
+    return [
         (Path(op["archive"]), [op["image"]]),
         (Path(app["archive"]), [app["image"], *(f"{app['repository']}:{v}" for v in app["versions"])]),
     ]
+
+
+@pytest.fixture(scope="session")
+def real_kube(node_images: dict[str, Any]) -> Iterator[Kube]:
+    """A test-bed cluster with the real node (see the module docstring)."""
     try:
-        cluster = Cluster(node="real", images=imports, start_timeout=600).start()
+        cluster = Cluster(node="real", images=node_image_imports(node_images), start_timeout=600).start()
     except ClusterError as e:
         pytest.fail(str(e), pytrace=False)
     k = Kube(cluster)
