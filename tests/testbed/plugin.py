@@ -15,6 +15,7 @@ Every test that uses ``kube`` gets the ``e2e`` marker automatically.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -189,6 +190,18 @@ class Kube:
         self.wait_for(sa, timeout=timeout, message=f"the default ServiceAccount of namespace {name}")
         return name
 
+    @contextlib.contextmanager
+    def scratch_namespace(self, prefix: str = "t") -> Iterator[str]:
+        """A fresh namespace (see :meth:`create_namespace`), deleted without waiting when the block ends."""
+        name = self.create_namespace(prefix)
+        try:
+            yield name
+        finally:
+            try:
+                self.delete_namespace(name)
+            except Exception:  # noqa: S110 - the session may be shutting down
+                pass
+
     def delete_namespace(self, name: str, wait: bool = False, timeout: float = 60) -> None:
         from kubernetes.client.exceptions import ApiException
 
@@ -339,12 +352,8 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
 @pytest.fixture
 def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace for this test (named after it); deleted afterwards without waiting."""
-    name = kube.create_namespace(request.node.name)
-    yield name
-    try:
-        kube.delete_namespace(name)
-    except Exception:  # noqa: S110 - the session may be shutting down
-        pass
+    with kube.scratch_namespace(request.node.name) as name:
+        yield name
 
 
 @pytest.fixture
