@@ -59,11 +59,14 @@ def describe(wait: dict[str, Any] | None) -> str:
 
 class LockWaitWatcher:
     """Context manager: polls every ``interval`` seconds while open; :meth:`take` returns (and forgets) the last
-    lock wait observed since the previous call (the report shape is in the module docstring)."""
+    lock wait observed since the previous call (the report shape is in the module docstring). Its connection is
+    opened only ``connect_after`` seconds after entering, so a migration done sooner costs no extra connection."""
 
-    def __init__(self, url: str, interval: float = 0.2, application_name: str | None = None) -> None:
+    def __init__(self, url: str, interval: float = 0.2, application_name: str | None = None,
+                 connect_after: float = 0.0) -> None:
         self.url = url
         self.interval = interval
+        self.connect_after = connect_after
         self.app = application_name or os.environ.get("PGAPPNAME") or APPLICATION_NAME
         self._last: dict[str, Any] | None = None
         self._lock = threading.Lock()
@@ -73,22 +76,24 @@ class LockWaitWatcher:
         self._conn: sa.Connection | None = None
 
     def __enter__(self) -> LockWaitWatcher:
-        try:
-            self._engine = engine_for(self.url)
-            self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self._conn.exec_driver_sql("SET lock_timeout = 0; SET statement_timeout = '2s'")
-        except Exception:  # noqa: BLE001 - observation is best effort: the migration runs without it
-            self._close()
-            return self
         self._thread = threading.Thread(target=self._run, name="schemagate-lock-wait-watcher", daemon=True)
         self._thread.start()
         return self
 
+    def _connect(self) -> bool:
+        try:
+            self._engine = engine_for(self.url)
+            self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._conn.exec_driver_sql("SET lock_timeout = 0; SET statement_timeout = '2s'")
+            return True
+        except Exception:  # noqa: BLE001 - observation is best effort: the migration runs without it
+            self._close()
+            return False
+
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(5)
-        self._close()
+            self._thread.join(5)  # the thread closes its own connection
 
     def _close(self) -> None:
         with contextlib.suppress(Exception):
@@ -99,14 +104,19 @@ class LockWaitWatcher:
         self._conn = self._engine = None
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                seen = self.sample()
-            except Exception:  # noqa: BLE001 - best effort
-                continue
-            if seen is not None:
-                with self._lock:
-                    self._last = seen
+        if self._stop.wait(self.connect_after) or not self._connect():
+            return
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    seen = self.sample()
+                except Exception:  # noqa: BLE001 - best effort
+                    continue
+                if seen is not None:
+                    with self._lock:
+                        self._last = seen
+        finally:
+            self._close()
 
     def sample(self) -> dict[str, Any] | None:
         """The migration's longest current lock wait and its holders, or None (one poll)."""

@@ -42,7 +42,8 @@ DEFAULT_RETRIES = 5
 
 
 def _poll_interval(lock_timeout: str | None) -> float:
-    """How often the lock-wait watcher polls: 5 times per lock_timeout, between 20 ms and 200 ms."""
+    """How often the lock-wait watcher polls, and how long into the run it connects: 5 times per lock_timeout,
+    between 20 ms and 200 ms (a migration done sooner opens no watcher connection)."""
     return max(0.02, min(0.2, durations.to_seconds(lock_timeout) / 5)) if lock_timeout else 0.2
 
 
@@ -165,7 +166,8 @@ def migrate(
         cleanup = _Cleanup(url, lock_pg, data, say)
         with advisory_lock(url, lock_wait, sleep=sleep,
                            on_wait=lambda pid: say(f"waiting for another migrator (pid {pid})")), \
-                LockWaitWatcher(url, interval=_poll_interval(data["lockTimeout"])) as watcher:
+                LockWaitWatcher(url, interval=_poll_interval(data["lockTimeout"]),
+                                connect_after=_poll_interval(data["lockTimeout"])) as watcher:
             # re-plan under the lock: another migrator may have applied everything while we waited
             base = plan(config_path, target, url, url_env)
             data["fromRevision"] = data["toRevision"] = base["current"]
