@@ -60,6 +60,45 @@ def test_documented_lock_level_per_statement(sql: str, expected: list[Lock]) -> 
     assert locks.statement_locks(sql) == expected
 
 
+def test_dropping_a_known_foreign_key_locks_the_referenced_table_too() -> None:
+    """Not visible in the statement: PostgreSQL takes ACCESS EXCLUSIVE on the referenced table (seen in pg_locks)."""
+    sql = "ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_order_id_fkey"
+    assert locks.statement_locks(sql) == [Lock("ledger_entries", ACCESS_EXCLUSIVE)]
+    fks = {("ledger_entries", "ledger_entries_order_id_fkey"): "orders"}
+    assert locks.statement_locks(sql, fks) == [Lock("ledger_entries", ACCESS_EXCLUSIVE),
+                                               Lock("orders", ACCESS_EXCLUSIVE)]
+    # re-adding the key in the same transaction waits for nothing more (both tables are held ACCESS EXCLUSIVE)
+    r = locks.lint_locks([ddl("0002", sql, tx=1), ddl("0002", NAIVE[0]["sql"], tx=1)], fks)
+    assert r["findings"] == []
+    # ... but a CHECK on a third table after it holds two tables while it may wait for the third
+    r = locks.lint_locks([ddl("0002", sql, tx=1), ddl("0002", NAIVE[2]["sql"], tx=1)], fks)
+    assert rules(r) == [("lock-multiple-tables", "0002", ["ledger_entries", "orders", "stock_reservations"])]
+
+
+@pytest.mark.parametrize("requested, held, waits", [
+    (SHARE_ROW_EXCLUSIVE, None, True),
+    (SHARE_ROW_EXCLUSIVE, ACCESS_EXCLUSIVE, False),   # nobody else holds anything
+    (SHARE_ROW_EXCLUSIVE, SHARE_ROW_EXCLUSIVE, False),  # others may hold only ACCESS SHARE / ROW SHARE
+    (SHARE_ROW_EXCLUSIVE, SHARE, True),               # others may hold SHARE too
+    (ACCESS_EXCLUSIVE, SHARE_ROW_EXCLUSIVE, True),    # others' ACCESS SHARE (readers) conflicts
+    (ROW_EXCLUSIVE, SHARE_UPDATE_EXCLUSIVE, False),
+])
+def test_may_wait_follows_the_documented_conflict_table(requested: str, held: str | None, waits: bool) -> None:
+    assert locks.may_wait(requested, held) is waits
+
+
+def test_foreign_keys_of_a_catalog_snapshot() -> None:
+    from types import SimpleNamespace as C
+
+    cons = [C(schema="public", relname="ledger_entries", name="fk", contype="f", ref_schema="public",
+              ref_relname="orders"),
+            C(schema="sales", relname="lines", name="fk2", contype="f", ref_schema="sales", ref_relname="heads"),
+            C(schema="public", relname="orders", name="ck", contype="c", ref_schema=None, ref_relname=None)]
+    assert locks.foreign_keys_of(cons) == {
+        ("ledger_entries", "fk"): "orders", ("public.ledger_entries", "fk"): "orders",
+        ("lines", "fk2"): "sales.heads", ("sales.lines", "fk2"): "sales.heads"}
+
+
 def test_unparsable_statement_raises_naming_the_parser_error() -> None:
     with pytest.raises(locks.UnparsableStatement, match="pglast could not parse"):
         locks.statement_locks("ALTER TABLE WHERE")

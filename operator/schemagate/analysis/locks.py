@@ -21,8 +21,9 @@ the PostgreSQL documentation gives them:
   REFRESH MATERIALIZED VIEW ACCESS EXCLUSIVE, INSERT/UPDATE/DELETE ROW EXCLUSIVE; "CREATE TABLE": a
   ``REFERENCES`` clause takes SHARE ROW EXCLUSIVE on the referenced table (as ADD FOREIGN KEY does);
 - not visible in a statement: dropping a foreign-key constraint also takes ACCESS EXCLUSIVE on the referenced
-  table (PostgreSQL 18, observed in ``pg_locks``), and ``DROP INDEX`` locks the index's table (reported by index
-  name).
+  table (PostgreSQL 18, observed in ``pg_locks``): reported when the caller passes the real database's foreign keys
+  (``foreign_keys``: ``{(table, constraint): referenced table}``, from the precheck's catalog snapshot);
+  ``DROP INDEX`` locks the index's table (reported by index name).
 
 A lock is *strong* when it conflicts with ROW EXCLUSIVE, the lock every application INSERT/UPDATE/DELETE takes:
 SHARE, SHARE ROW EXCLUSIVE, EXCLUSIVE, ACCESS EXCLUSIVE. Tables created by the pending revisions are listed but
@@ -30,14 +31,16 @@ never count towards a risk (the application cannot be using them yet).
 
 Rules (each finding names the revision, the transaction's tables and what to do):
 
-- ``lock-multiple-tables``: one transaction takes strong locks on more than one existing table in more than one
-  statement. Holding one while waiting for the next is a deadlock with any application transaction that holds the
-  second and then needs the first (an INSERT's foreign-key check on a parent table is enough). A single statement
-  that must lock two tables (a foreign key) in a transaction of its own is not flagged (it is reported in the
-  revision's tables); give it a ``lock_timeout`` below ``deadlock_timeout``.
+- ``lock-multiple-tables``: one transaction takes strong locks on more than one existing table, and a statement
+  requests one that may wait (:func:`may_wait`, from the documented conflict table) while an earlier statement's
+  strong lock on another table is held. Holding one while waiting for the next is a deadlock with any application
+  transaction that holds the second and then needs the first (an INSERT's foreign-key check on a parent table is
+  enough). A single statement that must lock two tables (a foreign key) in a transaction of its own is not flagged
+  (it is reported in the revision's tables); give it a ``lock_timeout`` below ``deadlock_timeout``.
 - ``lock-foreign-key-referenced-held``: a foreign key is added while the same transaction already holds a lock on
-  the referenced table from an earlier statement: the application's foreign-key checks on that table now wait
-  for the migration while the migration waits for the referencing table.
+  the referenced table from an earlier statement and its lock on the referencing table may still wait: the
+  application's foreign-key checks on that table now wait for the migration while the migration waits for the
+  referencing table.
 
 Result (``data.lint.locks``)::
 
@@ -61,6 +64,21 @@ MODES = ("ACCESS SHARE", "ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE",
 ACCESS_SHARE, ROW_SHARE, ROW_EXCLUSIVE, SHARE_UPDATE_EXCLUSIVE, SHARE, SHARE_ROW_EXCLUSIVE, EXCLUSIVE, \
     ACCESS_EXCLUSIVE = MODES
 STRONG = frozenset({SHARE, SHARE_ROW_EXCLUSIVE, EXCLUSIVE, ACCESS_EXCLUSIVE})
+
+# which modes each mode conflicts with ("Explicit Locking", table 13.2 "Conflicting Lock Modes")
+CONFLICTS: dict[str, frozenset[str]] = {
+    ACCESS_SHARE: frozenset({ACCESS_EXCLUSIVE}),
+    ROW_SHARE: frozenset({EXCLUSIVE, ACCESS_EXCLUSIVE}),
+    ROW_EXCLUSIVE: frozenset({SHARE, SHARE_ROW_EXCLUSIVE, EXCLUSIVE, ACCESS_EXCLUSIVE}),
+    SHARE_UPDATE_EXCLUSIVE: frozenset({SHARE_UPDATE_EXCLUSIVE, SHARE, SHARE_ROW_EXCLUSIVE, EXCLUSIVE,
+                                       ACCESS_EXCLUSIVE}),
+    SHARE: frozenset({ROW_EXCLUSIVE, SHARE_UPDATE_EXCLUSIVE, SHARE_ROW_EXCLUSIVE, EXCLUSIVE, ACCESS_EXCLUSIVE}),
+    SHARE_ROW_EXCLUSIVE: frozenset({ROW_EXCLUSIVE, SHARE_UPDATE_EXCLUSIVE, SHARE, SHARE_ROW_EXCLUSIVE, EXCLUSIVE,
+                                    ACCESS_EXCLUSIVE}),
+    EXCLUSIVE: frozenset({ROW_SHARE, ROW_EXCLUSIVE, SHARE_UPDATE_EXCLUSIVE, SHARE, SHARE_ROW_EXCLUSIVE, EXCLUSIVE,
+                          ACCESS_EXCLUSIVE}),
+    ACCESS_EXCLUSIVE: frozenset(MODES),
+}
 
 RULE_MULTIPLE = "lock-multiple-tables"
 RULE_FK_HELD = "lock-foreign-key-referenced-held"
@@ -98,6 +116,14 @@ class UnparsableStatement(ValueError):
     """The statement is not valid PostgreSQL for pglast's parser (the message names the parser's error)."""
 
 
+def may_wait(requested: str, held: str | None) -> bool:
+    """Whether a request for ``requested`` on a table can wait for another session when this transaction already
+    holds ``held`` there (None: nothing): a transaction never waits for its own locks, so it waits only if some
+    mode other sessions may still hold (one compatible with ``held``) conflicts with ``requested``."""
+    others = [m for m in MODES if held is None or m not in CONFLICTS[held]]
+    return any(m in CONFLICTS[requested] for m in others)
+
+
 def _stronger(a: str, b: str) -> str:
     return a if MODES.index(a) >= MODES.index(b) else b
 
@@ -127,7 +153,10 @@ def _reloption_mode(cmd: Any) -> str:
     return SHARE_UPDATE_EXCLUSIVE if ok else ACCESS_EXCLUSIVE
 
 
-def _alter_table(stmt: Any) -> list[Lock]:
+ForeignKeys = Mapping[tuple[str, str], str]
+
+
+def _alter_table(stmt: Any, foreign_keys: ForeignKeys) -> list[Lock]:
     table = _name(stmt.relation)
     if _enum_name(getattr(stmt, "objtype", "")) not in ("OBJECT_TABLE", "OBJECT_MATVIEW", "OBJECT_FOREIGN_TABLE"):
         # ALTER INDEX / SEQUENCE / VIEW: report the object with the statement's lock
@@ -150,6 +179,9 @@ def _alter_table(stmt: Any) -> list[Lock]:
             extra.append(Lock(table, SHARE_ROW_EXCLUSIVE, references=_foreign_keys([cmd.def_])[0]))
         else:
             m = ACCESS_EXCLUSIVE
+            referenced = foreign_keys.get((table, str(getattr(cmd, "name", "") or "")))
+            if sub == "AT_DropConstraint" and referenced and referenced != table:
+                extra.append(Lock(referenced, ACCESS_EXCLUSIVE))
             if sub == "AT_AddColumn":
                 refs = _foreign_keys(getattr(cmd.def_, "constraints", None))
                 extra += [Lock(r, SHARE_ROW_EXCLUSIVE) for r in refs]
@@ -158,8 +190,9 @@ def _alter_table(stmt: Any) -> list[Lock]:
     return [Lock(table, mode), *extra]
 
 
-def statement_locks(sql: str) -> list[Lock]:
-    """The table-level locks of every statement in ``sql`` (see the module docstring for the sources).
+def statement_locks(sql: str, foreign_keys: ForeignKeys | None = None) -> list[Lock]:
+    """The table-level locks of every statement in ``sql`` (see the module docstring for the sources);
+    ``foreign_keys`` maps ``(table, constraint)`` of the existing foreign keys to their referenced table.
 
     Raises :class:`UnparsableStatement` when pglast cannot parse ``sql``; a statement that locks no table (SET,
     SELECT of the catalog, CREATE FUNCTION ...) yields no lock."""
@@ -175,7 +208,7 @@ def statement_locks(sql: str) -> list[Lock]:
         s: Any = raw.stmt
         kind = type(s).__name__
         if kind == "AlterTableStmt":
-            out += _alter_table(s)
+            out += _alter_table(s, foreign_keys or {})
         elif kind == "CreateStmt":
             table = _name(s.relation)
             refs = _foreign_keys(getattr(s, "constraints", None))
@@ -234,9 +267,11 @@ def _transactions(statements: Sequence[Mapping[str, Any]]) -> list[list[Mapping[
     return groups
 
 
-def lint_locks(statements: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
-    """The lock report of the captured statements (the result shape is in the module docstring). Never raises:
-    a missing pglast or an unparsable statement is reported in ``note``."""
+def lint_locks(statements: Sequence[Mapping[str, Any]] | None,
+               foreign_keys: ForeignKeys | None = None) -> dict[str, Any]:
+    """The lock report of the captured statements (the result shape is in the module docstring); ``foreign_keys``
+    as for :func:`statement_locks`. Never raises: a missing pglast or an unparsable statement is reported in
+    ``note``."""
     if statements is None:
         return {"available": False, "note": "no statements were captured in the shadow run: locks not analysed",
                 "revisions": [], "findings": []}
@@ -251,7 +286,7 @@ def lint_locks(statements: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]
         if s.get("kind") not in ("ddl", "dml"):
             continue
         try:
-            analysed.append((s, statement_locks(str(s.get("sql") or ""))))
+            analysed.append((s, statement_locks(str(s.get("sql") or ""), foreign_keys)))
         except UnparsableStatement as e:
             unparsed.append(f"revision {s.get('revision') or '?'}: {e}")
             analysed.append((s, []))
@@ -269,12 +304,14 @@ def lint_locks(statements: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]
     for n, tx in enumerate(_transactions([s for s, _ in analysed]), start=1):
         rev = str(tx[0].get("revision") or "?")
         held: dict[str, str] = {}  # table -> strongest lock held from earlier statements
-        strong_statements: dict[str, int] = {}  # existing table -> index of the first statement locking it strongly
-        for i, s in enumerate(tx):
+        strong_held: set[str] = set()  # existing tables locked strongly by earlier statements
+        risky = False  # a strong lock that may wait, requested while another table's strong lock is held
+        strong_tables: set[str] = set()
+        for s in tx:
             ls = locks_of[id(s)]
             for lk in ls:
                 if lk.references and lk.references in held and lk.references != lk.table \
-                        and lk.table not in created:
+                        and lk.table not in created and may_wait(lk.mode, held.get(lk.table)):
                     findings.append({
                         "rule": RULE_FK_HELD, "revision": rev, "transaction": n,
                         "tables": [lk.table, lk.references],
@@ -284,12 +321,16 @@ def lint_locks(statements: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]
                                     f"for the migration while it waits for {lk.table} (deadlock risk); add the "
                                     f"foreign key in its own transaction"),
                     })
+                if lk.strong and lk.table not in created:
+                    strong_tables.add(lk.table)
+                    if strong_held - {lk.table} and may_wait(lk.mode, held.get(lk.table)):
+                        risky = True
             for lk in ls:
                 held[lk.table] = _stronger(held.get(lk.table, lk.mode), lk.mode)
                 if lk.strong and lk.table not in created:
-                    strong_statements.setdefault(lk.table, i)
-        if len(strong_statements) > 1 and len(set(strong_statements.values())) > 1:
-            names = sorted(strong_statements)
+                    strong_held.add(lk.table)
+        if risky:
+            names = sorted(strong_tables)
             findings.append({
                 "rule": RULE_MULTIPLE, "revision": rev, "transaction": n, "tables": names,
                 "message": (f"revision {rev} holds strong locks on {len(names)} tables in one transaction "
@@ -307,6 +348,20 @@ def lint_locks(statements: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]
                       for r, tables in revisions.items()],
         "findings": findings,
     }
+
+
+def foreign_keys_of(constraints: Iterable[Any]) -> dict[tuple[str, str], str]:
+    """``{(table, constraint): referenced table}`` of the foreign keys in a catalog snapshot's constraints
+    (objects with ``schema, relname, name, contype, ref_schema, ref_relname``), keyed and valued both by bare
+    name and, outside ``public``, by ``schema.name`` (the forms a statement may use)."""
+    out: dict[tuple[str, str], str] = {}
+    for c in constraints:
+        if getattr(c, "contype", None) != "f" or not getattr(c, "ref_relname", None):
+            continue
+        ref = c.ref_relname if c.ref_schema in (None, "public") else f"{c.ref_schema}.{c.ref_relname}"
+        out[(c.relname, c.name)] = ref
+        out[(f"{c.schema}.{c.relname}", c.name)] = ref
+    return out
 
 
 def merge_into(lint_result: dict[str, Any], locks: Mapping[str, Any]) -> dict[str, Any]:

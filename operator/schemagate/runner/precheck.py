@@ -314,7 +314,7 @@ def analyse(
     if do_lint:
         data["lint"] = locks.merge_into(
             lint_pending(offline_sql, offline_error, statements, real_cat.server_version_num),
-            locks.lint_locks(statements))
+            locks.lint_locks(statements, locks.foreign_keys_of(real_cat.constraints)))
     return checks
 
 
