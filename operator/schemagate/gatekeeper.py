@@ -16,8 +16,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from schemagate.contract.errors import Conflict, Invalid, NotFound
 from schemagate.core import gate
-from schemagate.k8s import Conflict, Invalid, Kube, NotFound
+from schemagate.k8s import Kube
 
 log = logging.getLogger("schemagate.gate")
 

@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 
 from schemagate import k8s, metrics
+from schemagate.contract import names
 from schemagate.core import gate
 from schemagate.core import jobs as J
 from schemagate.core.model import GROUP, KIND, PLURAL, VERSION
@@ -41,7 +42,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         raise kopf.PermanentError(str(e)) from e
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.last-handled-configuration")
-    settings.persistence.finalizer = "schemagate.dev/finalizer"
+    settings.persistence.finalizer = names.FINALIZER
     settings.posting.enabled = False  # our own Events, one per transition
     settings.scanning.disabled = ours.exact_namespaces  # then the per-namespace RBAC suffices
     settings.watching.server_timeout = 300

@@ -2,9 +2,10 @@
 threads). Responses are read raw (``_preload_content=False``) and parsed as JSON: cheaper than the client's
 models, and the core works on plain dicts anyway.
 
-Errors: the client's ``ApiException`` is translated once, in :func:`translate`, into :class:`ApiError` and its
-subclasses :class:`NotFound` (404), :class:`Conflict` (409), :class:`Forbidden` (401, 403) and :class:`Invalid`
-(422); no other module looks at an HTTP status. (Kubernetes API conventions, "HTTP Status codes".)
+Errors: the client's ``ApiException`` is translated once, in :func:`translate`, into
+:class:`~schemagate.contract.errors.KubernetesApiError` and its subclasses ``NotFound`` (404),
+``Conflict`` (409), ``Forbidden`` (401, 403) and ``Invalid`` (422) of the shared error tree; no other module looks at
+an HTTP status. (Kubernetes API conventions, "HTTP Status codes".)
 
 The database Lease (``coordination.k8s.io/v1``) lives in the operator's namespace
 (``SCHEMAGATE_LEASE_NAMESPACE`` or ``POD_NAMESPACE``, see :mod:`schemagate.settings`), is named
@@ -29,6 +30,8 @@ from typing import Any, Literal
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from schemagate.contract import names
+from schemagate.contract.errors import Conflict, Forbidden, Invalid, KubernetesApiError, NotFound
 from schemagate.contract.redact import redact
 from schemagate.core import jobs as J
 from schemagate.core import status as S
@@ -51,37 +54,18 @@ JobCreation = Literal["created", "exists", "foreign"]
 # Errors
 
 
-class ApiError(Exception):
-    """A Kubernetes API request failed. ``status`` is the HTTP status, ``reason`` the server's reason phrase."""
-
-    def __init__(self, status: int, reason: str, message: str = "") -> None:
-        super().__init__(f"{status} {reason}" + (f": {message}" if message else ""))
-        self.status, self.reason = status, reason
+_BY_STATUS: dict[int, type[KubernetesApiError]] = {404: NotFound, 409: Conflict, 401: Forbidden, 403: Forbidden,
+                                                   422: Invalid}
 
 
-class NotFound(ApiError):
-    """404: the object (or its namespace) does not exist."""
-
-
-class Conflict(ApiError):
-    """409: a stale ``resourceVersion`` (optimistic concurrency) or the object already exists."""
-
-
-class Forbidden(ApiError):
-    """401/403: this identity may not do it (RBAC, or no credentials)."""
-
-
-class Invalid(ApiError):
-    """422: the request is well formed but rejected, e.g. a JSON patch ``test`` operation that failed."""
-
-
-_BY_STATUS: dict[int, type[ApiError]] = {404: NotFound, 409: Conflict, 401: Forbidden, 403: Forbidden, 422: Invalid}
-
-
-def translate(exc: ApiException) -> ApiError:
-    """The one place an ``ApiException`` becomes a schemagate error (by HTTP status; other statuses: ApiError)."""
+def translate(exc: ApiException) -> KubernetesApiError:
+    """The one place an ``ApiException`` becomes a schemagate error (:mod:`schemagate.contract.errors`), by HTTP
+    status; other statuses are a plain :class:`KubernetesApiError` (transient). The message is
+    ``"<status> <reason phrase>: <the server's message>"``."""
     status = int(exc.status or 0)
-    return _BY_STATUS.get(status, ApiError)(status, str(exc.reason or ""), _server_message(exc))
+    server = _server_message(exc)
+    text = f"{status} {exc.reason or ''}".strip() + (f": {server}" if server else "")
+    return _BY_STATUS.get(status, KubernetesApiError)(status, text)
 
 
 def _server_message(exc: ApiException) -> str:
@@ -92,7 +76,7 @@ def _server_message(exc: ApiException) -> str:
 
 
 def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call a client method; raises :class:`ApiError` (or a subclass) instead of ``ApiException``."""
+    """Call a client method; raises :class:`KubernetesApiError` (or a subclass) instead of ``ApiException``."""
     try:
         return fn(*args, **kwargs)
     except ApiException as e:
@@ -102,7 +86,7 @@ def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 def request(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call a raw client method (``_preload_content=False`` is added) and parse its JSON body.
 
-    Raises :class:`ApiError` (or a subclass) instead of ``ApiException``."""
+    Raises :class:`KubernetesApiError` (or a subclass) instead of ``ApiException``."""
     r = call(fn, *args, _preload_content=False, **kwargs)
     return json.loads(r.data) if r.data else {}
 
@@ -140,7 +124,7 @@ class WriteCounter:
 
 class Kube:
     """The operator's Kubernetes API: DatabaseMigrations, Jobs and their results, Secrets, the database Lease,
-    Events and gated pods. Every method raises :class:`ApiError` subclasses, never ``ApiException``.
+    Events and gated pods. Every method raises :class:`KubernetesApiError` (or a subclass), never ``ApiException``.
 
     ``instance`` is the ``reportingInstance`` of posted Events (the operator pod's name)."""
 
@@ -305,7 +289,7 @@ class Kube:
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": name, "namespace": ns,
                                  "labels": {J.LABEL_MANAGED_BY: J.MANAGED_BY},
-                                 "annotations": {"schemagate.dev/database": identity_note} if identity_note else {}},
+                                 "annotations": {names.ANNOTATION_DATABASE: identity_note} if identity_note else {}},
                     "spec": spec}
             try:
                 request(self.coord.create_namespaced_lease, ns, body)
@@ -354,12 +338,12 @@ class Kube:
             "involvedObject": {"apiVersion": api_version, "kind": kind, "name": md.get("name"),
                                "namespace": md.get("namespace"), "uid": md.get("uid")},
             "reason": reason, "message": redact(message)[:1024], "type": type_,
-            "source": {"component": "schemagate"}, "reportingComponent": "schemagate.dev/operator",
+            "source": {"component": "schemagate"}, "reportingComponent": names.COMPONENT,
             "reportingInstance": self.instance, "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
         }
         try:
             request(self.core.create_namespaced_event, md.get("namespace"), body)
-        except ApiError as e:  # events are best effort
+        except KubernetesApiError as e:  # events are best effort
             log.debug("event on %s %s/%s not posted: %s", kind, md.get("namespace"), md.get("name"), e)
             return
         self.writes.add("event")

@@ -1,17 +1,18 @@
 """The reconciler: a per-resource work queue over observe → decide → apply. No Kopf here (``schemagate.handlers``
 only registers the watches and feeds :meth:`Reconciler.trigger`); Kubernetes only through
-:class:`schemagate.k8s.Kube`, whose blocking calls run in a thread pool.
+:class:`schemagate.k8s.Kube` (errors: ``KubernetesApiError`` and its subclasses in
+:mod:`schemagate.contract.errors`), whose blocking calls run in a thread pool.
 
 - **Queue**: one task per resource; passes of one resource never overlap; triggers during a pass coalesce into one
   more pass. A pass returns when to look again (``requeue``); timers keep only the earliest due time per resource.
 - **Echo suppression**: the resourceVersion of our own last status write is remembered, so the watch event it
   causes does not trigger another pass (:meth:`Reconciler.is_echo`).
 - **Apply order**: Lease acquire → status merge patch (with ``resourceVersion``: a stale pass gets
-  :class:`~schemagate.k8s.Conflict` and retries) → Job create → Lease release → Events. The decision already
+  :class:`~schemagate.contract.errors.Conflict` and retries) → Job create → Lease release → Events. The decision already
   recorded the Lease in ``status.run.lease``; when the acquire loses a race, nothing is written and the resource is
   requeued (the next pass observes the new holder and decides to wait).
 - **Lease cache**: the Lease name and holder id of each known resource, to release it when the resource is deleted.
-- **Errors**: :class:`~schemagate.k8s.Conflict` requeues after 0.2 s, any other API error after 5 s, anything else
+- **Errors**: :class:`~schemagate.contract.errors.Conflict` requeues after 0.2 s, any other API error after 5 s, anything else
   after 10 s (logged with its traceback).
 """
 
@@ -25,6 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from schemagate import gatekeeper, k8s, metrics, observe
+from schemagate.contract.errors import Conflict, KubernetesApiError
 from schemagate.core import gate
 from schemagate.core import jobs as J
 from schemagate.core import status as S
@@ -122,10 +124,10 @@ class Reconciler:
         try:
             async with self.sem:
                 return await self.reconcile(key)
-        except k8s.ApiError as e:
+        except KubernetesApiError as e:
             metrics.RECONCILE_ERRORS.labels(f"api{e.status}").inc()
             log.warning("reconcile %s/%s: API error %s", *key, e)
-            return CONFLICT_REQUEUE if isinstance(e, k8s.Conflict) else API_ERROR_REQUEUE
+            return CONFLICT_REQUEUE if isinstance(e, Conflict) else API_ERROR_REQUEUE
         except Exception as e:  # noqa: BLE001 - keep the loop alive, retry later
             metrics.RECONCILE_ERRORS.labels(type(e).__name__).inc()
             log.exception("reconcile %s/%s failed", *key)
@@ -195,7 +197,7 @@ class Reconciler:
         if lease:
             try:
                 await self.call(self.kube.release_lease, self.settings.lease_namespace, *lease)
-            except k8s.ApiError as e:
+            except KubernetesApiError as e:
                 log.info("%s/%s: lease %s not released: %s", *key, lease[0], e)
 
     async def resync(self) -> None:

@@ -17,24 +17,27 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from schemagate.contract import names
+from schemagate.contract.errors import InvalidInput
 from schemagate.core.decide import RetryPolicy
 from schemagate.core.jobs import JobSettings
 
-# The environment variables (Kubernetes sets POD_NAMESPACE through the downward API, HOSTNAME to the pod name).
-RUNNER_IMAGE_ENV = "SCHEMAGATE_RUNNER_IMAGE"
-RUNNER_PULL_POLICY_ENV = "SCHEMAGATE_RUNNER_PULL_POLICY"
-LEASE_NAMESPACE_ENV = "SCHEMAGATE_LEASE_NAMESPACE"
-POD_NAMESPACE_ENV = "POD_NAMESPACE"
-METRICS_PORT_ENV = "SCHEMAGATE_METRICS_PORT"
-HEALTH_PORT_ENV = "SCHEMAGATE_HEALTH_PORT"
-RETRY_BASE_ENV = "SCHEMAGATE_RETRY_BASE_SECONDS"
-RETRY_CAP_ENV = "SCHEMAGATE_RETRY_CAP_SECONDS"
-SECRET_POLL_ENV = "SCHEMAGATE_SECRET_POLL_SECONDS"
-LOCK_POLL_ENV = "SCHEMAGATE_LOCK_POLL_SECONDS"
-RESYNC_ENV = "SCHEMAGATE_RESYNC_SECONDS"
-NAMESPACES_ENV = "SCHEMAGATE_NAMESPACES"
-ALL_NAMESPACES_ENV = "SCHEMAGATE_ALL_NAMESPACES"
-HOSTNAME_ENV = "HOSTNAME"
+# The environment variables (schemagate.contract.names; Kubernetes sets POD_NAMESPACE through the downward API
+# and HOSTNAME to the pod name).
+RUNNER_IMAGE_ENV = names.ENV_RUNNER_IMAGE
+RUNNER_PULL_POLICY_ENV = names.ENV_RUNNER_PULL_POLICY
+LEASE_NAMESPACE_ENV = names.ENV_LEASE_NAMESPACE
+POD_NAMESPACE_ENV = names.ENV_POD_NAMESPACE
+METRICS_PORT_ENV = names.ENV_METRICS_PORT
+HEALTH_PORT_ENV = names.ENV_HEALTH_PORT
+RETRY_BASE_ENV = names.ENV_RETRY_BASE_SECONDS
+RETRY_CAP_ENV = names.ENV_RETRY_CAP_SECONDS
+SECRET_POLL_ENV = names.ENV_SECRET_POLL_SECONDS
+LOCK_POLL_ENV = names.ENV_LOCK_POLL_SECONDS
+RESYNC_ENV = names.ENV_RESYNC_SECONDS
+NAMESPACES_ENV = names.ENV_NAMESPACES
+ALL_NAMESPACES_ENV = names.ENV_ALL_NAMESPACES
+HOSTNAME_ENV = names.ENV_HOSTNAME
 
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
@@ -44,11 +47,11 @@ _FALSE = ("", "0", "false", "no")
 NAMESPACE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
-class SettingsError(ValueError):
-    """An environment variable of the operator has a value it cannot use. ``variable`` names it."""
+class SettingsError(InvalidInput):
+    """An environment variable of the operator has a value it cannot use. ``variable`` (also ``field``) names it."""
 
     def __init__(self, variable: str, value: str, expected: str) -> None:
-        super().__init__(f"environment variable {variable}={value!r}: {expected}")
+        super().__init__(f"environment variable {variable}={value!r}: {expected}", field=variable)
         self.variable = variable
 
 

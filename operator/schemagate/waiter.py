@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 from schemagate import API_GROUP, API_VERSION
 from schemagate.contract import durations
-from schemagate.contract.errors import InvalidInput
+from schemagate.contract.errors import Forbidden, InvalidInput, NotFound
 from schemagate.core.gate import GateReason, migration_state
 
 PLURAL = "databasemigrations"
@@ -219,11 +219,11 @@ def kubernetes_getter(name: str, namespace: str, kubeconfig: str | None = None,
     def get() -> Mapping[str, Any] | None:
         try:
             obj = k8s.call(api.get_namespaced_custom_object, API_GROUP, API_VERSION, namespace, PLURAL, name)
-        except k8s.NotFound:
+        except NotFound:
             return None
-        except k8s.Forbidden as exc:
+        except Forbidden as exc:
             raise AccessError(
-                f"{exc.status} {exc.reason}: this identity may not get databasemigrations.{API_GROUP} "
+                f"{exc}: this identity may not get databasemigrations.{API_GROUP} "
                 f"{namespace}/{name} (grant get on it with a Role using resourceNames)"
             ) from exc
         return obj if isinstance(obj, Mapping) else None

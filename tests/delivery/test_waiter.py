@@ -163,7 +163,7 @@ def test_kubernetes_getter_maps_api_errors(monkeypatch):
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
 
-    from schemagate import k8s
+    from schemagate.contract.errors import KubernetesApiError
 
     monkeypatch.setattr(config, "load_incluster_config", lambda: None)
     calls = []
@@ -187,6 +187,6 @@ def test_kubernetes_getter_maps_api_errors(monkeypatch):
     with pytest.raises(AccessError, match="resourceNames"):
         get()
     FakeApi.status = 500
-    with pytest.raises(k8s.ApiError) as e:  # translated once, in schemagate.k8s; the wait loop retries it
+    with pytest.raises(KubernetesApiError) as e:  # translated once, in schemagate.k8s; the wait loop retries it
         get()
     assert e.value.status == 500

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from schemagate import k8s, metrics, observe, reconciler
+from schemagate.contract import errors
 from schemagate.core import decide as decide_module
 from schemagate.reconciler import CONFLICT_REQUEUE, Reconciler
 from schemagate.settings import OperatorSettings
@@ -246,10 +247,13 @@ def test_missing_secret_waits_without_taking_the_lease(kube):
     assert ("Lease", LEASE_NS, k8s.lease_name("secret:db/url")) not in kube.store.objects
 
 
-def test_api_errors_are_translated_once():
-    assert isinstance(k8s.translate(fail(404)), k8s.NotFound)
-    assert isinstance(k8s.translate(fail(409)), k8s.Conflict)
-    assert isinstance(k8s.translate(fail(403)), k8s.Forbidden)
-    assert isinstance(k8s.translate(fail(422)), k8s.Invalid)
+def test_api_errors_are_translated_once_into_the_shared_tree():
+    assert isinstance(k8s.translate(fail(404)), errors.NotFound)
+    assert isinstance(k8s.translate(fail(409)), errors.Conflict)
+    assert isinstance(k8s.translate(fail(401)), errors.Forbidden)
+    assert isinstance(k8s.translate(fail(403)), errors.Forbidden)
+    assert isinstance(k8s.translate(fail(422)), errors.Invalid)
     other = k8s.translate(fail(503))
-    assert type(other) is k8s.ApiError and other.status == 503
+    assert type(other) is errors.KubernetesApiError and other.status == 503
+    assert isinstance(other, errors.SchemagateError) and other.outcome.value == "TransientError"
+    assert str(k8s.translate(fail(409))) == "409 Conflict" and k8s.translate(fail(403)).outcome.value == "PermanentError"

@@ -64,3 +64,17 @@ def test_glob_namespaces_keep_scanning_on():
     assert not OperatorSettings.from_env({**IMAGE, "SCHEMAGATE_NAMESPACES": "team-*"}).exact_namespaces
     assert not OperatorSettings.from_env({**IMAGE, "SCHEMAGATE_NAMESPACES": "a",
                                           "SCHEMAGATE_ALL_NAMESPACES": "true"}).exact_namespaces
+
+
+def test_status_literals_spell_the_shared_names():
+    """core.status's Literal types and constants say what schemagate.contract.names says."""
+    import typing
+
+    from schemagate.contract import names
+    from schemagate.core import status
+
+    assert typing.get_args(status.Phase) == tuple(p.value for p in names.Phase) == status.PHASES
+    assert typing.get_args(status.Step) == tuple(s.value for s in names.STEPS)
+    assert status.PHASE_OF_STEP == {s.value: p.value for s, p in names.PHASE_OF_STEP.items()}
+    assert set(status.TERMINAL_PHASES) == {p.value for p in names.TERMINAL_PHASES}
+    assert set(status.STALLED_PHASES) == {p.value for p in names.STALLED_PHASES}

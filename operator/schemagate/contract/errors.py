@@ -18,7 +18,13 @@ field, file or check) it is about. Messages are redacted when the error is made:
     ├── Transient                               TransientError        database    retried with backoff
     │   ├── LockTimeout                         LockTimeout           database    lock_timeout (55P03) or deadlock (40P01)
     │   └── DatabaseUnreachable                 DatabaseUnreachable   database    refused, unreachable, starting up (08*, 57P0*)
-    └── (schemagate.k8s adds the Kubernetes API errors: NotFound, Conflict, Forbidden, Invalid)
+    └── KubernetesApiError(status)              KubernetesApiError    database    an API request failed (5xx, ...); retried
+        ├── NotFound                            NotFound              user        404: the object does not exist
+        ├── Conflict                            Conflict              schemagate  409: stale resourceVersion or already exists
+        ├── Forbidden                           Forbidden             user        401/403: RBAC denies it
+        └── Invalid                             Invalid               user        422: rejected by validation or a patch test
+
+The Kubernetes errors are made in one place, ``schemagate.k8s.translate`` (from the client's ``ApiException``).
 
 Foreign exceptions (psycopg, psycopg2, SQLAlchemy, Alembic, OS errors) become one of these in one place,
 ``translate``; they are recognised by SQLSTATE and message, never by type, because this module is standard library
@@ -179,6 +185,50 @@ class DatabaseUnreachable(Transient):
 
 # --------------------------------------------------------------------------------------------------------------
 # Foreign exceptions
+
+
+class KubernetesApiError(SchemagateError):
+    """A Kubernetes API request failed; ``status`` is the HTTP status. Made only by ``schemagate.k8s.translate``
+    (Kubernetes API conventions, "HTTP Status codes")."""
+
+    reason = "KubernetesApiError"
+    default_outcome = Outcome.TRANSIENT_ERROR
+    actor = Actor.DATABASE  # the API server's operator: availability
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message, status=status)
+        self.status = status
+
+
+class NotFound(KubernetesApiError):
+    """404: the object (or its namespace) does not exist."""
+
+    reason = "NotFound"
+    default_outcome = Outcome.PERMANENT_ERROR
+    actor = Actor.USER
+
+
+class Conflict(KubernetesApiError):
+    """409: a stale ``resourceVersion`` (optimistic concurrency) or the object already exists: look again."""
+
+    reason = "Conflict"
+    actor = Actor.SCHEMAGATE
+
+
+class Forbidden(KubernetesApiError):
+    """401/403: this identity may not do it (RBAC, or no credentials)."""
+
+    reason = "Forbidden"
+    default_outcome = Outcome.PERMANENT_ERROR
+    actor = Actor.USER
+
+
+class Invalid(KubernetesApiError):
+    """422: well formed but rejected (validation, or a JSON-patch ``test`` operation that failed)."""
+
+    reason = "Invalid"
+    default_outcome = Outcome.PERMANENT_ERROR
+    actor = Actor.USER
 
 
 def exception_chain(exc: BaseException) -> list[BaseException]:

@@ -62,6 +62,7 @@ ENV_LOCK_POLL_SECONDS = "SCHEMAGATE_LOCK_POLL_SECONDS"
 ENV_SECRET_POLL_SECONDS = "SCHEMAGATE_SECRET_POLL_SECONDS"
 ENV_LEASE_NAMESPACE = "SCHEMAGATE_LEASE_NAMESPACE"
 ENV_POD_NAMESPACE = "POD_NAMESPACE"  # the downward API's namespace of the pod
+ENV_HOSTNAME = "HOSTNAME"  # the pod's name (Kubernetes sets it): the reportingInstance of the operator's Events
 
 
 class Step(str, enum.Enum):

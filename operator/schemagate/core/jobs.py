@@ -14,21 +14,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from schemagate.contract import names
 from schemagate.core.model import GROUP, KIND, VERSION, Migration
 
 TERMINATION_LOG = "/dev/termination-log"
 RUNNER_DIR = "/schemagate"
 WORK_DIR = "/work"
 BACKUP_DIR = "/backups"
-PLAN_ENV = "SCHEMAGATE_PLAN"
+PLAN_ENV = names.ENV_PLAN
 
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_MIGRATION = "schemagate.dev/migration"
-LABEL_UID = "schemagate.dev/migration-uid"
-LABEL_STEP = "schemagate.dev/step"
-LABEL_GENERATION = "schemagate.dev/generation"
-LABEL_COUNTER = "schemagate.dev/counter"
+LABEL_MANAGED_BY = names.LABEL_MANAGED_BY
+LABEL_NAME = names.LABEL_NAME
+LABEL_MIGRATION = names.LABEL_MIGRATION
+LABEL_UID = names.LABEL_UID
+LABEL_STEP = names.LABEL_STEP
+LABEL_GENERATION = names.LABEL_GENERATION
+LABEL_COUNTER = names.LABEL_COUNTER
 MANAGED_BY = "schemagate"
 
 MAX_NAME = 63
@@ -94,7 +95,7 @@ def database_env(m: Migration) -> list[dict[str, Any]]:
 
 
 def _common_env(m: Migration) -> list[dict[str, Any]]:
-    return [{"name": "SCHEMAGATE_TERMINATION_LOG", "value": TERMINATION_LOG}, *database_env(m)]
+    return [{"name": names.ENV_TERMINATION_LOG, "value": TERMINATION_LOG}, *database_env(m)]
 
 
 def _security(m: Migration, app: bool) -> dict[str, Any]:
@@ -112,9 +113,9 @@ def _security(m: Migration, app: bool) -> dict[str, Any]:
 def _container(m: Migration, s: JobSettings, name: str, command: list[str], *, app: bool = False,
                extra_env: list[dict[str, Any]] | None = None, mounts: list[dict[str, Any]] | None = None,
                db: bool = True, working_dir: str | None = None) -> dict[str, Any]:
-    env = _common_env(m) if db else [{"name": "SCHEMAGATE_TERMINATION_LOG", "value": TERMINATION_LOG}]
+    env = _common_env(m) if db else [{"name": names.ENV_TERMINATION_LOG, "value": TERMINATION_LOG}]
     # a missing URL is an error inside a Job, never a reason to start an embedded server
-    env.append({"name": "SCHEMAGATE_NO_EMBEDDED", "value": "1"})
+    env.append({"name": names.ENV_NO_EMBEDDED, "value": "1"})
     if app:
         # the root filesystem is read-only: temporary files and Python's caches stay out of it
         env += [{"name": "PYTHONPATH", "value": RUNNER_DIR}, {"name": "HOME", "value": "/tmp"},
@@ -282,7 +283,7 @@ def build_job(m: Migration, step: str, name: str, counter: int, s: JobSettings,
             "name": name,
             "namespace": m.namespace,
             "labels": labels,
-            "annotations": {"schemagate.dev/target-revision": m.migrations.target_revision},
+            "annotations": {names.ANNOTATION_TARGET_REVISION: m.migrations.target_revision},
             "ownerReferences": [owner_reference(m)],
         },
         "spec": job_spec,

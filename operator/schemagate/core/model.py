@@ -8,16 +8,13 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, cast
 
-from schemagate.contract import durations
+from schemagate.contract import durations, names
 from schemagate.contract.checks import UserCheck
 
-GROUP = "schemagate.dev"
-VERSION = "v1alpha1"
-KIND = "DatabaseMigration"
-PLURAL = "databasemigrations"
-RETRY_ANNOTATION = "schemagate.dev/retry"
+GROUP, VERSION, KIND, PLURAL = names.GROUP, names.VERSION, names.KIND, names.PLURAL
+RETRY_ANNOTATION = names.ANNOTATION_RETRY
 
-STEPS = ("backup", "precheck", "migrate", "verify")
+STEPS: tuple[str, ...] = tuple(s.value for s in names.STEPS)
 
 def parse_duration(text: str) -> float:
     """'1m30s' -> 90.0 seconds (``contract.durations``, the CRD's grammar). Raises ``InvalidInput`` (a

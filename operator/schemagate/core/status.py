@@ -6,21 +6,25 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any, Final, Literal, TypedDict, cast
 
+from schemagate.contract import names
+
 Phase = Literal["Pending", "BackingUp", "Prechecking", "Migrating", "Verifying", "Succeeded", "Blocked", "Failed",
                 "Suspended"]
 Step = Literal["backup", "precheck", "migrate", "verify"]
 ConditionType = Literal["Ready", "Reconciling", "Stalled"]
 ConditionStatus = Literal["True", "False"]
 
-PENDING: Final = "Pending"
-BACKING_UP: Final = "BackingUp"
-PRECHECKING: Final = "Prechecking"
-MIGRATING: Final = "Migrating"
-VERIFYING: Final = "Verifying"
-SUCCEEDED: Final = "Succeeded"
-BLOCKED: Final = "Blocked"
-FAILED: Final = "Failed"
-SUSPENDED: Final = "Suspended"
+# The phases of schemagate.contract.names.Phase as plain strings (they go into JSON and f-strings); the Literal
+# types above spell the same values for mypy (tests/unit/test_settings.py checks they agree).
+PENDING: Final = names.Phase.PENDING.value
+BACKING_UP: Final = names.Phase.BACKING_UP.value
+PRECHECKING: Final = names.Phase.PRECHECKING.value
+MIGRATING: Final = names.Phase.MIGRATING.value
+VERIFYING: Final = names.Phase.VERIFYING.value
+SUCCEEDED: Final = names.Phase.SUCCEEDED.value
+BLOCKED: Final = names.Phase.BLOCKED.value
+FAILED: Final = names.Phase.FAILED.value
+SUSPENDED: Final = names.Phase.SUSPENDED.value
 
 
 class Condition(TypedDict):
