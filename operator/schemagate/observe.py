@@ -3,7 +3,7 @@
 before :func:`schemagate.core.decide.decide` runs, as CloudNativePG's reconciler gathers its ``managedResources``.
 
 Synchronous: the reconciler runs :func:`gather` in a worker thread. No Kopf here; Kubernetes only through
-:class:`schemagate.k8s.Kube` (which raises :class:`schemagate.k8s.ApiError` subclasses).
+:class:`schemagate.k8s.Kube` (which raises ``KubernetesApiError`` and its subclasses, :mod:`schemagate.contract.errors`).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def gather(kube: k8s.Kube, ns: str, name: str, lease_namespace: str, policy: Ret
     """Read everything ``decide`` needs for ``ns/name``; None when the resource does not exist.
 
     The Secrets are read (and the Lease name derived from the database identity) unless the run has settled
-    and the status already names its Lease. Raises :class:`schemagate.k8s.ApiError` on API failures."""
+    and the status already names its Lease. Raises ``KubernetesApiError`` (or a subclass) on API failures."""
     body = kube.get_migration(ns, name)
     if body is None:
         return None
