@@ -408,7 +408,12 @@ def _short(exc: BaseException) -> str:
 
 def _run_one(cur: Any, q: Query) -> None:
     t0 = time.monotonic()
-    cur.execute(q.sql)
+    if q.kind == "user" and type(cur).__module__.split(".")[0] == "psycopg":
+        # psycopg 3 sends a query without parameters in the simple protocol, which runs a list of statements;
+        # prepared, it goes through the extended protocol, where PostgreSQL refuses more than one statement
+        cur.execute(q.sql, prepare=True)
+    else:
+        cur.execute(q.sql)
     row = cur.fetchone()
     elapsed = time.monotonic() - t0
     if q.kind == "scan":

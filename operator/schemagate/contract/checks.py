@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from schemagate.contract.errors import InvalidInput
+from schemagate.contract.sqlkind import single_select_problem
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class UserCheck:
             raise InvalidInput(f"{field}: a user check needs a name ({item!r})", field=field)
         if not sql:
             raise InvalidInput(f"{field}: user check {name!r} has no SQL", field=f"{field} {name}")
+        problem = single_select_problem(sql)
+        if problem:
+            raise InvalidInput(f"{field}: user check {name!r} is not a single read-only SELECT returning a count: "
+                               f"{problem}", field=f"{field} {name}")
         return cls(name=name, sql=sql, table=str(table) if table else None)
 
     @classmethod

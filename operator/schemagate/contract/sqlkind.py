@@ -103,3 +103,111 @@ class StatementLog:
                 if r not in seen:
                     seen.append(r)
         return seen
+
+
+_DOLLAR_TAG = re.compile(r"\$([A-Za-z_][A-Za-z_0-9]*)?\$")
+
+
+def lex(sql: str) -> tuple[list[str], str]:
+    """Split ``sql`` into its statements as PostgreSQL's lexer would (scan.l): ``;`` separates statements only
+    outside string constants (``'...'`` with ``''``, ``E'...'`` with backslash escapes), quoted identifiers
+    (``"..."``), dollar-quoted strings (``$tag$...$tag$``), ``--`` and nested ``/* */`` comments.
+
+    Returns ``(statements, skeleton)``: the non-empty statements, stripped, and the whole text with every literal,
+    quoted identifier and comment replaced by a space (for keyword checks that must not look inside them).
+    Raises ``ValueError`` for an unterminated literal, identifier or comment."""
+    out: list[str] = []
+    skel: list[str] = []
+    start = i = 0
+    n = len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch == "-" and sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end
+            skel.append(" ")
+            continue
+        if ch == "/" and sql.startswith("/*", i):
+            depth, i = 1, i + 2
+            while depth:
+                if i >= n:
+                    raise ValueError("unterminated /* comment")
+                if sql.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif sql.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+            skel.append(" ")
+            continue
+        if ch == "'" or ch == '"':
+            escapes = ch == "'" and i > 0 and sql[i - 1] in "eE" and (i < 2 or not (sql[i - 2].isalnum()
+                                                                                 or sql[i - 2] == "_"))
+            j = i + 1
+            while True:
+                if j >= n:
+                    raise ValueError("unterminated quoted identifier" if ch == '"' else "unterminated string")
+                if escapes and sql[j] == "\\":
+                    j += 2
+                    continue
+                if sql[j] == ch:
+                    if j + 1 < n and sql[j + 1] == ch:
+                        j += 2
+                        continue
+                    break
+                j += 1
+            i = j + 1
+            skel.append(" ")
+            continue
+        if ch == "$":
+            m = _DOLLAR_TAG.match(sql, i)
+            if m and not (i > 0 and (sql[i - 1].isalnum() or sql[i - 1] == "_")):
+                end = sql.find(m.group(0), m.end())
+                if end < 0:
+                    raise ValueError("unterminated dollar-quoted string")
+                i = end + len(m.group(0))
+                skel.append(" ")
+                continue
+        if ch == ";":
+            stmt = sql[start:i].strip()
+            if stmt and "".join(skel).strip():
+                out.append(stmt)
+            skel.append(";")
+            start = i + 1
+            i += 1
+            continue
+        skel.append(ch)
+        i += 1
+    tail = sql[start:].strip()
+    if tail and "".join(skel).split(";")[-1].strip():
+        out.append(tail)
+    return out, "".join(skel)
+
+
+_READ_ONLY_START = re.compile(r"^[\s(]*(SELECT|WITH|VALUES|TABLE)\b", re.I)
+_WRITES = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE|INTO)\b", re.I)
+
+
+def single_select_problem(sql: str) -> str | None:
+    """Why ``sql`` is not one read-only query (``SELECT``, ``WITH … SELECT``, ``VALUES`` or ``TABLE``), or None.
+
+    A user check must be exactly one statement (PostgreSQL's extended query protocol refuses several in one
+    message, and a ``COMMIT`` in a list would end the read-only transaction it runs in), must start with one of
+    those keywords, and must contain no data-modifying ``WITH`` part and no ``SELECT … INTO`` (which creates a
+    table). The read-only transaction it runs in enforces the same at run time; this says so before anything runs."""
+    try:
+        statements, skeleton = lex(sql)
+    except ValueError as exc:
+        return str(exc)
+    if len(statements) != 1:
+        return f"{len(statements)} statements; a check is exactly one SELECT" if statements else "no statement"
+    body = skeleton.strip().rstrip(";")
+    if ";" in body:
+        return "more than one statement; a check is exactly one SELECT"
+    if not _READ_ONLY_START.match(body):
+        first = body.split(None, 1)[0] if body.split() else ""
+        return f"it starts with {first!r}; a check is one SELECT (or WITH/VALUES/TABLE) returning a count"
+    m = _WRITES.search(body)
+    if m:
+        return f"it contains {m.group(1).upper()}; a check only reads"
+    return None
