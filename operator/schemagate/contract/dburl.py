@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import urllib.parse
 
 from schemagate.contract import names
@@ -18,6 +19,7 @@ from schemagate.contract.errors import InvalidInput
 from schemagate.contract.redact import register_secret
 
 DEFAULT_URL_ENV = names.ENV_DATABASE_URL
+_AUTHORITY_END = re.compile(r"[/?#]")  # RFC 3986 section 3.2: the authority ends at the first '/', '?' or '#'
 
 
 def resolve_url(url: str | None = None, url_env: str | None = DEFAULT_URL_ENV) -> str:
@@ -35,15 +37,47 @@ def resolve_url(url: str | None = None, url_env: str | None = DEFAULT_URL_ENV) -
                 f"no database URL: the environment variable {name} is not set (use --database-url-env NAME)"
             )
     value = value.strip()
-    parsed = urllib.parse.urlsplit(value)
-    if not parsed.scheme.startswith("postgres"):
-        raise InvalidInput(
-            f"unsupported database URL scheme {parsed.scheme!r}: expected postgresql://user:password@host:port/db"
-        )
-    if parsed.password:
-        register_secret(urllib.parse.unquote(parsed.password))
-        register_secret(parsed.password)
+    where = f"the database URL ({'--database-url' if url else 'environment variable ' + (url_env or DEFAULT_URL_ENV)})"
+    for candidate in credential_candidates(value):
+        register_secret(candidate)
+        register_secret(urllib.parse.unquote(candidate))
+    scheme = value.partition("://")[0] if "://" in value else ""
+    if not scheme.startswith("postgres"):
+        raise InvalidInput(f"unsupported scheme {scheme!r} in {where}: expected postgresql://user:password@host:port/db",
+                           field=where)
+    problem = credential_problem(value)
+    if problem:
+        raise InvalidInput(f"{where}: {problem}", field=where)
     return value
+
+
+def credential_candidates(url: str) -> list[str]:
+    """Every string that may be the password of ``url``, whatever its shape: the password as libpq and urllib read
+    it (the authority ends at the first ``/``), and as a user meant it when a ``/`` or ``@`` in it was not
+    percent-encoded (everything between the first ``:`` after ``user`` and the last ``@``). For redaction only."""
+    rest = url.partition("://")[2]
+    out: list[str] = []
+    netloc = _AUTHORITY_END.split(rest, 1)[0]
+    for userinfo in (netloc.rpartition("@")[0], netloc.partition("@")[0], rest.rpartition("@")[0]):
+        user, sep, password = userinfo.partition(":")
+        if sep and password and password not in out:
+            out.append(password)
+    return out
+
+
+def credential_problem(url: str) -> str | None:
+    """Why libpq would misread the user or password of ``url``, or None. libpq's URI parser ends the user info at
+    the first ``@`` and the authority at the first ``/`` (libpq-connect, "Connection URIs": reserved characters
+    must be percent-encoded), so a password holding an unencoded ``@`` or ``/`` connects as someone else or to
+    another host, and the server's error then quotes part of the password. So any second ``@``, or an ``@``
+    after the authority (an unencoded ``/``, ``?`` or ``#`` in the password), is refused; an ``@`` meant literally
+    elsewhere in the URL must be percent-encoded too. The message never holds the password."""
+    rest = url.partition("://")[2]
+    netloc = _AUTHORITY_END.split(rest, 1)[0]
+    if rest.count("@") > 1 or ("@" in rest and "@" not in netloc):
+        return ("the user or password holds an unencoded '@', '/', '?' or '#': percent-encode them (%40, %2F, %3F, "
+                "%23), e.g. with urllib.parse.quote(password, safe='')")
+    return None
 
 
 def _scheme(url: str) -> tuple[str, str]:

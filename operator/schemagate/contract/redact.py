@@ -15,8 +15,9 @@ MASK = "***"
 
 _SECRETS: set[str] = set()
 
-# scheme://user:password@host  (the password may be empty; it ends at the last '@' before whitespace/quote)
-_URL_PW = re.compile(r"(?P<pre>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@'\"]*:)(?P<pw>[^\s'\"]*?)(?P<at>@)")
+# scheme://user:password@host  (the password may be empty; it ends at the LAST '@' before whitespace/quote, so a
+# password holding an unencoded '@' or '/' is masked whole)
+_URL_PW = re.compile(r"(?P<pre>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@'\"]*:)(?P<pw>[^\s'\"]*)(?P<at>@)")
 # libpq key/value and env style: password=..., PGPASSWORD=..., "password": "..."
 _KV_PW = re.compile(
     r"(?P<pre>\b(?:(?:pg)?passw(?:or)?d|pwd)[\"']?\s*[=:]\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,)]+)",
