@@ -258,3 +258,18 @@ def test_kubernetes_phases_carry_transactions_from_the_injected_runner_to_the_lo
     assert any(s.get("autocommit") for s in statements if s["revision"] == "0003")  # CREATE INDEX CONCURRENTLY
     r = precheck.count(workdir=work)
     assert ("lock-multiple-tables", "0002") in lock_findings(r), r.data["lint"]
+
+
+def test_the_lock_report_gives_way_before_any_count_in_the_termination_message(fresh_db: str) -> None:
+    """The precheck Job reports through a 4 KiB termination message: the lock report's table lists are details,
+    dropped before a single violation count would be."""
+    from schemagate.contract.stepresult import TERMINATION_MESSAGE_LIMIT, to_termination_message
+
+    demo.seed_wholesale(fresh_db)
+    r = precheck.precheck(REPO / "migrations" / "wholesale" / "alembic.ini", "head", fresh_db, "DATABASE_URL")
+    assert r.data["lint"]["locks"]["revisions"]
+    msg = to_termination_message(r)
+    assert len(msg.encode()) <= TERMINATION_MESSAGE_LIMIT
+    d = json.loads(msg)
+    counts = {c["name"]: c["count"] for c in d["data"]["checks"] if c.get("count")}
+    assert counts == demo.WHOLESALE_VIOLATIONS, d["data"].get("omitted")

@@ -237,7 +237,7 @@ _SHRINKABLE = ("kept", "removed", "applied", "pending", "notValid", "indexes", "
 def to_termination_message(result: StepResult | dict[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
     """Serialise compactly and, when larger than ``limit`` bytes, summarise until it fits.
 
-    Order: drop zero-count checks, drop lint details, then cut lists (checks keep the largest counts),
+    Order: drop zero-count checks, drop lint details (the lock report, then the findings), then cut lists (checks keep the largest counts),
     then shorten the message. ``truncated`` becomes true and ``data.omitted`` says how many items went.
     """
     d = copy.deepcopy(result.to_dict() if isinstance(result, StepResult) else result)
@@ -259,13 +259,19 @@ def to_termination_message(result: StepResult | dict[str, Any], limit: int = TER
             data["checks"] = nonzero
         for c in data["checks"]:
             if isinstance(c, dict):
-                for k in ("note", "revision"):
+                for k in ("note", "revision", "statement"):  # details the operator's status does not keep
                     c.pop(k, None)
+                if c.get("key") == c.get("name"):
+                    c.pop("key", None)
                 if isinstance(c.get("definition"), str) and len(c["definition"]) > 120:
                     c["definition"] = c["definition"][:117] + "..."
         data["checks"].sort(key=lambda c: -(c.get("count") or 0) if isinstance(c, dict) else 0)
     text = dump()
     lint = data.get("lint")
+    if len(text.encode()) > limit and isinstance(lint, dict) and isinstance(lint.get("locks"), dict):
+        omitted["lintLocks"] = 1  # the lock report's per-revision tables (its findings are also in findings)
+        lint.pop("locks")
+        text = dump()
     if len(text.encode()) > limit and isinstance(lint, dict) and isinstance(lint.get("findings"), list):
         omitted["lintFindings"] = len(lint["findings"])
         lint["findings"] = []
