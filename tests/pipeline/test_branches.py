@@ -3,8 +3,8 @@ target is ``head``, ``heads``, a revision id or ``label@head``, migrate applies 
 <target>`` applies (checked against the real ``alembic`` command on a second database) and verify compares the
 database's set of revisions with the set the target leaves.
 
-Projects: tests/pipeline/projects/branches (heads 0002a 'left', 0003b 'right' (over 0002b), 0002c 'extra'),
-tests/pipeline/projects/threeway (0002a, 0002b, 0002c merged by 0003), and the handed case 03 (two heads merged).
+Projects (tests/pipeline/projects/graph/*.ini): branches (heads 0002a 'left', 0003b 'right' (over 0002b),
+0002c 'extra'), threeway (0002a, 0002b, 0002c merged by 0003), and the handed case 03 (two heads merged).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from schemagate.runner.inject.migrate import migrate
 from schemagate.runner.inject.revisions import plan
 from tests.pipeline.helpers import PROJECTS, ROOT, execute, query, run_module, schema_snapshot
 
-BRANCHES = PROJECTS / "branches" / "alembic.ini"
-THREEWAY = PROJECTS / "threeway" / "alembic.ini"
+BRANCHES = PROJECTS / "graph" / "branches.ini"
+THREEWAY = PROJECTS / "graph" / "threeway.ini"
 CASE03 = Path("/work/shared/cases/precheck/03-db-at-two-heads-merge")
 
 

@@ -1,8 +1,8 @@
 """Identifiers end to end (precheck plan -> migrate -> verify) on real PostgreSQL: schema, table and column are
 separate fields and are quoted by the driver, never joined with dots and split again.
 
-Projects: the handed case 14b (schema "Sales", table "order.archive") and tests/pipeline/projects/quoted: schema
-"Sales.EU" with table "order.archive" whose mixed-case column "Unit.Price" gets NOT NULL and a CHECK, next to a
+Projects: the handed case 14b (schema "Sales", table "order.archive") and
+tests/pipeline/projects/graph/quoted.ini: schema "Sales.EU" with table "order.archive" whose mixed-case column "Unit.Price" gets NOT NULL and a CHECK, next to a
 decoy table "Sales.EU.order"."archive" (joined with dots both read Sales.EU.order.archive).
 """
 
@@ -17,7 +17,7 @@ from schemagate.runner.inject.migrate import migrate
 from schemagate.runner.precheck import precheck
 from tests.pipeline.helpers import PROJECTS, execute
 
-QUOTED = PROJECTS / "quoted" / "alembic.ini"
+QUOTED = PROJECTS / "graph" / "quoted.ini"
 CASE14B = Path("/work/shared/cases/precheck/14b-quoted-dotted-identifiers-clean")
 
 

@@ -21,7 +21,7 @@ from schemagate.runner import verify as verify_step
 from schemagate.runner.inject.migrate import migrate
 from tests.pipeline.helpers import PROJECTS, engine, execute, query
 
-CONCURRENT = PROJECTS / "concurrent" / "alembic.ini"
+CONCURRENT = PROJECTS / "graph" / "concurrent.ini"
 CASE05 = Path("/work/shared/cases/precheck/05-cic-lock-timeout-retry")
 
 
@@ -168,3 +168,20 @@ def test_failed_unique_build_is_named_then_dropped_by_the_retry_after_the_data_f
     assert again.outcome is Outcome.SUCCEEDED, again.message
     assert indexes(fresh_db, "Sales")["ix_Ev_Code"] is True
     assert [(x["index"], x["dropped"]) for x in again.data["leftovers"]] == [("ix_Ev_Code", True)]
+
+
+def test_statements_committed_on_their_own_before_a_lock_timeout_are_named(fresh_db: str) -> None:
+    """Revision 0002 creates a type, then, in an autocommit_block (which commits the type first), adds an enum
+    label and an audit table, then builds an index concurrently behind a writer. The lock timeout leaves those
+    committed: the result names each (a retry runs them again) besides dropping the INVALID index."""
+    committed = PROJECTS / "graph" / "committed.ini"
+    assert migrate(committed, "0001", fresh_db, retries=0).ok
+    with writer(fresh_db, "begin; insert into events (kind) values ('late')", hold=2.5):
+        r = migrate(committed, "head", fresh_db, lock_timeout="1s", retries=0)
+    assert r.reason == "LockTimeout", r.message
+    stmts = [(x["revision"], x["statement"]) for x in r.data["committedBeforeFailure"]]
+    assert stmts == [("0002", "CREATE TYPE mood AS ENUM ('calm')"), ("0002", "ALTER TYPE mood ADD VALUE 'tense'"),
+                     ("0002", "CREATE TABLE events_audit (id int)")], stmts
+    assert "committed on their own" in r.message and "events_audit" in r.message
+    assert [(x["index"], x["dropped"]) for x in r.data["leftovers"]] == [("ix_events_kind", False)]
+    assert versions(fresh_db) == ["0001"]

@@ -71,6 +71,51 @@ def _given(duration: str | None) -> str | None:
     return duration.strip() if duration and duration.strip() else None
 
 
+def _tracking(script: ScriptDirectory, target: str, state: dict[str, Any],
+              on_revision: Callable[[str], None] | None) -> Callable[[Any, Any], Any]:
+    """The ``fn`` of the EnvironmentContext: Alembic's own upgrade steps (``_upgrade_revs``, as ``alembic.command
+    .upgrade``), each migration function wrapped to record the revision running (``state["running"]``)."""
+
+    def wrap(rev_id: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(*a: Any, **kw: Any) -> Any:
+            state["running"] = rev_id
+            if on_revision is not None:
+                on_revision(rev_id)
+            out = fn(*a, **kw)
+            state["done"].append(rev_id)
+            state["running"] = None
+            return out
+
+        return run
+
+    def upgrade_fn(rev: Any, context: Any) -> Any:
+        steps = script._upgrade_revs(alembic_target(target), rev)  # type: ignore[arg-type]
+        for step in steps:
+            rid = getattr(getattr(step, "revision", None), "revision", None)
+            if rid and hasattr(step, "migration_fn"):
+                step.migration_fn = wrap(rid, step.migration_fn)
+        return steps
+
+    return upgrade_fn
+
+
+def _failure(e: BaseException, failing: str | None, after: str | None) -> Exception:
+    """The runner error for a failed upgrade: names the revision, the statement and where the database is."""
+    err = translate(e, MigrationFailed)
+    stmt = _statement_of(e)
+    if isinstance(err, (DatabaseUnreachable, AuthenticationFailed)) and failing is None:
+        return err
+    where = f"revision {failing}" if failing else "the migration environment (env.py)"
+    text = f"{where} failed"
+    if stmt:
+        text += f" at statement `{stmt[:240]}`"
+    text += f": {err.message}; the database is at revision {after or 'base'}"
+    if isinstance(err, LockTimeout):
+        return LockTimeout(text, revision=failing, statement=stmt)
+    return MigrationFailed(text, revision=failing, statement=stmt, current_revision=after)
+
+
 @isolated_imports
 def upgrade(
     config_path: str | os.PathLike[str],
@@ -109,51 +154,15 @@ def upgrade(
             result["sqlError"] = error_text(e)
     if not p["pending"]:
         return result
-
     state: dict[str, Any] = {"running": None, "done": []}
-
-    def wrap(rev_id: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def run(*a: Any, **kw: Any) -> Any:
-            state["running"] = rev_id
-            if on_revision is not None:
-                on_revision(rev_id)
-            out = fn(*a, **kw)
-            state["done"].append(rev_id)
-            state["running"] = None
-            return out
-
-        return run
-
-    def upgrade_fn(rev: Any, context: Any) -> Any:
-        steps = script._upgrade_revs(alembic_target(p["target"]), rev)  # type: ignore[arg-type]
-        for step in steps:
-            rid = getattr(getattr(step, "revision", None), "revision", None)
-            if rid and hasattr(step, "migration_fn"):
-                step.migration_fn = wrap(rid, step.migration_fn)
-        return steps
-
     try:
         with session_environment(url, url_env, lt, st):
-            with EnvironmentContext(cfg, script, fn=upgrade_fn, as_sql=False, starting_rev=None,
-                                    destination_rev=p["target"]):
+            with EnvironmentContext(cfg, script, fn=_tracking(script, p["target"], state, on_revision),
+                                    as_sql=False, starting_rev=None, destination_rev=p["target"]):
                 script.run_env()
     except Exception as e:  # the application's revisions and env.py may raise anything
-        failing = state["running"]
-        err = translate(e, MigrationFailed)
-        after = _safe_current(config_path, url, url_env)
-        result["toRevision"] = after
-        stmt = _statement_of(e)
-        if isinstance(err, (DatabaseUnreachable, AuthenticationFailed)) and failing is None:
-            raise err from e
-        where = f"revision {failing}" if failing else "the migration environment (env.py)"
-        text = f"{where} failed"
-        if stmt:
-            text += f" at statement `{stmt[:240]}`"
-        text += f": {err.message}; the database is at revision {after or 'base'}"
-        if isinstance(err, LockTimeout):
-            raise LockTimeout(text, revision=failing, statement=stmt) from e
-        raise MigrationFailed(text, revision=failing, statement=stmt, current_revision=after) from e
+        result["toRevision"] = _safe_current(config_path, url, url_env)
+        raise _failure(e, state["running"], result["toRevision"]) from e
     after = _safe_current(config_path, url, url_env)
     result["toRevision"] = after
     result["applied"] = reached(script, p["pending"], split_revisions(after))

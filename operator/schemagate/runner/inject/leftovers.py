@@ -10,16 +10,17 @@ leaves another ``_ccnew``. PostgreSQL's documented recovery is ``DROP INDEX CONC
 https://www.postgresql.org/docs/current/sql-reindex.html#SQL-REINDEX-CONCURRENTLY).
 
 ``IndexBuilds`` knows which index names the pending revisions build that way: from the statements each attempt
-executed (a SQLAlchemy ``before_cursor_execute`` listener, tagged with the running revision) and from the offline
-rendering of the pending revisions (so a leftover of an earlier process, e.g. a previous Job, is found before the
-first attempt). ``find`` returns only INVALID indexes with exactly those names (for REINDEX: ``<name>_ccnew[N]`` /
+executed (a SQLAlchemy ``before_cursor_execute`` listener, tagged with the running revision; a statement is seen
+before PostgreSQL runs it, so the one that fails is known too). ``add_sql`` reads an offline rendering the same
+way. ``find`` returns only INVALID indexes with exactly those names (for REINDEX: ``<name>_ccnew[N]`` /
 ``_ccold[N]`` on the same table); ``drop`` removes them with ``DROP INDEX CONCURRENTLY`` under the migration's
-``lock_timeout``. No other index is ever touched. Identifiers are quoted by SQLAlchemy's dialect
+``lock_timeout``. No other index is ever touched. Any other statement a failed revision ran outside a transaction
+and that completed (``committed_by``) stays committed: it is named in the result, since a retry runs it again. Identifiers are quoted by SQLAlchemy's dialect
 (``IdentifierPreparer.quote_identifier``) and compared as PostgreSQL stores them (unquoted names folded to lower
 case).
 
 Public API: ``IndexBuild``, ``Leftover``, ``parse_index_build(sql, revision=None) -> IndexBuild | None``,
-``IndexBuilds`` (``watch()``, ``on_revision(rev)``, ``add_sql(text, revision)``, ``builds``), ``find(url,
+``IndexBuilds`` (``watch()``, ``on_revision(rev)``, ``add_sql(text)``, ``builds``, ``committed_by(rev)``), ``find(url,
 builds) -> [Leftover]``, ``drop(url, leftovers, lock_timeout) -> None``, ``is_duplicate_relation(exc)``.
 """
 
@@ -33,6 +34,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from schemagate.contract.sqlkind import classify
 from schemagate.runner.inject.config import engine_for
 
 _IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
@@ -101,6 +103,8 @@ class IndexBuilds:
 
     builds: list[IndexBuild] = field(default_factory=list)
     revision: str | None = None
+    done: list[tuple[str | None, str, bool]] = field(default_factory=list)
+    """(revision, statement, outside a transaction) of the current attempt's completed data or schema changes."""
 
     def on_revision(self, revision: str) -> None:
         self.revision = revision
@@ -126,11 +130,27 @@ class IndexBuilds:
         def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
             self.add(parse_index_build(statement, self.revision))
 
+        def after(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+            if classify(statement) in ("ddl", "dml"):
+                auto = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+                self.done.append((self.revision, statement, auto))
+
+        self.done = []
         event.listen(sa.engine.Engine, "before_cursor_execute", before)
+        event.listen(sa.engine.Engine, "after_cursor_execute", after)
         try:
             yield
         finally:
             event.remove(sa.engine.Engine, "before_cursor_execute", before)
+            event.remove(sa.engine.Engine, "after_cursor_execute", after)
+
+    def committed_by(self, revision: str | None) -> list[str]:
+        """The statements of ``revision`` that the current attempt committed whatever happens to the revision:
+        those run outside a transaction (``autocommit_block``) and every one before the last of them (Alembic
+        commits the revision's open transaction when the block starts)."""
+        mine = [(stmt, auto) for rev, stmt, auto in self.done if rev == revision]
+        last = max((i for i, (_, auto) in enumerate(mine) if auto), default=-1)
+        return [stmt for stmt, _ in mine[: last + 1]]
 
 
 @dataclass(frozen=True)

@@ -17,21 +17,19 @@ import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from schemagate.contract import durations
 from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
 from schemagate.contract.errors import InvalidInput, LockTimeout, MigrationFailed, error_result
 from schemagate.contract.redact import redact
-from schemagate.contract.stepresult import Outcome, Plan, StepResult, now
+from schemagate.contract.stepresult import Outcome, StepResult, now
 from schemagate.runner.inject import leftovers
-from schemagate.runner.inject.apply import render_sql, upgrade
+from schemagate.runner.inject.apply import upgrade
 from schemagate.runner.inject.config import (
     DEFAULT_LOCK_TIMEOUT,
     isolated_imports,
-    load_script,
-    make_config,
-    session_environment,
 )
 from schemagate.runner.inject.graph import split_revisions
 from schemagate.runner.inject.lock import advisory_lock, backoff_delays
@@ -48,25 +46,15 @@ def _poll_interval(lock_timeout: str | None) -> float:
 
 
 class _Cleanup:
-    """Leftovers of failed attempts (``schemagate.runner.inject.leftovers``): which the pending revisions' index
-    builds left INVALID, dropped before the next attempt and recorded in ``data["leftovers"]``."""
+    """Leftovers of failed attempts (``schemagate.runner.inject.leftovers``): the INVALID indexes that the index
+    builds the attempts ran (recorded while they run) left, dropped before the next attempt and recorded in
+    ``data["leftovers"]``. A leftover of an earlier process (a previous Job) shows up when the attempt's build
+    fails on its name ("already exists", retried once at once) or, for REINDEX, after the attempt succeeds."""
 
     def __init__(self, url: str, lock_timeout: str | None, data: dict[str, Any], say: Callable[[str], None]):
         self.url, self.lock_timeout, self.data, self.say = url, lock_timeout, data, say
         self.builds = leftovers.IndexBuilds()
         self.found: list[leftovers.Leftover] = []
-
-    def discover_offline(self, config_path: str | os.PathLike[str], url_env: str | None,
-                         p: Plan) -> None:
-        """The builds of the pending revisions' offline SQL (leftovers of an earlier process are found before the
-        first attempt); a revision that cannot render offline is found when its attempt fails instead."""
-        try:
-            cfg = make_config(config_path, self.url)
-            with session_environment(self.url, url_env):
-                self.builds.add_sql(render_sql(cfg, load_script(cfg), p["currentHeads"], p["target"]))
-        except Exception as e:  # noqa: BLE001 - an env.py or revision that cannot render offline
-            self.say(f"offline rendering unavailable for the leftover check ({type(e).__name__})")
-        self.look()
 
     def look(self) -> list[leftovers.Leftover]:
         new = [x for x in leftovers.find(self.url, self.builds.builds) if x not in self.found]
@@ -92,12 +80,35 @@ class _Cleanup:
             self.data["leftovers"][i].update(dropped=True, attempt=attempt)
             self.say(f"dropped INVALID {x.display()} (DROP INDEX CONCURRENTLY) before attempt {attempt}")
 
+    def committed_before(self, revision: str | None) -> None:
+        """Record what the failed ``revision`` committed on its own before failing (a retry runs it again)."""
+        for stmt in self.builds.committed_by(revision):
+            if leftovers.parse_index_build(stmt) is not None:
+                continue  # index builds: handled as leftovers
+            entry = {"revision": revision, "statement": redact(" ".join(stmt.split()))[:200]}
+            if entry not in self.data.setdefault("committedBeforeFailure", []):
+                self.data["committedBeforeFailure"].append(entry)
+                self.say(f"revision {revision} committed `{entry['statement']}` on its own before failing")
+
+    def after_success(self, attempt: int) -> None:
+        """A build that succeeded may still find the leftover of an earlier process (REINDEX CONCURRENTLY makes
+        ``_ccnew1`` next to an old INVALID ``_ccnew``): drop those too, or name them when writers hold the table."""
+        if self.look():
+            try:
+                self.drop_pending(attempt)
+            except LockTimeout as e:
+                self.say(f"leftover not dropped: {e}")
+
     def sentence(self) -> str:
         """A message clause naming the leftovers and what was done, or ''."""
         items = self.data.get("leftovers") or []
         done = [x for x in items if x["dropped"]]
         left = [x for x in items if not x["dropped"]]
         out = ""
+        committed = self.data.get("committedBeforeFailure") or []
+        if committed:
+            out += ("; committed on their own (outside a transaction) before the failure, so run again by a retry: "
+                    + ", ".join(f"revision {x['revision']}: `{x['statement'][:120]}`" for x in committed[:3]))
         if done:
             out += ("; dropped INVALID index(es) " + ", ".join(f"{x['index']} (table {x['table']}, schema "
                     f"{x['schema']})" for x in done) + " left by a failed attempt (DROP INDEX CONCURRENTLY)")
@@ -108,24 +119,81 @@ class _Cleanup:
         return out
 
 
-def _attempt(config_path: str | os.PathLike[str], target: str | None, url: str, url_env: str | None,
-             lock_timeout: str | None, statement_timeout: str | None, cleanup: _Cleanup, attempt: int,
-             say: Callable[[str], None]) -> dict[str, Any]:
-    """One upgrade attempt: leftovers dropped first, index builds recorded while it runs, looked for on failure.
-    A failure on a relation that exists because of a leftover just dropped is retried at once (once)."""
-    cleanup.drop_pending(attempt)
+@dataclass
+class _Run:
+    """What every attempt of one ``migrate`` call shares."""
+
+    config_path: str | os.PathLike[str]
+    target: str | None
+    url: str
+    url_env: str | None
+    lock_timeout: str | None
+    statement_timeout: str | None
+    data: dict[str, Any]
+    cleanup: _Cleanup
+    say: Callable[[str], None]
+
+
+def _attempt(run: _Run, attempt: int) -> dict[str, Any]:
+    """One upgrade attempt: leftovers dropped first, index builds recorded while it runs, looked for on failure."""
+    run.cleanup.drop_pending(attempt)
 
     def on_revision(r: str) -> None:
-        cleanup.builds.on_revision(r)
-        say(f"applying revision {r}")
+        run.cleanup.builds.on_revision(r)
+        run.say(f"applying revision {r}")
 
     try:
-        with cleanup.builds.watch():
-            return upgrade(config_path, target, url, url_env, lock_timeout, statement_timeout,
-                           on_revision=on_revision)
+        with run.cleanup.builds.watch():
+            return upgrade(run.config_path, run.target, run.url, run.url_env, run.lock_timeout,
+                           run.statement_timeout, on_revision=on_revision)
     except (LockTimeout, MigrationFailed):
-        cleanup.look()
+        run.cleanup.look()
+        run.cleanup.committed_before(run.cleanup.builds.revision)  # the revision running when it failed
         raise
+
+
+def _after_lock_timeout(run: _Run, e: LockTimeout, wait: dict[str, Any] | None, attempt: int,
+                        delays: list[float], sleep: Callable[[float], None]) -> None:
+    """Record the lock wait, then back off (capped exponential, with jitter) or give up naming the leftovers."""
+    run.data["lockWaits"].append({"attempt": attempt, "outcome": "LockTimeout", **(wait or {})})
+    why = f"; {describe(wait)}" if wait else ""
+    if attempt > len(delays):
+        raise LockTimeout(
+            f"{e} (gave up after {attempt} attempts{why}; retry later or raise --lock-timeout)"
+            f"{run.cleanup.sentence()}",
+            revision=e.revision,
+        ) from e
+    delay = delays[attempt - 1] * (0.8 + 0.4 * random.random())  # noqa: S311
+    run.say(f"lock timeout (attempt {attempt}{why}); retrying in {delay:.1f}s")
+    sleep(delay)
+
+
+def _until_applied(run: _Run, watcher: LockWaitWatcher, delays: list[float],
+                   sleep: Callable[[float], None]) -> None:
+    """Attempts until the upgrade succeeds: lock timeouts back off and retry; a build that fails because the
+    leftover of an earlier process holds its name is retried at once, once, after dropping it."""
+    attempt = 0
+    duplicate_retried = False
+    while True:
+        attempt += 1
+        run.data["attempts"] = attempt
+        try:
+            out = _attempt(run, attempt)
+        except LockTimeout as e:
+            _after_lock_timeout(run, e, watcher.take(), attempt, delays, sleep)
+            continue
+        except MigrationFailed as e:
+            if not duplicate_retried and leftovers.is_duplicate_relation(e) and any(
+                    not x["dropped"] for x in run.data.get("leftovers") or []):
+                duplicate_retried = True
+                continue
+            raise
+        wait = watcher.take()
+        if wait:
+            run.data["lockWaits"].append({"attempt": attempt, "outcome": "Applied", **wait})
+        run.data["toRevision"] = out["toRevision"]
+        run.cleanup.after_success(attempt)
+        return
 
 
 @isolated_imports
@@ -162,8 +230,8 @@ def migrate(
         first = plan(config_path, target, url, url_env)  # validates everything before taking any lock
         data.update({"fromRevision": first["current"], "toRevision": first["current"],
                      "targetRevision": first["target"]})
-        delays = backoff_delays(retries, backoff, max_backoff)
         cleanup = _Cleanup(url, lock_pg, data, say)
+        run = _Run(config_path, target, url, url_env, lock_timeout, statement_timeout, data, cleanup, say)
         with advisory_lock(url, lock_wait, sleep=sleep,
                            on_wait=lambda pid: say(f"waiting for another migrator (pid {pid})")), \
                 LockWaitWatcher(url, interval=_poll_interval(data["lockTimeout"]),
@@ -171,41 +239,7 @@ def migrate(
             # re-plan under the lock: another migrator may have applied everything while we waited
             base = plan(config_path, target, url, url_env)
             data["fromRevision"] = data["toRevision"] = base["current"]
-            if base["pending"]:
-                cleanup.discover_offline(config_path, url_env, base)
-            attempt = 0
-            duplicate_retried = False
-            while True:
-                attempt += 1
-                data["attempts"] = attempt
-                try:
-                    out = _attempt(config_path, target, url, url_env, lock_timeout, statement_timeout, cleanup,
-                                   attempt, say)
-                except LockTimeout as e:
-                    wait = watcher.take()
-                    data["lockWaits"].append({"attempt": attempt, "outcome": "LockTimeout", **(wait or {})})
-                    why = f"; {describe(wait)}" if wait else ""
-                    if attempt > len(delays):
-                        raise LockTimeout(
-                            f"{e} (gave up after {attempt} attempts{why}; retry later or raise --lock-timeout)"
-                            f"{cleanup.sentence()}",
-                            revision=getattr(e, "revision", None),
-                        ) from e
-                    delay = delays[attempt - 1] * (0.8 + 0.4 * random.random())  # noqa: S311
-                    say(f"lock timeout (attempt {attempt}{why}); retrying in {delay:.1f}s")
-                    sleep(delay)
-                    continue
-                except MigrationFailed as e:
-                    if leftovers.is_duplicate_relation(e) and not duplicate_retried and any(
-                            not x["dropped"] for x in data.get("leftovers") or []):
-                        duplicate_retried = True  # the leftover of an earlier process: drop it, apply again
-                        continue
-                    raise
-                wait = watcher.take()
-                if wait:
-                    data["lockWaits"].append({"attempt": attempt, "outcome": "Applied", **wait})
-                data["toRevision"] = out["toRevision"]
-                break
+            _until_applied(run, watcher, backoff_delays(retries, backoff, max_backoff), sleep)
         # revisions committed by earlier attempts (before a lock timeout) count too
         data["applied"] = applied_revisions(config_path, url, base["pending"], split_revisions(data["toRevision"]))
         return _succeeded(data, started, cleanup)

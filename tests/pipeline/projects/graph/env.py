@@ -1,4 +1,4 @@
-"""Alembic environment of the branches test project.
+"""Alembic environment of the projects branches, threeway, concurrent and quoted (one env.py, an ini each).
 
 The URL comes from ``sqlalchemy.url`` when set (schemagate's runner sets it), else from DATABASE_URL. Each revision
 runs in its own transaction (``transaction_per_migration=True``) so that a NOT VALID constraint is committed before
