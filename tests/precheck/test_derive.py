@@ -211,6 +211,11 @@ def test_kubernetes_phases_prepare_shadow_upgrade_count(wholesale: str, tmp_path
     # the shadow-upgrade container recorded a catalog snapshot after each statement: the same statement-by-
     # statement checks as the all-in-one precheck
     assert (tmp_path / "snapshots.json").exists() and r.data["route"] == "real-database"
+    # the Job's 4 KiB termination message (what the operator reads) still carries every violated check
+    from schemagate.runner.result import to_termination_message
+
+    kept = {c["name"]: c["count"] for c in json.loads(to_termination_message(r))["data"]["checks"] if c["count"]}
+    assert kept == {**WHOLESALE_EXPECTED, "orders without amount": 1}
     assert by_name(r)["credit_transactions_order_id_fkey"]["revision"] == "0003"
     assert r.data["pending"] == ["0002", "0003"] and r.data["lint"]["source"] == "offline"
     assert r.data["dataChanges"] is False and r.data["derivationNote"] is None

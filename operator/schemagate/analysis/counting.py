@@ -136,7 +136,7 @@ class Check:
     def as_dict(self) -> dict[str, Any]:
         """The precheck result's check entry (docs/architecture.md): schema, table and column are separate
         fields (``table`` is the table name alone)."""
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "schema": self.schema,
             "table": self.relname if self.kind != "user" else self.table,
@@ -150,6 +150,10 @@ class Check:
             "key": self.key,
             "presentAtTarget": self.extra.get("present_at_target", True),
         }
+        # keep results small (the Kubernetes termination message is 4 KiB): the default goes
+        if out["presentAtTarget"]:
+            del out["presentAtTarget"]
+        return out
 
     @property
     def key(self) -> str:

@@ -237,7 +237,9 @@ _SHRINKABLE = ("kept", "removed", "applied", "pending", "notValid", "indexes", "
 def to_termination_message(result: StepResult | dict[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
     """Serialise compactly and, when larger than ``limit`` bytes, summarise until it fits.
 
-    Order: drop zero-count checks, drop lint details (the lock report, then the findings), then cut lists (checks keep the largest counts),
+    Order: drop zero-count checks (and each check's note, revision, statement, evaluatedBy, and its key where it
+    is the name), drop lint details (the lock report, then the findings), then cut lists (checks keep the largest
+    counts),
     then shorten the message. ``truncated`` becomes true and ``data.omitted`` says how many items went.
     """
     d = copy.deepcopy(result.to_dict() if isinstance(result, StepResult) else result)
@@ -259,9 +261,9 @@ def to_termination_message(result: StepResult | dict[str, Any], limit: int = TER
             data["checks"] = nonzero
         for c in data["checks"]:
             if isinstance(c, dict):
-                for k in ("note", "revision", "statement"):  # details the operator's status does not keep
+                for k in ("note", "revision", "statement", "evaluatedBy"):  # details the status does not need
                     c.pop(k, None)
-                if c.get("key") == c.get("name"):
+                if c.get("key") == c.get("name"):  # readers fall back to the name
                     c.pop("key", None)
                 if isinstance(c.get("definition"), str) and len(c["definition"]) > 120:
                     c["definition"] = c["definition"][:117] + "..."
