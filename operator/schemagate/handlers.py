@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import uuid
 from typing import Any
 
 import kopf
 
-from schemagate import k8s, metrics
+from schemagate import k8s, leader, metrics
 from schemagate.contract import names
 from schemagate.core import gate
 from schemagate.core import jobs as J
@@ -97,5 +99,29 @@ def main(namespaces: list[str] | None = None, all_namespaces: bool | None = None
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if liveness is None and _settings.health_port > 0:
         liveness = f"http://0.0.0.0:{_settings.health_port}/healthz"
-    kopf.run(clusterwide=_settings.all_namespaces, namespaces=[] if _settings.all_namespaces else list(names),
-             liveness_endpoint=liveness or None, standalone=True)
+    elector = _lead(_settings) if _settings.leader_election else None
+    try:
+        kopf.run(clusterwide=_settings.all_namespaces, namespaces=[] if _settings.all_namespaces else list(names),
+                 liveness_endpoint=liveness or None, standalone=True)
+    finally:
+        if elector is not None:
+            elector.release()
+
+
+def _lead(s: OperatorSettings) -> leader.LeaderElector:
+    """Block until this process holds the leader Lease (answering ``/healthz`` meanwhile, so a standby replica is
+    live and ready), then keep renewing it; losing it ends the process at once (exit code 1), so two replicas
+    never act together and Kubernetes restarts this one as a standby."""
+    elector = leader.LeaderElector(
+        k8s.Kube(instance=s.instance), s.lease_namespace, s.leader_election_lease,
+        identity=f"{s.instance}_{uuid.uuid4().hex[:8]}", duration=s.leader_lease_seconds,
+        renew=s.leader_lease_seconds / 3, retry=min(2.0, s.leader_lease_seconds / 5))
+    with leader.standby_health(s.health_port):
+        elector.acquire()
+
+    def lost(reason: str) -> None:
+        logging.getLogger("schemagate.leader").error("lost leadership (%s): exiting", reason)
+        os._exit(1)
+
+    elector.renew_loop(lost)
+    return elector

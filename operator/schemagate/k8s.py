@@ -95,6 +95,11 @@ def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
+def micro_time(t: _dt.datetime) -> str:
+    """A ``metav1.MicroTime`` string (RFC 3339 with microseconds, UTC)."""
+    return _micro(t)
+
+
 def _micro(t: _dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -322,6 +327,31 @@ class Kube:
         except (Conflict, NotFound):
             return
         self.writes.add("lease")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The leader Lease (schemagate.leader)
+
+    def read_lease(self, ns: str, name: str) -> Obj | None:
+        """The Lease ``ns/name`` as a dict, or None when it does not exist."""
+        return self._read_lease(ns, name)
+
+    def write_lease_spec(self, ns: str, name: str, spec: Obj, resource_version: str | None) -> str | None:
+        """Create the Lease with ``spec`` (``resource_version`` None) or merge-patch its spec guarded by
+        ``resource_version``. Returns the new resourceVersion, or None when another writer won the race (409 or a
+        deleted Lease). Other API errors raise :class:`ApiError`."""
+        try:
+            if resource_version is None:
+                body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                        "metadata": {"name": name, "namespace": ns, "labels": {J.LABEL_MANAGED_BY: J.MANAGED_BY}},
+                        "spec": spec}
+                r = request(self.coord.create_namespaced_lease, ns, body)
+            else:
+                body = {"metadata": {"resourceVersion": resource_version}, "spec": spec}
+                r = request(self.coord.patch_namespaced_lease, name, ns, body, _content_type=MERGE)
+        except (Conflict, NotFound):
+            return None
+        self.writes.add("lease")
+        return str(r["metadata"]["resourceVersion"])
 
     # ------------------------------------------------------------------------------------------------------------
     # Events and gated pods

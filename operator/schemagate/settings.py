@@ -38,6 +38,9 @@ RESYNC_ENV = names.ENV_RESYNC_SECONDS
 NAMESPACES_ENV = names.ENV_NAMESPACES
 ALL_NAMESPACES_ENV = names.ENV_ALL_NAMESPACES
 HOSTNAME_ENV = names.ENV_HOSTNAME
+LEADER_ELECTION_ENV = names.ENV_LEADER_ELECTION
+LEADER_ELECTION_LEASE_ENV = names.ENV_LEADER_ELECTION_LEASE
+LEADER_LEASE_SECONDS_ENV = names.ENV_LEADER_LEASE_SECONDS
 
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
@@ -69,6 +72,13 @@ def _port(name: str, raw: str) -> int:
     if not raw.strip().isdigit() or int(raw) > 65535:
         raise SettingsError(name, raw, "expected a TCP port 0-65535 (0 turns the endpoint off)")
     return int(raw)
+
+
+def _lease_seconds(name: str, raw: str) -> float:
+    value = _seconds(name, raw)
+    if value < 3:
+        raise SettingsError(name, raw, "expected at least 3 seconds (the Lease is renewed every third of it)")
+    return value
 
 
 def _flag(name: str, raw: str) -> bool:
@@ -140,6 +150,14 @@ class OperatorSettings:
         ALL_NAMESPACES_ENV, False, "`1`/`true`: watch every namespace (also the default when none is named)", _flag)
     instance: str = _setting(HOSTNAME_ENV, "schemagate", "`reportingInstance` of the operator's Events (the pod name)",
                              _text)
+    leader_election: bool = _setting(
+        LEADER_ELECTION_ENV, True, "`schemagate operator` acts only while it holds the leader Lease, so replicas "
+        "stand by and take over when the leader dies (`0`/`false`: off)", _flag)
+    leader_election_lease: str = _setting(
+        LEADER_ELECTION_LEASE_ENV, "schemagate-leader", "name of the leader Lease (in the Lease namespace)", _text)
+    leader_lease_seconds: float = _setting(
+        LEADER_LEASE_SECONDS_ENV, 12.0, "seconds a leader Lease lasts without renewal; a standby takes over this "
+        "long after the leader stopped renewing (renewed every third of it)", _lease_seconds)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, require_image: bool = True,

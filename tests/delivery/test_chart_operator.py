@@ -119,7 +119,7 @@ def test_operator_deployment_is_hardened():
     # service links would inject SCHEMAGATE_METRICS_PORT=tcp://... for the schemagate-metrics Service
     assert dep["spec"]["template"]["spec"]["enableServiceLinks"] is False
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    assert dep["spec"]["replicas"] == 2 and dep["spec"]["strategy"]["type"] == "RollingUpdate"
     assert c["args"][0] == "operator" and "--all-namespaces" in c["args"]
     assert pod["serviceAccountName"] == "schemagate"
 

@@ -44,6 +44,7 @@ class Operator:
         self.extra_env = dict(extra_env or {})
         self.command, self.kubeconfig, self.pod_namespace = command, kubeconfig, pod_namespace
         self.metrics_port = free_port()  # stable across restarts, so a test can read the counters
+        self.leader_lease = f"schemagate-leader-{os.getpid()}-{id(self):x}"  # unless extra_env names one
         self.proc: subprocess.Popen[bytes] | None = None
         self.log: IO[bytes] | None = None
         self.starts = 0
@@ -60,6 +61,8 @@ class Operator:
             env["KUBECONFIG"] = str(self.kubeconfig)
         if self.pod_namespace:
             env["POD_NAMESPACE"] = self.pod_namespace  # as the Deployment's fieldRef sets it: the Lease namespace
+        # `schemagate operator` elects a leader: operators of different tests must not wait for each other's Lease
+        env["SCHEMAGATE_LEADER_ELECTION_LEASE"] = self.leader_lease
         env.update(self.extra_env)
         return env
 

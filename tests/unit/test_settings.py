@@ -25,7 +25,8 @@ def test_every_variable_is_read():
            "SCHEMAGATE_RETRY_BASE_SECONDS": "1", "SCHEMAGATE_RETRY_CAP_SECONDS": "4.5",
            "SCHEMAGATE_SECRET_POLL_SECONDS": "2", "SCHEMAGATE_LOCK_POLL_SECONDS": "0.5",
            "SCHEMAGATE_RESYNC_SECONDS": "60", "SCHEMAGATE_NAMESPACES": " a, b ,", "SCHEMAGATE_ALL_NAMESPACES": "0",
-           "HOSTNAME": "schemagate-7d9f"}
+           "HOSTNAME": "schemagate-7d9f", "SCHEMAGATE_LEADER_ELECTION": "false",
+           "SCHEMAGATE_LEADER_ELECTION_LEASE": "ops-leader", "SCHEMAGATE_LEADER_LEASE_SECONDS": "9"}
     s = OperatorSettings.from_env(env)
     assert s.runner_pull_policy == "Always" and s.lease_namespace == "locks" and s.pod_namespace == "ops"
     assert (s.metrics_port, s.health_port) == (0, 9090)
@@ -33,6 +34,7 @@ def test_every_variable_is_read():
     assert (p.base_seconds, p.cap_seconds, p.secret_poll_seconds, p.lock_poll_seconds) == (1.0, 4.5, 2.0, 0.5)
     assert s.resync_seconds == 60.0 and s.namespaces == ("a", "b") and s.exact_namespaces
     assert s.instance == "schemagate-7d9f"
+    assert (s.leader_election, s.leader_election_lease, s.leader_lease_seconds) == (False, "ops-leader", 9.0)
     assert [env_name for env_name, _, _ in S.describe()] == list(env)
 
 
@@ -47,6 +49,7 @@ def test_lease_namespace_falls_back_to_pod_namespace_then_the_service_account(tm
     ("SCHEMAGATE_RETRY_BASE_SECONDS", "1m"), ("SCHEMAGATE_RETRY_CAP_SECONDS", "-1"),
     ("SCHEMAGATE_LOCK_POLL_SECONDS", "nan"), ("SCHEMAGATE_METRICS_PORT", "http"), ("SCHEMAGATE_HEALTH_PORT", "70000"),
     ("SCHEMAGATE_ALL_NAMESPACES", "maybe"), ("SCHEMAGATE_RUNNER_PULL_POLICY", "always"),
+    ("SCHEMAGATE_LEADER_ELECTION", "sometimes"), ("SCHEMAGATE_LEADER_LEASE_SECONDS", "1"),
 ])
 def test_a_bad_value_names_the_variable(name, value):
     with pytest.raises(SettingsError) as e:
