@@ -39,6 +39,7 @@ _phases: dict[tuple[str, str], str] = {}  # the phase exported per (namespace, m
 
 
 def serve(port: int) -> None:
+    """Serve ``/metrics`` on ``port`` (TCP, all interfaces) once per process; ``port`` <= 0 serves nothing."""
     global _started
     if not _started and port > 0:
         start_http_server(port)
@@ -46,6 +47,9 @@ def serve(port: int) -> None:
 
 
 def observe_result(ns: str, name: str, step: str, result: dict[str, Any]) -> None:
+    """Record one consumed StepResult (docs/architecture.md): its duration (seconds) per step and outcome, a
+    failure per step/reason/outcome unless it Succeeded, and for ``precheck`` the violating rows per check and in
+    total. A check of an earlier precheck that this one no longer counts loses its series."""
     outcome = str(result.get("outcome") or "Unknown")
     dur = result.get("durationSeconds")
     if isinstance(dur, (int, float)):

@@ -5,6 +5,9 @@ list or watch. It reads the status the same way as the rollout gate (:func:`sche
 Ready means phase Succeeded and ``Ready=True`` for the *current* generation, and, with ``--revision``,
 ``status.currentRevision`` equal to it.
 
+Outside a cluster, ``--kubeconfig`` and ``--context`` choose the kubeconfig file and context (and so the default
+namespace); either one skips the in-cluster service account.
+
 Exit codes (:class:`WaitExit`):
   0    Ready
   3    Blocked or Failed for the current generation (fails fast; the reason is printed and written to the
