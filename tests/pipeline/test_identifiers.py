@@ -77,3 +77,18 @@ def test_display_only_plan_is_matched_whole_never_split(fresh_db: str) -> None:
     r = verify_step.verify(None, None, fresh_db, plan=separate)
     assert r.outcome is Outcome.CHECKS_FAILED  # the decoy's column is nullable: separate fields find the decoy
     assert r.data["failures"] == ['"Sales.EU.order".archive.Unit.Price is not NOT NULL'], r.data["failures"]
+
+
+def test_verify_reads_the_version_table_the_plan_names(fresh_db: str) -> None:
+    """The operator's verify Job has no project: the plan says where env.py keeps the version rows (a mixed-case
+    schema and a dotted name here), and verify reads them there, quoted by the driver."""
+    execute(fresh_db, 'CREATE SCHEMA "Ops"; CREATE TABLE "Ops"."Version.Rows" (version_num varchar(32) PRIMARY KEY);'
+                      """INSERT INTO "Ops"."Version.Rows" VALUES ('0002a'), ('0002b')""")
+    plan = {"targetRevision": "0002a,0002b", "expectedRevisions": ["0002a", "0002b"],
+            "versionTable": {"schema": "Ops", "name": "Version.Rows"}}
+    r = verify_step.verify(None, None, fresh_db, plan=plan)
+    assert r.outcome is Outcome.SUCCEEDED, r.message
+    assert r.data["currentRevision"] == "0002a,0002b"
+    r = verify_step.verify(None, None, fresh_db, plan={k: v for k, v in plan.items() if k != "versionTable"})
+    assert r.outcome is Outcome.CHECKS_FAILED  # alembic_version does not exist here
+    assert "not the expected 0002a,0002b" in r.message

@@ -519,3 +519,20 @@ def test_migrate_leftovers_become_events():
     a = sim.step()
     dropped = [e for e in a.events if e.reason == "LeftoverIndexDropped"]
     assert len(dropped) == 1 and "DROP INDEX CONCURRENTLY" in dropped[0].message
+
+
+def test_plan_carries_expected_revisions_version_table_and_separate_identifiers_to_verify():
+    pre = result("precheck", reason="PrecheckPassed", currentRevision="0002a", targetRevision="0002b",
+                 pending=["0002b"], expectedRevisions=["0002a", "0002b"], total=0, maxViolations=0,
+                 versionTable={"schema": "billing", "name": "billing_alembic_version"},
+                 checks=[{"name": "n", "schema": "Sales", "table": "order.archive", "column": "Note",
+                          "kind": "notnull", "definition": '"Note" NOT NULL', "count": 0, "presentAtTarget": True}])
+    sim = Sim(mig(backup={"enabled": False}))
+    sim.step()
+    sim.finish("precheck", pre)
+    a = sim.step()
+    plan = a.status["plan"]
+    assert plan["expectedRevisions"] == ["0002a", "0002b"]
+    assert plan["versionTable"] == {"schema": "billing", "name": "billing_alembic_version"}
+    assert plan["checks"] == [{"name": "n", "schema": "Sales", "table": "order.archive", "column": "Note",
+                               "kind": "notnull", "definition": '"Note" NOT NULL', "presentAtTarget": True}]

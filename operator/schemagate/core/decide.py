@@ -311,6 +311,8 @@ def _precheck_status(st: MigrationStatus, data: dict[str, Any], max_violations: 
         "indexes": list(data.get("indexes") or []),
         "notValid": list(data.get("notValid") or []),
     }
+    if isinstance(data.get("versionTable"), dict):  # where env.py keeps the version rows (verify reads them there)
+        st["plan"]["versionTable"] = dict(data["versionTable"])
     return total
 
 

@@ -88,7 +88,11 @@ class LintSummary(TypedDict):
     findings: list[dict[str, Any]]
 
 
-class Plan(TypedDict):
+class _PlanOptional(TypedDict, total=False):
+    versionTable: dict[str, Any]  # {"schema", "name"}: where the application's env.py keeps the version rows
+
+
+class Plan(_PlanOptional):
     """``status.plan``: what the verify step needs from the precheck (passed in ``SCHEMAGATE_PLAN``)."""
 
     targetRevision: str | None

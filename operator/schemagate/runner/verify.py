@@ -6,8 +6,9 @@ Named checks, each adding to one ``VerifyReport`` (every failure is one line in 
 1. ``check_revisions``: the database's set of current revisions (the version table's rows) equals the set the
    target leaves. With ``config_path`` (the Alembic project) nothing may be pending for the target; without it
    (the operator's image) the rows are compared with the plan's ``expectedRevisions`` (or ``targetRevision``,
-   comma-separated for several heads). The version table is the plan's ``versionTableSchema``/``versionTable``
-   when given, else ``version_table_schema``/``version_table``.
+   comma-separated for several heads). The version table is the plan's ``versionTable`` (``{"schema", "name"}``
+   as the application's env.py configured the migration context) when given, else
+   ``version_table_schema``/``version_table``.
 2. ``check_constraints``: every constraint the revisions added (the plan's checks of kind
    check/foreignkey/unique/notnull) exists and ``pg_constraint.convalidated``; NOT NULL ones are ``attnotnull``.
 3. ``check_indexes``: every index the revisions added has ``indisvalid AND indisready AND indislive``.
@@ -204,6 +205,17 @@ def read_version_rows(cur: Any, table: str, schema: str | None) -> list[str] | N
     name = sql.Identifier(schema, table) if schema else sql.Identifier(table)
     cur.execute(sql.SQL("SELECT version_num FROM {} ORDER BY 1").format(name))
     return [r[0] for r in cur.fetchall()]
+
+
+def plan_version_table(plan: Mapping[str, Any], name: str, schema: str | None) -> tuple[str, str | None]:
+    """``(name, schema)`` of the version table: the plan's ``versionTable`` (``{"schema", "name"}``, or a bare name
+    with ``versionTableSchema``) when it names one, else ``name``/``schema``."""
+    vt = plan.get("versionTable")
+    if isinstance(vt, Mapping) and vt.get("name"):
+        return str(vt["name"]), vt.get("schema")
+    if isinstance(vt, str) and vt:
+        return vt, plan.get("versionTableSchema") or schema
+    return name, schema
 
 
 def _revisions_with_project(report: VerifyReport, config_path: str | os.PathLike[str], wanted: str | None,
@@ -492,8 +504,7 @@ def verify(
             url = resolve_url(url, url_env)
             plan = dict(plan or {})
             users = _plan_user_checks(plan, user_checks)
-            vt = (str(plan.get("versionTable") or version_table),
-                  plan.get("versionTableSchema") or version_table_schema)
+            vt = plan_version_table(plan, version_table, version_table_schema)
             with _connect(url) as conn, conn.cursor() as cur:
                 cur.execute("SELECT set_config('statement_timeout', %s, false)", (statement_timeout,))
                 check_revisions(report, cur, plan, config_path, target, url, url_env, vt)
