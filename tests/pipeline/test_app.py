@@ -33,7 +33,8 @@ from tests.pipeline.helpers import (
 def test_plan_on_empty_database(fresh_db: str) -> None:
     p = plan(FOODTRUCK, "head", fresh_db)
     assert p == {"current": None, "currentHeads": [], "target": "0003", "pending": ["0001", "0002", "0003"],
-                 "expected": ["0003"], "heads": ["0003"]}
+                 "expected": ["0003"], "heads": ["0003"], "versionTable": "alembic_version",
+                 "versionTableSchema": None}
     assert version(fresh_db) is None  # planning changes nothing
 
 

@@ -35,6 +35,8 @@ class Plan(TypedDict):
     pending: list[str]  # the revisions ``alembic upgrade target`` applies, in apply order
     expected: list[str]  # the version rows after the upgrade, sorted
     heads: list[str]  # the heads of the migration scripts
+    versionTable: str  # the version table env.py configures (Alembic's default alembic_version)
+    versionTableSchema: str | None
 
 
 class MigrateData(TypedDict, total=False):

@@ -18,12 +18,12 @@ from typing import Any
 
 from schemagate.contract import durations
 from schemagate.contract.checks import UserCheck
-from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
+from schemagate.contract.dburl import DEFAULT_URL_ENV
 from schemagate.contract.errors import InvalidInput, StepBoundary
 from schemagate.contract.stepresult import Plan, StepResult
 from schemagate.runner import backup as backup_step
 from schemagate.runner import verify as verify_step
-from schemagate.runner.inject.config import DEFAULT_LOCK_TIMEOUT
+from schemagate.runner.inject.config import DEFAULT_LOCK_TIMEOUT, Target
 from schemagate.runner.inject.migrate import DEFAULT_RETRIES, migrate
 from schemagate.runner.inject.revisions import plan
 
@@ -85,17 +85,18 @@ def run(
     with StepBoundary(STEP, data=data) as boundary:
         r = _Run(boundary, on_step, progress)
         checks = _validate(max_violations, lock_timeout, statement_timeout, user_checks)
-        url = resolve_url(url, url_env)
-        p = plan(config_path, target, url, url_env)
+        t = Target(config_path, target, url, url_env).resolved()
+        p = plan(*t.args())  # the plan of this run: passed down, computed again only under the migration's lock
+        t = t.at(p["target"])
         data.update(currentRevision=p["current"], targetRevision=p["target"], pending=p["pending"])
         if backup and p["pending"]:
             if backup_dir is None:
                 raise InvalidInput("--backup-dir is required (or --no-backup)", field="--backup-dir")
-            b = r.record(backup_step.backup(url, url_env, backup_dir=backup_dir, keep=keep, progress=progress))
+            b = r.record(backup_step.backup(t.url, t.url_env, backup_dir=backup_dir, keep=keep, progress=progress))
             if not b.ok:
                 return r.stop(b, "backup failed, nothing was applied")
             data["backup"] = {k: b.data.get(k) for k in ("path", "sizeBytes", "sha256")}
-        _precheck_migrate_verify(r, config_path, p, url, url_env, checks, max_violations=max_violations, lint=lint,
+        _precheck_migrate_verify(r, t, p, checks, max_violations=max_violations, lint=lint,
                                  accept_unevaluated=list(accept_unevaluated),
                                  data_shadow_max_bytes=data_shadow_max_bytes,
                                  lock_timeout=lock_timeout, statement_timeout=statement_timeout, retries=retries)
@@ -112,16 +113,17 @@ def _validate(max_violations: int, lock_timeout: str | None, statement_timeout: 
     return [c.to_dict() for c in UserCheck.parse_all(user_checks, "--check")]
 
 
-def _precheck_migrate_verify(r: _Run, config_path: str | os.PathLike[str], p: Plan, url: str, url_env: str | None,
-                             checks: list[dict[str, str]], *, max_violations: int, lint: bool,
+def _precheck_migrate_verify(r: _Run, t: Target, p: Plan, checks: list[dict[str, str]], *, max_violations: int,
+                             lint: bool,
                              accept_unevaluated: list[str], data_shadow_max_bytes: int | None,
                              lock_timeout: str | None, statement_timeout: str | None, retries: int) -> None:
-    """Steps 2 to 4; sets the run's result through ``r``."""
+    """Steps 2 to 4 on the plan ``p`` of the run; sets the run's result through ``r``. The application's env.py runs
+    on the real database only where it must: the migration's re-plan under its advisory lock and the upgrade."""
     from schemagate.runner import precheck as precheck_step  # imports the analysis layer: only when running
 
     r.say("precheck: deriving the checks in a shadow database and counting")
-    pr = r.record(precheck_step.precheck(config_path, p["target"], url, url_env, max_violations=max_violations,
-                                         user_checks=checks, lint=lint, accept_unevaluated=accept_unevaluated,
+    pr = r.record(precheck_step.precheck(*t.args(), max_violations=max_violations, user_checks=checks, lint=lint,
+                                         accept_unevaluated=accept_unevaluated, planned=p,
                                          data_shadow_max_bytes=data_shadow_max_bytes
                                          or precheck_step.DEFAULT_DATA_SHADOW_MAX_BYTES))
     if not pr.ok:
@@ -132,15 +134,18 @@ def _precheck_migrate_verify(r: _Run, config_path: str | os.PathLike[str], p: Pl
         r.stop(pr, "blocked by the precheck, nothing was applied")
         return
     r.say(f"migrate: applying {len(p['pending'])} revision(s)")
-    mr = r.record(migrate(config_path, p["target"], url, url_env, lock_timeout, statement_timeout, retries,
-                          log=r.say))
+    mr = r.record(migrate(*t.args(), lock_timeout, statement_timeout, retries, log=r.say, planned=p))
     r.data["applied"] = mr.data.get("applied", [])
     r.data["currentRevision"] = mr.data.get("toRevision", r.data["currentRevision"])
     if not mr.ok:
         r.stop(mr, "migration failed")
         return
     r.say("verify: revision, constraints, indexes, counts")
-    vr = r.record(verify_step.verify(config_path, p["target"], url, url_env, plan=pr.data, user_checks=checks))
+    # verify reads the version rows with SQL from the version table env.py configured (known from the plan)
+    expected = {"targetRevision": p["target"], "expectedRevisions": p["expected"],
+                "versionTable": p["versionTable"], "versionTableSchema": p["versionTableSchema"]}
+    vr = r.record(verify_step.verify(None, p["target"], t.url, t.url_env, plan={**pr.data, **expected},
+                                     user_checks=checks))
     if not vr.ok:
         r.data["failures"] = vr.data.get("failures", [])
         r.stop(vr, "applied, but verification failed")

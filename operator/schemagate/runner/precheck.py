@@ -63,7 +63,7 @@ from schemagate.contract.errors import (
     translate,
 )
 from schemagate.contract.redact import redact
-from schemagate.contract.stepresult import Outcome, StepResult, now
+from schemagate.contract.stepresult import Outcome, Plan, StepResult, now
 from schemagate.libpq import connect, pg_bin
 from schemagate.runner.inject.apply import render_sql, upgrade
 from schemagate.runner.inject.capture import capture_statements
@@ -383,8 +383,9 @@ def precheck(
     keep_shadow: bool = False,
     accept_unevaluated: Sequence[str] = (),
     data_shadow_max_bytes: int | None = DEFAULT_DATA_SHADOW_MAX_BYTES,
+    planned: Plan | None = None,
 ) -> StepResult:
-    """Plan, derive the checks in a shadow database, count, lint (see the module docstring).
+    """Plan (``planned``: the caller's plan of this database, not recomputed), derive the checks in a shadow database, count, lint (see the module docstring).
 
     ``accept_unevaluated``: names of checks that may stay not evaluated without blocking
     (``spec.precheck.acceptUnevaluated``). ``data_shadow_max_bytes``: the largest total size of the tables
@@ -403,7 +404,7 @@ def precheck(
         url = resolve_url(url, url_env)
         if shadow_url_env and not shadow_url:
             shadow_url = resolve_url(None, shadow_url_env)
-        p = plan(config_path, target, url, url_env)
+        p = planned if planned is not None else plan(config_path, target, url, url_env)
         data.update(currentRevision=p["current"], targetRevision=p["target"], pending=list(p["pending"]),
                     expectedRevisions=list(p["expected"]))
         checks: list[Check] = list(users)

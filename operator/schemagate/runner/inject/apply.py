@@ -24,6 +24,7 @@ from schemagate.contract.errors import (
     translate,
 )
 from schemagate.contract.redact import redact
+from schemagate.contract.stepresult import Plan
 from schemagate.runner.inject.config import (
     DEFAULT_LOCK_TIMEOUT,
     isolated_imports,
@@ -127,12 +128,14 @@ def upgrade(
     *,
     render_sql_text: bool = False,
     on_revision: Callable[[str], None] | None = None,
+    planned: Plan | None = None,
 ) -> dict[str, Any]:
-    """Apply the pending revisions up to ``target`` (see module docstring)."""
+    """Apply the pending revisions up to ``target`` (see module docstring). ``planned``: the plan of this
+    database, computed by the caller just before (``revisions.plan``), so env.py is not run again to plan."""
     lt = durations.to_postgres(lock_timeout, "--lock-timeout")
     st = durations.to_postgres(statement_timeout, "--statement-timeout")
     url = resolve_url(url, url_env)
-    p = plan(config_path, target, url, url_env)
+    p = planned if planned is not None else plan(config_path, target, url, url_env)
     result: dict[str, Any] = {
         "fromRevision": p["current"],
         "toRevision": p["current"],
@@ -163,7 +166,8 @@ def upgrade(
     except Exception as e:  # the application's revisions and env.py may raise anything
         result["toRevision"] = _safe_current(config_path, url, url_env)
         raise _failure(e, state["running"], result["toRevision"]) from e
-    after = _safe_current(config_path, url, url_env)
+    # Alembic completed the upgrade: the version rows are the expected ones (no env.py run to read them back)
+    after = join_revisions(p["expected"]) if p["expected"] else _safe_current(config_path, url, url_env)
     result["toRevision"] = after
     result["applied"] = reached(script, p["pending"], split_revisions(after))
     return result

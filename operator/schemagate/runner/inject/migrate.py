@@ -24,7 +24,7 @@ from schemagate.contract import durations
 from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
 from schemagate.contract.errors import InvalidInput, LockTimeout, MigrationFailed, error_result
 from schemagate.contract.redact import redact
-from schemagate.contract.stepresult import Outcome, StepResult, now
+from schemagate.contract.stepresult import Outcome, Plan, StepResult, now
 from schemagate.runner.inject import leftovers
 from schemagate.runner.inject.apply import upgrade
 from schemagate.runner.inject.config import (
@@ -132,6 +132,7 @@ class _Run:
     data: dict[str, Any]
     cleanup: _Cleanup
     say: Callable[[str], None]
+    planned: Plan | None = None  # the plan made under the lock: the first attempt does not plan again
 
 
 def _attempt(run: _Run, attempt: int) -> dict[str, Any]:
@@ -145,7 +146,8 @@ def _attempt(run: _Run, attempt: int) -> dict[str, Any]:
     try:
         with run.cleanup.builds.watch():
             return upgrade(run.config_path, run.target, run.url, run.url_env, run.lock_timeout,
-                           run.statement_timeout, on_revision=on_revision)
+                           run.statement_timeout, on_revision=on_revision,
+                           planned=run.planned if attempt == 1 else None)
     except (LockTimeout, MigrationFailed):
         run.cleanup.look()
         run.cleanup.committed_before(run.cleanup.builds.revision)  # the revision running when it failed
@@ -211,6 +213,7 @@ def migrate(
     lock_wait: float = 600.0,
     sleep: Callable[[float], None] = time.sleep,
     log: Callable[[str], None] | None = None,
+    planned: Plan | None = None,
 ) -> StepResult:
     """``upgrade`` under the advisory lock, retried on lock timeouts; INVALID indexes the pending revisions' own
     concurrent builds left are dropped before each attempt (``data.leftovers``); always returns a StepResult."""
@@ -227,7 +230,8 @@ def migrate(
         data["lockTimeout"] = lock_timeout.strip() if lock_timeout else None  # as given
         data["statementTimeout"] = statement_timeout.strip() if statement_timeout else None
         url = resolve_url(url, url_env)
-        first = plan(config_path, target, url, url_env)  # validates everything before taking any lock
+        # validates everything before taking any lock (``planned``: the caller's plan of this run, not recomputed)
+        first = planned if planned is not None else plan(config_path, target, url, url_env)
         data.update({"fromRevision": first["current"], "toRevision": first["current"],
                      "targetRevision": first["target"]})
         cleanup = _Cleanup(url, lock_pg, data, say)
@@ -237,7 +241,7 @@ def migrate(
                 LockWaitWatcher(url, interval=_poll_interval(data["lockTimeout"]),
                                 connect_after=_poll_interval(data["lockTimeout"])) as watcher:
             # re-plan under the lock: another migrator may have applied everything while we waited
-            base = plan(config_path, target, url, url_env)
+            base = run.planned = plan(config_path, target, url, url_env)
             data["fromRevision"] = data["toRevision"] = base["current"]
             _until_applied(run, watcher, backoff_delays(retries, backoff, max_backoff), sleep)
         # revisions committed by earlier attempts (before a lock timeout) count too

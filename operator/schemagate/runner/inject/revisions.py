@@ -24,12 +24,17 @@ from schemagate.runner.inject.config import (
 from schemagate.runner.inject.graph import join_revisions, plan_upgrade, reached
 
 
-def current_heads(cfg: Config, script: ScriptDirectory) -> tuple[str, ...]:
-    """The database's current revision(s), read through the application's own env.py (its version table)."""
+def current_heads(cfg: Config, script: ScriptDirectory, version_table: dict[str, Any] | None = None
+                  ) -> tuple[str, ...]:
+    """The database's current revision(s), read through the application's own env.py (its version table). When
+    ``version_table`` is given, the migration context's version table is recorded in it (``versionTable``,
+    ``versionTableSchema``: what env.py passed to ``context.configure``)."""
     captured: dict[str, tuple[str, ...]] = {}
 
     def fn(rev: Any, context: Any) -> list[Any]:
         captured["heads"] = tuple(context.get_current_heads())
+        if version_table is not None:
+            version_table.update(versionTable=context.version_table, versionTableSchema=context.version_table_schema)
         return []
 
     with EnvironmentContext(cfg, script, fn=fn, dont_mutate=True):
@@ -48,19 +53,23 @@ def plan(
 
     Returns ``{"current": "0002a,0002b"|None (the version rows, sorted, comma-separated), "currentHeads": [ids],
     "target": resolved target (revision ids, comma-separated for several), "pending": [ids in apply order],
-    "expected": [version rows after the upgrade, sorted], "heads": [heads of the scripts]}``. Raises
+    "expected": [version rows after the upgrade, sorted], "heads": [heads of the scripts], "versionTable",
+    "versionTableSchema" (from the migration context env.py configures)}``. Env.py runs once. Raises
     ``MultipleHeads``, ``UnknownRevision``, ``InvalidInput`` before any change (see ``plan_upgrade``)."""
     url = resolve_url(url, url_env)
     cfg = make_config(config_path, url)
     script = load_script(cfg)
+    table: dict[str, Any] = {}
     try:
         with session_environment(url, url_env):
-            cur = current_heads(cfg, script)
+            cur = current_heads(cfg, script, table)
     except Exception as e:  # the application's env.py may raise anything: translated, re-raised
         raise translate(e) from e
     up = plan_upgrade(script, cur, target)
     return {"current": join_revisions(up.current), "currentHeads": list(up.current), "target": up.resolved_target,
-            "pending": list(up.pending), "expected": list(up.expected), "heads": list(up.script_heads)}
+            "pending": list(up.pending), "expected": list(up.expected), "heads": list(up.script_heads),
+            "versionTable": str(table.get("versionTable") or "alembic_version"),
+            "versionTableSchema": table.get("versionTableSchema")}
 
 
 @isolated_imports

@@ -1,8 +1,8 @@
 """Alembic environment of the probe test project.
 
 The URL comes from ``sqlalchemy.url`` when set (schemagate's runner sets it), else from DATABASE_URL. Every
-execution of this file appends a line to the file named by ``PROBE_ENV_LOG`` (when set): tests count how often one
-``schemagate run`` executes the application's env.py.
+execution of this file appends ``<purpose> <database>`` to the file named by ``PROBE_ENV_LOG`` (when set): tests
+count how often one ``schemagate run`` executes the application's env.py, and for what.
 """
 
 import importlib.util
@@ -13,9 +13,14 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 config = context.config
-if os.environ.get("PROBE_ENV_LOG"):
-    with open(os.environ["PROBE_ENV_LOG"], "a", encoding="utf-8") as log:
-        log.write(("offline" if context.is_offline_mode() else "online") + "\n")
+
+
+def probe(purpose: str, database: str) -> None:
+    """One line per execution in PROBE_ENV_LOG: purpose (plan = read the version table only, migrate, offline)
+    and the database name."""
+    if os.environ.get("PROBE_ENV_LOG"):
+        with open(os.environ["PROBE_ENV_LOG"], "a", encoding="utf-8") as log:
+            log.write(f"{purpose} {database}\n")
 if config.config_file_name is not None and config.file_config.has_section("loggers"):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
@@ -34,6 +39,7 @@ def database_url() -> str:
 
 
 def run_migrations_offline() -> None:
+    probe("offline", database_url().rsplit("/", 1)[-1].split("?")[0])
     context.configure(
         url=database_url(),
         target_metadata=target_metadata,
@@ -53,6 +59,9 @@ def run_migrations_online() -> None:
             target_metadata=target_metadata,
             transaction_per_migration=True,
         )
+        # Alembic's read-only runs (current revision, plan) are configured with dont_mutate
+        probe("plan" if context.get_context().opts.get("dont_mutate") else "migrate",
+              connection.exec_driver_sql("SELECT current_database()").scalar())
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()

@@ -1,0 +1,37 @@
+"""One ``schemagate run`` plans once: the application's env.py runs on the real database to read the current
+revision only twice (the run's plan, and the migration's re-plan under its advisory lock). Real PostgreSQL; the
+probe project's env.py logs every execution with its purpose and database."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+
+import pytest
+
+from schemagate.contract.dburl import database_name
+from tests.pipeline.helpers import PROJECTS, ROOT, query, run_module, version
+
+pytestmark = pytest.mark.postgres
+
+PROBE = PROJECTS / "probe" / "alembic.ini"
+
+
+def test_one_run_plans_once_and_replans_under_the_lock(fresh_db: str, tmp_path) -> None:
+    log = tmp_path / "env-runs.log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "operator"), DATABASE_URL=fresh_db, PROBE_ENV_LOG=str(log),
+               SCHEMAGATE_NO_EMBEDDED="1")
+    p = run_module(["-m", "schemagate.cli", "run", "-c", str(PROBE), "--json", "--backup-dir",
+                    str(tmp_path / "backups"), "--no-lint"], env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    result = json.loads(p.stdout)
+    assert result["reason"] == "Verified" and version(fresh_db) == "0002", result["message"]
+    runs = collections.Counter(tuple(line.split(" ", 1)) for line in log.read_text().splitlines())
+    real = database_name(fresh_db)
+    plans_on_real = runs[("plan", real)]
+    assert plans_on_real == 2, runs  # the run's plan + the re-plan under the advisory lock; was 7
+    assert runs[("migrate", real)] == 1, runs  # the upgrade itself
+    # env.py never ran against the real database for anything else than planning, migrating, rendering SQL
+    assert {purpose for purpose, db in runs if db == real} <= {"plan", "migrate", "offline"}, runs
+    assert query(fresh_db, "SELECT count(*) FROM probe_items") == [(0,)]
