@@ -212,7 +212,7 @@ def test_kubernetes_phases_prepare_shadow_upgrade_count(wholesale: str, tmp_path
     # statement checks as the all-in-one precheck
     assert (tmp_path / "snapshots.json").exists() and r.data["route"] == "real-database"
     # the Job's 4 KiB termination message (what the operator reads) still carries every violated check
-    from schemagate.runner.result import to_termination_message
+    from schemagate.contract.stepresult import to_termination_message
 
     kept = {c["name"]: c["count"] for c in json.loads(to_termination_message(r))["data"]["checks"] if c["count"]}
     assert kept == {**WHOLESALE_EXPECTED, "orders without amount": 1}
