@@ -22,26 +22,6 @@ from schemagate.contract.errors import InvalidInput
 from schemagate.core.decide import RetryPolicy
 from schemagate.core.jobs import JobSettings
 
-# The environment variables (schemagate.contract.names; Kubernetes sets POD_NAMESPACE through the downward API
-# and HOSTNAME to the pod name).
-RUNNER_IMAGE_ENV = names.ENV_RUNNER_IMAGE
-RUNNER_PULL_POLICY_ENV = names.ENV_RUNNER_PULL_POLICY
-LEASE_NAMESPACE_ENV = names.ENV_LEASE_NAMESPACE
-POD_NAMESPACE_ENV = names.ENV_POD_NAMESPACE
-METRICS_PORT_ENV = names.ENV_METRICS_PORT
-HEALTH_PORT_ENV = names.ENV_HEALTH_PORT
-RETRY_BASE_ENV = names.ENV_RETRY_BASE_SECONDS
-RETRY_CAP_ENV = names.ENV_RETRY_CAP_SECONDS
-SECRET_POLL_ENV = names.ENV_SECRET_POLL_SECONDS
-LOCK_POLL_ENV = names.ENV_LOCK_POLL_SECONDS
-RESYNC_ENV = names.ENV_RESYNC_SECONDS
-NAMESPACES_ENV = names.ENV_NAMESPACES
-ALL_NAMESPACES_ENV = names.ENV_ALL_NAMESPACES
-HOSTNAME_ENV = names.ENV_HOSTNAME
-LEADER_ELECTION_ENV = names.ENV_LEADER_ELECTION
-LEADER_ELECTION_LEASE_ENV = names.ENV_LEADER_ELECTION_LEASE
-LEADER_LEASE_SECONDS_ENV = names.ENV_LEADER_LEASE_SECONDS
-
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 _TRUE = ("1", "true", "yes")
@@ -119,44 +99,44 @@ class OperatorSettings:
     ``default`` (see :meth:`from_env`)."""
 
     runner_image: str = _setting(
-        RUNNER_IMAGE_ENV, "", "the operator's own image; the backup, precheck and verify Jobs run it and it provides "
+        names.ENV_RUNNER_IMAGE, "", "the operator's own image; the backup, precheck and verify Jobs run it and it provides "
         "the injected runner", _text, shown="(required)")
     runner_pull_policy: str = _setting(
-        RUNNER_PULL_POLICY_ENV, "IfNotPresent", "imagePullPolicy of the step Jobs' operator-image containers",
+        names.ENV_RUNNER_PULL_POLICY, "IfNotPresent", "imagePullPolicy of the step Jobs' operator-image containers",
         _pull_policy)
     lease_namespace: str = _setting(
-        LEASE_NAMESPACE_ENV, "", "namespace of the per-database Leases (one run per database at a time)", _text,
-        shown=f"`${POD_NAMESPACE_ENV}`")
+        names.ENV_LEASE_NAMESPACE, "", "namespace of the per-database Leases (one run per database at a time)", _text,
+        shown=f"`${names.ENV_POD_NAMESPACE}`")
     pod_namespace: str = _setting(
-        POD_NAMESPACE_ENV, "", "the operator's namespace (downward API); holds the Leases unless "
-        f"`{LEASE_NAMESPACE_ENV}` is set", _text, shown="the service account's namespace, else `default`")
-    metrics_port: int = _setting(METRICS_PORT_ENV, 8000, "port of the Prometheus `/metrics` endpoint (0: off)", _port)
-    health_port: int = _setting(HEALTH_PORT_ENV, 8080, "port of the liveness endpoint `/healthz` (0: off)", _port)
+        names.ENV_POD_NAMESPACE, "", "the operator's namespace (downward API); holds the Leases unless "
+        f"`{names.ENV_LEASE_NAMESPACE}` is set", _text, shown="the service account's namespace, else `default`")
+    metrics_port: int = _setting(names.ENV_METRICS_PORT, 8000, "port of the Prometheus `/metrics` endpoint (0: off)", _port)
+    health_port: int = _setting(names.ENV_HEALTH_PORT, 8080, "port of the liveness endpoint `/healthz` (0: off)", _port)
     retry_base_seconds: float = _setting(
-        RETRY_BASE_ENV, 10.0, "seconds before the first new Job after a TransientError (doubles per attempt)",
+        names.ENV_RETRY_BASE_SECONDS, 10.0, "seconds before the first new Job after a TransientError (doubles per attempt)",
         _seconds)
-    retry_cap_seconds: float = _setting(RETRY_CAP_ENV, 300.0, "longest delay between transient retries, seconds",
+    retry_cap_seconds: float = _setting(names.ENV_RETRY_CAP_SECONDS, 300.0, "longest delay between transient retries, seconds",
                                         _seconds)
     secret_poll_seconds: float = _setting(
-        SECRET_POLL_ENV, 30.0, "seconds between looks while a run waits for a missing Secret", _seconds)
+        names.ENV_SECRET_POLL_SECONDS, 30.0, "seconds between looks while a run waits for a missing Secret", _seconds)
     lock_poll_seconds: float = _setting(
-        LOCK_POLL_ENV, 5.0, "seconds between looks while a run waits for the database Lease", _seconds)
+        names.ENV_LOCK_POLL_SECONDS, 5.0, "seconds between looks while a run waits for the database Lease", _seconds)
     resync_seconds: float = _setting(
-        RESYNC_ENV, 300.0, "every known DatabaseMigration is reconciled again at this interval, seconds", _seconds)
+        names.ENV_RESYNC_SECONDS, 300.0, "every known DatabaseMigration is reconciled again at this interval, seconds", _seconds)
     namespaces: tuple[str, ...] = _setting(
-        NAMESPACES_ENV, (), "comma-separated namespaces to watch when `--namespace` is not given", _namespaces,
+        names.ENV_NAMESPACES, (), "comma-separated namespaces to watch when `--namespace` is not given", _namespaces,
         shown="(empty: all)")
     all_namespaces: bool = _setting(
-        ALL_NAMESPACES_ENV, False, "`1`/`true`: watch every namespace (also the default when none is named)", _flag)
-    instance: str = _setting(HOSTNAME_ENV, "schemagate", "`reportingInstance` of the operator's Events (the pod name)",
+        names.ENV_ALL_NAMESPACES, False, "`1`/`true`: watch every namespace (also the default when none is named)", _flag)
+    instance: str = _setting(names.ENV_HOSTNAME, "schemagate", "`reportingInstance` of the operator's Events (the pod name)",
                              _text)
     leader_election: bool = _setting(
-        LEADER_ELECTION_ENV, True, "`schemagate operator` acts only while it holds the leader Lease, so replicas "
+        names.ENV_LEADER_ELECTION, True, "`schemagate operator` acts only while it holds the leader Lease, so replicas "
         "stand by and take over when the leader dies (`0`/`false`: off)", _flag)
     leader_election_lease: str = _setting(
-        LEADER_ELECTION_LEASE_ENV, "schemagate-leader", "name of the leader Lease (in the Lease namespace)", _text)
+        names.ENV_LEADER_ELECTION_LEASE, "schemagate-leader", "name of the leader Lease (in the Lease namespace)", _text)
     leader_lease_seconds: float = _setting(
-        LEADER_LEASE_SECONDS_ENV, 12.0, "seconds a leader Lease lasts without renewal; a standby takes over this "
+        names.ENV_LEADER_LEASE_SECONDS, 12.0, "seconds a leader Lease lasts without renewal; a standby takes over this "
         "long after the leader stopped renewing (renewed every third of it)", _lease_seconds)
 
     @classmethod
@@ -173,7 +153,7 @@ class OperatorSettings:
                 continue  # the dataclass default
             values[f.name] = md["parse"](md["env"], raw)
         if require_image and not values.get("runner_image"):
-            raise SettingsError(RUNNER_IMAGE_ENV, env.get(RUNNER_IMAGE_ENV, ""),
+            raise SettingsError(names.ENV_RUNNER_IMAGE, env.get(names.ENV_RUNNER_IMAGE, ""),
                                 "required: the operator's own image, used by step Jobs")
         settings = cls(**values)
         if not settings.pod_namespace:
