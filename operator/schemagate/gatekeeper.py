@@ -2,10 +2,11 @@
 :func:`schemagate.core.gate.decide` says so. Synchronous (call it from a thread); no Kopf here.
 
 It works over ``schemagate.k8s.Kube`` (``get_migration``, ``list_pending_pods``, ``patch_pod``, ``post_event``).
-Level-based: every call looks at the current pod and migration only, so the operator can call it for every pod event, every DatabaseMigration event (its own status writes included) and at start-up
-(Kopf's initial listing delivers every existing object), and a restart or a missed event changes nothing.
+Level-based: every call looks at the current pod and migration only, so the operator can call it for every pod
+event, every DatabaseMigration event (its own status writes included) and at start-up (Kopf's initial listing
+delivers every existing object), and a restart or a missed event changes nothing.
 
-Wiring: ``schemagate.handlers`` calls :func:`evaluate_pod` for every gated pod event, and
+Wiring: ``schemagate.handlers`` has :func:`evaluate_pod` called for every gated pod event, and
 ``schemagate.reconciler.Reconciler.release_gated`` calls :func:`release_waiting` for every DatabaseMigration event
 that is Ready for its generation (before skipping the echo of the operator's own status write).
 """
