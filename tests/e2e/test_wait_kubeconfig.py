@@ -51,7 +51,7 @@ def ready_migration(kube: Any, namespace: str, name: str) -> None:
 def wait(*args: str, kubeconfig_env: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")}
     env.update({"KUBECONFIG": kubeconfig_env, "POD_NAMESPACE": "not-this-one"})
-    return subprocess.run([str(SCHEMAGATE), "wait", *args, "--json", "--interval", "0.2"], capture_output=True,
+    return subprocess.run([str(SCHEMAGATE), "wait", *args, "--json", "--interval", "200ms"], capture_output=True,
                           text=True, env=env, timeout=120, check=False)
 
 
