@@ -111,12 +111,21 @@ def _migrate_opts(p: argparse.ArgumentParser) -> None:
                    help="retries after a lock timeout, capped exponential backoff (default 5)")
 
 
+_Sub = Any  # argparse's sub-parsers action (its type is private)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``schemagate`` argument parser: one sub-command per step, the tools, the operator and ``wait``."""
     ap = argparse.ArgumentParser(prog="schemagate", description="Safe Alembic migrations: backup, precheck "
                                  "(violation counts), migrate, verify.")
     ap.add_argument("--version", action="version", version=f"schemagate {_version()}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_run, _add_backup, _add_precheck, _add_migrate, _add_verify, _add_tools, _add_operator):
+        add(sub)
+    return ap
 
+
+def _add_run(sub: _Sub) -> None:
     p = sub.add_parser("run", help="backup -> precheck -> migrate -> verify (stops before migrate on violations)")
     _project(p)
     p.add_argument("--backup-dir", default="backups", help="directory for backups (default ./backups)")
@@ -130,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_run)
 
+
+def _add_backup(sub: _Sub) -> None:
     p = sub.add_parser("backup", help="pg_dump (custom, or directory with --jobs), verified by a full read, "
                        "with retention")
     p.add_argument("--backup-dir", default="backups", help="directory for backups (default ./backups)")
@@ -142,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_backup)
 
+
+def _add_precheck(sub: _Sub) -> None:
     p = sub.add_parser("precheck", help="count the rows that would violate the pending revisions' constraints")
     _project(p, required=False)
     p.add_argument("--max-violations", default=0, type=_int_at_least(0, "--max-violations"))
@@ -161,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_precheck)
 
+
+def _add_migrate(sub: _Sub) -> None:
     p = sub.add_parser("migrate", help="apply the pending revisions (advisory lock, lock timeout, retries)")
     _project(p)
     _migrate_opts(p)
@@ -168,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_migrate)
 
+
+def _add_verify(sub: _Sub) -> None:
     p = sub.add_parser("verify", help="revision, constraints validated, indexes valid, counts 0")
     _project(p, required=False)
     p.add_argument("--plan", default=None, metavar="FILE", help="the precheck result (or its data) as JSON")
@@ -177,15 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_verify)
 
+
+def _add_tools(sub: _Sub) -> None:
     p = sub.add_parser("demo", help="run the food truck and wholesale examples on an embedded PostgreSQL")
     p.add_argument("--dir", default=DEMO_DIR, help="working directory of the demo (default .demo)")
     p.set_defaults(func=cmd_demo)
-
     p = sub.add_parser("install-runner", help="copy the injected runner's pure-Python files into DIR")
     p.add_argument("dir", metavar="DIR")
     p.set_defaults(func=cmd_install_runner)
 
-    # ---- filled by the operator and its tooling ------------------------------------------------------------
+
+def _add_operator(sub: _Sub) -> None:
+    """The operator and its tooling (``wait``)."""
     p = sub.add_parser("operator", help="run the Kubernetes operator")
     p.add_argument("-n", "--namespace", action="append", default=[], help="namespace to watch (repeatable)")
     p.add_argument("-A", "--all-namespaces", action="store_true", default=None)
@@ -199,8 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
         waiter.add_parser(sub)
     except ImportError:  # pragma: no cover
         pass
-    # --------------------------------------------------------------------------------------------------------
-    return ap
 
 
 def _version() -> str:

@@ -108,6 +108,67 @@ class StatementLog:
 _DOLLAR_TAG = re.compile(r"\$([A-Za-z_][A-Za-z_0-9]*)?\$")
 
 
+def _block_comment_end(sql: str, i: int) -> int:
+    """The index after the (nested) ``/* */`` comment starting at ``i``."""
+    depth, i, n = 1, i + 2, len(sql)
+    while depth:
+        if i >= n:
+            raise ValueError("unterminated /* comment")
+        if sql.startswith("/*", i):
+            depth, i = depth + 1, i + 2
+        elif sql.startswith("*/", i):
+            depth, i = depth - 1, i + 2
+        else:
+            i += 1
+    return i
+
+
+def _quoted_end(sql: str, i: int) -> int:
+    """The index after the string constant (``'...'``, ``E'...'``) or quoted identifier (``"..."``) at ``i``."""
+    ch, n = sql[i], len(sql)
+    escapes = ch == "'" and i > 0 and sql[i - 1] in "eE" and (i < 2 or not (sql[i - 2].isalnum()
+                                                                         or sql[i - 2] == "_"))
+    j = i + 1
+    while True:
+        if j >= n:
+            raise ValueError("unterminated quoted identifier" if ch == '"' else "unterminated string")
+        if escapes and sql[j] == "\\":
+            j += 2
+            continue
+        if sql[j] == ch:
+            if j + 1 < n and sql[j + 1] == ch:
+                j += 2
+                continue
+            return j + 1
+        j += 1
+
+
+def _dollar_end(sql: str, i: int) -> int | None:
+    """The index after the dollar-quoted string (``$tag$...$tag$``) at ``i``; None when ``$`` starts none."""
+    m = _DOLLAR_TAG.match(sql, i)
+    if not m or (i > 0 and (sql[i - 1].isalnum() or sql[i - 1] == "_")):
+        return None
+    end = sql.find(m.group(0), m.end())
+    if end < 0:
+        raise ValueError("unterminated dollar-quoted string")
+    return end + len(m.group(0))
+
+
+def _skipped_end(sql: str, i: int) -> int | None:
+    """The index after the comment, literal or quoted identifier starting at ``i``; None when none starts."""
+    ch = sql[i]
+    if ch == "-" and sql.startswith("--", i):
+        end = sql.find("\n", i)
+        return len(sql) if end < 0 else end
+    if ch == "/" and sql.startswith("/*", i):
+        return _block_comment_end(sql, i)
+    if ch in "'\"":
+        return _quoted_end(sql, i)
+    if ch == "$":
+        return _dollar_end(sql, i)
+    return None
+
+
 def lex(sql: str) -> tuple[list[str], str]:
     """Split ``sql`` into its statements as PostgreSQL's lexer would (scan.l): ``;`` separates statements only
     outside string constants (``'...'`` with ``''``, ``E'...'`` with backslash escapes), quoted identifiers
@@ -119,64 +180,20 @@ def lex(sql: str) -> tuple[list[str], str]:
     out: list[str] = []
     skel: list[str] = []
     start = i = 0
-    n = len(sql)
-    while i < n:
-        ch = sql[i]
-        if ch == "-" and sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end
+    while i < len(sql):
+        end = _skipped_end(sql, i)
+        if end is not None:
+            i = end
             skel.append(" ")
             continue
-        if ch == "/" and sql.startswith("/*", i):
-            depth, i = 1, i + 2
-            while depth:
-                if i >= n:
-                    raise ValueError("unterminated /* comment")
-                if sql.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif sql.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
-            skel.append(" ")
-            continue
-        if ch == "'" or ch == '"':
-            escapes = ch == "'" and i > 0 and sql[i - 1] in "eE" and (i < 2 or not (sql[i - 2].isalnum()
-                                                                                 or sql[i - 2] == "_"))
-            j = i + 1
-            while True:
-                if j >= n:
-                    raise ValueError("unterminated quoted identifier" if ch == '"' else "unterminated string")
-                if escapes and sql[j] == "\\":
-                    j += 2
-                    continue
-                if sql[j] == ch:
-                    if j + 1 < n and sql[j + 1] == ch:
-                        j += 2
-                        continue
-                    break
-                j += 1
-            i = j + 1
-            skel.append(" ")
-            continue
-        if ch == "$":
-            m = _DOLLAR_TAG.match(sql, i)
-            if m and not (i > 0 and (sql[i - 1].isalnum() or sql[i - 1] == "_")):
-                end = sql.find(m.group(0), m.end())
-                if end < 0:
-                    raise ValueError("unterminated dollar-quoted string")
-                i = end + len(m.group(0))
-                skel.append(" ")
-                continue
-        if ch == ";":
+        if sql[i] == ";":
             stmt = sql[start:i].strip()
             if stmt and "".join(skel).strip():
                 out.append(stmt)
             skel.append(";")
             start = i + 1
-            i += 1
-            continue
-        skel.append(ch)
+        else:
+            skel.append(sql[i])
         i += 1
     tail = sql[start:].strip()
     if tail and "".join(skel).split(";")[-1].strip():
