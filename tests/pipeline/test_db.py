@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from schemagate.contract.dburl import (
@@ -135,3 +136,22 @@ def test_pg_bin_prefers_embedded() -> None:
 def test_redact_json_and_no_false_positive() -> None:
     out = redact('{"password": "j50n-secret"} all checks pass: 3')
     assert "j50n-secret" not in out and "pass: 3" in out
+
+
+def test_client_env_keeps_the_password_out_of_the_command_line() -> None:
+    from schemagate.libpq import client_env
+
+    base = {"PGOPTIONS": "-c lock_timeout=1ms", "PATH": "/usr/bin"}
+    c = client_env("postgresql+psycopg://app:s3cr%40t-pw@db.example:6543/shop?sslmode=require", base=base)
+    assert c.conninfo == "postgresql://app@db.example:6543/shop?sslmode=require"
+    assert c.env["PGPASSWORD"] == "s3cr@t-pw" and "PGOPTIONS" not in c.env and c.env["PGCONNECT_TIMEOUT"] == "15"
+    assert "s3cr" not in redact(f"pg_dump --dbname {c.conninfo} PGPASSWORD={c.env['PGPASSWORD']}")
+    parts = client_env(host="db.example", port=5433, user="app", password="pw-from-secret", dbname="my db",
+                       application_name="schemagate-backup", base=base)
+    assert parts.conninfo == "postgresql://app@db.example:5433/my%20db"
+    assert parts.env["PGPASSWORD"] == "pw-from-secret" and parts.env["PGAPPNAME"] == "schemagate-backup"
+    # no password given: an inherited PGPASSWORD (the Job's, from the Secret) stays for libpq
+    inherited = client_env("postgresql://app@db.example/shop", base={"PGPASSWORD": "from-secret"})
+    assert inherited.env["PGPASSWORD"] == "from-secret" and "from-secret" not in inherited.conninfo
+    with pytest.raises(InvalidInput):
+        client_env()
