@@ -59,15 +59,13 @@ def load(url: str, rows: int) -> int:
 
 
 def anchor(url: str, out: Path) -> tuple[float, int]:
-    from schemagate.contract.dburl import libpq_url_and_password
-    from schemagate.libpq import pg_bin
-    from schemagate.runner import backup as bk
+    from schemagate.libpq import client_env, pg_bin
 
-    conn_url, password = libpq_url_and_password(url)
+    conn = client_env(url)  # the same libpq environment the backup step gives pg_dump
     target = out / "anchor.dump"
     t0 = time.monotonic()
-    subprocess.run([pg_bin("pg_dump"), "-Fc", "--no-password", "--file", str(target), "--dbname", conn_url],
-                   check=True, env=bk._env(password), capture_output=True)
+    subprocess.run([pg_bin("pg_dump"), "-Fc", "--no-password", "--file", str(target), "--dbname", conn.conninfo],
+                   check=True, env=conn.env, capture_output=True)
     dt = time.monotonic() - t0
     size = target.stat().st_size
     target.unlink()
