@@ -97,6 +97,9 @@ def test_type_change_decisions() -> None:
     c = change(text, attr(1, 1, "s", "mood", 9000, typcategory="E", typtype="e"),
                "ALTER TABLE t ALTER COLUMN s TYPE mood USING s::mood", {9000: ("ok", "sad")})
     assert c.key == "t.s TYPE mood" and "ANY (ARRAY['ok', 'sad']::text[])" in (c.expr or "")
+    c = change(text, attr(1, 1, "s", "mood", 9000, typcategory="E", typtype="e"),
+               "ALTER TABLE t ALTER COLUMN s TYPE mood USING (CAST(s AS mood))", {9000: ("ok",)})
+    assert c.unevaluated is None and "ANY (ARRAY['ok']::text[])" in (c.expr or "")
     c = change(text, attr(1, 1, "s", "integer", 23), "ALTER TABLE t ALTER COLUMN s TYPE integer USING s::integer")
     assert "pg_input_is_valid" in (c.expr or "") and c.unevaluated is None
     c = change(attr(1, 1, "s", "integer", 23), attr(1, 1, "s", "bigint", 20), "ALTER TABLE t ALTER COLUMN s TYPE bigint")

@@ -284,6 +284,15 @@ def replace_value(expr: str, column_sql: str) -> str:
     return _VALUE.sub(lambda m: m.group(1) or m.group(2) or f"({column_sql})", expr)
 
 
+def _balanced(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        depth += 1 if ch == "(" else -1 if ch == ")" else 0
+        if depth < 0:
+            return False
+    return depth == 0
+
+
 def _type_change(before: catalog.IdAttr, after: catalog.IdAttr, after_snap: catalog.IdSnapshot, sql: str,
                  rel: catalog.IdRel) -> Check:
     name = check_key("type", "", schema=rel.schema, table=rel.relname, column=after.name, type_text=after.type)
@@ -293,6 +302,8 @@ def _type_change(before: catalog.IdAttr, after: catalog.IdAttr, after_snap: cata
     col = f"t.{counting.quote_ident(after.name)}"
     m = _USING.search(sql or "")
     using = m.group(1).strip() if m else None
+    while using and using.startswith("(") and using.endswith(")") and _balanced(using[1:-1]):
+        using = using[1:-1].strip()  # USING (state::mood) is USING state::mood
     simple_using = using is None or bool(re.fullmatch(
         r'(?:"?' + re.escape(after.name) + r'"?\s*::\s*[^()]+(?:\(\s*\d+\s*(?:,\s*\d+\s*)?\))?|CAST\s*\(\s*"?'
         + re.escape(after.name) + r'"?\s+AS\s+.+\))', using, re.I | re.S))
