@@ -15,9 +15,10 @@ field, file or check) it is about. Messages are redacted when the error is made:
     │   └── BackupCorrupt                       BackupCorrupt         schemagate  the dump cannot be read back
     ├── ShadowUnavailable                       ShadowUnavailable     database    no shadow database could be made or used
     ├── PrecheckIncomplete                      PrecheckIncomplete    user        checks that cannot be counted (ChecksFailed)
-    ├── Transient                               TransientError        database    retried with backoff
+    ├── Transient                               TransientError        database    retried with backoff (also 40001)
     │   ├── LockTimeout                         LockTimeout           database    lock_timeout (55P03) or deadlock (40P01)
-    │   └── DatabaseUnreachable                 DatabaseUnreachable   database    refused, unreachable, starting up (08*, 57P0*)
+    │   ├── DatabaseUnreachable                 DatabaseUnreachable   database    refused, unreachable, starting up (08*, 57P0*)
+    │   └── LockLost                            LockLost              database    the advisory lock's session ended mid-run
     └── KubernetesApiError(status)              KubernetesApiError    database    an API request failed (5xx, ...); retried
         ├── NotFound                            NotFound              user        404: the object does not exist
         ├── Conflict                            Conflict              schemagate  409: stale resourceVersion or already exists
@@ -158,11 +159,19 @@ class PrecheckIncomplete(SchemagateError):
 
 
 class Transient(SchemagateError):
-    """A failure that may pass: the step is retried with backoff."""
+    """A failure that may pass: the step is retried with backoff. ``revision``/``statement`` name where it struck
+    and ``current_revision`` where the database was left, when known (a connection lost mid-revision)."""
 
     reason = "TransientError"
     default_outcome = Outcome.TRANSIENT_ERROR
     actor = Actor.DATABASE
+
+    def __init__(self, message: str, revision: str | None = None, statement: str | None = None,
+                 current_revision: str | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.revision = revision
+        self.statement = statement
+        self.current_revision = current_revision
 
 
 class LockTimeout(Transient):
@@ -171,16 +180,19 @@ class LockTimeout(Transient):
 
     reason = "LockTimeout"
 
-    def __init__(self, message: str, revision: str | None = None, statement: str | None = None, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.revision = revision
-        self.statement = statement
 
 
 class DatabaseUnreachable(Transient):
     """The server refused or dropped the connection, is starting up or shutting down, or has no free slot."""
 
     reason = "DatabaseUnreachable"
+
+
+class LockLost(Transient):
+    """The session holding the migration advisory lock ended (its backend was terminated, the server restarted):
+    the run stopped before the next revision, since another migrator could now start."""
+
+    reason = "LockLost"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -296,7 +308,7 @@ def translate(exc: BaseException, default: type[SchemagateError] = InternalError
 
     By SQLSTATE (PostgreSQL Appendix A) and message: 28P01/28000, "password authentication failed", an unknown role
     -> ``AuthenticationFailed``; 3D000 (unknown database) -> ``DatabaseUnreachable`` (permanent); 55P03
-    (lock_not_available) or 40P01 (deadlock) -> ``LockTimeout``; class 08, 57P0x, 53300 or a network message ->
+    (lock_not_available) or 40P01 (deadlock) -> ``LockTimeout``; 40001 (serialization_failure) -> ``Transient``; class 08, 57P0x, 53300 or a network message ->
     ``DatabaseUnreachable``; anything else -> ``default`` with the exception's first line. The message never holds a
     password; the original exception stays reachable as ``__cause__`` when the caller raises ``from``.
     """
@@ -311,6 +323,8 @@ def translate(exc: BaseException, default: type[SchemagateError] = InternalError
         return DatabaseUnreachable(_strip_conn_prefix(msg), outcome=Outcome.PERMANENT_ERROR, field="database URL")
     if state in ("55P03", "40P01") or "lock timeout" in full:
         return LockTimeout(msg)
+    if state == "40001":  # serialization_failure: the transaction may succeed when run again
+        return Transient(msg)
     if (state and state.startswith(("08", "57P0", "53300"))) or any(k in full for k in _UNREACHABLE):
         return DatabaseUnreachable("database unreachable: " + _strip_conn_prefix(msg))
     return default(msg)

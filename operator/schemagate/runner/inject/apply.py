@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,8 +19,8 @@ from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
 from schemagate.contract.errors import (
     AuthenticationFailed,
     DatabaseUnreachable,
-    LockTimeout,
     MigrationFailed,
+    Transient,
     error_text,
     translate,
 )
@@ -101,8 +102,10 @@ def _tracking(script: ScriptDirectory, target: str, state: dict[str, Any],
     return upgrade_fn
 
 
-def _failure(e: BaseException, failing: str | None, after: str | None) -> Exception:
-    """The runner error for a failed upgrade: names the revision, the statement and where the database is."""
+def _failure(e: BaseException, failing: str | None, after: str | None, known: bool = True) -> Exception:
+    """The runner error for a failed upgrade: names the revision, the statement and where the database is
+    (``known`` False: its version table could not be read). A transient cause (connection lost, server restarted
+    or shutting down, serialization failure, a lost advisory lock) stays transient, so the run is retried."""
     err = translate(e, MigrationFailed)
     stmt = _statement_of(e)
     if isinstance(err, (DatabaseUnreachable, AuthenticationFailed)) and failing is None:
@@ -111,10 +114,12 @@ def _failure(e: BaseException, failing: str | None, after: str | None) -> Except
     text = f"{where} failed"
     if stmt:
         text += f" at statement `{stmt[:240]}`"
-    text += f": {err.message}; the database is at revision {after or 'base'}"
-    if isinstance(err, LockTimeout):
-        return LockTimeout(text, revision=failing, statement=stmt)
-    return MigrationFailed(text, revision=failing, statement=stmt, current_revision=after)
+    at = f"revision {after or 'base'}" if known else "a revision that could not be read (the server did not answer)"
+    text += f": {err.message}; the database is at {at}"
+    if isinstance(err, Transient):
+        return type(err)(text, revision=failing, statement=stmt, current_revision=after if known else None,
+                         outcome=err.outcome, field=err.field)
+    return MigrationFailed(text, revision=failing, statement=stmt, current_revision=after if known else None)
 
 
 @isolated_imports
@@ -164,13 +169,35 @@ def upgrade(
                                     as_sql=False, starting_rev=None, destination_rev=p["target"]):
                 script.run_env()
     except Exception as e:  # the application's revisions and env.py may raise anything
-        result["toRevision"] = _safe_current(config_path, url, url_env)
-        raise _failure(e, state["running"], result["toRevision"]) from e
+        after, known = _current_after_failure(config_path, url, url_env, patient=_transient(e))
+        result["toRevision"] = after
+        raise _failure(e, state["running"], after, known) from e
     # Alembic completed the upgrade: the version rows are the expected ones (no env.py run to read them back)
     after = join_revisions(p["expected"]) if p["expected"] else _safe_current(config_path, url, url_env)
     result["toRevision"] = after
     result["applied"] = reached(script, p["pending"], split_revisions(after))
     return result
+
+
+def _transient(e: BaseException) -> bool:
+    return isinstance(translate(e, MigrationFailed), Transient)
+
+
+def _current_after_failure(config_path: str | os.PathLike[str], url: str, url_env: str | None, *, patient: bool,
+                           tries: int = 15, pause: float = 1.0) -> tuple[str | None, bool]:
+    """``(revision, known)``: where a failed upgrade left the database. After a transient failure (``patient``: the
+    server may be restarting, SQLSTATE 57P03) the version table is read up to ``tries`` times, ``pause`` seconds
+    apart, so the message states the real revision rather than "base"."""
+    for attempt in range(tries if patient else 1):
+        if attempt:
+            time.sleep(pause)
+        try:
+            cfg = make_config(config_path, url)
+            with session_environment(url, url_env):
+                return join_revisions(current_heads(cfg, load_script(cfg))), True
+        except Exception:  # noqa: BLE001 - best effort: only to say where the database was left
+            continue
+    return None, False
 
 
 def _safe_current(config_path: str | os.PathLike[str], url: str, url_env: str | None) -> str | None:

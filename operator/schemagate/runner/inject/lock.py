@@ -10,18 +10,44 @@ from collections.abc import Callable, Iterator
 
 import sqlalchemy as sa
 
-from schemagate.contract.errors import LockTimeout, translate
+from schemagate.contract.errors import LockLost, LockTimeout, translate
 from schemagate.runner.inject.config import engine_for
 
 ADVISORY_LOCK_KEY = zlib.crc32(b"schemagate.dev/migrate")  # one lock space per database (pg_locks.database)
+
+
+class HeldLock:
+    """The held migration advisory lock: ``check()`` before each revision proves it is still held."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+
+    def check(self, before: str | None = None) -> None:
+        """Raise ``LockLost`` when the lock's session has ended or no longer holds the lock (its backend was
+        terminated, the server restarted): another migrator could start, so the run must not go on. ``before``
+        names the revision about to run, for the message."""
+        try:
+            held = self._conn.scalar(sa.text(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND pid = pg_backend_pid() AND classid = 0 AND objid = CAST(:k AS bigint)::oid)"),
+                {"k": ADVISORY_LOCK_KEY})
+        except Exception as e:  # noqa: BLE001 - any driver error on that session means the lock is gone
+            held, why = False, f" ({translate(e).message})"
+        else:
+            why = ""
+        if not held:
+            where = f" before revision {before}" if before else ""
+            raise LockLost(f"the migration advisory lock {ADVISORY_LOCK_KEY} was lost{why}: the run stopped{where} "
+                           "and is retried once the lock is held again")
 
 
 @contextlib.contextmanager
 def advisory_lock(
     url: str, wait_seconds: float = 600.0, poll_seconds: float = 0.5, sleep: Callable[[float], None] = time.sleep,
     on_wait: Callable[[int | None], None] | None = None,
-) -> Iterator[None]:
-    """Hold the migration advisory lock (session level, on a dedicated autocommit connection).
+) -> Iterator[HeldLock]:
+    """Hold the migration advisory lock (session level, on a dedicated autocommit connection); yields a
+    ``HeldLock`` whose ``check()`` the caller runs before each revision.
 
     Polls ``pg_try_advisory_lock`` rather than blocking in ``pg_advisory_lock``: a blocked waiter holds a snapshot
     that CREATE INDEX CONCURRENTLY on the holder's side would wait for (deadlock or hang).
@@ -53,7 +79,7 @@ def advisory_lock(
                 )
             sleep(poll_seconds)
         try:
-            yield
+            yield HeldLock(conn)
         finally:
             with contextlib.suppress(Exception):
                 conn.scalar(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})

@@ -22,7 +22,7 @@ from typing import Any
 
 from schemagate.contract import durations
 from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
-from schemagate.contract.errors import InvalidInput, LockTimeout, MigrationFailed, error_result
+from schemagate.contract.errors import InvalidInput, LockTimeout, MigrationFailed, Transient, error_result
 from schemagate.contract.redact import redact
 from schemagate.contract.stepresult import Outcome, Plan, StepResult, now
 from schemagate.runner.inject import leftovers
@@ -32,7 +32,7 @@ from schemagate.runner.inject.config import (
     isolated_imports,
 )
 from schemagate.runner.inject.graph import split_revisions
-from schemagate.runner.inject.lock import advisory_lock, backoff_delays
+from schemagate.runner.inject.lock import HeldLock, advisory_lock, backoff_delays
 from schemagate.runner.inject.lockwait import LockWaitWatcher, describe
 from schemagate.runner.inject.revisions import applied_revisions, plan
 
@@ -133,6 +133,8 @@ class _Run:
     cleanup: _Cleanup
     say: Callable[[str], None]
     planned: Plan | None = None  # the plan made under the lock: the first attempt does not plan again
+    lock: HeldLock | None = None
+    pending: list[str] | None = None  # what was pending when the lock was first held
 
 
 def _attempt(run: _Run, attempt: int) -> dict[str, Any]:
@@ -140,6 +142,8 @@ def _attempt(run: _Run, attempt: int) -> dict[str, Any]:
     run.cleanup.drop_pending(attempt)
 
     def on_revision(r: str) -> None:
+        if run.lock is not None:
+            run.lock.check(before=r)  # LockLost: stop before this revision
         run.cleanup.builds.on_revision(r)
         run.say(f"applying revision {r}")
 
@@ -236,24 +240,63 @@ def migrate(
                      "targetRevision": first["target"]})
         cleanup = _Cleanup(url, lock_pg, data, say)
         run = _Run(config_path, target, url, url_env, lock_timeout, statement_timeout, data, cleanup, say)
-        with advisory_lock(url, lock_wait, sleep=sleep,
-                           on_wait=lambda pid: say(f"waiting for another migrator (pid {pid})")), \
-                LockWaitWatcher(url, interval=_poll_interval(data["lockTimeout"]),
-                                connect_after=_poll_interval(data["lockTimeout"])) as watcher:
-            # re-plan under the lock: another migrator may have applied everything while we waited
-            base = run.planned = plan(config_path, target, url, url_env)
-            data["fromRevision"] = data["toRevision"] = base["current"]
-            _until_applied(run, watcher, backoff_delays(retries, backoff, max_backoff), sleep)
-        # revisions committed by earlier attempts (before a lock timeout) count too
-        data["applied"] = applied_revisions(config_path, url, base["pending"], split_revisions(data["toRevision"]))
+        delays = backoff_delays(retries, backoff, max_backoff)
+        for transient_attempt in range(1, len(delays) + 2):
+            try:
+                _under_lock(run, lock_wait, sleep, delays, first_attempt=transient_attempt == 1)
+                break
+            except LockTimeout:
+                raise  # already retried with backoff inside
+            except Transient as e:  # connection lost, server restarted, serialization failure, lock lost
+                _after_transient(run, e, transient_attempt, delays, sleep)
+        # revisions committed by earlier attempts (before a lock timeout or a lost connection) count too
+        data["applied"] = applied_revisions(config_path, url, run.pending or [], split_revisions(data["toRevision"]))
         return _succeeded(data, started, cleanup)
     except Exception as e:  # noqa: BLE001
-        if isinstance(e, MigrationFailed) and e.current_revision is not None:
+        if isinstance(e, (MigrationFailed, Transient)) and e.current_revision is not None:
             data["toRevision"] = e.current_revision
         r = error_result("migrate", e, started=started, data=data, default=MigrationFailed)
         if cleanup is not None and not isinstance(e, LockTimeout) and cleanup.sentence():
             r.message = redact(r.message + cleanup.sentence())
         return r
+
+
+def _under_lock(run: _Run, lock_wait: float, sleep: Callable[[float], None], delays: list[float], *,
+                first_attempt: bool) -> None:
+    """Take the advisory lock, re-plan under it (another migrator may have applied everything meanwhile, or an
+    earlier attempt committed some revisions) and apply until done; the lock is checked before each revision."""
+    with advisory_lock(run.url, lock_wait, sleep=sleep,
+                       on_wait=lambda pid: run.say(f"waiting for another migrator (pid {pid})")) as held, \
+            LockWaitWatcher(run.url, interval=_poll_interval(run.data["lockTimeout"]),
+                            connect_after=_poll_interval(run.data["lockTimeout"])) as watcher:
+        run.lock = held
+        try:
+            base = run.planned = plan(run.config_path, run.target, run.url, run.url_env)
+            if first_attempt:
+                run.data["fromRevision"] = base["current"]
+                run.pending = list(base["pending"])
+            run.data["toRevision"] = base["current"]
+            _until_applied(run, watcher, delays, sleep)
+        finally:
+            run.lock = None
+
+
+def _after_transient(run: _Run, e: Transient, attempt: int, delays: list[float],
+                     sleep: Callable[[float], None]) -> None:
+    """Record a transient failure (``data.transientRetries``) and back off, or give up (re-raise) when the retries
+    are spent. The message states where the database really is."""
+    if e.current_revision is not None:
+        run.data["toRevision"] = e.current_revision
+    if e.outcome != Outcome.TRANSIENT_ERROR:  # e.g. an unknown database name: permanent
+        raise e
+    run.data.setdefault("transientRetries", []).append(
+        {"attempt": attempt, "reason": e.reason, "message": redact(str(e))[:300],
+         "revision": e.revision, "currentRevision": e.current_revision})
+    if attempt > len(delays):
+        raise e
+    delay = delays[attempt - 1] * (0.8 + 0.4 * random.random())  # noqa: S311
+    run.say(f"{e.reason} ({redact(str(e))[:200]}); retrying in {delay:.1f}s")
+    sleep(delay)
 
 
 def _succeeded(data: dict[str, Any], started: Any, cleanup: _Cleanup) -> StepResult:
