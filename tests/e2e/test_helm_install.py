@@ -3,7 +3,9 @@
 naming the reason when the precheck blocks.
 
 The chart's operator Deployment is only marked Running by the node stand-in (it runs Job pods only), so the
-operator itself runs as a subprocess with the same code, like in tests/e2e/test_operator.py.
+operator itself runs as a subprocess with the same code, like in tests/e2e/test_operator.py. The same flows with
+the chart's own operator pod, the built images and real containers run in tests/realnode/test_charts.py; these
+stay on the stand-in because they map local projects onto images without building any and start in seconds.
 """
 
 from __future__ import annotations
