@@ -573,6 +573,8 @@ state = "{d / 'state'}"
         present = self._present()
         for archive, names in [(pause_tar, [self.pause_name]), *self.images]:
             if names[0] not in present:
+                if not Path(archive).is_file():
+                    raise NodeError(f"the OCI archive of {names[0]} is missing: {archive} (run `make images`)")
                 log.info("importing %s into containerd", names[0])
                 self.ctr("images", "import", "--snapshotter", "overlayfs", str(archive), timeout=600)
                 if names[0] not in self._present():

@@ -98,8 +98,13 @@ def node_image_imports(images: dict[str, Any]) -> list[tuple[Path, list[str]]]:
 @pytest.fixture(scope="session")
 def real_kube(node_images: dict[str, Any]) -> Iterator[Kube]:
     """A test-bed cluster with the real node (see the module docstring)."""
+    # images.sh again (a cache hit in seconds): another work tree's images.sh may have pruned the archives
+    # since the selection was built
+    fresh = build_images()
+    if {k: v["image"] for k, v in fresh.items()} != {k: v["image"] for k, v in node_images.items()}:
+        pytest.fail(f"the images changed during the session: {node_images} -> {fresh}", pytrace=False)
     try:
-        cluster = Cluster(node="real", images=node_image_imports(node_images), start_timeout=600).start()
+        cluster = Cluster(node="real", images=node_image_imports(fresh), start_timeout=600).start()
     except ClusterError as e:
         pytest.fail(str(e), pytrace=False)
     k = Kube(cluster)
