@@ -9,6 +9,7 @@ Steps (each prints one StepResult with ``--json``, human output with rich otherw
     schemagate precheck  -c alembic.ini [--max-violations N] [--check NAME=SQL ...] [--phase all|prepare|count]
     schemagate migrate   -c alembic.ini [--lock-timeout 5s] [--statement-timeout 0] [--retries 5]
     schemagate verify    [-c alembic.ini] [--plan FILE | --plan-env SCHEMAGATE_PLAN] [--check NAME=SQL ...]
+    schemagate restore   --backup PATH [--into NAME | --replace [--backup-dir DIR]] [--jobs N] [--no-owner]
     schemagate demo                       (what `make demo` runs)
     schemagate install-runner DIR         (copy the injected runner's pure-Python files)
     schemagate operator / wait            (the operator; wait for a DatabaseMigration)
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(violation counts), migrate, verify.")
     ap.add_argument("--version", action="version", version=f"schemagate {_version()}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_backup, _add_precheck, _add_migrate, _add_verify, _add_tools, _add_operator):
+    for add in (_add_run, _add_backup, _add_precheck, _add_migrate, _add_verify, _add_restore, _add_tools, _add_operator):
         add(sub)
     return ap
 
@@ -193,6 +194,27 @@ def _add_verify(sub: _Sub) -> None:
     _checks(p)
     _common(p)
     p.set_defaults(func=cmd_verify)
+
+
+def _add_restore(sub: _Sub) -> None:
+    p = sub.add_parser("restore", help="verify a backup (sha256 sidecar, full read), then restore it into a new "
+                       "database (default) or, with --replace, over the database after a fresh backup")
+    p.add_argument("--backup", required=True, metavar="PATH",
+                   help="a backup the backup step wrote (custom-format file or directory, with its .sha256 sidecar)")
+    p.add_argument("--into", default=None, metavar="NAME",
+                   help="name of the new (or existing, empty) database (default <database>_restored_<UTC time>)")
+    p.add_argument("--replace", action="store_true",
+                   help="restore over the URL's database, after a fresh verified backup of its current state")
+    p.add_argument("--backup-dir", default=None, metavar="DIR",
+                   help="where --replace writes the fresh backup (default: the directory of --backup)")
+    p.add_argument("--jobs", default=1, type=_int_at_least(1, "--jobs"),
+                   help="pg_restore connections in parallel (default 1)")
+    p.add_argument("--no-owner", action="store_true",
+                   help="objects owned by the restoring role (pg_restore --no-owner --no-privileges)")
+    p.add_argument("--maintenance-db", default="postgres", metavar="NAME",
+                   help="database to connect to for CREATE/DROP/ALTER DATABASE (default postgres)")
+    _common(p)
+    p.set_defaults(func=cmd_restore)
 
 
 def _add_tools(sub: _Sub) -> None:
@@ -471,6 +493,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return emit(r, args)
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    from schemagate.runner import restore
+
+    with database(args) as (url, url_env), progress(args) as say:
+        r = restore.restore(args.backup, url, url_env, into=args.into, replace=args.replace,
+                            backup_dir=args.backup_dir, jobs=args.jobs, no_owner=args.no_owner,
+                            maintenance_db=args.maintenance_db, progress=say)
+    return emit(r, args)
+
+
 def _usage(step: str, message: str) -> StepResult:
     return error_result(step, InvalidInput(message))
 
@@ -574,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - never a traceback with a URL in it
-        step = args.command if args.command in ("run", "backup", "precheck", "migrate", "verify") else "run"
+        step = args.command if args.command in ("run", "backup", "precheck", "migrate", "verify", "restore") else "run"
         return emit(_failed(step, e), args)
 
 
