@@ -40,9 +40,14 @@ DEFAULT_RETRIES = 5
 
 
 def _poll_interval(lock_timeout: str | None) -> float:
-    """How often the lock-wait watcher polls, and how long into the run it connects: 5 times per lock_timeout,
-    between 20 ms and 200 ms (a migration done sooner opens no watcher connection)."""
+    """How often the lock-wait watcher polls: 5 times per lock_timeout, between 20 ms and 200 ms."""
     return max(0.02, min(0.2, durations.to_seconds(lock_timeout) / 5)) if lock_timeout else 0.2
+
+
+def _watch_after(lock_timeout: str | None) -> float:
+    """How long into the run the lock-wait watcher connects: half the lock_timeout, so it still sees a wait that
+    started at once before that wait times out, and a migration done sooner opens no extra connection."""
+    return durations.to_seconds(lock_timeout) / 2 if lock_timeout else 0.2
 
 
 class _Cleanup:
@@ -268,7 +273,7 @@ def _under_lock(run: _Run, lock_wait: float, sleep: Callable[[float], None], del
     with advisory_lock(run.url, lock_wait, sleep=sleep,
                        on_wait=lambda pid: run.say(f"waiting for another migrator (pid {pid})")) as held, \
             LockWaitWatcher(run.url, interval=_poll_interval(run.data["lockTimeout"]),
-                            connect_after=_poll_interval(run.data["lockTimeout"])) as watcher:
+                            connect_after=_watch_after(run.data["lockTimeout"])) as watcher:
         run.lock = held
         try:
             base = run.planned = plan(run.config_path, run.target, run.url, run.url_env)
