@@ -5,6 +5,7 @@ Steps (each prints one StepResult with ``--json``, human output with rich otherw
 2 usage error)::
 
     schemagate run       -c alembic.ini [--target head] [--backup-dir DIR] [--check NAME=SQL ...]
+                         [--allow-downgrade [--max-data-loss N]]   (a --target below the database: downgrade)
     schemagate backup    [--backup-dir DIR] [--keep N]
     schemagate precheck  -c alembic.ini [--max-violations N] [--check NAME=SQL ...] [--phase all|prepare|count]
     schemagate migrate   -c alembic.ini [--lock-timeout 5s] [--statement-timeout 0] [--retries 5]
@@ -134,6 +135,12 @@ def _add_run(sub: _Sub) -> None:
     p.add_argument("--no-backup", action="store_true", help="skip the backup step")
     p.add_argument("--max-violations", default=0, type=_int_at_least(0, "--max-violations"))
     p.add_argument("--no-lint", action="store_true", help="do not run squawk on the pending SQL")
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="a --target below the database's revision runs alembic downgrade (after a data-at-risk "
+                        "count and a backup; spec.allowDowngrade); refused (DowngradeNotAllowed) otherwise")
+    p.add_argument("--max-data-loss", default=0, type=_int_at_least(0, "--max-data-loss"), metavar="N",
+                   help="rows a downgrade may lose in the tables and columns it drops (default 0; "
+                        "spec.maxDataLoss)")
     _precheck_scope(p)
     _checks(p)
     _migrate_opts(p)
@@ -403,10 +410,17 @@ def _size(option: str) -> Callable[[str], int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from schemagate.runner import pipeline
+    from schemagate.runner import downgrade, pipeline
 
     console = _console()
     with database(args) as (url, url_env), progress(args) as say:
+        if args.allow_downgrade and downgrade.is_downgrade(args.config, args.target, url, url_env):
+            d = downgrade.downgrade(args.config, args.target, url, url_env, allow=True,
+                                    max_data_loss=args.max_data_loss,
+                                    backup_dir=None if args.no_backup else args.backup_dir, keep=args.keep,
+                                    lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
+                                    progress=say)
+            return emit(d, args)
         r = pipeline.run(
             args.config, args.target, url, url_env, backup_dir=args.backup_dir, keep=args.keep,
             backup=not args.no_backup, max_violations=args.max_violations, user_checks=args.check,

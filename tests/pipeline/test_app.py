@@ -137,7 +137,8 @@ def test_unknown_target_revision(fresh_db: str) -> None:
 def test_downgrade_target_refused(fresh_db: str) -> None:
     upgrade(FOODTRUCK, "head", fresh_db)
     r = migrate(FOODTRUCK, "0001", fresh_db)
-    assert (r.outcome, r.reason) == (Outcome.PERMANENT_ERROR, "InvalidInput"), r.message
+    assert (r.outcome, r.reason) == (Outcome.PERMANENT_ERROR, "DowngradeNotAllowed"), r.message
+    assert "--allow-downgrade" in r.message and r.data["field"] == "targetRevision"
     assert version(fresh_db) == "0003"
 
 

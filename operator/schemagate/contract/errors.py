@@ -8,7 +8,8 @@ field, file or check) it is about. Messages are redacted when the error is made:
     SchemagateError(reason, outcome)            InternalError         schemagate  a defect: report it
     ├── InvalidInput                            InvalidInput          user        an option/field/file is wrong; nothing changed
     │   ├── UnknownRevision                     UnknownRevision       user        target or database revision not in the scripts
-    │   └── MultipleHeads                       MultipleHeads         user        several heads where one is needed
+    │   ├── MultipleHeads                       MultipleHeads         user        several heads where one is needed
+    │   └── DowngradeNotAllowed                 DowngradeNotAllowed   user        target below the database, downgrade not allowed
     ├── AuthenticationFailed                    AuthenticationFailed  user        credentials rejected (SQLSTATE 28P01/28000)
     ├── MigrationFailed(revision, statement)    MigrationFailed       user        a revision failed; the database stays at the previous one
     ├── BackupFailed                            BackupFailed          database    pg_dump failed
@@ -105,6 +106,13 @@ class MultipleHeads(InvalidInput):
     """Several heads where the target needs one (``data["heads"]`` lists them)."""
 
     reason = "MultipleHeads"
+
+
+class DowngradeNotAllowed(InvalidInput):
+    """The target revision is below the database's revision and downgrades were not allowed
+    (``--allow-downgrade`` / ``spec.allowDowngrade``). Nothing was changed."""
+
+    reason = "DowngradeNotAllowed"
 
 
 class AuthenticationFailed(SchemagateError):

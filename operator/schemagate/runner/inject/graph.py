@@ -22,7 +22,7 @@ from alembic.runtime.migration import HeadMaintainer
 from alembic.script import ScriptDirectory
 from alembic.script import revision as alembic_revision
 
-from schemagate.contract.errors import InvalidInput, MultipleHeads, UnknownRevision
+from schemagate.contract.errors import DowngradeNotAllowed, InvalidInput, MultipleHeads, UnknownRevision
 
 NOTHING_CHANGED = "nothing was changed"
 
@@ -158,9 +158,10 @@ def _refuse_downgrade(script: ScriptDirectory, target: str, target_ids: Sequence
     rmap = script.revision_map
     below = {r.revision for r in rmap._get_ancestor_nodes(rmap.get_revisions(current)) if not isinstance(r, str)}
     if set(target_ids) <= below:
-        raise InvalidInput(
+        raise DowngradeNotAllowed(
             f"target revision {target!r} is older than the database's revision(s) {join_revisions(current)}: "
-            f"schemagate only upgrades; {NOTHING_CHANGED}"
+            f"a downgrade, which runs only when allowed (--allow-downgrade, spec.allowDowngrade: true); "
+            f"{NOTHING_CHANGED}", field="targetRevision"
         )
 
 
@@ -192,7 +193,8 @@ def plan_upgrade(script: ScriptDirectory, current: Iterable[str], target: str | 
     cur = split_revisions(tuple(current))
     text = (target or "head").strip()
     if text == "base":
-        raise InvalidInput(f"--target base would downgrade; schemagate only upgrades; {NOTHING_CHANGED}")
+        raise DowngradeNotAllowed(f"--target base is a downgrade, which runs only when allowed (--allow-downgrade, "
+                                  f"spec.allowDowngrade: true); {NOTHING_CHANGED}", field="targetRevision")
     _check_current(script, cur)
     target_ids = _resolve(script, text, cur)
     _refuse_downgrade(script, text, target_ids, cur)
