@@ -129,6 +129,8 @@ class MigrationSpec(TypedDict, total=False):
     statementTimeout: str
     jobTemplate: JobTemplateSpec
     suspend: bool
+    allowDowngrade: bool
+    maxDataLoss: int
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,8 @@ class Migration:
     statement_timeout: str = "0s"
     job_template: JobTemplate = JobTemplate()
     suspend: bool = False
+    allow_downgrade: bool = False  # spec.allowDowngrade (the CLI runs downgrades; the operator refuses them yet)
+    max_data_loss: int = 0  # spec.maxDataLoss: rows a downgrade may lose
     retry_token: str = ""
     spec_hash: str = ""
 
@@ -331,6 +335,8 @@ class Migration:
                 ttl_seconds_after_finished=jt.get("ttlSecondsAfterFinished"),
             ),
             suspend=bool(spec.get("suspend", False)),
+            allow_downgrade=bool(spec.get("allowDowngrade", False)),
+            max_data_loss=int(spec.get("maxDataLoss") or 0),
             retry_token=str((meta.get("annotations") or {}).get(RETRY_ANNOTATION, "")),
             spec_hash=spec_hash(cast(dict[str, Any], spec)),
         )

@@ -160,7 +160,8 @@ def _refuse_downgrade(script: ScriptDirectory, target: str, target_ids: Sequence
     if set(target_ids) <= below:
         raise DowngradeNotAllowed(
             f"target revision {target!r} is older than the database's revision(s) {join_revisions(current)}: "
-            f"a downgrade, which runs only when allowed (--allow-downgrade, spec.allowDowngrade: true); "
+            f"a downgrade, which runs only when allowed (schemagate run --allow-downgrade; the operator does not "
+            f"run downgrade Jobs yet); "
             f"{NOTHING_CHANGED}", field="targetRevision"
         )
 
@@ -193,8 +194,9 @@ def plan_upgrade(script: ScriptDirectory, current: Iterable[str], target: str | 
     cur = split_revisions(tuple(current))
     text = (target or "head").strip()
     if text == "base":
-        raise DowngradeNotAllowed(f"--target base is a downgrade, which runs only when allowed (--allow-downgrade, "
-                                  f"spec.allowDowngrade: true); {NOTHING_CHANGED}", field="targetRevision")
+        raise DowngradeNotAllowed(f"--target base is a downgrade, which runs only when allowed (schemagate run "
+                                  f"--allow-downgrade; the operator does not run downgrade Jobs yet); "
+                                  f"{NOTHING_CHANGED}", field="targetRevision")
     _check_current(script, cur)
     target_ids = _resolve(script, text, cur)
     _refuse_downgrade(script, text, target_ids, cur)
