@@ -62,6 +62,31 @@ def _int_at_least(minimum: int, option: str) -> Callable[[str], int]:
     return parse
 
 
+def _nonempty(option: str) -> Callable[[str], str]:
+    """A value that must not be empty or blank (a revision, a name)."""
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{option}: an empty value is not allowed")
+        return text.strip()
+
+    return parse
+
+
+def _writable_file(option: str) -> Callable[[str], str]:
+    """A file path the step can write its result to: its directory must exist and be writable, checked before
+    anything runs (a result that cannot be written would be lost after the database changed)."""
+
+    def parse(text: str) -> str:
+        parent = os.path.dirname(os.path.abspath(text)) or "."
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise argparse.ArgumentTypeError(f"{option}: cannot write {text!r} (its directory does not exist or is "
+                                             "not writable)")
+        return text
+
+    return parse
+
+
 def _duration(option: str) -> Callable[[str], str]:
     """A duration option (``contract.durations``: the CRD's grammar, e.g. 500ms, 5s, 1m30s, 0), kept as given."""
 
@@ -90,13 +115,15 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="the database URL itself (discouraged: visible in the process list)")
     g.add_argument("--json", action="store_true", help="print one machine-readable StepResult")
     g.add_argument("--termination-log", default=os.environ.get(TERMINATION_LOG_ENV), metavar="PATH",
+                   type=_writable_file("--termination-log"),
                    help=f"also write the result (<= 4 KiB) here (default ${TERMINATION_LOG_ENV})")
 
 
 def _project(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("-c", "--config", required=required, metavar="alembic.ini",
                    default=None if required else None, help="the application's Alembic configuration")
-    p.add_argument("--target", default="head", help="target revision (default head)")
+    p.add_argument("--target", default="head", type=_nonempty("--target"),
+                   help="target revision: head, heads, a revision id or label@head (default head)")
 
 
 def _checks(p: argparse.ArgumentParser) -> None:
@@ -352,7 +379,8 @@ def database(args: argparse.Namespace) -> Iterator[tuple[str | None, str | None]
     if os.environ.get(args.database_url_env):
         yield None, args.database_url_env
         return
-    if embedded_bin_dir() is None or os.environ.get(NO_EMBEDDED_ENV, "") not in ("", "0", "false"):
+    if embedded_bin_dir() is None or os.environ.get(NO_EMBEDDED_ENV, "") not in ("", "0", "false") \
+            or args.database_url_env != DEFAULT_URL_ENV:  # a variable the user named: never another database
         yield None, args.database_url_env  # the step reports InvalidInput naming the variable
         return
     server = EmbeddedPostgres(Path(DEMO_DIR) / "pg")
@@ -391,6 +419,7 @@ def _failed(step: str, exc: BaseException) -> StepResult:
 
 def _precheck_scope(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accept-unevaluated", action="append", default=[], metavar="NAME",
+                   type=_nonempty("--accept-unevaluated"),
                    help="a check the precheck cannot evaluate that may pass anyway (repeatable; "
                         "spec.precheck.acceptUnevaluated)")
     p.add_argument("--data-shadow-max-size", default="1Gi", type=_size("--data-shadow-max-size"), metavar="SIZE",

@@ -315,7 +315,8 @@ def translate(exc: BaseException, default: type[SchemagateError] = InternalError
     """The schemagate error for any exception; a ``SchemagateError`` is returned as it is.
 
     By SQLSTATE (PostgreSQL Appendix A) and message: 28P01/28000, "password authentication failed", an unknown role
-    -> ``AuthenticationFailed``; 3D000 (unknown database) -> ``DatabaseUnreachable`` (permanent); 55P03
+    -> ``AuthenticationFailed``; libpq's own connection-string errors (invalid port number, unknown option) ->
+    ``InvalidInput``; 3D000 (unknown database) -> ``DatabaseUnreachable`` (permanent); 55P03
     (lock_not_available) or 40P01 (deadlock) -> ``LockTimeout``; 40001 (serialization_failure) -> ``Transient``; class 08, 57P0x, 53300 or a network message ->
     ``DatabaseUnreachable``; anything else -> ``default`` with the exception's first line. The message never holds a
     password; the original exception stays reachable as ``__cause__`` when the caller raises ``from``.
@@ -327,6 +328,9 @@ def translate(exc: BaseException, default: type[SchemagateError] = InternalError
     msg = error_text(exc)
     if state in ("28P01", "28000") or any(k in full for k in _AUTH) or re.search(r'role "[^"]*" does not exist', full):
         return AuthenticationFailed("authentication failed: " + _strip_conn_prefix(msg), field="database URL")
+    if re.search(r'invalid port number|invalid integer value "[^"]*" for connection option|invalid sslmode value'
+                 r'|invalid connection option|missing "=" after', full):
+        return InvalidInput("the database URL is not valid: " + _strip_conn_prefix(msg), field="database URL")
     if state == "3D000" or re.search(r'database "[^"]*" does not exist', full):
         return DatabaseUnreachable(_strip_conn_prefix(msg), outcome=Outcome.PERMANENT_ERROR, field="database URL")
     if state in ("55P03", "40P01") or "lock timeout" in full:

@@ -5,6 +5,7 @@ after each call)."""
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import dataclasses
 import functools
@@ -109,6 +110,12 @@ def make_config(config_path: str | os.PathLike[str], url: str | None = None) -> 
     ini, location = project_location(config_path)
     if ini is not None:
         cfg = Config(str(ini))
+        try:
+            cfg.get_main_option("script_location")  # reads the file: configparser errors surface here
+        except configparser.Error as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise InvalidInput(f"-c/--config: {str(ini)!r} is not a valid Alembic configuration (ini file): {first}",
+                               field="-c/--config") from e
         _script_location(cfg, ini)
     else:
         cfg = Config()
