@@ -11,6 +11,7 @@ Steps (each prints one StepResult with ``--json``, human output with rich otherw
     schemagate migrate   -c alembic.ini [--lock-timeout 5s] [--statement-timeout 0] [--retries 5]
     schemagate verify    [-c alembic.ini] [--plan FILE | --plan-env SCHEMAGATE_PLAN] [--check NAME=SQL ...]
     schemagate restore   --backup PATH [--into NAME | --replace [--backup-dir DIR]] [--jobs N] [--no-owner]
+    schemagate rehearse  -c alembic.ini [--target head] (--backup PATH | --backup-dir DIR) [--lock-timeout 5s]
     schemagate demo                       (what `make demo` runs)
     schemagate install-runner DIR         (copy the injected runner's pure-Python files)
     schemagate operator / wait            (the operator; wait for a DatabaseMigration)
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(violation counts), migrate, verify.")
     ap.add_argument("--version", action="version", version=f"schemagate {_version()}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_backup, _add_precheck, _add_migrate, _add_verify, _add_restore, _add_tools, _add_operator):
+    for add in (_add_run, _add_backup, _add_precheck, _add_migrate, _add_verify, _add_restore, _add_rehearse, _add_tools, _add_operator):
         add(sub)
     return ap
 
@@ -249,6 +250,22 @@ def _add_restore(sub: _Sub) -> None:
                    help="database to connect to for CREATE/DROP/ALTER DATABASE (default postgres)")
     _common(p)
     p.set_defaults(func=cmd_restore)
+
+
+def _add_rehearse(sub: _Sub) -> None:
+    p = sub.add_parser("rehearse", help="run the pending revisions on a restored copy of the database (a scratch "
+                       "database, always dropped); the real database is not touched")
+    _project(p)
+    p.add_argument("--backup", default=None, metavar="PATH",
+                   help="an existing backup to restore (verified first: sha256 sidecar, full read)")
+    p.add_argument("--backup-dir", default=None, metavar="DIR", help="without --backup: take a fresh backup here")
+    p.add_argument("--lock-timeout", default="5s", type=_duration("--lock-timeout"),
+                   help="lock_timeout of the rehearsal's sessions (the migration's; default 5s)")
+    p.add_argument("--statement-timeout", default=None, type=_duration("--statement-timeout"),
+                   help="statement_timeout of the rehearsal's sessions (the migration's; default: the server's)")
+    p.add_argument("--jobs", default=1, type=_int_at_least(1, "--jobs"), help="pg_restore connections (default 1)")
+    _common(p)
+    p.set_defaults(func=cmd_rehearse)
 
 
 def _add_tools(sub: _Sub) -> None:
@@ -546,6 +563,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return emit(r, args)
 
 
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    from schemagate.runner import rehearse
+
+    with database(args) as (url, url_env), progress(args) as say:
+        r = rehearse.rehearse(args.config, args.target, url, url_env, backup=args.backup,
+                              backup_dir=args.backup_dir, lock_timeout=args.lock_timeout,
+                              statement_timeout=args.statement_timeout, jobs=args.jobs, progress=say)
+    return emit(r, args)
+
+
 def _usage(step: str, message: str) -> StepResult:
     return error_result(step, InvalidInput(message))
 
@@ -649,7 +676,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - never a traceback with a URL in it
-        step = args.command if args.command in ("run", "backup", "precheck", "migrate", "verify", "restore") else "run"
+        step = args.command if args.command in ("run", "backup", "precheck", "migrate", "verify", "restore",
+                                                     "rehearse") else "run"
         return emit(_failed(step, e), args)
 
 

@@ -1,0 +1,75 @@
+"""``schemagate rehearse`` on real PostgreSQL: the pending revisions run on a restored copy (per-revision
+durations), a revision that fails on production-like data is caught there with the real database untouched, and
+the scratch database is dropped in every case (also a leftover of a killed run)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from schemagate import cli, demo
+from schemagate.contract.dburl import database_name, with_database
+from schemagate.contract.stepresult import Outcome
+from schemagate.runner import backup as bk
+from schemagate.runner import rehearse as rh
+from tests.pgfixtures import _admin_exec
+from tests.pipeline.helpers import FOODTRUCK, WHOLESALE, execute, query, schema_snapshot, version
+
+
+def _databases(url: str) -> list[str]:
+    return [r[0] for r in query(url, "select datname from pg_database order by 1")]
+
+
+def test_foodtruck_rehearsal_passes_and_leaves_the_database_alone(fresh_db: str, pg_server: str, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    demo.seed_foodtruck(fresh_db)
+    before, dbs = schema_snapshot(fresh_db), _databases(pg_server)
+    # a leftover of a killed rehearsal is dropped, not reused
+    leftover = rh.scratch_name(database_name(fresh_db))
+    _admin_exec(pg_server, f'CREATE DATABASE "{leftover}"')
+    execute(with_database(fresh_db, leftover), "create table junk (id int)")
+    code = cli.main(["rehearse", "-c", str(FOODTRUCK), "--backup-dir", str(tmp_path), "--database-url", fresh_db,
+                     "--json", "--lock-timeout", "2s"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0, out
+    d = out["data"]
+    assert out["reason"] == "Rehearsed" and d["scratchDropped"] is True
+    assert [r["revision"] for r in d["revisions"]] == ["0002", "0003"]
+    assert all(r["succeeded"] and r["seconds"] >= 0 for r in d["revisions"])
+    assert d["toRevision"] == "0003" and bk.verify_backup(d["backup"])[0]
+    assert schema_snapshot(fresh_db) == before and version(fresh_db) == "0001"
+    assert _databases(pg_server) == dbs  # the scratch database (and the leftover) are gone
+
+
+def test_wholesale_failure_caught_in_rehearsal(fresh_db: str, pg_server: str, tmp_path: Path) -> None:
+    demo.seed_wholesale(fresh_db)  # rows that violate the constraints 0003 validates
+    b = bk.backup(fresh_db, backup_dir=tmp_path)
+    assert b.ok, b.message
+    before, dbs = schema_snapshot(fresh_db), _databases(pg_server)
+    r = rh.rehearse(WHOLESALE, "head", fresh_db, backup=b.data["path"])
+    assert (r.outcome, r.reason) == (Outcome.CHECKS_FAILED, "RehearsalFailed"), r.message
+    d = r.data
+    assert d["failedRevision"] in ("0002", "0003") and d["failedStatement"], d
+    assert d["failedRevision"] in r.message or d["failedStatement"][:20] in r.message
+    assert d["revisions"][-1] == {**d["revisions"][-1], "revision": d["failedRevision"], "succeeded": False}
+    assert d["scratchDropped"] is True and _databases(pg_server) == dbs
+    assert schema_snapshot(fresh_db) == before and version(fresh_db) == "0001"
+
+
+def test_corrupt_backup_refused_before_anything(fresh_db: str, pg_server: str, tmp_path: Path) -> None:
+    demo.seed_foodtruck(fresh_db)
+    b = bk.backup(fresh_db, backup_dir=tmp_path / "b")
+    assert b.ok, b.message
+    p = Path(b.data["path"])
+    bad = tmp_path / p.name
+    shutil.copy(bk.sidecar(p), bk.sidecar(bad))
+    bad.write_bytes(p.read_bytes()[:-200])
+    dbs = _databases(pg_server)
+    r = rh.rehearse(FOODTRUCK, "head", fresh_db, backup=bad)
+    assert r.reason == "BackupCorrupt" and "scratchDatabase" not in r.data, r.message
+    assert _databases(pg_server) == dbs
+    r = rh.rehearse(FOODTRUCK, "head", fresh_db)
+    assert r.reason == "InvalidInput" and r.data["field"] == "--backup"
