@@ -166,6 +166,9 @@ def _add_run(sub: _Sub) -> None:
     p.add_argument("--allow-downgrade", action="store_true",
                    help="a --target below the database's revision runs alembic downgrade (after a data-at-risk "
                         "count and a backup; spec.allowDowngrade); refused (DowngradeNotAllowed) otherwise")
+    p.add_argument("--rehearse", action="store_true",
+                   help="after the precheck, run the pending revisions on a copy restored from the run's backup "
+                        "(a scratch database, always dropped); a failure blocks the migration (RehearsalFailed)")
     p.add_argument("--max-data-loss", default=0, type=_int_at_least(0, "--max-data-loss"), metavar="N",
                    help="rows a downgrade may lose in the tables and columns it drops (default 0; "
                         "spec.maxDataLoss)")
@@ -472,7 +475,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             backup=not args.no_backup, max_violations=args.max_violations, user_checks=args.check,
             accept_unevaluated=args.accept_unevaluated, data_shadow_max_bytes=args.data_shadow_max_size,
             lint=not args.no_lint, lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
-            retries=args.retries, progress=say,
+            retries=args.retries, rehearse=args.rehearse, progress=say,
             on_step=None if args.json else (lambda s: render(s, console)),
         )
     if not args.json:

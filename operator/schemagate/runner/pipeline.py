@@ -74,10 +74,12 @@ def run(
     lock_timeout: str | None = DEFAULT_LOCK_TIMEOUT,
     statement_timeout: str | None = None,
     retries: int = DEFAULT_RETRIES,
+    rehearse: bool = False,
     on_step: Callable[[StepResult], None] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> StepResult:
-    """Backup, precheck, migrate, verify; the first step that does not succeed ends the run with its outcome.
+    """Backup, precheck, (``rehearse``: the pending revisions on a copy restored from that backup,
+    ``runner.rehearse``), migrate, verify; the first step that does not succeed ends the run with its outcome.
 
     Everything is validated before the backup (``InvalidInput`` naming the option, plan errors), so bad input
     changes nothing and writes no file."""
@@ -88,6 +90,9 @@ def run(
         t = Target(config_path, target, url, url_env).resolved()
         p = plan(*t.args())  # the plan of this run: passed down, computed again only under the migration's lock
         t = t.at(p["target"])
+        if rehearse and not backup:
+            raise InvalidInput("--rehearse restores the run's backup: it cannot be combined with --no-backup",
+                               field="--rehearse")
         data.update(currentRevision=p["current"], targetRevision=p["target"], pending=p["pending"])
         if backup and p["pending"]:
             if backup_dir is None:
@@ -99,7 +104,8 @@ def run(
         _precheck_migrate_verify(r, t, p, checks, max_violations=max_violations, lint=lint,
                                  accept_unevaluated=list(accept_unevaluated),
                                  data_shadow_max_bytes=data_shadow_max_bytes,
-                                 lock_timeout=lock_timeout, statement_timeout=statement_timeout, retries=retries)
+                                 lock_timeout=lock_timeout, statement_timeout=statement_timeout, retries=retries,
+                                 rehearse_from=(data.get("backup") or {}).get("path") if rehearse else None)
     return boundary.result
 
 
@@ -116,7 +122,8 @@ def _validate(max_violations: int, lock_timeout: str | None, statement_timeout: 
 def _precheck_migrate_verify(r: _Run, t: Target, p: Plan, checks: list[dict[str, str]], *, max_violations: int,
                              lint: bool,
                              accept_unevaluated: list[str], data_shadow_max_bytes: int | None,
-                             lock_timeout: str | None, statement_timeout: str | None, retries: int) -> None:
+                             lock_timeout: str | None, statement_timeout: str | None, retries: int,
+                             rehearse_from: str | None = None) -> None:
     """Steps 2 to 4 on the plan ``p`` of the run; sets the run's result through ``r``. The application's env.py runs
     on the real database only where it must: the migration's re-plan under its advisory lock and the upgrade."""
     from schemagate.runner import precheck as precheck_step  # imports the analysis layer: only when running
@@ -133,6 +140,15 @@ def _precheck_migrate_verify(r: _Run, t: Target, p: Plan, checks: list[dict[str,
         r.data["maxViolations"] = max_violations
         r.stop(pr, "blocked by the precheck, nothing was applied")
         return
+    if rehearse_from:
+        from schemagate.runner import rehearse as rehearse_step
+
+        r.say("rehearse: the pending revisions on a copy restored from the backup")
+        rr = r.record(rehearse_step.rehearse(*t.args(), backup=rehearse_from, lock_timeout=lock_timeout,
+                                             statement_timeout=statement_timeout, progress=r.say))
+        if not rr.ok:
+            r.stop(rr, "blocked by the rehearsal, nothing was applied")
+            return
     r.say(f"migrate: applying {len(p['pending'])} revision(s)")
     mr = r.record(migrate(*t.args(), lock_timeout, statement_timeout, retries, log=r.say, planned=p))
     r.data["applied"] = mr.data.get("applied", [])

@@ -17,6 +17,9 @@ Result (step ``rehearse``): ``Rehearsed`` (Succeeded) with ``data.revisions`` ``
 statement (``data.failedRevision``, ``data.failedStatement``, ``data.revisions`` up to it). Not yet: the lock
 report per statement, rows changed by data migrations, verify on the copy, a separate server, ``maxSize``.
 
+``schemagate run --rehearse`` runs it between the precheck and the migration, from the run's backup
+(``runner.pipeline``).
+
 Public API: ``rehearse(config_path, target="head", url=None, url_env="DATABASE_URL", *, backup=None,
 backup_dir=None, lock_timeout="5s", statement_timeout=None, jobs=1, progress=None) -> StepResult``.
 """
@@ -47,7 +50,7 @@ def scratch_name(database: str) -> str:
 
 def rehearse(
     config_path: str | os.PathLike[str],
-    target: str = "head",
+    target: str | None = "head",
     url: str | None = None,
     url_env: str | None = DEFAULT_URL_ENV,
     *,
@@ -63,6 +66,7 @@ def rehearse(
     the rehearsal itself are ``RehearsalFailed`` (ChecksFailed); bad input, a corrupt backup or an unreachable
     server are the usual errors (``InvalidInput``, ``BackupCorrupt``, ``RestoreFailed``, ...)."""
     say = progress or (lambda s: None)
+    target = target or "head"
     data: dict[str, Any] = {"targetRevision": target}
     with StepBoundary(STEP, default=MigrationFailed, data=data) as step:
         if backup is None and backup_dir is None:
