@@ -50,7 +50,9 @@ def test_operator_chart_installed(kube: Any, operator_release: Operator) -> None
     crd = kube.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/databasemigrations.schemagate.dev")
     assert crd["spec"]["names"]["shortNames"] == ["dbm"]
     dep = kube.get(f"/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/schemagate")
-    assert dep["status"].get("availableReplicas") == 1
+    assert dep["spec"]["replicas"] == 2 and dep["status"].get("availableReplicas") == 2  # a leader and a standby
+    pdb = kube.get(f"/apis/policy/v1/namespaces/{OPERATOR_NS}/poddisruptionbudgets/schemagate")
+    assert pdb["spec"]["minAvailable"] == 1
     kube.get(f"/api/v1/namespaces/{OPERATOR_NS}/services/schemagate-metrics")
     kube.get("/apis/rbac.authorization.k8s.io/v1/clusterroles/schemagate-operator")
     # the operator's ServiceAccount may do what the gate needs, and no more on Secrets
