@@ -7,7 +7,7 @@ Steps (each prints one StepResult with ``--json``, human output with rich otherw
     schemagate run       -c alembic.ini [--target head] [--backup-dir DIR] [--check NAME=SQL ...]
                          [--allow-downgrade [--max-data-loss N]]   (a --target below the database: downgrade)
     schemagate backup    [--backup-dir DIR] [--keep N]
-    schemagate precheck  -c alembic.ini [--max-violations N] [--check NAME=SQL ...] [--phase all|prepare|count]
+    schemagate precheck  -c alembic.ini [--max-violations N] [--check NAME=SQL ...] [--phase all|shadow-server|prepare|count]
     schemagate migrate   -c alembic.ini [--lock-timeout 5s] [--statement-timeout 0] [--retries 5]
     schemagate verify    [-c alembic.ini] [--plan FILE | --plan-env SCHEMAGATE_PLAN] [--check NAME=SQL ...]
     schemagate restore   --backup PATH [--into NAME | --replace [--backup-dir DIR]] [--jobs N] [--no-owner]
@@ -173,6 +173,8 @@ def _add_run(sub: _Sub) -> None:
                    help="rows a downgrade may lose in the tables and columns it drops (default 0; "
                         "spec.maxDataLoss)")
     _precheck_scope(p)
+    p.add_argument("--no-derive", action="store_true",
+                   help="precheck only the --check queries: no shadow, no derived checks (spec.precheck.derive=false)")
     _checks(p)
     _migrate_opts(p)
     _common(p)
@@ -197,11 +199,13 @@ def _add_precheck(sub: _Sub) -> None:
     p = sub.add_parser("precheck", help="count the rows that would violate the pending revisions' constraints")
     _project(p, required=False)
     p.add_argument("--max-violations", default=0, type=_int_at_least(0, "--max-violations"))
-    p.add_argument("--phase", choices=("all", "prepare", "count"), default="all",
-                   help="all (default, one process) or the Kubernetes phases prepare/count")
+    p.add_argument("--phase", choices=("all", "shadow-server", "prepare", "count"), default="all",
+                   help="all (default, one process) or the Kubernetes phases shadow-server (a sidecar running "
+                        "the throw-away shadow PostgreSQL)/prepare/count")
     p.add_argument("--workdir", default=None, help="shared directory of the Kubernetes phases")
     p.add_argument("--shadow-database-url-env", default=None, metavar="NAME",
-                   help="an existing, empty shadow database (default: create one next to the database)")
+                   help="environment variable with the URL of an existing, empty shadow database (default: a "
+                        "throw-away PostgreSQL started by the precheck; nothing is written to the real server)")
     p.add_argument("--no-lint", action="store_true", help="do not run squawk on the pending SQL")
     p.add_argument("--no-derive", action="store_true",
                    help="count only the --check queries, not the constraints the pending revisions add")
@@ -474,8 +478,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             args.config, args.target, url, url_env, backup_dir=args.backup_dir, keep=args.keep,
             backup=not args.no_backup, max_violations=args.max_violations, user_checks=args.check,
             accept_unevaluated=args.accept_unevaluated, data_shadow_max_bytes=args.data_shadow_max_size,
-            lint=not args.no_lint, lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
-            retries=args.retries, rehearse=args.rehearse, progress=say,
+            lint=not args.no_lint, derive=not args.no_derive, lock_timeout=args.lock_timeout,
+            statement_timeout=args.statement_timeout, retries=args.retries, rehearse=args.rehearse, progress=say,
             on_step=None if args.json else (lambda s: render(s, console)),
         )
     if not args.json:
@@ -506,6 +510,10 @@ def cmd_precheck(args: argparse.Namespace) -> int:
     except ImportError as e:  # pragma: no cover
         return emit(_failed("precheck", e), args)
     checks = args.check
+    if args.phase == "shadow-server":  # needs no database URL: it serves the pod's throw-away shadow
+        if not args.workdir:
+            return emit(_usage("precheck", "--phase shadow-server needs --workdir"), args)
+        return emit(precheck.shadow_server(args.workdir), args)
     with database(args) as (url, url_env), progress(args) as say:
         say("precheck")
         if args.phase == "prepare":
@@ -513,8 +521,8 @@ def cmd_precheck(args: argparse.Namespace) -> int:
                 return emit(_usage("precheck", "--phase prepare needs --workdir"), args)
             r = precheck.prepare(url, url_env, workdir=args.workdir, shadow_url_env=args.shadow_database_url_env)
         elif args.phase == "count":
-            if not args.workdir:
-                return emit(_usage("precheck", "--phase count needs --workdir"), args)
+            if not args.workdir and not args.no_derive:
+                return emit(_usage("precheck", "--phase count needs --workdir (or --no-derive)"), args)
             r = precheck.count(url, url_env, workdir=args.workdir, max_violations=args.max_violations,
                                user_checks=checks, lint=not args.no_lint, lint_fail=args.lint_fail,
                                statement_timeout=args.statement_timeout, derive=not args.no_derive,

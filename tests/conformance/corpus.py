@@ -439,7 +439,6 @@ def run_case(case: Case, workdir: Path, make_db: Any) -> None:
     pre = _precheck(case, workdir, url, problems)
     run_args = ["-c", "alembic.ini", "--target", case.target, "--backup-dir", str(workdir / ".backups"),
                 *_check_args(case)]
-    run_args = [a for a in run_args if a != "--no-derive"]
     if case.concurrency:
         _run_concurrent(case, workdir, su_url, url, before, run_args, pre, problems)
     else:

@@ -22,11 +22,6 @@ pytestmark = pytest.mark.postgres
 
 # case folder -> why it fails today (issue item that fixes it). Remove the entry with the fix.
 KNOWN_FAILING: dict[str, str] = {
-    "06-custom-version-table": "issue 10 item 3 (version table anywhere): the shadow copies only alembic_version, "
-                               "so the shadow replays 0001 and fails",
-    "20-role-without-createdb": "issue 10 item 5 / issue 9 item 4 (derive: false, shadow off production): "
-                                "`schemagate run` has no way to switch derivation off and the precheck "
-                                "creates a shadow database on the real server (needs CREATEDB)",
 }
 
 

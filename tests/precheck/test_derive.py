@@ -14,7 +14,7 @@ from schemagate.contract.dburl import with_database
 from schemagate.contract.stepresult import ExitCode, Outcome
 from schemagate.runner import precheck
 from schemagate.runner.inject.shadow import shadow_upgrade
-from tests.precheck.helpers import databases, execute, project, upgrade
+from tests.precheck.helpers import databases, execute, project, query, upgrade
 
 pytestmark = pytest.mark.postgres
 
@@ -23,8 +23,8 @@ def by_name(result: Any) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in result.data["checks"]}
 
 
-def shadows(url: str) -> set[str]:
-    return {d for d in databases(url) if "_sgshadow_" in d}
+def all_databases(url: str) -> set[str]:
+    return databases(url)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -189,23 +189,27 @@ def test_wholesale_ten_checks_and_foreign_keys(wholesale: str) -> None:
     assert r.outcome is Outcome.SUCCEEDED and r.data["total"] == 0, r.message
 
 
-def test_kubernetes_phases_prepare_shadow_upgrade_count(wholesale: str, tmp_path: Path,
+def test_kubernetes_phases_prepare_shadow_upgrade_count(wholesale: str, pod_shadow: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path = pod_shadow
     monkeypatch.setenv("DATABASE_URL", wholesale)
-    before = shadows(wholesale)
+    before = all_databases(wholesale)
     p = precheck.prepare(workdir=tmp_path)
     assert p.outcome is Outcome.SUCCEEDED, p.message
     info = json.loads((tmp_path / "prepare.json").read_text())
-    assert info["created"] and info["currentRevision"] == "0001" and info["shadowDatabase"] in shadows(wholesale)
-    # second container (application image): the injected runner on the shadow database
-    shadow_upgrade(project("wholesale"), "head", with_database(wholesale, info["shadowDatabase"]),
-                       "DATABASE_URL", tmp_path)
+    assert info["server"] and info["shadowUrl"] and info["shadow"]["kind"] == "throw-away-server"
+    assert "shadowUrl" not in p.data and "adminUrl" not in p.data  # the result never carries the shadow's URL
+    # second container (application image): the injected runner on the shadow named by prepare.json
+    shadow_upgrade(project("wholesale"), "head", wholesale, "DATABASE_URL", tmp_path)
     upgraded = json.loads((tmp_path / "shadow-upgrade.json").read_text())
     assert any(s["kind"] == "ddl" and s["revision"] == "0002" for s in upgraded["statements"])
+    assert upgraded["fromRevision"] == "0001" and upgraded["versionTable"] == {"schema": "public",
+                                                                                "name": "alembic_version"}
     r = precheck.count(workdir=tmp_path, user_checks=[{"name": "orders without amount",
                                                        "sql": "SELECT count(*) FROM orders WHERE total_amount "
                                                               "IS NULL"}])
-    assert shadows(wholesale) == before, "count must drop the shadow"
+    assert (tmp_path / precheck.SHADOW_DONE_FILE).exists(), "count must stop the shadow"
+    assert all_databases(wholesale) == before, "nothing is created on the real server"
     counted = {c["name"]: c["count"] for c in r.data["checks"] if c["count"]}
     assert counted == {**WHOLESALE_EXPECTED, "orders without amount": 1}
     # the shadow-upgrade container recorded a catalog snapshot after each statement: the same statement-by-
@@ -220,23 +224,22 @@ def test_kubernetes_phases_prepare_shadow_upgrade_count(wholesale: str, tmp_path
     assert r.data["pending"] == ["0002", "0003"] and r.data["lint"]["source"] == "offline"
     assert r.data["dataChanges"] is False and r.data["derivationNote"] is None
     assert r.data["checks"][0]["revision"] in ("0002", "0003")
+    assert r.data["shadow"]["shadowServerVersion"].startswith("18")
 
 
 def test_kubernetes_count_phase_without_derivation_counts_only_user_checks(wholesale: str, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """spec.precheck.derive=false: the dirty wholesale rows are not counted, only the user's query is."""
+    """spec.precheck.derive=false: the Job is the count container alone (no shadow, no workdir); the dirty
+    wholesale rows are not counted, only the user's query is."""
     monkeypatch.setenv("DATABASE_URL", wholesale)
-    assert precheck.prepare(workdir=tmp_path).ok
-    info = json.loads((tmp_path / "prepare.json").read_text())
-    shadow_upgrade(project("wholesale"), "head", with_database(wholesale, info["shadowDatabase"]),
-                       "DATABASE_URL", tmp_path)
-    r = precheck.count(workdir=tmp_path, derive=False,
+    before = all_databases(wholesale)
+    r = precheck.count(workdir=None, derive=False,
                        user_checks=[{"name": "orders without amount",
                                      "sql": "SELECT count(*) FROM orders WHERE total_amount IS NULL"}])
     assert r.outcome is Outcome.CHECKS_FAILED and r.data["total"] == 1
     assert [c["name"] for c in r.data["checks"]] == ["orders without amount"]
-    assert r.data["derivation"] == "disabled" and "derivation disabled" in r.data["derivationNote"]
-    assert r.data["pending"] == ["0002", "0003"] and r.data["indexes"], "verify still gets the new indexes"
+    assert "derivation disabled" in r.data["derivationNote"]
+    assert all_databases(wholesale) == before
 
 
 def test_data_change_labels() -> None:
@@ -253,15 +256,14 @@ def test_data_change_labels() -> None:
     assert classify("ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0)") == "ddl"
 
 
-def test_count_without_shadow_upgrade_fails_and_still_drops(wholesale: str, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_count_without_shadow_upgrade_fails_and_still_stops_the_shadow(wholesale: str, pod_shadow: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path = pod_shadow
     monkeypatch.setenv("DATABASE_URL", wholesale)
-    before = shadows(wholesale)
     assert precheck.prepare(workdir=tmp_path).ok
-    assert shadows(wholesale) != before
     r = precheck.count(workdir=tmp_path)
     assert r.outcome is Outcome.PERMANENT_ERROR and "shadow-upgrade" in r.message
-    assert shadows(wholesale) == before
+    assert (tmp_path / precheck.SHADOW_DONE_FILE).exists()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -274,7 +276,9 @@ def _role_url(admin_url: str, dbname: str, role: str, password: str) -> str:
     return urllib.parse.urlunsplit((u.scheme, f"{role}:{password}@{host}", u.path, u.query, ""))
 
 
-def test_without_createdb_a_clear_error_then_an_explicit_shadow_url(pg_server: str, make_db: Any) -> None:
+def test_without_createdb_the_throw_away_shadow_then_an_explicit_shadow_url(pg_server: str, make_db: Any) -> None:
+    """No CREATEDB: the default shadow is a throw-away server (nothing is created on the real one); an explicit
+    shadow database URL works too and is left empty."""
     real = make_db()
     spare = make_db()
     role = "sg_nocreatedb_" + uuid.uuid4().hex[:6]
@@ -289,9 +293,12 @@ def test_without_createdb_a_clear_error_then_an_explicit_shadow_url(pg_server: s
         spare_role = _role_url(pg_server, urllib.parse.urlsplit(spare).path.lstrip("/"), role, password)
         upgrade(real_role, "naive", "0001")
         execute(real_role, "INSERT INTO orders VALUES (1, -5, 'new'), (2, 5, 'new')")
+        before = {r[0] for r in query(pg_server, "SELECT datname FROM pg_database")}
         r = precheck.precheck(project("naive"), "head", real_role, "DATABASE_URL")
-        assert r.outcome is Outcome.PERMANENT_ERROR and r.reason == "InvalidInput"
-        assert "CREATEDB" in r.message and "shadow" in r.message
+        assert r.outcome is Outcome.CHECKS_FAILED, r.message
+        assert by_name(r)["ck_orders_amount"]["count"] == 1
+        assert r.data["shadow"]["kind"] == "throw-away-server"
+        assert {r[0] for r in query(pg_server, "SELECT datname FROM pg_database")} == before
         assert password not in r.to_json()
         r = precheck.precheck(project("naive"), "head", real_role, "DATABASE_URL", shadow_url=spare_role)
         assert r.outcome is Outcome.CHECKS_FAILED, r.message

@@ -314,12 +314,11 @@ def test_no_validating_statement_passes_with_zero_checks(fresh_db: str, tmp_path
     assert r.outcome is Outcome.SUCCEEDED and checks == {} and "in 0 check(s)" in r.message
 
 
-def test_kubernetes_phases_count_statement_by_statement(fresh_db: str, tmp_path: Path,
+def test_kubernetes_phases_count_statement_by_statement(fresh_db: str, tmp_path: Path, pod_shadow: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """prepare -> shadow-upgrade (the injected runner records a snapshot after each statement) -> count: a new
     column's NOT NULL and a CHECK on a renamed column are counted, not skipped as new; a table the revisions
     change data in is reported not evaluated (the phases have no data-carrying shadow yet)."""
-    from schemagate.contract.dburl import with_database
     from schemagate.runner.inject.apply import upgrade
     from schemagate.runner.inject.shadow import shadow_upgrade
 
@@ -330,12 +329,9 @@ def test_kubernetes_phases_count_statement_by_statement(fresh_db: str, tmp_path:
     upgrade(ini, "0001", fresh_db, "DATABASE_URL")
     execute(fresh_db, "INSERT INTO g VALUES (1, 5), (2, -1), (3, NULL)", "INSERT INTO h VALUES (1, NULL)")
     monkeypatch.setenv("DATABASE_URL", fresh_db)
-    work = tmp_path / "work"
+    work = pod_shadow  # the Job's shadow-server sidecar runs the throw-away server for this workdir
     assert precheck.prepare(workdir=work).ok
-    import json
-
-    info = json.loads((work / "prepare.json").read_text())
-    shadow_upgrade(ini, "head", with_database(fresh_db, info["shadowDatabase"]), "DATABASE_URL", work)
+    shadow_upgrade(ini, "head", fresh_db, "DATABASE_URL", work)  # the shadow named by prepare.json
     r = precheck.count(workdir=work, lint=False)
     checks = {c["key"]: c for c in r.data["checks"]}
     assert {k: c["count"] for k, c in checks.items()} == {"g.on_sale NOT NULL": 3, "g_w": 1, "h.v NOT NULL": None}

@@ -238,20 +238,16 @@ def test_precheck_reports_the_food_truck_example_as_lock_safe(fresh_db: str) -> 
 
 
 def test_kubernetes_phases_carry_transactions_from_the_injected_runner_to_the_lock_lint(
-        fresh_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        fresh_db: str, tmp_path: Path, pod_shadow: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """prepare -> shadow-upgrade (the injected runner, application image) -> count: the statements the injected
     runner captures carry their transaction, and the count phase's lint reports the naive revision's locks."""
-    from schemagate.contract.dburl import with_database
     from schemagate.runner.inject.shadow import shadow_upgrade
 
     demo.seed_wholesale(fresh_db)
     monkeypatch.setenv("DATABASE_URL", fresh_db)
-    work = tmp_path / "work"
-    work.mkdir()
+    work = pod_shadow  # the Job's shadow-server sidecar runs the throw-away server for this workdir
     assert precheck.prepare(workdir=work).ok
-    info = json.loads((work / "prepare.json").read_text())
-    shadow_upgrade(naive_wholesale(tmp_path), "head", with_database(fresh_db, info["shadowDatabase"]),
-                   "DATABASE_URL", work)
+    shadow_upgrade(naive_wholesale(tmp_path), "head", fresh_db, "DATABASE_URL", work)  # the shadow of prepare.json
     statements = json.loads((work / "shadow-upgrade.json").read_text())["statements"]
     ddl_0002 = [s for s in statements if s["revision"] == "0002" and s["kind"] == "ddl"]
     assert ddl_0002 and len({s["tx"] for s in ddl_0002}) == 1, ddl_0002  # one transaction: the naive form

@@ -128,13 +128,15 @@ def test_container_layouts_follow_the_architecture():
                [(c["name"], c["image"]) for c in p["containers"]]
 
     assert layout(backup) == ([], [("backup", op)])
-    assert layout(precheck) == ([("install-runner", op), ("prepare", op), ("shadow-upgrade", app)], [("count", op)])
+    assert layout(precheck) == ([("install-runner", op), ("shadow-server", op), ("prepare", op),
+                                 ("shadow-upgrade", app)], [("count", op)])
     assert layout(migrate) == ([("install-runner", op)], [("migrate", app)])
     assert layout(verify) == ([], [("verify", op)])
     pre = precheck["spec"]["template"]["spec"]
     assert pre["initContainers"][0]["command"] == ["schemagate", "install-runner", "/schemagate"]
-    assert pre["initContainers"][1]["command"][:4] == ["schemagate", "precheck", "--phase", "prepare"]
-    sh = pre["initContainers"][2]
+    assert pre["initContainers"][1]["command"][:4] == ["schemagate", "precheck", "--phase", "shadow-server"]
+    assert pre["initContainers"][2]["command"][:4] == ["schemagate", "precheck", "--phase", "prepare"]
+    sh = pre["initContainers"][3]
     assert sh["command"][:4] == ["python", "-m", "schemagate.runner.inject", "shadow-upgrade"]
     assert {"name": "PYTHONPATH", "value": "/schemagate"} in sh["env"]
     assert pre["containers"][0]["command"][:4] == ["schemagate", "precheck", "--phase", "count"]
@@ -190,6 +192,42 @@ def test_derivation_off_is_passed_to_the_count_phase():
     assert "--no-derive" in off["spec"]["template"]["spec"]["containers"][0]["command"]
 
 
+def test_derive_false_creates_no_shadow():
+    """derive: false renders one container counting the user checks: no sidecar, no prepare, no shadow-upgrade."""
+    off = J.build_job(mig(precheck={"derive": False, "checks": [{"name": "neg", "sql": "select 0"}]}),
+                      "precheck", "n", 1, SETTINGS, None)["spec"]["template"]["spec"]
+    assert "initContainers" not in off
+    assert [c["name"] for c in off["containers"]] == ["count"]
+    assert [v["name"] for v in off["volumes"]] == ["tmp"]
+    cmd = off["containers"][0]["command"]
+    assert "--workdir" not in cmd and cmd[cmd.index("--check") + 1] == "neg=select 0"
+
+
+def test_default_shadow_is_a_sidecar_server_in_memory():
+    pod = J.build_job(mig(precheck={"shadowDatabase": {"sizeLimit": "512Mi"}}), "precheck", "n", 1, SETTINGS,
+                      None)["spec"]["template"]["spec"]
+    server = next(c for c in pod["initContainers"] if c["name"] == "shadow-server")
+    assert server["restartPolicy"] == "Always"
+    assert {"name": "SCHEMAGATE_SHADOW_DIR", "value": "/shadow"} in server["env"]
+    assert not any(e["name"] == "DATABASE_URL" for e in server["env"])  # it never needs the real database
+    assert {"name": "shadow", "emptyDir": {"medium": "Memory", "sizeLimit": "512Mi"}} in pod["volumes"]
+    assert [c["name"] for c in pod["initContainers"]].index("shadow-server") < \
+        [c["name"] for c in pod["initContainers"]].index("prepare")
+
+
+def test_explicit_shadow_database_from_a_secret():
+    ref = {"urlFrom": {"secretKeyRef": {"name": "shadow", "key": "url"}}}
+    pod = J.build_job(mig(precheck={"shadowDatabase": ref}), "precheck", "n", 1, SETTINGS,
+                      None)["spec"]["template"]["spec"]
+    names = [c["name"] for c in pod["initContainers"]]
+    assert "shadow-server" not in names and not any(v["name"] == "shadow" for v in pod["volumes"])
+    env = {"name": "SCHEMAGATE_SHADOW_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "shadow", "key": "url"}}}
+    for c in pod["initContainers"][1:] + pod["containers"]:
+        assert env in c["env"], c["name"]
+    prep = next(c for c in pod["initContainers"] if c["name"] == "prepare")["command"]
+    assert prep[prep.index("--shadow-database-url-env") + 1] == "SCHEMAGATE_SHADOW_DATABASE_URL"
+
+
 def test_command_override():
     m = mig(migrations={"image": "app:1", "command": ["/bin/migrate", "up"]})
     job = J.build_job(m, "migrate", "n", 1, SETTINGS, None)
@@ -208,7 +246,7 @@ def test_credentials_only_via_secret_key_ref(db):
         assert "hunter2" not in text
         for c in job["spec"]["template"]["spec"].get("initContainers", []) + job["spec"]["template"]["spec"]["containers"]:
             env = {e["name"]: e for e in c["env"]}
-            if c["name"] == "install-runner":
+            if c["name"] in ("install-runner", "shadow-server"):  # neither ever connects to the real database
                 assert "DATABASE_URL" not in env and "PGPASSWORD" not in env
                 continue
             url = env["DATABASE_URL"]

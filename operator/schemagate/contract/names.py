@@ -48,6 +48,8 @@ ENV_PG_BIN = "SCHEMAGATE_PG_BIN"  # directory of the PostgreSQL client programs 
 ENV_PG_OS_USER = "SCHEMAGATE_PG_OS_USER"  # as root: the system user the embedded PostgreSQL runs as
 ENV_NO_EMBEDDED = "SCHEMAGATE_NO_EMBEDDED"  # set: never start an embedded PostgreSQL
 ENV_SQUAWK = "SCHEMAGATE_SQUAWK"  # path of the squawk linter
+ENV_SHADOW_DIR = "SCHEMAGATE_SHADOW_DIR"  # parent directory of the precheck's throw-away shadow servers
+ENV_SHADOW_DATABASE_URL = "SCHEMAGATE_SHADOW_DATABASE_URL"  # precheck Job: spec.precheck.shadowDatabase.urlFrom
 # the operator
 ENV_NAMESPACES = "SCHEMAGATE_NAMESPACES"
 ENV_ALL_NAMESPACES = "SCHEMAGATE_ALL_NAMESPACES"

@@ -36,17 +36,26 @@ _FROM = re.compile(r"\b(FROM|JOIN)\s+((\"[^\"]+\"|\w+)(\s*\.\s*(\"[^\"]+\"|\w+))
 _SYSTEM = re.compile(r"^\"?(pg_catalog|information_schema|pg_\w+|alembic_version)\b", re.I)
 
 
-def classify(sql: str) -> Kind:
-    """The kind of one statement (see the module docstring); comments are ignored."""
+def _version_pattern(version_table: str | None) -> re.Pattern[str]:
+    if not version_table or version_table == "alembic_version":
+        return _VERSION_TABLE
+    return re.compile(r"(?<![\w$])" + re.escape(version_table) + r"(?![\w$])", re.I)
+
+
+def classify(sql: str, version_table: str | None = None) -> Kind:
+    """The kind of one statement (see the module docstring); comments are ignored. ``version_table``: the version
+    table's name as the application's env.py configured the migration context (default ``alembic_version``):
+    statements on it are Alembic's bookkeeping, wherever env.py puts it."""
     text = _COMMENTS.sub(" ", sql).strip()
-    if _VERSION_TABLE.search(text) and (_DML.match(text) or _SELECT.match(text)
-                                        or text.upper().startswith("CREATE TABLE")):
+    vt = _version_pattern(version_table)
+    if vt.search(text) and (_DML.match(text) or _SELECT.match(text) or text.upper().startswith("CREATE TABLE")):
         return "other"  # Alembic's own bookkeeping
     if _DML.match(text):
         return "dml"
     if _SELECT.match(text):
         tables = [m.group(2) for m in _FROM.finditer(text)]
-        if any(not _SYSTEM.match(t.split(".")[0].strip()) for t in tables):
+        if any(not _SYSTEM.match(t.split(".")[0].strip()) and not vt.fullmatch(t.split(".")[-1].strip('" '))
+               for t in tables):
             return "read"
         return "other"
     if not text or _SESSION.match(text):
@@ -67,7 +76,8 @@ class StatementLog:
     """The classified statements of a run, tagged with the revision running (``on_revision``); ``other`` is not
     kept, at most ``limit`` entries (``dropped`` counts the rest)."""
 
-    def __init__(self, limit: int = MAX_STATEMENTS) -> None:
+    def __init__(self, limit: int = MAX_STATEMENTS, version_table: str | None = None) -> None:
+        self.version_table = version_table  # see classify
         self.revision: str | None = None
         self.statements: list[Statement] = []
         self.dropped = 0
@@ -78,7 +88,7 @@ class StatementLog:
 
     def add(self, sql: str, executemany: bool = False, tx: int | None = None, autocommit: bool = False) -> None:
         """Record ``sql`` unless it is ``other``; ``tx`` numbers its transaction, ``autocommit`` when outside one."""
-        kind = classify(sql)
+        kind = classify(sql, self.version_table)
         if kind == "other":
             return
         if len(self.statements) >= self.limit:

@@ -240,8 +240,8 @@ def to_termination_message(result: StepResult | dict[str, Any], limit: int = TER
     """Serialise compactly and, when larger than ``limit`` bytes, summarise until it fits.
 
     Order: drop zero-count checks (and each check's note, revision, statement, evaluatedBy, and its key where it
-    is the name), drop lint details (the lock report, then the findings), then cut lists (checks keep the largest
-    counts),
+    is the name), drop the shadow's details (settings, extensions...: its kind and versions stay), drop lint
+    details (the lock report, then the findings), then cut lists (checks keep the largest counts),
     then shorten the message. ``truncated`` becomes true and ``data.omitted`` says how many items went.
     """
     d = copy.deepcopy(result.to_dict() if isinstance(result, StepResult) else result)
@@ -271,6 +271,11 @@ def to_termination_message(result: StepResult | dict[str, Any], limit: int = TER
                     c["definition"] = c["definition"][:117] + "..."
         data["checks"].sort(key=lambda c: -(c.get("count") or 0) if isinstance(c, dict) else 0)
     text = dump()
+    shadow = data.get("shadow")
+    if len(text.encode()) > limit and isinstance(shadow, dict):  # keep where the shadow ran and the versions
+        omitted["shadowDetails"] = 1
+        data["shadow"] = {k: shadow[k] for k in ("kind", "shadowServerVersion", "realServerVersion") if k in shadow}
+        text = dump()
     lint = data.get("lint")
     if len(text.encode()) > limit and isinstance(lint, dict) and isinstance(lint.get("locks"), dict):
         omitted["lintLocks"] = 1  # the lock report's per-revision tables (its findings are also in findings)

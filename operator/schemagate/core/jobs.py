@@ -175,6 +175,63 @@ def _check_args(checks: Any) -> list[str]:
     return out
 
 
+SHADOW_DIR = "/shadow"
+SHADOW_URL_ENV = names.ENV_SHADOW_DATABASE_URL
+
+
+def _precheck_containers(m: Migration, s: JobSettings, base: list[str], tmp: dict[str, Any]
+                         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The precheck's pod (docs/architecture.md):
+
+    - ``derive: false``: one container, ``count --no-derive`` with the user checks; no shadow at all.
+    - default: a sidecar ``shadow-server`` (operator image, ``restartPolicy: Always``) runs the throw-away
+      PostgreSQL on a memory-backed ``emptyDir`` (``spec.precheck.shadowDatabase.sizeLimit``), so nothing is
+      written to the real server and everything goes with the pod; ``prepare`` restores the real schema into it,
+      ``shadow-upgrade`` (the application's image) applies the pending revisions there, ``count`` diffs and counts.
+    - ``shadowDatabase.urlFrom``: the same three steps against that existing, empty database (its URL in
+      ``SCHEMAGATE_SHADOW_DATABASE_URL`` from the Secret), no sidecar.
+    """
+    pc = m.precheck
+    work = {"name": "work", "mountPath": WORK_DIR}
+    common = [*base, "--workdir", WORK_DIR]
+    scope: list[str] = []
+    for name in pc.accept_unevaluated:
+        scope += ["--accept-unevaluated", name]
+    scope += ["--data-shadow-max-size", pc.data_shadow_max_size]
+    count = ["schemagate", "precheck", "--phase", "count", *common, "--target", m.migrations.target_revision,
+             "--max-violations", str(pc.max_violations), *scope, *_check_args(pc.checks)]
+    if not pc.derive:
+        count = ["schemagate", "precheck", "--phase", "count", *base, "--target", m.migrations.target_revision,
+                 "--max-violations", str(pc.max_violations), "--no-derive", *scope, *_check_args(pc.checks)]
+        return [], [_container(m, s, "count", count, mounts=[_tmp_mount()])], [tmp]
+    explicit: list[dict[str, Any]] = []
+    prepare = ["schemagate", "precheck", "--phase", "prepare", *common]
+    if pc.shadow_url_from is not None:
+        explicit = [{"name": SHADOW_URL_ENV, "valueFrom": {"secretKeyRef": {
+            "name": pc.shadow_url_from.name, "key": pc.shadow_url_from.key}}}]
+        prepare += ["--shadow-database-url-env", SHADOW_URL_ENV]
+    shadow = ["python", "-m", "schemagate.runner.inject", "shadow-upgrade", "-c", _alembic_config(m),
+              "--target", m.migrations.target_revision, "--database-url-env", m.migrations.database_url_env,
+              "--workdir", WORK_DIR, "--termination-log", TERMINATION_LOG]
+    inits = [_install_runner(m, s)]
+    vols = [{"name": "work", "emptyDir": {}}, {"name": "schemagate-runner", "emptyDir": {}}, tmp]
+    if pc.shadow_url_from is None:
+        server = _container(m, s, "shadow-server", ["schemagate", "precheck", "--phase", "shadow-server", "--json",
+                                                    "--workdir", WORK_DIR], db=False,
+                            extra_env=[{"name": names.ENV_SHADOW_DIR, "value": SHADOW_DIR}],
+                            mounts=[work, {"name": "shadow", "mountPath": SHADOW_DIR}, _tmp_mount()])
+        server["restartPolicy"] = "Always"  # a native sidecar: runs beside the later containers, stopped after
+        inits.append(server)
+        vols.append({"name": "shadow", "emptyDir": {"medium": "Memory", "sizeLimit": pc.shadow_memory}})
+    inits += [
+        _container(m, s, "prepare", prepare, mounts=[work, _tmp_mount()], extra_env=explicit),
+        _container(m, s, "shadow-upgrade", shadow, app=True, mounts=[work, _runner_mount(), _tmp_mount()],
+                   working_dir=m.migrations.directory, extra_env=explicit),
+    ]
+    main = _container(m, s, "count", count, mounts=[work, _tmp_mount()], extra_env=explicit)
+    return inits, [main], vols
+
+
 def build_containers(m: Migration, step: str, s: JobSettings, plan: Mapping[str, Any] | None = None
                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(initContainers, containers, volumes) of a step."""
@@ -194,28 +251,7 @@ def build_containers(m: Migration, step: str, s: JobSettings, plan: Mapping[str,
             cmd += ["--compress", m.backup.compression]
         return [], [_container(m, s, "backup", cmd, mounts=[mount, _tmp_mount()])], [vol, tmp]
     if step == "precheck":
-        work = {"name": "work", "mountPath": WORK_DIR}
-        common = [*base, "--workdir", WORK_DIR]
-        prepare = ["schemagate", "precheck", "--phase", "prepare", *common]
-        shadow = ["python", "-m", "schemagate.runner.inject", "shadow-upgrade", "-c", _alembic_config(m),
-                  "--target", m.migrations.target_revision, "--database-url-env", url_env,
-                  "--workdir", WORK_DIR, "--termination-log", TERMINATION_LOG]
-        count = ["schemagate", "precheck", "--phase", "count", *common, "--target", m.migrations.target_revision,
-                 "--max-violations", str(m.precheck.max_violations), *_check_args(m.precheck.checks)]
-        if not m.precheck.derive:
-            count.append("--no-derive")
-        for name in m.precheck.accept_unevaluated:
-            count += ["--accept-unevaluated", name]
-        count += ["--data-shadow-max-size", m.precheck.data_shadow_max_size]
-        inits = [
-            _install_runner(m, s),
-            _container(m, s, "prepare", prepare, mounts=[work, _tmp_mount()]),
-            _container(m, s, "shadow-upgrade", shadow, app=True, mounts=[work, _runner_mount(), _tmp_mount()],
-                       working_dir=m.migrations.directory),
-        ]
-        main = _container(m, s, "count", count, mounts=[work, _tmp_mount()])
-        vols = [{"name": "work", "emptyDir": {}}, {"name": "schemagate-runner", "emptyDir": {}}, tmp]
-        return inits, [main], vols
+        return _precheck_containers(m, s, base, tmp)
     if step == "migrate":
         if m.migrations.command:
             cmd = list(m.migrations.command)

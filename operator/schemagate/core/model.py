@@ -89,12 +89,20 @@ class PrecheckSpec(TypedDict, total=False):
     checks: list[CheckSpec]
     acceptUnevaluated: list[str]
     dataShadow: DataShadowSpec
+    shadowDatabase: ShadowDatabaseSpec
 
 
 class DataShadowSpec(TypedDict, total=False):
     """``spec.precheck.dataShadow``."""
 
     maxSize: str
+
+
+class ShadowDatabaseSpec(TypedDict, total=False):
+    """``spec.precheck.shadowDatabase``: an explicit, empty shadow database, or the throw-away server's volume."""
+
+    urlFrom: SecretSource
+    sizeLimit: str
 
 
 class VerifySpec(TypedDict, total=False):
@@ -240,11 +248,17 @@ class Backup:
 
 @dataclass(frozen=True)
 class Precheck:
+    """``spec.precheck``. ``shadow_url_from``: ``shadowDatabase.urlFrom`` (an existing, empty shadow database);
+    None: the throw-away shadow server in the precheck Job's pod. ``shadow_memory``: ``shadowDatabase.sizeLimit``
+    of the memory-backed volume the throw-away server lives on."""
+
     derive: bool = True
     max_violations: int = 0
     checks: tuple[Check, ...] = ()
     accept_unevaluated: tuple[str, ...] = ()  # spec.precheck.acceptUnevaluated
     data_shadow_max_size: str = "1Gi"  # spec.precheck.dataShadow.maxSize (a quantity)
+    shadow_url_from: SecretRef | None = None
+    shadow_memory: str = "1Gi"
 
 
 @dataclass(frozen=True)
@@ -319,6 +333,8 @@ class Migration:
                 checks=_checks(pc.get("checks"), "spec.precheck.checks"),
                 accept_unevaluated=tuple(str(n) for n in (pc.get("acceptUnevaluated") or ())),
                 data_shadow_max_size=str(pc.get("dataShadow", {}).get("maxSize") or "1Gi"),
+                shadow_url_from=SecretRef.parse(pc.get("shadowDatabase", {}).get("urlFrom")),
+                shadow_memory=str(pc.get("shadowDatabase", {}).get("sizeLimit") or "1Gi"),
             ),
             verify_checks=_checks((spec.get("verify") or {}).get("checks"), "spec.verify.checks"),
             lock_timeout=str(spec.get("lockTimeout") or "5s"),

@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
-from schemagate.analysis import shadow as sh
 from schemagate.contract import durations
-from schemagate.contract.dburl import DEFAULT_URL_ENV, database_name, resolve_url, with_database
+from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
 from schemagate.contract.errors import (
     DowngradeNotAllowed,
     InvalidInput,
@@ -46,7 +44,7 @@ from schemagate.contract.errors import (
     UnknownRevision,
 )
 from schemagate.contract.stepresult import Outcome, StepResult
-from schemagate.libpq import connect, pg_bin
+from schemagate.libpq import connect
 from schemagate.runner import backup as bk
 from schemagate.runner.inject.config import isolated_imports, load_script, make_config, session_environment
 from schemagate.runner.inject.graph import join_revisions
@@ -249,18 +247,25 @@ def downgrade(
 
 
 def _removed_in_shadow(config_path: str | os.PathLike[str], target: str, url: str, url_env: str | None) -> Catalog:
-    name = sh.shadow_name(database_name(url) or "db")
-    shadow_url = with_database(url, name)
-    sh.create_shadow(url, name)
-    try:
-        with tempfile.TemporaryDirectory(prefix="schemagate-downgrade-") as work:
-            sh.copy_schema(url, shadow_url, pg_dump=pg_bin("pg_dump"), pg_restore=pg_bin("pg_restore"),
-                           workdir=work)
-        before = catalog(shadow_url)
-        alembic_downgrade(config_path, target, shadow_url, url_env)
-        return removed(before, catalog(shadow_url))
-    finally:
-        sh.drop_shadow(url, name)
+    """What the downgrade removes, tried on the precheck's throw-away shadow server (``runner.shadowserver``):
+    nothing is created on the real server, and the server and its directory are gone afterwards."""
+    from schemagate.runner.shadowserver import ShadowServer
+
+    with ShadowServer() as server:
+        shadow = server.restore_schema(url, version_table=_version_table(config_path, url, url_env))
+        before = catalog(shadow.admin_url)
+        alembic_downgrade(config_path, target, shadow.url, url_env)
+        return removed(before, catalog(shadow.admin_url))
+
+
+@isolated_imports
+def _version_table(config_path: str | os.PathLike[str], url: str, url_env: str | None) -> tuple[str | None, str]:
+    """(schema, name) of the version table as the application's env.py configures the migration context."""
+    cfg = make_config(config_path, url)
+    info: dict[str, Any] = {}
+    with session_environment(url, url_env):
+        current_heads(cfg, load_script(cfg), info)
+    return info.get("versionTableSchema"), str(info.get("versionTable") or "alembic_version")
 
 
 @isolated_imports

@@ -71,6 +71,7 @@ def run(
     accept_unevaluated: Iterable[str] = (),
     data_shadow_max_bytes: int | None = None,
     lint: bool = True,
+    derive: bool = True,
     lock_timeout: str | None = DEFAULT_LOCK_TIMEOUT,
     statement_timeout: str | None = None,
     retries: int = DEFAULT_RETRIES,
@@ -82,7 +83,8 @@ def run(
     ``runner.rehearse``), migrate, verify; the first step that does not succeed ends the run with its outcome.
 
     Everything is validated before the backup (``InvalidInput`` naming the option, plan errors), so bad input
-    changes nothing and writes no file."""
+    changes nothing and writes no file. ``derive=False`` (``--no-derive``): the precheck counts only the user
+    checks and creates no shadow."""
     data: dict[str, Any] = {"steps": [], "currentRevision": None, "targetRevision": None, "applied": []}
     with StepBoundary(STEP, data=data) as boundary:
         r = _Run(boundary, on_step, progress)
@@ -101,7 +103,7 @@ def run(
             if not b.ok:
                 return r.stop(b, "backup failed, nothing was applied")
             data["backup"] = {k: b.data.get(k) for k in ("path", "sizeBytes", "sha256")}
-        _precheck_migrate_verify(r, t, p, checks, max_violations=max_violations, lint=lint,
+        _precheck_migrate_verify(r, t, p, checks, max_violations=max_violations, lint=lint, derive=derive,
                                  accept_unevaluated=list(accept_unevaluated),
                                  data_shadow_max_bytes=data_shadow_max_bytes,
                                  lock_timeout=lock_timeout, statement_timeout=statement_timeout, retries=retries,
@@ -120,7 +122,7 @@ def _validate(max_violations: int, lock_timeout: str | None, statement_timeout: 
 
 
 def _precheck_migrate_verify(r: _Run, t: Target, p: Plan, checks: list[dict[str, str]], *, max_violations: int,
-                             lint: bool,
+                             lint: bool, derive: bool,
                              accept_unevaluated: list[str], data_shadow_max_bytes: int | None,
                              lock_timeout: str | None, statement_timeout: str | None, retries: int,
                              rehearse_from: str | None = None) -> None:
@@ -129,7 +131,7 @@ def _precheck_migrate_verify(r: _Run, t: Target, p: Plan, checks: list[dict[str,
     from schemagate.runner import precheck as precheck_step  # imports the analysis layer: only when running
 
     r.say("precheck: deriving the checks in a shadow database and counting")
-    pr = r.record(precheck_step.precheck(*t.args(), max_violations=max_violations, user_checks=checks, lint=lint,
+    pr = r.record(precheck_step.precheck(*t.args(), max_violations=max_violations, user_checks=checks, lint=lint, derive=derive,
                                          accept_unevaluated=accept_unevaluated, planned=p,
                                          data_shadow_max_bytes=data_shadow_max_bytes
                                          or precheck_step.DEFAULT_DATA_SHADOW_MAX_BYTES))

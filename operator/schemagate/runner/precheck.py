@@ -8,29 +8,31 @@ Public API (the CLI's ``schemagate precheck`` calls these; all return a finished
     precheck(config_path, target="head", url=None, url_env="DATABASE_URL", *, max_violations=0,
              user_checks=(), derive=True, lint=True, lint_fail="none", shadow_url=None, shadow_url_env=None,
              statement_timeout="1h", keep_shadow=False) -> StepResult
-        All in one process (laptop, ``schemagate run``): plan -> shadow database (schema-only copy incl. the
-        Alembic version rows) -> apply the pending revisions to it with ``schemagate.runner.inject.apply.upgrade`` while
-        capturing the statements -> catalog diff -> counting -> squawk -> drop the shadow (always).
+        All in one process (laptop, ``schemagate run``): plan -> the shadow: a throw-away PostgreSQL started here
+        (``runner.shadowserver``; nothing is written to the real server) holding the real schema, settings,
+        extensions, INVALID indexes and version rows (``runner.shadowrestore``), or the explicit, empty
+        ``shadow_url`` -> assert env.py reads the same current revision there -> apply the pending revisions with
+        ``schemagate.runner.inject.apply.upgrade`` while capturing the statements -> catalog diff of the shadow
+        before vs after -> counting -> squawk -> stop the shadow (always). ``derive=False``: no shadow at all.
+
+    shadow_server(workdir) -> StepResult
+        Kubernetes, a sidecar (operator image): runs the pod's throw-away server until ``count`` is done.
 
     prepare(url=None, url_env="DATABASE_URL", *, workdir, shadow_url_env=None) -> StepResult
-        Kubernetes, first init container (operator image): create the shadow database and copy the schema into it;
-        writes ``workdir/prepare.json``.
+        Kubernetes, init container (operator image): restore the real schema into the pod's throw-away server (or
+        the explicit shadow database); writes ``workdir/prepare.json`` and the shadow-before snapshot.
 
     count(url=None, url_env="DATABASE_URL", *, workdir, max_violations=0, user_checks=(), lint=True,
-          lint_fail="none", statement_timeout="1h") -> StepResult
+          lint_fail="none", statement_timeout="1h", derive=True) -> StepResult
         Kubernetes, main container (operator image), after ``python -m schemagate.runner.inject shadow-upgrade
-        --workdir`` ran in the application's image: catalog diff, counting, squawk, drop the shadow (always).
+        --workdir`` ran in the application's image: catalog diff, counting, squawk, stop the shadow (always).
+        ``derive=False``: the only container of the Job, user checks only, no workdir needed.
 
-Workdir files (shared ``emptyDir`` between the containers):
-
-- ``prepare.json`` (written by ``prepare``): ``{"shadowDatabase": name|null, "shadowUrlEnv": env|null,
-  "created": bool, "currentRevision": id|null, "versionTables": [..]}``. The shadow-upgrade container targets
-  ``shadowDatabase`` on the server of its ``--database-url-env`` URL (``runner.with_database``), or the URL
-  in ``shadowUrlEnv`` when an explicit shadow database was given.
-- ``shadow-upgrade.json`` (written by shadow-upgrade): ``{fromRevision, targetRevision, pending, applied,
-  sqlError?, statements?}``; ``statements`` (optional) is the captured list described in
-  ``schemagate.analysis.capture`` (without it, whether the revisions change data is reported as unknown).
-- ``pending.sql`` (written by shadow-upgrade): the offline rendering, linted with squawk.
+Workdir files (shared ``emptyDir`` between the containers): see docs/architecture.md (``shadow-server.json``,
+``prepare.json``, ``shadow-before.pickle``, ``shadow-upgrade.json``, ``pending.sql``, ``shadow-done``).
+``shadow-upgrade.json`` (written by shadow-upgrade): ``{fromRevision, targetRevision, pending, applied,
+sqlError?, statements?, versionTable?}``; ``statements`` (optional) is the captured list described in
+``schemagate.analysis.capture``.
 
 ``user_checks`` items are ``{"name", "sql", "table"?}`` mappings, ``(name, sql)`` pairs or
 ``schemagate.analysis.counting.Check`` objects; ``sql`` must return one row with one number, the violation count,
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle  # noqa: S403 - only our own snapshot, written by --phase prepare in the same pod
 import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -51,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from schemagate.analysis import capture, catalog, counting, derive, lint, locks, shadow, stepwise
+from schemagate.analysis import lint as lint_module
 from schemagate.analysis.counting import Check, CountOptions
 from schemagate.contract.checks import UserCheck
 from schemagate.contract.dburl import DEFAULT_URL_ENV, database_name, libpq_url, resolve_url, with_database
@@ -58,17 +62,21 @@ from schemagate.contract.errors import (
     InternalError,
     InvalidInput,
     MigrationFailed,
+    ShadowUnavailable,
     error_result,
     error_text,
     translate,
 )
 from schemagate.contract.redact import redact
 from schemagate.contract.stepresult import Outcome, Plan, StepResult, now
-from schemagate.libpq import connect, pg_bin
+from schemagate.libpq import connect
+from schemagate.runner import shadowrestore
 from schemagate.runner.inject.apply import render_sql, upgrade
 from schemagate.runner.inject.capture import capture_statements
 from schemagate.runner.inject.config import isolated_imports, load_script, make_config, session_environment
 from schemagate.runner.inject.revisions import plan
+from schemagate.runner.inject.shadow import ShadowMismatch, version_table_of
+from schemagate.runner.shadowserver import ShadowServer
 
 STEP = "precheck"
 DEFAULT_STATEMENT_TIMEOUT = "1h"
@@ -77,6 +85,9 @@ DEFAULT_DATA_SHADOW_MAX_BYTES = 1 << 30  # spec.precheck.dataShadow.maxSize defa
 PREPARE_FILE = "prepare.json"
 SHADOW_UPGRADE_FILE = "shadow-upgrade.json"
 PENDING_SQL_FILE = "pending.sql"
+SHADOW_SERVER_FILE = "shadow-server.json"  # the sidecar's handle: {"adminUrl", "version"}
+SHADOW_DONE_FILE = "shadow-done"  # written by count: the sidecar stops the server
+BEFORE_FILE = "shadow-before.pickle"  # the shadow's catalog snapshot before the revisions (prepare -> count)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -195,61 +206,110 @@ def _base_data(max_violations: int) -> dict[str, Any]:
     }
 
 
-def _drop_quietly(admin_url: str, name: str, notes: list[str]) -> None:
-    try:
-        shadow.drop_shadow(libpq_url(admin_url), name)
-    except Exception as e:  # noqa: BLE001 - report, never mask the real result
-        notes.append(f"could not drop the shadow database {name}: {error_text(e)}")
-
-
 # --------------------------------------------------------------------------------------------------------------
 # shadow preparation (shared by precheck and prepare)
 
 
 class Shadow:
-    """A prepared shadow database: ``url`` (with password), ``name``, ``created`` (ours to drop)."""
+    """A prepared shadow database holding the real schema.
 
-    def __init__(self, url: str, name: str | None, created: bool, admin_url: str, info: dict[str, Any]):
-        self.url, self.name, self.created, self.admin_url, self.info = url, name, created, admin_url, info
+    ``url``: the shadow database as the application's role sees it (what the revisions run against);
+    ``name``: its database name; ``server``: the throw-away server it lives on (None for an explicit shadow
+    database, which is emptied instead of removed); ``info``: what was restored and the PostgreSQL versions of the
+    real and the shadow server (``realServerVersion``, ``shadowServerVersion``); ``before``: the shadow's catalog
+    snapshot right after the restore, before any revision ran (the diff compares it with the shadow after the
+    revisions: both printed by the same server, so an unchanged constraint is never reported as new)."""
+
+    def __init__(self, url: str, name: str | None, server: ShadowServer | None, info: dict[str, Any],
+                 admin_url: str | None = None):
+        self.url, self.name, self.server, self.info = url, name, server, info
+        self.admin_url = admin_url or url
+        self.before: Any = None
+
+    @property
+    def created(self) -> bool:
+        return self.server is not None
 
     def dispose(self, notes: list[str]) -> None:
-        if self.created and self.name:
-            _drop_quietly(self.admin_url, self.name, notes)
-        elif not self.created:
+        """Stop the throw-away server and remove its directory, or empty an explicit shadow database."""
+        if self.server is not None:
+            self.server.stop()
+        else:
             try:
                 shadow.wipe_database(libpq_url(self.url))
             except Exception as e:  # noqa: BLE001
                 notes.append(f"could not empty the explicit shadow database: {error_text(e)}")
 
 
-def make_shadow(url: str, shadow_url: str | None = None, workdir: str | os.PathLike[str] | None = None) -> Shadow:
-    """Create (or take the explicit, empty) shadow database and copy the real schema into it."""
-    real = libpq_url(url)
+def make_shadow(url: str, shadow_url: str | None = None, workdir: str | os.PathLike[str] | None = None, *,
+                version_table: Mapping[str, Any] | None = None) -> Shadow:
+    """The shadow for a precheck: by default a throw-away PostgreSQL (``runner.shadowserver``) started here and
+    holding the real schema (``runner.shadowrestore``); nothing is written to the real server. With
+    ``shadow_url`` the given, empty database is used instead (it must not be the real database).
+
+    ``version_table``: ``{"schema", "name"}`` of the application's Alembic version table as its env.py configured
+    the migration context (``version_table_of(plan())``), whose rows are copied. Raises ``ShadowUnavailable``
+    (start or restore failed), ``InvalidInput`` (a bad explicit shadow URL), or the real database's errors."""
+    vt = (version_table.get("schema"), str(version_table.get("name") or "alembic_version")) \
+        if version_table else (None, "alembic_version")
     if shadow_url:
-        target = libpq_url(shadow_url)
-        if database_name(shadow_url) == database_name(url) and \
-                with_database(real, "x") == with_database(target, "x"):
-            raise InvalidInput("the shadow database URL points at the real database", field="shadow database URL")
-        if shadow.user_table_count(target) > 0:
-            raise InvalidInput("the explicit shadow database is not empty: schemagate needs an empty database "
-                               "it may overwrite", field="shadow database URL")
-        sh = Shadow(shadow_url, database_name(shadow_url), False, shadow_url, {})
-    else:
-        name = shadow.shadow_name(database_name(url) or "db")
-        try:
-            shadow.drop_stale_shadows(real, database_name(url) or "db")
-        except Exception:  # noqa: BLE001 - best effort
-            pass
-        shadow.create_shadow(real, name)
-        sh = Shadow(with_database(url, name), name, True, url, {})
+        return _explicit_shadow(url, shadow_url, workdir, vt)
+    server = ShadowServer()
+    try:
+        server.start()
+        target = server.restore_schema(url, version_table=vt)
+        sh = Shadow(target.url, target.name, server, target.info, admin_url=target.admin_url)
+        with _connect(sh.admin_url) as conn:
+            sh.before = catalog.snapshot(conn)
+        return sh
+    except BaseException:
+        server.stop()
+        raise
+
+
+def _explicit_shadow(url: str, shadow_url: str, workdir: str | os.PathLike[str] | None,
+                     vt: tuple[str | None, str]) -> Shadow:
+    real = libpq_url(url)
+    target = libpq_url(shadow_url)
+    if database_name(shadow_url) == database_name(url) and \
+            with_database(real, "x") == with_database(target, "x"):
+        raise InvalidInput("the shadow database URL points at the real database", field="shadow database URL")
+    if shadow.user_table_count(target) > 0:
+        raise InvalidInput("the explicit shadow database is not empty: schemagate needs an empty database "
+                           "it may overwrite", field="shadow database URL")
+    sh = Shadow(shadow_url, database_name(shadow_url), None, {})
     try:
         with tempfile.TemporaryDirectory(prefix="schemagate-shadow-", dir=workdir) as tmp:
-            sh.info = shadow.copy_schema(real, libpq_url(sh.url), pg_dump=pg_bin("pg_dump"),
-                                         pg_restore=pg_bin("pg_restore"), workdir=tmp)
+            sh.info = shadowrestore.restore_existing(url, shadow_url, version_table=vt, dump_dir=tmp)
+        with _connect(shadow_url) as conn:
+            sh.before = catalog.snapshot(conn)
     except BaseException:
         sh.dispose([])
         raise
     return sh
+
+
+def _shadow_summary(sh: Shadow, kind: str | None = None) -> dict[str, Any]:
+    """What the result says about the shadow: where it ran and the PostgreSQL versions on both sides."""
+    i = sh.info
+    return {"kind": kind or ("throw-away-server" if sh.server is not None else "explicit-database"),
+            "shadowServerVersion": i.get("shadowServerVersion"), "realServerVersion": i.get("realServerVersion"),
+            "restoreSeconds": i.get("seconds"), "versionTable": i.get("versionTable"),
+            "invalidIndexes": i.get("invalidIndexes", []), "extensions": i.get("extensions", []),
+            "settings": i.get("settings", []), "notes": i.get("notes", [])}
+
+
+def assert_same_revision(config_path: str | os.PathLike[str], target: str, sh: Shadow, url_env: str | None,
+                         real_current: str | None) -> None:
+    """The application's env.py must read the same current revision from the shadow as from the real database,
+    before anything is applied; else ``ShadowMismatch`` says what each side holds."""
+    sp = plan(config_path, target, sh.url, url_env)
+    if sp["current"] != real_current:
+        vt = version_table_of(sp)
+        raise ShadowMismatch(
+            f"the shadow is not faithful: the application's env.py reads revision {sp['current'] or 'base'} from "
+            f"the shadow but {real_current or 'base'} from the database (version table "
+            f"{vt.get('schema') or '(search_path)'}.{vt.get('name')}); nothing was applied")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -270,6 +330,7 @@ def analyse(
     data: dict[str, Any],
     derive_checks: bool = True,
     derived: list[Check] | None = None,
+    before_cat: Any = None,
 ) -> list[Check]:
     """Diff the catalogs, count, lint; fills ``data`` and returns every check (derived and user).
 
@@ -283,7 +344,8 @@ def analyse(
         shadow_cat = catalog.snapshot(sconn)
     with _connect(url) as conn:
         real_cat = catalog.snapshot(conn)
-        d = derive.derive(real_cat, shadow_cat)
+        # shadow-before vs shadow-after: one server prints both sides, so an unchanged definition never differs
+        d = derive.derive(before_cat if before_cat is not None else real_cat, shadow_cat)
         notes = list(d.notes) if derived is None else []
         if derived is None:
             derive.attribute_revisions(d.checks, statements or [], pending)
@@ -419,8 +481,10 @@ def precheck(
                     counting.run_counts(conn, users, CountOptions(statement_timeout=statement_timeout))
             return _finish(data, checks, max_violations, lint_fail, started, accept_unevaluated)
         if derive:
-            sh = make_shadow(url, shadow_url)
-            log = capture.StatementLog()
+            sh = make_shadow(url, shadow_url, version_table=version_table_of(p))
+            data["shadow"] = _shadow_summary(sh)
+            assert_same_revision(config_path, p["target"], sh, url_env, p["current"])
+            log = capture.StatementLog(version_table=version_table_of(p)["name"])
             with _connect(sh.url) as sconn, sconn.cursor() as scur:
                 rec = stepwise.StepRecorder(catalog.id_snapshot(scur))
 
@@ -444,7 +508,8 @@ def precheck(
             changed, _ = capture.dml_label(statements)
             if rec.checks and (changed or stepwise.creates_routines(statements)):
                 derived = _count_in_data_shadow(config_path, p["target"], url, url_env, shadow_url, rec,
-                                                statements, data_shadow_max_bytes, data, notes)
+                                                statements, data_shadow_max_bytes, data, notes,
+                                                version_table=version_table_of(p))
             else:
                 pristine = stepwise.save_checks(rec)
                 derived = stepwise.bind_all(rec.steps, rec.start, rec.origins, "real-database")
@@ -459,10 +524,12 @@ def precheck(
                                  f"{failed[0].name}: {failed[0].error}); every check was counted in the "
                                  "data-carrying shadow instead")
                     derived = _count_in_data_shadow(config_path, p["target"], url, url_env, shadow_url, rec,
-                                                    statements, data_shadow_max_bytes, data, notes)
+                                                    statements, data_shadow_max_bytes, data, notes,
+                                                    version_table=version_table_of(p))
             checks = analyse(url, sh.url, pending=list(p["pending"]), statements=statements,
                              offline_sql=up.get("sql"), offline_error=up.get("sqlError"), user_checks=users,
-                             do_lint=lint, statement_timeout=statement_timeout, data=data, derived=derived)
+                             do_lint=lint, statement_timeout=statement_timeout, data=data, derived=derived,
+                             before_cat=sh.before)
         else:
             data["derivation"] = "disabled"
             data["derivationNote"] = "derivation disabled: only user checks are counted"
@@ -489,7 +556,8 @@ def precheck(
 
 def _count_in_data_shadow(config_path: str | os.PathLike[str], target: str, url: str, url_env: str | None,
                           shadow_url: str | None, rec: stepwise.StepRecorder, statements: list[dict[str, Any]],
-                          max_bytes: int | None, data: dict[str, Any], notes: list[str]) -> list[Check]:
+                          max_bytes: int | None, data: dict[str, Any], notes: list[str],
+                          version_table: Mapping[str, Any] | None = None) -> list[Check]:
     """The data route (``analysis.stepwise``): a second shadow with the real schema and the rows of the affected
     tables, where the pending revisions run again and each statement's checks are counted right before it."""
     import time
@@ -498,7 +566,7 @@ def _count_in_data_shadow(config_path: str | os.PathLike[str], target: str, url:
     relids = stepwise.affected_tables(rec.steps, rec.start, statements)
     if shadow_url is not None:  # an explicit shadow database serves both runs: empty it, restore the schema again
         shadow.wipe_database(libpq_url(shadow_url))
-    dsh = make_shadow(url, shadow_url)
+    dsh = make_shadow(url, shadow_url, version_table=version_table)
     try:
         with _connect(url) as real_conn, _connect(dsh.url) as data_conn:
             loaded = stepwise.load_rows(real_conn, data_conn, rec.start, relids, max_bytes)
@@ -551,8 +619,11 @@ def prepare(
     *,
     workdir: str | os.PathLike[str],
     shadow_url_env: str | None = None,
+    server_timeout: float = 120,
 ) -> StepResult:
-    """Phase 1 (operator image): create the shadow database with the real schema; write ``prepare.json``."""
+    """Phase 1 (operator image): restore the real schema into this pod's throw-away shadow server (started by
+    ``--phase shadow-server``; waits up to ``server_timeout`` seconds for it) or into the explicit shadow database;
+    writes ``prepare.json`` and the shadow-before catalog snapshot."""
     started = now()
     data: dict[str, Any] = {}
     try:
@@ -560,22 +631,32 @@ def prepare(
         explicit = resolve_url(None, shadow_url_env) if shadow_url_env else None
         wd = Path(workdir)
         wd.mkdir(parents=True, exist_ok=True)
-        sh = make_shadow(url, explicit, wd)
+        if explicit:
+            sh = make_shadow(url, explicit, wd)
+        else:  # the throw-away server of this pod (--phase shadow-server, a sidecar)
+            handle = wait_for_shadow_server(wd, timeout=server_timeout)
+            target = shadowrestore.restore_schema(handle["adminUrl"], url, version_table=None, dump_dir=wd,
+                                                  shadow_version=handle.get("version"))
+            sh = Shadow(target.url, target.name, None, target.info, admin_url=target.admin_url)
         try:
-            with _connect(url) as conn:
-                current = _read_current_revision(conn, shadow.version_tables(libpq_url(url)))
-            data = {"shadowDatabase": sh.name if sh.created else None,
-                    "shadowUrlEnv": shadow_url_env if not sh.created else None,
-                    "created": sh.created, "currentRevision": current,
-                    "versionTables": sh.info.get("versionTables", []), "copySeconds": sh.info.get("seconds")}
+            with _connect(sh.admin_url) as conn:
+                before = catalog.snapshot(conn)
+            (wd / BEFORE_FILE).write_bytes(pickle.dumps(before))
+            data = {"shadowDatabase": None, "shadowUrlEnv": shadow_url_env if explicit else None,
+                    "shadowUrl": None if explicit else sh.url, "adminUrl": None if explicit else sh.admin_url,
+                    "created": False, "server": not explicit,
+                    "shadow": _shadow_summary(sh, "explicit-database" if explicit else "throw-away-server"),
+                    "copySeconds": sh.info.get("seconds")}
             (wd / PREPARE_FILE).write_text(json.dumps(data, indent=2), encoding="utf-8")
             write_snapshot_queries(sh.url, wd)
         except BaseException:
-            sh.dispose([])
+            if explicit:
+                sh.dispose([])
             raise
+        where = "the explicit shadow database" if explicit else "the throw-away shadow server of this pod"
+        shown = {k: v for k, v in data.items() if k not in ("shadowUrl", "adminUrl")}
         return StepResult(step=STEP, outcome=Outcome.SUCCEEDED, reason="ShadowPrepared",
-                          message=f"shadow database {sh.name} holds a schema-only copy", data=data,
-                          started_at=started).finish()
+                          message=f"{where} holds the real schema", data=shown, started_at=started).finish()
     except Exception as e:  # noqa: BLE001
         return error_result(STEP, e, started=started, data=data)
 
@@ -618,22 +699,100 @@ def replayed_checks(wd: Path, statements: list[dict[str, Any]] | None) -> list[C
     return stepwise.bind_all(rec.steps, rec.start, rec.origins, "real-database")
 
 
-def _shadow_from_prepare(url: str, info: Mapping[str, Any]) -> Shadow:
-    if info.get("created"):
-        name = str(info["shadowDatabase"])
-        return Shadow(with_database(url, name), name, True, url, {})
+class _PodShadow(Shadow):
+    """The shadow on this pod's throw-away server: ``dispose`` tells the shadow-server sidecar to stop."""
+
+    def __init__(self, url: str, admin_url: str, workdir: Path):
+        super().__init__(url, database_name(url), None, {}, admin_url=admin_url)
+        self.workdir = workdir
+
+    def dispose(self, notes: list[str]) -> None:
+        try:
+            (self.workdir / SHADOW_DONE_FILE).write_text("done\n", encoding="utf-8")
+        except OSError as e:
+            notes.append(f"could not tell the shadow server to stop: {e.strerror}")
+
+
+def shadow_server(workdir: str | os.PathLike[str], *, poll: float = 0.2) -> StepResult:
+    """The shadow-server phase (operator image, a sidecar of the precheck Job's pod): start the throw-away server
+    (``$SCHEMAGATE_SHADOW_DIR``, the pod's memory-backed ``emptyDir``), publish its superuser URL in
+    ``workdir/shadow-server.json`` (the pod's private ``emptyDir``; the server listens on the pod's 127.0.0.1 and
+    holds a schema only), and stop it (directory removed) when ``count`` writes ``workdir/shadow-done`` or on
+    SIGTERM (the kubelet stops sidecars after the main container)."""
+    import signal
+    import time
+
+    started = now()
+    wd = Path(workdir)
+    stop = {"now": False}
+
+    def on_term(signum: int, frame: Any) -> None:
+        stop["now"] = True
+
+    import threading
+
+    if threading.current_thread() is threading.main_thread():  # (tests run the phase in a thread)
+        signal.signal(signal.SIGTERM, on_term)
+    if (wd / SHADOW_DONE_FILE).exists():  # restarted after the count finished: nothing to serve
+        return StepResult(step=STEP, outcome=Outcome.SUCCEEDED, reason="ShadowStopped",
+                          message="the count already finished", started_at=started).finish()
+    server = ShadowServer()
+    try:
+        server.start()
+        handle = wd / SHADOW_SERVER_FILE
+        tmp = handle.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"adminUrl": server.url(), "version": server.version}), encoding="utf-8")
+        os.chmod(tmp, 0o644)  # the application's image may run as another user in the same pod
+        tmp.replace(handle)
+        while not stop["now"] and not (wd / SHADOW_DONE_FILE).exists():
+            time.sleep(poll)
+    except Exception as e:  # noqa: BLE001
+        return error_result(STEP, e, started=started, data={})
+    finally:
+        server.stop()
+        (wd / SHADOW_SERVER_FILE).unlink(missing_ok=True)
+    return StepResult(step=STEP, outcome=Outcome.SUCCEEDED, reason="ShadowStopped",
+                      message=f"the throw-away shadow server (PostgreSQL {server.version}) ran and is removed",
+                      data={"shadowServerVersion": server.version}, started_at=started).finish()
+
+
+def wait_for_shadow_server(workdir: Path, timeout: float = 300) -> dict[str, Any]:
+    """The handle the shadow-server sidecar publishes, waiting up to ``timeout`` seconds for it."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    f = workdir / SHADOW_SERVER_FILE
+    while True:
+        try:
+            return dict(json.loads(f.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            if time.monotonic() > deadline:
+                raise ShadowUnavailable(f"the shadow-server container did not publish {f} within {timeout:g}s "
+                                        "(see its log)", field=SHADOW_SERVER_FILE) from None
+            time.sleep(0.2)
+
+
+def _shadow_from_prepare(url: str, info: Mapping[str, Any], workdir: Path | None = None) -> Shadow:
+    if info.get("shadowUrl"):
+        assert workdir is not None
+        sh: Shadow = _PodShadow(resolve_url(str(info["shadowUrl"]), None),
+                                resolve_url(str(info.get("adminUrl") or info["shadowUrl"]), None), workdir)
+        before = workdir / BEFORE_FILE
+        if before.exists():
+            sh.before = pickle.loads(before.read_bytes())  # noqa: S301 - written by --phase prepare in this pod
+        return sh
     env = info.get("shadowUrlEnv")
     if not env:
         raise InvalidInput(f"{PREPARE_FILE} names no shadow database", field=PREPARE_FILE)
     explicit = resolve_url(None, str(env))
-    return Shadow(explicit, database_name(explicit), False, explicit, {})
+    return Shadow(explicit, database_name(explicit), None, {})
 
 
 def count(
     url: str | None = None,
     url_env: str | None = DEFAULT_URL_ENV,
     *,
-    workdir: str | os.PathLike[str],
+    workdir: str | os.PathLike[str] | None,
     max_violations: int = 0,
     user_checks: Iterable[Any] = (),
     lint: bool = True,
@@ -643,9 +802,10 @@ def count(
     accept_unevaluated: Sequence[str] = (),
     data_shadow_max_bytes: int | None = DEFAULT_DATA_SHADOW_MAX_BYTES,
 ) -> StepResult:
-    """Phase 3 (operator image): catalog diff, counting and squawk after shadow-upgrade; drops the shadow.
+    """Phase 3 (operator image): catalog diff, counting and squawk after shadow-upgrade; stops the shadow.
 
-    ``derive=False`` counts only ``user_checks`` (the constraints the revisions add are not counted).
+    ``derive=False`` (``spec.precheck.derive: false``: the Job has this one container, no shadow at all) counts
+    only ``user_checks`` on the real database, read-only; ``workdir`` may then be None.
     ``accept_unevaluated`` as in :func:`precheck`; ``data_shadow_max_bytes`` is accepted for the same command
     line but unused: these phases count by the name-based catalog diff (no statement-by-statement record)."""
     started = now()
@@ -654,13 +814,22 @@ def count(
     sh: Shadow | None = None
     try:
         url = resolve_url(url, url_env)
+        if not derive and (workdir is None or not (Path(workdir) / PREPARE_FILE).exists()):
+            users = parse_user_checks(user_checks)
+            data["derivationNote"] = "derivation disabled (spec.precheck.derive=false): only user checks are " \
+                                     "counted, no shadow"
+            data["lint"] = lint_module.unavailable("derivation disabled: no pending SQL rendered")
+            with _connect(url) as conn:
+                counting.run_counts(conn, users, CountOptions(statement_timeout=statement_timeout))
+            return _finish(data, users, max_violations, lint_fail, started, accept_unevaluated)
+        assert workdir is not None
         wd = Path(workdir)
         try:
             info = json.loads((wd / PREPARE_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise InvalidInput(f"{PREPARE_FILE} missing or unreadable in {wd}: run --phase prepare first ({e})",
                                field=PREPARE_FILE) from e
-        sh = _shadow_from_prepare(url, info)
+        sh = _shadow_from_prepare(url, info, wd)
         users = parse_user_checks(user_checks)
         try:
             up = json.loads((wd / SHADOW_UPGRADE_FILE).read_text(encoding="utf-8"))
@@ -676,9 +845,12 @@ def count(
         derived = replayed_checks(wd, statements) if derive else None
         checks = analyse(url, sh.url, pending=pending, statements=statements, offline_sql=offline_sql or None,
                          offline_error=up.get("sqlError"), user_checks=users, do_lint=lint,
-                         statement_timeout=statement_timeout, data=data, derive_checks=derive, derived=derived)
+                         statement_timeout=statement_timeout, data=data, derive_checks=derive, derived=derived,
+                         before_cat=sh.before)
         if derived is not None:
             data["route"] = "real-database"
+        if info.get("shadow"):
+            data["shadow"] = info["shadow"]
         if not pending:
             data["derivationNote"] = "no pending revisions"
         result = _finish(data, checks, max_violations, lint_fail, started, accept_unevaluated)

@@ -5,15 +5,28 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url, with_database
-from schemagate.contract.errors import InvalidInput
+from schemagate.contract.errors import Actor, InvalidInput, ShadowUnavailable
+from schemagate.contract.sqlkind import StatementLog
 from schemagate.runner.inject.apply import upgrade
 from schemagate.runner.inject.capture import capture_statements
-from schemagate.runner.inject.config import isolated_imports
+from schemagate.runner.inject.config import engine_for, isolated_imports
+from schemagate.runner.inject.revisions import plan
 from schemagate.runner.inject.snapshots import record_snapshots
+
+
+class ShadowMismatch(ShadowUnavailable):
+    """The shadow does not hold what the real database holds: the application's env.py reads another current
+    revision there. Nothing was applied."""
+
+    reason = "ShadowMismatch"
+    actor = Actor.SCHEMAGATE
 
 
 def shadow_url_from_workdir(url: str, workdir: str | os.PathLike[str] | None) -> str:
@@ -28,11 +41,63 @@ def shadow_url_from_workdir(url: str, workdir: str | os.PathLike[str] | None) ->
         info = json.loads(f.read_text(encoding="utf-8"))
     except ValueError as e:
         raise InvalidInput(f"--workdir: {f} is not JSON ({e})", field=str(f)) from e
+    if info.get("shadowUrl"):  # the throw-away server of the Job's pod (written by --phase prepare)
+        return resolve_url(str(info["shadowUrl"]), None)
     if info.get("shadowDatabase"):
         return with_database(url, str(info["shadowDatabase"]))
     if info.get("shadowUrlEnv"):
         return resolve_url(None, str(info["shadowUrlEnv"]))
     raise InvalidInput(f"{f} names no shadow database", field=str(f))
+
+
+def version_table_of(p: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"schema", "name"}`` of the version table a ``plan()`` reports (from the migration context env.py
+    configured: ``versionTableSchema``/``versionTable``)."""
+    return {"schema": p.get("versionTableSchema"), "name": str(p.get("versionTable") or "alembic_version")}
+
+
+def sync_version_table(config_path: str | os.PathLike[str], target: str | None, real_url: str, shadow_url: str,
+                       url_env: str | None) -> dict[str, Any]:
+    """Copy the rows of the application's Alembic version table from the real database into the shadow, wherever
+    the application's env.py keeps it (``plan()``'s ``versionTable``/``versionTableSchema``: read from the migration context, never from a
+    second setting), then assert that env.py reads the same current revision from both. Returns
+    ``{"versionTable": {"schema", "name"}|None, "rows": [...], "current": id|None}``; raises
+    ``ShadowMismatch`` when the shadow reads another revision."""
+    real = plan(config_path, target, real_url, url_env)
+    vt = version_table_of(real)
+    out: dict[str, Any] = {"versionTable": None, "rows": [], "current": real["current"]}
+    eng = engine_for(real_url)
+    try:
+        with eng.connect() as conn:
+            q = "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE "
+            if vt.get("schema"):
+                row = conn.execute(sa.text(q + "n.nspname = :s AND c.relname = :n"),
+                                   {"s": vt["schema"], "n": vt["name"]}).first()
+            else:  # the first match on the search_path, as Alembic's unqualified name resolves
+                row = conn.execute(sa.text(q + "c.oid = to_regclass(quote_ident(:n))"), {"n": vt["name"]}).first()
+            if row is not None:
+                prep = eng.dialect.identifier_preparer
+                qualified = f"{prep.quote(row[0])}.{prep.quote(row[1])}"
+                out["versionTable"] = {"schema": row[0], "name": row[1]}
+                out["rows"] = [r[0] for r in conn.execute(sa.text(f"SELECT version_num FROM {qualified}"))]  # noqa: S608
+    finally:
+        eng.dispose()
+    if out["versionTable"] is not None:
+        eng = engine_for(shadow_url)
+        try:
+            with eng.begin() as conn:
+                conn.execute(sa.text(f"DELETE FROM {qualified}"))  # noqa: S608 - quoted identifiers
+                for v in out["rows"]:
+                    conn.execute(sa.text(f"INSERT INTO {qualified} (version_num) VALUES (:v)"), {"v": v})  # noqa: S608
+        finally:
+            eng.dispose()
+    mirror = plan(config_path, target, shadow_url, url_env)
+    if mirror["current"] != real["current"]:
+        raise ShadowMismatch(
+            f"the shadow is not faithful: the application's env.py reads revision {mirror['current'] or 'base'} "
+            f"from the shadow but {real['current'] or 'base'} from the database (version table "
+            f"{vt.get('schema') or '(search_path)'}.{vt.get('name')}); nothing was applied")
+    return out
 
 
 @isolated_imports
@@ -46,22 +111,29 @@ def shadow_upgrade(
     statement_timeout: str | None = None,
 ) -> dict[str, Any]:
     """Apply the pending revisions to the shadow database (named by ``workdir/prepare.json`` when present, else
-    ``url`` itself), rendering their SQL first and capturing the statements executed. Writes
+    ``url`` itself; its version rows are first copied from the real database, see ``sync_version_table``),
+    rendering their SQL first and capturing the statements executed. Writes
     ``workdir/pending.sql`` and ``workdir/shadow-upgrade.json`` (``{fromRevision, toRevision, targetRevision,
     pending, applied, sqlError?, statements}``) when ``workdir`` is given."""
-    url = shadow_url_from_workdir(resolve_url(url, url_env), workdir)
+    real_url = resolve_url(url, url_env)
+    url = shadow_url_from_workdir(real_url, workdir)
+    synced = sync_version_table(config_path, target, real_url, url, url_env) if url != real_url else None
     state: dict[str, Any] = {"revision": None}  # the running revision, for the snapshots
+    version_table = ((synced or {}).get("versionTable") or {}).get("name")
 
     def on_revision(rev: str) -> None:
         state["revision"] = rev
         log.on_revision(rev)
 
-    with capture_statements() as log, record_snapshots(url, workdir, state):
+    with capture_statements(StatementLog(version_table=version_table)) as log, \
+            record_snapshots(url, workdir, state):
         out = upgrade(config_path, target, url, url_env, lock_timeout, statement_timeout, render_sql_text=True,
                       on_revision=on_revision)
     out["statements"] = log.statements
     if log.dropped:
         out["statementsDropped"] = log.dropped
+    if synced is not None:
+        out["versionTable"] = synced["versionTable"]
     if workdir is not None:
         wd = Path(workdir)
         wd.mkdir(parents=True, exist_ok=True)

