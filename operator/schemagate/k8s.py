@@ -436,13 +436,19 @@ def job_observation(job: Mapping[str, Any], result: Obj | None = None, exit_code
 
 def pod_termination(pods: list[Obj]) -> Obj | None:
     """The ``terminated`` state that holds a Job's result: of the newest pod (creationTimestamp), the first
-    container that exited non-zero (init containers first, current or last state), else the last container's.
+    container that exited non-zero (init containers first, current or last state; sidecars never count), else the
+    last container's.
     None when no pod or no terminated container. (core/v1 ContainerStatus.state.terminated.)"""
     if not pods:
         return None
     newest = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")[-1]
     st = newest.get("status") or {}
-    statuses = list(st.get("initContainerStatuses") or []) + list(st.get("containerStatuses") or [])
+    # a sidecar (an init container with restartPolicy Always, e.g. the precheck's shadow-server) serves the step
+    # and is stopped after it: its exit is never the step's result
+    sidecars = {c.get("name") for c in (newest.get("spec") or {}).get("initContainers") or []
+                if c.get("restartPolicy") == "Always"}
+    statuses = [cs for cs in list(st.get("initContainerStatuses") or []) + list(st.get("containerStatuses") or [])
+                if cs.get("name") not in sidecars]
     for cs in statuses:
         term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
         if term and int(term.get("exitCode") or 0) != 0:

@@ -184,3 +184,14 @@ def test_a_pod_that_never_ran_reports_the_kubelets_waiting_reason() -> None:
     starting = {"metadata": {"creationTimestamp": "t"},
                 "status": {"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]}}
     assert k8s.pod_waiting([starting]) == "" and k8s.pod_waiting([]) == ""
+
+
+def test_pod_termination_never_takes_a_sidecars_exit():
+    """The precheck's shadow-server sidecar (restartPolicy Always) is stopped after the count: even killed (137)
+    its exit is not the step's result."""
+    pod = _pod("t", init=[{"name": "install-runner", **_term(0, "")}, {"name": "shadow-server", **_term(137, "")},
+                          {"name": "prepare", **_term(0, "prepared")}],
+               main=[{"name": "count", **_term(3, "counted")}])
+    pod["spec"] = {"initContainers": [{"name": "install-runner"}, {"name": "shadow-server", "restartPolicy": "Always"},
+                                      {"name": "prepare"}]}
+    assert k8s.pod_termination([pod])["message"] == "counted"
