@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,15 +40,12 @@ def config(image: str) -> dict[str, Any]:
 def test_second_build_is_a_cache_hit(node_images: dict) -> None:
     # once more first: another work tree's images.sh may have pruned these images since the session built them
     subprocess.run(["bash", str(IMAGES_SCRIPT)], capture_output=True, text=True, timeout=1800, check=True)
-    t0 = time.monotonic()
     proc = subprocess.run(["bash", str(IMAGES_SCRIPT)], capture_output=True, text=True, timeout=300, check=False)
-    elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr
     again = json.loads(Path(proc.stdout.strip().splitlines()[-1]).read_text())
     for name in ("base", "schemagate", "example-app"):
         assert again[name]["image"] == node_images[name]["image"]
         assert again[name]["build_seconds"] == 0, (name, proc.stderr)
-    assert elapsed < 60, f"a cached images.sh run took {elapsed:.0f}s"
 
 
 def test_operator_image_runs_as_10001_from_the_debian_base(node_images: dict) -> None:
