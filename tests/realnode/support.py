@@ -27,11 +27,14 @@ def diagnostics(kube: Any, *namespaces: str) -> str:
     return "\n".join(out)
 
 
-def operator_pod(kube: Any) -> dict:
-    pods = [p for p in kube.pods(OPERATOR_NS, "app.kubernetes.io/component=operator")
+def operator_pods(kube: Any) -> list[dict]:
+    """The operator's pods that are not being deleted (the chart runs replicaCount of them; one leads)."""
+    return [p for p in kube.pods(OPERATOR_NS, "app.kubernetes.io/component=operator")
             if not p["metadata"].get("deletionTimestamp")]  # fmt: skip
-    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
-    return pods[0]
+
+
+def is_ready(pod: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
 
 
 def install_app(kube: Any, ns: str, node_images: dict, url: str, version: str, *extra: str,

@@ -7,7 +7,7 @@
   container of the operator image); the gated pods start only once the migration is Ready, after the waiter init
   container (``schemagate wait``) ran for real against the API server.
 - a Blocked migration: Helm fails naming it, the old pods keep serving, nothing is applied.
-- the operator pod killed (``--grace-period=0``) mid-migration: the new operator pod finishes the run, each step
+- every operator pod killed (``--grace-period=0``) mid-migration: the new operator pods finish the run, each step
   Job ran once.
 """
 
@@ -22,18 +22,28 @@ import pytest
 import sqlalchemy as sa
 
 from tests.delivery.e2e_support import app_pods, get_dbm, is_gated
-from tests.realnode.support import APP, OPERATOR_NS, install_app, jobs_by_step, operator_pod, revision
+from tests.realnode.support import (
+    APP,
+    OPERATOR_NS,
+    install_app,
+    is_ready,
+    jobs_by_step,
+    operator_pods,
+    revision,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.realnode]
 
 
 def test_operator_runs_its_image_as_10001_on_a_read_only_root(real_kube: Any, operator: dict) -> None:
-    pod = operator_pod(real_kube)
+    pods = operator_pods(real_kube)
+    assert len(pods) == 2, [p["metadata"]["name"] for p in pods]  # the chart's replicaCount: a leader, a standby
+    for pod in pods:
+        assert is_ready(pod), pod["status"]
+        cs = pod["status"]["containerStatuses"][0]
+        assert cs["ready"] and cs["restartCount"] == 0 and cs["image"] == operator["image"]
+    pod = pods[0]
     name = pod["metadata"]["name"]
-    st = pod["status"]
-    assert {c["type"]: c["status"] for c in st["conditions"]}["Ready"] == "True"
-    cs = st["containerStatuses"][0]
-    assert cs["ready"] and cs["restartCount"] == 0 and cs["image"] == operator["image"]
     spec = pod["spec"]["containers"][0]
     assert spec["securityContext"]["readOnlyRootFilesystem"] is True
     ids = real_kube.kubectl("exec", "-n", OPERATOR_NS, name, "--", "python3", "-c",
@@ -125,9 +135,9 @@ def test_blocked_upgrade_fails_and_keeps_the_old_pods(real_kube: Any, operator: 
 
 def test_operator_killed_mid_migration(real_kube: Any, operator: dict, node_images: dict, real_namespace: str,
                                        pod_db: tuple[str, str]) -> None:  # fmt: skip
-    """The migrate Job waits on the migration advisory lock (held here); meanwhile the operator pod is deleted with
-    grace period 0. The Deployment's new pod picks the run up; once the lock is released the migration finishes,
-    with one migrate Job whose pod ran once."""
+    """The migrate Job waits on the migration advisory lock (held here); meanwhile every operator pod is deleted
+    with grace period 0. The Deployment's new pods pick the run up; once the lock is released the migration
+    finishes, with one migrate Job whose pod ran once."""
     from schemagate.runner.inject.lock import ADVISORY_LOCK_KEY
 
     url, in_pod = pod_db
@@ -146,13 +156,13 @@ def test_operator_killed_mid_migration(real_kube: Any, operator: dict, node_imag
             return any(p["status"].get("phase") == "Running" for p in pods)
 
         real_kube.wait_for(migrate_running, timeout=240, interval=1, message="the migrate Job's pod to run")
-        old = operator_pod(real_kube)["metadata"]["name"]
-        real_kube.kubectl("delete", "pod", "-n", OPERATOR_NS, old, "--grace-period=0", "--force", "--wait=false")
+        # every operator pod (the leader and its standby) dies at once, without a grace period
+        old = {p["metadata"]["name"] for p in operator_pods(real_kube)}
+        real_kube.kubectl("delete", "pod", "-n", OPERATOR_NS, *sorted(old), "--grace-period=0", "--force",
+                          "--wait=false")
 
         def new_operator_ready() -> bool:
-            p = operator_pod(real_kube)
-            return p["metadata"]["name"] != old and any(
-                c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or [])
+            return any(p["metadata"]["name"] not in old and is_ready(p) for p in operator_pods(real_kube))
 
         real_kube.wait_for(new_operator_ready, timeout=180, interval=1, message="a new operator pod, Ready")
         time.sleep(2)
