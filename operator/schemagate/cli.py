@@ -75,10 +75,14 @@ def _nonempty(option: str) -> Callable[[str], str]:
 
 
 def _writable_file(option: str) -> Callable[[str], str]:
-    """A file path the step can write its result to: its directory must exist and be writable, checked before
-    anything runs (a result that cannot be written would be lost after the database changed)."""
+    """A file path the step can write its result to: an existing writable file (the kubelet's
+    ``/dev/termination-log`` is a file bind-mounted into a ``/dev`` the container user cannot write), or a new
+    file in an existing writable directory; checked before anything runs (a result that cannot be written would be
+    lost after the database changed)."""
 
     def parse(text: str) -> str:
+        if os.path.isfile(text) and os.access(text, os.W_OK):
+            return text
         parent = os.path.dirname(os.path.abspath(text)) or "."
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
             raise argparse.ArgumentTypeError(f"{option}: cannot write {text!r} (its directory does not exist or is "
