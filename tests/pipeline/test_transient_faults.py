@@ -125,3 +125,27 @@ def test_a_server_restart_mid_revision_converges(tmp_path: Path) -> None:
         _applied_once(url)
     finally:
         pg.stop("immediate")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the other steps: a backend terminated mid-step is a transient failure that leaves nothing behind
+
+
+def test_a_backend_terminated_during_backup_leaves_no_file_and_a_retry_succeeds(fresh_db: str, tmp_path: Path) -> None:
+    from schemagate.runner.backup import backup
+
+    execute(fresh_db, "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 400000) g")
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.update(r=backup(fresh_db, None, backup_dir=tmp_path / "b", keep=3)))
+    t.start()
+    pid = _wait_for_pid(fresh_db, "SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_dump' "
+                                  "AND pid <> pg_backend_pid()", timeout=60)  # fmt: skip
+    execute(fresh_db, f"SELECT pg_terminate_backend({pid})")
+    t.join(120)
+    r = out["r"]
+    assert r.outcome.value == "TransientError", (r.reason, r.message)
+    assert sorted(p.name for p in (tmp_path / "b").glob("*")) == []  # no partial dump, no .sha256, no temp file
+    r2 = backup(fresh_db, None, backup_dir=tmp_path / "b", keep=3)
+    assert r2.outcome.value == "Succeeded", r2.message
+    assert len(list((tmp_path / "b").glob("*.sha256"))) == 1
+
