@@ -2,7 +2,7 @@
 
 Real PostgreSQL, real faults (``pg_terminate_backend``, a restart of the embedded server): the migrate step retries
 with backoff, re-takes its advisory lock and continues from the revision the database really is at; every revision is
-applied exactly once (tests/pipeline/projects/slow logs each revision in its own transaction).
+applied exactly once (tests/pipeline/projects/graph/slow.ini logs each revision in its own transaction).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from schemagate.runner.inject.migrate import migrate
 from tests.pipeline.helpers import execute, query, scalar
 
 pytestmark = pytest.mark.postgres
-SLOW = Path(__file__).resolve().parent / "projects" / "slow" / "alembic.ini"
+SLOW = Path(__file__).resolve().parent / "projects" / "graph" / "slow.ini"
 
 
 def _run(url: str) -> tuple[threading.Thread, dict[str, Any]]:
