@@ -1,6 +1,6 @@
 """Failures that only a real node produces, surfacing as clear reasons in the DatabaseMigration's status:
 a step container killed by the kernel at its memory limit (OOMKilled), and a step pod the kubelet cannot start
-(its image is not on the node and may not be pulled) ended by the Job's deadline."""
+(its image is not on the node and may not be pulled): the kubelet's own reason, ErrImageNeverPull."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_an_oom_killed_step_fails_the_run_with_reason_oomkilled(real_kube: Any, 
     assert killed and killed[0]["state"]["terminated"]["exitCode"] == 137
 
 
-def test_a_step_pod_that_cannot_start_fails_at_its_deadline(real_kube: Any, operator: dict, node_images: dict,
+def test_a_step_pod_that_cannot_start_fails_with_the_kubelets_reason(real_kube: Any, operator: dict, node_images: dict,
                                                              real_namespace: str,
                                                              pod_db: tuple[str, str]) -> None:  # fmt: skip
     ns, (_, in_pod) = real_namespace, pod_db
@@ -57,6 +57,6 @@ def test_a_step_pod_that_cannot_start_fails_at_its_deadline(real_kube: Any, oper
     st = finished(real_kube, ns)
     assert st["phase"] == "Failed", st
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
-    assert ready["reason"] == "DeadlineExceeded", ready
+    assert ready["reason"] == "ErrImageNeverPull" and "not-on-this-node" in ready["message"], ready
     events = real_kube.kubectl("get", "events", "-n", ns, "-o", "json").stdout
     assert "ErrImageNeverPull" in events  # the kubelet's own reason, on the pod
