@@ -28,7 +28,9 @@ def test_one_run_plans_once_and_replans_under_the_lock(fresh_db: str, tmp_path) 
     result = json.loads(p.stdout)
     assert result["reason"] == "Verified" and version(fresh_db) == "0002", result["message"]
     runs = collections.Counter(tuple(line.split(" ", 1)) for line in log.read_text().splitlines())
-    real = database_name(fresh_db)
+    from urllib.parse import urlsplit
+
+    real = f"{database_name(fresh_db)}@{urlsplit(fresh_db).port}"  # not the shadow server's database of that name
     plans_on_real = runs[("plan", real)]
     assert plans_on_real == 2, runs  # the run's plan + the re-plan under the advisory lock; was 7
     assert runs[("migrate", real)] == 1, runs  # the upgrade itself

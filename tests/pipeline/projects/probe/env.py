@@ -1,7 +1,7 @@
 """Alembic environment of the probe test project.
 
 The URL comes from ``sqlalchemy.url`` when set (schemagate's runner sets it), else from DATABASE_URL. Every
-execution of this file appends ``<purpose> <database>`` to the file named by ``PROBE_ENV_LOG`` (when set): tests
+execution of this file appends ``<purpose> <database>@<port>`` to the file named by ``PROBE_ENV_LOG`` (when set): tests
 count how often one ``schemagate run`` executes the application's env.py, and for what.
 """
 
@@ -17,7 +17,7 @@ config = context.config
 
 def probe(purpose: str, database: str) -> None:
     """One line per execution in PROBE_ENV_LOG: purpose (plan = read the version table only, migrate, offline)
-    and the database name."""
+    and ``database@port`` (the precheck's throw-away shadow server has a database of the same name)."""
     if os.environ.get("PROBE_ENV_LOG"):
         with open(os.environ["PROBE_ENV_LOG"], "a", encoding="utf-8") as log:
             log.write(f"{purpose} {database}\n")
@@ -39,7 +39,10 @@ def database_url() -> str:
 
 
 def run_migrations_offline() -> None:
-    probe("offline", database_url().rsplit("/", 1)[-1].split("?")[0])
+    from urllib.parse import urlsplit
+
+    u = urlsplit(database_url())
+    probe("offline", f"{u.path.lstrip('/')}@{u.port or 5432}")
     context.configure(
         url=database_url(),
         target_metadata=target_metadata,
@@ -61,7 +64,7 @@ def run_migrations_online() -> None:
         )
         # Alembic's read-only runs (current revision, plan) are configured with dont_mutate
         probe("plan" if context.get_context().opts.get("dont_mutate") else "migrate",
-              connection.exec_driver_sql("SELECT current_database()").scalar())
+              connection.exec_driver_sql("SELECT current_database() || '@' || current_setting('port')").scalar())
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()
