@@ -59,7 +59,8 @@ class CorpusError(RuntimeError):
 
 def default_candidates() -> list[Path]:
     """``../shared/cases/precheck`` relative to this checkout, then relative to the main checkout of the same
-    repository (a linked worktree elsewhere still finds the corpus next to the main checkout)."""
+    repository (a linked worktree elsewhere still finds the corpus next to the main checkout), then relative to
+    the local repository this one was cloned from."""
     out = [(REPO / DEFAULT_RELATIVE).resolve()]
     try:
         common = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--git-common-dir"], capture_output=True,
@@ -69,6 +70,15 @@ def default_candidates() -> list[Path]:
     if common:
         main = (REPO / common).resolve().parent
         cand = (main / DEFAULT_RELATIVE).resolve()
+        if cand not in out:
+            out.append(cand)
+    try:  # a clone made elsewhere (e.g. `git clone . /tmp/x`): next to the repository it was cloned from
+        origin = subprocess.run(["git", "-C", str(REPO), "remote", "get-url", "origin"], capture_output=True,
+                                text=True, timeout=30, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        origin = ""
+    if origin and "://" not in origin and Path(origin).is_dir():
+        cand = (Path(origin) / DEFAULT_RELATIVE).resolve()
         if cand not in out:
             out.append(cand)
     return out
