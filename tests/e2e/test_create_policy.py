@@ -87,9 +87,11 @@ def test_only_users_who_may_run_the_jobs_may_create_a_migration(kube: Any, creat
     _bind(kube, ns, "edit", "ClusterRole", ["editor"])
     kube.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "deployer"}}, ns)
 
-    # the policy takes effect once the API server has loaded it
+    # the policy takes effect once the API server has loaded it; probes created before that are removed
     def refused() -> bool:
-        r = _create(kube, ns, "limited", _migration("by-limited"))
+        r = _create(kube, ns, "limited", _migration("probe"))
+        if r.returncode == 0:
+            kube.kubectl("-n", ns, "delete", "dbm", "probe", "--wait=true")
         return r.returncode != 0 and "may not create batch/v1 jobs" in r.stderr
 
     kube.wait_for(refused, timeout=30, message="the create policy to refuse a user without Job rights")
@@ -118,10 +120,16 @@ def test_changes_that_leave_the_spec_alone_are_not_checked(kube: Any, create_pol
     """Labels, annotations and finalizers (what the operator writes) need no Job rights; a spec change does."""
     ns = namespace
     _role(kube, ns, "dbm-only", [{"apiGroups": ["schemagate.dev"], "resources": ["databasemigrations"],
-                                  "verbs": ["get", "list", "patch", "update"]}], ["limited"])  # fmt: skip
+                                  "verbs": ["create", "get", "list", "patch", "update", "delete"]}],
+          ["limited"])  # fmt: skip
     kube.apply(_migration("shop"), ns)  # created by the admin
-    kube.wait_for(lambda: _create(kube, ns, "limited", _migration("probe")).returncode != 0, timeout=30,
-                  message="the create policy to be loaded")  # fmt: skip
+    def loaded() -> bool:
+        r = _create(kube, ns, "limited", _migration("probe"))
+        if r.returncode == 0:
+            kube.kubectl("-n", ns, "delete", "dbm", "probe", "--wait=true")
+        return r.returncode != 0 and "may not create batch/v1 jobs" in r.stderr
+
+    kube.wait_for(loaded, timeout=30, message="the create policy to be loaded")
 
     r = kube.kubectl("--as", "limited", "-n", ns, "label", "dbm", "shop", "team=payments", check=False)
     assert r.returncode == 0, r.stderr
