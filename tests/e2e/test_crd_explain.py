@@ -56,7 +56,10 @@ def undocumented_children(text: str) -> list[str]:
 def test_kubectl_explain_documents_every_field(kube: Any) -> None:
     install_crd(kube)
     res = "databasemigrations.schemagate.dev"
-    tree = recursive_tree(kube.kubectl("explain", res, "--recursive").stdout)
+    # the API server publishes a CRD's OpenAPI schema a moment after the CRD is Established (or re-applied)
+    explained = kube.wait_for(lambda: (lambda r: r.returncode == 0 and r.stdout)(
+        kube.kubectl("explain", res, "--recursive", check=False)), timeout=60, message="kubectl explain to work")
+    tree = recursive_tree(explained)
     ours = {p: t for p, t in tree.items() if p.split(".")[0] in ("spec", "status")}
     # the status subtrees that had no schema before are documented down to their leaves
     for path in ("status.violations.total", "status.violations.checks.count", "status.lint.findings.rule",
