@@ -34,6 +34,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from schemagate.contract.errors import sqlstate
 from schemagate.contract.sqlkind import classify
 from schemagate.runner.inject.config import engine_for
 
@@ -232,19 +233,6 @@ def drop(url: str, leftovers: Sequence[Leftover], lock_timeout: str | None) -> N
                 conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {q(x.schema)}.{q(x.index)}")
     finally:
         engine.dispose()
-
-
-def sqlstate(exc: BaseException | None) -> str | None:
-    """The SQLSTATE of the database error behind ``exc`` (psycopg 3 ``sqlstate``, psycopg2 ``pgcode``)."""
-    seen = 0
-    while exc is not None and seen < 20:
-        for obj in (exc, getattr(exc, "orig", None)):
-            code = getattr(obj, "sqlstate", None) or getattr(obj, "pgcode", None)
-            if isinstance(code, str):
-                return code
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return None
 
 
 def is_duplicate_relation(exc: BaseException) -> bool:

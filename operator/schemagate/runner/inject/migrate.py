@@ -22,7 +22,14 @@ from typing import Any
 
 from schemagate.contract import durations
 from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
-from schemagate.contract.errors import InvalidInput, LockTimeout, MigrationFailed, Transient, error_result
+from schemagate.contract.errors import (
+    InvalidInput,
+    LockTimeout,
+    MigrationFailed,
+    Transient,
+    error_result,
+    sqlstate,
+)
 from schemagate.contract.redact import redact
 from schemagate.contract.stepresult import Outcome, Plan, StepResult, now
 from schemagate.runner.inject import leftovers
@@ -77,7 +84,7 @@ class _Cleanup:
         try:
             leftovers.drop(self.url, [x for _, x in todo], self.lock_timeout)
         except Exception as e:  # noqa: BLE001
-            if leftovers.sqlstate(e) == "55P03":
+            if sqlstate(e) == "55P03":
                 raise LockTimeout(f"DROP INDEX CONCURRENTLY of the leftover {todo[0][1].display()} hit "
                                        f"lock_timeout; the database is unchanged") from e
             raise
