@@ -149,7 +149,7 @@ class Reconciler:
         return await self.apply(key, snap, action)
 
     async def apply(self, key: Key, snap: observe.Snapshot, action: Action) -> float | None:
-        """Carry out ``action``: Lease, status, Job, Lease release, metrics, Events (in that order)."""
+        """Carry out ``action``: Lease, status, metrics, Job, Lease release, Events (in that order)."""
         ns, name = key
         lease_ns = self.settings.lease_namespace
         if action.lock == "acquire" and not await self.call(self.kube.acquire_lease, lease_ns, snap.lease,
@@ -157,13 +157,13 @@ class Reconciler:
             log.info("%s/%s: lease %s taken meanwhile; looking again", ns, name, snap.lease)
             return CONFLICT_REQUEUE
         await self._write_status(key, snap, action)
+        for step, res in action.consumed:  # the series follow the status just written
+            metrics.observe_result(ns, name, step, res)
+        metrics.observe_phase(ns, name, action.phase, snap.status.get("phase"))
         if action.create is not None and not await self._create_job(key, snap, action):
             return FOREIGN_JOB_REQUEUE
         if action.lock == "release":
             await self.call(self.kube.release_lease, lease_ns, snap.lease, snap.holder)
-        for step, res in action.consumed:
-            metrics.observe_result(ns, name, step, res)
-        metrics.observe_phase(ns, name, action.phase, snap.status.get("phase"))
         for ev in action.events:
             await self.call(self.kube.post_event, snap.body, ev.type, ev.reason, ev.message)
         return action.requeue_after

@@ -47,11 +47,15 @@ def test_blocked_migration_series_then_deleted(kube: Any, operator: Operator, im
     o = wait_phase(kube, namespace, "wholesale", ("Blocked", "Failed", "Succeeded"), op=operator, timeout=300)
     assert o["status"]["phase"] == "Blocked", o["status"]
 
-    text = scrape(operator)
+    def blocked_exported() -> str | None:  # the series follow the status write, a moment after it is visible
+        text = scrape(operator)
+        phase = {labels["phase"]: v for labels, v in series_of(text, namespace, "wholesale").get(
+            "schemagate_migration_phase", [])}
+        return text if phase.get("Blocked") == 1 and sum(phase.values()) == 1 else None
+
+    text = kube.wait_for(blocked_exported, timeout=10, message="schemagate_migration_phase{phase=Blocked} == 1")
     assert promlint.run_json(text=text) == []
     mine = series_of(text, namespace, "wholesale")
-    phase = {labels["phase"]: v for labels, v in mine["schemagate_migration_phase"]}
-    assert phase["Blocked"] == 1 and sum(phase.values()) == 1
     assert mine["schemagate_precheck_violating_rows"] == [({"namespace": namespace, "migration": "wholesale"},
                                                            float(o["status"]["violations"]["total"]))]
     per_check = {labels["check"]: v for labels, v in mine["schemagate_precheck_violations"]}

@@ -11,6 +11,7 @@ import pytest
 from schemagate import k8s, metrics, observe, reconciler
 from schemagate.contract import errors
 from schemagate.core import decide as decide_module
+from schemagate.core.decide import RetryPolicy
 from schemagate.reconciler import CONFLICT_REQUEUE, Reconciler
 from schemagate.settings import OperatorSettings
 from tests.unit.fakeapi import FakeKube, fail
@@ -63,7 +64,9 @@ def status(kube: FakeKube) -> dict:
 
 
 def test_first_pass_takes_the_lease_records_it_writes_status_then_creates_the_job(kube):
-    assert reconcile(kube) is None
+    # an active Job's watch events do not start a pass, so the pass that created it looks again once its pod
+    # should exist (RetryPolicy.start_poll_seconds): a pod the API refuses fails the step then
+    assert reconcile(kube) == RetryPolicy().start_poll_seconds
     st = status(kube)
     assert st["phase"] == "BackingUp" and st["jobs"] == {"backup": "shop-1-backup-1"}
     assert st["run"]["lease"] == LEASE  # recorded by decide, not patched in afterwards

@@ -496,6 +496,7 @@ def _create_job(rs: RunState, step: str, need: Need, attempt: int) -> None:
     assert name is not None
     st["attempts"] = attempt
     rs.create = JobRequest(step=step, name=name, counter=int(counters.get(step) or 1))
+    rs.requeue = rs.obs.policy.start_poll_seconds  # an active Job's events do not wake us: look for a stuck pod
     _progress_message(rs, step, name, attempt)
     if need == "new":
         rs.note("JobCreated", f"{S.PHASE_OF_STEP[step]}: job {name} (attempt {attempt})")
