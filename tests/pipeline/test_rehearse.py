@@ -102,3 +102,55 @@ def test_run_rehearse_blocks_a_failing_revision_and_passes_a_good_one(make_db: o
     assert schema_snapshot(bad) == before and version(bad) == "0001" and _databases(pg_server) == dbs
     r = pipeline.run(FOODTRUCK, "head", bad, backup=False, rehearse=True)
     assert r.reason == "InvalidInput" and r.data["field"] == "--rehearse"
+
+
+def _by_statement(statements: list[dict], start: str) -> dict:
+    found = [s for s in statements if s["statement"].upper().startswith(start.upper())]
+    assert len(found) == 1, (start, [s["statement"] for s in statements])
+    return found[0]
+
+
+def test_foodtruck_lock_report(fresh_db: str, tmp_path: Path) -> None:
+    demo.seed_foodtruck(fresh_db)
+    r = rh.rehearse(FOODTRUCK, "head", fresh_db, backup_dir=tmp_path)
+    assert r.ok, r.message
+    st = r.data["statements"]
+    # 0002: ADD COLUMN takes ACCESS EXCLUSIVE on menu_items in 0002's transaction (read from pg_locks in it), held
+    # until 0002 commits; the NOT VALID check that follows needs the same lock, already held: nothing new
+    add = _by_statement(st, "ALTER TABLE menu_items ADD COLUMN version")
+    assert add["revision"] == "0002" and add["transactional"] and add["source"] == "pg_locks"
+    assert add["lock"]["table"] == "menu_items" and add["lock"]["mode"] == "ACCESS EXCLUSIVE"
+    assert add["lock"]["heldSeconds"] >= add["seconds"] >= 0
+    check = _by_statement(st, "ALTER TABLE menu_items ADD CONSTRAINT check_stock_non_negative")
+    assert check["revision"] == "0002" and check["lock"] is None
+    # 0003: VALIDATE takes SHARE UPDATE EXCLUSIVE (reads and writes go on)
+    validate = _by_statement(st, 'ALTER TABLE "menu_items" VALIDATE CONSTRAINT')
+    assert validate["revision"] == "0003"
+    assert validate["lock"]["table"] == "menu_items" and validate["lock"]["mode"] == "SHARE UPDATE EXCLUSIVE"
+    # the concurrent index build runs outside a transaction: sampled from a second session (a build shorter than
+    # one sampling interval may show no lock; when one is seen it is SHARE UPDATE EXCLUSIVE on menu_items)
+    cic = _by_statement(st, "CREATE INDEX CONCURRENTLY")
+    assert cic["revision"] == "0003" and not cic["transactional"] and cic["source"] == "sampled"
+    assert cic["lock"] is None or cic["lock"]["mode"] == "SHARE UPDATE EXCLUSIVE"
+    assert all("alembic_version" not in s["statement"] for s in st)  # Alembic's bookkeeping is not reported
+    revs = {x["revision"]: x for x in r.data["revisions"]}
+    assert revs["0002"]["strongestLock"]["mode"] == "ACCESS EXCLUSIVE" and revs["0002"]["rowsChanged"] == 0
+    assert revs["0003"]["strongestLock"]["mode"] == "SHARE UPDATE EXCLUSIVE"
+    assert "0002: ACCESS EXCLUSIVE on menu_items for" in r.message, r.message
+
+
+def test_rows_changed_by_a_data_migration(fresh_db: str, tmp_path: Path) -> None:
+    from schemagate.runner.inject.apply import upgrade
+
+    project = Path(__file__).resolve().parent / "projects" / "graph" / "datamigration.ini"
+    upgrade(project, "0001", fresh_db)
+    r = rh.rehearse(project, "head", fresh_db, backup_dir=tmp_path)
+    assert r.ok, r.message
+    st = r.data["statements"]
+    gold = _by_statement(st, "UPDATE accounts SET tier = 'gold'")
+    basic = _by_statement(st, "UPDATE accounts SET tier = 'basic'")
+    assert (gold["rows"], basic["rows"]) == (3, 2)
+    assert gold["lock"] is None or gold["lock"]["mode"] == "ROW EXCLUSIVE"  # ADD COLUMN took ACCESS EXCLUSIVE first
+    assert _by_statement(st, "ALTER TABLE accounts ADD COLUMN")["lock"]["mode"] == "ACCESS EXCLUSIVE"
+    assert r.data["revisions"] == [{**r.data["revisions"][0], "revision": "0002", "rowsChanged": 5}]
+    assert "5 rows changed" in r.message and version(fresh_db) == "0001"
