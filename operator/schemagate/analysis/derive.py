@@ -81,56 +81,44 @@ def _created_by_pending(table: Table | None, columns: Iterable[str]) -> str | No
 
 
 def derive(real: Catalog, shadow: Catalog) -> Derivation:
-    """The checks (``counting.Check``) and new indexes implied by the shadow's extra constraints."""
+    """The checks (``counting.Check``) and new indexes implied by the shadow's extra constraints, in this order:
+    CHECK / FOREIGN KEY / EXCLUDE constraints, NOT NULL columns, UNIQUE and new indexes (rules in the module
+    docstring)."""
     d = Derivation()
     new_tables = sorted(k for k in shadow.tables if k not in real.tables)
     if new_tables:
         shown = ", ".join(f"{s}.{t}" for s, t in new_tables[:10]) + (" ..." if len(new_tables) > 10 else "")
         d.notes.append(f"{len(new_tables)} table(s) created by the pending revisions (no rows to check): {shown}")
+    _derive_constraints(real, shadow, d)
+    _derive_notnull(real, shadow, d)
+    _derive_indexes(real, shadow, d)
+    return d
 
-    def table_of(schema: str, relname: str) -> Table | None:
-        return real.tables.get((schema, relname))
 
-    # --- CHECK and FOREIGN KEY -----------------------------------------------------------------------------
+def _derive_constraints(real: Catalog, shadow: Catalog, d: Derivation) -> None:
+    """CHECK, FOREIGN KEY and EXCLUDE constraints of the shadow that the real database does not enforce yet, into
+    ``d.checks`` (NOT VALID ones the real database lacks into ``d.not_valid``)."""
+    real_by_name = {(c.schema, c.relname, c.name): c for c in real.constraints}
     real_checks = {(c.schema, c.relname, c.definition) for c in real.constraints if c.contype == "c" and c.validated}
     real_fks = {_fk_shape(c) for c in real.constraints if c.contype == "f" and c.validated}
-    real_by_name = {(c.schema, c.relname, c.name): c for c in real.constraints}
     for c in shadow.constraints:
         if not c.validated:  # NOT VALID: existing rows are not checked when it is added
             if (c.schema, c.relname, c.name) not in real_by_name:
                 d.not_valid.append({"name": c.name, "table": f"{c.schema}.{c.relname}"})
             continue
-        t = table_of(c.schema, c.relname)
-        previously = real_by_name.get((c.schema, c.relname, c.name))
+        t = real.tables.get((c.schema, c.relname))
         if c.contype == "c":
-            if (c.schema, c.relname, c.definition) in real_checks:
-                continue
-            assert c.expr is not None
-            chk = counting.check_(c.name, c.schema, c.relname, c.expr, definition=c.definition)
-            chk.only = bool(c.no_inherit and t is not None and t.has_children)
+            chk = None if (c.schema, c.relname, c.definition) in real_checks else _new_check_constraint(c, t)
         elif c.contype == "f":
-            assert c.ref_relname is not None
-            chk = counting.foreign_key(c.name, c.schema, c.relname, c.columns, c.ref_schema, c.ref_relname,
-                                       c.ref_columns, match_full=c.match_type == "f", definition=c.definition)
-            if _fk_shape(c) in real_fks:
-                same = [o for o in real.constraints if o.contype == "f" and o.validated and _fk_shape(o) == _fk_shape(c)]
-                if not any(o.name == c.name and o.definition == c.definition for o in same):
-                    d.checks.append(_skip(chk, f"the database already enforces the same key ({same[0].name}); "
-                                               "only the name or the ON DELETE/UPDATE actions change"))
-                continue
-            chk.only = bool(t is not None and t.relkind != "p" and t.has_children)
-            if c.match_type == "p":
-                chk.note = "MATCH PARTIAL is not implemented by PostgreSQL; counted as MATCH SIMPLE"
+            chk = _new_foreign_key(real, c, t, d, enforced=_fk_shape(c) in real_fks)
         elif c.contype == "x":
-            if any(o.contype == "x" and o.table == c.table and o.definition == c.definition and o.validated
-                   for o in real.constraints):
-                continue
-            chk = Check(name=c.name, kind="unique", table=f"{c.schema}.{c.relname}", schema=c.schema,
-                        relname=c.relname, definition=c.definition)
-            d.checks.append(_skip(chk, "exclusion constraints are not counted"))
+            _new_exclusion(real, c, d)
             continue
         else:
             continue
+        if chk is None:
+            continue
+        previously = real_by_name.get((c.schema, c.relname, c.name))
         if previously is not None and previously.contype == c.contype and not previously.validated \
                 and previously.definition == c.definition:
             chk.note = "NOT VALID in the database; validated by the pending revisions"
@@ -138,23 +126,68 @@ def derive(real: Catalog, shadow: Catalog) -> Derivation:
         if t is None or new_why:
             d.checks.append(_skip(chk, new_why or "table created by the pending revisions"))
             continue
-        if c.contype == "f":
-            parent = table_of(c.ref_schema or "", c.ref_relname or "")
-            if parent is None:
-                chk.ref_is_new = True
-                chk.note = ("referenced table created by the pending revisions: every non-NULL reference "
-                            "counts unless a revision fills that table")
-            else:
-                pmissing = [col for col in c.ref_columns if col not in parent.columns]
-                if pmissing:
-                    d.checks.append(_skip(chk, "referenced column(s) created by the pending revisions: "
-                                          + ", ".join(pmissing)))
-                    continue
-                chk.ref_unique = _has_unique_index(real, c.ref_schema, c.ref_relname, c.ref_columns)
-                chk.extra["ref_only"] = parent.relkind != "p" and parent.has_children
+        if c.contype == "f" and not _bind_referenced_table(real, c, chk, d):
+            continue
         d.checks.append(chk)
 
-    # --- NOT NULL ------------------------------------------------------------------------------------------
+
+def _new_check_constraint(c: Constraint, t: Table | None) -> Check:
+    """The check of a new CHECK constraint (``only`` for NO INHERIT on a table with children)."""
+    assert c.expr is not None
+    chk = counting.check_(c.name, c.schema, c.relname, c.expr, definition=c.definition)
+    chk.only = bool(c.no_inherit and t is not None and t.has_children)
+    return chk
+
+
+def _new_foreign_key(real: Catalog, c: Constraint, t: Table | None, d: Derivation, *, enforced: bool) -> Check | None:
+    """The check of a FOREIGN KEY; None when a validated key of the same shape exists (``enforced``; reported
+    skipped into ``d`` when only its name or ON DELETE/UPDATE actions change)."""
+    assert c.ref_relname is not None
+    chk = counting.foreign_key(c.name, c.schema, c.relname, c.columns, c.ref_schema, c.ref_relname,
+                               c.ref_columns, match_full=c.match_type == "f", definition=c.definition)
+    if enforced:
+        same = [o for o in real.constraints if o.contype == "f" and o.validated and _fk_shape(o) == _fk_shape(c)]
+        if not any(o.name == c.name and o.definition == c.definition for o in same):
+            d.checks.append(_skip(chk, f"the database already enforces the same key ({same[0].name}); "
+                                       "only the name or the ON DELETE/UPDATE actions change"))
+        return None
+    chk.only = bool(t is not None and t.relkind != "p" and t.has_children)
+    if c.match_type == "p":
+        chk.note = "MATCH PARTIAL is not implemented by PostgreSQL; counted as MATCH SIMPLE"
+    return chk
+
+
+def _new_exclusion(real: Catalog, c: Constraint, d: Derivation) -> None:
+    """A new EXCLUDE constraint, reported skipped into ``d`` (exclusion constraints are not counted)."""
+    if any(o.contype == "x" and o.table == c.table and o.definition == c.definition and o.validated
+           for o in real.constraints):
+        return
+    chk = Check(name=c.name, kind="unique", table=f"{c.schema}.{c.relname}", schema=c.schema,
+                relname=c.relname, definition=c.definition)
+    d.checks.append(_skip(chk, "exclusion constraints are not counted"))
+
+
+def _bind_referenced_table(real: Catalog, c: Constraint, chk: Check, d: Derivation) -> bool:
+    """Fill what a foreign key check needs about its referenced table (new table: ``ref_is_new``; else
+    ``ref_unique`` and ``extra["ref_only"]``); False (and the check reported skipped into ``d``) when the
+    referenced columns are created by the pending revisions."""
+    parent = real.tables.get((c.ref_schema or "", c.ref_relname or ""))
+    if parent is None:
+        chk.ref_is_new = True
+        chk.note = ("referenced table created by the pending revisions: every non-NULL reference "
+                    "counts unless a revision fills that table")
+        return True
+    pmissing = [col for col in c.ref_columns if col not in parent.columns]
+    if pmissing:
+        d.checks.append(_skip(chk, "referenced column(s) created by the pending revisions: " + ", ".join(pmissing)))
+        return False
+    chk.ref_unique = _has_unique_index(real, c.ref_schema, c.ref_relname, c.ref_columns)
+    chk.extra["ref_only"] = parent.relkind != "p" and parent.has_children
+    return True
+
+
+def _derive_notnull(real: Catalog, shadow: Catalog, d: Derivation) -> None:
+    """Columns of existing tables that are NOT NULL in the shadow only (partitions: counted on the parent)."""
     for key, st in sorted(shadow.tables.items()):
         t = real.tables.get(key)
         if t is None or st.is_partition:
@@ -162,16 +195,18 @@ def derive(real: Catalog, shadow: Catalog) -> Derivation:
         for col, nn in st.columns.items():
             if not nn or col not in t.columns or t.columns[col]:
                 continue
-            chk = counting.notnull(f"{st.relname}.{col} NOT NULL", st.schema, st.relname, col)
-            d.checks.append(chk)
+            d.checks.append(counting.notnull(f"{st.relname}.{col} NOT NULL", st.schema, st.relname, col))
 
-    # --- UNIQUE and new indexes ----------------------------------------------------------------------------
+
+def _derive_indexes(real: Catalog, shadow: Catalog, d: Derivation) -> None:
+    """Indexes of the shadow with no valid index of the same shape in the real database: every one into
+    ``d.indexes``, the unique ones also as checks."""
     real_shapes = {(ix.schema, ix.relname, ix.shape) for ix in real.indexes if ix.valid}
     real_names = {(ix.schema, ix.relname, ix.name): ix for ix in real.indexes}
     for ix in shadow.indexes:
         if (ix.schema, ix.relname, ix.shape) in real_shapes:
             continue
-        t = table_of(ix.schema, ix.relname)
+        t = real.tables.get((ix.schema, ix.relname))
         d.indexes.append({"name": ix.name, "schema": ix.schema, "table": ix.relname, "definition": ix.definition})
         if not ix.unique:
             continue
@@ -191,7 +226,6 @@ def derive(real: Catalog, shadow: Catalog) -> Derivation:
             continue
         chk.only = t.relkind != "p" and t.has_children
         d.checks.append(chk)
-    return d
 
 
 def attribute_revisions(checks: Iterable[Check], statements: list[dict[str, Any]], pending: list[str]) -> None:
@@ -335,24 +369,54 @@ def _type_change(before: catalog.IdAttr, after: catalog.IdAttr, after_snap: cata
     return chk
 
 
+@dataclass
+class _Statement:
+    """One statement of the shadow run: the identity snapshots ``before`` and ``after`` it, its SQL, the tables
+    that existed before it (``existing``: only their rows can violate anything) and the columns whose type it
+    changed (``retyped``: ``(relid, attnum)``)."""
+
+    before: catalog.IdSnapshot
+    after: catalog.IdSnapshot
+    sql: str
+    existing: set[int] = field(init=False)
+    retyped: set[tuple[int, int]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.existing = {r for r in self.after.rels if r in self.before.rels}
+        self.retyped = {(r, n) for (r, n), a in self.after.attrs.items() if r in self.existing
+                        and (r, n) in self.before.attrs
+                        and (a.typid, a.typmod) != (self.before.attrs[(r, n)].typid, self.before.attrs[(r, n)].typmod)}
+
+    def place(self, chk: Check, relid: int) -> Check:
+        """``chk`` pointed at the relation ``relid`` of ``after`` (schema, name, ``extra["relid"]``/``["after"]``)
+        with the statement that runs it."""
+        schema, rel, _ = _rel_display(self.after, relid)
+        chk.schema, chk.relname, chk.table = schema, rel, f"{schema}.{rel}"
+        chk.extra.update(relid=relid, after=self.after)
+        chk.statement = self.sql[:500] if self.sql else None
+        return chk
+
+
 def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str = "") -> list[Check]:
     """The checks PostgreSQL runs on existing rows while ONE statement changes ``before`` into ``after``.
 
     Each check carries ``extra["relid"]`` (and for a foreign key ``extra["ref_relid"]``), the OIDs of the shadow
     in which the snapshots were taken, and ``extra["after"]``, the snapshot whose names its SQL uses; pass it to
-    :func:`bind` before counting."""
+    :func:`bind` before counting. The kinds, in this order: NOT NULL, STORED generated columns, CHECK / FOREIGN
+    KEY / EXCLUDE, domains, UNIQUE, type and generation-expression changes, partition bounds."""
+    st = _Statement(before, after, sql)
+    out = [*_notnull_checks(st), *_generated_column_checks(st), *_constraint_checks(st), *_domain_checks(st),
+           *_unique_checks(st), *_column_change_checks(st), *_partition_bound_checks(st)]
+    _read_converted_columns(st, out)
+    return out
+
+
+def _notnull_checks(st: _Statement) -> list[Check]:
+    """NOT NULL set on columns of existing tables (a partition's column is counted on its parent, whose scan
+    includes it)."""
+    before, after = st.before, st.after
     out: list[Check] = []
-
-    def base(chk: Check, relid: int) -> Check:
-        schema, rel, _ = _rel_display(after, relid)
-        chk.schema, chk.relname, chk.table = schema, rel, f"{schema}.{rel}"
-        chk.extra.update(relid=relid, after=after)
-        chk.statement = sql[:500] if sql else None
-        return chk
-
-    existing = {r for r in after.rels if r in before.rels}
-    # --- NOT NULL on columns of existing tables -------------------------------------------------------------
-    new_nn = {(r, n) for (r, n), a in after.attrs.items() if r in existing and a.notnull
+    new_nn = {(r, n) for (r, n), a in after.attrs.items() if r in st.existing and a.notnull
               and not ((r, n) in before.attrs and before.attrs[(r, n)].notnull)}
     for (r, n) in sorted(new_nn):
         a = after.attrs[(r, n)]
@@ -365,19 +429,32 @@ def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str 
                                None, rel.relname, a.name)
         chk.column = a.name
         chk.extra["identity"] = ("attr", r, n)
-        out.append(base(chk, r))
-    # --- STORED generated columns added to existing tables: the expression runs on every row (it may raise) ----
-    for (r, n), a in sorted(after.attrs.items()):
-        if r in existing and (r, n) not in before.attrs and a.generated == "s" and not after.rels[r].is_partition:
-            rel = after.rels[r]
+        out.append(st.place(chk, r))
+    return out
+
+
+def _generated_column_checks(st: _Statement) -> list[Check]:
+    """STORED generated columns added to existing tables: the expression runs on every row (it may raise)."""
+    out: list[Check] = []
+    for (r, n), a in sorted(st.after.attrs.items()):
+        if r in st.existing and (r, n) not in st.before.attrs and a.generated == "s" \
+                and not st.after.rels[r].is_partition:
+            rel = st.after.rels[r]
             where = check_key("notnull", "", schema=rel.schema, table=rel.relname, column=a.name)
             chk = Check(name=where.removesuffix(" NOT NULL") + " GENERATED", kind="generated", column=a.name,
                         columns=(a.name,), definition=f"GENERATED ALWAYS AS ({a.default}) STORED")
             chk.note = "the expression is computed for every existing row: an error there fails the statement"
-            out.append(base(chk, r))
-    # --- CHECK, FOREIGN KEY, EXCLUDE --------------------------------------------------------------------------
+            out.append(st.place(chk, r))
+    return out
+
+
+def _constraint_checks(st: _Statement) -> list[Check]:
+    """CHECK, FOREIGN KEY and EXCLUDE constraints validated by the statement on existing tables: added without
+    NOT VALID, validated, or cloned onto a partition whose parent constraint already existed (``only``)."""
+    before, after = st.before, st.after
+    out: list[Check] = []
     for c in after.cons.values():
-        if c.contype not in ("c", "f", "x") or not c.validated or c.relid == 0 or c.relid not in existing:
+        if c.contype not in ("c", "f", "x") or not c.validated or c.relid == 0 or c.relid not in st.existing:
             continue
         old = before.cons.get(c.oid)
         if old is not None and old.validated:
@@ -390,39 +467,57 @@ def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str 
             only = True
         elif not c.is_local:
             continue  # inherited copy of a parent's new constraint: the parent's scan covers this table
-        cols = _colnames(after, c.relid, c.attnums)
-        t = after.rels[c.relid]
-        if c.contype == "c":
-            assert c.expr is not None
-            chk = counting.check_(c.name, None, t.relname, c.expr, definition=c.definition)
-            chk.extra["constraint_definition"] = c.definition
-            chk.only = only or bool(c.no_inherit and t.has_children)
-        elif c.contype == "f":
-            ref = after.rels.get(c.ref_relid)
-            if ref is None:
-                continue
-            chk = counting.foreign_key(c.name, None, t.relname, cols, ref.schema, ref.relname,
-                                       _colnames(after, c.ref_relid, c.ref_attnums), match_full=c.match_type == "f",
-                                       definition=c.definition)
-            chk.only = only or (t.relkind != "p" and t.has_children)
-            chk.extra.update(ref_relid=c.ref_relid, ref_attnums=c.ref_attnums, attnums=c.attnums,
-                             match_type=c.match_type)
-            if c.match_type == "p":
-                chk.note = "MATCH PARTIAL is not implemented by PostgreSQL; counted as MATCH SIMPLE"
-        else:
-            ix = after.indexes.get(c.index)
-            if ix is None:
-                continue
-            chk = Check(name=c.name, kind="exclusion", definition=c.definition, keys=ix.keys,
-                        predicate=ix.predicate)
-            chk.extra["operators"] = c.operators
-            chk.only = only
+        chk = _constraint_check(st, c, only)
+        if chk is None:
+            continue
         if old is not None and not old.validated:
             chk.note = "NOT VALID before; validated by this statement"
+        cols = _colnames(after, c.relid, c.attnums)
         chk.column = cols[0] if len(cols) == 1 else None
         chk.extra["identity"] = ("con", c.oid)
-        out.append(base(chk, c.relid))
-    # --- domains ----------------------------------------------------------------------------------------------
+        out.append(st.place(chk, c.relid))
+    return out
+
+
+def _constraint_check(st: _Statement, c: catalog.IdCon, only: bool) -> Check | None:
+    """The check of one CHECK (``c``), FOREIGN KEY (``f``) or EXCLUDE (``x``) constraint; None when what it
+    refers to (referenced table, index) is not in the snapshot."""
+    after = st.after
+    cols = _colnames(after, c.relid, c.attnums)
+    t = after.rels[c.relid]
+    if c.contype == "c":
+        assert c.expr is not None
+        chk = counting.check_(c.name, None, t.relname, c.expr, definition=c.definition)
+        chk.extra["constraint_definition"] = c.definition
+        chk.only = only or bool(c.no_inherit and t.has_children)
+        return chk
+    if c.contype == "f":
+        ref = after.rels.get(c.ref_relid)
+        if ref is None:
+            return None
+        chk = counting.foreign_key(c.name, None, t.relname, cols, ref.schema, ref.relname,
+                                   _colnames(after, c.ref_relid, c.ref_attnums), match_full=c.match_type == "f",
+                                   definition=c.definition)
+        chk.only = only or (t.relkind != "p" and t.has_children)
+        chk.extra.update(ref_relid=c.ref_relid, ref_attnums=c.ref_attnums, attnums=c.attnums,
+                         match_type=c.match_type)
+        if c.match_type == "p":
+            chk.note = "MATCH PARTIAL is not implemented by PostgreSQL; counted as MATCH SIMPLE"
+        return chk
+    ix = after.indexes.get(c.index)
+    if ix is None:
+        return None
+    chk = Check(name=c.name, kind="exclusion", definition=c.definition, keys=ix.keys, predicate=ix.predicate)
+    chk.extra["operators"] = c.operators
+    chk.only = only
+    return chk
+
+
+def _domain_checks(st: _Statement) -> list[Check]:
+    """``ALTER DOMAIN .. ADD CONSTRAINT`` / ``VALIDATE CONSTRAINT`` (CHECK with VALUE replaced by the column)
+    and ``SET NOT NULL``, over every column of an existing table whose type is the domain or a domain over it."""
+    before, after = st.before, st.after
+    out: list[Check] = []
     for c in after.cons.values():
         if c.contype != "c" or not c.validated or c.typid == 0 or c.typid not in before.domains:
             continue
@@ -431,33 +526,39 @@ def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str 
             continue
         d = after.domains[c.typid]
         for a in _domain_columns(after, c.typid):
-            if a.relid not in existing or after.rels[a.relid].is_partition:
+            if a.relid not in st.existing or after.rels[a.relid].is_partition:
                 continue
             expr = replace_value(c.expr or c.definition.removeprefix("CHECK "), counting.quote_ident(a.name))
             if c.expr is None:
                 continue
             chk = Check(name=c.name, kind="domain-check", expr=expr, column=a.name,
                         definition=f"DOMAIN {d.display} {c.definition}")
-            out.append(base(chk, a.relid))
+            out.append(st.place(chk, a.relid))
     for d in after.domains.values():
         if not d.notnull or d.oid not in before.domains or before.domains[d.oid].notnull:
             continue
         for a in _domain_columns(after, d.oid):
-            if a.relid not in existing or after.rels[a.relid].is_partition:
+            if a.relid not in st.existing or after.rels[a.relid].is_partition:
                 continue
             chk = Check(name=check_key("domain-notnull", d.name, schema=d.schema), kind="domain-notnull",
                         columns=(a.name,), column=a.name, definition=f"DOMAIN {d.display} NOT NULL")
             chk.extra.update(domain_name=d.name, domain_schema=d.schema)
-            out.append(base(chk, a.relid))
-    # --- UNIQUE -----------------------------------------------------------------------------------------------
+            out.append(st.place(chk, a.relid))
+    return out
+
+
+def _unique_checks(st: _Statement) -> list[Check]:
+    """Valid unique indexes (constraints, primary keys, ``CREATE UNIQUE INDEX``) that are new and have no valid
+    twin of the same shape before, or are rebuilt on a converted column; an index attached to an existing
+    partitioned index is counted on that partition only."""
+    before, after = st.before, st.after
+    out: list[Check] = []
     before_shapes = {(ix.relid, ix.shape) for ix in before.indexes.values() if ix.valid}
-    retyped = {(r, n) for (r, n), a in after.attrs.items() if r in existing and (r, n) in before.attrs
-               and (a.typid, a.typmod) != (before.attrs[(r, n)].typid, before.attrs[(r, n)].typmod)}
     for ix in after.indexes.values():
-        if not ix.unique or not ix.valid or ix.exclusion or ix.relid not in existing:
+        if not ix.unique or not ix.valid or ix.exclusion or ix.relid not in st.existing:
             continue
         old_ix = before.indexes.get(ix.oid)
-        converted = any((ix.relid, n) in retyped for n in ix.attnums)  # rebuilt on converted values
+        converted = any((ix.relid, n) in st.retyped for n in ix.attnums)  # rebuilt on converted values
         if (old_ix is not None and old_ix.valid) or ((ix.relid, ix.shape) in before_shapes and not converted):
             continue
         only = False
@@ -476,24 +577,37 @@ def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str 
         cols = _colnames(after, ix.relid, [n for n in ix.attnums if n])
         chk.extra["identity"] = ("index", ix.oid)
         chk.column = cols[0] if len(ix.keys) == 1 and len(cols) == 1 else None
-        out.append(base(chk, ix.relid))
-    # --- type changes, generation expressions ------------------------------------------------------------------
+        out.append(st.place(chk, ix.relid))
+    return out
+
+
+def _column_change_checks(st: _Statement) -> list[Check]:
+    """``ALTER COLUMN .. TYPE`` on existing columns (see ``_type_change``) and changed generation expressions of
+    STORED columns (reported not evaluated)."""
+    before, after = st.before, st.after
+    out: list[Check] = []
     for (r, n), a in sorted(after.attrs.items()):
         b = before.attrs.get((r, n))
-        if r not in existing or b is None or after.rels[r].is_partition:
+        if r not in st.existing or b is None or after.rels[r].is_partition:
             continue
         rel = after.rels[r]
         if (a.typid, a.typmod) != (b.typid, b.typmod):
-            out.append(base(_type_change(b, a, after, sql, rel), r))
+            out.append(st.place(_type_change(b, a, after, st.sql, rel), r))
         elif a.generated == "s" and b.generated == "s" and a.default != b.default:
             where = check_key("notnull", "", schema=rel.schema, table=rel.relname, column=a.name)
             chk = Check(name=where.removesuffix(" NOT NULL") + " GENERATED", kind="check", column=a.name,
                         definition=f"GENERATED ALWAYS AS ({a.default}) STORED",
                         unevaluated="a changed generation expression recomputes every row; not modelled")
-            out.append(base(chk, r))
-    # --- partition bounds -------------------------------------------------------------------------------------
-    for r in sorted(existing):
-        a_rel, b_rel = after.rels[r], before.rels[r]
+            out.append(st.place(chk, r))
+    return out
+
+
+def _partition_bound_checks(st: _Statement) -> list[Check]:
+    """An existing table that becomes a partition, or whose partition constraint changes (a new partition next
+    to a DEFAULT partition): the rows outside ``pg_get_partition_constraintdef``."""
+    out: list[Check] = []
+    for r in sorted(st.existing):
+        a_rel, b_rel = st.after.rels[r], st.before.rels[r]
         if not a_rel.is_partition or not a_rel.partition_constraint:
             continue
         if b_rel.is_partition and b_rel.partition_constraint == a_rel.partition_constraint:
@@ -501,17 +615,20 @@ def step_checks(before: catalog.IdSnapshot, after: catalog.IdSnapshot, sql: str 
         chk = Check(name=check_key("partition-bound", "", schema=a_rel.schema, table=a_rel.relname),
                     kind="partition-bound",
                     expr=a_rel.partition_constraint, definition=f"PARTITION CONSTRAINT {a_rel.partition_constraint}")
-        out.append(base(chk, r))
-    # a type change re-checks the table's constraints and rebuilds its indexes on the converted values: the other
-    # checks of this statement read a converted column as CAST(old AS new) (built-in target types; a value that
-    # does not convert is the type check's business)
-    for chk in out:
+        out.append(st.place(chk, r))
+    return out
+
+
+def _read_converted_columns(st: _Statement, checks: list[Check]) -> None:
+    """A type change re-checks the table's constraints and rebuilds its indexes on the converted values: the
+    other checks of this statement read a converted column as CAST(old AS new) (``extra["casts"]``: attnum ->
+    type; built-in target types only, a value that does not convert is the type check's business)."""
+    for chk in checks:
         relid = chk.extra.get("relid")
-        casts = {n: after.attrs[(r, n)].type for (r, n) in retyped
-                 if r == relid and after.attrs[(r, n)].typid < 16384}
+        casts = {n: st.after.attrs[(r, n)].type for (r, n) in st.retyped
+                 if r == relid and st.after.attrs[(r, n)].typid < 16384}
         if chk.kind != "type" and casts:
             chk.extra["casts"] = casts
-    return out
 
 
 def present_at(chk: Check, final: catalog.IdSnapshot) -> bool:
