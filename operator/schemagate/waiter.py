@@ -103,56 +103,51 @@ def wait_for(
     start = clock()
     last_line = None
 
-    def result(code: WaitExit, outcome: str, reason: str, message: str, obj: Mapping[str, Any] | None = None):
+    def result(answer: _Answer, obj: Mapping[str, Any] | None) -> WaitResult:
         status = (obj or {}).get("status") or {}
-        return WaitResult(
-            code,
-            outcome,
-            reason,
-            message,
-            name,
-            namespace,
-            clock() - start,
-            phase=status.get("phase"),
-            current_revision=status.get("currentRevision"),
-        )
+        return WaitResult(*answer, name, namespace, clock() - start, phase=status.get("phase"),
+                          current_revision=status.get("currentRevision"))
 
-    obj: Mapping[str, Any] | None = None
     while True:
-        try:
-            obj = get()
-        except AccessError as exc:
-            return result(WaitExit.ACCESS_ERROR, "AccessError", "Forbidden", str(exc))
-        except Exception as exc:  # noqa: BLE001 - transient: API server restarting, network, 5xx
-            line = (
-                f"waiting: cannot read DatabaseMigration {namespace}/{name} yet ({type(exc).__name__}: {exc})"
-            )
-            obj = None
-        else:
-            if obj is None:
-                line = f"waiting: DatabaseMigration {namespace}/{name} does not exist yet"
-            else:
-                ready, reason, message = migration_state(obj, revision)
-                if ready:
-                    return result(WaitExit.READY, "Ready", reason.value, message, obj)
-                if reason in (GateReason.BLOCKED, GateReason.FAILED):
-                    outcome = "Blocked" if reason is GateReason.BLOCKED else "Failed"
-                    return result(WaitExit.BLOCKED_OR_FAILED, outcome, reason.value, message, obj)
-                line = f"waiting: {message}"
+        obj, line, answer = _look(get, name, namespace, revision)
+        if answer is not None:
+            return result(answer, obj)
         if line != last_line:
             log(line)
             last_line = line
         elapsed = clock() - start
         if timeout > 0 and elapsed >= timeout:
             detail = last_line.removeprefix("waiting: ") if last_line else ""
-            return result(
-                WaitExit.TIMEOUT,
-                "Timeout",
-                "Timeout",
-                f"DatabaseMigration {namespace}/{name} not Ready after {timeout:g}s ({detail})",
-                obj,
-            )
+            message = f"DatabaseMigration {namespace}/{name} not Ready after {timeout:g}s ({detail})"
+            return result((WaitExit.TIMEOUT, "Timeout", "Timeout", message), obj)
         sleep(min(interval, timeout - elapsed) if timeout > 0 else interval)
+
+
+# (exit code, outcome, reason, message) of a final answer
+_Answer = tuple[WaitExit, str, str, str]
+
+
+def _look(get: Getter, name: str, namespace: str,
+          revision: str | None) -> tuple[Mapping[str, Any] | None, str, _Answer | None]:
+    """One poll: (the object or None, the line to log while waiting, the final answer or None to go on).
+
+    :class:`AccessError` from ``get`` is final; any other exception is transient (API server restarting,
+    network, 5xx) and only logged."""
+    try:
+        obj = get()
+    except AccessError as exc:
+        return None, "", (WaitExit.ACCESS_ERROR, "AccessError", "Forbidden", str(exc))
+    except Exception as exc:  # noqa: BLE001 - transient: API server restarting, network, 5xx
+        return None, f"waiting: cannot read DatabaseMigration {namespace}/{name} yet ({type(exc).__name__}: {exc})", None
+    if obj is None:
+        return None, f"waiting: DatabaseMigration {namespace}/{name} does not exist yet", None
+    ready, reason, message = migration_state(obj, revision)
+    if ready:
+        return obj, "", (WaitExit.READY, "Ready", reason.value, message)
+    if reason in (GateReason.BLOCKED, GateReason.FAILED):
+        outcome = "Blocked" if reason is GateReason.BLOCKED else "Failed"
+        return obj, "", (WaitExit.BLOCKED_OR_FAILED, outcome, reason.value, message)
+    return obj, f"waiting: {message}", None
 
 
 # --- Kubernetes I/O -------------------------------------------------------------------------------------------

@@ -120,32 +120,46 @@ def migration_state(
 ) -> tuple[bool, GateReason, str]:
     """(ready, reason, message) for a DatabaseMigration object, optionally requiring a revision.
 
-    Shared by the gate and by ``schemagate wait`` so both read the status contract the same way.
+    Shared by the gate and by ``schemagate wait`` so both read the status contract the same way. The questions,
+    in order: observed at this generation? a terminal failure, suspended, or still in progress? Ready=True for
+    this generation, at the required revision?
     """
     name = _get(migration, "metadata", "name") or "?"
     generation = _as_int(_get(migration, "metadata", "generation"))
     status = _get(migration, "status") or {}
-    observed = _as_int(status.get("observedGeneration"))
-    phase = status.get("phase") or ""
     ready = _condition(migration, "Ready") or {}
-    ready_msg = (ready.get("message") or "").strip()
-    last_error = status.get("lastError") or {}
+    held = (_unobserved(name, generation, _as_int(status.get("observedGeneration")))
+            or _unfinished(name, status, ready)
+            or _not_ready(name, generation, status, ready, revision))
+    if held is not None:
+        return held
+    at = status.get("currentRevision")
+    return True, GateReason.MIGRATION_READY, f"DatabaseMigration {name} is Ready" + (f" at revision {at}" if at else "")
 
+
+_Held = tuple[bool, GateReason, str]
+
+
+def _unobserved(name: str, generation: int | None, observed: int | None) -> _Held | None:
+    """Held when the status does not describe the current generation (none yet, the CRD's structural default
+    observedGeneration -1, or an older generation)."""
     if observed is None or observed < 0:
-        # no status, or the CRD's structural default observedGeneration -1: the operator has not seen it yet
-        return (
-            False,
-            GateReason.STALE_STATUS,
-            f"DatabaseMigration {name} has not been observed by the operator yet (generation {generation})",
-        )
+        return (False, GateReason.STALE_STATUS,
+                f"DatabaseMigration {name} has not been observed by the operator yet (generation {generation})")
     if generation is None or observed != generation:
-        return (
-            False,
-            GateReason.STALE_STATUS,
-            f"DatabaseMigration {name}: status describes generation {observed if observed is not None else 'none'}, "
-            f"waiting for the operator to observe generation {generation}",
-        )
+        return (False, GateReason.STALE_STATUS,
+                f"DatabaseMigration {name}: status describes generation {observed}, "
+                f"waiting for the operator to observe generation {generation}")
+    return None
+
+
+def _unfinished(name: str, status: Mapping[str, Any], ready: Mapping[str, Any]) -> _Held | None:
+    """Held when the phase is Blocked/Failed (with the Ready condition's or ``lastError``'s reason and message),
+    Suspended, or anything but Succeeded."""
+    phase = status.get("phase") or ""
+    ready_msg = (ready.get("message") or "").strip()
     if phase in TERMINAL_FAILURE_PHASES:
+        last_error = status.get("lastError") or {}
         reason = GateReason.BLOCKED if phase == "Blocked" else GateReason.FAILED
         detail = ready_msg or (last_error.get("message") if isinstance(last_error, Mapping) else "") or ""
         cause = ready.get("reason") or (last_error.get("reason") if isinstance(last_error, Mapping) else None)
@@ -158,28 +172,23 @@ def migration_state(
     if phase == "Suspended" or ready.get("reason") == "Suspended":
         return False, GateReason.SUSPENDED, f"DatabaseMigration {name} is suspended"
     if phase != "Succeeded":
-        return (
-            False,
-            GateReason.IN_PROGRESS,
-            f"DatabaseMigration {name} is {phase or 'not started'}" + (f": {ready_msg}" if ready_msg else ""),
-        )
+        return (False, GateReason.IN_PROGRESS,
+                f"DatabaseMigration {name} is {phase or 'not started'}" + (f": {ready_msg}" if ready_msg else ""))
+    return None
+
+
+def _not_ready(name: str, generation: int | None, status: Mapping[str, Any], ready: Mapping[str, Any],
+               revision: str | None) -> _Held | None:
+    """Held when phase Succeeded comes without Ready=True for this generation, or at another revision than
+    ``revision`` (when given)."""
     cond_gen = _as_int(ready.get("observedGeneration"))
     if ready.get("status") != "True" or (cond_gen is not None and cond_gen != generation):
         return False, GateReason.NOT_READY, f"DatabaseMigration {name} has phase Succeeded but is not Ready"
-    if revision is not None:
-        current = status.get("currentRevision")
-        if current != revision:
-            return (
-                False,
-                GateReason.REVISION_MISMATCH,
-                f"DatabaseMigration {name} is Ready at revision {current or 'none'}, the pod needs {revision}",
-            )
-    at = status.get("currentRevision")
-    return (
-        True,
-        GateReason.MIGRATION_READY,
-        f"DatabaseMigration {name} is Ready" + (f" at revision {at}" if at else ""),
-    )
+    current = status.get("currentRevision")
+    if revision is not None and current != revision:
+        return (False, GateReason.REVISION_MISMATCH,
+                f"DatabaseMigration {name} is Ready at revision {current or 'none'}, the pod needs {revision}")
+    return None
 
 
 def decide(pod: Mapping[str, Any], migration: Mapping[str, Any] | None) -> GateDecision:
