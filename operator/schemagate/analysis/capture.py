@@ -11,14 +11,13 @@ transaction (``"autocommit": true`` instead for a statement outside one).
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from schemagate.contract.sqlkind import MAX_SQL, MAX_STATEMENTS, Statement, StatementLog, classify
 
 __all__ = ["MAX_SQL", "MAX_STATEMENTS", "Statement", "StatementLog", "classify", "ddl_script", "dml_label"]
 
 
-def dml_label(statements: list[dict[str, Any]] | None) -> tuple[bool | None, str | None]:
+def dml_label(statements: list[Statement] | None) -> tuple[bool | None, str | None]:
     """(data changed?, label for the counts) from captured statements; None = unknown."""
     if statements is None:
         return None, ("unknown whether the pending revisions change data: counts are of the current data, "
@@ -46,7 +45,7 @@ def dml_label(statements: list[dict[str, Any]] | None) -> tuple[bool | None, str
 _CONCURRENTLY = re.compile(r"\bCONCURRENTLY\b", re.I)
 
 
-def ddl_script(statements: list[dict[str, Any]]) -> str:
+def ddl_script(statements: list[Statement]) -> str:
     """The captured DDL as one SQL script (the lint fallback): one transaction per revision, as Alembic runs
     them on PostgreSQL, with CONCURRENTLY statements outside it (as in ``autocommit_block``)."""
     out: list[str] = []

@@ -27,6 +27,7 @@ from schemagate.analysis import catalog, counting
 from schemagate.analysis.catalog import Catalog, Constraint, Table
 from schemagate.analysis.checkkey import check_key
 from schemagate.analysis.counting import Check
+from schemagate.contract.sqlkind import Statement
 
 
 @dataclass
@@ -228,7 +229,7 @@ def _derive_indexes(real: Catalog, shadow: Catalog, d: Derivation) -> None:
         d.checks.append(chk)
 
 
-def attribute_revisions(checks: Iterable[Check], statements: list[dict[str, Any]], pending: list[str]) -> None:
+def attribute_revisions(checks: Iterable[Check], statements: list[Statement], pending: list[str]) -> None:
     """Fill ``check.revision`` from the statements captured in the shadow run (``{revision, sql}``).
 
     The revision whose DDL mentions the constraint's name (NOT NULL: the column and ``NOT NULL``/``nullable``)

@@ -58,6 +58,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from schemagate.contract.sqlkind import Statement
+from schemagate.contract.stepresult import LockFinding, LockReport
+
 # PostgreSQL's table-level lock modes, weakest first ("Explicit Locking", table 13.2)
 MODES = ("ACCESS SHARE", "ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",
          "EXCLUSIVE", "ACCESS EXCLUSIVE")
@@ -248,10 +251,10 @@ def statement_locks(sql: str, foreign_keys: ForeignKeys | None = None) -> list[L
     return out
 
 
-def _transactions(statements: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+def _transactions(statements: Sequence[Statement]) -> list[list[Statement]]:
     """Statements grouped by database transaction, in order (see the module docstring)."""
-    groups: list[list[Mapping[str, Any]]] = []
-    keys: dict[Any, int] = {}
+    groups: list[list[Statement]] = []
+    keys: dict[tuple[str, int | str | None], int] = {}
     for s in statements:
         if s.get("kind") not in ("ddl", "dml"):
             continue
@@ -267,8 +270,7 @@ def _transactions(statements: Sequence[Mapping[str, Any]]) -> list[list[Mapping[
     return groups
 
 
-def lint_locks(statements: Sequence[Mapping[str, Any]] | None,
-               foreign_keys: ForeignKeys | None = None) -> dict[str, Any]:
+def lint_locks(statements: Sequence[Statement] | None, foreign_keys: ForeignKeys | None = None) -> LockReport:
     """The lock report of the captured statements (the result shape is in the module docstring); ``foreign_keys``
     as for :func:`statement_locks`. Never raises: a missing pglast or an unparsable statement is reported in
     ``note``."""
@@ -280,8 +282,31 @@ def lint_locks(statements: Sequence[Mapping[str, Any]] | None,
     except ImportError:
         return {"available": False, "note": "pglast is not installed (pip install pglast): locks not analysed",
                 "revisions": [], "findings": []}
+    analysed, unparsed = _analyse(statements, foreign_keys)
+    locks_of = {id(s): ls for s, ls in analysed}
+    created = {lk.table for _, ls in analysed for lk in ls if lk.creates}
+    findings: list[LockFinding] = []
+    for n, tx in enumerate(_transactions([s for s, _ in analysed]), start=1):
+        findings += _transaction_findings(n, [(s, locks_of[id(s)]) for s in tx], created)
+    note = None
+    if unparsed:
+        note = f"{len(unparsed)} statement(s) not analysed: " + "; ".join(unparsed[:3])
+    return {
+        "available": True, "note": note,
+        "revisions": [{"revision": r, "tables": [{"table": t, "lock": m, "created": t in created}
+                                                 for t, m in sorted(tables.items())]}
+                      for r, tables in _strong_locks_by_revision(analysed).items()],
+        "findings": findings,
+    }
+
+
+_Analysed = list[tuple[Statement, list[Lock]]]
+
+
+def _analyse(statements: Sequence[Statement], foreign_keys: ForeignKeys | None) -> tuple[_Analysed, list[str]]:
+    """(each DDL/DML statement with its locks, a line per statement pglast could not parse: it gets no locks)."""
     unparsed: list[str] = []
-    analysed: list[tuple[Mapping[str, Any], list[Lock]]] = []
+    analysed: _Analysed = []
     for s in statements:
         if s.get("kind") not in ("ddl", "dml"):
             continue
@@ -290,64 +315,61 @@ def lint_locks(statements: Sequence[Mapping[str, Any]] | None,
         except UnparsableStatement as e:
             unparsed.append(f"revision {s.get('revision') or '?'}: {e}")
             analysed.append((s, []))
-    locks_of = {id(s): ls for s, ls in analysed}
-    created = {lk.table for _, ls in analysed for lk in ls if lk.creates}
+    return analysed, unparsed
 
+
+def _strong_locks_by_revision(analysed: _Analysed) -> dict[str, dict[str, str]]:
+    """``{revision: {table: strongest strong lock mode}}``, revisions in order of first statement."""
     revisions: dict[str, dict[str, str]] = {}
     for s, ls in analysed:
         tables = revisions.setdefault(str(s.get("revision") or "?"), {})
         for lk in ls:
             if lk.strong:
                 tables[lk.table] = _stronger(tables.get(lk.table, lk.mode), lk.mode)
+    return revisions
 
-    findings: list[dict[str, Any]] = []
-    for n, tx in enumerate(_transactions([s for s, _ in analysed]), start=1):
-        rev = str(tx[0].get("revision") or "?")
-        held: dict[str, str] = {}  # table -> strongest lock held from earlier statements
-        strong_held: set[str] = set()  # existing tables locked strongly by earlier statements
-        risky = False  # a strong lock that may wait, requested while another table's strong lock is held
-        strong_tables: set[str] = set()
-        for s in tx:
-            ls = locks_of[id(s)]
-            for lk in ls:
-                if lk.references and lk.references in held and lk.references != lk.table \
-                        and lk.table not in created and may_wait(lk.mode, held.get(lk.table)):
-                    findings.append({
-                        "rule": RULE_FK_HELD, "revision": rev, "transaction": n,
-                        "tables": [lk.table, lk.references],
-                        "message": (f"revision {rev} adds a foreign key on {lk.table} referencing {lk.references} "
-                                    f"while its transaction already holds {held[lk.references]} on "
-                                    f"{lk.references}: application foreign-key checks on {lk.references} wait "
-                                    f"for the migration while it waits for {lk.table} (deadlock risk); add the "
-                                    f"foreign key in its own transaction"),
-                    })
-                if lk.strong and lk.table not in created:
-                    strong_tables.add(lk.table)
-                    if strong_held - {lk.table} and may_wait(lk.mode, held.get(lk.table)):
-                        risky = True
-            for lk in ls:
-                held[lk.table] = _stronger(held.get(lk.table, lk.mode), lk.mode)
-                if lk.strong and lk.table not in created:
-                    strong_held.add(lk.table)
-        if risky:
-            names = sorted(strong_tables)
-            findings.append({
-                "rule": RULE_MULTIPLE, "revision": rev, "transaction": n, "tables": names,
-                "message": (f"revision {rev} holds strong locks on {len(names)} tables in one transaction "
-                            f"({', '.join(names)}): holding one while waiting for the next deadlocks with "
-                            f"application transactions that touch them in another order; take at most one "
-                            f"table's strong lock per transaction (e.g. autocommit_block, one ALTER TABLE each)"),
-            })
-    note = None
-    if unparsed:
-        note = f"{len(unparsed)} statement(s) not analysed: " + "; ".join(unparsed[:3])
-    return {
-        "available": True, "note": note,
-        "revisions": [{"revision": r, "tables": [{"table": t, "lock": m, "created": t in created}
-                                                 for t, m in sorted(tables.items())]}
-                      for r, tables in revisions.items()],
-        "findings": findings,
-    }
+
+def _transaction_findings(n: int, tx: _Analysed, created: set[str]) -> list[LockFinding]:
+    """The findings of transaction number ``n`` (its statements with their locks, in order; ``created``: tables
+    the pending revisions create, which never count): ``lock-foreign-key-referenced-held`` per foreign key, then
+    at most one ``lock-multiple-tables`` (rules in the module docstring)."""
+    rev = str(tx[0][0].get("revision") or "?")
+    findings: list[LockFinding] = []
+    held: dict[str, str] = {}  # table -> strongest lock held from earlier statements
+    strong_held: set[str] = set()  # existing tables locked strongly by earlier statements
+    risky = False  # a strong lock that may wait, requested while another table's strong lock is held
+    strong_tables: set[str] = set()
+    for _s, ls in tx:
+        for lk in ls:
+            if lk.references and lk.references in held and lk.references != lk.table \
+                    and lk.table not in created and may_wait(lk.mode, held.get(lk.table)):
+                findings.append({
+                    "rule": RULE_FK_HELD, "revision": rev, "transaction": n,
+                    "tables": [lk.table, lk.references],
+                    "message": (f"revision {rev} adds a foreign key on {lk.table} referencing {lk.references} "
+                                f"while its transaction already holds {held[lk.references]} on "
+                                f"{lk.references}: application foreign-key checks on {lk.references} wait "
+                                f"for the migration while it waits for {lk.table} (deadlock risk); add the "
+                                f"foreign key in its own transaction"),
+                })
+            if lk.strong and lk.table not in created:
+                strong_tables.add(lk.table)
+                if strong_held - {lk.table} and may_wait(lk.mode, held.get(lk.table)):
+                    risky = True
+        for lk in ls:
+            held[lk.table] = _stronger(held.get(lk.table, lk.mode), lk.mode)
+            if lk.strong and lk.table not in created:
+                strong_held.add(lk.table)
+    if risky:
+        names = sorted(strong_tables)
+        findings.append({
+            "rule": RULE_MULTIPLE, "revision": rev, "transaction": n, "tables": names,
+            "message": (f"revision {rev} holds strong locks on {len(names)} tables in one transaction "
+                        f"({', '.join(names)}): holding one while waiting for the next deadlocks with "
+                        f"application transactions that touch them in another order; take at most one "
+                        f"table's strong lock per transaction (e.g. autocommit_block, one ALTER TABLE each)"),
+        })
+    return findings
 
 
 def foreign_keys_of(constraints: Iterable[Any]) -> dict[tuple[str, str], str]:
@@ -364,7 +386,7 @@ def foreign_keys_of(constraints: Iterable[Any]) -> dict[tuple[str, str], str]:
     return out
 
 
-def merge_into(lint_result: dict[str, Any], locks: Mapping[str, Any]) -> dict[str, Any]:
+def merge_into(lint_result: dict[str, Any], locks: LockReport) -> dict[str, Any]:
     """Add the lock report to the squawk result (``lint_result["locks"]``) and its findings to ``findings``
     (grouped by rule, ``{rule, count, message}``), ``total`` and ``blocking``; returns ``lint_result``."""
     lint_result["locks"] = dict(locks)

@@ -30,6 +30,7 @@ from typing import Any
 
 from schemagate.analysis import capture, catalog, counting, derive
 from schemagate.analysis.counting import Check
+from schemagate.contract.sqlkind import Statement
 
 
 @dataclass
@@ -149,7 +150,7 @@ def replay(recorded: dict[str, Any]) -> StepRecorder:
 _ROUTINE = re.compile(r"^\s*CREATE\s+(OR\s+REPLACE\s+)?(FUNCTION|PROCEDURE|AGGREGATE|OPERATOR|CAST)\b", re.I)
 
 
-def creates_routines(statements: Iterable[dict[str, Any]]) -> bool:
+def creates_routines(statements: Iterable[Statement]) -> bool:
     """Whether the pending revisions create a function, procedure, aggregate, operator or cast: a constraint may
     call it, and the real database does not have it yet (counted in the data-carrying shadow, which does)."""
     return any(_ROUTINE.match(str(s.get("sql") or "")) for s in statements)
@@ -310,7 +311,7 @@ def _in_transaction(dbapi: Any) -> bool:
 # which tables the data-carrying shadow needs, and loading them
 
 
-def affected_tables(steps: Sequence[Step], start: catalog.IdSnapshot, statements: Sequence[dict[str, Any]]
+def affected_tables(steps: Sequence[Step], start: catalog.IdSnapshot, statements: Sequence[Statement]
                     ) -> list[int]:
     """OIDs (in ``start``) of the tables whose rows the data route needs: the tables of every check and the
     tables its foreign keys reference, the partitions and inheritance children of those, and every table whose

@@ -77,6 +77,39 @@ class BackupData(TypedDict, total=False):
     removed: list[str]
 
 
+class LockedTable(TypedDict):
+    """A table a revision locks strongly (``analysis.locks``): the strongest mode, and whether the revisions
+    create it."""
+
+    table: str
+    lock: str  # a PostgreSQL table-level lock mode, e.g. "ACCESS EXCLUSIVE"
+    created: bool
+
+
+class RevisionLocks(TypedDict):
+    revision: str
+    tables: list[LockedTable]
+
+
+class LockFinding(TypedDict):
+    """A deadlock risk in one database transaction of the pending revisions (rules in ``analysis.locks``)."""
+
+    rule: str  # lock-multiple-tables | lock-foreign-key-referenced-held
+    revision: str
+    transaction: int  # 1, 2, ... in the order the transactions ran
+    tables: list[str]
+    message: str
+
+
+class LockReport(TypedDict):
+    """``data.lint.locks`` of the precheck: the lock lint of the captured statements."""
+
+    available: bool
+    note: str | None
+    revisions: list[RevisionLocks]
+    findings: list[LockFinding]
+
+
 class PrecheckData(TypedDict, total=False):
     """``data`` of the precheck step (see docs/architecture.md for ``checks`` and ``lint``)."""
 

@@ -68,6 +68,7 @@ from schemagate.contract.errors import (
     translate,
 )
 from schemagate.contract.redact import redact
+from schemagate.contract.sqlkind import Statement
 from schemagate.contract.stepresult import Outcome, Plan, StepResult, now
 from schemagate.libpq import connect
 from schemagate.runner import shadowrestore
@@ -321,7 +322,7 @@ def analyse(
     shadow_url: str,
     *,
     pending: list[str],
-    statements: list[dict[str, Any]] | None,
+    statements: list[Statement] | None,
     offline_sql: str | None,
     offline_error: str | None,
     user_checks: Sequence[Check],
@@ -380,7 +381,7 @@ def analyse(
     return checks
 
 
-def lint_pending(offline_sql: str | None, offline_error: str | None, statements: list[dict[str, Any]] | None,
+def lint_pending(offline_sql: str | None, offline_error: str | None, statements: list[Statement] | None,
                  server_version_num: int) -> dict[str, Any]:
     """Lint the offline rendering, or (when it failed) the DDL captured in the shadow run."""
     version = lint.pg_major_version(server_version_num)
@@ -504,7 +505,7 @@ def precheck(
             if log.dropped:
                 notes.append(f"{log.dropped} statement(s) of the shadow run were not recorded")
             rec.mark_present()
-            statements: list[dict[str, Any]] = [dict(s) for s in log.statements]
+            statements: list[Statement] = [s.copy() for s in log.statements]
             changed, _ = capture.dml_label(statements)
             if rec.checks and (changed or stepwise.creates_routines(statements)):
                 derived = _count_in_data_shadow(config_path, p["target"], url, url_env, shadow_url, rec,
@@ -555,7 +556,7 @@ def precheck(
 
 
 def _count_in_data_shadow(config_path: str | os.PathLike[str], target: str, url: str, url_env: str | None,
-                          shadow_url: str | None, rec: stepwise.StepRecorder, statements: list[dict[str, Any]],
+                          shadow_url: str | None, rec: stepwise.StepRecorder, statements: list[Statement],
                           max_bytes: int | None, data: dict[str, Any], notes: list[str],
                           version_table: Mapping[str, Any] | None = None) -> list[Check]:
     """The data route (``analysis.stepwise``): a second shadow with the real schema and the rows of the affected
@@ -674,7 +675,7 @@ def write_snapshot_queries(shadow_url: str, wd: Path) -> None:
         json.dumps({"version": version, "queries": catalog.id_queries(version)}), encoding="utf-8")
 
 
-def replayed_checks(wd: Path, statements: list[dict[str, Any]] | None) -> list[Check] | None:
+def replayed_checks(wd: Path, statements: list[Statement] | None) -> list[Check] | None:
     """The statement-by-statement checks rebuilt from ``snapshots.json`` (None when the shadow-upgrade container
     wrote none: an older injected runner; the name-based diff is used then). The checks are bound to the real
     database (fast route). The Kubernetes phases have no data-carrying shadow yet: when the revisions change or
