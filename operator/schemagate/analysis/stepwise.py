@@ -382,6 +382,50 @@ def table_bytes(real_conn: Any, tables: Sequence[tuple[str, str]]) -> int:
     return total
 
 
+def _replica_role(data_conn: Any) -> bool:
+    """``SET session_replication_role = replica`` on the shadow (triggers and foreign-key checks off); False when
+    the role may not (it needs superuser, the throw-away shadow server's): then parents are loaded first and
+    triggers fire."""
+    try:
+        with data_conn.cursor() as dcur:
+            dcur.execute("SET session_replication_role = replica")
+    except Exception:  # noqa: BLE001 - any driver's permission error
+        return False
+    return True
+
+
+def _copy_rows(real_conn: Any, data_conn: Any, start: catalog.IdSnapshot, rel: catalog.IdRel) -> int:
+    """Stream one table's rows (``FROM ONLY``, generated columns left out) from the real database into the
+    shadow with ``COPY .. (FORMAT binary)``, ``FREEZE`` on the shadow side; the number of rows copied."""
+    cols = [a for a in start.columns_of(rel.oid) if not a.generated]
+    collist = ", ".join(counting.quote_ident(a.name) for a in cols)
+    src = counting.qualified(rel.schema, rel.relname)
+    copy_out = f"COPY (SELECT {collist} FROM ONLY {src}) TO STDOUT (FORMAT binary)"  # noqa: S608
+    copy_in = f"COPY {src} ({collist}) FROM STDIN (FORMAT binary, FREEZE)"
+    with real_conn.cursor() as rcur, data_conn.cursor() as dcur:
+        with rcur.copy(copy_out) as out, dcur.copy(copy_in) as inp:
+            for chunk in out:
+                inp.write(chunk)
+        return dcur.rowcount if dcur.rowcount and dcur.rowcount > 0 else 0
+
+
+def _owned_sequences(real_conn: Any, names: Sequence[tuple[str, str]]) -> list[tuple[str, str, int | None]]:
+    """``(schema, sequence, pg_sequence_last_value)`` of the sequences owned by the tables ``names`` (serial and
+    identity columns: ``pg_depend`` deptype ``a``/``i``). Best effort: a role without rights on the sequences
+    gets none (they keep their start values in the shadow)."""
+    try:
+        with real_conn.transaction(), real_conn.cursor() as rcur:
+            rcur.execute(
+                "SELECT n.nspname, s.relname, pg_sequence_last_value(s.oid) FROM pg_class s "
+                "JOIN pg_namespace n ON n.oid = s.relnamespace JOIN pg_depend d ON d.objid = s.oid "
+                "AND d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
+                "WHERE s.relkind = 'S' AND d.refobjid = ANY(%s::regclass[]) AND d.deptype IN ('a', 'i')",
+                ([counting.qualified(s, t) for s, t in names],))
+            return list(rcur.fetchall())
+    except Exception:  # noqa: BLE001 - any driver error: the sequences keep their start values
+        return []
+
+
 def load_rows(real_conn: Any, data_conn: Any, start: catalog.IdSnapshot, relids: Sequence[int],
               max_bytes: int | None) -> dict[str, Any]:
     """Stream the rows of ``relids`` (leaf tables only; partitioned parents hold none) from the real database
@@ -399,12 +443,7 @@ def load_rows(real_conn: Any, data_conn: Any, start: catalog.IdSnapshot, relids:
             f"the tables the data-carrying shadow needs ({', '.join(f'{s}.{t}' for s, t in names[:10])}) hold "
             f"{size} bytes, more than spec.precheck.dataShadow.maxSize ({max_bytes} bytes)")
     rows = 0
-    replica = True
-    try:  # needs superuser (the throw-away shadow server's); else parents are loaded first and triggers fire
-        with data_conn.cursor() as dcur:
-            dcur.execute("SET session_replication_role = replica")
-    except Exception:  # noqa: BLE001 - any driver's permission error
-        replica = False
+    replica = _replica_role(data_conn)
     with real_conn.transaction(), data_conn.transaction():
         with real_conn.cursor() as rcur:
             rcur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -414,28 +453,8 @@ def load_rows(real_conn: Any, data_conn: Any, start: catalog.IdSnapshot, relids:
                 dcur.execute("TRUNCATE " + ", ".join(counting.qualified(r.schema, r.relname) for r in leaves)
                              + " CASCADE")
         for rel in leaves:
-            cols = [a for a in start.columns_of(rel.oid) if not a.generated]
-            collist = ", ".join(counting.quote_ident(a.name) for a in cols)
-            src = counting.qualified(rel.schema, rel.relname)
-            copy_out = f"COPY (SELECT {collist} FROM ONLY {src}) TO STDOUT (FORMAT binary)"  # noqa: S608
-            copy_in = f"COPY {src} ({collist}) FROM STDIN (FORMAT binary, FREEZE)"
-            with real_conn.cursor() as rcur, data_conn.cursor() as dcur:
-                with rcur.copy(copy_out) as out, dcur.copy(copy_in) as inp:
-                    for chunk in out:
-                        inp.write(chunk)
-                rows += dcur.rowcount if dcur.rowcount and dcur.rowcount > 0 else 0
-        seqs: list[Any] = []
-        try:  # best effort: a role without rights on the sequences still gets its counts
-            with real_conn.transaction(), real_conn.cursor() as rcur:
-                rcur.execute(
-                    "SELECT n.nspname, s.relname, pg_sequence_last_value(s.oid) FROM pg_class s "
-                    "JOIN pg_namespace n ON n.oid = s.relnamespace JOIN pg_depend d ON d.objid = s.oid "
-                    "AND d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
-                    "WHERE s.relkind = 'S' AND d.refobjid = ANY(%s::regclass[]) AND d.deptype IN ('a', 'i')",
-                    ([counting.qualified(s, t) for s, t in names],))
-                seqs = rcur.fetchall()
-        except Exception:  # noqa: BLE001 - any driver error: the sequences keep their start values
-            seqs = []
+            rows += _copy_rows(real_conn, data_conn, start, rel)
+        seqs = _owned_sequences(real_conn, names)
     with data_conn.cursor() as dcur:
         for schema, seq, value in seqs:
             if value is not None:
