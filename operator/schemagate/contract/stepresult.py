@@ -269,6 +269,28 @@ def _parse_time(s: Any) -> _dt.datetime | None:
 _SHRINKABLE = ("kept", "removed", "applied", "pending", "notValid", "indexes", "constraints", "failures", "checks")
 
 
+def _trim_checks(data: dict[str, Any], omitted: dict[str, int]) -> None:
+    """The first summary of the termination message: zero-count checks dropped (``omitted.zeroChecks``), each
+    check's details the status does not need dropped (note, revision, statement, evaluatedBy, a key equal to the
+    name), long definitions cut to 120 characters, the largest counts first."""
+    checks = data.get("checks")
+    if not isinstance(checks, list):
+        return
+    nonzero = [c for c in checks if not isinstance(c, dict) or c.get("count")]
+    if len(nonzero) != len(checks):
+        omitted["zeroChecks"] = len(checks) - len(nonzero)
+        data["checks"] = nonzero
+    for c in data["checks"]:
+        if isinstance(c, dict):
+            for k in ("note", "revision", "statement", "evaluatedBy"):  # details the status does not need
+                c.pop(k, None)
+            if c.get("key") == c.get("name"):  # readers fall back to the name
+                c.pop("key", None)
+            if isinstance(c.get("definition"), str) and len(c["definition"]) > 120:
+                c["definition"] = c["definition"][:117] + "..."
+    data["checks"].sort(key=lambda c: -(c.get("count") or 0) if isinstance(c, dict) else 0)
+
+
 def to_termination_message(result: StepResult | dict[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
     """Serialise compactly and, when larger than ``limit`` bytes, summarise until it fits.
 
@@ -288,21 +310,7 @@ def to_termination_message(result: StepResult | dict[str, Any], limit: int = TER
     d["truncated"] = True
     data = d.setdefault("data", {})
     omitted: dict[str, int] = data.setdefault("omitted", {})
-    checks = data.get("checks")
-    if isinstance(checks, list):
-        nonzero = [c for c in checks if not isinstance(c, dict) or c.get("count")]
-        if len(nonzero) != len(checks):
-            omitted["zeroChecks"] = len(checks) - len(nonzero)
-            data["checks"] = nonzero
-        for c in data["checks"]:
-            if isinstance(c, dict):
-                for k in ("note", "revision", "statement", "evaluatedBy"):  # details the status does not need
-                    c.pop(k, None)
-                if c.get("key") == c.get("name"):  # readers fall back to the name
-                    c.pop("key", None)
-                if isinstance(c.get("definition"), str) and len(c["definition"]) > 120:
-                    c["definition"] = c["definition"][:117] + "..."
-        data["checks"].sort(key=lambda c: -(c.get("count") or 0) if isinstance(c, dict) else 0)
+    _trim_checks(data, omitted)
     text = dump()
     shadow = data.get("shadow")
     if len(text.encode()) > limit and isinstance(shadow, dict):  # keep where the shadow ran and the versions
