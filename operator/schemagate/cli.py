@@ -12,6 +12,7 @@ Steps (each prints one StepResult with ``--json``, human output with rich otherw
     schemagate verify    [-c alembic.ini] [--plan FILE | --plan-env SCHEMAGATE_PLAN] [--check NAME=SQL ...]
     schemagate restore   --backup PATH [--into NAME | --replace [--backup-dir DIR]] [--jobs N] [--no-owner]
     schemagate rehearse  -c alembic.ini [--target head] (--backup PATH | --backup-dir DIR) [--lock-timeout 5s]
+                         [--plan FILE | --plan-env NAME] [--check NAME=SQL ...]
     schemagate demo                       (what `make demo` runs)
     schemagate install-runner DIR         (copy the injected runner's pure-Python files)
     schemagate operator / wait            (the operator; wait for a DatabaseMigration)
@@ -275,6 +276,10 @@ def _add_rehearse(sub: _Sub) -> None:
     p.add_argument("--statement-timeout", default=None, type=_duration("--statement-timeout"),
                    help="statement_timeout of the rehearsal's sessions (the migration's; default: the server's)")
     p.add_argument("--jobs", default=1, type=_int_at_least(1, "--jobs"), help="pg_restore connections (default 1)")
+    p.add_argument("--plan", default=None, metavar="FILE",
+                   help="the precheck result (or its data) as JSON: the copy is verified against it")
+    p.add_argument("--plan-env", default=None, metavar="NAME", help="environment variable holding the plan JSON")
+    _checks(p)
     _common(p)
     p.set_defaults(func=cmd_rehearse)
 
@@ -579,12 +584,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
-    from schemagate.runner import rehearse
+    from schemagate.runner import rehearse, verify
 
+    try:
+        plan = verify.load_plan(args.plan, args.plan_env)
+    except InvalidInput as e:
+        return emit(_usage("rehearse", str(e)), args)
     with database(args) as (url, url_env), progress(args) as say:
         r = rehearse.rehearse(args.config, args.target, url, url_env, backup=args.backup,
                               backup_dir=args.backup_dir, lock_timeout=args.lock_timeout,
-                              statement_timeout=args.statement_timeout, jobs=args.jobs, progress=say)
+                              statement_timeout=args.statement_timeout, jobs=args.jobs, plan=plan,
+                              user_checks=args.check, progress=say)
     return emit(r, args)
 
 

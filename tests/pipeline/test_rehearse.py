@@ -137,6 +137,29 @@ def test_foodtruck_lock_report(fresh_db: str, tmp_path: Path) -> None:
     assert revs["0002"]["strongestLock"]["mode"] == "ACCESS EXCLUSIVE" and revs["0002"]["rowsChanged"] == 0
     assert revs["0003"]["strongestLock"]["mode"] == "SHARE UPDATE EXCLUSIVE"
     assert "0002: ACCESS EXCLUSIVE on menu_items for" in r.message, r.message
+    # the verify step's checks ran on the rehearsed copy
+    v = r.data["verify"]
+    assert (v["outcome"], v["reason"]) == ("Succeeded", "Verified") and v["data"]["currentRevision"] == "0003", v
+
+
+def test_verify_on_the_rehearsed_copy_fails_the_rehearsal(fresh_db: str, pg_server: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    demo.seed_foodtruck(fresh_db)
+    dbs = _databases(pg_server)
+    plan = tmp_path / "plan.json"  # a plan naming an index the revisions never build: verify must miss it
+    plan.write_text(json.dumps({"indexes": [{"name": "idx_never_built", "table": "menu_items"}]}))
+    code = cli.main(["rehearse", "-c", str(FOODTRUCK), "--backup-dir", str(tmp_path), "--database-url", fresh_db,
+                     "--json", "--plan", str(plan), "--check", "menu_has_rows=select count(*) from menu_items"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 3 and out["reason"] == "RehearsalFailed", out
+    v = out["data"]["verify"]
+    assert v["reason"] == "VerificationFailed", v
+    failures = v["data"]["failures"]
+    assert any("idx_never_built does not exist" in f for f in failures), failures
+    assert any("menu_has_rows" in f for f in failures), failures
+    assert "verifying the copy failed" in out["message"]
+    assert out["data"]["scratchDropped"] is True and _databases(pg_server) == dbs
+    assert version(fresh_db) == "0001"
 
 
 def test_rows_changed_by_a_data_migration(fresh_db: str, tmp_path: Path) -> None:

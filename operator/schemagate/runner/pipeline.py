@@ -147,7 +147,8 @@ def _precheck_migrate_verify(r: _Run, t: Target, p: Plan, checks: list[dict[str,
 
         r.say("rehearse: the pending revisions on a copy restored from the backup")
         rr = r.record(rehearse_step.rehearse(*t.args(), backup=rehearse_from, lock_timeout=lock_timeout,
-                                             statement_timeout=statement_timeout, progress=r.say))
+                                             statement_timeout=statement_timeout, progress=r.say,
+                                             plan={**pr.data, **_expected(p)}, user_checks=checks))
         if not rr.ok:
             r.stop(rr, "blocked by the rehearsal, nothing was applied")
             return
@@ -160,15 +161,20 @@ def _precheck_migrate_verify(r: _Run, t: Target, p: Plan, checks: list[dict[str,
         return
     r.say("verify: revision, constraints, indexes, counts")
     # verify reads the version rows with SQL from the version table env.py configured (known from the plan)
-    expected = {"targetRevision": p["target"], "expectedRevisions": p["expected"],
-                "versionTable": p["versionTable"], "versionTableSchema": p["versionTableSchema"]}
-    vr = r.record(verify_step.verify(None, p["target"], t.url, t.url_env, plan={**pr.data, **expected},
+    vr = r.record(verify_step.verify(None, p["target"], t.url, t.url_env, plan={**pr.data, **_expected(p)},
                                      user_checks=checks))
     if not vr.ok:
         r.data["failures"] = vr.data.get("failures", [])
         r.stop(vr, "applied, but verification failed")
         return
     r.boundary.succeed("Verified", run_summary(r.data, pr.data))
+
+
+def _expected(p: Plan) -> dict[str, Any]:
+    """Where the plan leaves the database, for the verify step (it reads the version rows with SQL from the version
+    table env.py configured, known from the plan)."""
+    return {"targetRevision": p["target"], "expectedRevisions": p["expected"],
+            "versionTable": p["versionTable"], "versionTableSchema": p["versionTableSchema"]}
 
 
 def run_summary(data: dict[str, Any], precheck_data: dict[str, Any]) -> str:

@@ -17,20 +17,24 @@ Result (step ``rehearse``): ``Rehearsed`` (Succeeded) with ``data.revisions`` ``
 statement (``data.failedRevision``, ``data.failedStatement``, ``data.revisions`` up to it). Each revision entry
 carries ``rowsChanged`` and ``strongestLock`` (``{table, mode, heldSeconds, statement}``); ``data.statements`` is
 the lock report per statement (``runner.inject.lockreport``: the strongest table lock each statement took, read
-from ``pg_locks`` in its own transaction, and the rows it changed).
+from ``pg_locks`` in its own transaction, and the rows it changed). After a successful upgrade the verify step's
+checks run on the copy (``data.verify``: ``{outcome, reason, message, data}``; with ``plan``, the precheck's
+data, the constraints and indexes the revisions add are checked by name); a failed verification is
+``RehearsalFailed`` too.
 
 ``schemagate run --rehearse`` runs it between the precheck and the migration, from the run's backup
 (``runner.pipeline``).
 
 Public API: ``rehearse(config_path, target="head", url=None, url_env="DATABASE_URL", *, backup=None,
-backup_dir=None, lock_timeout="5s", statement_timeout=None, jobs=1, progress=None) -> StepResult``.
+backup_dir=None, lock_timeout="5s", statement_timeout=None, jobs=1, maintenance_db="postgres", plan=None,
+user_checks=(), progress=None) -> StepResult``.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +67,8 @@ def rehearse(
     statement_timeout: str | None = None,
     jobs: int = 1,
     maintenance_db: str = "postgres",
+    plan: Mapping[str, Any] | None = None,
+    user_checks: Iterable[Any] = (),
     progress: Callable[[str], None] | None = None,
 ) -> StepResult:
     """Rehearse the pending revisions on a restored copy (see the module docstring). Never raises: failures of
@@ -100,11 +106,19 @@ def rehearse(
             data["restoreSeconds"] = round(time.monotonic() - t1, 3)
             _upgrade(config_path, target, with_database(url, scratch), url_env, lock_timeout, statement_timeout,
                      data, say)
+            if "error" not in data:
+                say(f"verifying the rehearsed copy {scratch}")
+                _verify_copy(config_path, target, with_database(url, scratch), url_env, plan, user_checks, data)
         finally:
             server.drop(scratch)
             data["scratchDropped"] = not server.exists(scratch)
         data["durationSeconds"] = round(time.monotonic() - t0, 3)
-        if "failedRevision" in data or "error" in data:
+        if data.get("verify", {}).get("outcome") not in (None, Outcome.SUCCEEDED.value):
+            step.finish(Outcome.CHECKS_FAILED, "RehearsalFailed",
+                        f"the pending revisions ran on a restored copy, but verifying the copy failed: "
+                        f"{data['verify']['message']}; the real database was not touched, the copy {scratch} was "
+                        f"dropped")
+        elif "failedRevision" in data or "error" in data:
             step.finish(Outcome.CHECKS_FAILED, "RehearsalFailed",
                         f"the rehearsal on a restored copy failed: {data['error']}; the real database was not "
                         f"touched, the copy {scratch} was dropped")
@@ -112,7 +126,7 @@ def rehearse(
             revs = ", ".join(f"{r['revision']} {r['seconds']:.2f}s" for r in data["revisions"]) or "none pending"
             locks = f"; locks: {lock_summary(data)}" if data["revisions"] else ""
             step.succeed("Rehearsed", f"the pending revisions ran on a restored copy of {database_name(url)} "
-                                      f"({revs}){locks}; the copy {scratch} was dropped")
+                                      f"({revs}){locks}; the copy verified; the copy {scratch} was dropped")
     return step.result
 
 
@@ -154,6 +168,18 @@ def _upgrade(config_path: str | os.PathLike[str], target: str, scratch_url: str,
     data["statements"] = report.records
     data["revisions"] = durations(time.monotonic(), None)
     data["fromRevision"], data["toRevision"] = r.get("fromRevision"), r.get("toRevision")
+
+
+def _verify_copy(config_path: str | os.PathLike[str], target: str, scratch_url: str, url_env: str | None,
+                 plan: Mapping[str, Any] | None, user_checks: Iterable[Any], data: dict[str, Any]) -> None:
+    """The verify step's checks (``runner.verify.verify``) on the rehearsed copy; its result (outcome, reason,
+    message, data) goes into ``data["verify"]``. With ``plan`` (the precheck's data) the constraints and indexes the
+    revisions add are checked by name; without it the revision (nothing pending), leftovers on every table and the
+    user checks."""
+    from schemagate.runner import verify as verify_step
+
+    vr = verify_step.verify(config_path, target, scratch_url, url_env, plan=plan, user_checks=user_checks)
+    data["verify"] = {"outcome": vr.outcome.value, "reason": vr.reason, "message": vr.message, "data": vr.data}
 
 
 def _revision_summary(records: list[dict[str, Any]], revision: str) -> dict[str, Any]:
