@@ -208,6 +208,9 @@ def _add_precheck(sub: _Sub) -> None:
                    help="all (default, one process) or the Kubernetes phases shadow-server (a sidecar running "
                         "the throw-away shadow PostgreSQL)/prepare/count")
     p.add_argument("--workdir", default=None, help="shared directory of the Kubernetes phases")
+    p.add_argument("--max-data-loss", default=0, type=_int_at_least(0, "--max-data-loss"),
+                   help="--phase count after a downgrade tried on the shadow (shadow-upgrade --allow-downgrade): "
+                        "rows the downgrade may lose (default 0; spec.maxDataLoss)")
     p.add_argument("--shadow-database-url-env", default=None, metavar="NAME",
                    help="environment variable with the URL of an existing, empty shadow database (default: a "
                         "throw-away PostgreSQL started by the precheck; nothing is written to the real server)")
@@ -536,7 +539,7 @@ def cmd_precheck(args: argparse.Namespace) -> int:
                                user_checks=checks, lint=not args.no_lint, lint_fail=args.lint_fail,
                                statement_timeout=args.statement_timeout, derive=not args.no_derive,
                                accept_unevaluated=args.accept_unevaluated,
-                               data_shadow_max_bytes=args.data_shadow_max_size)
+                               data_shadow_max_bytes=args.data_shadow_max_size, max_data_loss=args.max_data_loss)
         else:
             if not args.config:
                 return emit(_usage("precheck", "-c/--config is required (the application's alembic.ini)"), args)

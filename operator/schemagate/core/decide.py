@@ -313,6 +313,8 @@ def _precheck_status(st: MigrationStatus, data: dict[str, Any], max_violations: 
     }
     if isinstance(data.get("versionTable"), dict):  # where env.py keeps the version rows (verify reads them there)
         st["plan"]["versionTable"] = dict(data["versionTable"])
+    if isinstance(data.get("downgrade"), dict):  # a downgrade (spec.allowDowngrade): migrate downgrades, verify checks
+        st["plan"]["downgrade"] = dict(data["downgrade"])
     return total
 
 
@@ -321,7 +323,7 @@ def _next_step(m: Migration, step: str, st: MigrationStatus) -> str | None:
     i = steps.index(step) + 1 if step in steps else len(steps)
     nxt = steps[i] if i < len(steps) else None
     plan = st.get("plan")
-    if nxt == "migrate" and plan is not None and not (plan.get("pending") or []) \
+    if nxt == "migrate" and plan is not None and not (plan.get("pending") or []) and not plan.get("downgrade") \
             and plan.get("targetRevision") and st.get("currentRevision") == plan["targetRevision"]:
         return "verify"  # nothing pending: skip the migrate Job
     return nxt
@@ -354,6 +356,9 @@ def _record_success(rs: RunState, step: str, res: StepResultDict, message: str) 
     elif step == "precheck":
         v = st.get("violations") or {}
         rs.note("PrecheckPassed", message or f"{v.get('total', 0)} violating rows")
+    elif step == "migrate" and data.get("direction") == "downgrade":
+        st["currentRevision"] = data.get("toRevision") or "base"
+        rs.note("Downgraded", message or f"database at {st.get('currentRevision')}")
     elif step == "migrate":
         if data.get("toRevision") is not None:
             st["currentRevision"] = data["toRevision"]
@@ -372,8 +377,9 @@ def _on_success(rs: RunState, step: str, res: StepResultDict, message: str) -> N
     if nxt is None:
         run["step"] = None
         st["finishedAt"] = S.rfc3339(rs.obs.now)
+        verb = "downgraded" if "downgrade" in (st.get("plan") or {}) else "migrated"
         rs.set(S.SUCCEEDED, "Succeeded",
-               f"migrated to {st.get('currentRevision') or st.get('resolvedTargetRevision')} and verified")
+               f"{verb} to {st.get('currentRevision') or st.get('resolvedTargetRevision')} and verified")
         rs.note("Succeeded", rs.message)
     else:
         run["step"], run["attempt"] = nxt, 0
@@ -532,6 +538,24 @@ def honour_retry(rs: RunState) -> None:
         rs.note("RetryRequested", f"annotation schemagate.dev/retry={m.retry_token!r}: starting the run again")
 
 
+def refuse_downgrade(rs: RunState) -> None:
+    """``targetRevision: base`` is a downgrade of any database that has a revision: without
+    ``spec.allowDowngrade: true`` the run fails at once (``DowngradeNotAllowed``), before any Job. A named revision
+    below the database is found by the precheck Job (the revision graph is in the application's image), which
+    refuses it the same way before any change."""
+    m, st, run = rs.m, rs.st, rs.run
+    if m.allow_downgrade or m.migrations.target_revision.strip() != "base" or rs.phase in S.TERMINAL_PHASES \
+            or run.get("counters"):
+        return
+    run["step"] = None
+    st["finishedAt"] = S.rfc3339(rs.obs.now)
+    msg = ("spec.migrations.targetRevision 'base' is a downgrade, which runs only with spec.allowDowngrade: true "
+           "(then: backup, data-at-risk precheck, alembic downgrade, verify); nothing was run")
+    st["lastError"] = {"phase": S.PENDING, "reason": "DowngradeNotAllowed", "message": msg}
+    rs.set(S.FAILED, "DowngradeNotAllowed", msg)
+    rs.warn("DowngradeNotAllowed", msg)
+
+
 def record_lease(rs: RunState) -> None:
     """The database Lease is data: its name goes into ``status.run.lease`` with the rest of the decision."""
     if rs.obs.lock.name:
@@ -597,7 +621,7 @@ def conditions(rs: RunState) -> None:
 
 
 PIPELINE: tuple[Callable[[RunState], None], ...] = (
-    start_run, honour_retry, record_lease, consume_result, report_terminal, advance, lock_intent, conditions,
+    start_run, honour_retry, refuse_downgrade, record_lease, consume_result, report_terminal, advance, lock_intent, conditions,
 )
 
 

@@ -213,6 +213,9 @@ def _precheck_containers(m: Migration, s: JobSettings, base: list[str], tmp: dic
     shadow = ["python", "-m", "schemagate.runner.inject", "shadow-upgrade", "-c", _alembic_config(m),
               "--target", m.migrations.target_revision, "--database-url-env", m.migrations.database_url_env,
               "--workdir", WORK_DIR, "--termination-log", TERMINATION_LOG]
+    if m.allow_downgrade:  # a target below the database is tried as a downgrade on the shadow, its data at risk counted
+        shadow.append("--allow-downgrade")
+        count += ["--max-data-loss", str(m.max_data_loss)]
     inits = [_install_runner(m, s)]
     vols = [{"name": "work", "emptyDir": {}}, {"name": "schemagate-runner", "emptyDir": {}}, tmp]
     if pc.shadow_url_from is None:
@@ -230,6 +233,23 @@ def _precheck_containers(m: Migration, s: JobSettings, base: list[str], tmp: dic
     ]
     main = _container(m, s, "count", count, mounts=[work, _tmp_mount()], extra_env=explicit)
     return inits, [main], vols
+
+
+def _downgrade_containers(m: Migration, s: JobSettings, url_env: str, plan: Mapping[str, Any], tmp: dict[str, Any]
+                          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The migrate step of a downgrade the precheck planned (``plan.downgrade``, ``spec.allowDowngrade``): the
+    injected runner's ``downgrade`` in the application's image (``alembic downgrade``, refused when the database
+    is no longer at the planned ``fromRevision``). ``spec.migrations.command`` is for upgrades and is not used."""
+    down = plan.get("downgrade") or {}
+    cmd = ["python", "-m", "schemagate.runner.inject", "downgrade", "-c", _alembic_config(m),
+           "--target", m.migrations.target_revision,
+           "--database-url-env", url_env, "--lock-timeout", m.lock_timeout, "--statement-timeout",
+           m.statement_timeout, "--termination-log", TERMINATION_LOG]
+    if down.get("fromRevision"):
+        cmd += ["--expect-from", str(down["fromRevision"])]
+    main = _container(m, s, "downgrade", cmd, app=True, mounts=[_runner_mount(), _tmp_mount()],
+                      working_dir=m.migrations.directory)
+    return [_install_runner(m, s)], [main], [{"name": "schemagate-runner", "emptyDir": {}}, tmp]
 
 
 def build_containers(m: Migration, step: str, s: JobSettings, plan: Mapping[str, Any] | None = None
@@ -252,6 +272,8 @@ def build_containers(m: Migration, step: str, s: JobSettings, plan: Mapping[str,
         return [], [_container(m, s, "backup", cmd, mounts=[mount, _tmp_mount()])], [vol, tmp]
     if step == "precheck":
         return _precheck_containers(m, s, base, tmp)
+    if step == "migrate" and (plan or {}).get("downgrade"):
+        return _downgrade_containers(m, s, url_env, plan or {}, tmp)
     if step == "migrate":
         if m.migrations.command:
             cmd = list(m.migrations.command)

@@ -291,7 +291,7 @@ class Migration:
     statement_timeout: str = "0s"
     job_template: JobTemplate = JobTemplate()
     suspend: bool = False
-    allow_downgrade: bool = False  # spec.allowDowngrade (the CLI runs downgrades; the operator refuses them yet)
+    allow_downgrade: bool = False  # spec.allowDowngrade: a target below the database runs a downgrade
     max_data_loss: int = 0  # spec.maxDataLoss: rows a downgrade may lose
     retry_token: str = ""
     spec_hash: str = ""

@@ -90,6 +90,9 @@ class LintSummary(TypedDict):
 
 class _PlanOptional(TypedDict, total=False):
     versionTable: dict[str, Any]  # {"schema", "name"}: where the application's env.py keeps the version rows
+    # a downgrade (spec.allowDowngrade): {fromRevision, targetRevisions, removes: {kind: [names]}, dataAtRisk,
+    # rowsAtRisk, maxDataLoss} from the precheck; the migrate Job downgrades, verify checks the removed objects gone
+    downgrade: dict[str, Any]
 
 
 class Plan(_PlanOptional):

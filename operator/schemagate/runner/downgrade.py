@@ -27,6 +27,7 @@ lock_timeout="5s", statement_timeout=None, progress=None) -> StepResult`` (reaso
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -41,16 +42,27 @@ from schemagate.contract.errors import (
     MigrationFailed,
     SchemagateError,
     StepBoundary,
-    UnknownRevision,
 )
 from schemagate.contract.stepresult import Outcome, StepResult
 from schemagate.libpq import connect
 from schemagate.runner import backup as bk
 from schemagate.runner.inject.config import isolated_imports, load_script, make_config, session_environment
+from schemagate.runner.inject.downgrade import (
+    DOWNGRADE_FILE,
+    Catalog,
+    alembic_downgrade,
+    below,
+    catalog_from_json,
+    catalog_of,
+    dotted,
+    heads,
+    removed,
+)
 from schemagate.runner.inject.graph import join_revisions
 from schemagate.runner.inject.revisions import current_heads
 
 STEP = "downgrade"
+MAX_LISTED = 50  # tables/columns at risk listed in a status
 _CONSTANT_DEFAULT = re.compile(r"^\(?('([^']|'')*'|-?[0-9.]+|true|false)\)?(::[\w\s\[\]\".]+)*$", re.IGNORECASE)
 
 
@@ -60,48 +72,10 @@ class VerificationFailed(SchemagateError):
     reason = "VerificationFailed"
 
 
-Catalog = dict[str, dict[tuple[str, ...], str]]
-
-_CATALOG_SQL = {
-    "tables": """select n.nspname, c.relname, '' from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                 where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema')
-                   and n.nspname !~ '^pg_(toast|temp)'""",
-    "columns": """select n.nspname, c.relname, a.attname, coalesce(pg_get_expr(d.adbin, d.adrelid), '')
-                  from pg_attribute a join pg_class c on c.oid = a.attrelid
-                  join pg_namespace n on n.oid = c.relnamespace
-                  left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
-                  where c.relkind in ('r', 'p') and a.attnum > 0 and not a.attisdropped
-                    and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname !~ '^pg_(toast|temp)'""",
-    "constraints": """select n.nspname, c.relname, k.conname, pg_get_constraintdef(k.oid) from pg_constraint k
-                      join pg_class c on c.oid = k.conrelid join pg_namespace n on n.oid = c.relnamespace
-                      where n.nspname not in ('pg_catalog', 'information_schema')""",
-    "indexes": """select n.nspname, t.relname, c.relname, pg_get_indexdef(c.oid) from pg_index i
-                  join pg_class c on c.oid = i.indexrelid join pg_class t on t.oid = i.indrelid
-                  join pg_namespace n on n.oid = c.relnamespace
-                  where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname !~ '^pg_(toast|temp)'""",
-}
-
-
 def catalog(url: str) -> Catalog:
-    """Tables ``(schema, table)``, columns ``(schema, table, column) -> default``, constraints and indexes
-    ``(schema, table, name) -> definition`` of the user schemas (pg_class, pg_attribute, pg_attrdef,
-    pg_constraint, pg_index)."""
-    out: Catalog = {}
+    """The catalog of the user schemas at ``url`` (``runner.inject.downgrade.CATALOG_SQL``), read with psycopg."""
     with connect(url, application_name="schemagate-downgrade") as conn:
-        for kind, sql in _CATALOG_SQL.items():
-            rows = conn.execute(sql).fetchall()
-            if kind == "tables":
-                out[kind] = {(r[0], r[1]): "" for r in rows}
-            else:
-                out[kind] = {(r[0], r[1], r[2]): r[3] for r in rows}
-    return out
-
-
-def removed(before: Catalog, after: Catalog) -> Catalog:
-    """What is in ``before`` and not in ``after``; columns of dropped tables are listed with their table only."""
-    gone = {k: {key: v for key, v in before[k].items() if key not in after[k]} for k in before}
-    gone["columns"] = {key: v for key, v in gone["columns"].items() if key[:2] not in gone["tables"]}
-    return gone
+        return catalog_of(lambda sql: conn.execute(sql).fetchall())
 
 
 def _quote(*parts: str) -> str:
@@ -128,52 +102,7 @@ def data_at_risk(url: str, gone: Catalog) -> list[dict[str, Any]]:
     return out
 
 
-@isolated_imports
-def is_downgrade(config_path: str | os.PathLike[str], target: str, url: str | None = None,
-                 url_env: str | None = DEFAULT_URL_ENV) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """``(current revisions, target revisions)`` when ``target`` is below the database's revision(s) (``base``,
-    or an ancestor of every current revision), else None. Raises ``UnknownRevision`` for a target the scripts
-    lack."""
-    from alembic.script import revision as alembic_revision
-
-    url = resolve_url(url, url_env)
-    cfg = make_config(config_path, url)
-    script = load_script(cfg)
-    with session_environment(url, url_env):
-        current = tuple(sorted(current_heads(cfg, script)))
-    if not current:
-        return None
-    text = (target or "head").strip()
-    if text == "base":
-        return current, ()
-    try:
-        targets = tuple(sorted(r.revision for r in script.revision_map.get_revisions(text)
-                               if r is not None and not isinstance(r, str)))
-    except alembic_revision.RevisionError as e:
-        raise UnknownRevision(f"unknown target revision {text!r} ({e}); nothing was changed",
-                              field="targetRevision") from e
-    rmap = script.revision_map
-    below = {r.revision for r in rmap._get_ancestor_nodes(rmap.get_revisions(current)) if not isinstance(r, str)}
-    if targets and set(targets) <= below and not set(targets) <= set(current):
-        return current, targets
-    return None
-
-
-@isolated_imports
-def alembic_downgrade(config_path: str | os.PathLike[str], target: str, url: str, url_env: str | None,
-                      lock_timeout: str | None = None, statement_timeout: str | None = None) -> None:
-    """``alembic downgrade <target>`` through the application's env.py, with the timeouts in ``PGOPTIONS``.
-    Raises ``MigrationFailed`` naming the statement when a downgrade function fails."""
-    from alembic import command
-
-    cfg = make_config(config_path, url)
-    try:
-        with session_environment(url, url_env, lock_timeout, statement_timeout):
-            command.downgrade(cfg, target)
-    except Exception as e:  # the application's downgrade functions may raise anything
-        from schemagate.runner.inject.apply import _failure
-
-        raise _failure(e, None, None, known=False) from e
+is_downgrade = below  # (current revisions, target revisions) when the target is below the database, else None
 
 
 def downgrade(
@@ -215,17 +144,10 @@ def downgrade(
         t0 = time.monotonic()
         say(f"shadow: what alembic downgrade {target} removes")
         gone = _removed_in_shadow(config_path, target, url, url_env)
-        data["removes"] = {k: sorted(".".join(key) for key in v) for k, v in gone.items()}
+        data["removes"] = dotted(gone)
         data["shadowSeconds"] = round(time.monotonic() - t0, 3)
-        risk = data_at_risk(url, gone)
-        data["dataAtRisk"] = risk
-        total = sum(r["rows"] for r in risk)
-        data["rowsAtRisk"] = total
+        total = _risk(step, url, gone, target, max_data_loss, "--max-data-loss")
         if total > max_data_loss:
-            lines = "; ".join(r["what"] for r in risk if r["rows"])
-            step.finish(Outcome.CHECKS_FAILED, "DataAtRisk",
-                        f"the downgrade to {target} would lose {total} rows (--max-data-loss {max_data_loss}): "
-                        f"{lines}; nothing was changed")
             return step.result
         if backup_dir is not None:
             b = bk.backup(url, None, backup_dir=backup_dir, keep=keep, progress=say)
@@ -268,26 +190,77 @@ def _version_table(config_path: str | os.PathLike[str], url: str, url_env: str |
     return info.get("versionTableSchema"), str(info.get("versionTable") or "alembic_version")
 
 
-@isolated_imports
-def _heads(config_path: str | os.PathLike[str], url: str, url_env: str | None) -> tuple[str, ...]:
-    cfg = make_config(config_path, url)
-    with session_environment(url, url_env):
-        return tuple(sorted(current_heads(cfg, load_script(cfg))))
-
-
 def _verify(config_path: str | os.PathLike[str], url: str, url_env: str | None, targets: tuple[str, ...],
             gone: Catalog, data: dict[str, Any]) -> None:
     failures = []
-    heads = _heads(config_path, url, url_env)
-    if heads != tuple(sorted(targets)):
-        failures.append(f"revision is {join_revisions(heads) or 'base'}, expected {join_revisions(targets) or 'base'}")
+    now_heads = heads(config_path, url, url_env)
+    if now_heads != tuple(sorted(targets)):
+        failures.append(f"revision is {join_revisions(now_heads) or 'base'}, expected {join_revisions(targets) or 'base'}")
     now = catalog(url)
     for kind, objs in gone.items():
         for key in sorted(objs):
             if key in now[kind]:
                 failures.append(f"{kind[:-1]} {'.'.join(key)} is still there")
-    data["toRevision"] = join_revisions(heads)
+    data["toRevision"] = join_revisions(now_heads)
     data["verified"] = not failures
     if failures:
         data["failures"] = failures
         raise VerificationFailed("after the downgrade: " + "; ".join(failures[:10]))
+
+
+def _risk(step: StepBoundary, url: str, gone: Catalog, target: str, max_data_loss: int, option: str) -> int:
+    """Count the rows at risk into ``step.data`` (``dataAtRisk``, ``rowsAtRisk``); above ``max_data_loss`` the
+    step finishes ChecksFailed/``DataAtRisk`` with a message naming each table/column and its rows. Returns the
+    total."""
+    risk = data_at_risk(url, gone)
+    step.data["dataAtRisk"] = risk
+    total = sum(r["rows"] for r in risk)
+    step.data["rowsAtRisk"] = total
+    if total > max_data_loss:
+        lines = "; ".join(r["what"] for r in risk if r["rows"])
+        step.finish(Outcome.CHECKS_FAILED, "DataAtRisk",
+                    f"the downgrade to {target} would lose {total} rows ({option} {max_data_loss}): {lines}; "
+                    "nothing was changed")
+    return total
+
+
+def count_phase(url: str | None, url_env: str | None, workdir: str | os.PathLike[str],
+                max_data_loss: int) -> StepResult:
+    """The precheck Job's ``count`` container for a downgrade (operator image): reads ``shadow-downgrade.json``
+    (what ``alembic downgrade`` removed in the pod's shadow, written by the application's container), counts the
+    rows at risk on the real database, and returns the precheck's result: Succeeded (reason ``DowngradePlanned``)
+    or ChecksFailed/``DataAtRisk`` above ``max_data_loss`` (``spec.maxDataLoss``). ``data``: ``{direction:
+    "downgrade", currentRevision, targetRevision, expectedRevisions, pending: [], versionTable, downgrade:
+    {fromRevision, targetRevisions, removes, dataAtRisk, rowsAtRisk, maxDataLoss}}``. Never raises."""
+    from pathlib import Path
+
+    data: dict[str, Any] = {"direction": "downgrade", "pending": [], "checks": [], "total": 0}
+    with StepBoundary("precheck", data=data) as step:
+        url = resolve_url(url, url_env)
+        f = Path(workdir) / DOWNGRADE_FILE
+        try:
+            doc = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise InvalidInput(f"{f} missing or unreadable: the shadow-upgrade container did not finish the "
+                               f"downgrade ({e})", field=DOWNGRADE_FILE) from e
+        gone = catalog_from_json(doc.get("removes") or {})
+        targets = [str(t) for t in doc.get("targetRevisions") or []]
+        target = str(doc.get("targetRevision") or "base")
+        data.update(currentRevision=doc.get("fromRevision"), targetRevision=target, expectedRevisions=targets)
+        if isinstance(doc.get("versionTable"), dict):
+            data["versionTable"] = doc["versionTable"]
+        down = {"fromRevision": doc.get("fromRevision"), "targetRevisions": targets, "removes": dotted(gone),
+                "maxDataLoss": max_data_loss}
+        data["downgrade"] = down
+        inner = StepBoundary("precheck", data={})
+        total = _risk(inner, url, gone, target, max_data_loss, "spec.maxDataLoss")
+        down["dataAtRisk"] = inner.data["dataAtRisk"][:MAX_LISTED]
+        down["rowsAtRisk"] = total
+        if total > max_data_loss:
+            step.finish(Outcome.CHECKS_FAILED, "DataAtRisk", inner.result.message)
+            return step.result
+        n = sum(len(v) for v in gone.values())
+        step.succeed("DowngradePlanned",
+                     f"downgrade from {doc.get('fromRevision')} to {target} removes {n} objects; {total} rows at "
+                     f"risk (spec.maxDataLoss {max_data_loss})")
+    return step.result

@@ -75,6 +75,7 @@ from schemagate.runner import shadowrestore
 from schemagate.runner.inject.apply import render_sql, upgrade
 from schemagate.runner.inject.capture import capture_statements
 from schemagate.runner.inject.config import isolated_imports, load_script, make_config, session_environment
+from schemagate.runner.inject.downgrade import DOWNGRADE_FILE
 from schemagate.runner.inject.revisions import plan
 from schemagate.runner.inject.shadow import ShadowMismatch, version_table_of
 from schemagate.runner.shadowserver import ShadowServer
@@ -802,8 +803,13 @@ def count(
     derive: bool = True,
     accept_unevaluated: Sequence[str] = (),
     data_shadow_max_bytes: int | None = DEFAULT_DATA_SHADOW_MAX_BYTES,
+    max_data_loss: int = 0,
 ) -> StepResult:
     """Phase 3 (operator image): catalog diff, counting and squawk after shadow-upgrade; stops the shadow.
+
+    When the shadow-upgrade container tried a downgrade (``--allow-downgrade``, ``spec.allowDowngrade``) it left
+    ``shadow-downgrade.json``: the rows at risk are counted instead (``runner.downgrade.count_phase``, blocked above
+    ``max_data_loss``).
 
     ``derive=False`` (``spec.precheck.derive: false``: the Job has this one container, no shadow at all) counts
     only ``user_checks`` on the real database, read-only; ``workdir`` may then be None.
@@ -831,6 +837,10 @@ def count(
             raise InvalidInput(f"{PREPARE_FILE} missing or unreadable in {wd}: run --phase prepare first ({e})",
                                field=PREPARE_FILE) from e
         sh = _shadow_from_prepare(url, info, wd)
+        if (wd / DOWNGRADE_FILE).exists():
+            from schemagate.runner.downgrade import count_phase
+
+            return count_phase(url, None, wd, max_data_loss)  # (the shadow is disposed below)
         users = parse_user_checks(user_checks)
         try:
             up = json.loads((wd / SHADOW_UPGRADE_FILE).read_text(encoding="utf-8"))

@@ -239,10 +239,13 @@ def check_revisions(report: VerifyReport, cur: Any, plan: Mapping[str, Any], con
     no revision ids to compare with."""
     wanted = plan.get("targetRevision") or target
     expected = sorted(str(r) for r in plan.get("expectedRevisions") or [])
+    down = plan.get("downgrade")
+    if isinstance(down, Mapping):  # a downgrade: the target's revisions, none for base
+        expected = sorted(str(r) for r in down.get("targetRevisions") or [])
     if config_path is not None:
         _revisions_with_project(report, config_path, wanted, url, url_env, expected)
         return
-    if not expected:
+    if not expected and not isinstance(down, Mapping):
         if not wanted or wanted in ("head", "heads") or "@" in str(wanted):
             raise InvalidInput("verify needs the target revision id(s): give -c/--config (the Alembic "
                                        "project) or a plan (--plan/--plan-env) with targetRevision")
@@ -435,6 +438,23 @@ def check_leftovers(report: VerifyReport, cur: Any, plan: Mapping[str, Any]) -> 
             report.fail(f"index {iname} on {tbl} is INVALID")
 
 
+def check_downgrade(report: VerifyReport, url: str, plan: Mapping[str, Any]) -> None:
+    """After a downgrade (the plan's ``downgrade.removes``: ``{kind: ["schema.table[.name]"]}``, what
+    ``alembic downgrade`` removed in the precheck's shadow): every such table, column, constraint and index is gone
+    from the database (``runner.inject.downgrade.CATALOG_SQL``)."""
+    down = plan.get("downgrade")
+    if not isinstance(down, Mapping):
+        return
+    from schemagate.runner.downgrade import catalog
+    from schemagate.runner.inject.downgrade import dotted
+
+    now = dotted(catalog(url))
+    for kind, names_ in (down.get("removes") or {}).items():
+        for name in names_ or []:
+            if name in set(now.get(kind) or []):
+                report.fail(f"{kind[:-1]} {name} is still there after the downgrade")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # 5. counts
 
@@ -511,6 +531,7 @@ def verify(
                 check_constraints(report, cur, plan)
                 check_indexes(report, cur, plan)
                 check_leftovers(report, cur, plan)
+            check_downgrade(report, url, plan)
             counted = check_counts(report, url, users, statement_timeout)
         finally:  # what was checked so far is in the result, also when a check failed to run
             step.data.update(report.as_data())

@@ -5,6 +5,11 @@
     python -m schemagate.runner.inject shadow-upgrade -c alembic.ini --target head --database-url-env SHADOW_URL \
         --workdir /work
     python -m schemagate.runner.inject plan           -c alembic.ini --target head
+    python -m schemagate.runner.inject downgrade      -c alembic.ini --target base --expect-from 0002 \
+        --database-url-env DATABASE_URL
+
+``shadow-upgrade --allow-downgrade`` (``spec.allowDowngrade``): a target below the database is tried as
+``alembic downgrade`` on the shadow instead (``runner.inject.downgrade.shadow_downgrade``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,13 @@ from schemagate.contract.dburl import DEFAULT_URL_ENV
 from schemagate.contract.errors import StepBoundary
 from schemagate.contract.stepresult import StepResult, write_termination_log
 from schemagate.runner.inject.config import DEFAULT_LOCK_TIMEOUT
+from schemagate.runner.inject.downgrade import (
+    below,
+    catalog_from_json,
+    dotted,
+    downgrade_step,
+    shadow_downgrade,
+)
 from schemagate.runner.inject.migrate import DEFAULT_RETRIES, migrate
 from schemagate.runner.inject.revisions import plan
 from schemagate.runner.inject.shadow import shadow_upgrade
@@ -29,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     for name, help_ in (("migrate", "apply the pending revisions (advisory lock, lock timeout, retries)"),
                         ("shadow-upgrade", "apply the pending revisions to a shadow database and render their SQL"),
-                        ("plan", "print current revision, resolved target and pending revisions")):
+                        ("plan", "print current revision, resolved target and pending revisions"),
+                        ("downgrade", "alembic downgrade to a target below the database (the operator's migrate "
+                                      "step of a downgrade)")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("-c", "--config", default=os.environ.get(names.ENV_ALEMBIC_CONFIG, "alembic.ini"))
         p.add_argument("--target", default=os.environ.get(names.ENV_TARGET, "head"))
@@ -37,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--database-url", default=None, help="discouraged: visible in the process list")
         p.add_argument("--termination-log", default=None)
         p.add_argument("--json", action="store_true", help="accepted for symmetry; output is always JSON")
-        if name in ("migrate", "shadow-upgrade"):
-            p.add_argument("--lock-timeout", default=DEFAULT_LOCK_TIMEOUT if name == "migrate" else None)
+        if name in ("migrate", "shadow-upgrade", "downgrade"):
+            p.add_argument("--lock-timeout", default=None if name == "shadow-upgrade" else DEFAULT_LOCK_TIMEOUT)
             p.add_argument("--statement-timeout", default=None)
         if name == "migrate":
             p.add_argument("--retries", type=int, default=DEFAULT_RETRIES)
@@ -46,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
                            help="seconds to wait for another migrator's advisory lock")
         if name == "shadow-upgrade":
             p.add_argument("--workdir", default=None)
+            p.add_argument("--allow-downgrade", action="store_true",
+                           help="a target below the database: try alembic downgrade on the shadow (spec.allowDowngrade)")
+        if name == "downgrade":
+            p.add_argument("--expect-from", default=None,
+                           help="the revision(s) the precheck planned from; another one refuses (nothing changed)")
     return ap
 
 
@@ -63,7 +82,19 @@ def run_command(args: argparse.Namespace) -> StepResult:
             step.succeed("Planned",
                          f"{len(p['pending'])} pending revision(s) from {p['current'] or 'base'} to {p['target']}")
         return step.result
+    if args.command == "downgrade":
+        return downgrade_step(args.config, args.target, args.database_url, args.database_url_env, args.lock_timeout,
+                              args.statement_timeout, args.expect_from)
     with StepBoundary("precheck") as step:
+        found = below(args.config, args.target, args.database_url, args.database_url_env) \
+            if args.allow_downgrade and args.workdir else None
+        if found is not None:
+            doc = shadow_downgrade(args.config, args.target, args.database_url, args.database_url_env, args.workdir,
+                                   found)
+            step.data.update(direction="downgrade", fromRevision=doc["fromRevision"],
+                             targetRevision=doc["targetRevision"], removes=dotted(catalog_from_json(doc["removes"])))
+            step.succeed("ShadowDowngraded", f"alembic downgrade {args.target} tried on the shadow database")
+            return step.result
         out = shadow_upgrade(args.config, args.target, args.database_url, args.database_url_env, args.workdir,
                              args.lock_timeout, args.statement_timeout)
         step.data.update({k: v for k, v in out.items() if k not in ("sql", "statements")})

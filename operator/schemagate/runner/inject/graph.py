@@ -160,8 +160,8 @@ def _refuse_downgrade(script: ScriptDirectory, target: str, target_ids: Sequence
     if set(target_ids) <= below:
         raise DowngradeNotAllowed(
             f"target revision {target!r} is older than the database's revision(s) {join_revisions(current)}: "
-            f"a downgrade, which runs only when allowed (schemagate run --allow-downgrade; the operator does not "
-            f"run downgrade Jobs yet); "
+            f"a downgrade, which runs only when allowed (schemagate run --allow-downgrade; spec.allowDowngrade: "
+            f"true); "
             f"{NOTHING_CHANGED}", field="targetRevision"
         )
 
@@ -195,7 +195,7 @@ def plan_upgrade(script: ScriptDirectory, current: Iterable[str], target: str | 
     text = (target or "head").strip()
     if text == "base":
         raise DowngradeNotAllowed(f"--target base is a downgrade, which runs only when allowed (schemagate run "
-                                  f"--allow-downgrade; the operator does not run downgrade Jobs yet); "
+                                  f"--allow-downgrade; spec.allowDowngrade: true); "
                                   f"{NOTHING_CHANGED}", field="targetRevision")
     _check_current(script, cur)
     target_ids = _resolve(script, text, cur)

@@ -1,0 +1,106 @@
+"""The operator's downgrade (spec.allowDowngrade): decide() and the rendered Jobs, without a cluster.
+
+The real downgrade (shadow, data at risk, alembic downgrade, verify) runs on the test bed in
+tests/e2e/test_operator_downgrade.py; here: the refusal before any Job, the precheck's downgrade plan carried to
+the migrate and verify Jobs, DataAtRisk blocking, and the status a downgrade leaves."""
+
+from __future__ import annotations
+
+from schemagate.core import jobs as J
+from tests.unit.helpers import Sim, mig, result
+
+SETTINGS = J.JobSettings(runner_image="ghcr.io/schemagate/operator:test")
+DOWN = {"fromRevision": "0002", "targetRevisions": [], "maxDataLoss": 500, "rowsAtRisk": 120,
+        "removes": {"tables": ["public.menu_items"], "columns": [], "constraints": ["public.menu_items.ck_price"],
+                    "indexes": []},
+        "dataAtRisk": [{"schema": "public", "table": "menu_items", "column": None, "rows": 120,
+                        "what": "downgrade drops table public.menu_items: 120 rows"}]}
+PRE_DOWN = result("precheck", reason="DowngradePlanned", message="downgrade from 0002 to base",
+                  direction="downgrade", currentRevision="0002", targetRevision="base", expectedRevisions=[],
+                  pending=[], total=0, checks=[], downgrade=DOWN)
+MIGRATE_DOWN = result("migrate", reason="Downgraded", direction="downgrade", fromRevision="0002", toRevision="base")
+VERIFY_DOWN = result("verify", reason="Verified", currentRevision=None, targetRevision="base")
+
+
+def _migrations(target: str) -> dict:
+    return {"image": "registry.example/shop:1.2", "directory": "/app", "targetRevision": target}
+
+
+def test_base_without_allow_downgrade_is_refused_before_any_job():
+    sim = Sim(mig(migrations=_migrations("base")))
+    a = sim.run()
+    assert sim.created == [] and a.create is None and a.lock is None
+    st = a.status
+    assert st["phase"] == "Failed" and st["lastError"]["reason"] == "DowngradeNotAllowed"
+    assert "spec.allowDowngrade: true" in st["lastError"]["message"]
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "DowngradeNotAllowed" and "spec.allowDowngrade" in ready["message"]
+    assert [e.reason for e in sim.events].count("DowngradeNotAllowed") == 1
+    again = sim.step()  # a re-sync changes nothing and posts nothing
+    assert again.create is None and again.events == [] and again.status["phase"] == "Failed"
+
+
+def test_allowed_downgrade_runs_backup_precheck_downgrade_verify():
+    sim = Sim(mig(migrations=_migrations("base"), allowDowngrade=True, maxDataLoss=500))
+    a = sim.run({"precheck": PRE_DOWN, "migrate": MIGRATE_DOWN, "verify": VERIFY_DOWN})
+    assert sim.phases == ["BackingUp", "Prechecking", "Migrating", "Verifying", "Succeeded"]
+    st = a.status
+    assert st["plan"]["downgrade"]["removes"]["tables"] == ["public.menu_items"]
+    assert st["currentRevision"] == "base"
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and ready["message"].startswith("downgraded to base")
+    assert "Downgraded" in [e.reason for e in sim.events]
+
+
+def test_downgrade_jobs_carry_the_plan():
+    m = mig(migrations=_migrations("0001"), allowDowngrade=True, maxDataLoss=7)
+    pre = J.build_job(m, "precheck", "shop-1-precheck-1", 1, SETTINGS)
+    inits = {c["name"]: c for c in pre["spec"]["template"]["spec"]["initContainers"]}
+    assert "--allow-downgrade" in inits["shadow-upgrade"]["command"]
+    count = pre["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert count[count.index("--max-data-loss") + 1] == "7"
+    plan = {"targetRevision": "0001", "expectedRevisions": ["0001"], "pending": [],
+            "downgrade": {**DOWN, "targetRevisions": ["0001"]}}
+    job = J.build_job(m, "migrate", "shop-1-migrate-1", 1, SETTINGS, plan)
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["name"] == "downgrade" and c["image"] == "registry.example/shop:1.2"
+    cmd = c["command"]
+    assert cmd[:4] == ["python", "-m", "schemagate.runner.inject", "downgrade"]
+    assert cmd[cmd.index("--target") + 1] == "0001" and cmd[cmd.index("--expect-from") + 1] == "0002"
+    assert cmd[cmd.index("--lock-timeout") + 1] == "5s"
+    verify = J.build_job(m, "verify", "shop-1-verify-1", 1, SETTINGS, plan)
+    env = {e["name"]: e.get("value") for e in verify["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert '"downgrade"' in env[J.PLAN_ENV]
+
+
+def test_without_allow_downgrade_the_precheck_tries_no_downgrade():
+    pre = J.build_job(mig(), "precheck", "shop-1-precheck-1", 1, SETTINGS)
+    inits = {c["name"]: c for c in pre["spec"]["template"]["spec"]["initContainers"]}
+    assert "--allow-downgrade" not in inits["shadow-upgrade"]["command"]
+    up = J.build_job(mig(), "migrate", "shop-1-migrate-1", 1, SETTINGS, {"targetRevision": "0002"})
+    assert up["spec"]["template"]["spec"]["containers"][0]["name"] == "migrate"
+
+
+def test_data_at_risk_blocks_and_never_downgrades():
+    blocked = result("precheck", "ChecksFailed", "DataAtRisk",
+                     "the downgrade to base would lose 120 rows (spec.maxDataLoss 0): downgrade drops "
+                     "menu_items.version: 120 rows hold non-default values; nothing was changed",
+                     direction="downgrade", currentRevision="0002", targetRevision="base", pending=[], total=0,
+                     checks=[], downgrade={**DOWN, "maxDataLoss": 0})
+    sim = Sim(mig(migrations=_migrations("base"), allowDowngrade=True))
+    a = sim.run({"precheck": blocked})
+    st = a.status
+    assert st["phase"] == "Blocked" and st["lastError"]["reason"] == "DataAtRisk"
+    assert "menu_items.version: 120 rows" in st["lastError"]["message"]
+    assert not any("migrate" in n for n in sim.created) and a.lock == "release"
+
+
+def test_a_named_revision_below_is_refused_by_the_precheck():
+    refused = result("precheck", "PermanentError", "DowngradeNotAllowed",
+                     "target revision '0001' is older than the database's revision(s) 0002: a downgrade, which runs "
+                     "only when allowed (schemagate run --allow-downgrade; spec.allowDowngrade: true)")
+    sim = Sim(mig(migrations=_migrations("0001")))
+    a = sim.run({"precheck": refused})
+    assert a.status["phase"] == "Failed" and a.status["lastError"]["reason"] == "DowngradeNotAllowed"
+    assert not any("migrate" in n for n in sim.created)
+    assert "shop-1-backup-1" in sim.created  # reading the revision graph needs the application's image
