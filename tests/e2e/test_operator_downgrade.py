@@ -76,7 +76,10 @@ def test_foodtruck_to_base_refused_then_allowed(kube: Any, operator: Operator, i
     gen = o["metadata"]["generation"]
     names = {j["metadata"]["name"] for j in jobs(kube, namespace)}
     assert {f"truck-{gen}-{s}-1" for s in ("backup", "precheck", "migrate", "verify")} <= names
-    assert st["backup"]["sha256"]
+    # both runs' backups are listed, newest first, with the revision each was taken at
+    listed = st["backups"]
+    assert [b["revision"] for b in listed] == ["0003", "0001"] and listed[0] == st["backup"]
+    assert all(b["sha256"] and b["sizeBytes"] > 0 and b["path"] and b["time"] for b in listed)
 
 
 def test_data_at_risk_blocks_the_downgrade_until_allowed(kube: Any, operator: Operator, images: Any,

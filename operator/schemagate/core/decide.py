@@ -187,7 +187,26 @@ def _short(s: str, n: int = 1024) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
-_KEPT_ACROSS_RUNS = ("currentRevision", "backup", "conditions", "kopf")
+_KEPT_ACROSS_RUNS = ("currentRevision", "backup", "backups", "conditions", "kopf")
+MAX_BACKUPS_LISTED = 100  # status.backups when spec.backup.retention is 0 (every file kept)
+
+
+def _list_backup(m: Migration, st: MigrationStatus, rec: S.BackupRecord) -> None:
+    """``status.backups``: ``rec`` first, then the older ones, as many as the backup step keeps on its volume
+    (``spec.backup.retention``, the runner's ``--keep``; 0 keeps all, listed up to :data:`MAX_BACKUPS_LISTED`)."""
+    keep = m.backup.retention if m.backup.retention > 0 else MAX_BACKUPS_LISTED
+    older = [b for b in st.get("backups") or [] if b.get("path") != rec.get("path")]
+    st["backups"] = [cast(S.BackupRecord, dict(rec)), *older][: min(keep, MAX_BACKUPS_LISTED)]
+
+
+def _backup_revision(st: MigrationStatus, revision: Any) -> None:
+    """The revision the precheck read goes to this run's backup (taken just before, under the same Lease)."""
+    if "backup" not in (st.get("jobs") or {}) or not st.get("backups"):
+        return
+    rev = str(revision) if revision else "base"
+    st["backups"][0]["revision"] = rev
+    if st.get("backup", {}).get("path") == st["backups"][0].get("path"):
+        st["backup"]["revision"] = rev
 
 
 def fresh_run(m: Migration, prev: MigrationStatus, now: _dt.datetime) -> MigrationStatus:
@@ -336,6 +355,8 @@ def _verdict(rs: RunState, step: str, res: StepResultDict) -> tuple[str, str, st
     reason = str(res.get("reason") or outcome or "Unknown")
     message = str(res.get("message") or "")
     data = res.get("data") or {}
+    if step == "precheck" and outcome in (_SUCCEEDED, _CHECKS_FAILED) and "currentRevision" in data:
+        _backup_revision(rs.st, data.get("currentRevision"))
     if step == "precheck" and outcome in (_SUCCEEDED, _CHECKS_FAILED) and data:
         limit = rs.m.precheck.max_violations
         total = _precheck_status(rs.st, data, limit)
@@ -349,9 +370,12 @@ def _record_success(rs: RunState, step: str, res: StepResultDict, message: str) 
     """What a successful step adds to the status, and its Event."""
     st, data = rs.st, res.get("data") or {}
     if step == "backup":
-        st["backup"] = cast(S.BackupRecord, {k: data.get(k) for k in ("path", "sizeBytes", "sha256")
+        st["backup"] = cast(S.BackupRecord, {k: data.get(k) for k in ("path", "sizeBytes", "sha256", "format")
                                               if data.get(k) is not None})
         st["backup"]["time"] = res.get("finishedAt") or S.rfc3339(rs.obs.now)
+        if st.get("currentRevision"):  # as last known; the precheck reads it (_backup_revision)
+            st["backup"]["revision"] = str(st["currentRevision"])
+        _list_backup(rs.m, st, st["backup"])
         rs.note("BackupCompleted", message or f"backup written to {data.get('path')}")
     elif step == "precheck":
         v = st.get("violations") or {}

@@ -113,6 +113,8 @@ class BackupRecord(TypedDict, total=False):
     sizeBytes: int
     sha256: str
     time: str
+    revision: str  # the database's revision when it was taken ("base": none)
+    format: str  # pg_dump's format: custom or directory
 
 
 class MigrationStatus(TypedDict, total=False):
@@ -128,6 +130,7 @@ class MigrationStatus(TypedDict, total=False):
     violations: Violations
     lint: LintSummary
     backup: BackupRecord
+    backups: list[BackupRecord]  # every verified backup kept, newest first (bounded by spec.backup.retention)
     jobs: dict[str, str]
     attempts: int
     lastError: LastError
