@@ -270,7 +270,7 @@ def _add_restore(sub: _Sub) -> None:
 def _add_rehearse(sub: _Sub) -> None:
     p = sub.add_parser("rehearse", help="run the pending revisions on a restored copy of the database (a scratch "
                        "database, always dropped); the real database is not touched")
-    _project(p)
+    _project(p, required=False)
     p.add_argument("--backup", default=None, metavar="PATH",
                    help="an existing backup to restore (verified first: sha256 sidecar, full read)")
     p.add_argument("--backup-dir", default=None, metavar="DIR", help="without --backup: take a fresh backup here")
@@ -282,6 +282,16 @@ def _add_rehearse(sub: _Sub) -> None:
     p.add_argument("--plan", default=None, metavar="FILE",
                    help="the precheck result (or its data) as JSON: the copy is verified against it")
     p.add_argument("--plan-env", default=None, metavar="NAME", help="environment variable holding the plan JSON")
+    p.add_argument("--scratch-database", default=None, metavar="NAME",
+                   help="the scratch database's name (default <database>_sg_rehearsal)")
+    p.add_argument("--scratch-url-env", default=None, metavar="NAME",
+                   help="environment variable with the URL of another server for the scratch database")
+    p.add_argument("--max-size", default=None, type=_size("--max-size"), metavar="SIZE",
+                   help="refuse to rehearse a database larger than this (a quantity: 10Gi)")
+    p.add_argument("--phase", default="all", choices=("all", "prepare", "finish", "guard"),
+                   help="all (default); the rehearse Job's containers: prepare (restore the copy), finish (verify "
+                        "and drop it), guard (a sidecar that drops it when the pod stops)")
+    p.add_argument("--workdir", default=None, metavar="DIR", help="prepare/finish: the pod's shared directory")
     _checks(p)
     _common(p)
     p.set_defaults(func=cmd_rehearse)
@@ -587,18 +597,43 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
-    from schemagate.runner import rehearse, verify
+    from schemagate.runner import verify
 
     try:
         plan = verify.load_plan(args.plan, args.plan_env)
     except InvalidInput as e:
         return emit(_usage("rehearse", str(e)), args)
+    if args.phase == "all" and not args.config:
+        return emit(_usage("rehearse", "-c/--config (the application's alembic.ini) is required"), args)
+    if args.phase in ("prepare", "finish", "guard") and not args.scratch_database:
+        return emit(_usage("rehearse", f"--phase {args.phase} needs --scratch-database"), args)
+    if args.phase in ("prepare", "finish") and not args.workdir:
+        return emit(_usage("rehearse", f"--phase {args.phase} needs --workdir"), args)
     with database(args) as (url, url_env), progress(args) as say:
-        r = rehearse.rehearse(args.config, args.target, url, url_env, backup=args.backup,
-                              backup_dir=args.backup_dir, lock_timeout=args.lock_timeout,
-                              statement_timeout=args.statement_timeout, jobs=args.jobs, plan=plan,
-                              user_checks=args.check, progress=say)
+        r = _rehearse_phase(args, url, url_env, plan, say)
     return emit(r, args)
+
+
+def _rehearse_phase(args: argparse.Namespace, url: str | None, url_env: str | None, plan: Any,
+                    say: Callable[[str], None]) -> StepResult:
+    from schemagate.runner import rehearse
+
+    scratch, other = args.scratch_database, args.scratch_url_env
+    if args.phase == "prepare":
+        return rehearse.prepare_phase(url, url_env, scratch, args.workdir, backup=args.backup,
+                                      backup_dir=args.backup_dir, scratch_url_env=other, max_size=args.max_size,
+                                      jobs=args.jobs, progress=say)
+    if args.phase == "finish":
+        return rehearse.finish_phase(url, url_env, scratch, args.workdir, target=args.target,
+                                     scratch_url_env=other, plan=plan, user_checks=args.check)
+    if args.phase == "guard":
+        return rehearse.guard(url, url_env, scratch, scratch_url_env=other)
+    return rehearse.rehearse(args.config, args.target, url, url_env, backup=args.backup,
+                             backup_dir=args.backup_dir, lock_timeout=args.lock_timeout,
+                             statement_timeout=args.statement_timeout, jobs=args.jobs, plan=plan,
+                             user_checks=args.check, scratch=scratch,
+                             scratch_server=os.environ.get(other) if other else None, max_size=args.max_size,
+                             progress=say)
 
 
 def _usage(step: str, message: str) -> StepResult:

@@ -177,3 +177,57 @@ def test_rows_changed_by_a_data_migration(fresh_db: str, tmp_path: Path) -> None
     assert _by_statement(st, "ALTER TABLE accounts ADD COLUMN")["lock"]["mode"] == "ACCESS EXCLUSIVE"
     assert r.data["revisions"] == [{**r.data["revisions"][0], "revision": "0002", "rowsChanged": 5}]
     assert "5 rows changed" in r.message and version(fresh_db) == "0001"
+
+
+def test_job_phases_prepare_upgrade_finish_and_guard(fresh_db: str, pg_server: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The rehearse Job's containers, run one after the other as the pod runs them (core.jobs renders them)."""
+    import subprocess
+    import sys
+    import threading
+
+    from schemagate.runner.inject.__main__ import main as inject_main
+
+    demo.seed_foodtruck(fresh_db)
+    dbs = _databases(pg_server)
+    monkeypatch.setenv("DATABASE_URL", fresh_db)
+    work, scratch = tmp_path / "work", "sg_rh_phases"
+    common = ["--json", "--database-url-env", "DATABASE_URL", "--scratch-database", scratch]
+    assert cli.main(["rehearse", "--phase", "prepare", *common, "--workdir", str(work),
+                     "--backup-dir", str(tmp_path / "b"), "--max-size", "1Gi"]) == 0, capsys.readouterr().out
+    capsys.readouterr()
+    copy = with_database(fresh_db, scratch)
+    assert version(copy) == "0001" and scratch in _databases(pg_server)
+    assert inject_main(["rehearse-upgrade", "-c", str(FOODTRUCK), "--target", "head", "--scratch-database", scratch,
+                        "--workdir", str(work), "--lock-timeout", "2s"]) == 0
+    up = json.loads(capsys.readouterr().out)
+    assert up["reason"] == "RehearsalUpgraded" and "0002: ACCESS EXCLUSIVE on menu_items" in up["message"], up
+    # spec.rehearsal.job: the user's command sees the copy's URL, never the real one
+    seen = subprocess.run([sys.executable, "-m", "schemagate.runner.inject", "with-rehearsal-url",
+                           "--scratch-database", scratch, "--", sys.executable, "-c",
+                           "import os; print(os.environ['DATABASE_URL'].rsplit('/', 1)[1], os.environ['PGDATABASE'])"],
+                          capture_output=True, text=True, timeout=120, check=True)
+    assert seen.stdout.split() == [scratch, scratch]
+    plan = json.dumps({"indexes": [{"name": "idx_menu_items_version", "table": "menu_items"}],
+                       "targetRevision": "0003"})
+    monkeypatch.setenv("SG_PLAN", plan)
+    assert cli.main(["rehearse", "--phase", "finish", *common, "--workdir", str(work), "--plan-env", "SG_PLAN"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["reason"] == "Rehearsed" and out["data"]["scratchDropped"] is True, out
+    assert out["data"]["verify"]["reason"] == "Verified" and out["data"]["revisions"][0]["revision"] == "0002"
+    assert _databases(pg_server) == dbs and version(fresh_db) == "0001"
+    # the guard sidecar drops the copy when stopped (SIGTERM in the pod), whatever state the copy is in
+    _admin_exec(pg_server, f'CREATE DATABASE "{scratch}"')
+    from schemagate.runner import rehearse as rehearse_mod
+
+    stop = threading.Event()
+    stop.set()
+    g = rehearse_mod.guard(fresh_db, None, scratch, stop=stop)
+    assert g.ok and _databases(pg_server) == dbs, g.message
+    # maxSize: a database above it is refused before anything is touched
+    assert cli.main(["rehearse", "--phase", "prepare", *common, "--workdir", str(work),
+                     "--backup-dir", str(tmp_path / "b2"), "--max-size", "1k"]) == 3
+    out = json.loads(capsys.readouterr().out)
+    assert out["reason"] == "RehearsalTooLarge" and _databases(pg_server) == dbs, out
+    assert not (tmp_path / "b2").exists()

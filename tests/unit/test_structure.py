@@ -17,7 +17,6 @@ NOT_YET_SPLIT: dict[str, int] = {
     "runner/precheck.py:count": 74,
     "runner/precheck.py:analyse": 62,
     "runner/downgrade.py:downgrade": 68,
-    "runner/rehearse.py:rehearse": 62,
     "runner/restore.py:restore": 61,
 }
 

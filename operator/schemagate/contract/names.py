@@ -50,6 +50,7 @@ ENV_NO_EMBEDDED = "SCHEMAGATE_NO_EMBEDDED"  # set: never start an embedded Postg
 ENV_SQUAWK = "SCHEMAGATE_SQUAWK"  # path of the squawk linter
 ENV_SHADOW_DIR = "SCHEMAGATE_SHADOW_DIR"  # parent directory of the precheck's throw-away shadow servers
 ENV_SHADOW_DATABASE_URL = "SCHEMAGATE_SHADOW_DATABASE_URL"  # precheck Job: spec.precheck.shadowDatabase.urlFrom
+ENV_REHEARSAL_DATABASE_URL = "SCHEMAGATE_REHEARSAL_DATABASE_URL"  # rehearse Job: spec.rehearsal.databaseUrlFrom
 # the operator
 ENV_NAMESPACES = "SCHEMAGATE_NAMESPACES"
 ENV_ALL_NAMESPACES = "SCHEMAGATE_ALL_NAMESPACES"

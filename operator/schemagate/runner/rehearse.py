@@ -3,56 +3,142 @@ never on the database itself.
 
 1. The backup: ``backup`` (an existing one, verified like ``schemagate restore`` verifies it: sha256 sidecar and a
    full read, before anything is touched) or, without it, a fresh one taken by the backup step into
-   ``backup_dir`` (verified when written).
-2. A scratch database on the same server, ``<database>_sg_rehearsal`` (a fixed name, so the leftover of a run that
-   was killed is dropped by the next one), created empty and filled with ``pg_restore``
-   (``runner.restore.pg_restore``).
+   ``backup_dir`` (verified when written). With ``max_size`` (bytes) a database larger than that
+   (``pg_database_size``) is refused before anything is done (``RehearsalTooLarge``, ChecksFailed).
+2. A scratch database, ``scratch`` (default ``<database>_sg_rehearsal``; the operator derives one from the
+   resource), on the same server or on ``scratch_server`` (a URL of another server, ``spec.rehearsal
+   .databaseUrlFrom``). A leftover of that name (a rehearsal that was killed) is dropped first; then it is created
+   empty and filled with ``pg_restore`` (``runner.restore.pg_restore``).
 3. ``alembic upgrade <target>`` there through the application's env.py, with the same ``lock_timeout`` and
-   ``statement_timeout`` as the real migration (``runner.inject.apply.upgrade``); each revision's duration is
-   recorded (from the start of one revision to the start of the next, the last one to the end of the upgrade).
-4. The scratch database is always dropped (``DROP DATABASE ... WITH (FORCE)``), also when a step above failed.
+   ``statement_timeout`` as the real migration, with the lock report (``runner.inject.rehearsal.upgrade_copy``).
+4. The verify step's checks on the copy (``data.verify``: ``{outcome, reason, message, data}``; with ``plan``, the
+   precheck's data, the constraints and indexes the revisions add are checked by name).
+5. The scratch database is always dropped (``DROP DATABASE ... WITH (FORCE)``), also when a step above failed.
 
-Result (step ``rehearse``): ``Rehearsed`` (Succeeded) with ``data.revisions`` ``[{revision, seconds}]``, or
-``RehearsalFailed`` (outcome ChecksFailed: the real migration must not run) naming the failing revision and
-statement (``data.failedRevision``, ``data.failedStatement``, ``data.revisions`` up to it). Each revision entry
-carries ``rowsChanged`` and ``strongestLock`` (``{table, mode, heldSeconds, statement}``); ``data.statements`` is
-the lock report per statement (``runner.inject.lockreport``: the strongest table lock each statement took, read
-from ``pg_locks`` in its own transaction, and the rows it changed). After a successful upgrade the verify step's
-checks run on the copy (``data.verify``: ``{outcome, reason, message, data}``; with ``plan``, the precheck's
-data, the constraints and indexes the revisions add are checked by name); a failed verification is
-``RehearsalFailed`` too.
+Result (step ``rehearse``): ``Rehearsed`` (Succeeded) with ``data.revisions`` ``[{revision, seconds, succeeded,
+rowsChanged, strongestLock: {table, mode, heldSeconds, statement}}]``, ``data.statements`` (the lock report per
+statement, ``runner.inject.lockreport``) and ``data.verify``; or ``RehearsalFailed`` (outcome ChecksFailed: the
+real migration must not run) naming the failing revision and statement (``data.failedRevision``,
+``data.failedStatement``), or the failed verification of the copy.
+
+In the operator the same steps are the containers of the rehearse Job (``core.jobs``): ``prepare_phase`` (1-2),
+``rehearse-upgrade`` in the application's image (3, ``runner.inject.rehearsal``), ``spec.rehearsal.job`` (the
+user's smoke test, on the copy), ``finish_phase`` (4-5), and the ``guard`` sidecar that drops the copy when the pod
+is stopped for any reason (a failed container, a deleted Job or pod, the deadline).
 
 ``schemagate run --rehearse`` runs it between the precheck and the migration, from the run's backup
 (``runner.pipeline``).
 
 Public API: ``rehearse(config_path, target="head", url=None, url_env="DATABASE_URL", *, backup=None,
 backup_dir=None, lock_timeout="5s", statement_timeout=None, jobs=1, maintenance_db="postgres", plan=None,
-user_checks=(), progress=None) -> StepResult``.
+user_checks=(), scratch=None, scratch_server=None, max_size=None, progress=None) -> StepResult``;
+``prepare_phase``, ``finish_phase``, ``guard``, ``scratch_name``.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from schemagate.contract.dburl import DEFAULT_URL_ENV, database_name, resolve_url, with_database
-from schemagate.contract.errors import InvalidInput, MigrationFailed, StepBoundary, translate
+from schemagate.contract.errors import InvalidInput, MigrationFailed, StepBoundary
 from schemagate.contract.stepresult import Outcome, StepResult
 from schemagate.runner import backup as bk
 from schemagate.runner import restore as rs
-from schemagate.runner.inject.apply import upgrade
-from schemagate.runner.inject.lockreport import StatementLocks, describe, strongest
+from schemagate.runner.inject.rehearsal import UPGRADE_FILE, failed_message, lock_summary, upgrade_copy
 
 STEP = "rehearse"
 SCRATCH_SUFFIX = "_sg_rehearsal"
+PREPARE_FILE = "rehearse-prepare.json"
 
 
 def scratch_name(database: str) -> str:
     """``<database>_sg_rehearsal``, cut to PostgreSQL's 63-byte identifiers on the database part."""
     return rs._fit(database or "database", SCRATCH_SUFFIX)
+
+
+def _size(server: rs._Server, database: str) -> int:
+    rows = server._run("select pg_database_size(%s)", (database,))
+    return int(rows[0][0])
+
+
+def _prepare(url: str, data: dict[str, Any], *, backup: str | os.PathLike[str] | None,
+             backup_dir: str | os.PathLike[str] | None, scratch: str, scratch_server: str | None,
+             max_size: int | None, jobs: int, maintenance_db: str, say: Callable[[str], None]
+             ) -> tuple[rs._Server, StepResult | None]:
+    """Steps 1-2 of the module docstring; ``(scratch server, a failed backup's result or None)``. Raises
+    ``InvalidInput``, ``BackupCorrupt``, ``RestoreFailed``, ... The copy exists when it returns without a result."""
+    if backup is None and backup_dir is None:
+        raise InvalidInput("--backup PATH (an existing backup) or --backup-dir DIR (take one) is required",
+                           field="--backup")
+    real = rs._Server(url, maintenance_db)
+    if max_size is not None:
+        size = data["databaseBytes"] = _size(real, database_name(url))
+        if size > max_size:
+            data["maxSizeBytes"] = max_size
+            return real, StepResult(step=STEP, outcome=Outcome.CHECKS_FAILED, reason="RehearsalTooLarge",
+                                    message=f"the database is {size} bytes, above the rehearsal's maxSize "
+                                            f"({max_size} bytes): not rehearsed, nothing was touched",
+                                    data=dict(data)).finish()
+    if backup is not None:
+        path = Path(backup)
+        say(f"verifying {path.name}")
+        data["verification"] = rs.require_verified(path)
+    else:
+        b = bk.backup(url, None, backup_dir=backup_dir, progress=say)  # type: ignore[arg-type]
+        if not b.ok:
+            return real, b
+        path = Path(str(b.data["path"]))
+    data["backup"] = str(path)
+    server = rs._Server(scratch_server, maintenance_db) if scratch_server else real
+    data["scratchDatabase"] = scratch
+    server.drop(scratch)  # the leftover of a rehearsal that was killed
+    server.create(scratch)
+    say(f"pg_restore {path.name} into {scratch}")
+    t1 = time.monotonic()
+    rs.pg_restore(path, with_database(server.url, scratch), jobs=jobs)
+    data["restoreSeconds"] = round(time.monotonic() - t1, 3)
+    return server, None
+
+
+def _verify_copy(config_path: str | os.PathLike[str] | None, target: str, copy_url: str, url_env: str | None,
+                 plan: Mapping[str, Any] | None, user_checks: Iterable[Any], data: dict[str, Any]) -> None:
+    """The verify step's checks (``runner.verify.verify``) on the rehearsed copy, into ``data["verify"]``."""
+    from schemagate.runner import verify as verify_step
+
+    vr = verify_step.verify(config_path, target, copy_url, url_env, plan=plan, user_checks=user_checks)
+    data["verify"] = {"outcome": vr.outcome.value, "reason": vr.reason, "message": vr.message, "data": vr.data}
+
+
+def _conclude(step: StepBoundary, data: dict[str, Any], url: str, scratch: str) -> None:
+    """The step's outcome from what was recorded in ``data`` (the copy has been dropped)."""
+    dropped = "was dropped" if data.get("scratchDropped") else "could not be dropped (dropped by the next rehearsal)"
+    if "error" in data:
+        step.finish(Outcome.CHECKS_FAILED, "RehearsalFailed", failed_message(data, scratch, dropped))
+    elif data.get("verify", {}).get("outcome") not in (None, Outcome.SUCCEEDED.value):
+        step.finish(Outcome.CHECKS_FAILED, "RehearsalFailed",
+                    f"the pending revisions ran on a restored copy, but verifying the copy failed: "
+                    f"{data['verify']['message']}; the real database was not touched, the copy {scratch} {dropped}")
+    else:
+        revs = ", ".join(f"{r['revision']} {r['seconds']:.2f}s" for r in data.get("revisions") or []) or "none pending"
+        locks = f"; locks: {lock_summary(data)}" if data.get("revisions") else ""
+        step.succeed("Rehearsed", f"the pending revisions ran on a restored copy of {database_name(url)} "
+                                  f"({revs}){locks}; the copy verified; the copy {scratch} {dropped}")
+
+
+def _drop(server: rs._Server, scratch: str, data: dict[str, Any]) -> None:
+    try:
+        server.drop(scratch)
+        data["scratchDropped"] = not server.exists(scratch)
+    except Exception as e:  # noqa: BLE001 - recorded; the next rehearsal drops the leftover first
+        data["scratchDropped"] = False
+        data["dropError"] = str(e)[:300]
 
 
 def rehearse(
@@ -69,129 +155,114 @@ def rehearse(
     maintenance_db: str = "postgres",
     plan: Mapping[str, Any] | None = None,
     user_checks: Iterable[Any] = (),
+    scratch: str | None = None,
+    scratch_server: str | None = None,
+    max_size: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> StepResult:
-    """Rehearse the pending revisions on a restored copy (see the module docstring). Never raises: failures of
-    the rehearsal itself are ``RehearsalFailed`` (ChecksFailed); bad input, a corrupt backup or an unreachable
-    server are the usual errors (``InvalidInput``, ``BackupCorrupt``, ``RestoreFailed``, ...)."""
+    """Rehearse the pending revisions on a restored copy, in this process (see the module docstring). Never
+    raises: failures of the rehearsal itself are ``RehearsalFailed`` (ChecksFailed); bad input, a corrupt backup or
+    an unreachable server are the usual errors (``InvalidInput``, ``BackupCorrupt``, ``RestoreFailed``, ...)."""
     say = progress or (lambda s: None)
     target = target or "head"
     data: dict[str, Any] = {"targetRevision": target}
     with StepBoundary(STEP, default=MigrationFailed, data=data) as step:
-        if backup is None and backup_dir is None:
-            raise InvalidInput("--backup PATH (an existing backup) or --backup-dir DIR (take one) is required",
-                               field="--backup")
         url = resolve_url(url, url_env)
         t0 = time.monotonic()
-        if backup is not None:
-            path = Path(backup)
-            say(f"verifying {path.name}")
-            data["verification"] = rs.require_verified(path)
-        else:
-            b = bk.backup(url, None, backup_dir=backup_dir, progress=say)  # type: ignore[arg-type]
-            if not b.ok:
-                step.set_result(b)
-                return step.result
-            path = Path(str(b.data["path"]))
-        data["backup"] = str(path)
-        server = rs._Server(url, maintenance_db)
-        scratch = scratch_name(database_name(url))
-        data["scratchDatabase"] = scratch
-        server.drop(scratch)  # the leftover of a rehearsal that was killed
-        server.create(scratch)
+        name = scratch or scratch_name(database_name(url))
+        server: rs._Server | None = None
         try:
-            say(f"pg_restore {path.name} into {scratch}")
-            t1 = time.monotonic()
-            rs.pg_restore(path, with_database(url, scratch), jobs=jobs)
-            data["restoreSeconds"] = round(time.monotonic() - t1, 3)
-            _upgrade(config_path, target, with_database(url, scratch), url_env, lock_timeout, statement_timeout,
-                     data, say)
+            server, failed = _prepare(url, data, backup=backup, backup_dir=backup_dir, scratch=name,
+                                      scratch_server=scratch_server, max_size=max_size, jobs=jobs,
+                                      maintenance_db=maintenance_db, say=say)
+            if failed is not None:
+                step.set_result(failed)
+                return step.result
+            copy_url = with_database(server.url, name)
+            upgrade_copy(config_path, target, copy_url, url_env, lock_timeout, statement_timeout, data, say)
             if "error" not in data:
-                say(f"verifying the rehearsed copy {scratch}")
-                _verify_copy(config_path, target, with_database(url, scratch), url_env, plan, user_checks, data)
+                say(f"verifying the rehearsed copy {name}")
+                _verify_copy(config_path, target, copy_url, url_env, plan, user_checks, data)
         finally:
-            server.drop(scratch)
-            data["scratchDropped"] = not server.exists(scratch)
+            if server is not None and "scratchDatabase" in data:
+                _drop(server, name, data)
         data["durationSeconds"] = round(time.monotonic() - t0, 3)
-        if data.get("verify", {}).get("outcome") not in (None, Outcome.SUCCEEDED.value):
-            step.finish(Outcome.CHECKS_FAILED, "RehearsalFailed",
-                        f"the pending revisions ran on a restored copy, but verifying the copy failed: "
-                        f"{data['verify']['message']}; the real database was not touched, the copy {scratch} was "
-                        f"dropped")
-        elif "failedRevision" in data or "error" in data:
-            step.finish(Outcome.CHECKS_FAILED, "RehearsalFailed",
-                        f"the rehearsal on a restored copy failed: {data['error']}; the real database was not "
-                        f"touched, the copy {scratch} was dropped")
-        else:
-            revs = ", ".join(f"{r['revision']} {r['seconds']:.2f}s" for r in data["revisions"]) or "none pending"
-            locks = f"; locks: {lock_summary(data)}" if data["revisions"] else ""
-            step.succeed("Rehearsed", f"the pending revisions ran on a restored copy of {database_name(url)} "
-                                      f"({revs}){locks}; the copy verified; the copy {scratch} was dropped")
+        _conclude(step, data, url, name)
     return step.result
 
 
-def _upgrade(config_path: str | os.PathLike[str], target: str, scratch_url: str, url_env: str | None,
-             lock_timeout: str | None, statement_timeout: str | None, data: dict[str, Any],
-             say: Callable[[str], None]) -> None:
-    """``alembic upgrade`` on the copy, recording per-revision durations; a failure is recorded in ``data``
-    (``failedRevision``, ``failedStatement``, ``error``), not raised."""
-    starts: list[tuple[str, float]] = []
-    report = StatementLocks(scratch_url)
-
-    def started(rev: str) -> None:
-        say(f"rehearsing revision {rev}")
-        report.revision = rev
-        starts.append((rev, time.monotonic()))
-
-    def durations(end: float, failed: str | None) -> list[dict[str, Any]]:
-        out = []
-        for i, (rev, t) in enumerate(starts):
-            stop = starts[i + 1][1] if i + 1 < len(starts) else end
-            out.append({"revision": rev, "seconds": round(stop - t, 3), "succeeded": rev != failed,
-                        **_revision_summary(report.records, rev)})
-        return out
-
-    try:
-        with report.watch():
-            r = upgrade(config_path, target, scratch_url, url_env, lock_timeout, statement_timeout,
-                        on_revision=started)
-    except Exception as e:  # noqa: BLE001 - the application's revisions may raise anything: the rehearsal's finding
-        err = translate(e, MigrationFailed)
-        failed = getattr(err, "revision", None)
-        data["statements"] = report.records
-        data["revisions"] = durations(time.monotonic(), failed)
-        data["failedRevision"] = failed
-        data["failedStatement"] = getattr(err, "statement", None)
-        data["error"] = err.message
-        data["errorReason"] = err.reason
-        return
-    data["statements"] = report.records
-    data["revisions"] = durations(time.monotonic(), None)
-    data["fromRevision"], data["toRevision"] = r.get("fromRevision"), r.get("toRevision")
+def prepare_phase(url: str | None, url_env: str | None, scratch: str, workdir: str | os.PathLike[str], *,
+                  backup: str | os.PathLike[str] | None = None, backup_dir: str | os.PathLike[str] | None = None,
+                  scratch_url_env: str | None = None, max_size: int | None = None, jobs: int = 1,
+                  maintenance_db: str = "postgres", progress: Callable[[str], None] | None = None) -> StepResult:
+    """The rehearse Job's ``prepare`` container: steps 1-2, ``workdir/rehearse-prepare.json``. A failure drops
+    what it created. Never raises."""
+    data: dict[str, Any] = {"scratchDatabase": scratch}
+    with StepBoundary(STEP, default=MigrationFailed, data=data) as step:
+        if not scratch:
+            raise InvalidInput("--scratch-database is required", field="--scratch-database")
+        url = resolve_url(url, url_env)
+        other = resolve_url(None, scratch_url_env) if scratch_url_env else None
+        t0 = time.monotonic()
+        try:
+            _, failed = _prepare(url, data, backup=backup, backup_dir=backup_dir, scratch=scratch,
+                                      scratch_server=other, max_size=max_size, jobs=jobs,
+                                      maintenance_db=maintenance_db, say=progress or (lambda s: None))
+        except BaseException:
+            if "scratchDatabase" in data and data.get("backup"):
+                _drop(rs._Server(other or url, maintenance_db), scratch, data)
+            raise
+        data["prepareSeconds"] = round(time.monotonic() - t0, 3)
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        (Path(workdir) / PREPARE_FILE).write_text(json.dumps(data), encoding="utf-8")
+        if failed is not None:
+            step.set_result(failed)
+        else:
+            step.succeed("RehearsalPrepared", f"restored {Path(str(data['backup'])).name} into {scratch}")
+    return step.result
 
 
-def _verify_copy(config_path: str | os.PathLike[str], target: str, scratch_url: str, url_env: str | None,
-                 plan: Mapping[str, Any] | None, user_checks: Iterable[Any], data: dict[str, Any]) -> None:
-    """The verify step's checks (``runner.verify.verify``) on the rehearsed copy; its result (outcome, reason,
-    message, data) goes into ``data["verify"]``. With ``plan`` (the precheck's data) the constraints and indexes the
-    revisions add are checked by name; without it the revision (nothing pending), leftovers on every table and the
-    user checks."""
-    from schemagate.runner import verify as verify_step
-
-    vr = verify_step.verify(config_path, target, scratch_url, url_env, plan=plan, user_checks=user_checks)
-    data["verify"] = {"outcome": vr.outcome.value, "reason": vr.reason, "message": vr.message, "data": vr.data}
+def _read(workdir: str | os.PathLike[str], name: str) -> dict[str, Any]:
+    p = Path(workdir) / name
+    if not p.exists():
+        raise InvalidInput(f"{p} is missing: the container before this one did not finish", field="--workdir")
+    return dict(json.loads(p.read_text(encoding="utf-8")))
 
 
-def _revision_summary(records: list[dict[str, Any]], revision: str) -> dict[str, Any]:
-    """``rowsChanged`` (sum of the revision's data-changing statements' row counts) and ``strongestLock``
-    (``{table, mode, heldSeconds, statement}`` of the revision's strongest, then longest, lock, or None)."""
-    mine = [r for r in records if r["revision"] == revision]
-    top = strongest(mine)
-    lock = {**top["lock"], "statement": top["statement"]} if top else None
-    return {"rowsChanged": sum(int(r.get("rows") or 0) for r in mine), "strongestLock": lock}
+def finish_phase(url: str | None, url_env: str | None, scratch: str, workdir: str | os.PathLike[str], *,
+                 target: str | None = "head", scratch_url_env: str | None = None,
+                 plan: Mapping[str, Any] | None = None, user_checks: Iterable[Any] = (),
+                 maintenance_db: str = "postgres") -> StepResult:
+    """The rehearse Job's ``finish`` container: the verify step's checks on the copy (against ``plan``, the
+    run's precheck plan), the copy dropped, the whole rehearsal's result from the earlier containers' files."""
+    data: dict[str, Any] = {"targetRevision": target or "head"}
+    with StepBoundary(STEP, default=MigrationFailed, data=data) as step:
+        url = resolve_url(url, url_env)
+        server = rs._Server(resolve_url(None, scratch_url_env) if scratch_url_env else url, maintenance_db)
+        try:
+            data.update(_read(workdir, PREPARE_FILE))
+            data.update(_read(workdir, UPGRADE_FILE))
+            if "error" not in data:
+                _verify_copy(None, target or "head", with_database(server.url, scratch), url_env, plan,
+                             user_checks, data)
+        finally:
+            _drop(server, scratch, data)
+        _conclude(step, data, url, scratch)
+    return step.result
 
 
-def lock_summary(data: dict[str, Any]) -> str:
-    """Per revision: "0002: ACCESS EXCLUSIVE on menu_items for 0.0 s, 0 rows changed" (joined by "; ")."""
-    return "; ".join(f"{r['revision']}: {describe(r.get('strongestLock'))}, {r.get('rowsChanged', 0)} rows changed"
-                     for r in data.get("revisions") or [])
+def guard(url: str | None, url_env: str | None, scratch: str, *, scratch_url_env: str | None = None,
+          maintenance_db: str = "postgres", stop: threading.Event | None = None) -> StepResult:
+    """The rehearse Job's ``scratch-guard`` sidecar: waits until the pod stops it (SIGTERM, or ``stop``), then
+    drops the copy (``DROP DATABASE IF EXISTS ... WITH (FORCE)``). Its exit is never the step's result."""
+    data: dict[str, Any] = {"scratchDatabase": scratch}
+    with StepBoundary(STEP, data=data) as step:
+        server = rs._Server(resolve_url(None, scratch_url_env) if scratch_url_env else resolve_url(url, url_env),
+                            maintenance_db)
+        stopped = stop or threading.Event()
+        if stop is None:
+            signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+        stopped.wait()
+        _drop(server, scratch, data)
+        step.succeed("ScratchDropped", f"the copy {scratch} was dropped")
+    return step.result

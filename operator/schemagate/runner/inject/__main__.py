@@ -5,6 +5,10 @@
     python -m schemagate.runner.inject shadow-upgrade -c alembic.ini --target head --database-url-env SHADOW_URL \
         --workdir /work
     python -m schemagate.runner.inject plan           -c alembic.ini --target head
+    python -m schemagate.runner.inject rehearse-upgrade -c alembic.ini --target head --scratch-database NAME \
+        [--scratch-url-env NAME] --workdir /work
+    python -m schemagate.runner.inject with-rehearsal-url --database-url-env DATABASE_URL --scratch-database NAME \
+        -- COMMAND [ARG ...]     (replaces itself by COMMAND with the URL of the copy; prints nothing)
     python -m schemagate.runner.inject downgrade      -c alembic.ini --target base --expect-from 0002 \
         --database-url-env DATABASE_URL
 
@@ -31,6 +35,7 @@ from schemagate.runner.inject.downgrade import (
     shadow_downgrade,
 )
 from schemagate.runner.inject.migrate import DEFAULT_RETRIES, migrate
+from schemagate.runner.inject.rehearsal import exec_with_scratch_url, rehearse_upgrade
 from schemagate.runner.inject.revisions import plan
 from schemagate.runner.inject.shadow import shadow_upgrade
 
@@ -43,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                         ("shadow-upgrade", "apply the pending revisions to a shadow database and render their SQL"),
                         ("plan", "print current revision, resolved target and pending revisions"),
                         ("downgrade", "alembic downgrade to a target below the database (the operator's migrate "
-                                      "step of a downgrade)")):
+                                      "step of a downgrade)"),
+                        ("rehearse-upgrade", "apply the pending revisions to the rehearsal's restored copy, with "
+                                             "the lock report")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("-c", "--config", default=os.environ.get(names.ENV_ALEMBIC_CONFIG, "alembic.ini"))
         p.add_argument("--target", default=os.environ.get(names.ENV_TARGET, "head"))
@@ -51,20 +58,29 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--database-url", default=None, help="discouraged: visible in the process list")
         p.add_argument("--termination-log", default=None)
         p.add_argument("--json", action="store_true", help="accepted for symmetry; output is always JSON")
-        if name in ("migrate", "shadow-upgrade", "downgrade"):
+        if name in ("migrate", "shadow-upgrade", "downgrade", "rehearse-upgrade"):
             p.add_argument("--lock-timeout", default=None if name == "shadow-upgrade" else DEFAULT_LOCK_TIMEOUT)
             p.add_argument("--statement-timeout", default=None)
+        if name == "rehearse-upgrade":
+            p.add_argument("--scratch-database", default="")
+            p.add_argument("--scratch-url-env", default=None)
         if name == "migrate":
             p.add_argument("--retries", type=int, default=DEFAULT_RETRIES)
             p.add_argument("--lock-wait", type=float, default=600.0,
                            help="seconds to wait for another migrator's advisory lock")
-        if name == "shadow-upgrade":
+        if name in ("shadow-upgrade", "rehearse-upgrade"):
             p.add_argument("--workdir", default=None)
+        if name == "shadow-upgrade":
             p.add_argument("--allow-downgrade", action="store_true",
                            help="a target below the database: try alembic downgrade on the shadow (spec.allowDowngrade)")
         if name == "downgrade":
             p.add_argument("--expect-from", default=None,
                            help="the revision(s) the precheck planned from; another one refuses (nothing changed)")
+    w = sub.add_parser("with-rehearsal-url", help="run a command with the database URL of the rehearsal's copy")
+    w.add_argument("--database-url-env", default=DEFAULT_URL_ENV)
+    w.add_argument("--scratch-database", required=True)
+    w.add_argument("--scratch-url-env", default=None)
+    w.add_argument("argv", nargs=argparse.REMAINDER)
     return ap
 
 
@@ -74,6 +90,11 @@ def run_command(args: argparse.Namespace) -> StepResult:
         return migrate(args.config, args.target, args.database_url, args.database_url_env, args.lock_timeout,
                        args.statement_timeout, args.retries, lock_wait=args.lock_wait,
                        log=lambda s: print(s, file=sys.stderr))
+    if args.command == "rehearse-upgrade":
+        return rehearse_upgrade(args.config, args.target, args.database_url, args.database_url_env,
+                                args.scratch_database, scratch_url_env=args.scratch_url_env,
+                                lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
+                                workdir=args.workdir, say=lambda s: print(s, file=sys.stderr))
     if args.command == "plan":
         with StepBoundary("plan") as step:
             p = plan(args.config, args.target, args.database_url, args.database_url_env)
@@ -106,6 +127,9 @@ def run_command(args: argparse.Namespace) -> StepResult:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "with-rehearsal-url":  # replaces this process: the user's command's exit is the container's
+        command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        exec_with_scratch_url(command, args.database_url_env, args.scratch_database, args.scratch_url_env)
     with StepBoundary(args.command) as step:  # never end without a result
         step.set_result(run_command(args))
     result = step.result
