@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,15 @@ def _run(url: str) -> tuple[threading.Thread, dict[str, Any]]:
     return t, out
 
 
-def _wait_for_pid(url: str, sql: str, timeout: float = 30) -> int:
+def _wait_for_pid(url: str, sql: str, timeout: float = 30, running: threading.Thread | None = None,
+                  out: dict[str, Any] | None = None) -> int:
+    """The pid of the backend ``sql`` finds; fails at once (with the step's result) when ``running`` ended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if running is not None and not running.is_alive():
+            r = next(iter((out or {}).values()), None)
+            raise AssertionError(f"the run ended before a backend matched {sql}: "
+                                 f"{getattr(r, 'reason', None)}: {getattr(r, 'message', None)}")
         pid = scalar(url, sql)
         if pid:
             return int(pid)
@@ -149,3 +156,226 @@ def test_a_backend_terminated_during_backup_leaves_no_file_and_a_retry_succeeds(
     assert r2.outcome.value == "Succeeded", r2.message
     assert len(list((tmp_path / "b").glob("*.sha256"))) == 1
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the precheck and verify steps of ``schemagate run``: they only read the real database, so a transient fault while
+# they count is run again (with backoff) and the run converges without a manual retry. The counting the faults hit
+# runs on the real database: the slow project's revisions add no constraint on existing rows, so the precheck's
+# derived checks need no data-carrying shadow, and the user check below is counted on the real database by both
+# steps (a session named schemagate-precheck, resp. schemagate-verify, sleeping 2 s in pg_sleep).
+
+SLEEPER = {"name": "sleeper", "sql": "SELECT 0 * count(*) FROM pg_sleep(2)"}
+COUNTING = ("SELECT pid FROM pg_stat_activity WHERE application_name = '{app}' AND datname = current_database() "
+            "AND query LIKE '%pg_sleep(2)%' AND pid <> pg_backend_pid()")
+
+
+@pytest.fixture
+def shadow_parent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private parent directory for the precheck's throw-away servers (others' runs use /dev/shm too); under the
+    system temporary directory and open to traverse, as the server may run as another user (pytest's own
+    temporary directories are closed to other users)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="sgtest-shadows-"))
+    d.chmod(0o755)
+    monkeypatch.setenv("SCHEMAGATE_SHADOW_DIR", str(d))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def private_pg(tmp_path: Path) -> Iterator[Any]:
+    """A private server that a test may stop and start (the shared one must stay up); its URL is ``.db_url``."""
+    import psycopg
+
+    from schemagate.contract.dburl import libpq_url
+    from schemagate.local.postgres import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    admin = pg.start()
+    try:
+        with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE restarted")
+        pg.db_url = pg.url("restarted")  # type: ignore[attr-defined]
+        yield pg
+    finally:
+        pg.stop("immediate")
+
+
+def _run_pipeline(url: str) -> tuple[threading.Thread, dict[str, Any]]:
+    from schemagate.runner.pipeline import run
+
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.update(r=run(SLOW, "head", url, None, backup=False, lint=False,
+                                                         user_checks=[SLEEPER], retries=6)))
+    t.start()
+    return t, out
+
+
+def _postgres_processes_under(parent: Path) -> list[str]:
+    """Command lines of live processes that name a directory under ``parent`` (a throw-away server's postmaster
+    and its watchdog)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(parent) in cmd:
+            found.append(cmd)
+    return found
+
+
+def _nothing_left(url: str, shadow_parent: Path, databases_before: set[str]) -> None:
+    """No database was added to the real server (no ``<db>_sgshadow_*``, no scratch copy), no throw-away server
+    directory or process is left."""
+    from schemagate.contract.dburl import with_database
+
+    assert {d for (d,) in query(with_database(url, "postgres"), "SELECT datname FROM pg_database")} \
+        == databases_before
+    assert sorted(p.name for p in shadow_parent.iterdir()) == []
+    deadline = time.monotonic() + 60  # a stopped watchdog exits within its poll interval
+    while _postgres_processes_under(shadow_parent) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _postgres_processes_under(shadow_parent) == []
+
+
+def _databases(url: str) -> set[str]:
+    from schemagate.contract.dburl import with_database
+
+    return {d for (d,) in query(with_database(url, "postgres"), "SELECT datname FROM pg_database")}
+
+
+def _converged(r: Any, url: str, step: str) -> None:
+    assert r.outcome.value == "Succeeded", (r.reason, r.message)
+    retried = [x for x in r.data.get("transientRetries") or [] if x["step"] == step]
+    assert retried and retried[0]["reason"] == "DatabaseUnreachable", r.data.get("transientRetries")
+    assert [s["outcome"] for s in r.data["steps"]] == ["Succeeded"] * 3, r.data["steps"]
+    _applied_once(url)
+
+
+def test_a_backend_terminated_while_the_precheck_counts_is_run_again(fresh_db: str, shadow_parent: Path) -> None:
+    before = _databases(fresh_db)
+    t, out = _run_pipeline(fresh_db)
+    pid = _wait_for_pid(fresh_db, COUNTING.format(app="schemagate-precheck"), 300, t, out)
+    execute(fresh_db, f"SELECT pg_terminate_backend({pid})")
+    t.join(600)
+    _converged(out["r"], fresh_db, "precheck")
+    _nothing_left(fresh_db, shadow_parent, before)
+
+
+def test_a_server_restart_while_the_precheck_counts_converges(private_pg: Any, shadow_parent: Path) -> None:
+    """Stopped (fast: every backend gets 57P01) while the precheck counts, started again 2 s later."""
+    url = private_pg.db_url
+    before = _databases(url)
+    t, out = _run_pipeline(url)
+    _wait_for_pid(url, COUNTING.format(app="schemagate-precheck"), 300, t, out)
+    private_pg.stop("fast")
+    time.sleep(2)
+    private_pg.start()
+    t.join(600)
+    _converged(out["r"], url, "precheck")
+    _nothing_left(url, shadow_parent, before)
+
+
+def test_a_backend_terminated_while_verify_counts_is_run_again(fresh_db: str, shadow_parent: Path) -> None:
+    before = _databases(fresh_db)
+    t, out = _run_pipeline(fresh_db)
+    pid = _wait_for_pid(fresh_db, COUNTING.format(app="schemagate-verify"), 300, t, out)
+    execute(fresh_db, f"SELECT pg_terminate_backend({pid})")
+    t.join(600)
+    _converged(out["r"], fresh_db, "verify")
+    _nothing_left(fresh_db, shadow_parent, before)
+
+
+def test_a_server_restart_while_verify_counts_converges(private_pg: Any, shadow_parent: Path) -> None:
+    url = private_pg.db_url
+    before = _databases(url)
+    t, out = _run_pipeline(url)
+    _wait_for_pid(url, COUNTING.format(app="schemagate-verify"), 300, t, out)
+    private_pg.stop("fast")
+    time.sleep(2)
+    private_pg.start()
+    t.join(600)
+    _converged(out["r"], url, "verify")
+    _nothing_left(url, shadow_parent, before)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the precheck's throw-away shadow server (runner/shadowserver.py) lost while the pending revisions run in it: the
+# slow revision 0002 sleeps 3 s there first. Its directory (under the private SCHEMAGATE_SHADOW_DIR) holds the port
+# (data/postmaster.pid) and the superuser's password (.password), so the test connects to it like the precheck does.
+
+
+def _shadow_server(parent: Path, timeout: float, running: threading.Thread) -> tuple[str, int]:
+    """(superuser URL of the ``postgres`` database, postmaster pid) of the one throw-away server under ``parent``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and running.is_alive():
+        for d in parent.glob("schemagate-shadow-*"):
+            try:
+                lines = (d / "data" / "postmaster.pid").read_text().splitlines()
+                password = (d / ".password").read_text().strip()
+                if len(lines) > 7 and lines[7].strip() == "ready":
+                    return f"postgresql://superuser:{password}@127.0.0.1:{int(lines[3])}/postgres", int(lines[0])
+            except (OSError, ValueError, IndexError):
+                pass
+        time.sleep(0.1)
+    raise AssertionError(f"no running throw-away server appeared under {parent}")
+
+
+def _shadow_backend(shadow_url: str, running: threading.Thread, out: dict[str, Any]) -> int:
+    sql = "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3)%' AND pid <> pg_backend_pid()"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if not running.is_alive():
+            raise AssertionError(f"the run ended before revision 0002 ran in the shadow: {out['r'].message}")
+        for db in (scalar(shadow_url, "SELECT array_agg(datname) FROM pg_database WHERE NOT datistemplate") or []):
+            try:
+                from schemagate.contract.dburl import with_database
+
+                pid = scalar(with_database(shadow_url, db), sql)
+            except Exception:  # noqa: BLE001 - the shadow database may be dropped and made again meanwhile
+                pid = None
+            if pid:
+                return int(pid)
+        time.sleep(0.05)
+    raise AssertionError("revision 0002 never ran in the throw-away shadow")
+
+
+def _shadow_lost(r: Any, url: str) -> None:
+    assert r.outcome.value == "Succeeded", (r.reason, r.message)
+    first = (r.data.get("transientRetries") or [{}])[0]
+    assert first.get("step") == "precheck" and first.get("reason") == "DatabaseUnreachable", first
+    assert "throw-away shadow database was lost" in first["message"], first
+    _applied_once(url)
+
+
+def test_a_shadow_backend_terminated_during_the_precheck_is_run_again(fresh_db: str, shadow_parent: Path) -> None:
+    """pg_terminate_backend on the throw-away server while revision 0002 runs there: a transient precheck failure
+    that says the shadow was lost (not that the migration would fail); the run converges, nothing is left."""
+    before = _databases(fresh_db)
+    t, out = _run_pipeline(fresh_db)
+    shadow_url, _ = _shadow_server(shadow_parent, 300, t)
+    pid = _shadow_backend(shadow_url, t, out)
+    execute(shadow_url, f"SELECT pg_terminate_backend({pid})")
+    t.join(600)
+    _shadow_lost(out["r"], fresh_db)
+    _nothing_left(fresh_db, shadow_parent, before)
+
+
+def test_the_shadow_server_killed_during_the_precheck_is_run_again(fresh_db: str, shadow_parent: Path) -> None:
+    """SIGKILL to the throw-away server's postmaster (as the kernel's OOM killer would) while revision 0002 runs
+    there: transient, run again on a new server; the dead server's directory and processes are removed."""
+    import os
+    import signal
+
+    before = _databases(fresh_db)
+    t, out = _run_pipeline(fresh_db)
+    shadow_url, postmaster = _shadow_server(shadow_parent, 300, t)
+    _shadow_backend(shadow_url, t, out)
+    os.kill(postmaster, signal.SIGKILL)
+    t.join(600)
+    _shadow_lost(out["r"], fresh_db)
+    _nothing_left(fresh_db, shadow_parent, before)

@@ -384,6 +384,7 @@ class CountOptions:
     work_mem: str | None = "64MB"  # hash joins/aggregates for FK and UNIQUE
     max_parallel_workers_per_gather: int | None = None  # None: the server's setting
     jit: bool | None = False  # off: no gain on these scans, compile time on large tables; None: the server's
+    application_name: str = "schemagate-precheck"  # what pg_stat_activity shows (verify: schemagate-verify)
 
 
 def _set(cur: Any, name: str, value: str) -> None:
@@ -396,7 +397,7 @@ def configure_session(conn: Any, opts: CountOptions) -> None:
         _set(cur, "statement_timeout", opts.statement_timeout)
         _set(cur, "lock_timeout", opts.lock_timeout)
         _set(cur, "idle_in_transaction_session_timeout", "0")
-        _set(cur, "application_name", "schemagate-precheck")
+        _set(cur, "application_name", opts.application_name)
         if opts.work_mem:
             _set(cur, "work_mem", opts.work_mem)
         if opts.max_parallel_workers_per_gather is not None:

@@ -8,11 +8,19 @@ Public API: ``run(config_path, target="head", url=None, url_env="DATABASE_URL", 
 backup=True, max_violations=0, user_checks=(), lint=True, lock_timeout="5s", statement_timeout=None,
 retries=5, on_step=None, progress=None) -> StepResult`` (step ``run``; ``data.steps`` summarises each step,
 ``data.results`` is not serialised: the full step results are passed to ``on_step`` as they finish).
+
+Transient faults (a connection lost, the server restarting, a serialization failure: outcome ``TransientError``)
+never need a manual retry: migrate retries them itself (``runner.inject.migrate``), and the precheck and verify,
+which only read the real database, are run again up to ``retries`` times with the same capped exponential backoff
+(``data.transientRetries``: ``[{step, attempt, reason, message}]``). A backup is not retried (a partial dump is
+never left: ``runner.backup``).
 """
 
 from __future__ import annotations
 
 import os
+import random
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -20,10 +28,12 @@ from schemagate.contract import durations
 from schemagate.contract.checks import UserCheck
 from schemagate.contract.dburl import DEFAULT_URL_ENV
 from schemagate.contract.errors import InvalidInput, StepBoundary
-from schemagate.contract.stepresult import Plan, StepResult
+from schemagate.contract.redact import redact
+from schemagate.contract.stepresult import Outcome, Plan, StepResult
 from schemagate.runner import backup as backup_step
 from schemagate.runner import verify as verify_step
 from schemagate.runner.inject.config import DEFAULT_LOCK_TIMEOUT, Target
+from schemagate.runner.inject.lock import backoff_delays
 from schemagate.runner.inject.migrate import DEFAULT_RETRIES, migrate
 from schemagate.runner.inject.revisions import plan
 
@@ -51,6 +61,24 @@ class _Run:
         if self.on_step is not None:
             self.on_step(r)
         return r
+
+    def read_only_step(self, step: Callable[[], StepResult], retries: int, *, backoff: float = 1.0,
+                       max_backoff: float = 30.0, sleep: Callable[[float], None] = time.sleep) -> StepResult:
+        """Run a step that only reads the real database (precheck, verify); run it again after a
+        ``TransientError`` outcome, at most ``retries`` times, after ``backoff`` seconds doubling up to
+        ``max_backoff`` (with +-20 % jitter). Each transient attempt is one entry of ``data.transientRetries``;
+        the last attempt's result is recorded and returned."""
+        delays = backoff_delays(retries, backoff, max_backoff)
+        for attempt in range(1, len(delays) + 2):
+            res = step()
+            if res.outcome != Outcome.TRANSIENT_ERROR or attempt > len(delays):
+                return self.record(res)
+            delay = delays[attempt - 1] * (0.8 + 0.4 * random.random())  # noqa: S311 - jitter, not security
+            self.data.setdefault("transientRetries", []).append(
+                {"step": res.step, "attempt": attempt, "reason": res.reason, "message": redact(res.message)[:300]})
+            self.say(f"{res.step}: {res.reason} ({redact(res.message)[:200]}); retrying in {delay:.1f}s")
+            sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns on its last attempt
 
     def stop(self, r: StepResult, why: str) -> StepResult:
         """End the run with step ``r``'s outcome and reason, ``why`` before its message."""
@@ -131,16 +159,17 @@ def _precheck_migrate_verify(r: _Run, t: Target, p: Plan, checks: list[dict[str,
     from schemagate.runner import precheck as precheck_step  # imports the analysis layer: only when running
 
     r.say("precheck: deriving the checks in a shadow database and counting")
-    pr = r.record(precheck_step.precheck(*t.args(), max_violations=max_violations, user_checks=checks, lint=lint, derive=derive,
-                                         accept_unevaluated=accept_unevaluated, planned=p,
-                                         data_shadow_max_bytes=data_shadow_max_bytes
-                                         or precheck_step.DEFAULT_DATA_SHADOW_MAX_BYTES))
+    pr = r.read_only_step(lambda: precheck_step.precheck(
+        *t.args(), max_violations=max_violations, user_checks=checks, lint=lint, derive=derive,
+        accept_unevaluated=accept_unevaluated, planned=p,
+        data_shadow_max_bytes=data_shadow_max_bytes or precheck_step.DEFAULT_DATA_SHADOW_MAX_BYTES), retries)
     if not pr.ok:
         r.data["checks"] = [c for c in pr.data.get("checks") or []
                             if c.get("count") or (c.get("evaluatedBy") == "not-evaluated" and not c.get("accepted"))]
         r.data["total"] = pr.data.get("total")
         r.data["maxViolations"] = max_violations
-        r.stop(pr, "blocked by the precheck, nothing was applied")
+        r.stop(pr, "the precheck did not finish, nothing was applied" if pr.outcome == Outcome.TRANSIENT_ERROR
+               else "blocked by the precheck, nothing was applied")
         return
     if rehearse_from:
         from schemagate.runner import rehearse as rehearse_step
@@ -161,8 +190,8 @@ def _precheck_migrate_verify(r: _Run, t: Target, p: Plan, checks: list[dict[str,
         return
     r.say("verify: revision, constraints, indexes, counts")
     # verify reads the version rows with SQL from the version table env.py configured (known from the plan)
-    vr = r.record(verify_step.verify(None, p["target"], t.url, t.url_env, plan={**pr.data, **_expected(p)},
-                                     user_checks=checks))
+    vr = r.read_only_step(lambda: verify_step.verify(None, p["target"], t.url, t.url_env,
+                                                     plan={**pr.data, **_expected(p)}, user_checks=checks), retries)
     if not vr.ok:
         r.data["failures"] = vr.data.get("failures", [])
         r.stop(vr, "applied, but verification failed")

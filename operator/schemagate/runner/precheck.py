@@ -500,6 +500,10 @@ def precheck(
                                  statement_timeout=None, render_sql_text=lint, on_revision=on_revision)
             except Exception as e:  # translated and re-raised with what it means for the migration
                 failure = translate(e, MigrationFailed)
+                if failure.outcome == Outcome.TRANSIENT_ERROR:  # the shadow server was lost, not the revision
+                    raise type(failure)(f"the throw-away shadow database was lost while the pending revisions ran "
+                                        f"in it (nothing was applied to the database; run again): "
+                                        f"{failure.message}", outcome=failure.outcome, field=failure.field) from e
                 raise type(failure)(f"applying the pending revisions to the shadow database failed, so the "
                                     f"migration would fail too: {failure.message}", outcome=failure.outcome,
                                     field=failure.field) from e

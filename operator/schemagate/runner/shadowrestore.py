@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from schemagate.contract.dburl import database_name, with_database
-from schemagate.contract.errors import AuthenticationFailed, DatabaseUnreachable, SchemagateError, error_text
+from schemagate.contract.errors import (
+    AuthenticationFailed,
+    DatabaseUnreachable,
+    SchemagateError,
+    error_text,
+    translate,
+)
 from schemagate.contract.redact import redact
 from schemagate.libpq import client_env, connect, pg_bin
 
@@ -254,7 +260,7 @@ def _dump_restore(real_url: str, shadow_url: str, dump_dir: Path, shadow_version
     p = _run([pg_bin("pg_dump"), "--schema-only", "--format=custom", "--no-password", *common,
               f"--file={dump}", f"--dbname={real_dsn}"], real_env, timeout)
     if p.returncode != 0:
-        raise _dump_error(p.stderr)(f"pg_dump --schema-only of the real database failed: {_tail(p.stderr)}")
+        raise _dump_error(p.stderr, f"pg_dump --schema-only of the real database failed: {_tail(p.stderr)}")
     base = None if shadow_inherit else {k: v for k, v in os.environ.items() if k not in LIBPQ_ENV_VARS}
     target = client_env(shadow_url, base=base)  # our own server: none of the real database's settings
     shadow_dsn, shadow_env = target.conninfo, target.env
@@ -273,13 +279,17 @@ def _dump_restore(real_url: str, shadow_url: str, dump_dir: Path, shadow_version
         raise ShadowServerError(f"restoring the schema into the shadow failed: {_tail(p.stderr)}")
 
 
-def _dump_error(stderr: str) -> type[SchemagateError]:
-    """The error class for a failed ``pg_dump`` of the real database (who must act)."""
+def _dump_error(stderr: str, message: str) -> SchemagateError:
+    """The error for a failed ``pg_dump`` of the real database, classified as ``translate`` classifies a driver's
+    error (who must act): authentication -> ``AuthenticationFailed``; refused, unreachable, starting up, shutting
+    down, the backend terminated (57P01 "terminating connection due to administrator command") ->
+    ``DatabaseUnreachable`` (transient: the precheck is run again); anything else -> ``ShadowUnavailable``."""
     from schemagate.runner.shadowserver import ShadowServerError
 
     low = stderr.lower()
     if "password" in low or "authentication" in low:
-        return AuthenticationFailed
-    if "could not connect" in low or "connection refused" in low or "timeout" in low:
-        return DatabaseUnreachable
-    return ShadowServerError
+        return AuthenticationFailed(message, field="database URL")
+    kind = translate(RuntimeError(stderr), ShadowServerError)
+    if isinstance(kind, DatabaseUnreachable) or "terminating connection" in low or "timeout" in low:
+        return DatabaseUnreachable(message, outcome=kind.outcome if isinstance(kind, DatabaseUnreachable) else None)
+    return ShadowServerError(message)

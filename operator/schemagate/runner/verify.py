@@ -466,7 +466,8 @@ def check_counts(report: VerifyReport, url: str, users: Sequence[Any], statement
     checks = report.recount + list(users)
     if checks:
         with _connect(url) as conn:
-            counting.run_counts(conn, checks, counting.CountOptions(statement_timeout=statement_timeout))
+            counting.run_counts(conn, checks, counting.CountOptions(statement_timeout=statement_timeout,
+                                                                   application_name="schemagate-verify"))
     for c in checks:
         report.checks.append({"name": c.name, "table": c.table, "kind": c.kind, "definition": c.definition,
                               "count": c.count, **({"note": f"error: {c.error}"} if c.error else {})})
