@@ -29,7 +29,7 @@ RECONCILE = Histogram("schemagate_reconcile_seconds", "Duration of one reconcili
                       buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 RECONCILE_ERRORS = Counter("schemagate_reconcile_errors_total", "Reconciliations that raised", ["error"])
 
-PHASES = ("Pending", "BackingUp", "Prechecking", "Migrating", "Verifying", "Succeeded", "Blocked", "Failed",
+PHASES = ("Pending", "BackingUp", "Prechecking", "Rehearsing", "Migrating", "Verifying", "Succeeded", "Blocked", "Failed",
           "Suspended")
 
 _started = False

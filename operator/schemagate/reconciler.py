@@ -181,7 +181,8 @@ class Reconciler:
         assert action.create is not None
         req = action.create
         manifest = J.build_job(snap.migration, req.step, req.name, req.counter, self.settings.job_settings,
-                               action.status.get("plan"), run_generation=int(action.status["run"]["generation"]))
+                               action.status.get("plan"), run_generation=int(action.status["run"]["generation"]),
+                               backup=action.status.get("backup"))
         outcome = await self.call(self.kube.create_job, manifest)
         if outcome == "created":
             metrics.JOBS_CREATED.labels(req.step).inc()

@@ -76,6 +76,7 @@ class Step(str, enum.Enum):
 
     BACKUP = "backup"
     PRECHECK = "precheck"
+    REHEARSE = "rehearse"  # only with spec.rehearsal.enabled
     MIGRATE = "migrate"
     VERIFY = "verify"
 
@@ -86,6 +87,7 @@ class Phase(str, enum.Enum):
     PENDING = "Pending"
     BACKING_UP = "BackingUp"
     PRECHECKING = "Prechecking"
+    REHEARSING = "Rehearsing"
     MIGRATING = "Migrating"
     VERIFYING = "Verifying"
     SUCCEEDED = "Succeeded"
@@ -98,6 +100,7 @@ STEPS: tuple[Step, ...] = tuple(Step)
 PHASE_OF_STEP: dict[Step, Phase] = {
     Step.BACKUP: Phase.BACKING_UP,
     Step.PRECHECK: Phase.PRECHECKING,
+    Step.REHEARSE: Phase.REHEARSING,
     Step.MIGRATE: Phase.MIGRATING,
     Step.VERIFY: Phase.VERIFYING,
 }

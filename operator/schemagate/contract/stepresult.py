@@ -266,7 +266,7 @@ def _parse_time(s: Any) -> _dt.datetime | None:
 
 
 # Lists inside ``data`` that may be shortened, in the order they are given up.
-_SHRINKABLE = ("kept", "removed", "applied", "pending", "notValid", "indexes", "constraints", "failures", "checks")
+_SHRINKABLE = ("statements", "kept", "removed", "applied", "pending", "notValid", "indexes", "constraints", "failures", "checks")
 
 
 def _trim_checks(data: dict[str, Any], omitted: dict[str, int]) -> None:
@@ -289,6 +289,28 @@ def _trim_checks(data: dict[str, Any], omitted: dict[str, int]) -> None:
             if isinstance(c.get("definition"), str) and len(c["definition"]) > 120:
                 c["definition"] = c["definition"][:117] + "..."
     data["checks"].sort(key=lambda c: -(c.get("count") or 0) if isinstance(c, dict) else 0)
+
+
+def _trim_rehearsal(data: dict[str, Any], omitted: dict[str, int], dump: Any) -> str:
+    """The rehearse step's summary: the verify result's details and the backup's verification go first, then the
+    lock report's statements that took no lock and changed no rows (the ``revisions`` keep each one's strongest
+    lock and rows changed), then the statements from the last."""
+    verify = data.get("verify")
+    if isinstance(verify, dict) and "data" in verify:
+        failures = (verify.get("data") or {}).get("failures")
+        verify.pop("data")
+        if failures:
+            verify["failures"] = list(failures)[:5]
+        omitted["verifyDetails"] = 1
+    if data.pop("verification", None) is not None:
+        omitted["verification"] = 1
+    statements = data.get("statements")
+    if isinstance(statements, list):
+        kept = [s for s in statements if not isinstance(s, dict) or s.get("lock") or s.get("rows") or s.get("failed")]
+        if len(kept) < len(statements):
+            omitted["statements"] = len(statements) - len(kept)
+            data["statements"] = kept
+    return str(dump())
 
 
 def to_termination_message(result: StepResult | dict[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
@@ -326,6 +348,8 @@ def to_termination_message(result: StepResult | dict[str, Any], limit: int = TER
         omitted["lintFindings"] = len(lint["findings"])
         lint["findings"] = []
         text = dump()
+    if len(text.encode()) > limit:
+        text = _trim_rehearsal(data, omitted, dump)
     for key in _SHRINKABLE:
         while len(text.encode()) > limit and isinstance(data.get(key), list) and data[key]:
             data[key].pop()

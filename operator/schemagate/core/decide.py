@@ -342,6 +342,8 @@ def _next_step(m: Migration, step: str, st: MigrationStatus) -> str | None:
     i = steps.index(step) + 1 if step in steps else len(steps)
     nxt = steps[i] if i < len(steps) else None
     plan = st.get("plan")
+    if nxt == "rehearse" and plan is not None and (plan.get("downgrade") or not (plan.get("pending") or [])):
+        return _next_step(m, "rehearse", st)  # nothing to rehearse (the rehearsal is of upgrades)
     if nxt == "migrate" and plan is not None and not (plan.get("pending") or []) and not plan.get("downgrade") \
             and plan.get("targetRevision") and st.get("currentRevision") == plan["targetRevision"]:
         return "verify"  # nothing pending: skip the migrate Job
@@ -380,6 +382,8 @@ def _record_success(rs: RunState, step: str, res: StepResultDict, message: str) 
     elif step == "precheck":
         v = st.get("violations") or {}
         rs.note("PrecheckPassed", message or f"{v.get('total', 0)} violating rows")
+    elif step == "rehearse":
+        rs.note("Rehearsed", message or "the pending revisions ran on a restored copy")
     elif step == "migrate" and data.get("direction") == "downgrade":
         st["currentRevision"] = data.get("toRevision") or "base"
         rs.note("Downgraded", message or f"database at {st.get('currentRevision')}")
@@ -422,6 +426,8 @@ def _on_failure(rs: RunState, step: str, outcome: str, reason: str, message: str
     st["finishedAt"] = S.rfc3339(rs.obs.now)
     if outcome == _CHECKS_FAILED and step == "precheck":
         rs.set(S.BLOCKED, reason if reason not in ("ChecksFailed", "") else "ViolationsFound", message)
+    elif outcome == _CHECKS_FAILED and step == "rehearse":  # the real database was not touched
+        rs.set(S.BLOCKED, reason if reason not in ("ChecksFailed", "") else "RehearsalFailed", message)
     elif outcome == _CHECKS_FAILED and step == "verify":
         rs.set(S.FAILED, reason if reason not in ("ChecksFailed", "") else "VerificationFailed", message)
     else:
@@ -445,8 +451,38 @@ def _leftover_events(rs: RunState, data: dict[str, Any]) -> None:
                                           f"{x.get('revision')}; the next migrate attempt drops it first")
 
 
+REHEARSAL_STATUS_KEYS = ("scratchDatabase", "failedRevision", "failedStatement", "revisions", "statements",
+                         "restoreSeconds", "durationSeconds", "databaseBytes", "maxSizeBytes", "scratchDropped")
+
+
+def rehearsal_result(job: JobObs, res: StepResultDict) -> StepResultDict:
+    """The rehearse step's result as the status records it. A Job that ended without a StepResult of ours (a
+    non-zero exit of ``spec.rehearsal.job``, the user's smoke test, whose output is its own) is a failed
+    rehearsal: ChecksFailed, ``RehearsalFailed``, naming the container's output."""
+    if job.result is not None or job.state == SUCCEEDED or job.exit_code is None:
+        return res
+    return {**res, "outcome": _CHECKS_FAILED, "reason": "RehearsalFailed",
+            "message": _short(f"a container of the rehearse Job (spec.rehearsal.job, the smoke test on the "
+                              f"rehearsed copy) exited with code {job.exit_code}: {job.message}; the real database "
+                              f"was not touched")}
+
+
+def _rehearsal_status(st: MigrationStatus, res: StepResultDict) -> None:
+    """``status.rehearsal`` from the rehearse step's result (manifests/crd.yaml)."""
+    data = res.get("data") or {}
+    rec: dict[str, Any] = {"outcome": res.get("outcome"), "reason": res.get("reason"),
+                           "message": _short(str(res.get("message") or ""))}
+    rec.update({k: data[k] for k in REHEARSAL_STATUS_KEYS if data.get(k) is not None})
+    if isinstance(data.get("verify"), dict):
+        rec["verify"] = {k: v for k, v in data["verify"].items() if k != "data"}
+    st["rehearsal"] = rec
+
+
 def _apply_result(rs: RunState, step: str, job: JobObs) -> None:
     res = synthesize_result(job)
+    if step == "rehearse":
+        res = rehearsal_result(job, res)
+        _rehearsal_status(rs.st, res)
     rs.consumed.append((step, res))
     outcome, reason, message = _verdict(rs, step, res)
     if step == "migrate":

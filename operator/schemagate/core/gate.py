@@ -32,7 +32,7 @@ GATE_NAME = "schemagate.dev/migration"
 MIGRATION_ANNOTATION = "schemagate.dev/migration"
 REVISION_ANNOTATION = "schemagate.dev/revision"
 
-HOLDING_PHASES = frozenset({"Pending", "BackingUp", "Prechecking", "Migrating", "Verifying", "Suspended"})
+HOLDING_PHASES = frozenset({"Pending", "BackingUp", "Prechecking", "Rehearsing", "Migrating", "Verifying", "Suspended"})
 TERMINAL_FAILURE_PHASES = frozenset({"Blocked", "Failed"})
 
 

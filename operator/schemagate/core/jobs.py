@@ -235,6 +235,102 @@ def _precheck_containers(m: Migration, s: JobSettings, base: list[str], tmp: dic
     return inits, [main], vols
 
 
+REHEARSAL_URL_ENV = names.ENV_REHEARSAL_DATABASE_URL
+SCRATCH_SUFFIX = "_sg_rehearsal_"
+
+
+def scratch_database(m: Migration) -> str:
+    """The rehearsal's scratch database of this resource: ``<name>_sg_rehearsal_<hash>`` (the name folded to
+    ``[a-z0-9_]`` and cut to 40 characters, an 8-hex hash of namespace/name), at most 63 bytes (PostgreSQL's
+    NAMEDATALEN - 1). The same for every run of the resource, so a rehearse Job drops what a killed one left."""
+    base = re.sub(r"[^a-z0-9_]", "_", m.name.lower())[:40]
+    digest = hashlib.sha256(f"{m.namespace}/{m.name}".encode()).hexdigest()[:8]
+    return f"{base}{SCRATCH_SUFFIX}{digest}"
+
+
+def _rehearsal_backup(m: Migration, backup: Mapping[str, Any] | None) -> tuple[list[str], list[dict[str, Any]],
+                                                                             list[dict[str, Any]]]:
+    """(prepare's backup arguments, its mounts, the volumes): the run's backup (``status.backup.path``) on the
+    backup volume, read-only; without one (``spec.backup`` off, or an ``emptyDir`` gone with the backup pod) a
+    fresh backup into the pod's work directory."""
+    path = (backup or {}).get("path")
+    if m.backup.enabled and path and "emptyDir" not in m.backup.volume:
+        mount: dict[str, Any] = {"name": "backups", "mountPath": BACKUP_DIR, "readOnly": True}
+        if m.backup.sub_path:
+            mount["subPath"] = m.backup.sub_path
+        return ["--backup", str(path)], [mount], [{"name": "backups", **m.backup.volume}]
+    return ["--backup-dir", WORK_DIR + "/backup"], [], []
+
+
+def _rehearsal_job(m: Migration, s: JobSettings, scratch: str, explicit: list[dict[str, Any]],
+                   scratch_args: list[str]) -> dict[str, Any]:
+    """``spec.rehearsal.job`` as a container: the user's command behind the injected runner's ``with-rehearsal-url``
+    (the URL variable and PGDATABASE point at the copy; the real URL is removed before the command runs)."""
+    job = m.rehearsal.job or {}
+    cmd = ["python", "-m", "schemagate.runner.inject", "with-rehearsal-url", "--database-url-env",
+           m.migrations.database_url_env, "--scratch-database", scratch, *scratch_args, "--",
+           *[str(a) for a in job.get("command") or ()], *[str(a) for a in job.get("args") or ()]]
+    c = _container(m, s, "job", cmd, app=True, mounts=[_runner_mount(), _tmp_mount()],
+                   working_dir=str(job.get("workingDir") or m.migrations.directory),
+                   extra_env=[*explicit, *[dict(e) for e in job.get("env") or ()]])
+    if job.get("image"):
+        c["image"] = str(job["image"])
+    return c
+
+
+def _rehearse_containers(m: Migration, s: JobSettings, base: list[str], tmp: dict[str, Any],
+                         plan: Mapping[str, Any] | None, backup: Mapping[str, Any] | None
+                         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rehearse step's pod (``spec.rehearsal``; ``runner/rehearse.py``):
+
+    - ``scratch-guard`` (a native sidecar, operator image): drops the scratch database when the pod stops, for
+      whatever reason (a failed container, the deadline, the Job or pod deleted);
+    - ``prepare`` (operator image): verifies the run's backup (or takes one), refuses above ``maxSize``, drops a
+      leftover copy, restores the backup into the scratch database;
+    - ``rehearse-upgrade`` (the application's image): the pending revisions on the copy with the lock report; a
+      failed revision exits 3 with ``RehearsalFailed`` (the pod stops there, the guard drops the copy);
+    - ``job`` (``spec.rehearsal.job``, optional): the user's smoke test against the copy;
+    - ``finish`` (operator image): the verify step's checks on the copy, the copy dropped, the step's result.
+    """
+    scratch = scratch_database(m)
+    work = {"name": "work", "mountPath": WORK_DIR}
+    explicit: list[dict[str, Any]] = []
+    scratch_args: list[str] = []
+    if m.rehearsal.database_url_from is not None:
+        ref = m.rehearsal.database_url_from
+        explicit = [{"name": REHEARSAL_URL_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+        scratch_args = ["--scratch-url-env", REHEARSAL_URL_ENV]
+    common = [*base, "--scratch-database", scratch, *scratch_args]
+    backup_args, backup_mounts, backup_vols = _rehearsal_backup(m, backup)
+    prepare = ["schemagate", "rehearse", "--phase", "prepare", *common, "--workdir", WORK_DIR, *backup_args]
+    if m.rehearsal.max_size:
+        prepare += ["--max-size", m.rehearsal.max_size]
+    guard = _container(m, s, "scratch-guard", ["schemagate", "rehearse", "--phase", "guard", *common],
+                       mounts=[_tmp_mount()], extra_env=explicit)
+    guard["restartPolicy"] = "Always"  # a native sidecar: stopped (SIGTERM) when the pod ends, however it ends
+    upgrade = ["python", "-m", "schemagate.runner.inject", "rehearse-upgrade", "-c", _alembic_config(m),
+               "--target", _target(m, plan), "--database-url-env", m.migrations.database_url_env,
+               "--scratch-database", scratch, *scratch_args, "--lock-timeout", m.lock_timeout,
+               "--statement-timeout", m.statement_timeout, "--workdir", WORK_DIR, "--termination-log",
+               TERMINATION_LOG]
+    inits = [
+        _install_runner(m, s), guard,
+        _container(m, s, "prepare", prepare, mounts=[work, *backup_mounts, _tmp_mount()], extra_env=explicit),
+        _container(m, s, "rehearse-upgrade", upgrade, app=True, mounts=[work, _runner_mount(), _tmp_mount()],
+                   working_dir=m.migrations.directory, extra_env=explicit),
+    ]
+    if m.rehearsal.job:
+        inits.append(_rehearsal_job(m, s, scratch, explicit, scratch_args))
+    plan_doc = dict(plan or {})
+    plan_doc.setdefault("targetRevision", m.migrations.target_revision)
+    env = [*explicit, {"name": PLAN_ENV, "value": json.dumps(plan_doc, separators=(",", ":"), sort_keys=True)}]
+    finish = ["schemagate", "rehearse", "--phase", "finish", *common, "--workdir", WORK_DIR,
+              "--target", _target(m, plan), "--plan-env", PLAN_ENV, *_check_args(m.verify_checks)]
+    main = _container(m, s, "finish", finish, extra_env=env, mounts=[work, _tmp_mount()])
+    vols = [{"name": "work", "emptyDir": {}}, {"name": "schemagate-runner", "emptyDir": {}}, tmp, *backup_vols]
+    return inits, [main], vols
+
+
 def _downgrade_containers(m: Migration, s: JobSettings, url_env: str, plan: Mapping[str, Any], tmp: dict[str, Any]
                           ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """The migrate step of a downgrade the precheck planned (``plan.downgrade``, ``spec.allowDowngrade``): the
@@ -252,9 +348,10 @@ def _downgrade_containers(m: Migration, s: JobSettings, url_env: str, plan: Mapp
     return [_install_runner(m, s)], [main], [{"name": "schemagate-runner", "emptyDir": {}}, tmp]
 
 
-def build_containers(m: Migration, step: str, s: JobSettings, plan: Mapping[str, Any] | None = None
+def build_containers(m: Migration, step: str, s: JobSettings, plan: Mapping[str, Any] | None = None,
+                     backup: Mapping[str, Any] | None = None
                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(initContainers, containers, volumes) of a step."""
+    """(initContainers, containers, volumes) of a step (``backup``: ``status.backup``, for the rehearsal)."""
     url_env = m.migrations.database_url_env
     base = ["--json", "--database-url-env", url_env, "--termination-log", TERMINATION_LOG]
     tmp = {"name": "tmp", "emptyDir": {}}
@@ -272,6 +369,8 @@ def build_containers(m: Migration, step: str, s: JobSettings, plan: Mapping[str,
         return [], [_container(m, s, "backup", cmd, mounts=[mount, _tmp_mount()])], [vol, tmp]
     if step == "precheck":
         return _precheck_containers(m, s, base, tmp)
+    if step == "rehearse":
+        return _rehearse_containers(m, s, base, tmp, plan, backup)
     if step == "migrate" and (plan or {}).get("downgrade"):
         return _downgrade_containers(m, s, url_env, plan or {}, tmp)
     if step == "migrate":
@@ -295,9 +394,11 @@ def build_containers(m: Migration, step: str, s: JobSettings, plan: Mapping[str,
 
 
 def build_job(m: Migration, step: str, name: str, counter: int, s: JobSettings,
-              plan: Mapping[str, Any] | None = None, run_generation: int | None = None) -> dict[str, Any]:
-    """The complete batch/v1 Job of one step attempt (``run_generation``: the generation the run started at)."""
-    inits, containers, volumes = build_containers(m, step, s, plan)
+              plan: Mapping[str, Any] | None = None, run_generation: int | None = None,
+              backup: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The complete batch/v1 Job of one step attempt (``run_generation``: the generation the run started at;
+    ``backup``: ``status.backup``, which the rehearse step restores)."""
+    inits, containers, volumes = build_containers(m, step, s, plan, backup)
     labels = {
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_NAME: "schemagate",

@@ -105,6 +105,25 @@ class ShadowDatabaseSpec(TypedDict, total=False):
     sizeLimit: str
 
 
+class RehearsalJobSpec(TypedDict, total=False):
+    """``spec.rehearsal.job``: the user's smoke test against the rehearsed copy."""
+
+    image: str
+    command: list[str]
+    args: list[str]
+    env: list[dict[str, Any]]
+    workingDir: str
+
+
+class RehearsalSpec(TypedDict, total=False):
+    """``spec.rehearsal``."""
+
+    enabled: bool
+    databaseUrlFrom: SecretSource
+    maxSize: str
+    job: RehearsalJobSpec
+
+
 class VerifySpec(TypedDict, total=False):
     """``spec.verify``."""
 
@@ -132,6 +151,7 @@ class MigrationSpec(TypedDict, total=False):
     migrations: MigrationsSpec
     backup: BackupSpec
     precheck: PrecheckSpec
+    rehearsal: RehearsalSpec
     verify: VerifySpec
     lockTimeout: str
     statementTimeout: str
@@ -262,6 +282,26 @@ class Precheck:
 
 
 @dataclass(frozen=True)
+class Rehearsal:
+    """``spec.rehearsal`` (off by default): ``database_url_from`` another server for the scratch database (None:
+    the database's own server); ``max_size`` a Kubernetes quantity or None; ``job`` the user's smoke test
+    (``RehearsalJobSpec`` as given) or None."""
+
+    enabled: bool = False
+    database_url_from: SecretRef | None = None
+    max_size: str | None = None
+    job: dict[str, Any] | None = None
+
+    @classmethod
+    def parse(cls, d: RehearsalSpec | None) -> Rehearsal:
+        d = d or {}
+        job = d.get("job")
+        return cls(enabled=bool(d.get("enabled", False)), database_url_from=SecretRef.parse(d.get("databaseUrlFrom")),
+                   max_size=str(d["maxSize"]) if d.get("maxSize") else None,
+                   job=dict(job) if job else None)
+
+
+@dataclass(frozen=True)
 class JobTemplate:
     service_account_name: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
@@ -286,6 +326,7 @@ class Migration:
     migrations: Migrations
     backup: Backup = Backup()
     precheck: Precheck = Precheck()
+    rehearsal: Rehearsal = Rehearsal()
     verify_checks: tuple[Check, ...] = ()
     lock_timeout: str = "5s"
     statement_timeout: str = "0s"
@@ -336,6 +377,7 @@ class Migration:
                 shadow_url_from=SecretRef.parse(pc.get("shadowDatabase", {}).get("urlFrom")),
                 shadow_memory=str(pc.get("shadowDatabase", {}).get("sizeLimit") or "1Gi"),
             ),
+            rehearsal=Rehearsal.parse(spec.get("rehearsal")),
             verify_checks=_checks((spec.get("verify") or {}).get("checks"), "spec.verify.checks"),
             lock_timeout=str(spec.get("lockTimeout") or "5s"),
             statement_timeout=str(spec.get("statementTimeout") or "0s"),
@@ -362,7 +404,8 @@ class Migration:
         return f"{self.namespace}/{self.name}"
 
     def steps(self) -> tuple[str, ...]:
-        return tuple(s for s in STEPS if s != "backup" or self.backup.enabled)
+        return tuple(s for s in STEPS if (s != "backup" or self.backup.enabled)
+                     and (s != "rehearse" or self.rehearsal.enabled))
 
 
 def spec_hash(spec: dict[str, Any]) -> str:

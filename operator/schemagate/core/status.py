@@ -8,9 +8,9 @@ from typing import Any, Final, Literal, TypedDict, cast
 
 from schemagate.contract import names
 
-Phase = Literal["Pending", "BackingUp", "Prechecking", "Migrating", "Verifying", "Succeeded", "Blocked", "Failed",
+Phase = Literal["Pending", "BackingUp", "Prechecking", "Rehearsing", "Migrating", "Verifying", "Succeeded", "Blocked", "Failed",
                 "Suspended"]
-Step = Literal["backup", "precheck", "migrate", "verify"]
+Step = Literal["backup", "precheck", "rehearse", "migrate", "verify"]
 ConditionType = Literal["Ready", "Reconciling", "Stalled"]
 ConditionStatus = Literal["True", "False"]
 
@@ -19,6 +19,7 @@ ConditionStatus = Literal["True", "False"]
 PENDING: Final = names.Phase.PENDING.value
 BACKING_UP: Final = names.Phase.BACKING_UP.value
 PRECHECKING: Final = names.Phase.PRECHECKING.value
+REHEARSING: Final = names.Phase.REHEARSING.value
 MIGRATING: Final = names.Phase.MIGRATING.value
 VERIFYING: Final = names.Phase.VERIFYING.value
 SUCCEEDED: Final = names.Phase.SUCCEEDED.value
@@ -138,14 +139,16 @@ class MigrationStatus(TypedDict, total=False):
     finishedAt: str
     run: RunRecord
     plan: Plan
+    rehearsal: dict[str, Any]  # the rehearse step's result (spec.rehearsal; manifests/crd.yaml status.rehearsal)
     kopf: dict[str, Any]
 
-PHASES = (PENDING, BACKING_UP, PRECHECKING, MIGRATING, VERIFYING, SUCCEEDED, BLOCKED, FAILED, SUSPENDED)
-RUNNING_PHASES = (BACKING_UP, PRECHECKING, MIGRATING, VERIFYING)
+PHASES = (PENDING, BACKING_UP, PRECHECKING, REHEARSING, MIGRATING, VERIFYING, SUCCEEDED, BLOCKED, FAILED, SUSPENDED)
+RUNNING_PHASES = (BACKING_UP, PRECHECKING, REHEARSING, MIGRATING, VERIFYING)
 TERMINAL_PHASES = (SUCCEEDED, BLOCKED, FAILED)
 STALLED_PHASES = (BLOCKED, FAILED)
 
-PHASE_OF_STEP: dict[str, str] = {"backup": BACKING_UP, "precheck": PRECHECKING, "migrate": MIGRATING, "verify": VERIFYING}
+PHASE_OF_STEP: dict[str, str] = {"backup": BACKING_UP, "precheck": PRECHECKING, "rehearse": REHEARSING,
+                                  "migrate": MIGRATING, "verify": VERIFYING}
 
 # Condition reasons the operator itself produces (step results bring their own, see docs/architecture.md).
 SECRET_NOT_FOUND = "SecretNotFound"
