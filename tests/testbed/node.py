@@ -585,6 +585,9 @@ class PodRunner(threading.Thread):
     def _start(self, slot: _Slot) -> None:
         """Start one container instance; raises ConfigError (retried) or records a StartError."""
         image = podspec.find_image_mapping(slot.c.get("image", ""), self.node.images)
+        if image is not None and image.absent:
+            raise podspec.ImageNotPresent(f'Container image "{slot.c.get("image", "")}" is not present with pull '
+                                          "policy of Never")
         service_env = {
             "KUBERNETES_SERVICE_HOST": HOST_IP,
             "KUBERNETES_SERVICE_PORT": str(self.node.apiserver_port),
@@ -767,7 +770,7 @@ class PodRunner(threading.Thread):
                 self._start(slot)
                 return None
             except ConfigError as e:
-                new = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
+                new = {"waiting": {"reason": e.reason, "message": str(e)}}
                 if slot.state != new:
                     slot.state = new
                     self._write_status()
@@ -1109,9 +1112,11 @@ class NodeStandIn:
         workdir: str | None = None,
         entrypoint: list[str] | None = None,
         cmd: list[str] | None = None,
+        absent: bool = False,
     ) -> ImageMapping:
         """Map images matching ``pattern`` (a glob on the image reference, e.g. ``"*/shop-app:*"``) onto local
-        paths and env. Later mappings win. Returns the mapping (pass it to :meth:`unmap_image`)."""
+        paths and env. Later mappings win. Returns the mapping (pass it to :meth:`unmap_image`). ``absent``:
+        the image is not on the node (containers wait with ``ErrImageNeverPull``)."""
         m = ImageMapping(
             pattern,
             {k: str(v) for k, v in (paths or {}).items()},
@@ -1120,6 +1125,7 @@ class NodeStandIn:
             workdir,
             entrypoint,
             cmd,
+            absent,
         )
         PathMapper(m.paths)  # validate early
         with self.lock:

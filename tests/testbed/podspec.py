@@ -36,6 +36,15 @@ class ConfigError(Exception):
     """A container cannot start because its configuration refers to something missing
     (the kubelet reports ``CreateContainerConfigError`` and retries)."""
 
+    reason = "CreateContainerConfigError"
+
+
+class ImageNotPresent(ConfigError):
+    """The image is not on the node and its ``imagePullPolicy`` is ``Never`` (the kubelet's waiting reason
+    ``ErrImageNeverPull`` with its message; it keeps the container waiting and looks again)."""
+
+    reason = "ErrImageNeverPull"
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # $(VAR) expansion
@@ -141,6 +150,9 @@ class ImageMapping:
     - ``workdir``: the image's ``WORKDIR`` (a container path, rewritten) used when the container has none.
     - ``entrypoint`` / ``cmd``: the image's ``ENTRYPOINT``/``CMD`` used when the container has no
       ``command``/``args`` (Kubernetes rules: ``command`` replaces both, ``args`` replaces ``cmd``).
+    - ``absent``: the image is not on the node: a container of it never starts and waits with the kubelet's
+      reason ``ErrImageNeverPull`` (the stand-in pulls nothing, so every image is as with ``imagePullPolicy:
+      Never``; this is that case for an image that was never built).
     """
 
     pattern: str
@@ -150,6 +162,7 @@ class ImageMapping:
     workdir: str | None = None
     entrypoint: list[str] | None = None
     cmd: list[str] | None = None
+    absent: bool = False
 
     def matches(self, image: str) -> bool:
         return fnmatch.fnmatchcase(image, self.pattern) or fnmatch.fnmatchcase(_short_image(image), self.pattern)
