@@ -209,6 +209,18 @@ class Kube:
             events = request(self.core.list_namespaced_event, ns, field_selector=selector).get("items") or []
         return stuck_reason(pods, events)
 
+    def stop_job(self, ns: str, job_name: str) -> None:
+        """End an active Job whose pod can never start (:meth:`job_stuck`): its ``activeDeadlineSeconds`` becomes
+        1, so the Job controller fails it (``DeadlineExceeded``) and deletes its pods at once, gracefully: the
+        precheck's shadow-server sidecar stops its throw-away server, the pod's emptyDirs go with the pod. The
+        Job itself stays, as the record of the failed step. A Job already gone is not an error."""
+        try:
+            request(self.batch.patch_namespaced_job, job_name, ns, {"spec": {"activeDeadlineSeconds": 1}},
+                    _content_type=MERGE)
+            self.writes.add("job")
+        except NotFound:
+            pass
+
     def job_result(self, ns: str, job_name: str) -> tuple[Obj | None, int | None, str]:
         """The StepResult of a finished Job's newest pod: ``(parsed termination message, exit code, other text)``
         (see :func:`pod_termination` and :func:`parse_termination`)."""

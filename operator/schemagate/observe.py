@@ -53,7 +53,7 @@ def observe_jobs(kube: k8s.Kube, ns: str, m: Migration, status: MigrationStatus)
         elif obs.active and name == wanted:
             stuck = kube.job_stuck(ns, name)
             if stuck:  # a step that cannot start fails now, not at the Job's activeDeadlineSeconds
-                obs = replace(obs, state=k8s.FAILED, reason=stuck[0], message=stuck[1])
+                obs = replace(obs, state=k8s.FAILED, reason=stuck[0], message=stuck[1], stuck=True)
         out.append(obs)
     return tuple(out)
 

@@ -149,7 +149,8 @@ class Reconciler:
         return await self.apply(key, snap, action)
 
     async def apply(self, key: Key, snap: observe.Snapshot, action: Action) -> float | None:
-        """Carry out ``action``: Lease, status, metrics, Job, Lease release, Events (in that order)."""
+        """Carry out ``action``: Lease, status, metrics, stop the stuck Job, new Job, Lease release, Events (in that
+        order)."""
         ns, name = key
         lease_ns = self.settings.lease_namespace
         if action.lock == "acquire" and not await self.call(self.kube.acquire_lease, lease_ns, snap.lease,
@@ -160,6 +161,10 @@ class Reconciler:
         for step, res in action.consumed:  # the series follow the status just written
             metrics.observe_result(ns, name, step, res)
         metrics.observe_phase(ns, name, action.phase, snap.status.get("phase"))
+        for job in snap.observed.jobs:  # failed by the status just written; its pod would wait for its deadline
+            if job.stuck:
+                await self.call(self.kube.stop_job, ns, job.name)
+                log.info("%s/%s: stopped job %s (%s): its pod cannot start", ns, name, job.name, job.reason)
         if action.create is not None and not await self._create_job(key, snap, action):
             return FOREIGN_JOB_REQUEUE
         if action.lock == "release":

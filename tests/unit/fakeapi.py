@@ -127,6 +127,9 @@ class FakeBatch:
     def read_namespaced_job(self, name, ns, _preload_content=True):
         return Resp(self.s.get("Job", ns, name))
 
+    def patch_namespaced_job(self, name, ns, body, _content_type=None, _preload_content=True):
+        return self.s.patch("Job", ns, name, body)
+
 
 class FakeCore:
     def __init__(self, store: Store) -> None:

@@ -113,6 +113,11 @@ def test_a_step_pod_the_api_refused_fails_the_step_at_once(kube):
     st = status(kube)
     assert st["phase"] == "Failed" and st["lastError"]["reason"] == "FailedCreate", st
     assert 'violates PodSecurity "restricted"' in st["lastError"]["message"]
+    # the stuck Job is ended (its deadline set to 1 s) after the failure is in the status: nothing waits for it
+    job = kube.job(NS, "shop-1-backup-1")
+    assert job["spec"]["activeDeadlineSeconds"] == 1
+    writes = [w[:2] for w in kube.store.writes]
+    assert writes.index(("patch", "Job")) > max(i for i, w in enumerate(writes) if w == ("patch", "DatabaseMigration"))
 
 
 def test_a_running_step_is_resynced_slowly(kube):

@@ -54,10 +54,11 @@ app.kubernetes.io/component: operator
 - apiGroups: [schemagate.dev]
   resources: [databasemigrations/status]
   verbs: [get, patch]
-# One Job per step (created, never updated; owned by the resource so the garbage collector removes them).
+# One Job per step (owned by the resource so the garbage collector removes them); patched only to end a Job
+# whose pod can never start (activeDeadlineSeconds: 1), so its pod goes at once.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create]
+  verbs: [get, list, watch, create, patch]
 # Step results come back as the Job pods' termination messages; patch removes the rollout gate.
 - apiGroups: [""]
   resources: [pods]

@@ -65,6 +65,8 @@ class JobObs:
     reason: str = ""  # Job condition reason, e.g. DeadlineExceeded, BackoffLimitExceeded
     message: str = ""
     running: bool = False  # a pod of the Job is Ready (batch/v1 JobStatus.ready > 0): its step has started
+    stuck: bool = False  # active, but its pod can never start (k8s.stuck_reason): failed here, stopped by the
+    # reconciler so its pod (and a precheck's throw-away shadow server) goes now, not at its deadline
 
     @property
     def active(self) -> bool:
