@@ -10,7 +10,7 @@ Steps (each prints one StepResult with ``--json``, human output with rich otherw
     schemagate precheck  -c alembic.ini [--max-violations N] [--check NAME=SQL ...] [--phase all|shadow-server|prepare|count]
     schemagate migrate   -c alembic.ini [--lock-timeout 5s] [--statement-timeout 0] [--retries 5]
     schemagate verify    [-c alembic.ini] [--plan FILE | --plan-env SCHEMAGATE_PLAN] [--check NAME=SQL ...]
-    schemagate restore   --backup PATH [--into NAME | --replace [--backup-dir DIR]] [--jobs N] [--no-owner]
+    schemagate restore   --backup PATH [--sha256 HEX] [--into NAME | --replace [--backup-dir DIR]] [--jobs N] [--no-owner]
     schemagate rehearse  -c alembic.ini [--target head] (--backup PATH | --backup-dir DIR) [--lock-timeout 5s]
                          [--plan FILE | --plan-env NAME] [--check NAME=SQL ...]
     schemagate demo                       (what `make demo` runs)
@@ -253,6 +253,8 @@ def _add_restore(sub: _Sub) -> None:
                    help="a backup the backup step wrote (custom-format file or directory, with its .sha256 sidecar)")
     p.add_argument("--into", default=None, metavar="NAME",
                    help="name of the new (or existing, empty) database (default <database>_restored_<UTC time>)")
+    p.add_argument("--sha256", default=None, metavar="HEX",
+                   help="the sha256 recorded for the backup (status.backups[].sha256); another one is refused")
     p.add_argument("--replace", action="store_true",
                    help="restore over the URL's database, after a fresh verified backup of its current state")
     p.add_argument("--backup-dir", default=None, metavar="DIR",
@@ -592,7 +594,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     with database(args) as (url, url_env), progress(args) as say:
         r = restore.restore(args.backup, url, url_env, into=args.into, replace=args.replace,
                             backup_dir=args.backup_dir, jobs=args.jobs, no_owner=args.no_owner,
-                            maintenance_db=args.maintenance_db, progress=say)
+                            maintenance_db=args.maintenance_db, progress=say, expect_sha256=args.sha256)
     return emit(r, args)
 
 

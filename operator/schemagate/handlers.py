@@ -22,11 +22,15 @@ from schemagate.contract import names
 from schemagate.core import gate
 from schemagate.core import jobs as J
 from schemagate.core.model import GROUP, KIND, PLURAL, VERSION
+from schemagate.core.restore import KIND as RESTORE_KIND
+from schemagate.core.restore import PLURAL as RESTORE_PLURAL
 from schemagate.reconciler import Reconciler
+from schemagate.restorer import Restorer
 from schemagate.settings import OperatorSettings, SettingsError
 
 _settings: OperatorSettings | None = None  # set by main(); `kopf run -m` reads the environment at start-up
 _reconciler: Reconciler | None = None
+_restorer: Restorer | None = None
 
 
 def reconciler() -> Reconciler:
@@ -35,9 +39,15 @@ def reconciler() -> Reconciler:
     return _reconciler
 
 
+def restorer() -> Restorer:
+    if _restorer is None:
+        raise RuntimeError("the operator has not started")
+    return _restorer
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global _reconciler
+    global _reconciler, _restorer
     try:
         ours = _settings or OperatorSettings.from_env()
     except SettingsError as e:
@@ -51,6 +61,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
     _reconciler = Reconciler(k8s.Kube(instance=ours.instance), ours)
+    _restorer = Restorer(_reconciler.kube, ours, _reconciler.call)
     metrics.serve(ours.metrics_port)
     asyncio.get_running_loop().create_task(_reconciler.resync())
 
@@ -67,6 +78,15 @@ async def migration_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> No
         r.trigger(key)
 
 
+@kopf.on.event(GROUP, VERSION, RESTORE_PLURAL)
+async def restore_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    if event.get("type") == "DELETED":
+        restorer().forget(key)
+        return
+    await restorer().run(key)
+
+
 @kopf.on.event("", "v1", "pods", when=lambda body, **_: gate.is_gated(body))
 async def gated_pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     if event.get("type") != "DELETED":
@@ -80,6 +100,8 @@ async def job_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     for ref in body["metadata"].get("ownerReferences") or []:
         if ref.get("kind") == KIND and ref.get("controller"):
             reconciler().trigger((body["metadata"]["namespace"], ref["name"]))
+        elif ref.get("kind") == RESTORE_KIND and ref.get("controller"):
+            restorer().trigger((body["metadata"]["namespace"], ref["name"]))
 
 
 def main(namespaces: list[str] | None = None, all_namespaces: bool | None = None, health_port: int | None = None,

@@ -37,6 +37,7 @@ from schemagate.core import jobs as J
 from schemagate.core import status as S
 from schemagate.core.decide import ACTIVE, FAILED, SUCCEEDED, JobObs, JobState, LockObs
 from schemagate.core.model import GROUP, KIND, PLURAL, VERSION, Database, identity_hash
+from schemagate.core.restore import PLURAL as RESTORE_PLURAL
 
 log = logging.getLogger("schemagate.k8s")
 
@@ -167,6 +168,27 @@ class Kube:
             body["metadata"] = {"resourceVersion": resource_version}
         r = request(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, ns, PLURAL, name, body,
                     _content_type=MERGE)
+        self.writes.add("status")
+        return str(r["metadata"]["resourceVersion"])
+
+    # ------------------------------------------------------------------------------------------------------------
+    # DatabaseRestore
+
+    def get_restore(self, ns: str, name: str) -> Obj | None:
+        """The DatabaseRestore, or None when it does not exist."""
+        try:
+            return request(self.custom.get_namespaced_custom_object, GROUP, VERSION, ns, RESTORE_PLURAL, name)
+        except NotFound:
+            return None
+
+    def patch_restore_status(self, ns: str, name: str, patch: Obj, resource_version: str | None) -> str:
+        """Merge-patch the DatabaseRestore's ``status`` (:class:`Conflict` on a stale ``resource_version``).
+        Returns the new resourceVersion."""
+        body: Obj = {"status": patch}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        r = request(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, ns, RESTORE_PLURAL, name,
+                    body, _content_type=MERGE)
         self.writes.add("status")
         return str(r["metadata"]["resourceVersion"])
 

@@ -23,7 +23,8 @@ GATE = "schemagate.dev/migration"
 
 
 def install_crd(kube: Any) -> None:
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "manifests" / "crd.yaml"))
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "manifests" / "crd.yaml"),
+                 "-f", str(ROOT / "manifests" / "restore-crd.yaml"))
     kube.kubectl("wait", "--for=condition=Established", "crd/databasemigrations.schemagate.dev", "--timeout=60s")
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": LEASE_NS}})
 

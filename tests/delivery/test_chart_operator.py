@@ -21,18 +21,22 @@ def test_lint_strict():
 
 
 def test_crd_is_identical_to_manifests():
-    crds = list((CHART / "crds").glob("*.yaml"))
-    assert len(crds) == 1
-    assert crds[0].read_bytes() == (ROOT / "manifests" / "crd.yaml").read_bytes(), (
-        "charts/schemagate/crds/ must be a verbatim copy of manifests/crd.yaml: "
-        "cp manifests/crd.yaml charts/schemagate/crds/databasemigrations.schemagate.dev.yaml"
-    )
+    crds = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    copies = {"databasemigrations.schemagate.dev.yaml": "crd.yaml",
+              "databaserestores.schemagate.dev.yaml": "restore-crd.yaml"}
+    assert crds == sorted(copies)
+    for chart_file, manifest in copies.items():
+        assert (CHART / "crds" / chart_file).read_bytes() == (ROOT / "manifests" / manifest).read_bytes(), (
+            f"charts/schemagate/crds/ must hold verbatim copies: cp manifests/{manifest} "
+            f"charts/schemagate/crds/{chart_file}"
+        )
 
 
 def test_crd_is_installed_by_helm_template_include_crds():
     docs = template("schemagate", "--include-crds")
     crd = by_kind(docs, "CustomResourceDefinition")
-    assert [c["metadata"]["name"] for c in crd] == ["databasemigrations.schemagate.dev"]
+    assert sorted(c["metadata"]["name"] for c in crd) == ["databasemigrations.schemagate.dev",
+                                                          "databaserestores.schemagate.dev"]
 
 
 @pytest.mark.parametrize("chart", ["schemagate", "example-app"])
@@ -228,7 +232,7 @@ def test_migration_create_policy_is_on_by_default_and_can_be_turned_off():
               and d["metadata"]["name"] == "schemagate-migration-create"]  # fmt: skip
     (binding,) = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"
                   and d["metadata"]["name"] == "schemagate-migration-create"]  # fmt: skip
-    assert vap["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["databasemigrations"]
+    assert vap["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["databasemigrations", "databaserestores"]
     assert vap["spec"]["matchConstraints"]["resourceRules"][0]["operations"] == ["CREATE", "UPDATE"]
     checks = " ".join(v["expression"] for v in vap["spec"]["validations"])
     for needle in ('resource("jobs")', 'resource("pods")', 'check("impersonate")'):

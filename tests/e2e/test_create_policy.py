@@ -31,7 +31,8 @@ def _policy_docs() -> list[dict]:
 @pytest.fixture(scope="module")
 def create_policy(kube: Any) -> Iterator[None]:
     """The CRD and the create policy (with its binding) from manifests/, removed afterwards if they were new."""
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "manifests" / "crd.yaml"))
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "manifests" / "crd.yaml"),
+                 "-f", str(ROOT / "manifests" / "restore-crd.yaml"))
     kube.kubectl("wait", "--for=condition=Established", "crd/databasemigrations.schemagate.dev", "--timeout=60s")
     docs = _policy_docs()
     assert [d["kind"] for d in docs] == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]

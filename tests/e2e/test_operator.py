@@ -26,8 +26,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def crd(kube: Any) -> None:
-    kube.kubectl("apply", "-f", str(ROOT / "manifests/crd.yaml"))
-    kube.kubectl("wait", "--for=condition=Established", "crd/databasemigrations.schemagate.dev", "--timeout=60s")
+    kube.kubectl("apply", "-f", str(ROOT / "manifests/crd.yaml"), "-f", str(ROOT / "manifests/restore-crd.yaml"))
+    kube.kubectl("wait", "--for=condition=Established", "crd/databasemigrations.schemagate.dev",
+                 "crd/databaserestores.schemagate.dev", "--timeout=60s")
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": LEASE_NS}})
 
 

@@ -207,7 +207,8 @@ def _delete(kube: Any, kind: str, name: str, ns: str | None) -> None:
 
 
 def _install_crd(kube: Any) -> None:
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "manifests" / "crd.yaml"))
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "manifests" / "crd.yaml"),
+                 "-f", str(ROOT / "manifests" / "restore-crd.yaml"))
     kube.kubectl("wait", "--for=condition=Established", "crd/databasemigrations.schemagate.dev", "--timeout=60s")
 
 

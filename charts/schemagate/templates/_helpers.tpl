@@ -54,6 +54,13 @@ app.kubernetes.io/component: operator
 - apiGroups: [schemagate.dev]
   resources: [databasemigrations/status]
   verbs: [get, patch]
+# DatabaseRestores: read, their status written (the restore Job is created like the step Jobs).
+- apiGroups: [schemagate.dev]
+  resources: [databaserestores]
+  verbs: [get, list, watch]
+- apiGroups: [schemagate.dev]
+  resources: [databaserestores/status]
+  verbs: [get, patch]
 # One Job per step (owned by the resource so the garbage collector removes them); patched only to end a Job
 # whose pod can never start (activeDeadlineSeconds: 1), so its pod goes at once.
 - apiGroups: [batch]

@@ -408,6 +408,14 @@ def build_job(m: Migration, step: str, name: str, counter: int, s: JobSettings,
         LABEL_GENERATION: str(run_generation or m.generation),
         LABEL_COUNTER: str(counter),
     }
+    return _job(m, name, labels, owner_reference(m), {names.ANNOTATION_TARGET_REVISION: m.migrations.target_revision},
+                inits, containers, volumes)
+
+
+def _job(m: Migration, name: str, labels: dict[str, str], owner: dict[str, Any], annotations: dict[str, str],
+         inits: list[dict[str, Any]], containers: list[dict[str, Any]], volumes: list[dict[str, Any]],
+         ttl: bool = True) -> dict[str, Any]:
+    """A batch/v1 Job around the containers, with the pod settings of ``spec.jobTemplate``."""
     jt = m.job_template
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -433,7 +441,7 @@ def build_job(m: Migration, step: str, name: str, counter: int, s: JobSettings,
         "activeDeadlineSeconds": jt.active_deadline_seconds,
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
-    if jt.ttl_seconds_after_finished is not None:
+    if ttl and jt.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = jt.ttl_seconds_after_finished
     return {
         "apiVersion": "batch/v1",
@@ -442,8 +450,50 @@ def build_job(m: Migration, step: str, name: str, counter: int, s: JobSettings,
             "name": name,
             "namespace": m.namespace,
             "labels": labels,
-            "annotations": {names.ANNOTATION_TARGET_REVISION: m.migrations.target_revision},
-            "ownerReferences": [owner_reference(m)],
+            "annotations": annotations,
+            "ownerReferences": [owner],
         },
         "spec": job_spec,
     }
+
+
+RESTORE_KIND = "DatabaseRestore"
+
+
+def build_restore_job(m: Migration, restore_name: str, restore_uid: str, job_name: str, backup_file: str,
+                      s: JobSettings, *, sha256: str | None, into: str | None = None, replace: bool = False,
+                      jobs: int = 1, no_owner: bool = False) -> dict[str, Any]:
+    """The Job of a DatabaseRestore (``schemagate.core.restore``): ``schemagate restore`` in the operator's image
+    against the DatabaseMigration ``m``'s database (its ``secretKeyRef`` environment) with its backup volume at
+    ``/backups`` as the backup step mounts it; ``backup_file`` is the archive's name there. The archive is
+    verified first (``--sha256``: the digest recorded in ``status.backups``, the sidecar and a full read). Owned by
+    the DatabaseRestore; never retried (``backoffLimit: 0``) and never removed by a TTL, so it runs once.
+    Raises ``ValueError`` when ``backup_file`` is not a plain file name."""
+    if not backup_file or "/" in backup_file or backup_file in (".", ".."):
+        raise ValueError(f"backup file {backup_file!r} is not a file name in {BACKUP_DIR}")
+    backup_path = f"{BACKUP_DIR}/{backup_file}"
+    url_env = m.migrations.database_url_env
+    cmd = ["schemagate", "restore", "--json", "--database-url-env", url_env, "--termination-log", TERMINATION_LOG,
+           "--backup", backup_path]
+    if sha256:
+        cmd += ["--sha256", sha256]
+    if replace:
+        cmd += ["--replace", "--backup-dir", BACKUP_DIR]
+    elif into:
+        cmd += ["--into", into]
+    if jobs > 1:
+        cmd += ["--jobs", str(jobs)]
+    if no_owner:
+        cmd.append("--no-owner")
+    mount: dict[str, Any] = {"name": "backups", "mountPath": BACKUP_DIR}
+    if m.backup.sub_path:
+        mount["subPath"] = m.backup.sub_path
+    container = _container(m, s, "restore", cmd, mounts=[mount, _tmp_mount()])
+    labels = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_NAME: "schemagate", LABEL_MIGRATION: label_value(m.name),
+              LABEL_UID: restore_uid, LABEL_STEP: "restore"}
+    owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": RESTORE_KIND, "name": restore_name, "uid": restore_uid,
+             "controller": True, "blockOwnerDeletion": True}
+    job = _job(m, job_name, labels, owner, {}, [], [container],
+               [{"name": "backups", **m.backup.volume}, {"name": "tmp", "emptyDir": {}}], ttl=False)
+    job["spec"]["backoffLimit"] = 0
+    return job

@@ -117,6 +117,15 @@ def require_verified(path: Path) -> str:
     return why
 
 
+def _require_digest(path: Path, expected: str) -> None:
+    """The verified archive's recorded sha256 (``runner.backup.digest_of`` over its sidecar) is ``expected``;
+    raises ``BackupCorrupt`` otherwise (another archive, or a sidecar rewritten with it)."""
+    digest = bk.digest_of(path, bk.sidecar(path).read_text(encoding="utf-8"))
+    if digest.lower() != expected.strip().lower():
+        raise BackupCorrupt(f"backup {path} refused, nothing was touched: its sha256 is {digest[:12]}…, not the "
+                            f"{expected.strip()[:12]}… recorded for it", field="--sha256")
+
+
 class _Server:
     """Statements on the server's maintenance database (``CREATE``/``DROP``/``ALTER DATABASE`` cannot run inside
     the database they act on)."""
@@ -206,11 +215,14 @@ def restore(
     no_owner: bool = False,
     maintenance_db: str = "postgres",
     progress: Callable[[str], None] | None = None,
+    expect_sha256: str | None = None,
 ) -> StepResult:
     """Verify ``backup_path`` and restore it (see the module docstring). ``url``/``url_env``: the database to
     replace (``replace``) or, by default, the server and the name the new database is derived from. ``into``: the
     new database's name (not with ``replace``). ``backup_dir``: where ``replace`` writes the fresh backup (default:
-    the directory of ``backup_path``). Never raises: failures are a StepResult (``InvalidInput``, ``BackupCorrupt``,
+    the directory of ``backup_path``). ``expect_sha256``: the sha256 the backup step recorded for this backup
+    (``status.backups[].sha256``; of the file, or of the sidecar's manifest for a directory); another one is refused
+    (``BackupCorrupt``) before any connection. Never raises: failures are a StepResult (``InvalidInput``, ``BackupCorrupt``,
     ``BackupFailed``, ``RestoreFailed``, ``DatabaseUnreachable``, ``AuthenticationFailed``)."""
     say = progress or (lambda s: None)
     data: dict[str, Any] = {"backup": str(backup_path), "replace": replace}
@@ -224,6 +236,8 @@ def restore(
         t0 = time.monotonic()
         say(f"verifying {path.name}: sha256 sidecar and a full read")
         data["verification"] = require_verified(path)
+        if expect_sha256:
+            _require_digest(path, expect_sha256)
         data["format"] = "directory" if path.is_dir() else "custom"
         data["verifySeconds"] = round(time.monotonic() - t0, 3)
         url = resolve_url(url, url_env)

@@ -1,0 +1,211 @@
+"""The DatabaseRestore: its spec as plain data and the decision ``decide_restore`` (pure, no I/O).
+
+A DatabaseRestore names a DatabaseMigration (same namespace) and one backup listed in its ``status.backups`` (by
+``sha256`` or ``path``). The operator restores it **once**: into a new database by default, over the database
+only with ``replace: true`` (the Job's ``schemagate restore --replace`` takes a fresh verified backup first).
+
+Why a GitOps sync cannot restore by accident:
+
+- A restore is its own object, never a field of the DatabaseMigration: syncing, re-applying or editing a
+  DatabaseMigration never restores anything.
+- A DatabaseRestore runs at most once, keyed by its uid: ``status.restoreUid`` and the Job name (from the uid) are
+  written before the Job is created; once the Job was seen, a missing Job is ``Failed`` (``JobLost``), never
+  created again; a finished restore stays finished whatever happens to the spec later. The spec is immutable
+  (the CRD's ``self == oldSelf`` rule), so a re-sync cannot point it elsewhere either. A *new* object (a new uid)
+  is a new restore: keep DatabaseRestores out of the synced set (they are commands, not desired state).
+- Before the Job touches a database, the backup is verified in it: the sha256 recorded in the DatabaseMigration's
+  status, the sidecar and a full read (``schemagate restore --sha256``); a mismatch fails with nothing touched.
+
+Phases: ``Pending`` (waiting for the DatabaseMigration, or for its run to end before ``replace``), ``Restoring``,
+``Succeeded``, ``Failed``; kstatus conditions as the DatabaseMigration's (:func:`schemagate.core.status.build_conditions`).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any, cast
+
+from schemagate.contract import names
+from schemagate.contract.stepresult import Outcome
+from schemagate.core import status as S
+from schemagate.core.decide import JobObs, StepResultDict, synthesize_result
+
+KIND = "DatabaseRestore"
+PLURAL = "databaserestores"
+RESTORING = "Restoring"
+PHASES = (S.PENDING, RESTORING, S.SUCCEEDED, S.FAILED)
+TERMINAL = (S.SUCCEEDED, S.FAILED)
+STEP = "restore"
+MIGRATION_POLL_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class Restore:
+    """One DatabaseRestore (``spec``: ``migrationRef.name``, ``backup.sha256`` | ``backup.path``, ``into``,
+    ``replace``, ``jobs``, ``noOwner``)."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    migration: str
+    sha256: str | None = None
+    path: str | None = None
+    into: str | None = None
+    replace: bool = False
+    jobs: int = 1
+    no_owner: bool = False
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Restore:
+        meta = body.get("metadata") or {}
+        spec = body.get("spec") or {}
+        bk = spec.get("backup") or {}
+        return cls(name=str(meta.get("name", "")), namespace=str(meta.get("namespace", "")),
+                   uid=str(meta.get("uid", "")), generation=int(meta.get("generation") or 1),
+                   migration=str((spec.get("migrationRef") or {}).get("name", "")),
+                   sha256=(str(bk["sha256"]).lower() if bk.get("sha256") else None),
+                   path=(str(bk["path"]) if bk.get("path") else None),
+                   into=spec.get("into") or None, replace=bool(spec.get("replace", False)),
+                   jobs=int(spec.get("jobs") or 1), no_owner=bool(spec.get("noOwner", False)))
+
+    @property
+    def job_name(self) -> str:
+        """``<name>-restore-<uid hash>`` (63 characters at most): one Job per object, ever."""
+        tag = hashlib.sha256(self.uid.encode()).hexdigest()[:8]
+        suffix = f"-restore-{tag}"
+        return self.name[: 63 - len(suffix)].rstrip("-.") + suffix
+
+
+@dataclass
+class RestoreAction:
+    """The decision: the complete desired status, whether to create the Job, Events, when to look again."""
+
+    status: dict[str, Any]
+    create: bool = False
+    backup: dict[str, Any] | None = None  # the chosen status.backups entry (its path is restored)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    requeue_after: float | None = None
+
+
+def pick_backup(r: Restore, migration_status: dict[str, Any]) -> dict[str, Any] | None:
+    """The entry of the DatabaseMigration's ``status.backups`` the restore names: by ``sha256`` (a unique prefix
+    of at least 12 hex digits is enough) or by ``path``; None when it names none of them."""
+    listed = [b for b in migration_status.get("backups") or [] if isinstance(b, dict)]
+    if r.sha256:
+        hits = [b for b in listed if str(b.get("sha256", "")).lower().startswith(r.sha256)]
+        return hits[0] if len(hits) == 1 and len(r.sha256) >= 12 else None
+    return next((b for b in listed if b.get("path") == r.path), None)
+
+
+def backup_file(chosen: dict[str, Any]) -> str:
+    """The archive's name in the backup volume: the backup step writes every archive at the top of its
+    ``--backup-dir`` (``/backups``), so the listed path's last component names it wherever the volume is mounted.
+    Empty for a path that names no file."""
+    name = PurePosixPath(str(chosen.get("path") or "")).name
+    return "" if name in ("", ".", "..") else name
+
+
+def _fail(st: dict[str, Any], reason: str, message: str, now: _dt.datetime) -> None:
+    st.update(phase=S.FAILED, reason=reason, message=message, finishedAt=S.rfc3339(now))
+
+
+def _start(r: Restore, st: dict[str, Any], migration: dict[str, Any] | None, now: _dt.datetime,
+           act: RestoreAction) -> None:
+    """Not started yet: wait, fail with nothing touched, or write the intent and create the Job."""
+    if migration is None:
+        st.update(phase=S.PENDING, reason="MigrationNotFound",
+                  message=f"DatabaseMigration {r.migration!r} not found in namespace {r.namespace}")
+        act.requeue_after = MIGRATION_POLL_SECONDS
+        return
+    mspec, mstatus = migration.get("spec") or {}, migration.get("status") or {}
+    if not (mspec.get("backup") or {}).get("volume"):
+        _fail(st, "InvalidSpec", f"DatabaseMigration {r.migration} has no spec.backup.volume: there is no backup "
+                                 "to restore", now)
+        return
+    chosen = pick_backup(r, mstatus)
+    if chosen is None:
+        listed = ", ".join(f"{str(b.get('sha256', ''))[:12]} ({b.get('path')})" for b in mstatus.get("backups") or [])
+        _fail(st, "BackupNotFound", f"spec.backup names no backup in DatabaseMigration {r.migration}'s "
+                                    f"status.backups (a sha256 of at least 12 hex digits, or a path); listed: "
+                                    f"{listed or 'none'}; nothing was touched", now)
+        return
+    if not backup_file(chosen):
+        _fail(st, "InvalidSpec", f"backup path {chosen.get('path')!r} names no file in the backup volume; nothing "
+                                 "was touched", now)
+        return
+    if r.replace and mstatus.get("phase") in S.RUNNING_PHASES:
+        st.update(phase=S.PENDING, reason="WaitingForMigration",
+                  message=f"replace: waiting for DatabaseMigration {r.migration} ({mstatus.get('phase')}) to end")
+        act.requeue_after = MIGRATION_POLL_SECONDS
+        return
+    st.update(phase=RESTORING, reason=S.PROGRESSING, restoreUid=r.uid, job=r.job_name, startedAt=S.rfc3339(now),
+              backup={k: chosen.get(k) for k in ("path", "sha256", "sizeBytes", "revision", "time") if k in chosen},
+              message=f"restoring {chosen.get('path')} "
+                      + ("over the database (a fresh backup first)" if r.replace else "into a new database"))
+    act.create, act.backup = True, dict(chosen)
+    act.events.append(("Normal", "RestoreStarted", f"job {r.job_name}: {st['message']}"))
+
+
+def _follow(r: Restore, st: dict[str, Any], job: JobObs | None, now: _dt.datetime, act: RestoreAction,
+            chosen: dict[str, Any] | None) -> None:
+    """Started: wait for the Job, take its result once, or fail when the Job is lost. Never a second Job."""
+    if job is None:
+        if st.get("jobSeen"):
+            _fail(st, "JobLost", f"job {st.get('job')} disappeared before it reported a result; a restore runs "
+                                 "once: create a new DatabaseRestore to try again", now)
+            act.events.append(("Warning", "JobLost", st["message"]))
+        else:  # written, then the operator stopped before creating it: the same Job (a 409 means it exists)
+            act.create, act.backup = True, chosen
+        return
+    st["jobSeen"] = True
+    if job.active:
+        act.requeue_after = 120.0
+        return
+    res: StepResultDict = synthesize_result(job)
+    data = res.get("data") or {}
+    st["result"] = {k: data[k] for k in ("database", "created", "tables", "format", "verification",
+                                          "freshBackup", "durationSeconds", "replace") if k in data}
+    if res.get("outcome") == Outcome.SUCCEEDED.value:
+        st.update(phase=S.SUCCEEDED, reason="Restored", message=str(res.get("message") or "restored"),
+                  finishedAt=S.rfc3339(now))
+        act.events.append(("Normal", "Restored", st["message"]))
+    else:
+        _fail(st, str(res.get("reason") or "RestoreFailed"), str(res.get("message") or "restore failed"), now)
+        act.events.append(("Warning", st["reason"], st["message"]))
+
+
+def decide_restore(r: Restore, status: dict[str, Any] | None, migration: dict[str, Any] | None,
+                   job: JobObs | None, now: _dt.datetime) -> RestoreAction:
+    """The next action for DatabaseRestore ``r`` (see the module docstring). ``migration``: the named
+    DatabaseMigration's body (None when missing); ``job``: the restore's Job as observed (None when absent).
+    Pure and deterministic."""
+    old = status or {}
+    st = cast(dict[str, Any], copy.deepcopy(old))
+    st.pop("kopf", None)
+    act = RestoreAction(status=st)
+    if st.get("phase") not in TERMINAL:
+        if st.get("restoreUid") == r.uid and st.get("job"):
+            chosen = pick_backup(r, (migration or {}).get("status") or {}) or st.get("backup")
+            _follow(r, st, job, now, act, chosen)
+        else:
+            _start(r, st, migration, now, act)
+    if st.get("phase") in TERMINAL and st.get("observedGeneration") not in (None, r.generation):
+        st["message"] = (str(st.get("message") or "") + " (the spec changed after the restore ran; a restore runs "
+                         "once: create a new DatabaseRestore)")[:1024]
+    st["observedGeneration"] = r.generation
+    st["message"] = str(st.get("message") or "")[:1024]
+    reason = str(st.get("reason") or S.PROGRESSING)
+    st["conditions"] = S.build_conditions(str(st.get("phase") or S.PENDING), reason, st["message"], r.generation,
+                                          old.get("conditions"), now,
+                                          stalled=reason in ("MigrationNotFound",))
+    return act
+
+
+def restore_label_selector(r: Restore) -> dict[str, str]:
+    """The labels of the restore's Job (the same uid label the DatabaseMigration's Jobs carry)."""
+    return {names.LABEL_UID: r.uid}

@@ -1,0 +1,112 @@
+"""The DatabaseRestore controller's passes: observe → :func:`schemagate.core.restore.decide_restore` → apply.
+
+No Kopf here (``schemagate.handlers`` registers the watches and calls :meth:`Restorer.trigger`); Kubernetes only
+through :class:`schemagate.k8s.Kube`, whose blocking calls run in the reconciler's thread pool. Passes of one
+DatabaseRestore never overlap (one lock per object). Apply order: status merge patch (with ``resourceVersion``: a
+stale pass gets :class:`~schemagate.contract.errors.Conflict` and looks again), then the Job, then Events: the
+status names the Job (and the restore's uid) before the Job exists, so a restart creates the same Job (a 409 is
+"already there") and never a second one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from schemagate import k8s
+from schemagate.contract.errors import Conflict, KubernetesApiError
+from schemagate.core import jobs as J
+from schemagate.core import status as S
+from schemagate.core.decide import JobObs
+from schemagate.core.model import Migration
+from schemagate.core.restore import Restore, RestoreAction, backup_file, decide_restore
+from schemagate.settings import OperatorSettings
+
+log = logging.getLogger("schemagate.restore")
+
+Key = tuple[str, str]
+T = TypeVar("T")
+Call = Callable[..., Awaitable[Any]]
+
+
+class Restorer:
+    """Reconciles DatabaseRestores. ``call`` runs a blocking function in a thread pool (the reconciler's)."""
+
+    def __init__(self, kube: k8s.Kube, settings: OperatorSettings, call: Call) -> None:
+        self.kube, self.settings, self.call = kube, settings, call
+        self.locks: dict[Key, asyncio.Lock] = {}
+
+    def trigger(self, key: Key, delay: float | None = None) -> None:
+        """A pass for ``key`` now (or after ``delay`` seconds)."""
+        loop = asyncio.get_running_loop()
+        if delay:
+            loop.call_later(delay, lambda: loop.create_task(self.run(key)))
+        else:
+            loop.create_task(self.run(key))
+
+    async def run(self, key: Key) -> None:
+        """One pass, errors logged and retried later."""
+        lock = self.locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                requeue = await self.reconcile(key)
+        except Conflict:
+            requeue = 0.2
+        except KubernetesApiError as e:
+            log.warning("restore %s/%s: API error %s", *key, e)
+            requeue = 5.0
+        except Exception:  # noqa: BLE001 - keep the controller alive, look again later
+            log.exception("restore %s/%s failed", *key)
+            requeue = 10.0
+        if requeue is not None:
+            self.trigger(key, requeue)
+
+    def forget(self, key: Key) -> None:
+        self.locks.pop(key, None)
+
+    def _observe(self, ns: str, name: str) -> tuple[dict[str, Any], dict[str, Any] | None, JobObs | None] | None:
+        body = self.kube.get_restore(ns, name)
+        if body is None:
+            return None
+        r = Restore.from_body(body)
+        migration = self.kube.get_migration(ns, r.migration) if r.migration else None
+        job: JobObs | None = None
+        for j in self.kube.list_jobs(ns, r.uid):
+            if j["metadata"]["name"] != r.job_name:
+                continue
+            job = k8s.job_observation(j)
+            if not job.active:
+                job = k8s.job_observation(j, *self.kube.job_result(ns, r.job_name))
+        return body, migration, job
+
+    async def reconcile(self, key: Key) -> float | None:
+        """Observe, decide, apply; returns when to look again."""
+        seen = await self.call(self._observe, *key)
+        if seen is None:
+            self.forget(key)
+            return None
+        body, migration, job = seen
+        r = Restore.from_body(body)
+        act = decide_restore(r, body.get("status"), migration, job, _dt.datetime.now(_dt.timezone.utc))
+        await self._apply(key, body, r, migration, act)
+        return act.requeue_after
+
+    async def _apply(self, key: Key, body: dict[str, Any], r: Restore, migration: dict[str, Any] | None,
+                     act: RestoreAction) -> None:
+        old = dict(body.get("status") or {})
+        old.pop("kopf", None)
+        patch = S.merge_patch(old, act.status)
+        if patch:
+            await self.call(self.kube.patch_restore_status, *key, patch, body["metadata"].get("resourceVersion"))
+        if act.create and act.backup is not None and migration is not None:
+            m = Migration.from_body(migration)
+            manifest = J.build_restore_job(m, r.name, r.uid, r.job_name, backup_file(act.backup),
+                                           self.settings.job_settings, sha256=act.backup.get("sha256"),
+                                           into=r.into, replace=r.replace, jobs=r.jobs, no_owner=r.no_owner)
+            outcome = await self.call(self.kube.create_job, manifest)
+            log.info("restore %s/%s: job %s %s", *key, r.job_name, outcome)
+        for type_, reason, message in act.events:
+            await self.call(self.kube.post_event, body, type_, reason, message)
