@@ -173,6 +173,11 @@ def test_translate_is_the_one_place_for_foreign_exceptions() -> None:
     gone = translate(_DriverError('database "nope" does not exist', "3D000"))
     assert isinstance(gone, DatabaseUnreachable) and gone.outcome is Outcome.PERMANENT_ERROR
     assert isinstance(translate(_DriverError("connection refused", "08006")), DatabaseUnreachable)
+    # a client tool's stderr carries the server's words without the SQLSTATE (pg_dump cut by pg_terminate_backend)
+    dump = translate(RuntimeError('pg_dump: error: Dumping the contents of table "big" failed: PQgetResult() '
+                                  "failed.\npg_dump: detail: Error message from server: FATAL:  terminating "
+                                  "connection due to administrator command"))
+    assert isinstance(dump, DatabaseUnreachable) and dump.outcome.value == "TransientError"
     assert type(translate(RuntimeError("boom"))) is InternalError
     assert type(translate(RuntimeError("boom"), MigrationFailed)) is MigrationFailed
     same = InvalidInput("x")

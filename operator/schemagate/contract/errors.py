@@ -302,6 +302,11 @@ _UNREACHABLE = (
     "timed out", "server closed the connection unexpectedly", "connection reset", "connection is bad",
     "the database system is starting up", "the database system is shutting down",
     "the database system is in recovery mode", "too many connections", "remaining connection slots are reserved",
+    # a client tool's stderr has the server's message without its SQLSTATE (pg_dump, pg_restore, psql):
+    # 57P01 admin_shutdown (pg_terminate_backend, a fast shutdown), 57P02 crash_shutdown, a lost connection
+    "terminating connection due to administrator command", "terminating connection because of crash of another "
+    "server process", "the database system is not yet accepting connections", "could not receive data from server",
+    "connection to server was lost",
 )
 _AUTH = ("password authentication failed", "authentication failed", "no password supplied", "fe_sendauth",
          "no pg_hba.conf entry")

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 from schemagate.contract.dburl import database_name, with_database
 from schemagate.contract.errors import (
     AuthenticationFailed,
-    DatabaseUnreachable,
     SchemagateError,
+    Transient,
     error_text,
     translate,
 )
@@ -283,13 +283,14 @@ def _dump_error(stderr: str, message: str) -> SchemagateError:
     """The error for a failed ``pg_dump`` of the real database, classified as ``translate`` classifies a driver's
     error (who must act): authentication -> ``AuthenticationFailed``; refused, unreachable, starting up, shutting
     down, the backend terminated (57P01 "terminating connection due to administrator command") ->
-    ``DatabaseUnreachable`` (transient: the precheck is run again); anything else -> ``ShadowUnavailable``."""
+    ``DatabaseUnreachable`` (transient: the precheck is run again); a lock timeout -> ``LockTimeout``; anything
+    else -> ``ShadowUnavailable``."""
     from schemagate.runner.shadowserver import ShadowServerError
 
     low = stderr.lower()
     if "password" in low or "authentication" in low:
         return AuthenticationFailed(message, field="database URL")
     kind = translate(RuntimeError(stderr), ShadowServerError)
-    if isinstance(kind, DatabaseUnreachable) or "terminating connection" in low or "timeout" in low:
-        return DatabaseUnreachable(message, outcome=kind.outcome if isinstance(kind, DatabaseUnreachable) else None)
+    if isinstance(kind, Transient):  # DatabaseUnreachable (transient, or permanent for an unknown database), LockTimeout
+        return type(kind)(message, outcome=kind.outcome)
     return ShadowServerError(message)
