@@ -11,6 +11,7 @@ process of that pod, no ``_sgshadow_`` database on the real server.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from tests.e2e.test_operator import (  # noqa: F401
     secret,
     wait_phase,
 )
-from tests.pipeline.helpers import query, scalar
+from tests.pipeline.helpers import execute, query, scalar
 
 pytestmark = pytest.mark.e2e
 GRAPH = ROOT / "tests" / "pipeline" / "projects" / "graph"
@@ -140,3 +141,91 @@ def test_image_pull_failure_of_the_precheck_leaves_no_shadow(kube: Any, operator
     job = o["status"]["jobs"]["precheck"]
     assert_no_shadow_left(kube, namespace, fresh_db, [job])
     assert scalar(fresh_db, "SELECT version_num FROM alembic_version") == "0001"  # untouched
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# faults through the operator's Jobs: one per step kind, on a private server (it may be stopped and started)
+
+BACKENDS = {
+    # the backup's pg_dump copying the large table
+    "backup": "SELECT pid FROM pg_stat_activity WHERE query LIKE 'COPY public.big %' AND pid <> pg_backend_pid()",
+    # the precheck's counting session (count container) running the sleeping user check
+    "precheck": "SELECT pid FROM pg_stat_activity WHERE application_name = 'schemagate-precheck' "
+                "AND query LIKE '%pg_sleep(2)%' AND pid <> pg_backend_pid()",
+    # revision 0002 sleeping in its transaction (migrate container)
+    "migrate": "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3)%' AND pid <> pg_backend_pid()",
+    # verify's counting session running the user check again
+    "verify": "SELECT pid FROM pg_stat_activity WHERE application_name = 'schemagate-verify' "
+              "AND query LIKE '%pg_sleep(2)%' AND pid <> pg_backend_pid()",
+}
+
+
+def wait_backend(kube: Any, ns: str, name: str, url: str, step: str, timeout: float = 300) -> int:
+    """The pid of the step's backend (see BACKENDS); fails at once when the resource has finished first."""
+
+    def found() -> int | None:
+        phase = (get(kube, ns, name).get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed", "Blocked"):
+            raise AssertionError(f"{name} finished ({phase}) before the {step} backend was seen")
+        pid = scalar(url, BACKENDS[step])
+        return int(pid) if pid else None
+
+    return int(kube.wait_for(found, timeout=timeout, interval=0.02, message=f"the {step} step's backend"))
+
+
+def restart(pg: Any) -> None:
+    """Stop the server (fast: every backend gets 57P01, new connections are refused) and start it 2 s later."""
+    pg.stop("fast")
+    time.sleep(2)
+    pg.start()
+
+
+@pytest.mark.parametrize(("step", "fault"), [
+    ("backup", "terminate"), ("precheck", "restart"), ("migrate", "terminate"), ("migrate", "restart"),
+    ("verify", "terminate"),
+])
+def test_a_transient_fault_in_a_step_job_converges(kube: Any, operator: Operator, slow_image: str,
+                                                    namespace: str, private_pg: Any, step: str, fault: str) -> None:
+    """The fault hits the step's Job while it works on the real database; the DatabaseMigration still reaches
+    Succeeded without a manual retry (migrate retries inside its Job; the read-only steps and the backup end
+    TransientError and the operator runs a new Job), each revision is applied once and no shadow is left."""
+    url = private_pg.db_url
+    if step == "backup":  # something for pg_dump to copy for a while
+        execute(url, "CREATE TABLE big AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 400000) g")
+    secret(kube, namespace, "db", {"url": url})
+    name = f"{step}-{fault}"
+    kube.apply(slow_dbm(name, slow_image, precheck={"checks": [SLEEPER]}), namespace)
+    pid = wait_backend(kube, namespace, name, url, step)
+    if fault == "terminate":
+        execute(url, f"SELECT pg_terminate_backend({pid})")
+    else:
+        restart(private_pg)
+    o = wait_phase(kube, namespace, name, ("Succeeded", "Failed", "Blocked"), op=operator, timeout=600)
+    assert o["status"]["phase"] == "Succeeded", o["status"]
+    applied_once(url)
+    step_jobs = sorted(j["metadata"]["name"] for j in jobs(kube, namespace) if f"-{step}-" in j["metadata"]["name"])
+    if step == "migrate":  # retried inside its one Job
+        assert step_jobs == [f"{name}-1-migrate-1"], step_jobs
+    else:  # a new Job after the transient failure
+        assert len(step_jobs) >= 2, step_jobs
+    precheck_jobs = [j["metadata"]["name"] for j in jobs(kube, namespace) if "-precheck-" in j["metadata"]["name"]]
+    assert_no_shadow_left(kube, namespace, url, precheck_jobs)
+
+
+def test_precheck_job_deleted_mid_run_leaves_no_shadow(kube: Any, operator: Operator, slow_image: str,
+                                                       namespace: str, private_pg: Any) -> None:
+    """The precheck Job is deleted (background propagation, as ``kubectl delete job``) while its pod counts:
+    the pod is deleted, its shadow-server sidecar stops the throw-away server; the operator creates the Job
+    again and the run converges."""
+    url = private_pg.db_url
+    secret(kube, namespace, "db", {"url": url})
+    kube.apply(slow_dbm("deleted", slow_image, precheck={"checks": [SLEEPER]}), namespace)
+    wait_backend(kube, namespace, "deleted", url, "precheck")
+    job = get(kube, namespace, "deleted")["status"]["jobs"]["precheck"]
+    first_pods = pod_dirs(kube, namespace, job)
+    kube.kubectl("delete", "job", "-n", namespace, job, "--wait=false")
+    o = wait_phase(kube, namespace, "deleted", ("Succeeded", "Failed", "Blocked"), op=operator, timeout=600)
+    assert o["status"]["phase"] == "Succeeded", o["status"]
+    applied_once(url)
+    assert first_pods and len(pod_dirs(kube, namespace, job)) > len(first_pods)  # the Job ran again
+    assert_no_shadow_left(kube, namespace, url, [job])
