@@ -51,7 +51,7 @@ unit: venv
 cluster: venv testbed
 	$(BIN)/python -m tests.testbed.cluster $(ARGS)
 
-BENCHES := stall backup overhead shadow_scale precheck data_shadow
+BENCHES := stall backup overhead shadow_scale precheck data_shadow rehearsal
 BENCH_SUMMARY := $(CURDIR)/.bench-summary.jsonl
 bench: venv
 	@rm -f $(BENCH_SUMMARY)

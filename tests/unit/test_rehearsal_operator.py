@@ -145,3 +145,28 @@ def test_rehearse_job_with_smoke_test_and_separate_server():
     assert job["image"] == "registry.example/shop:1.2"
     for name in ("scratch-guard", "prepare", "rehearse-upgrade", "finish"):
         assert J.REHEARSAL_URL_ENV in {e["name"] for e in c[name]["env"]}, name
+
+
+def test_a_large_lock_report_fits_the_termination_message():
+    from schemagate.contract.stepresult import (
+        TERMINATION_MESSAGE_LIMIT,
+        Outcome,
+        StepResult,
+        to_termination_message,
+    )
+
+    statements = [{"revision": "0002", "statement": f"UPDATE orders SET x = {i} WHERE id % 300 = {i}" + " " * 120,
+                   "seconds": 0.01, "lock": None, "rows": 0} for i in range(150)]
+    statements += [{"revision": "0002", "statement": "ALTER TABLE orders ADD COLUMN y int", "seconds": 0.01,
+                    "lock": {"table": "orders", "mode": "ACCESS EXCLUSIVE", "heldSeconds": 2.1}}]
+    r = StepResult(step="rehearse", outcome=Outcome.SUCCEEDED, reason="Rehearsed", message="ok",
+                   data={"revisions": REHEARSED["data"]["revisions"], "statements": statements,
+                         "verify": {"outcome": "Succeeded", "reason": "Verified", "message": "v",
+                                    "data": {"constraints": ["x" * 50] * 40}},
+                         "verification": "sha256 ok, full read"})
+    text = to_termination_message(r)
+    assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
+    d = json.loads(text)["data"]
+    assert d["revisions"][0]["strongestLock"]["mode"] == "ACCESS EXCLUSIVE"  # the per-revision summary stays
+    assert any(s.get("lock") for s in d["statements"])  # statements with a lock stay, those without go first
+    assert d["verify"]["reason"] == "Verified" and d["omitted"]["statements"] >= 150

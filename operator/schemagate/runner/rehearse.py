@@ -89,7 +89,9 @@ def _prepare(url: str, data: dict[str, Any], *, backup: str | os.PathLike[str] |
     if backup is not None:
         path = Path(backup)
         say(f"verifying {path.name}")
+        t0 = time.monotonic()
         data["verification"] = rs.require_verified(path)
+        data["verificationSeconds"] = round(time.monotonic() - t0, 3)
     else:
         b = bk.backup(url, None, backup_dir=backup_dir, progress=say)  # type: ignore[arg-type]
         if not b.ok:
@@ -107,13 +109,41 @@ def _prepare(url: str, data: dict[str, Any], *, backup: str | os.PathLike[str] |
     return server, None
 
 
+def documented_locks(data: dict[str, Any]) -> None:
+    """Statements run outside a transaction whose lock the sampling did not see (shorter than one sampling
+    interval): the strongest lock the PostgreSQL documentation gives for the statement
+    (``analysis.locks.statement_locks``, PostgreSQL's own parser), held for the statement's duration, with
+    ``source: "documented"``; the revisions' ``strongestLock`` is computed again. A statement the parser cannot
+    read keeps no lock."""
+    from schemagate.analysis import locks as L
+    from schemagate.runner.inject.rehearsal import revision_summary
+
+    records = data.get("statements") or []
+    for rec in records:
+        if rec.get("transactional") or rec.get("lock") or rec.get("failed"):
+            continue
+        try:
+            found = [x for x in L.statement_locks(rec["statement"]) if not x.creates]
+        except Exception:  # noqa: BLE001 - unparsable (or cut at 200 characters): no lock to report
+            continue
+        if found:
+            top = max(found, key=lambda x: L.MODES.index(x.mode))
+            rec["tables"] = [{"table": x.table, "mode": x.mode} for x in found]
+            rec["lock"] = {"table": top.table, "mode": top.mode, "heldSeconds": rec["seconds"]}
+            rec["source"] = "documented"
+    for rev in data.get("revisions") or []:
+        rev.update(revision_summary(records, rev["revision"]))
+
+
 def _verify_copy(config_path: str | os.PathLike[str] | None, target: str, copy_url: str, url_env: str | None,
                  plan: Mapping[str, Any] | None, user_checks: Iterable[Any], data: dict[str, Any]) -> None:
     """The verify step's checks (``runner.verify.verify``) on the rehearsed copy, into ``data["verify"]``."""
     from schemagate.runner import verify as verify_step
 
+    t0 = time.monotonic()
     vr = verify_step.verify(config_path, target, copy_url, url_env, plan=plan, user_checks=user_checks)
-    data["verify"] = {"outcome": vr.outcome.value, "reason": vr.reason, "message": vr.message, "data": vr.data}
+    data["verify"] = {"outcome": vr.outcome.value, "reason": vr.reason, "message": vr.message, "data": vr.data,
+                      "seconds": round(time.monotonic() - t0, 3)}
 
 
 def _conclude(step: StepBoundary, data: dict[str, Any], url: str, scratch: str) -> None:
@@ -180,6 +210,7 @@ def rehearse(
                 return step.result
             copy_url = with_database(server.url, name)
             upgrade_copy(config_path, target, copy_url, url_env, lock_timeout, statement_timeout, data, say)
+            documented_locks(data)
             if "error" not in data:
                 say(f"verifying the rehearsed copy {name}")
                 _verify_copy(config_path, target, copy_url, url_env, plan, user_checks, data)
@@ -242,6 +273,7 @@ def finish_phase(url: str | None, url_env: str | None, scratch: str, workdir: st
         try:
             data.update(_read(workdir, PREPARE_FILE))
             data.update(_read(workdir, UPGRADE_FILE))
+            documented_locks(data)
             if "error" not in data:
                 _verify_copy(None, target or "head", with_database(server.url, scratch), url_env, plan,
                              user_checks, data)

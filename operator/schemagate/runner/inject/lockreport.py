@@ -13,7 +13,8 @@ How it is observed (``StatementLocks.watch()``, SQLAlchemy ``before_cursor_execu
   transaction already holds takes nothing new (``lock`` null; the earlier statement's entry shows it);
 - a statement run outside a transaction (Alembic's ``autocommit_block``: ``CREATE INDEX CONCURRENTLY`` and the like)
   releases its locks when it ends, so a second session samples ``pg_locks`` for that backend every
-  ``SAMPLE_SECONDS`` while it runs (``source: "sampled"``); a statement shorter than one interval may show no lock.
+  ``SAMPLE_SECONDS`` while it runs (``source: "sampled"``); a statement shorter than one interval may show no lock
+  (``runner.rehearse.documented_locks`` then fills in the lock the documentation gives, ``source: "documented"``).
 
 Only tables are reported (``pg_class.relkind`` r, p, m, f; catalogs, ``information_schema`` and TOAST tables
 left out; a table the transaction dropped keeps the name it had when first seen). ``rows``: the cursor's
