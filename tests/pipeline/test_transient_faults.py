@@ -379,3 +379,68 @@ def test_the_shadow_server_killed_during_the_precheck_is_run_again(fresh_db: str
     t.join(600)
     _shadow_lost(out["r"], fresh_db)
     _nothing_left(fresh_db, shadow_parent, before)
+
+
+SLOWDATA = Path(__file__).resolve().parent / "projects" / "graph" / "slowdata.ini"
+
+
+def _servers(parent: Path) -> list[str]:
+    """Superuser URLs (``postgres`` database) of the ready throw-away servers under ``parent``."""
+    urls = []
+    for d in parent.glob("schemagate-shadow-*"):
+        try:
+            lines = (d / "data" / "postmaster.pid").read_text().splitlines()
+            password = (d / ".password").read_text().strip()
+            if len(lines) > 7 and lines[7].strip() == "ready":
+                urls.append(f"postgresql://superuser:{password}@127.0.0.1:{int(lines[3])}/postgres")
+        except (OSError, ValueError, IndexError):
+            pass
+    return urls
+
+
+def test_the_data_carrying_shadow_lost_during_the_precheck_is_run_again(fresh_db: str, shadow_parent: Path) -> None:
+    """The slowdata project's 0002 backfills items.qty, sleeps 3 s, then sets NOT NULL: the precheck counts it in
+    a second, data-carrying throw-away server (the real rows, 10 NULLs, would block). Its session is terminated
+    while 0002 sleeps there: a transient failure that says the shadow was lost (it was reported as the revision
+    failing "on the data", PrecheckIncomplete, a block needing a person); the run converges, nothing is left."""
+    from schemagate.contract.dburl import database_name, with_database
+    from schemagate.runner.pipeline import run
+
+    assert migrate(SLOWDATA, "0001", fresh_db, None).outcome.value == "Succeeded"
+    before = _databases(fresh_db)
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.update(r=run(SLOWDATA, "head", fresh_db, None, backup=False, lint=False,
+                                                         retries=6)))
+    t.start()
+    db = database_name(fresh_db)
+    sql = ("SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3)%' AND pid <> pg_backend_pid() "
+           "AND (SELECT count(*) FROM items) > 0")  # only the data-carrying shadow holds the rows
+
+    def data_shadow_backend() -> tuple[str, int] | None:
+        for server in _servers(shadow_parent):
+            try:
+                pid = scalar(with_database(server, db), sql)
+            except Exception:  # noqa: BLE001 - a server starting, stopping, or without that database yet
+                continue
+            if pid:
+                return with_database(server, db), int(pid)
+        return None
+
+    deadline = time.monotonic() + 300
+    found = None
+    while found is None:
+        assert t.is_alive(), f"the run ended first: {out['r'].reason}: {out['r'].message}"
+        assert time.monotonic() < deadline, "revision 0002 never ran in a data-carrying shadow"
+        found = data_shadow_backend()
+        time.sleep(0.05)
+    execute(found[0], f"SELECT pg_terminate_backend({found[1]})")
+    t.join(600)
+    r = out["r"]
+    assert r.outcome.value == "Succeeded", (r.reason, r.message)
+    first = (r.data.get("transientRetries") or [{}])[0]
+    assert first.get("step") == "precheck" and first.get("reason") == "DatabaseUnreachable", first
+    assert "data-carrying throw-away shadow database was lost" in first["message"], first
+    assert query(fresh_db, "SELECT revision, count(*) FROM applied_log GROUP BY 1 ORDER BY 1") == [
+        ("0001", 1), ("0002", 1)]
+    assert scalar(fresh_db, "SELECT count(*) FROM items WHERE qty IS NULL") == 0
+    _nothing_left(fresh_db, shadow_parent, before)

@@ -59,6 +59,7 @@ from schemagate.analysis.counting import Check, CountOptions
 from schemagate.contract.checks import UserCheck
 from schemagate.contract.dburl import DEFAULT_URL_ENV, database_name, libpq_url, resolve_url, with_database
 from schemagate.contract.errors import (
+    DatabaseUnreachable,
     InternalError,
     InvalidInput,
     MigrationFailed,
@@ -582,6 +583,12 @@ def _count_in_data_shadow(config_path: str | os.PathLike[str], target: str, url:
                 upgrade(config_path, target, dsh.url, url_env, lock_timeout=None, statement_timeout=None,
                         render_sql_text=False)
         except Exception as e:  # noqa: BLE001 - a failing revision is a result here, not an error
+            lost = translate(e)
+            if isinstance(lost, DatabaseUnreachable) and lost.outcome == Outcome.TRANSIENT_ERROR:
+                # the throw-away server's session was lost (terminated, the server killed): not the data's fault
+                raise DatabaseUnreachable(f"the data-carrying throw-away shadow database was lost while the pending "
+                                          f"revisions ran in it (nothing was applied to the database; run again): "
+                                          f"{lost.message}") from e
             if counter.stopped_at is None and counter.failed is None and counter.mismatch is None:
                 counter.failed = (counter.current or rec.steps[-1], error_text(e)) if rec.steps else None
                 if counter.failed is None:
