@@ -153,44 +153,41 @@ class Kube:
     # ------------------------------------------------------------------------------------------------------------
     # DatabaseMigration
 
-    def get_migration(self, ns: str, name: str) -> Obj | None:
-        """The DatabaseMigration, or None when it does not exist."""
+    def _get(self, plural: str, ns: str, name: str) -> Obj | None:
         try:
-            return request(self.custom.get_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name)
+            return request(self.custom.get_namespaced_custom_object, GROUP, VERSION, ns, plural, name)
         except NotFound:
             return None
+
+    def _patch_status(self, plural: str, ns: str, name: str, patch: Obj, resource_version: str | None) -> str:
+        body: Obj = {"status": patch}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        r = request(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, ns, plural, name, body,
+                    _content_type=MERGE)
+        self.writes.add("status")
+        return str(r["metadata"]["resourceVersion"])
+
+    def get_migration(self, ns: str, name: str) -> Obj | None:
+        """The DatabaseMigration, or None when it does not exist."""
+        return self._get(PLURAL, ns, name)
 
     def patch_status(self, ns: str, name: str, patch: Obj, resource_version: str | None) -> str:
         """Merge-patch ``status``; with ``resource_version`` a concurrent change raises :class:`Conflict`.
         Returns the new resourceVersion."""
-        body: Obj = {"status": patch}
-        if resource_version:
-            body["metadata"] = {"resourceVersion": resource_version}
-        r = request(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, ns, PLURAL, name, body,
-                    _content_type=MERGE)
-        self.writes.add("status")
-        return str(r["metadata"]["resourceVersion"])
+        return self._patch_status(PLURAL, ns, name, patch, resource_version)
 
     # ------------------------------------------------------------------------------------------------------------
     # DatabaseRestore
 
     def get_restore(self, ns: str, name: str) -> Obj | None:
         """The DatabaseRestore, or None when it does not exist."""
-        try:
-            return request(self.custom.get_namespaced_custom_object, GROUP, VERSION, ns, RESTORE_PLURAL, name)
-        except NotFound:
-            return None
+        return self._get(RESTORE_PLURAL, ns, name)
 
     def patch_restore_status(self, ns: str, name: str, patch: Obj, resource_version: str | None) -> str:
         """Merge-patch the DatabaseRestore's ``status`` (:class:`Conflict` on a stale ``resource_version``).
         Returns the new resourceVersion."""
-        body: Obj = {"status": patch}
-        if resource_version:
-            body["metadata"] = {"resourceVersion": resource_version}
-        r = request(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, ns, RESTORE_PLURAL, name,
-                    body, _content_type=MERGE)
-        self.writes.add("status")
-        return str(r["metadata"]["resourceVersion"])
+        return self._patch_status(RESTORE_PLURAL, ns, name, patch, resource_version)
 
     # ------------------------------------------------------------------------------------------------------------
     # Jobs and their results

@@ -139,3 +139,30 @@ def test_changes_that_leave_the_spec_alone_are_not_checked(kube: Any, create_pol
     assert r.returncode != 0 and "may not create batch/v1 jobs" in r.stderr, (r.stdout, r.stderr)
     got = kube.kubectl("-n", ns, "get", "dbm", "shop", "-o", "jsonpath={.spec.migrations.image}").stdout
     assert got == "registry.example.com/shop:2"
+
+
+def test_only_users_who_may_run_the_jobs_may_create_a_restore(kube: Any, create_policy: None,
+                                                              namespace: str) -> None:  # fmt: skip
+    """A DatabaseRestore runs a Job with the DatabaseMigration's Secrets and backup volume: the same policy."""
+    ns = namespace
+    rules = [{"apiGroups": ["schemagate.dev"], "resources": ["databaserestores"], "verbs": ["create", "get"]}]
+    _role(kube, ns, "dbr-only", rules, ["limited", "runner"])
+    _role(kube, ns, "run-jobs", [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create"]},
+                                 {"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]}], ["runner"])
+
+    def restore(name: str) -> dict:
+        return {"apiVersion": "schemagate.dev/v1alpha1", "kind": "DatabaseRestore", "metadata": {"name": name},
+                "spec": {"migrationRef": {"name": "shop"}, "backup": {"sha256": "ab" * 32}}}
+
+    def refused() -> bool:
+        r = _create(kube, ns, "limited", restore("probe"))
+        if r.returncode == 0:
+            kube.kubectl("-n", ns, "delete", "dbr", "probe", "--wait=true")
+        return r.returncode != 0 and "may not create batch/v1 jobs" in r.stderr
+
+    kube.wait_for(refused, timeout=30, message="the create policy to refuse a restore by a user without Job rights")
+    r = _create(kube, ns, "limited", restore("by-limited"))
+    assert f"user limited may not create batch/v1 jobs in namespace {ns}" in r.stderr, r.stderr
+    assert kube.kubectl("-n", ns, "get", "dbr", "by-limited", check=False).returncode != 0
+    r = _create(kube, ns, "runner", restore("by-runner"))
+    assert r.returncode == 0, r.stderr
