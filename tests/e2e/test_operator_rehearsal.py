@@ -133,3 +133,28 @@ def test_operator_killed_mid_rehearsal_leaves_no_scratch_database(kube: Any, ope
     assert sorted(names) == sorted(set(names)) and sum("-rehearse-" in n for n in names) == 1, names
     assert revision(fresh_db) == "0003" and scratch_databases(fresh_db) == []
     assert database_name(fresh_db) not in scratch_databases(fresh_db)
+
+
+def test_resource_deleted_mid_rehearsal_leaves_no_scratch_database(kube: Any, operator: Operator, images: Any,
+                                                                   namespace: str, fresh_db: str) -> None:
+    """The smoke test holds the rehearsal on the copy; deleting the resource deletes its Job and pod (owner
+    references), and the pod's scratch-guard drops the copy when it is stopped."""
+    from schemagate.contract.dburl import with_database
+
+    demo.seed_foodtruck(fresh_db)
+    image = images("foodtruck")
+    secret(kube, namespace, "db", {"url": fresh_db})
+    kube.apply(dbm("deleted", image=image, backup={"enabled": False}, rehearsal={
+        "enabled": True, "job": {"command": ["python", "-c", "import time; time.sleep(600)"]}}), namespace)
+
+    def copy_upgraded() -> bool:
+        names = scratch_databases(fresh_db)
+        try:  # the copy may still be restoring (no version table yet)
+            return bool(names) and revision(with_database(fresh_db, names[0])) == "0003"
+        except Exception:  # noqa: BLE001 - not yet
+            return False
+
+    kube.wait_for(copy_upgraded, timeout=300, message="the rehearsed copy at 0003 while the smoke test runs")
+    kube.kubectl("delete", "-n", namespace, "dbm/deleted", "--wait=false")
+    kube.wait_for(lambda: scratch_databases(fresh_db) == [], timeout=180, message="the copy dropped by the guard")
+    assert revision(fresh_db) == "0001"
