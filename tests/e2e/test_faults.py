@@ -229,3 +229,41 @@ def test_precheck_job_deleted_mid_run_leaves_no_shadow(kube: Any, operator: Oper
     applied_once(url)
     assert first_pods and len(pod_dirs(kube, namespace, job)) > len(first_pods)  # the Job ran again
     assert_no_shadow_left(kube, namespace, url, [job])
+
+
+def test_the_precheck_pods_shadow_server_killed_converges(kube: Any, operator: Operator, slow_image: str,
+                                                          namespace: str, private_pg: Any) -> None:
+    """SIGKILL to the throw-away PostgreSQL of the precheck pod's shadow-server sidecar (as the kernel's OOM killer
+    would at the emptyDir's memory limit) while revision 0002 sleeps in it: the step fails as transient, the
+    operator runs a new precheck Job, the run converges and the dead server's directory is gone."""
+    import os
+    import signal
+
+    url = private_pg.db_url
+    secret(kube, namespace, "db", {"url": url})
+    kube.apply(slow_dbm("oom", slow_image), namespace)
+
+    def sleeping_shadow() -> int | None:
+        st = get(kube, namespace, "oom").get("status") or {}
+        assert st.get("phase") not in ("Succeeded", "Failed", "Blocked"), st
+        job = (st.get("jobs") or {}).get("precheck")
+        for d in pod_dirs(kube, namespace, job) if job else []:
+            for server in (d / "volumes" / "shadow").glob("schemagate-shadow-*"):
+                try:
+                    lines = (server / "data" / "postmaster.pid").read_text().splitlines()
+                    password = (server / ".password").read_text().strip()
+                    shadow = f"postgresql://superuser:{password}@127.0.0.1:{int(lines[3])}/faulty"
+                    if scalar(shadow, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3)%'"):
+                        return int(lines[0])
+                except Exception:  # noqa: BLE001, S112 - not started, not restored yet, or already stopping
+                    continue
+        return None
+
+    postmaster = kube.wait_for(sleeping_shadow, timeout=300, interval=0.05, message="0002 running in the shadow")
+    os.kill(postmaster, signal.SIGKILL)
+    o = wait_phase(kube, namespace, "oom", ("Succeeded", "Failed", "Blocked"), op=operator, timeout=600)
+    assert o["status"]["phase"] == "Succeeded", o["status"]
+    applied_once(url)
+    precheck_jobs = [j["metadata"]["name"] for j in jobs(kube, namespace) if "-precheck-" in j["metadata"]["name"]]
+    assert len(precheck_jobs) >= 2, precheck_jobs
+    assert_no_shadow_left(kube, namespace, url, precheck_jobs)
