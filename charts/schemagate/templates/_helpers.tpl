@@ -62,7 +62,8 @@ app.kubernetes.io/component: operator
   resources: [databaserestores/status]
   verbs: [get, patch]
 # One Job per step (owned by the resource so the garbage collector removes them); patched only to end a Job
-# whose pod can never start (activeDeadlineSeconds: 1), so its pod goes at once.
+# whose pod can never start (activeDeadlineSeconds: 1), so its pod goes at once. A Job's pod template is
+# immutable, so `patch` adds nothing to what `create` already allows.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch]
