@@ -259,7 +259,7 @@ class StepResult:
         return cls.from_dict(json.loads(text))
 
 
-def _parse_time(s: Any) -> _dt.datetime | None:
+def _parse_time(s: object) -> _dt.datetime | None:
     if not s:
         return None
     return _dt.datetime.strptime(str(s), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)

@@ -105,7 +105,7 @@ def _condition(migration: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | 
     return None
 
 
-def _as_int(value: Any) -> int | None:
+def _as_int(value: object) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):

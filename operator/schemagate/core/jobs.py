@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from schemagate.contract import names
+from schemagate.contract.checks import UserCheck
 from schemagate.core.model import GROUP, KIND, VERSION, Migration
 
 TERMINATION_LOG = "/dev/termination-log"
@@ -167,7 +168,7 @@ def _target(m: Migration, plan: Mapping[str, Any] | None) -> str:
     return str(resolved or m.migrations.target_revision)
 
 
-def _check_args(checks: Any) -> list[str]:
+def _check_args(checks: Iterable[UserCheck]) -> list[str]:
     """User checks as the CLI's repeatable ``--check NAME=SQL`` (SQL is configuration, not a secret)."""
     out: list[str] = []
     for c in checks:

@@ -79,7 +79,7 @@ class Violations(TypedDict, total=False):
     total: int
     maxViolations: int
     checks: list[CheckCount]
-    omitted: Any
+    omitted: dict[str, int | bool] | None  # what the termination message left out (``{"all": true}``: everything)
 
 
 class LintSummary(TypedDict):
