@@ -44,6 +44,7 @@ import psycopg  # noqa: E402
 from bench.common import ROOT, fresh_database, goal, server  # noqa: E402
 
 from schemagate.contract.dburl import libpq_url  # noqa: E402
+from schemagate.contract.target import Target  # noqa: E402
 from schemagate.runner import precheck  # noqa: E402
 
 REVISION = ["UPDATE member SET confirmed = false WHERE confirmed IS NULL",
@@ -109,14 +110,14 @@ def measure(admin: str, work: Path, args: argparse.Namespace) -> int:
 
     url = fresh_database(admin)
     ini = project(work / "case11")
-    upgrade(ini, "0001", url, "DATABASE_URL")
+    upgrade(Target(ini, "0001", url, "DATABASE_URL"))
     load(url, args.rows)
     pre, pg, route = [], [], []
     r = None
     for _ in range(args.reps):
         pg.append(postgres_itself(url))
         t0 = time.perf_counter()
-        r = precheck.precheck(ini, "head", url, "DATABASE_URL", lint=False)
+        r = precheck.precheck(Target(ini, "head", url, "DATABASE_URL"), lint=False)
         pre.append(time.perf_counter() - t0)
         route.append(float(r.data.get("dataShadow", {}).get("seconds") or 0))
         nn = {c["key"]: c for c in r.data["checks"]}.get("member.confirmed NOT NULL")

@@ -54,6 +54,8 @@ from pathlib import Path  # noqa: E402
 import psycopg  # noqa: E402
 from bench.common import ROOT, fresh_database, goal, server  # noqa: E402
 
+from schemagate.contract.target import Target  # noqa: E402
+
 WHOLESALE = ROOT / "migrations" / "wholesale"
 NAIVE_0002 = ROOT / "bench" / "projects" / "wholesale_naive_0002.py"
 SCHEMAGATE = Path(sys.executable).parent / "schemagate"
@@ -113,7 +115,7 @@ def project(variant: str, tmp: Path) -> Path:
 def upgrade_to_base(config: Path, url: str) -> None:
     from schemagate.runner.inject.apply import upgrade
 
-    upgrade(config, "0001", url)
+    upgrade(Target(config, "0001", url))
 
 
 def app_transaction(c: psycopg.Connection, rng: random.Random, seq: str, think: float) -> None:

@@ -40,6 +40,7 @@ from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url, sqlalchemy_u
 from schemagate.contract.errors import InvalidInput, error_result
 from schemagate.contract.redact import redact
 from schemagate.contract.stepresult import TERMINATION_LOG_ENV, Outcome, StepResult, write_termination_log
+from schemagate.contract.target import Target
 from schemagate.libpq import embedded_bin_dir
 from schemagate.local.postgres import EmbeddedPostgres
 
@@ -499,7 +500,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                     progress=say)
             return emit(d, args)
         r = pipeline.run(
-            args.config, args.target, url, url_env, backup_dir=args.backup_dir, keep=args.keep,
+            Target(args.config, args.target, url, url_env), backup_dir=args.backup_dir, keep=args.keep,
             backup=not args.no_backup, max_violations=args.max_violations, user_checks=args.check,
             accept_unevaluated=args.accept_unevaluated, data_shadow_max_bytes=args.data_shadow_max_size,
             lint=not args.no_lint, derive=not args.no_derive, lock_timeout=args.lock_timeout,
@@ -555,7 +556,7 @@ def cmd_precheck(args: argparse.Namespace) -> int:
         else:
             if not args.config:
                 return emit(_usage("precheck", "-c/--config is required (the application's alembic.ini)"), args)
-            r = precheck.precheck(args.config, args.target, url, url_env, max_violations=args.max_violations,
+            r = precheck.precheck(Target(args.config, args.target, url, url_env), max_violations=args.max_violations,
                                   user_checks=checks, lint=not args.no_lint, lint_fail=args.lint_fail,
                                   derive=not args.no_derive, shadow_url_env=args.shadow_database_url_env,
                                   statement_timeout=args.statement_timeout,
@@ -568,7 +569,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from schemagate.runner.inject.migrate import migrate
 
     with database(args) as (url, url_env), progress(args) as say:
-        r = migrate(args.config, args.target, url, url_env, args.lock_timeout, args.statement_timeout,
+        r = migrate(Target(args.config, args.target, url, url_env), args.lock_timeout, args.statement_timeout,
                     args.retries, lock_wait=args.lock_wait, log=say)
     return emit(r, args)
 
@@ -583,7 +584,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.plan_env and plan is None:
         return emit(_usage("verify", f"--plan-env: the environment variable {args.plan_env} is not set"), args)
     with database(args) as (url, url_env):
-        r = verify.verify(args.config, args.target, url, url_env, plan=plan, user_checks=args.check,
+        r = verify.verify(Target(args.config, args.target, url, url_env), plan=plan, user_checks=args.check,
                           version_table=args.version_table)
     return emit(r, args)
 
@@ -713,7 +714,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 def say(text: str, status: Any = status) -> None:
                     status.update(redact(text))
 
-                r = pipeline.run(demo.project(name), "head", url, backup_dir=base / "backups" / name, keep=3,
+                r = pipeline.run(Target(demo.project(name), "head", url), backup_dir=base / "backups" / name, keep=3,
                                  on_step=lambda s: render(s, console), progress=say)
             color, mark = _STYLE[r.outcome]
             console.print(f"[bold {color}]{mark} {name}: {r.reason}[/]  {escape(r.message)}")

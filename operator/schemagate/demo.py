@@ -13,6 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from schemagate.contract.dburl import sqlalchemy_url
+from schemagate.contract.target import Target
 from schemagate.runner.inject.apply import upgrade
 
 
@@ -88,7 +89,7 @@ WHOLESALE_TOTAL = sum(WHOLESALE_VIOLATIONS.values())
 
 
 def _seed(config: Path, url: str, sql: str) -> None:
-    upgrade(config, "0001", url)
+    upgrade(Target(config, "0001", url))
     engine = sa.create_engine(sqlalchemy_url(url), poolclass=sa.pool.NullPool)
     try:
         with engine.begin() as conn:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from schemagate import demo
+from schemagate.contract.target import Target
 from schemagate.runner.inject.apply import upgrade
 from tests.e2e.test_operator import (  # noqa: F401
     Operator,
@@ -85,7 +86,7 @@ def test_foodtruck_to_base_refused_then_allowed(kube: Any, operator: Operator, i
 def test_data_at_risk_blocks_the_downgrade_until_allowed(kube: Any, operator: Operator, images: Any,
                                                          namespace: str, fresh_db: str) -> None:
     demo.seed_foodtruck(fresh_db)
-    upgrade(FOODTRUCK, "head", fresh_db)
+    upgrade(Target(FOODTRUCK, "head", fresh_db))
     execute(fresh_db, "update menu_items set version = version + 1 where id in ('m1', 'm2')")
     image = images("foodtruck")
     secret(kube, namespace, "db", {"url": fresh_db})

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from schemagate.contract.dburl import database_name
+from schemagate.contract.target import Target
 from schemagate.core import jobs as J
 from schemagate.core.model import Migration
 from tests.e2e.operator_process import ROOT, RUNNER_IMAGE
@@ -130,7 +131,7 @@ def test_a_failing_revision_leaves_nothing_in_the_pod(kube: Any, namespace: str,
     map_image("schemagate.test/raising:job", paths={"/app": project})
     from schemagate.runner.inject.apply import upgrade
 
-    upgrade(str(project / "alembic.ini"), "0001", fresh_db, "DATABASE_URL")
+    upgrade(Target(str(project / "alembic.ini"), "0001", fresh_db, "DATABASE_URL"))
     secret(kube, namespace, "db", {"url": fresh_db})
     before = databases(pg_server)
     spec = spec_for({"urlFrom": {"secretKeyRef": {"name": "db", "key": "url"}}})

@@ -11,6 +11,7 @@ import pytest
 import schemagate.runner.inject as inject
 from schemagate.contract.errors import MultipleHeads
 from schemagate.contract.stepresult import ExitCode, Outcome
+from schemagate.contract.target import Target
 from schemagate.runner.inject.apply import upgrade
 from schemagate.runner.inject.config import make_config
 from schemagate.runner.inject.migrate import migrate
@@ -31,7 +32,7 @@ from tests.pipeline.helpers import (
 
 
 def test_plan_on_empty_database(fresh_db: str) -> None:
-    p = plan(FOODTRUCK, "head", fresh_db)
+    p = plan(Target(FOODTRUCK, "head", fresh_db))
     assert p == {"current": None, "currentHeads": [], "target": "0003", "pending": ["0001", "0002", "0003"],
                  "expected": ["0003"], "heads": ["0003"], "versionTable": "alembic_version",
                  "versionTableSchema": None}
@@ -39,10 +40,10 @@ def test_plan_on_empty_database(fresh_db: str) -> None:
 
 
 def test_upgrade_foodtruck_then_downgrade_matches_seed_rollback(fresh_db: str) -> None:
-    out = upgrade(FOODTRUCK, "0001", fresh_db)
+    out = upgrade(Target(FOODTRUCK, "0001", fresh_db))
     assert out["applied"] == ["0001"] and out["toRevision"] == "0001"
     execute(fresh_db, "insert into menu_items (id, name, price, stock) values ('m1', 'Taco', 3.5, 10)")
-    out = upgrade(FOODTRUCK, "head", fresh_db, lock_timeout="2s", statement_timeout="1m")  # the CRD grammar
+    out = upgrade(Target(FOODTRUCK, "head", fresh_db), lock_timeout="2s", statement_timeout="1m")  # the CRD grammar
     assert out["fromRevision"] == "0001" and out["applied"] == ["0002", "0003"] and out["toRevision"] == "0003"
     assert query(fresh_db, "select conname, convalidated from pg_constraint where conname='check_stock_non_negative'") \
         == [("check_stock_non_negative", True)]
@@ -66,7 +67,7 @@ def test_upgrade_foodtruck_then_downgrade_matches_seed_rollback(fresh_db: str) -
 
 
 def test_wholesale_upgrade_and_full_downgrade(fresh_db: str) -> None:
-    out = upgrade(WHOLESALE, "head", fresh_db)
+    out = upgrade(Target(WHOLESALE, "head", fresh_db))
     assert out["applied"] == ["0001", "0002", "0003"]
     rows = query(fresh_db, "select conname, convalidated, confdeltype from pg_constraint "
                            "where conname like 'check_%' or conname in "
@@ -93,9 +94,9 @@ def test_wholesale_upgrade_and_full_downgrade(fresh_db: str) -> None:
 
 
 def test_env_py_imports_application_models_and_orm_data_migration(fresh_db: str) -> None:
-    upgrade(ORMAPP, "0001", fresh_db)
+    upgrade(Target(ORMAPP, "0001", fresh_db))
     execute(fresh_db, "insert into customers (id, full_name) values (1, 'Ada Lovelace'), (2, 'Plato')")
-    out = upgrade(ORMAPP, "head", fresh_db)
+    out = upgrade(Target(ORMAPP, "head", fresh_db))
     assert out["applied"] == ["0002"]
     assert query(fresh_db, "select id, first_name, last_name from customers order by id") == [
         (1, "Ada", "Lovelace"), (2, "Plato", None)]
@@ -107,7 +108,7 @@ def test_application_modules_do_not_leak_between_projects(fresh_db: str) -> None
     import sys
 
     path_before = list(sys.path)
-    upgrade(ORMAPP, "head", fresh_db)
+    upgrade(Target(ORMAPP, "head", fresh_db))
     assert not [m for m in sys.modules if m == "shopapp" or m.startswith("shopapp.")]
     assert sys.path == path_before
     assert "sqlalchemy" in sys.modules and "schemagate.runner.inject.apply" in sys.modules, "libraries stay loaded"
@@ -116,34 +117,34 @@ def test_application_modules_do_not_leak_between_projects(fresh_db: str) -> None
 def test_multiple_heads_is_a_clear_error_and_nothing_changes(fresh_db: str) -> None:
     before = schema_snapshot(fresh_db)
     with pytest.raises(MultipleHeads) as ei:
-        plan(MULTIHEAD, "head", fresh_db)
+        plan(Target(MULTIHEAD, "head", fresh_db))
     assert "0002a" in str(ei.value) and "0002b" in str(ei.value)
-    r = migrate(MULTIHEAD, "head", fresh_db)
+    r = migrate(Target(MULTIHEAD, "head", fresh_db))
     assert r.outcome is Outcome.PERMANENT_ERROR and r.reason == "MultipleHeads"
     assert "0002a" in r.message and "0002b" in r.message
     assert schema_snapshot(fresh_db) == before
     # one explicit head is a valid target
-    assert plan(MULTIHEAD, "0002b", fresh_db)["pending"] == ["0001", "0002b"]
+    assert plan(Target(MULTIHEAD, "0002b", fresh_db))["pending"] == ["0001", "0002b"]
 
 
 def test_unknown_target_revision(fresh_db: str) -> None:
     before = schema_snapshot(fresh_db)
-    r = migrate(FOODTRUCK, "9999", fresh_db)
+    r = migrate(Target(FOODTRUCK, "9999", fresh_db))
     assert (r.outcome, r.reason) == (Outcome.PERMANENT_ERROR, "UnknownRevision")
     assert "9999" in r.message
     assert schema_snapshot(fresh_db) == before
 
 
 def test_downgrade_target_refused(fresh_db: str) -> None:
-    upgrade(FOODTRUCK, "head", fresh_db)
-    r = migrate(FOODTRUCK, "0001", fresh_db)
+    upgrade(Target(FOODTRUCK, "head", fresh_db))
+    r = migrate(Target(FOODTRUCK, "0001", fresh_db))
     assert (r.outcome, r.reason) == (Outcome.PERMANENT_ERROR, "DowngradeNotAllowed"), r.message
     assert "--allow-downgrade" in r.message and r.data["field"] == "targetRevision"
     assert version(fresh_db) == "0003"
 
 
 def test_revision_failing_half_way_keeps_previous_revision(fresh_db: str) -> None:
-    r = migrate(HALFWAY, "head", fresh_db)
+    r = migrate(Target(HALFWAY, "head", fresh_db))
     assert (r.outcome, r.reason) == (Outcome.PERMANENT_ERROR, "MigrationFailed")
     assert "revision 0003" in r.message
     assert "ADD CONSTRAINT items_qty_positive" in r.message
@@ -160,7 +161,7 @@ def test_revision_failing_half_way_keeps_previous_revision(fresh_db: str) -> Non
 def test_unreachable_database_is_transient() -> None:
     from schemagate.local.postgres import free_port
 
-    r = migrate(FOODTRUCK, "head", f"postgresql://u:NotThePw9@127.0.0.1:{free_port()}/db")
+    r = migrate(Target(FOODTRUCK, "head", f"postgresql://u:NotThePw9@127.0.0.1:{free_port()}/db"))
     assert (r.outcome, r.reason) == (Outcome.TRANSIENT_ERROR, "DatabaseUnreachable"), r.message
     assert "NotThePw9" not in r.to_json()
 
@@ -196,7 +197,7 @@ def test_cli_migrate_json_fits_termination_message(fresh_db: str, tmp_path) -> N
 
 
 def test_bad_duration_is_invalid_input(fresh_db: str) -> None:
-    r = migrate(FOODTRUCK, "head", fresh_db, lock_timeout="soon")
+    r = migrate(Target(FOODTRUCK, "head", fresh_db), lock_timeout="soon")
     assert (r.outcome, r.reason) == (Outcome.PERMANENT_ERROR, "InvalidInput")
     assert "--lock-timeout" in r.message and "soon" in r.message
     assert version(fresh_db) is None

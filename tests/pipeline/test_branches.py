@@ -19,6 +19,7 @@ import pytest
 
 from schemagate.contract.errors import MultipleHeads
 from schemagate.contract.stepresult import Outcome
+from schemagate.contract.target import Target
 from schemagate.runner import verify as verify_step
 from schemagate.runner.inject.migrate import migrate
 from schemagate.runner.inject.revisions import plan
@@ -65,10 +66,10 @@ def test_migrate_applies_what_alembic_upgrade_applies(make_db, base, target, exp
     assert p.returncode == 0, p.stderr
     assert versions(reference) == expected  # the reference itself
 
-    pl = plan(BRANCHES, target, ours)
+    pl = plan(Target(BRANCHES, target, ours))
     assert pl["expected"] == expected.split(",")
     assert sorted(pl["pending"]) == applied
-    r = migrate(BRANCHES, target, ours, retries=0)
+    r = migrate(Target(BRANCHES, target, ours), retries=0)
     assert r.outcome is Outcome.SUCCEEDED, r.message
     assert versions(ours) == expected
     assert r.data["toRevision"] == expected
@@ -76,7 +77,7 @@ def test_migrate_applies_what_alembic_upgrade_applies(make_db, base, target, exp
     assert schema_snapshot(ours)[:-1] == schema_snapshot(reference)[:-1]  # the last entry reads one version row
 
     # verify takes the resolved target (a relative one like right@+1 means something else once applied)
-    v = verify_step.verify(BRANCHES, r.data["targetRevision"], ours)
+    v = verify_step.verify(Target(BRANCHES, r.data["targetRevision"], ours))
     assert v.outcome is Outcome.SUCCEEDED, v.message
     assert v.data["currentRevision"] == expected
 
@@ -85,12 +86,12 @@ def test_head_with_three_heads_is_refused_before_any_change_naming_them(fresh_db
     prepare(BRANCHES, fresh_db, ["0001"])
     before = schema_snapshot(fresh_db)
     with pytest.raises(MultipleHeads) as ei:
-        plan(BRANCHES, "head", fresh_db)
+        plan(Target(BRANCHES, "head", fresh_db))
     text = str(ei.value)
     for needed in ("0002a", "0002c", "0003b", "'heads'", "'right@head'", "'left@head'", "'extra@head'",
                    "at 0001", "nothing was changed"):
         assert needed in text, (needed, text)
-    r = migrate(BRANCHES, "head", fresh_db)
+    r = migrate(Target(BRANCHES, "head", fresh_db))
     assert (r.outcome, r.reason) == (Outcome.PERMANENT_ERROR, "MultipleHeads")
     assert r.data["heads"] == ["0002a", "0002c", "0003b"]
     assert schema_snapshot(fresh_db) == before
@@ -100,16 +101,16 @@ def test_head_with_three_heads_is_refused_before_any_change_naming_them(fresh_db
 def test_database_at_three_heads_merged_by_the_target(fresh_db: str) -> None:
     prepare(THREEWAY, fresh_db, ["0002a", "0002b", "0002c"])
     assert versions(fresh_db) == "0002a,0002b,0002c"
-    pl = plan(THREEWAY, "head", fresh_db)
+    pl = plan(Target(THREEWAY, "head", fresh_db))
     assert (pl["current"], pl["target"], pl["pending"], pl["expected"]) == ("0002a,0002b,0002c", "0003", ["0003"],
                                                                              ["0003"])
     assert pl["currentHeads"] == ["0002a", "0002b", "0002c"]
-    r = migrate(THREEWAY, "head", fresh_db)
+    r = migrate(Target(THREEWAY, "head", fresh_db))
     assert r.outcome is Outcome.SUCCEEDED, r.message
     assert (r.data["fromRevision"], r.data["toRevision"], r.data["applied"]) == ("0002a,0002b,0002c", "0003",
                                                                                  ["0003"])
     assert versions(fresh_db) == "0003"
-    v = verify_step.verify(THREEWAY, "head", fresh_db)
+    v = verify_step.verify(Target(THREEWAY, "head", fresh_db))
     assert v.outcome is Outcome.SUCCEEDED, v.message
 
 
@@ -117,26 +118,26 @@ def test_case_03_two_heads_and_their_merge(fresh_db: str) -> None:
     case = json.loads((CASE03 / "case.json").read_text())
     prepare(CASE03 / "alembic.ini", fresh_db, case["base"].split(","))
     execute(fresh_db, (CASE03 / "data.sql").read_text())
-    r = migrate(CASE03 / "alembic.ini", case["target"], fresh_db)
+    r = migrate(Target(CASE03 / "alembic.ini", case["target"], fresh_db))
     assert r.outcome is Outcome.SUCCEEDED, r.message
     assert versions(fresh_db) == case["expect"]["final_revision"] == "0003"
-    v = verify_step.verify(CASE03 / "alembic.ini", case["target"], fresh_db)
+    v = verify_step.verify(Target(CASE03 / "alembic.ini", case["target"], fresh_db))
     assert v.outcome is Outcome.SUCCEEDED, v.message
 
 
 def test_one_branch_applied_while_the_other_exists_verifies_without_the_project(fresh_db: str) -> None:
     """The operator's verify Job has no Alembic project: it compares the version rows with the plan's set."""
     prepare(BRANCHES, fresh_db, ["0002a"])
-    pl = plan(BRANCHES, "0002b", fresh_db)
-    r = migrate(BRANCHES, "0002b", fresh_db)
+    pl = plan(Target(BRANCHES, "0002b", fresh_db))
+    r = migrate(Target(BRANCHES, "0002b", fresh_db))
     assert r.outcome is Outcome.SUCCEEDED, r.message
     assert versions(fresh_db) == "0002a,0002b"
     doc = {"targetRevision": pl["target"], "expectedRevisions": pl["expected"]}
-    v = verify_step.verify(None, None, fresh_db, plan=doc)
+    v = verify_step.verify(Target(None, None, fresh_db), plan=doc)
     assert v.outcome is Outcome.SUCCEEDED, v.message
     assert v.data["currentRevision"] == "0002a,0002b"
     # a set that differs is a failure naming both sets
-    bad = verify_step.verify(None, None, fresh_db, plan={"targetRevision": "0002b",
+    bad = verify_step.verify(Target(None, None, fresh_db), plan={"targetRevision": "0002b",
                                                          "expectedRevisions": ["0002a", "0003b"]})
     assert bad.outcome is Outcome.CHECKS_FAILED
     assert "0002a,0002b" in bad.message and "0002a,0003b" in bad.message

@@ -11,6 +11,7 @@ import pytest
 
 from schemagate import cli, demo
 from schemagate.contract.stepresult import Outcome
+from schemagate.contract.target import Target
 from schemagate.runner import backup as bk
 from schemagate.runner import downgrade as dg
 from schemagate.runner.inject.apply import upgrade
@@ -25,7 +26,7 @@ def test_foodtruck_refused_without_allow_then_rollback_to_0001(fresh_db: str, tm
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     demo.seed_foodtruck(fresh_db)
     at_0001 = schema_snapshot(fresh_db)
-    upgrade(FOODTRUCK, "head", fresh_db)
+    upgrade(Target(FOODTRUCK, "head", fresh_db))
     at_head = schema_snapshot(fresh_db)
     args = ["run", "-c", str(FOODTRUCK), "--target", "0001", "--database-url", fresh_db, "--json",
             "--backup-dir", str(tmp_path / "b")]
@@ -49,7 +50,7 @@ def test_foodtruck_refused_without_allow_then_rollback_to_0001(fresh_db: str, tm
 
 def test_foodtruck_data_at_risk_blocks_until_allowed(fresh_db: str, pg_server: str, tmp_path: Path) -> None:
     demo.seed_foodtruck(fresh_db)
-    upgrade(FOODTRUCK, "head", fresh_db)
+    upgrade(Target(FOODTRUCK, "head", fresh_db))
     execute(fresh_db, "update menu_items set version = version + 1 where id in ('m1', 'm2')")
     at_head, dbs = schema_snapshot(fresh_db), _databases(pg_server)
     r = dg.downgrade(FOODTRUCK, "0001", fresh_db, allow=True, backup_dir=tmp_path)
@@ -64,9 +65,9 @@ def test_foodtruck_data_at_risk_blocks_until_allowed(fresh_db: str, pg_server: s
 
 
 def test_wholesale_rollback_to_0001_removes_constraints_and_indexes(fresh_db: str, tmp_path: Path) -> None:
-    upgrade(WHOLESALE, "0001", fresh_db)
+    upgrade(Target(WHOLESALE, "0001", fresh_db))
     at_0001 = schema_snapshot(fresh_db)
-    upgrade(WHOLESALE, "head", fresh_db)
+    upgrade(Target(WHOLESALE, "head", fresh_db))
     r = dg.downgrade(WHOLESALE, "0001", fresh_db, allow=True, backup_dir=tmp_path)
     assert r.ok, r.message
     gone = r.data["removes"]
@@ -79,7 +80,7 @@ def test_wholesale_rollback_to_0001_removes_constraints_and_indexes(fresh_db: st
 def test_rollback_to_base_with_and_without_data_at_risk(project: Path, make_db: object, tmp_path: Path) -> None:
     empty, seeded = make_db(), make_db()  # type: ignore[operator]
     for url in (empty, seeded):
-        upgrade(project, "head", url)
+        upgrade(Target(project, "head", url))
     if project == FOODTRUCK:
         execute(seeded, "insert into menu_items (id, name, price, stock) values ('m1', 'Taco', 3.5, 4), "
                         "('m2', 'Churros', 4.25, 0)")
@@ -103,7 +104,7 @@ def test_rollback_to_base_with_and_without_data_at_risk(project: Path, make_db: 
 
 
 def test_not_a_downgrade_and_bad_input(fresh_db: str) -> None:
-    upgrade(FOODTRUCK, "0002", fresh_db)
+    upgrade(Target(FOODTRUCK, "0002", fresh_db))
     r = dg.downgrade(FOODTRUCK, "head", fresh_db, allow=True)
     assert r.reason == "InvalidInput" and "not a downgrade" in r.message
     r = dg.downgrade(FOODTRUCK, "0001", fresh_db)

@@ -10,6 +10,7 @@ import pytest
 
 import schemagate.runner.inject as inject
 from schemagate.contract.stepresult import Outcome
+from schemagate.contract.target import Target
 from schemagate.runner.inject.migrate import migrate
 from tests.pipeline.helpers import PROJECTS, query, run_module, version
 
@@ -39,7 +40,7 @@ def test_every_crd_duration_reaches_postgres_in_milliseconds(make_db, text: str,
     url = make_db()
     # a statement_timeout below a second would cancel Alembic's own statements: those values go to lock_timeout only
     statement = text if ms == 0 or ms >= 1000 else None
-    r = migrate(PROBE, "0001", url, lock_timeout=text, statement_timeout=statement)
+    r = migrate(Target(PROBE, "0001", url), lock_timeout=text, statement_timeout=statement)
     assert r.outcome is Outcome.SUCCEEDED, r.message
     assert r.data["lockTimeout"] == text and r.data["statementTimeout"] == statement
     assert _seen(url) == {"lock_timeout": str(ms), "statement_timeout": str(ms) if statement else "0"}
@@ -59,7 +60,7 @@ def test_the_jobs_command_line_accepts_the_crd_example(make_db, tmp_path) -> Non
 @pytest.mark.parametrize("text", ["2min", "5", "-1s", "5 minutes", "1d"])
 def test_values_outside_the_grammar_change_nothing(make_db, text: str) -> None:
     url = make_db()
-    r = migrate(PROBE, "head", url, lock_timeout=text)
+    r = migrate(Target(PROBE, "head", url), lock_timeout=text)
     assert (r.outcome, r.reason) == (Outcome.PERMANENT_ERROR, "InvalidInput")
     assert "--lock-timeout" in r.message and repr(text) in r.message and r.data["field"] == "--lock-timeout"
     assert r.data["actor"] == "user"

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from schemagate.contract.stepresult import Outcome
+from schemagate.contract.target import Target
 from schemagate.runner import verify as verify_step
 from schemagate.runner.inject.migrate import migrate
 from tests.pipeline.helpers import PROJECTS, engine, execute, query
@@ -68,7 +69,7 @@ def versions(url: str) -> list[str]:
 
 def prepare_case05(url: str) -> Path:
     ini = CASE05 / "alembic.ini"
-    r = migrate(ini, "0001", url, retries=0)
+    r = migrate(Target(ini, "0001", url), retries=0)
     assert r.ok, r.message
     execute(url, (CASE05 / "data.sql").read_text().replace("%", "%%"))  # no parameters: % is the operator
     return ini
@@ -88,7 +89,7 @@ def test_case_05_lock_timeout_leftover_dropped_before_the_retry(fresh_db: str) -
     assert indexes(fresh_db)["ix_events_kind_other"] is False
 
     with writer(fresh_db, "begin; insert into events (kind) values ('late'); select pg_sleep(0)", hold=3.5):
-        r = migrate(ini, "head", fresh_db, lock_timeout="1s", retries=5, backoff=1.0, max_backoff=2.0)
+        r = migrate(Target(ini, "head", fresh_db), lock_timeout="1s", retries=5, backoff=1.0, max_backoff=2.0)
     assert r.outcome is Outcome.SUCCEEDED, r.message
     assert r.data["attempts"] >= 2
     assert versions(fresh_db) == ["0002"]
@@ -99,7 +100,7 @@ def test_case_05_lock_timeout_leftover_dropped_before_the_retry(fresh_db: str) -
     assert left and all(x["index"] == "ix_events_kind" and x["schema"] == "public" and x["table"] == "events"
                         and x["revision"] == "0002" and x["dropped"] for x in left), left
     assert "ix_events_kind" in r.message and "DROP INDEX CONCURRENTLY" in r.message
-    v = verify_step.verify(ini, "head", fresh_db, plan={"targetRevision": "0002",
+    v = verify_step.verify(Target(ini, "head", fresh_db), plan={"targetRevision": "0002",
                                                          "indexes": [{"name": "ix_events_kind", "schema": "public",
                                                                       "table": "events"}]})
     assert v.outcome is Outcome.SUCCEEDED, v.message
@@ -110,14 +111,14 @@ def test_leftover_of_an_earlier_run_is_named_then_dropped_by_the_next_run(fresh_
     'already exists' on the leftover; migrate drops it and applies the revision."""
     ini = prepare_case05(fresh_db)
     with writer(fresh_db, "begin; insert into events (kind) values ('late')", hold=2.5):
-        first = migrate(ini, "head", fresh_db, lock_timeout="1s", retries=0)
+        first = migrate(Target(ini, "head", fresh_db), lock_timeout="1s", retries=0)
     assert (first.outcome, first.reason) == (Outcome.TRANSIENT_ERROR, "LockTimeout"), first.message
     assert versions(fresh_db) == ["0001"]
     assert indexes(fresh_db)["ix_events_kind"] is False
     assert "ix_events_kind" in first.message and "INVALID" in first.message
     assert first.data["leftovers"][0]["dropped"] is False
 
-    second = migrate(ini, "head", fresh_db, lock_timeout="1s", retries=0)
+    second = migrate(Target(ini, "head", fresh_db), lock_timeout="1s", retries=0)
     assert second.outcome is Outcome.SUCCEEDED, second.message
     assert versions(fresh_db) == ["0002"] and indexes(fresh_db)["ix_events_kind"] is True
     assert [(x["index"], x["dropped"]) for x in second.data["leftovers"]] == [("ix_events_kind", True)]
@@ -125,22 +126,22 @@ def test_leftover_of_an_earlier_run_is_named_then_dropped_by_the_next_run(fresh_
 
 
 def test_unique_index_and_reindex_concurrently_in_a_mixed_case_schema(fresh_db: str) -> None:
-    r = migrate(CONCURRENT, "0001", fresh_db, retries=0)
+    r = migrate(Target(CONCURRENT, "0001", fresh_db), retries=0)
     assert r.ok, r.message
     execute(fresh_db, """insert into "Sales"."Ev" ("Code", "Note") select 'c' || g, 'n' || g
                          from generate_series(1, 500) g""")
     # 0002: CREATE UNIQUE INDEX CONCURRENTLY "ix_Ev_Code" ON "Sales"."Ev" blocked by a writer on "Sales"."Ev"
     with writer(fresh_db, """begin; insert into "Sales"."Ev" ("Code") values ('late')""", hold=3.5):
-        r = migrate(CONCURRENT, "0002", fresh_db, lock_timeout="1s", retries=5, backoff=1.0, max_backoff=2.0)
+        r = migrate(Target(CONCURRENT, "0002", fresh_db), lock_timeout="1s", retries=5, backoff=1.0, max_backoff=2.0)
     assert r.outcome is Outcome.SUCCEEDED, r.message
     assert indexes(fresh_db, "Sales")["ix_Ev_Code"] is True
     assert {(x["schema"], x["table"], x["index"]) for x in r.data["leftovers"]} == {("Sales", "Ev", "ix_Ev_Code")}
     # 0003: REINDEX INDEX CONCURRENTLY "Sales"."ix_Ev_Note" blocked: leaves "ix_Ev_Note_ccnew" INVALID
     with writer(fresh_db, """begin; insert into "Sales"."Ev" ("Code") values ('later')""", hold=2.5):
-        first = migrate(CONCURRENT, "head", fresh_db, lock_timeout="1s", retries=0)
+        first = migrate(Target(CONCURRENT, "head", fresh_db), lock_timeout="1s", retries=0)
     assert first.reason == "LockTimeout", first.message
     assert indexes(fresh_db, "Sales").get("ix_Ev_Note_ccnew") is False
-    second = migrate(CONCURRENT, "head", fresh_db, lock_timeout="1s", retries=3, backoff=0.5)
+    second = migrate(Target(CONCURRENT, "head", fresh_db), lock_timeout="1s", retries=3, backoff=0.5)
     assert second.outcome is Outcome.SUCCEEDED, second.message
     ix = indexes(fresh_db, "Sales")
     assert "ix_Ev_Note_ccnew" not in ix and ix["ix_Ev_Note"] is True, ix
@@ -153,9 +154,9 @@ def test_failed_unique_build_is_named_then_dropped_by_the_retry_after_the_data_f
     """CREATE UNIQUE INDEX CONCURRENTLY on duplicates fails for good (not a lock timeout) and leaves an INVALID
     index that still enforces uniqueness on new rows: the failure names it; the retry after the data fix (a new
     run, as after schemagate.dev/retry) drops it before building again."""
-    assert migrate(CONCURRENT, "0001", fresh_db, retries=0).ok
+    assert migrate(Target(CONCURRENT, "0001", fresh_db), retries=0).ok
     execute(fresh_db, """insert into "Sales"."Ev" ("Code") values ('same'), ('same'), ('other')""")
-    failed = migrate(CONCURRENT, "0002", fresh_db, retries=3, backoff=0.1)
+    failed = migrate(Target(CONCURRENT, "0002", fresh_db), retries=3, backoff=0.1)
     assert (failed.outcome, failed.reason) == (Outcome.PERMANENT_ERROR, "MigrationFailed"), failed.message
     assert failed.data["attempts"] == 1  # not a lock timeout: no retry within the run
     assert indexes(fresh_db, "Sales")["ix_Ev_Code"] is False
@@ -164,7 +165,7 @@ def test_failed_unique_build_is_named_then_dropped_by_the_retry_after_the_data_f
         ("Sales", "ix_Ev_Code", False)]
     execute(fresh_db, """delete from "Sales"."Ev" where "Code" = 'same' and "Id" > (
                              select min("Id") from "Sales"."Ev" where "Code" = 'same')""")
-    again = migrate(CONCURRENT, "0002", fresh_db, retries=0)
+    again = migrate(Target(CONCURRENT, "0002", fresh_db), retries=0)
     assert again.outcome is Outcome.SUCCEEDED, again.message
     assert indexes(fresh_db, "Sales")["ix_Ev_Code"] is True
     assert [(x["index"], x["dropped"]) for x in again.data["leftovers"]] == [("ix_Ev_Code", True)]
@@ -175,9 +176,9 @@ def test_statements_committed_on_their_own_before_a_lock_timeout_are_named(fresh
     label and an audit table, then builds an index concurrently behind a writer. The lock timeout leaves those
     committed: the result names each (a retry runs them again) besides dropping the INVALID index."""
     committed = PROJECTS / "graph" / "committed.ini"
-    assert migrate(committed, "0001", fresh_db, retries=0).ok
+    assert migrate(Target(committed, "0001", fresh_db), retries=0).ok
     with writer(fresh_db, "begin; insert into events (kind) values ('late')", hold=2.5):
-        r = migrate(committed, "head", fresh_db, lock_timeout="1s", retries=0)
+        r = migrate(Target(committed, "head", fresh_db), lock_timeout="1s", retries=0)
     assert r.reason == "LockTimeout", r.message
     stmts = [(x["revision"], x["statement"]) for x in r.data["committedBeforeFailure"]]
     assert stmts == [("0002", "CREATE TYPE mood AS ENUM ('calm')"), ("0002", "ALTER TYPE mood ADD VALUE 'tense'"),

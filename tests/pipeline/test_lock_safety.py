@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 
 from schemagate import demo
+from schemagate.contract.target import Target
 from schemagate.runner.inject.migrate import migrate
 from tests.pipeline.helpers import FOODTRUCK, WHOLESALE, scalar, version
 
@@ -49,7 +50,7 @@ def test_wholesale_0002_does_not_deadlock_with_an_application_insert(fresh_db: s
         app.execute("update stock_reservations set quantity = quantity where id = 'sr1'")
 
         def run() -> None:
-            result["r"] = migrate(WHOLESALE, "0002", fresh_db, lock_timeout="5s", retries=0)
+            result["r"] = migrate(Target(WHOLESALE, "0002", fresh_db), lock_timeout="5s", retries=0)
 
         t = threading.Thread(target=run, daemon=True)
         t.start()
@@ -90,7 +91,7 @@ def test_each_lock_timeout_attempt_reports_the_lock_and_who_held_it(fresh_db: st
         blocker.execute("select count(*) from menu_items")  # ACCESS SHARE until the transaction ends
         blocker_pid = blocker.info.backend_pid
         log: list[str] = []
-        r = migrate(FOODTRUCK, "head", fresh_db, lock_timeout="400ms", retries=1, backoff=0.1, log=log.append)
+        r = migrate(Target(FOODTRUCK, "head", fresh_db), lock_timeout="400ms", retries=1, backoff=0.1, log=log.append)
     finally:
         blocker.close()
     assert r.reason == "LockTimeout" and r.data["attempts"] == 2, r.message
@@ -108,5 +109,5 @@ def test_each_lock_timeout_attempt_reports_the_lock_and_who_held_it(fresh_db: st
 
 def test_a_migration_without_lock_waits_reports_none(fresh_db: str) -> None:
     demo.seed_foodtruck(fresh_db)
-    r = migrate(FOODTRUCK, "head", fresh_db, lock_timeout="5s")
+    r = migrate(Target(FOODTRUCK, "head", fresh_db), lock_timeout="5s")
     assert r.outcome.value == "Succeeded" and r.data["lockWaits"] == [], r.data

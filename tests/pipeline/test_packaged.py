@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from schemagate.contract.stepresult import Outcome
+from schemagate.contract.target import Target
 from schemagate.core.jobs import JobSettings, build_job
 from schemagate.core.model import Migration
 from schemagate.runner.inject.migrate import migrate
@@ -116,9 +117,9 @@ def tables(url: str) -> list[str]:
 ])
 def test_packaged_project_migrates_from_any_working_directory(pkg: Path, fresh_db: str, config: str) -> None:
     config = config.replace("SITE", str(pkg))
-    p = plan(config, "head", fresh_db)
+    p = plan(Target(config, "head", fresh_db))
     assert (p["current"], p["pending"]) == (None, ["0001", "0002"])
-    r = migrate(config, "head", fresh_db, retries=0)
+    r = migrate(Target(config, "head", fresh_db), retries=0)
     assert r.outcome is Outcome.SUCCEEDED, r.message
     assert tables(fresh_db) == ["alembic_version", "packaged_items"]  # never the decoy in the working directory
     assert query(fresh_db, "select column_name from information_schema.columns where table_name = "
@@ -127,7 +128,7 @@ def test_packaged_project_migrates_from_any_working_directory(pkg: Path, fresh_d
 
 def test_unknown_package_is_invalid_input_and_changes_nothing(pkg: Path, fresh_db: str) -> None:
     before = schema_snapshot(fresh_db)
-    r = migrate("nosuchpkg_xyz.db:migrations", "head", fresh_db, retries=0)
+    r = migrate(Target("nosuchpkg_xyz.db:migrations", "head", fresh_db), retries=0)
     assert (r.outcome, r.reason) == (Outcome.PERMANENT_ERROR, "InvalidInput"), r.message
     assert "-c/--config" in r.message and "nosuchpkg_xyz" in r.message
     assert schema_snapshot(fresh_db) == before

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from schemagate import demo
 from schemagate.contract.stepresult import Outcome, StepResult, to_termination_message
+from schemagate.contract.target import Target
 from schemagate.runner import pipeline, verify
 from schemagate.runner.inject.apply import upgrade
 from schemagate.runner.inject.lock import ADVISORY_LOCK_KEY
@@ -33,7 +34,7 @@ from tests.pipeline.helpers import (
 
 def _run(url: str, config: Path, tmp_path: Path, **kw) -> tuple[StepResult, list[StepResult]]:
     steps: list[StepResult] = []
-    r = pipeline.run(config, "head", url, backup_dir=tmp_path / "backups", on_step=steps.append, **kw)
+    r = pipeline.run(Target(config, "head", url), backup_dir=tmp_path / "backups", on_step=steps.append, **kw)
     return r, steps
 
 
@@ -64,7 +65,7 @@ def test_intermediate_target_leaves_not_valid_constraint_on_purpose(fresh_db: st
     that state, and still report it, instead of calling it a leftover."""
     demo.seed_foodtruck(fresh_db)
     steps: list[StepResult] = []
-    r = pipeline.run(FOODTRUCK, "0002", fresh_db, backup_dir=tmp_path / "backups", on_step=steps.append)
+    r = pipeline.run(Target(FOODTRUCK, "0002", fresh_db), backup_dir=tmp_path / "backups", on_step=steps.append)
     assert r.outcome is Outcome.SUCCEEDED, r.message
     pre, ver = steps[1], steps[3]
     assert {"name": "check_stock_non_negative", "table": "public.menu_items"} in pre.data["notValid"]
@@ -73,7 +74,7 @@ def test_intermediate_target_leaves_not_valid_constraint_on_purpose(fresh_db: st
     assert version(fresh_db) == "0002"
     # a NOT VALID constraint that the plan does not expect is still a failure
     execute(fresh_db, "ALTER TABLE menu_items ADD CONSTRAINT stray_check CHECK (stock < 1000000) NOT VALID")
-    again = verify.verify(FOODTRUCK, "0002", fresh_db, plan=pre.data)
+    again = verify.verify(Target(FOODTRUCK, "0002", fresh_db), plan=pre.data)
     assert again.outcome is Outcome.CHECKS_FAILED
     assert any("stray_check" in f for f in again.data["failures"])
     assert not any("check_stock_non_negative" in f for f in again.data["failures"])
@@ -130,7 +131,7 @@ def test_bad_input_changes_nothing(fresh_db: str, tmp_path: Path) -> None:
                        ({"lock_timeout": "5 parsecs"}, "InvalidInput"), ({"user_checks": ["novalue"]},
                                                                           "InvalidInput")):
         target = kw.pop("target", "head")
-        r = pipeline.run(FOODTRUCK, target, fresh_db, backup_dir=tmp_path / "b", **kw)
+        r = pipeline.run(Target(FOODTRUCK, target, fresh_db), backup_dir=tmp_path / "b", **kw)
         assert (r.outcome, r.reason) == (Outcome.PERMANENT_ERROR, reason), (kw, r.message)
     assert schema_snapshot(fresh_db) == before
     assert not (tmp_path / "b").exists()
@@ -153,7 +154,7 @@ def test_lock_timeout_retries_until_the_blocker_leaves(fresh_db: str) -> None:
     t.start()
     log: list[str] = []
     try:
-        r = migrate(FOODTRUCK, "head", fresh_db, lock_timeout="200ms", retries=8, backoff=0.25, max_backoff=1.0,
+        r = migrate(Target(FOODTRUCK, "head", fresh_db), lock_timeout="200ms", retries=8, backoff=0.25, max_backoff=1.0,
                         log=log.append)
     finally:
         t.join()
@@ -171,7 +172,7 @@ def test_lock_timeout_gives_up_as_transient(fresh_db: str) -> None:
     e = engine(fresh_db)
     with e.connect() as blocker:
         blocker.exec_driver_sql("select * from menu_items limit 1")
-        r = migrate(FOODTRUCK, "head", fresh_db, lock_timeout="100ms", retries=1, backoff=0.1)
+        r = migrate(Target(FOODTRUCK, "head", fresh_db), lock_timeout="100ms", retries=1, backoff=0.1)
         blocker.rollback()
     e.dispose()
     assert (r.outcome, r.reason) == (Outcome.TRANSIENT_ERROR, "LockTimeout"), r.message
@@ -213,7 +214,7 @@ def test_two_migrators_are_serialised_and_apply_once(fresh_db: str) -> None:
 
 def test_verify_finds_not_valid_constraint_invalid_index_and_user_violations(fresh_db: str) -> None:
     demo.seed_foodtruck(fresh_db)
-    upgrade(FOODTRUCK, "0002", fresh_db)
+    upgrade(Target(FOODTRUCK, "0002", fresh_db))
     execute(fresh_db, "insert into menu_items (id, name, price, stock) values ('dup', 'Churros', 0, 1)")
     ec = engine(fresh_db).connect().execution_options(isolation_level="AUTOCOMMIT")
     try:
@@ -224,7 +225,7 @@ def test_verify_finds_not_valid_constraint_invalid_index_and_user_violations(fre
     plan = {"targetRevision": "0002",
             "checks": [{"name": "check_stock_non_negative", "table": "menu_items", "kind": "check"}],
             "indexes": []}
-    r = verify.verify(None, None, fresh_db, plan=plan, user_checks=["free_items=select count(*) from menu_items "
+    r = verify.verify(Target(None, None, fresh_db), plan=plan, user_checks=["free_items=select count(*) from menu_items "
                                                                    "where price = 0"])
     assert (r.outcome, r.reason) == (Outcome.CHECKS_FAILED, "VerificationFailed"), r.message
     f = "\n".join(r.data["failures"])
@@ -233,20 +234,20 @@ def test_verify_finds_not_valid_constraint_invalid_index_and_user_violations(fre
     assert "free_items" in f and "counts 1" in f
     assert r.data["currentRevision"] == "0002"
     # with the project: the revision is behind the target
-    r = verify.verify(FOODTRUCK, "head", fresh_db)
+    r = verify.verify(Target(FOODTRUCK, "head", fresh_db))
     assert any("pending" in x for x in r.data["failures"]), r.data
 
 
 def test_verify_plan_from_env(fresh_db: str, monkeypatch) -> None:
     demo.seed_foodtruck(fresh_db)
-    upgrade(FOODTRUCK, "head", fresh_db)
+    upgrade(Target(FOODTRUCK, "head", fresh_db))
     res = StepResult(step="precheck", outcome=Outcome.SUCCEEDED, reason="PrecheckPassed", message="ok",
                      data={"targetRevision": "0003", "checks": [
                          {"name": "check_stock_non_negative", "table": "menu_items", "kind": "check", "count": 0}],
                          "indexes": [{"name": "idx_menu_items_version", "table": "menu_items"}]})
     monkeypatch.setenv("SCHEMAGATE_PLAN", res.to_json())
     plan = verify.load_plan(env="SCHEMAGATE_PLAN")
-    r = verify.verify(None, None, fresh_db, plan=plan)
+    r = verify.verify(Target(None, None, fresh_db), plan=plan)
     assert r.outcome is Outcome.SUCCEEDED, r.message
     assert r.data["checks"][0]["count"] == 0 and r.data["indexes"] == [{"name": "idx_menu_items_version",
                                                                        "valid": True}]

@@ -13,6 +13,7 @@ import pytest
 from schemagate import cli, demo
 from schemagate.contract.dburl import database_name, with_database
 from schemagate.contract.stepresult import Outcome
+from schemagate.contract.target import Target
 from schemagate.runner import backup as bk
 from schemagate.runner import rehearse as rh
 from tests.pgfixtures import _admin_exec
@@ -83,24 +84,24 @@ def test_run_rehearse_blocks_a_failing_revision_and_passes_a_good_one(make_db: o
     good, bad = make_db(), make_db()  # type: ignore[operator]
     demo.seed_foodtruck(good)
     dbs = _databases(pg_server)
-    r = pipeline.run(FOODTRUCK, "head", good, backup_dir=tmp_path / "g", rehearse=True, lint=False)
+    r = pipeline.run(Target(FOODTRUCK, "head", good), backup_dir=tmp_path / "g", rehearse=True, lint=False)
     assert r.ok, r.message
     assert [s["step"] for s in r.data["steps"]] == ["backup", "precheck", "rehearse", "migrate", "verify"]
     assert version(good) == "0003" and _databases(pg_server) == dbs
     # a revision that fails only on the real rows: an event trigger (pg_dump copies it) raises on any DDL while a
     # 'Churros' row exists; the precheck's schema-only shadow has no rows, the rehearsal's restored copy has them
-    upgrade(FOODTRUCK, "0001", bad)
+    upgrade(Target(FOODTRUCK, "0001", bad))
     execute(bad, "create function no_alter() returns event_trigger language plpgsql as $$ begin "
                  "if exists (select 1 from menu_items where name = 'Churros') then raise exception 'churros'; end if;"
                  " end $$; create event trigger no_alter on ddl_command_end execute function no_alter(); "
                  "insert into menu_items (id, name, price, stock) values ('m3', 'Churros', 4.25, 0)")
     before = schema_snapshot(bad)
-    r = pipeline.run(FOODTRUCK, "head", bad, backup_dir=tmp_path / "b", rehearse=True, lint=False)
+    r = pipeline.run(Target(FOODTRUCK, "head", bad), backup_dir=tmp_path / "b", rehearse=True, lint=False)
     assert r.reason == "RehearsalFailed", r.message
     assert "blocked by the rehearsal, nothing was applied" in r.message and "0002" in r.message
     assert [s["step"] for s in r.data["steps"]][-1] == "rehearse"
     assert schema_snapshot(bad) == before and version(bad) == "0001" and _databases(pg_server) == dbs
-    r = pipeline.run(FOODTRUCK, "head", bad, backup=False, rehearse=True)
+    r = pipeline.run(Target(FOODTRUCK, "head", bad), backup=False, rehearse=True)
     assert r.reason == "InvalidInput" and r.data["field"] == "--rehearse"
 
 
@@ -166,7 +167,7 @@ def test_rows_changed_by_a_data_migration(fresh_db: str, tmp_path: Path) -> None
     from schemagate.runner.inject.apply import upgrade
 
     project = Path(__file__).resolve().parent / "projects" / "graph" / "datamigration.ini"
-    upgrade(project, "0001", fresh_db)
+    upgrade(Target(project, "0001", fresh_db))
     r = rh.rehearse(project, "head", fresh_db, backup_dir=tmp_path)
     assert r.ok, r.message
     st = r.data["statements"]

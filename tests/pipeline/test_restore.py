@@ -15,6 +15,7 @@ import pytest
 from schemagate import cli, demo
 from schemagate.contract.dburl import database_name, with_database
 from schemagate.contract.stepresult import Outcome
+from schemagate.contract.target import Target
 from schemagate.libpq import client_env, pg_bin
 from schemagate.runner import backup as bk
 from schemagate.runner import restore as rs
@@ -144,7 +145,7 @@ def test_replace_keeps_a_fresh_backup_of_what_it_replaces(fresh_db: str, pg_serv
     assert b.ok, b.message
     original_schema, original_counts = schema_dump(fresh_db), row_counts(fresh_db)
     # the database moves on: the food truck's revisions are applied and rows are added
-    upgrade(FOODTRUCK, "head", fresh_db)
+    upgrade(Target(FOODTRUCK, "head", fresh_db))
     execute(fresh_db, "insert into orders (id, customer_name, status, total) values ('o9', 'Cy', 'PAID', 3)")
     changed_schema, changed_counts = schema_dump(fresh_db), row_counts(fresh_db)
     assert changed_schema != original_schema

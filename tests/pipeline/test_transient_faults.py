@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from schemagate.contract.target import Target
 from schemagate.runner.inject.lock import ADVISORY_LOCK_KEY
 from schemagate.runner.inject.migrate import migrate
 from tests.pipeline.helpers import execute, query, scalar
@@ -27,7 +28,7 @@ def _run(url: str) -> tuple[threading.Thread, dict[str, Any]]:
     out: dict[str, Any] = {}
 
     def go() -> None:
-        out["result"] = migrate(SLOW, "head", url, None, lock_timeout="5s", retries=4, backoff=0.2, max_backoff=1.0)
+        out["result"] = migrate(Target(SLOW, "head", url, None), lock_timeout="5s", retries=4, backoff=0.2, max_backoff=1.0)
 
     t = threading.Thread(target=go)
     t.start()
@@ -91,7 +92,7 @@ def test_retries_spent_report_transient_with_the_real_revision(fresh_db: str) ->
     """With no retries left the step ends TransientError (the operator retries it with a new Job), naming the
     revision that was interrupted and the revision the database is at."""
     out: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: out.update(r=migrate(SLOW, "head", fresh_db, None, retries=0)))
+    t = threading.Thread(target=lambda: out.update(r=migrate(Target(SLOW, "head", fresh_db, None), retries=0)))
     t.start()
     pid = _wait_for_pid(fresh_db, "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3)%' "
                                   "AND pid <> pg_backend_pid()")  # fmt: skip

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from schemagate.contract.dburl import libpq_url
+from schemagate.contract.target import Target
 from schemagate.runner.inject.apply import upgrade as alembic_upgrade
 
 PROJECTS = Path(__file__).parent / "projects"
@@ -36,7 +37,7 @@ def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
 
 
 def upgrade(url: str, name: str, target: str) -> None:
-    alembic_upgrade(project(name), target, url, "DATABASE_URL")
+    alembic_upgrade(Target(project(name), target, url, "DATABASE_URL"))
 
 
 def databases(url: str) -> set[str]:
@@ -85,7 +86,7 @@ def sql_project(root: Path, base: list[str], *revisions: list[str]) -> str:
 def migration_fails(url: str, ini: str, target: str = "head") -> bool:
     """Whether plain ``alembic upgrade`` to ``target`` fails on ``url`` (PostgreSQL's own verdict)."""
     try:
-        alembic_upgrade(ini, target, url, "DATABASE_URL")
+        alembic_upgrade(Target(ini, target, url, "DATABASE_URL"))
     except Exception:  # noqa: BLE001 - any failure of the upgrade is the answer
         return True
     return False

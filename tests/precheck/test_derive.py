@@ -12,6 +12,7 @@ import pytest
 
 from schemagate.contract.dburl import with_database
 from schemagate.contract.stepresult import ExitCode, Outcome
+from schemagate.contract.target import Target
 from schemagate.runner import precheck
 from schemagate.runner.inject.shadow import shadow_upgrade
 from tests.precheck.helpers import databases, execute, project, query, upgrade
@@ -43,7 +44,7 @@ def shop(fresh_db: str) -> str:
 
 def test_shop_env_imports_models_and_orm_data_migration(shop: str) -> None:
     before = databases(shop)
-    r = precheck.precheck(project("shop"), "head", shop, "DATABASE_URL")
+    r = precheck.precheck(Target(project("shop"), "head", shop, "DATABASE_URL"))
     assert databases(shop) == before, "the shadow database must be dropped"
     assert r.outcome is Outcome.CHECKS_FAILED and r.reason == "ViolationsFound" and r.exit_code == 3
     d = r.data
@@ -76,7 +77,7 @@ def test_shop_env_imports_models_and_orm_data_migration(shop: str) -> None:
 
 
 def test_max_violations_allows_a_budget(shop: str) -> None:
-    r = precheck.precheck(project("shop"), "head", shop, "DATABASE_URL", max_violations=5, lint=False)
+    r = precheck.precheck(Target(project("shop"), "head", shop, "DATABASE_URL"), max_violations=5, lint=False)
     assert r.outcome is Outcome.SUCCEEDED and r.reason == "PrecheckPassed" and r.data["total"] == 5
     assert r.data["lint"]["available"] is False
 
@@ -96,7 +97,7 @@ def test_raw_sql_constraints(fresh_db: str) -> None:
             "INSERT INTO lines VALUES (1, 1, 1, 'c', NULL), (2, 9, 9, 'c', NULL), (3, NULL, 2, 'd', 'v'), "
             "(4, NULL, NULL, 'd', 'v')",
             "INSERT INTO refs VALUES (1, 1, 2), (2, 7, 7), (3, NULL, 7), (4, 7, NULL)")
-    r = precheck.precheck(project("rawsql"), "head", fresh_db, "DATABASE_URL")
+    r = precheck.precheck(Target(project("rawsql"), "head", fresh_db, "DATABASE_URL"))
     checks = by_name(r)
     assert checks["ck_credit"]["count"] == 2  # accounts 2 and 3; account 4 (NULL) passes
     assert checks["ck_limit_positive"]["count"] == 1
@@ -156,7 +157,7 @@ def wholesale(fresh_db: str) -> str:
 
 
 def test_wholesale_ten_checks_and_foreign_keys(wholesale: str) -> None:
-    r = precheck.precheck(project("wholesale"), "head", wholesale, "DATABASE_URL")
+    r = precheck.precheck(Target(project("wholesale"), "head", wholesale, "DATABASE_URL"))
     assert r.data["pending"] == ["0002", "0003"]
     checks = by_name(r)
     counted = {n: c["count"] for n, c in checks.items() if c["count"]}
@@ -185,7 +186,7 @@ def test_wholesale_ten_checks_and_foreign_keys(wholesale: str) -> None:
             "DELETE FROM stock_reservations WHERE quantity <= 0",
             "UPDATE wholesaler_products SET stock = 10, reserved_stock = 0",
             "UPDATE orders SET total_amount = 1 WHERE total_amount <= 0")
-    r = precheck.precheck(project("wholesale"), "head", wholesale, "DATABASE_URL", lint=False)
+    r = precheck.precheck(Target(project("wholesale"), "head", wholesale, "DATABASE_URL"), lint=False)
     assert r.outcome is Outcome.SUCCEEDED and r.data["total"] == 0, r.message
 
 
@@ -200,7 +201,7 @@ def test_kubernetes_phases_prepare_shadow_upgrade_count(wholesale: str, pod_shad
     assert info["server"] and info["shadowUrl"] and info["shadow"]["kind"] == "throw-away-server"
     assert "shadowUrl" not in p.data and "adminUrl" not in p.data  # the result never carries the shadow's URL
     # second container (application image): the injected runner on the shadow named by prepare.json
-    shadow_upgrade(project("wholesale"), "head", wholesale, "DATABASE_URL", tmp_path)
+    shadow_upgrade(Target(project("wholesale"), "head", wholesale, "DATABASE_URL"), tmp_path)
     upgraded = json.loads((tmp_path / "shadow-upgrade.json").read_text())
     assert any(s["kind"] == "ddl" and s["revision"] == "0002" for s in upgraded["statements"])
     assert upgraded["fromRevision"] == "0001" and upgraded["versionTable"] == {"schema": "public",
@@ -294,13 +295,13 @@ def test_without_createdb_the_throw_away_shadow_then_an_explicit_shadow_url(pg_s
         upgrade(real_role, "naive", "0001")
         execute(real_role, "INSERT INTO orders VALUES (1, -5, 'new'), (2, 5, 'new')")
         before = {r[0] for r in query(pg_server, "SELECT datname FROM pg_database")}
-        r = precheck.precheck(project("naive"), "head", real_role, "DATABASE_URL")
+        r = precheck.precheck(Target(project("naive"), "head", real_role, "DATABASE_URL"))
         assert r.outcome is Outcome.CHECKS_FAILED, r.message
         assert by_name(r)["ck_orders_amount"]["count"] == 1
         assert r.data["shadow"]["kind"] == "throw-away-server"
         assert {r[0] for r in query(pg_server, "SELECT datname FROM pg_database")} == before
         assert password not in r.to_json()
-        r = precheck.precheck(project("naive"), "head", real_role, "DATABASE_URL", shadow_url=spare_role)
+        r = precheck.precheck(Target(project("naive"), "head", real_role, "DATABASE_URL"), shadow_url=spare_role)
         assert r.outcome is Outcome.CHECKS_FAILED, r.message
         assert by_name(r)["ck_orders_amount"]["count"] == 1
         assert password not in r.to_json()
@@ -319,7 +320,7 @@ def test_without_createdb_the_throw_away_shadow_then_an_explicit_shadow_url(pg_s
 
 def test_unreachable_database_is_transient_and_redacted(tmp_path: Path) -> None:
     url = "postgresql://someone:s3cr3t-pw@127.0.0.1:1/db"
-    r = precheck.precheck(project("naive"), "head", url, "DATABASE_URL")
+    r = precheck.precheck(Target(project("naive"), "head", url, "DATABASE_URL"))
     assert r.outcome is Outcome.TRANSIENT_ERROR and r.reason == "DatabaseUnreachable"
     assert "s3cr3t-pw" not in r.to_json()
 

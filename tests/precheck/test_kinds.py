@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from schemagate.contract.stepresult import Outcome
+from schemagate.contract.target import Target
 from schemagate.runner import precheck
 from tests.precheck.helpers import execute, migration_fails, sql_project
 
@@ -22,9 +23,9 @@ def run(url: str, tmp_path: Path, base: list[str], data: list[str], *revisions: 
     from schemagate.runner.inject.apply import upgrade
 
     ini = sql_project(tmp_path / "proj", base, *revisions)
-    upgrade(ini, "0001", url, "DATABASE_URL")
+    upgrade(Target(ini, "0001", url, "DATABASE_URL"))
     execute(url, *data)
-    r = precheck.precheck(ini, "head", url, "DATABASE_URL", lint=False, **kw)
+    r = precheck.precheck(Target(ini, "head", url, "DATABASE_URL"), lint=False, **kw)
     by_key: dict[str, dict[str, Any]] = {}
     for c in r.data["checks"]:
         if c["key"] in by_key and c["count"] is not None and by_key[c["key"]]["count"] is not None:
@@ -208,7 +209,7 @@ def test_unmodelled_type_change_blocks_as_not_evaluated_unless_accepted(fresh_db
     assert r.outcome is Outcome.CHECKS_FAILED and r.reason == "PrecheckIncomplete", r.message
     assert c["count"] is None and c["evaluatedBy"] == "not-evaluated" and "not modelled" in c["note"]
     assert "revision 0002" in r.message and "round(x)" in r.message and "t.x TYPE integer" in r.message
-    r2 = precheck.precheck(str(tmp_path / "proj" / "alembic.ini"), "head", fresh_db, "DATABASE_URL", lint=False,
+    r2 = precheck.precheck(Target(str(tmp_path / "proj" / "alembic.ini"), "head", fresh_db, "DATABASE_URL"), lint=False,
                            accept_unevaluated=["t.x TYPE integer"])
     assert r2.outcome is Outcome.SUCCEEDED and "accepted by name: t.x TYPE integer" in r2.message, r2.message
 
@@ -326,12 +327,12 @@ def test_kubernetes_phases_count_statement_by_statement(fresh_db: str, tmp_path:
                       ["ALTER TABLE g ADD COLUMN on_sale boolean NOT NULL",
                        "ALTER TABLE g RENAME COLUMN w TO weight", "ALTER TABLE g ADD CONSTRAINT g_w CHECK (weight > 0)",
                        "UPDATE h SET v = 1 WHERE v IS NULL", "ALTER TABLE h ALTER COLUMN v SET NOT NULL"])
-    upgrade(ini, "0001", fresh_db, "DATABASE_URL")
+    upgrade(Target(ini, "0001", fresh_db, "DATABASE_URL"))
     execute(fresh_db, "INSERT INTO g VALUES (1, 5), (2, -1), (3, NULL)", "INSERT INTO h VALUES (1, NULL)")
     monkeypatch.setenv("DATABASE_URL", fresh_db)
     work = pod_shadow  # the Job's shadow-server sidecar runs the throw-away server for this workdir
     assert precheck.prepare(workdir=work).ok
-    shadow_upgrade(ini, "head", fresh_db, "DATABASE_URL", work)  # the shadow named by prepare.json
+    shadow_upgrade(Target(ini, "head", fresh_db, "DATABASE_URL"), work)  # the shadow named by prepare.json
     r = precheck.count(workdir=work, lint=False)
     checks = {c["key"]: c for c in r.data["checks"]}
     assert {k: c["count"] for k, c in checks.items()} == {"g.on_sale NOT NULL": 3, "g_w": 1, "h.v NOT NULL": None}
@@ -377,10 +378,10 @@ def test_ddl_only_revisions_scan_each_table_once(fresh_db: str, tmp_path: Path) 
     from schemagate.runner.inject.apply import upgrade
 
     ini = sql_project(tmp_path / "proj", base, *revs)
-    upgrade(ini, "0001", fresh_db, "DATABASE_URL")
+    upgrade(Target(ini, "0001", fresh_db, "DATABASE_URL"))
     execute(fresh_db, *data)
     before = seq_scans(fresh_db, ["w"])
-    r = precheck.precheck(ini, "head", fresh_db, "DATABASE_URL", lint=False)
+    r = precheck.precheck(Target(ini, "head", fresh_db, "DATABASE_URL"), lint=False)
     after = seq_scans(fresh_db, ["w"], before)
     assert {c["key"]: c["count"] for c in r.data["checks"]} == {
         "w.flag NOT NULL": 0, "w_amount": 5, "w_flag": 0, "w.b NOT NULL": 10}
@@ -415,9 +416,9 @@ def test_data_route_on_an_explicit_shadow_database_as_a_role_without_superuser(p
                                               "CREATE TABLE c (id int, p_id int REFERENCES p, n int)"],
                           ["UPDATE c SET n = 0 WHERE n IS NULL", "ALTER TABLE c ALTER COLUMN n SET NOT NULL",
                            "ALTER TABLE c ADD CONSTRAINT c_n CHECK (n < 5)"])
-        upgrade(ini, "0001", as_role(real), "DATABASE_URL")
+        upgrade(Target(ini, "0001", as_role(real), "DATABASE_URL"))
         execute(as_role(real), "INSERT INTO p VALUES (1)", "INSERT INTO c VALUES (1, 1, NULL), (2, 1, 9)")
-        r = precheck.precheck(ini, "head", as_role(real), "DATABASE_URL", lint=False, shadow_url=as_role(spare))
+        r = precheck.precheck(Target(ini, "head", as_role(real), "DATABASE_URL"), lint=False, shadow_url=as_role(spare))
         assert {c["key"]: c["count"] for c in r.data["checks"]} == {"c.n NOT NULL": 0, "c_n": 1}, r.message
         assert r.data["dataShadow"]["triggersOff"] is False and r.data["dataShadow"]["tables"] == ["public.p",
                                                                                                    "public.c"]
@@ -439,6 +440,6 @@ def test_new_generated_column_whose_expression_raises_blocks(fresh_db: str, tmp_
     assert "division by zero" in r.message
     assert migration_fails(fresh_db, ini)
     execute(fresh_db, "DELETE FROM q WHERE qty = 0")
-    r = precheck.precheck(ini, "head", fresh_db, "DATABASE_URL", lint=False)
+    r = precheck.precheck(Target(ini, "head", fresh_db, "DATABASE_URL"), lint=False)
     assert r.outcome is Outcome.SUCCEEDED and {c["key"]: c["count"] for c in r.data["checks"]} == {
         "q.per GENERATED": 0}, r.message

@@ -6,6 +6,7 @@ import pytest
 
 from schemagate.analysis import lint
 from schemagate.contract.stepresult import Outcome
+from schemagate.contract.target import Target
 from schemagate.runner import precheck
 from tests.precheck.helpers import project, upgrade
 
@@ -39,21 +40,21 @@ def test_naive_sql_grouped_by_rule() -> None:
 @pytest.mark.postgres
 def test_naive_migration_findings_and_lint_fail_modes(fresh_db: str) -> None:
     upgrade(fresh_db, "naive", "0001")
-    r = precheck.precheck(project("naive"), "head", fresh_db, "DATABASE_URL")
+    r = precheck.precheck(Target(project("naive"), "head", fresh_db, "DATABASE_URL"))
     assert r.outcome is Outcome.SUCCEEDED, r.message  # no rows: no violations; lint alone does not fail
     got = rules(r.data["lint"])
     assert r.data["lint"]["source"] == "offline"
     assert got["constraint-missing-not-valid"] == 3 and got["adding-foreign-key-constraint"] == 1
     assert got["require-concurrent-index-creation"] == 1
     assert "lint:" in r.message
-    blocked = precheck.precheck(project("naive"), "head", fresh_db, "DATABASE_URL", lint_fail="blocking")
+    blocked = precheck.precheck(Target(project("naive"), "head", fresh_db, "DATABASE_URL"), lint_fail="blocking")
     assert blocked.outcome is Outcome.CHECKS_FAILED and "squawk" in blocked.message
 
 
 @pytest.mark.postgres
 def test_safe_migration_has_no_blocking_findings(fresh_db: str) -> None:
     upgrade(fresh_db, "safe", "0001")
-    r = precheck.precheck(project("safe"), "head", fresh_db, "DATABASE_URL", lint_fail="blocking")
+    r = precheck.precheck(Target(project("safe"), "head", fresh_db, "DATABASE_URL"), lint_fail="blocking")
     lint_result = r.data["lint"]
     assert lint_result["available"] and lint_result["source"] == "offline"
     assert lint_result["blocking"] == 0, lint_result
@@ -66,7 +67,7 @@ def test_missing_squawk_is_reported_not_a_crash(fresh_db: str, monkeypatch: pyte
     monkeypatch.setenv("SCHEMAGATE_SQUAWK", "/nonexistent/squawk")
     assert lint.lint_sql("SELECT 1;")["available"] is False
     upgrade(fresh_db, "naive", "0001")
-    r = precheck.precheck(project("naive"), "head", fresh_db, "DATABASE_URL", lint_fail="any")
+    r = precheck.precheck(Target(project("naive"), "head", fresh_db, "DATABASE_URL"), lint_fail="any")
     assert r.outcome is Outcome.SUCCEEDED
     assert r.data["lint"]["available"] is False and "squawk" in r.data["lint"]["note"]
 

@@ -20,6 +20,7 @@ from schemagate.analysis.locks import (
     SHARE_UPDATE_EXCLUSIVE,
     Lock,
 )
+from schemagate.contract.target import Target
 from schemagate.runner import precheck
 from tests.precheck.helpers import REPO
 
@@ -206,7 +207,7 @@ def lock_findings(r: Any) -> list[tuple[str, str]]:
 
 def test_precheck_flags_the_naive_wholesale_revision(fresh_db: str, tmp_path: Path) -> None:
     demo.seed_wholesale(fresh_db)
-    r = precheck.precheck(naive_wholesale(tmp_path), "head", fresh_db, "DATABASE_URL")
+    r = precheck.precheck(Target(naive_wholesale(tmp_path), "head", fresh_db, "DATABASE_URL"))
     found = lock_findings(r)
     assert ("lock-multiple-tables", "0002") in found
     # the credit_transactions foreign key comes after the ledger_entries one, which locked orders
@@ -219,7 +220,7 @@ def test_precheck_flags_the_naive_wholesale_revision(fresh_db: str, tmp_path: Pa
 
 def test_precheck_reports_the_shipped_wholesale_example_as_lock_safe(fresh_db: str) -> None:
     demo.seed_wholesale(fresh_db)
-    r = precheck.precheck(REPO / "migrations" / "wholesale" / "alembic.ini", "head", fresh_db, "DATABASE_URL")
+    r = precheck.precheck(Target(REPO / "migrations" / "wholesale" / "alembic.ini", "head", fresh_db, "DATABASE_URL"))
     report = r.data["lint"]["locks"]
     assert report["available"] and report["note"] is None, report
     assert report["findings"] == []
@@ -231,7 +232,7 @@ def test_precheck_reports_the_shipped_wholesale_example_as_lock_safe(fresh_db: s
 
 def test_precheck_reports_the_food_truck_example_as_lock_safe(fresh_db: str) -> None:
     demo.seed_foodtruck(fresh_db)
-    r = precheck.precheck(REPO / "migrations" / "foodtruck" / "alembic.ini", "head", fresh_db, "DATABASE_URL")
+    r = precheck.precheck(Target(REPO / "migrations" / "foodtruck" / "alembic.ini", "head", fresh_db, "DATABASE_URL"))
     report = r.data["lint"]["locks"]
     assert report["findings"] == [] and report["available"]
     assert {t["table"] for rev in report["revisions"] for t in rev["tables"]} == {"menu_items"}
@@ -247,7 +248,7 @@ def test_kubernetes_phases_carry_transactions_from_the_injected_runner_to_the_lo
     monkeypatch.setenv("DATABASE_URL", fresh_db)
     work = pod_shadow  # the Job's shadow-server sidecar runs the throw-away server for this workdir
     assert precheck.prepare(workdir=work).ok
-    shadow_upgrade(naive_wholesale(tmp_path), "head", fresh_db, "DATABASE_URL", work)  # the shadow of prepare.json
+    shadow_upgrade(Target(naive_wholesale(tmp_path), "head", fresh_db, "DATABASE_URL"), work)  # the shadow of prepare.json
     statements = json.loads((work / "shadow-upgrade.json").read_text())["statements"]
     ddl_0002 = [s for s in statements if s["revision"] == "0002" and s["kind"] == "ddl"]
     assert ddl_0002 and len({s["tx"] for s in ddl_0002}) == 1, ddl_0002  # one transaction: the naive form
@@ -262,7 +263,7 @@ def test_the_lock_report_gives_way_before_any_count_in_the_termination_message(f
     from schemagate.contract.stepresult import TERMINATION_MESSAGE_LIMIT, to_termination_message
 
     demo.seed_wholesale(fresh_db)
-    r = precheck.precheck(REPO / "migrations" / "wholesale" / "alembic.ini", "head", fresh_db, "DATABASE_URL")
+    r = precheck.precheck(Target(REPO / "migrations" / "wholesale" / "alembic.ini", "head", fresh_db, "DATABASE_URL"))
     assert r.data["lint"]["locks"]["revisions"]
     msg = to_termination_message(r)
     assert len(msg.encode()) <= TERMINATION_MESSAGE_LIMIT

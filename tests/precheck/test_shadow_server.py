@@ -17,6 +17,7 @@ import pytest
 
 from schemagate.contract.dburl import database_name, libpq_url_and_password, with_database
 from schemagate.contract.errors import InvalidInput
+from schemagate.contract.target import Target
 from schemagate.libpq import PG_BIN_ENV, pg_bin
 from schemagate.local.postgres import EmbeddedPostgres
 from schemagate.runner import precheck
@@ -80,7 +81,7 @@ def prepared(fresh_db: str, root: Path, *later: str, **kw: str) -> str:
     from schemagate.runner.inject.apply import upgrade
 
     ini = base_project(root, *later, **kw)
-    upgrade(ini, "0001", fresh_db, "DATABASE_URL")
+    upgrade(Target(ini, "0001", fresh_db, "DATABASE_URL"))
     execute(fresh_db, "INSERT INTO item VALUES (1, 5), (2, -1), (3, NULL)")
     return ini
 
@@ -153,7 +154,7 @@ def test_precheck_writes_nothing_to_the_real_server(fresh_db: str, pg_server: st
                                                     shadow_home: Path) -> None:
     ini = prepared(fresh_db, tmp_path / "p", "op.execute('ALTER TABLE item ADD CONSTRAINT ck_price CHECK (price > 0)')")
     before = databases(pg_server)
-    r = precheck.precheck(ini, "head", fresh_db, lint=False)
+    r = precheck.precheck(Target(ini, "head", fresh_db), lint=False)
     assert r.reason == "ViolationsFound", r.message
     assert {c["name"]: c["count"] for c in r.data["checks"]} == {"ck_price": 1}
     assert databases(pg_server) == before
@@ -171,7 +172,7 @@ def test_read_only_role_suffices(fresh_db: str, tmp_path: Path, shadow_home: Pat
             "GRANT pg_read_all_data TO sg_reader")
     from tests.conformance.corpus import with_role
 
-    r = precheck.precheck(ini, "head", with_role(fresh_db, "sg_reader", "reader-pw-1"), lint=False)
+    r = precheck.precheck(Target(ini, "head", with_role(fresh_db, "sg_reader", "reader-pw-1")), lint=False)
     assert r.reason == "ViolationsFound", r.message
     assert {c["name"]: c["count"] for c in r.data["checks"]} == {"ck_price": 1}
     execute(fresh_db, "DROP OWNED BY sg_reader", "DROP ROLE sg_reader")
@@ -201,7 +202,7 @@ def test_every_failure_leaves_nothing(failure: str, fresh_db: str, tmp_path: Pat
         os.chmod(fake / "pg_restore", 0o755)
         monkeypatch.setenv(PG_BIN_ENV, str(fake))
     try:
-        r = precheck.precheck(ini, target, fresh_db, lint=False)
+        r = precheck.precheck(Target(ini, target, fresh_db), lint=False)
     finally:
         if failure == "restore-fails":
             import shutil
@@ -267,12 +268,12 @@ def test_settings_extensions_invalid_index_version_table(fresh_db: str, tmp_path
     ], version_table="app_versions", version_table_schema="meta")
     from schemagate.runner.inject.apply import upgrade
 
-    upgrade(ini, "0001", fresh_db, "DATABASE_URL")
+    upgrade(Target(ini, "0001", fresh_db, "DATABASE_URL"))
     assert query(fresh_db, "SELECT to_regclass('app.item') IS NOT NULL, to_regclass('meta.app_versions') "
                            "IS NOT NULL") == [(True, True)]
     execute(fresh_db, "INSERT INTO app.item VALUES (1, 'a', -1)", "CREATE INDEX ix_item_code ON app.item (code)",
             "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'app.ix_item_code'::regclass")
-    r = precheck.precheck(ini, "head", fresh_db, lint=False)
+    r = precheck.precheck(Target(ini, "head", fresh_db), lint=False)
     # the INVALID index is in the shadow under its name: the revision's CREATE INDEX clashes there, as it will
     assert not r.ok and "ix_item_code" in r.message and "already exists" in r.message, r.message
     sh = r.data["shadow"]
@@ -282,7 +283,7 @@ def test_settings_extensions_invalid_index_version_table(fresh_db: str, tmp_path
     assert any(s.startswith("search_path=") for s in sh["settings"])
     # without the leftover the same precheck counts the CHECK on the table found through search_path
     execute(fresh_db, "DROP INDEX app.ix_item_code")
-    r = precheck.precheck(ini, "head", fresh_db, lint=False)
+    r = precheck.precheck(Target(ini, "head", fresh_db), lint=False)
     assert r.reason == "ViolationsFound", r.message
     assert {c["name"]: c["count"] for c in r.data["checks"] if c["kind"] != "unique"} == {"ck_price": 1}
     wait_gone(shadow_home)
@@ -297,8 +298,8 @@ def test_unchanged_constraints_are_not_new(fresh_db: str, tmp_path: Path, shadow
     ])
     from schemagate.runner.inject.apply import upgrade
 
-    upgrade(ini, "0001", fresh_db, "DATABASE_URL")
-    r = precheck.precheck(ini, "head", fresh_db, lint=False)
+    upgrade(Target(ini, "0001", fresh_db, "DATABASE_URL"))
+    r = precheck.precheck(Target(ini, "head", fresh_db), lint=False)
     assert r.reason == "PrecheckPassed", r.message
     assert r.data["checks"] == []
     wait_gone(shadow_home)
@@ -354,7 +355,7 @@ def test_real_server_older_major_than_shadow(older_server: Callable[[], str], tm
     ini = prepared(url, tmp_path / "p", "op.execute('ALTER TABLE item ADD CONSTRAINT ck_price CHECK (price > 0)')\n"
                    "op.execute('ALTER TABLE item ALTER COLUMN price SET NOT NULL')")
     execute(url, "ALTER TABLE item ADD CONSTRAINT ck_id CHECK (id BETWEEN 0 AND 1000 AND id <> ALL (ARRAY[7, 8]))")
-    r = precheck.precheck(ini, "head", url, lint=False)
+    r = precheck.precheck(Target(ini, "head", url), lint=False)
     sh = r.data["shadow"]
     assert int(sh["realServerVersion"].split(".")[0]) < 18 <= int(sh["shadowServerVersion"].split(".")[0])
     assert r.reason == "ViolationsFound", r.message

@@ -12,6 +12,7 @@ from schemagate.contract.stepresult import (
     StepResult,
     to_termination_message,
 )
+from schemagate.contract.target import Target
 from schemagate.runner import precheck
 from tests.precheck.helpers import execute, project, upgrade
 
@@ -26,7 +27,7 @@ def test_many_checks_fit_in_the_termination_message(fresh_db: str) -> None:
          "sql": f"SELECT count(*) FROM orders WHERE amount < {i} - 200"}
         for i in range(150)
     ]
-    r = precheck.precheck(project("naive"), "head", fresh_db, "DATABASE_URL", user_checks=user_checks)
+    r = precheck.precheck(Target(project("naive"), "head", fresh_db, "DATABASE_URL"), user_checks=user_checks)
     assert r.outcome is Outcome.CHECKS_FAILED
     assert len(r.data["checks"]) == 153
     full_total = r.data["total"]

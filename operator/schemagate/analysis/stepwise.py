@@ -30,6 +30,7 @@ from typing import Any
 
 from schemagate.analysis import capture, catalog, counting, derive
 from schemagate.analysis.counting import Check
+from schemagate.contract.errors import PrecheckIncomplete
 from schemagate.contract.sqlkind import Statement
 
 
@@ -369,8 +370,11 @@ def _parents_first(start: catalog.IdSnapshot, relids: Sequence[int]) -> list[int
     return out
 
 
-class DataShadowTooLarge(RuntimeError):
-    """The affected tables exceed ``spec.precheck.dataShadow.maxSize``."""
+class DataShadowTooLarge(PrecheckIncomplete):
+    """The affected tables exceed ``spec.precheck.dataShadow.maxSize``: the revisions change data, so their checks
+    can only be counted in a shadow holding those rows, and none is made (the precheck is blocked, ChecksFailed)."""
+
+    reason = "DataShadowTooLarge"
 
 
 def table_bytes(real_conn: Any, tables: Sequence[tuple[str, str]]) -> int:
@@ -440,8 +444,10 @@ def load_rows(real_conn: Any, data_conn: Any, start: catalog.IdSnapshot, relids:
     size = table_bytes(real_conn, names)
     if max_bytes is not None and size > max_bytes:
         raise DataShadowTooLarge(
-            f"the tables the data-carrying shadow needs ({', '.join(f'{s}.{t}' for s, t in names[:10])}) hold "
-            f"{size} bytes, more than spec.precheck.dataShadow.maxSize ({max_bytes} bytes)")
+            f"blocked: the tables the data-carrying shadow needs ({', '.join(f'{s}.{t}' for s, t in names[:10])}) "
+            f"hold {size} bytes, more than spec.precheck.dataShadow.maxSize ({max_bytes} bytes); the revisions "
+            "change data, so their checks can only be counted in a shadow that holds those rows",
+            field="spec.precheck.dataShadow.maxSize")
     rows = 0
     replica = _replica_role(data_conn)
     with real_conn.transaction(), data_conn.transaction():

@@ -16,6 +16,7 @@ field, file or check) it is about. Messages are redacted when the error is made:
     │   └── BackupCorrupt                       BackupCorrupt         schemagate  the dump cannot be read back
     ├── ShadowUnavailable                       ShadowUnavailable     database    no shadow database could be made or used
     ├── PrecheckIncomplete                      PrecheckIncomplete    user        checks that cannot be counted (ChecksFailed)
+    │   └── stepwise.DataShadowTooLarge         DataShadowTooLarge    user        the data-carrying shadow would exceed its maxSize
     ├── Transient                               TransientError        database    retried with backoff (also 40001)
     │   ├── LockTimeout                         LockTimeout           database    lock_timeout (55P03) or deadlock (40P01)
     │   ├── DatabaseUnreachable                 DatabaseUnreachable   database    refused, unreachable, starting up (08*, 57P0*)

@@ -4,7 +4,7 @@ Stops at the first step that does not succeed. In particular a failed precheck (
 anything is applied: the database is untouched (the backup, taken first, only reads). Input is validated (plan:
 configuration, target, heads, connection) before the backup, so bad input changes nothing and writes no file.
 
-Public API: ``run(config_path, target="head", url=None, url_env="DATABASE_URL", *, backup_dir, keep=5,
+Public API: ``run(target: Target(config, revision="head", url=None, url_env="DATABASE_URL"), *, backup_dir, keep=5,
 backup=True, max_violations=0, user_checks=(), lint=True, lock_timeout="5s", statement_timeout=None,
 retries=5, on_step=None, progress=None) -> StepResult`` (step ``run``; ``data.steps`` summarises each step,
 ``data.results`` is not serialised: the full step results are passed to ``on_step`` as they finish).
@@ -26,13 +26,13 @@ from typing import Any
 
 from schemagate.contract import durations
 from schemagate.contract.checks import UserCheck
-from schemagate.contract.dburl import DEFAULT_URL_ENV
 from schemagate.contract.errors import InvalidInput, StepBoundary
 from schemagate.contract.redact import redact
 from schemagate.contract.stepresult import Outcome, Plan, StepResult
+from schemagate.contract.target import Target
 from schemagate.runner import backup as backup_step
 from schemagate.runner import verify as verify_step
-from schemagate.runner.inject.config import DEFAULT_LOCK_TIMEOUT, Target
+from schemagate.runner.inject.config import DEFAULT_LOCK_TIMEOUT
 from schemagate.runner.inject.lock import backoff_delays
 from schemagate.runner.inject.migrate import DEFAULT_RETRIES, migrate
 from schemagate.runner.inject.revisions import plan
@@ -86,10 +86,7 @@ class _Run:
 
 
 def run(
-    config_path: str | os.PathLike[str],
-    target: str | None = "head",
-    url: str | None = None,
-    url_env: str | None = DEFAULT_URL_ENV,
+    target: Target,
     *,
     backup_dir: str | os.PathLike[str] | None = None,
     keep: int = backup_step.DEFAULT_KEEP,
@@ -107,7 +104,7 @@ def run(
     on_step: Callable[[StepResult], None] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> StepResult:
-    """Backup, precheck, (``rehearse``: the pending revisions on a copy restored from that backup,
+    """For ``target`` (the application's project, target revision and database): backup, precheck, (``rehearse``: the pending revisions on a copy restored from that backup,
     ``runner.rehearse``), migrate, verify; the first step that does not succeed ends the run with its outcome.
 
     Everything is validated before the backup (``InvalidInput`` naming the option, plan errors), so bad input
@@ -117,8 +114,8 @@ def run(
     with StepBoundary(STEP, data=data) as boundary:
         r = _Run(boundary, on_step, progress)
         checks = _validate(max_violations, lock_timeout, statement_timeout, user_checks)
-        t = Target(config_path, target, url, url_env).resolved()
-        p = plan(*t.args())  # the plan of this run: passed down, computed again only under the migration's lock
+        t = target.resolved()
+        p = plan(t)  # the plan of this run: passed down, computed again only under the migration's lock
         t = t.at(p["target"])
         if rehearse and not backup:
             raise InvalidInput("--rehearse restores the run's backup: it cannot be combined with --no-backup",
@@ -160,7 +157,7 @@ def _precheck_migrate_verify(r: _Run, t: Target, p: Plan, checks: list[dict[str,
 
     r.say("precheck: deriving the checks in a shadow database and counting")
     pr = r.read_only_step(lambda: precheck_step.precheck(
-        *t.args(), max_violations=max_violations, user_checks=checks, lint=lint, derive=derive,
+        t, max_violations=max_violations, user_checks=checks, lint=lint, derive=derive,
         accept_unevaluated=accept_unevaluated, planned=p,
         data_shadow_max_bytes=data_shadow_max_bytes or precheck_step.DEFAULT_DATA_SHADOW_MAX_BYTES), retries)
     if not pr.ok:
@@ -175,14 +172,14 @@ def _precheck_migrate_verify(r: _Run, t: Target, p: Plan, checks: list[dict[str,
         from schemagate.runner import rehearse as rehearse_step
 
         r.say("rehearse: the pending revisions on a copy restored from the backup")
-        rr = r.record(rehearse_step.rehearse(*t.args(), backup=rehearse_from, lock_timeout=lock_timeout,
-                                             statement_timeout=statement_timeout, progress=r.say,
-                                             plan={**pr.data, **_expected(p)}, user_checks=checks))
+        rr = r.record(rehearse_step.rehearse(t.project, t.revision, t.url, t.url_env, backup=rehearse_from,
+                                             lock_timeout=lock_timeout, statement_timeout=statement_timeout,
+                                             progress=r.say, plan={**pr.data, **_expected(p)}, user_checks=checks))
         if not rr.ok:
             r.stop(rr, "blocked by the rehearsal, nothing was applied")
             return
     r.say(f"migrate: applying {len(p['pending'])} revision(s)")
-    mr = r.record(migrate(*t.args(), lock_timeout, statement_timeout, retries, log=r.say, planned=p))
+    mr = r.record(migrate(t, lock_timeout, statement_timeout, retries, log=r.say, planned=p))
     r.data["applied"] = mr.data.get("applied", [])
     r.data["currentRevision"] = mr.data.get("toRevision", r.data["currentRevision"])
     if not mr.ok:
@@ -190,7 +187,7 @@ def _precheck_migrate_verify(r: _Run, t: Target, p: Plan, checks: list[dict[str,
         return
     r.say("verify: revision, constraints, indexes, counts")
     # verify reads the version rows with SQL from the version table env.py configured (known from the plan)
-    vr = r.read_only_step(lambda: verify_step.verify(None, p["target"], t.url, t.url_env,
+    vr = r.read_only_step(lambda: verify_step.verify(Target(None, p["target"], t.url, t.url_env),
                                                      plan={**pr.data, **_expected(p)}, user_checks=checks), retries)
     if not vr.ok:
         r.data["failures"] = vr.data.get("failures", [])

@@ -5,7 +5,7 @@ total is above ``max_violations``.
 Public API (the CLI's ``schemagate precheck`` calls these; all return a finished :class:`StepResult` whose
 ``data`` follows docs/architecture.md, and never raise for database or input errors)::
 
-    precheck(config_path, target="head", url=None, url_env="DATABASE_URL", *, max_violations=0,
+    precheck(target: Target, *, max_violations=0,
              user_checks=(), derive=True, lint=True, lint_fail="none", shadow_url=None, shadow_url_env=None,
              statement_timeout="1h", keep_shadow=False) -> StepResult
         All in one process (laptop, ``schemagate run``): plan -> the shadow: a throw-away PostgreSQL started here
@@ -50,7 +50,9 @@ import pickle  # noqa: S403 - only our own snapshot, written by --phase prepare 
 import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from schemagate.analysis import capture, catalog, counting, derive, lint, locks, shadow, stepwise
@@ -63,19 +65,25 @@ from schemagate.contract.errors import (
     InternalError,
     InvalidInput,
     MigrationFailed,
+    PrecheckIncomplete,
     ShadowUnavailable,
-    error_result,
+    StepBoundary,
     error_text,
     translate,
 )
-from schemagate.contract.redact import redact
 from schemagate.contract.sqlkind import Statement
 from schemagate.contract.stepresult import Outcome, Plan, StepResult, now
+from schemagate.contract.target import Target
 from schemagate.libpq import connect
 from schemagate.runner import shadowrestore
 from schemagate.runner.inject.apply import render_sql, upgrade
 from schemagate.runner.inject.capture import capture_statements
-from schemagate.runner.inject.config import isolated_imports, load_script, make_config, session_environment
+from schemagate.runner.inject.config import (
+    isolated_imports,
+    load_script,
+    make_config,
+    session_environment,
+)
 from schemagate.runner.inject.downgrade import DOWNGRADE_FILE
 from schemagate.runner.inject.revisions import plan
 from schemagate.runner.inject.shadow import ShadowMismatch, version_table_of
@@ -227,7 +235,7 @@ class Shadow:
                  admin_url: str | None = None):
         self.url, self.name, self.server, self.info = url, name, server, info
         self.admin_url = admin_url or url
-        self.before: Any = None
+        self.before: catalog.Catalog | None = None
 
     @property
     def created(self) -> bool:
@@ -302,11 +310,10 @@ def _shadow_summary(sh: Shadow, kind: str | None = None) -> dict[str, Any]:
             "settings": i.get("settings", []), "notes": i.get("notes", [])}
 
 
-def assert_same_revision(config_path: str | os.PathLike[str], target: str, sh: Shadow, url_env: str | None,
-                         real_current: str | None) -> None:
-    """The application's env.py must read the same current revision from the shadow as from the real database,
-    before anything is applied; else ``ShadowMismatch`` says what each side holds."""
-    sp = plan(config_path, target, sh.url, url_env)
+def assert_same_revision(target: Target, sh: Shadow, real_current: str | None) -> None:
+    """The application's env.py must read the same current revision from the shadow as from the real database
+    (``real_current``), before anything is applied; else ``ShadowMismatch`` says what each side holds."""
+    sp = plan(target.on(sh.url))
     if sp["current"] != real_current:
         vt = version_table_of(sp)
         raise ShadowMismatch(
@@ -333,7 +340,7 @@ def analyse(
     data: dict[str, Any],
     derive_checks: bool = True,
     derived: list[Check] | None = None,
-    before_cat: Any = None,
+    before_cat: catalog.Catalog | None = None,
 ) -> list[Check]:
     """Diff the catalogs, count, lint; fills ``data`` and returns every check (derived and user).
 
@@ -349,18 +356,9 @@ def analyse(
         real_cat = catalog.snapshot(conn)
         # shadow-before vs shadow-after: one server prints both sides, so an unchanged definition never differs
         d = derive.derive(before_cat if before_cat is not None else real_cat, shadow_cat)
-        notes = list(d.notes) if derived is None else []
+        notes: list[str] = []
         if derived is None:
-            derive.attribute_revisions(d.checks, statements or [], pending)
-            changed, label = capture.dml_label(statements)
-            if label:
-                notes.insert(0, label)
-                if changed:
-                    for c in d.counted:
-                        c.note = f"{c.note}; {label}" if c.note else "before the pending revisions' data changes"
-            found = d.checks
-            for c in found:
-                c.evaluated_by = c.evaluated_by or ("no-rows" if c.skipped else "real-database")
+            changed, found, notes = _checks_from_diff(d, statements, pending)
         else:
             changed, _ = capture.dml_label(statements)
             found = derived
@@ -383,6 +381,23 @@ def analyse(
     return checks
 
 
+def _checks_from_diff(d: derive.Derivation, statements: list[Statement] | None,
+                      pending: list[str]) -> tuple[bool | None, list[Check], list[str]]:
+    """The name-based catalog diff's checks (no statement-by-statement record: the Kubernetes phases with an
+    older injected runner), attributed to revisions: ``(the revisions change data, checks, notes)``."""
+    notes = list(d.notes)
+    derive.attribute_revisions(d.checks, statements or [], pending)
+    changed, label = capture.dml_label(statements)
+    if label:
+        notes.insert(0, label)
+        if changed:
+            for c in d.counted:
+                c.note = f"{c.note}; {label}" if c.note else "before the pending revisions' data changes"
+    for c in d.checks:
+        c.evaluated_by = c.evaluated_by or ("no-rows" if c.skipped else "real-database")
+    return changed, d.checks, notes
+
+
 def lint_pending(offline_sql: str | None, offline_error: str | None, statements: list[Statement] | None,
                  server_version_num: int) -> dict[str, Any]:
     """Lint the offline rendering, or (when it failed) the DDL captured in the shadow run."""
@@ -399,8 +414,13 @@ def lint_pending(offline_sql: str | None, offline_error: str | None, statements:
     return lint.unavailable(f"{why}; no captured statements to lint")
 
 
-def _finish(data: dict[str, Any], checks: Sequence[Check], max_violations: int, lint_fail: str,
-            started: Any, accepted: Sequence[str] = ()) -> StepResult:
+def _finish(step: StepBoundary, checks: Sequence[Check], opts: Options) -> StepResult:
+    """The step's result from the counted ``checks``: each check's entry in ``data.checks`` (errors, not evaluated
+    and accepted, the statement to look at), the total, the routes, then the verdict (``_message``).
+
+    Raises ``PrecheckIncomplete`` (ChecksFailed, the user acts) when checks stay not evaluated that
+    ``accept_unevaluated`` does not name: the precheck could not evaluate what it was asked to."""
+    data, accepted = step.data, opts.accept_unevaluated
     stepwise.mark_unevaluated(checks)
     data["checks"] = [c.as_dict() for c in checks]
     for c, entry in zip(checks, data["checks"], strict=True):
@@ -414,28 +434,53 @@ def _finish(data: dict[str, Any], checks: Sequence[Check], max_violations: int, 
             entry["statement"] = c.statement[:300]
     total = sum(c.count or 0 for c in checks)
     data["total"] = total
-    data["maxViolations"] = max_violations
+    data["maxViolations"] = opts.max_violations
     data["acceptUnevaluated"] = list(accepted)
     routes: dict[str, int] = {}
     for entry in data["checks"]:
         routes[str(entry.get("evaluatedBy"))] = routes.get(str(entry.get("evaluatedBy")), 0) + 1
     data["evaluatedBy"] = routes
     lint_result = data.get("lint")
-    failed_lint = _lint_fail(lint_fail, lint_result or {})
-    outcome, reason, message = _message(checks, total, max_violations, lint_result, failed_lint, accepted)
-    return StepResult(step=STEP, outcome=outcome, reason=reason, message=redact(message), data=data,
-                      started_at=started).finish()
+    failed_lint = _lint_fail(opts.lint_fail, lint_result or {})
+    outcome, reason, message = _message(checks, total, opts.max_violations, lint_result, failed_lint, accepted)
+    if reason == PrecheckIncomplete.reason:
+        raise PrecheckIncomplete(message, field="spec.precheck.acceptUnevaluated")
+    return step.finish(outcome, reason, message)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # all in one
 
 
+@dataclass(frozen=True)
+class Options:
+    """How a precheck counts and judges (the options of ``precheck``/``count``; the CLI's and
+    ``spec.precheck``'s): ``max_violations`` (>= 0), ``lint``/``lint_fail`` (one of ``LINT_FAIL_MODES``),
+    ``statement_timeout`` (PostgreSQL form, for every count), ``accept_unevaluated`` (names of checks that may stay
+    not evaluated), ``data_shadow_max_bytes`` (None: no limit), ``derive`` (False: user checks only, no shadow)."""
+
+    max_violations: int = 0
+    lint: bool = True
+    lint_fail: str = "none"
+    statement_timeout: str = DEFAULT_STATEMENT_TIMEOUT
+    accept_unevaluated: Sequence[str] = ()
+    data_shadow_max_bytes: int | None = DEFAULT_DATA_SHADOW_MAX_BYTES
+    derive: bool = True
+
+    def validate(self) -> None:
+        """Raises ``InvalidInput`` naming the option."""
+        if self.max_violations < 0:
+            raise InvalidInput("maxViolations must be >= 0", field="maxViolations")
+        if self.lint_fail not in LINT_FAIL_MODES:
+            raise InvalidInput(f"lint_fail must be one of {', '.join(LINT_FAIL_MODES)}", field="lint_fail")
+
+    @property
+    def counts(self) -> CountOptions:
+        return CountOptions(statement_timeout=self.statement_timeout)
+
+
 def precheck(
-    config_path: str | os.PathLike[str],
-    target: str | None = "head",
-    url: str | None = None,
-    url_env: str | None = DEFAULT_URL_ENV,
+    target: Target,
     *,
     max_violations: int = 0,
     user_checks: Iterable[Any] = (),
@@ -450,138 +495,181 @@ def precheck(
     data_shadow_max_bytes: int | None = DEFAULT_DATA_SHADOW_MAX_BYTES,
     planned: Plan | None = None,
 ) -> StepResult:
-    """Plan (``planned``: the caller's plan of this database, not recomputed), derive the checks in a shadow database, count, lint (see the module docstring).
+    """Plan (``planned``: the caller's plan of this database, not recomputed), derive the checks in a shadow
+    database, count, lint (see the module docstring) for ``target`` (project, target revision, database).
 
     ``accept_unevaluated``: names of checks that may stay not evaluated without blocking
-    (``spec.precheck.acceptUnevaluated``). ``data_shadow_max_bytes``: the largest total size of the tables
-    copied into the data-carrying shadow (``spec.precheck.dataShadow.maxSize``; None: no limit); above it the
-    step is blocked (``DataShadowTooLarge``) before anything is copied."""
-    started = now()
-    data = _base_data(max_violations)
+    (``spec.precheck.acceptUnevaluated``; any other is ``PrecheckIncomplete``). ``data_shadow_max_bytes``: the
+    largest total size of the tables copied into the data-carrying shadow (``spec.precheck.dataShadow.maxSize``;
+    None: no limit); above it the step is blocked (``DataShadowTooLarge``) before anything is copied. Never
+    raises: every error becomes the failed result through ``StepBoundary``."""
+    opts = Options(max_violations=max_violations, lint=lint, lint_fail=lint_fail, statement_timeout=statement_timeout,
+                   accept_unevaluated=tuple(accept_unevaluated), data_shadow_max_bytes=data_shadow_max_bytes,
+                   derive=derive)
     notes: list[str] = []
-    sh: Shadow | None = None
-    try:
-        if max_violations < 0:
-            raise InvalidInput("maxViolations must be >= 0", field="maxViolations")
-        if lint_fail not in LINT_FAIL_MODES:
-            raise InvalidInput(f"lint_fail must be one of {', '.join(LINT_FAIL_MODES)}", field="lint_fail")
-        users = parse_user_checks(user_checks)
-        url = resolve_url(url, url_env)
-        if shadow_url_env and not shadow_url:
-            shadow_url = resolve_url(None, shadow_url_env)
-        p = planned if planned is not None else plan(config_path, target, url, url_env)
-        data.update(currentRevision=p["current"], targetRevision=p["target"], pending=list(p["pending"]),
-                    expectedRevisions=list(p["expected"]))
-        checks: list[Check] = list(users)
-        if not p["pending"]:
-            data["derivation"] = "shadow" if derive else "disabled"
-            data["derivationNote"] = "no pending revisions"
-            if lint:
-                data["lint"] = {"available": lint_module_available(), "findings": [], "total": 0, "blocking": 0,
-                                "source": None, "note": "no pending revisions"}
-            if users:
-                with _connect(url) as conn:
-                    counting.run_counts(conn, users, CountOptions(statement_timeout=statement_timeout))
-            return _finish(data, checks, max_violations, lint_fail, started, accept_unevaluated)
-        if derive:
-            sh = make_shadow(url, shadow_url, version_table=version_table_of(p))
-            data["shadow"] = _shadow_summary(sh)
-            assert_same_revision(config_path, p["target"], sh, url_env, p["current"])
-            log = capture.StatementLog(version_table=version_table_of(p)["name"])
-            with _connect(sh.url) as sconn, sconn.cursor() as scur:
-                rec = stepwise.StepRecorder(catalog.id_snapshot(scur))
-
-            def on_revision(rev: str) -> None:
-                log.on_revision(rev)
-                rec.on_revision(rev)
-
-            try:
-                with capture_statements(log), rec.listening():
-                    up = upgrade(config_path, p["target"], sh.url, url_env, lock_timeout=None,
-                                 statement_timeout=None, render_sql_text=lint, on_revision=on_revision)
-            except Exception as e:  # translated and re-raised with what it means for the migration
-                failure = translate(e, MigrationFailed)
-                if failure.outcome == Outcome.TRANSIENT_ERROR:  # the shadow server was lost, not the revision
-                    raise type(failure)(f"the throw-away shadow database was lost while the pending revisions ran "
-                                        f"in it (nothing was applied to the database; run again): "
-                                        f"{failure.message}", outcome=failure.outcome, field=failure.field) from e
-                raise type(failure)(f"applying the pending revisions to the shadow database failed, so the "
-                                    f"migration would fail too: {failure.message}", outcome=failure.outcome,
-                                    field=failure.field) from e
-            if log.dropped:
-                notes.append(f"{log.dropped} statement(s) of the shadow run were not recorded")
-            rec.mark_present()
-            statements: list[Statement] = [s.copy() for s in log.statements]
-            changed, _ = capture.dml_label(statements)
-            if rec.checks and (changed or stepwise.creates_routines(statements)):
-                derived = _count_in_data_shadow(config_path, p["target"], url, url_env, shadow_url, rec,
-                                                statements, data_shadow_max_bytes, data, notes,
-                                                version_table=version_table_of(p))
+    shadows: list[Shadow] = []
+    with StepBoundary(STEP, data=_base_data(max_violations)) as step:
+        try:
+            opts.validate()
+            users = parse_user_checks(user_checks)
+            target = target.resolved()
+            if shadow_url_env and not shadow_url:
+                shadow_url = resolve_url(None, shadow_url_env)
+            p = planned if planned is not None else plan(target)
+            step.data.update(currentRevision=p["current"], targetRevision=p["target"], pending=list(p["pending"]),
+                             expectedRevisions=list(p["expected"]))
+            if not p["pending"]:
+                checks = _nothing_pending(target, users, opts, step.data)
+            elif derive:
+                checks = _derive_and_count(target.at(p["target"]), p, shadow_url, users, opts, step.data, notes,
+                                           shadows)
             else:
-                pristine = stepwise.save_checks(rec)
-                derived = stepwise.bind_all(rec.steps, rec.start, rec.origins, "real-database")
-                with _connect(url) as conn:
-                    counting.run_counts(conn, [c for c in derived if c.count is None],
-                                        CountOptions(statement_timeout=statement_timeout))
-                failed = [c for c in derived if c.error]
-                data["route"] = "real-database"
-                if failed:  # e.g. an expression that uses an object the revisions create: count after them
-                    stepwise.restore_checks(rec, pristine)
-                    notes.append(f"{len(failed)} check(s) could not be counted on the real database ("
-                                 f"{failed[0].name}: {failed[0].error}); every check was counted in the "
-                                 "data-carrying shadow instead")
-                    derived = _count_in_data_shadow(config_path, p["target"], url, url_env, shadow_url, rec,
-                                                    statements, data_shadow_max_bytes, data, notes,
-                                                    version_table=version_table_of(p))
-            checks = analyse(url, sh.url, pending=list(p["pending"]), statements=statements,
-                             offline_sql=up.get("sql"), offline_error=up.get("sqlError"), user_checks=users,
-                             do_lint=lint, statement_timeout=statement_timeout, data=data, derived=derived,
-                             before_cat=sh.before)
-        else:
-            data["derivation"] = "disabled"
-            data["derivationNote"] = "derivation disabled: only user checks are counted"
-            with _connect(url) as conn:
-                counting.run_counts(conn, users, CountOptions(statement_timeout=statement_timeout))
-                version = conn.info.server_version
-            if lint:
-                sql, err = render_offline(config_path, p["current"], p["target"], url, url_env)
-                data["lint"] = lint_pending(sql, err, None, version)
-        result = _finish(data, checks, max_violations, lint_fail, started, accept_unevaluated)
-    except stepwise.DataShadowTooLarge as e:
-        result = StepResult(step=STEP, outcome=Outcome.CHECKS_FAILED, reason="DataShadowTooLarge",
-                            message=f"blocked: {e}; the revisions change data, so their checks can only be counted "
-                                    "in a shadow that holds those rows", data=data, started_at=started).finish()
-    except Exception as e:  # noqa: BLE001 - every failure becomes a StepResult
-        result = error_result(STEP, e, started=started, data=data)
-    finally:
-        if sh is not None and not keep_shadow:
-            sh.dispose(notes)
+                checks = _user_checks_only(target, p, users, opts, step.data)
+            step.set_result(_finish(step, checks, opts))
+        finally:
+            for sh in shadows if not keep_shadow else ():
+                sh.dispose(notes)
+    return _with_notes(step.result, notes)
+
+
+def _with_notes(result: StepResult, notes: list[str]) -> StepResult:
+    """``result`` with ``notes`` (what happened on the way: shadow clean-up, dropped statements) appended to
+    ``data.derivationNote``."""
     if notes:
         result.data["derivationNote"] = "; ".join(filter(None, [result.data.get("derivationNote"), *notes]))
     return result
 
 
-def _count_in_data_shadow(config_path: str | os.PathLike[str], target: str, url: str, url_env: str | None,
-                          shadow_url: str | None, rec: stepwise.StepRecorder, statements: list[Statement],
-                          max_bytes: int | None, data: dict[str, Any], notes: list[str],
+def _nothing_pending(target: Target, users: list[Check], opts: Options, data: dict[str, Any]) -> list[Check]:
+    """No pending revisions: only the user checks are counted (on the real database), no shadow."""
+    data["derivation"] = "shadow" if opts.derive else "disabled"
+    data["derivationNote"] = "no pending revisions"
+    if opts.lint:
+        data["lint"] = {"available": lint_module_available(), "findings": [], "total": 0, "blocking": 0,
+                        "source": None, "note": "no pending revisions"}
+    if users:
+        with _connect(_url(target)) as conn:
+            counting.run_counts(conn, users, opts.counts)
+    return list(users)
+
+
+def _user_checks_only(target: Target, p: Plan, users: list[Check], opts: Options,
+                      data: dict[str, Any]) -> list[Check]:
+    """``derive=False``: the user checks counted on the real database, the pending SQL rendered offline and
+    linted; no shadow."""
+    data["derivation"] = "disabled"
+    data["derivationNote"] = "derivation disabled: only user checks are counted"
+    with _connect(_url(target)) as conn:
+        counting.run_counts(conn, users, opts.counts)
+        version = conn.info.server_version
+    if opts.lint:
+        sql, err = render_offline(target.at(p["target"]), p["current"])
+        data["lint"] = lint_pending(sql, err, None, version)
+    return list(users)
+
+
+def _url(target: Target) -> str:
+    """The database URL of a resolved ``target``."""
+    assert target.url is not None
+    return target.url
+
+
+def _derive_and_count(target: Target, p: Plan, shadow_url: str | None, users: list[Check], opts: Options,
+                      data: dict[str, Any], notes: list[str], shadows: list[Shadow]) -> list[Check]:
+    """The pending revisions run in a shadow (appended to ``shadows``: the caller disposes of it) statement by
+    statement; their checks are counted on the real database or in the data-carrying shadow; the catalog diff,
+    the user checks and the lint complete the result (``analyse``)."""
+    vt = version_table_of(p)
+    sh = make_shadow(_url(target), shadow_url, version_table=vt)
+    shadows.append(sh)
+    data["shadow"] = _shadow_summary(sh)
+    assert_same_revision(target, sh, p["current"])
+    rec, statements, up = _run_in_shadow(target, sh, vt, opts.lint, notes)
+    changed, _ = capture.dml_label(statements)
+    if rec.checks and (changed or stepwise.creates_routines(statements)):
+        derived = _count_in_data_shadow(target, shadow_url, rec, statements, opts.data_shadow_max_bytes, data, notes,
+                                        version_table=vt)
+    else:
+        derived = _count_on_real_database(target, shadow_url, rec, statements, opts, data, notes, vt)
+    return analyse(_url(target), sh.url, pending=list(p["pending"]), statements=statements,
+                   offline_sql=up.get("sql"), offline_error=up.get("sqlError"), user_checks=users, do_lint=opts.lint,
+                   statement_timeout=opts.statement_timeout, data=data, derived=derived, before_cat=sh.before)
+
+
+def _run_in_shadow(target: Target, sh: Shadow, vt: Mapping[str, Any], render: bool,
+                   notes: list[str]) -> tuple[stepwise.StepRecorder, list[Statement], dict[str, Any]]:
+    """Apply the pending revisions to the shadow, capturing every statement and an identity snapshot after each
+    (``stepwise.StepRecorder``): ``(recorder, statements, upgrade result)``. A failure is the migration's own
+    (``translate``d, re-raised with what it means)."""
+    log = capture.StatementLog(version_table=vt["name"])
+    with _connect(sh.url) as sconn, sconn.cursor() as scur:
+        rec = stepwise.StepRecorder(catalog.id_snapshot(scur))
+
+    def on_revision(rev: str) -> None:
+        log.on_revision(rev)
+        rec.on_revision(rev)
+
+    try:
+        with capture_statements(log), rec.listening():
+            up = upgrade(target.on(sh.url), lock_timeout=None, statement_timeout=None, render_sql_text=render,
+                         on_revision=on_revision)
+    except Exception as e:  # translated and re-raised with what it means for the migration
+        failure = translate(e, MigrationFailed)
+        if failure.outcome == Outcome.TRANSIENT_ERROR:  # the shadow server was lost, not the revision
+            raise type(failure)(f"the throw-away shadow database was lost while the pending revisions ran "
+                                f"in it (nothing was applied to the database; run again): "
+                                f"{failure.message}", outcome=failure.outcome, field=failure.field) from e
+        raise type(failure)(f"applying the pending revisions to the shadow database failed, so the "
+                            f"migration would fail too: {failure.message}", outcome=failure.outcome,
+                            field=failure.field) from e
+    if log.dropped:
+        notes.append(f"{log.dropped} statement(s) of the shadow run were not recorded")
+    rec.mark_present()
+    return rec, [s.copy() for s in log.statements], up
+
+
+def _count_on_real_database(target: Target, shadow_url: str | None, rec: stepwise.StepRecorder,
+                            statements: list[Statement], opts: Options, data: dict[str, Any], notes: list[str],
+                            vt: Mapping[str, Any]) -> list[Check]:
+    """The fast route: the recorded checks bound to the real database and counted there; when one cannot be
+    counted there (an expression using an object the revisions create) every check is counted in the
+    data-carrying shadow instead."""
+    pristine = stepwise.save_checks(rec)
+    derived = stepwise.bind_all(rec.steps, rec.start, rec.origins, "real-database")
+    with _connect(_url(target)) as conn:
+        counting.run_counts(conn, [c for c in derived if c.count is None], opts.counts)
+    failed = [c for c in derived if c.error]
+    data["route"] = "real-database"
+    if not failed:
+        return derived
+    stepwise.restore_checks(rec, pristine)
+    notes.append(f"{len(failed)} check(s) could not be counted on the real database ("
+                 f"{failed[0].name}: {failed[0].error}); every check was counted in the "
+                 "data-carrying shadow instead")
+    return _count_in_data_shadow(target, shadow_url, rec, statements, opts.data_shadow_max_bytes, data, notes,
+                                 version_table=vt)
+
+
+def _count_in_data_shadow(target: Target, shadow_url: str | None, rec: stepwise.StepRecorder,
+                          statements: list[Statement], max_bytes: int | None, data: dict[str, Any], notes: list[str],
                           version_table: Mapping[str, Any] | None = None) -> list[Check]:
     """The data route (``analysis.stepwise``): a second shadow with the real schema and the rows of the affected
-    tables, where the pending revisions run again and each statement's checks are counted right before it."""
+    tables, where the pending revisions run again and each statement's checks are counted right before it.
+    Raises ``DataShadowTooLarge`` (a ``PrecheckIncomplete``) above ``max_bytes``."""
     import time
 
     t0 = time.monotonic()
     relids = stepwise.affected_tables(rec.steps, rec.start, statements)
     if shadow_url is not None:  # an explicit shadow database serves both runs: empty it, restore the schema again
         shadow.wipe_database(libpq_url(shadow_url))
-    dsh = make_shadow(url, shadow_url, version_table=version_table)
+    dsh = make_shadow(_url(target), shadow_url, version_table=version_table)
     try:
-        with _connect(url) as real_conn, _connect(dsh.url) as data_conn:
+        with _connect(_url(target)) as real_conn, _connect(dsh.url) as data_conn:
             loaded = stepwise.load_rows(real_conn, data_conn, rec.start, relids, max_bytes)
         counter = stepwise.DataCounter(rec.steps, rec.origins)
         try:
             with counter.listening():
-                upgrade(config_path, target, dsh.url, url_env, lock_timeout=None, statement_timeout=None,
-                        render_sql_text=False)
+                upgrade(target.on(dsh.url), lock_timeout=None, statement_timeout=None, render_sql_text=False)
         except Exception as e:  # noqa: BLE001 - a failing revision is a result here, not an error
             lost = translate(e)
             if isinstance(lost, DatabaseUnreachable) and lost.outcome == Outcome.TRANSIENT_ERROR:
@@ -610,14 +698,14 @@ def lint_module_available() -> bool:
 
 
 @isolated_imports
-def render_offline(config_path: str | os.PathLike[str], current: str | None, target: str, url: str,
-                   url_env: str | None) -> tuple[str | None, str | None]:
-    """(offline SQL of current:target, error) through the application's env.py in offline mode."""
+def render_offline(target: Target, current: str | None) -> tuple[str | None, str | None]:
+    """(offline SQL of ``current``:``target.revision``, error) through the application's env.py in offline mode
+    (``target`` resolved)."""
     try:
-        cfg = make_config(config_path, url)
+        cfg = make_config(target.project, target.url)
         script = load_script(cfg)
-        with session_environment(url, url_env):
-            return render_sql(cfg, script, current, target), None
+        with session_environment(target.url, target.url_env):
+            return render_sql(cfg, script, current, str(target.revision)), None
     except Exception as e:  # noqa: BLE001
         return None, error_text(e)
 
@@ -636,10 +724,8 @@ def prepare(
 ) -> StepResult:
     """Phase 1 (operator image): restore the real schema into this pod's throw-away shadow server (started by
     ``--phase shadow-server``; waits up to ``server_timeout`` seconds for it) or into the explicit shadow database;
-    writes ``prepare.json`` and the shadow-before catalog snapshot."""
-    started = now()
-    data: dict[str, Any] = {}
-    try:
+    writes ``prepare.json`` and the shadow-before catalog snapshot. Never raises (``StepBoundary``)."""
+    with StepBoundary(STEP) as step:
         url = resolve_url(url, url_env)
         explicit = resolve_url(None, shadow_url_env) if shadow_url_env else None
         wd = Path(workdir)
@@ -652,26 +738,34 @@ def prepare(
                                                   shadow_version=handle.get("version"))
             sh = Shadow(target.url, target.name, None, target.info, admin_url=target.admin_url)
         try:
-            with _connect(sh.admin_url) as conn:
-                before = catalog.snapshot(conn)
-            (wd / BEFORE_FILE).write_bytes(pickle.dumps(before))
-            data = {"shadowDatabase": None, "shadowUrlEnv": shadow_url_env if explicit else None,
-                    "shadowUrl": None if explicit else sh.url, "adminUrl": None if explicit else sh.admin_url,
-                    "created": False, "server": not explicit,
-                    "shadow": _shadow_summary(sh, "explicit-database" if explicit else "throw-away-server"),
-                    "copySeconds": sh.info.get("seconds")}
-            (wd / PREPARE_FILE).write_text(json.dumps(data, indent=2), encoding="utf-8")
-            write_snapshot_queries(sh.url, wd)
+            data = _write_prepared(sh, wd, shadow_url_env if explicit else None)
         except BaseException:
             if explicit:
                 sh.dispose([])
             raise
         where = "the explicit shadow database" if explicit else "the throw-away shadow server of this pod"
         shown = {k: v for k, v in data.items() if k not in ("shadowUrl", "adminUrl")}
-        return StepResult(step=STEP, outcome=Outcome.SUCCEEDED, reason="ShadowPrepared",
-                          message=f"{where} holds the real schema", data=shown, started_at=started).finish()
-    except Exception as e:  # noqa: BLE001
-        return error_result(STEP, e, started=started, data=data)
+        step.set_result(StepResult(step=STEP, outcome=Outcome.SUCCEEDED, reason="ShadowPrepared",
+                                   message=f"{where} holds the real schema", data=shown,
+                                   started_at=step.started).finish())
+    return step.result
+
+
+def _write_prepared(sh: Shadow, wd: Path, shadow_url_env: str | None) -> dict[str, Any]:
+    """Write the shadow-before catalog snapshot, ``prepare.json`` (returned; ``shadow_url_env`` names an explicit
+    shadow database, else the pod's throw-away server is the shadow) and the snapshot queries into ``wd``."""
+    explicit = shadow_url_env is not None
+    with _connect(sh.admin_url) as conn:
+        before = catalog.snapshot(conn)
+    (wd / BEFORE_FILE).write_bytes(pickle.dumps(before))
+    data = {"shadowDatabase": None, "shadowUrlEnv": shadow_url_env,
+            "shadowUrl": None if explicit else sh.url, "adminUrl": None if explicit else sh.admin_url,
+            "created": False, "server": not explicit,
+            "shadow": _shadow_summary(sh, "explicit-database" if explicit else "throw-away-server"),
+            "copySeconds": sh.info.get("seconds")}
+    (wd / PREPARE_FILE).write_text(json.dumps(data, indent=2), encoding="utf-8")
+    write_snapshot_queries(sh.url, wd)
+    return data
 
 
 SNAPSHOT_QUERIES_FILE = "snapshot-queries.json"  # runner.inject.snapshots.QUERIES_FILE
@@ -739,7 +833,7 @@ def shadow_server(workdir: str | os.PathLike[str], *, poll: float = 0.2) -> Step
     wd = Path(workdir)
     stop = {"now": False}
 
-    def on_term(signum: int, frame: Any) -> None:
+    def on_term(signum: int, frame: FrameType | None) -> None:
         stop["now"] = True
 
     import threading
@@ -750,23 +844,22 @@ def shadow_server(workdir: str | os.PathLike[str], *, poll: float = 0.2) -> Step
         return StepResult(step=STEP, outcome=Outcome.SUCCEEDED, reason="ShadowStopped",
                           message="the count already finished", started_at=started).finish()
     server = ShadowServer()
-    try:
-        server.start()
-        handle = wd / SHADOW_SERVER_FILE
-        tmp = handle.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"adminUrl": server.url(), "version": server.version}), encoding="utf-8")
-        os.chmod(tmp, 0o644)  # the application's image may run as another user in the same pod
-        tmp.replace(handle)
-        while not stop["now"] and not (wd / SHADOW_DONE_FILE).exists():
-            time.sleep(poll)
-    except Exception as e:  # noqa: BLE001
-        return error_result(STEP, e, started=started, data={})
-    finally:
-        server.stop()
-        (wd / SHADOW_SERVER_FILE).unlink(missing_ok=True)
-    return StepResult(step=STEP, outcome=Outcome.SUCCEEDED, reason="ShadowStopped",
-                      message=f"the throw-away shadow server (PostgreSQL {server.version}) ran and is removed",
-                      data={"shadowServerVersion": server.version}, started_at=started).finish()
+    with StepBoundary(STEP) as step:
+        try:
+            server.start()
+            handle = wd / SHADOW_SERVER_FILE
+            tmp = handle.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"adminUrl": server.url(), "version": server.version}), encoding="utf-8")
+            os.chmod(tmp, 0o644)  # the application's image may run as another user in the same pod
+            tmp.replace(handle)
+            while not stop["now"] and not (wd / SHADOW_DONE_FILE).exists():
+                time.sleep(poll)
+        finally:
+            server.stop()
+            (wd / SHADOW_SERVER_FILE).unlink(missing_ok=True)
+        step.data["shadowServerVersion"] = server.version
+        step.succeed("ShadowStopped", f"the throw-away shadow server (PostgreSQL {server.version}) ran and is removed")
+    return step.result
 
 
 def wait_for_shadow_server(workdir: Path, timeout: float = 300) -> dict[str, Any]:
@@ -826,61 +919,86 @@ def count(
     only ``user_checks`` on the real database, read-only; ``workdir`` may then be None.
     ``accept_unevaluated`` as in :func:`precheck`; ``data_shadow_max_bytes`` is accepted for the same command
     line but unused: these phases count by the name-based catalog diff (no statement-by-statement record)."""
-    started = now()
-    data = _base_data(max_violations)
+    opts = Options(max_violations=max_violations, lint=lint, lint_fail=lint_fail, statement_timeout=statement_timeout,
+                   accept_unevaluated=tuple(accept_unevaluated), data_shadow_max_bytes=data_shadow_max_bytes,
+                   derive=derive)
     notes: list[str] = []
-    sh: Shadow | None = None
-    try:
-        url = resolve_url(url, url_env)
-        if not derive and (workdir is None or not (Path(workdir) / PREPARE_FILE).exists()):
-            users = parse_user_checks(user_checks)
-            data["derivationNote"] = "derivation disabled (spec.precheck.derive=false): only user checks are " \
-                                     "counted, no shadow"
-            data["lint"] = lint_module.unavailable("derivation disabled: no pending SQL rendered")
-            with _connect(url) as conn:
-                counting.run_counts(conn, users, CountOptions(statement_timeout=statement_timeout))
-            return _finish(data, users, max_violations, lint_fail, started, accept_unevaluated)
-        assert workdir is not None
-        wd = Path(workdir)
+    shadows: list[Shadow] = []
+    with StepBoundary(STEP, data=_base_data(max_violations)) as step:
         try:
-            info = json.loads((wd / PREPARE_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise InvalidInput(f"{PREPARE_FILE} missing or unreadable in {wd}: run --phase prepare first ({e})",
-                               field=PREPARE_FILE) from e
-        sh = _shadow_from_prepare(url, info, wd)
-        if (wd / DOWNGRADE_FILE).exists():
-            from schemagate.runner.downgrade import count_phase
+            url = resolve_url(url, url_env)
+            if not derive and (workdir is None or not (Path(workdir) / PREPARE_FILE).exists()):
+                step.set_result(_finish(step, _count_user_checks(url, user_checks, opts, step.data), opts))
+            elif workdir is not None and (Path(workdir) / DOWNGRADE_FILE).exists():
+                from schemagate.runner.downgrade import count_phase
 
-            return count_phase(url, None, wd, max_data_loss)  # (the shadow is disposed below)
-        users = parse_user_checks(user_checks)
-        try:
-            up = json.loads((wd / SHADOW_UPGRADE_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise InternalError(f"{SHADOW_UPGRADE_FILE} missing or unreadable: the shadow-upgrade container did "
-                                f"not finish ({e})", field=SHADOW_UPGRADE_FILE) from e
-        pending = list(up.get("pending") or [])
-        data.update(currentRevision=up.get("fromRevision", info.get("currentRevision")),
-                    targetRevision=up.get("targetRevision") or up.get("toRevision"), pending=pending)
-        sql_path = wd / PENDING_SQL_FILE
-        offline_sql = sql_path.read_text(encoding="utf-8") if sql_path.exists() else None
-        statements = up.get("statements") if isinstance(up.get("statements"), list) else None
-        derived = replayed_checks(wd, statements) if derive else None
-        checks = analyse(url, sh.url, pending=pending, statements=statements, offline_sql=offline_sql or None,
-                         offline_error=up.get("sqlError"), user_checks=users, do_lint=lint,
-                         statement_timeout=statement_timeout, data=data, derive_checks=derive, derived=derived,
-                         before_cat=sh.before)
-        if derived is not None:
-            data["route"] = "real-database"
-        if info.get("shadow"):
-            data["shadow"] = info["shadow"]
-        if not pending:
-            data["derivationNote"] = "no pending revisions"
-        result = _finish(data, checks, max_violations, lint_fail, started, accept_unevaluated)
-    except Exception as e:  # noqa: BLE001
-        result = error_result(STEP, e, started=started, data=data)
-    finally:
-        if sh is not None:
-            sh.dispose(notes)
-    if notes:
-        result.data["derivationNote"] = "; ".join(filter(None, [result.data.get("derivationNote"), *notes]))
-    return result
+                shadows.append(_shadow_from_prepare(url, _prepare_info(Path(workdir)), Path(workdir)))
+                step.set_result(count_phase(url, None, Path(workdir), max_data_loss))
+            else:
+                assert workdir is not None
+                checks = _count_after_shadow_upgrade(url, Path(workdir), user_checks, opts, step.data, shadows)
+                step.set_result(_finish(step, checks, opts))
+        finally:
+            for sh in shadows:
+                sh.dispose(notes)
+    return _with_notes(step.result, notes)
+
+
+def _count_user_checks(url: str, user_checks: Iterable[Any], opts: Options, data: dict[str, Any]) -> list[Check]:
+    """``derive=False`` (the Job's only container): the user checks counted on the real database, read-only; no
+    shadow, no lint."""
+    users = parse_user_checks(user_checks)
+    data["derivationNote"] = "derivation disabled (spec.precheck.derive=false): only user checks are " \
+                             "counted, no shadow"
+    data["lint"] = lint_module.unavailable("derivation disabled: no pending SQL rendered")
+    with _connect(url) as conn:
+        counting.run_counts(conn, users, opts.counts)
+    return users
+
+
+def _prepare_info(wd: Path) -> dict[str, Any]:
+    """``prepare.json`` of phase 1. Raises ``InvalidInput`` naming it when prepare did not run."""
+    try:
+        return dict(json.loads((wd / PREPARE_FILE).read_text(encoding="utf-8")))
+    except (OSError, ValueError) as e:
+        raise InvalidInput(f"{PREPARE_FILE} missing or unreadable in {wd}: run --phase prepare first ({e})",
+                           field=PREPARE_FILE) from e
+
+
+def _shadow_upgrade_result(wd: Path) -> dict[str, Any]:
+    """``shadow-upgrade.json`` of phase 2. Raises ``InternalError`` naming it when the shadow-upgrade container
+    did not finish."""
+    try:
+        return dict(json.loads((wd / SHADOW_UPGRADE_FILE).read_text(encoding="utf-8")))
+    except (OSError, ValueError) as e:
+        raise InternalError(f"{SHADOW_UPGRADE_FILE} missing or unreadable: the shadow-upgrade container did "
+                            f"not finish ({e})", field=SHADOW_UPGRADE_FILE) from e
+
+
+def _count_after_shadow_upgrade(url: str, wd: Path, user_checks: Iterable[Any], opts: Options, data: dict[str, Any],
+                                shadows: list[Shadow]) -> list[Check]:
+    """Phase 3 proper: the shadow ``prepare`` made (appended to ``shadows``: the caller disposes of it), the
+    statements and snapshots shadow-upgrade wrote, then ``analyse`` (catalog diff, counting, lint)."""
+    info = _prepare_info(wd)
+    sh = _shadow_from_prepare(url, info, wd)
+    shadows.append(sh)
+    users = parse_user_checks(user_checks)
+    up = _shadow_upgrade_result(wd)
+    pending = list(up.get("pending") or [])
+    data.update(currentRevision=up.get("fromRevision", info.get("currentRevision")),
+                targetRevision=up.get("targetRevision") or up.get("toRevision"), pending=pending)
+    sql_path = wd / PENDING_SQL_FILE
+    offline_sql = sql_path.read_text(encoding="utf-8") if sql_path.exists() else None
+    statements = up.get("statements") if isinstance(up.get("statements"), list) else None
+    derived = replayed_checks(wd, statements) if opts.derive else None
+    checks = analyse(url, sh.url, pending=pending, statements=statements, offline_sql=offline_sql or None,
+                     offline_error=up.get("sqlError"), user_checks=users, do_lint=opts.lint,
+                     statement_timeout=opts.statement_timeout, data=data, derive_checks=opts.derive, derived=derived,
+                     before_cat=sh.before)
+    if derived is not None:
+        data["route"] = "real-database"
+    if info.get("shadow"):
+        data["shadow"] = info["shadow"]
+    if not pending:
+        data["derivationNote"] = "no pending revisions"
+    return checks

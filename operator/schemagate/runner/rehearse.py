@@ -49,6 +49,7 @@ from typing import Any
 from schemagate.contract.dburl import DEFAULT_URL_ENV, database_name, resolve_url, with_database
 from schemagate.contract.errors import InvalidInput, MigrationFailed, StepBoundary
 from schemagate.contract.stepresult import Outcome, StepResult
+from schemagate.contract.target import Target
 from schemagate.runner import backup as bk
 from schemagate.runner import restore as rs
 from schemagate.runner.inject.rehearsal import UPGRADE_FILE, failed_message, lock_summary, upgrade_copy
@@ -141,7 +142,7 @@ def _verify_copy(config_path: str | os.PathLike[str] | None, target: str, copy_u
     from schemagate.runner import verify as verify_step
 
     t0 = time.monotonic()
-    vr = verify_step.verify(config_path, target, copy_url, url_env, plan=plan, user_checks=user_checks)
+    vr = verify_step.verify(Target(config_path, target, copy_url, url_env), plan=plan, user_checks=user_checks)
     data["verify"] = {"outcome": vr.outcome.value, "reason": vr.reason, "message": vr.message, "data": vr.data,
                       "seconds": round(time.monotonic() - t0, 3)}
 

@@ -28,13 +28,14 @@ The plan is the precheck result's ``data`` (``{targetRevision, expectedRevisions
 whole precheck StepResult, given as JSON through ``--plan FILE`` or the environment variable of ``--plan-env``
 (``SCHEMAGATE_PLAN`` in the verify Job).
 
-Public API: ``verify(config_path=None, target="head", url=None, url_env="DATABASE_URL", *, plan=None,
+Public API: ``verify(target: Target(config or None, revision="head", url=None, url_env="DATABASE_URL"), *, plan=None,
 user_checks=(), version_table="alembic_version", version_table_schema=None, statement_timeout="1h") ->
 StepResult``; ``load_plan(path=None, env=None) -> dict | None``; ``VerifyReport``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -45,9 +46,9 @@ from typing import Any
 
 from schemagate.contract import names
 from schemagate.contract.checks import UserCheck
-from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
 from schemagate.contract.errors import InvalidInput, StepBoundary
 from schemagate.contract.stepresult import Outcome, StepResult
+from schemagate.contract.target import Target
 from schemagate.libpq import connect
 
 STEP = "verify"
@@ -218,11 +219,10 @@ def plan_version_table(plan: Mapping[str, Any], name: str, schema: str | None) -
     return name, schema
 
 
-def _revisions_with_project(report: VerifyReport, config_path: str | os.PathLike[str], wanted: str | None,
-                            url: str, url_env: str | None, expected: list[str]) -> None:
+def _revisions_with_project(report: VerifyReport, target: Target, expected: list[str]) -> None:
     from schemagate.runner.inject.revisions import plan as alembic_plan
 
-    p = alembic_plan(config_path, wanted, url, url_env)
+    p = alembic_plan(target)
     report.current_revision, report.target_revision = p["current"], p["target"]
     report.expected_revisions = expected or p["expected"]
     if p["pending"]:
@@ -233,17 +233,17 @@ def _revisions_with_project(report: VerifyReport, config_path: str | os.PathLike
                     f"{','.join(sorted(expected))}")
 
 
-def check_revisions(report: VerifyReport, cur: Any, plan: Mapping[str, Any], config_path: Any, target: str | None,
-                    url: str, url_env: str | None, version_table: tuple[str, str | None]) -> None:
+def check_revisions(report: VerifyReport, cur: Any, plan: Mapping[str, Any], target: Target,
+                    version_table: tuple[str, str | None]) -> None:
     """Check 1 (see the module docstring). Raises ``InvalidInput`` when, without the project, the plan names
     no revision ids to compare with."""
-    wanted = plan.get("targetRevision") or target
+    wanted = plan.get("targetRevision") or target.revision
     expected = sorted(str(r) for r in plan.get("expectedRevisions") or [])
     down = plan.get("downgrade")
     if isinstance(down, Mapping):  # a downgrade: the target's revisions, none for base
         expected = sorted(str(r) for r in down.get("targetRevisions") or [])
-    if config_path is not None:
-        _revisions_with_project(report, config_path, wanted, url, url_env, expected)
+    if target.config is not None:
+        _revisions_with_project(report, dataclasses.replace(target, revision=wanted), expected)
         return
     if not expected and not isinstance(down, Mapping):
         if not wanted or wanted in ("head", "heads") or "@" in str(wanted):
@@ -507,10 +507,7 @@ def _finish(step: StepBoundary, report: VerifyReport, counted: int) -> StepResul
 
 
 def verify(
-    config_path: str | os.PathLike[str] | None = None,
-    target: str | None = "head",
-    url: str | None = None,
-    url_env: str | None = DEFAULT_URL_ENV,
+    target: Target,
     *,
     plan: Mapping[str, Any] | None = None,
     user_checks: Iterable[Any] = (),
@@ -522,13 +519,14 @@ def verify(
     report = VerifyReport()
     with StepBoundary(STEP) as step:
         try:
-            url = resolve_url(url, url_env)
+            target = target.resolved()
+            url = target.database_url
             plan = dict(plan or {})
             users = _plan_user_checks(plan, user_checks)
             vt = plan_version_table(plan, version_table, version_table_schema)
             with _connect(url) as conn, conn.cursor() as cur:
                 cur.execute("SELECT set_config('statement_timeout', %s, false)", (statement_timeout,))
-                check_revisions(report, cur, plan, config_path, target, url, url_env, vt)
+                check_revisions(report, cur, plan, target, vt)
                 check_constraints(report, cur, plan)
                 check_indexes(report, cur, plan)
                 check_leftovers(report, cur, plan)

@@ -11,16 +11,17 @@ Modules: ``config`` (Alembic config, session environment, import isolation), ``r
 (``plan``), ``apply`` (``upgrade``, ``render_sql``), ``lock`` (advisory lock, backoff), ``capture`` (statement
 capture), ``migrate`` (``migrate``), ``shadow`` (``shadow_upgrade``), ``__main__`` (the CLI).
 
-Stable API (other steps call these; keep the signatures):
+Stable API (other steps call these; keep the signatures). Every step takes the frozen ``contract.target.Target``
+(``Target(config, revision="head", url=None, url_env="DATABASE_URL")``: project, target revision, database),
+built once from the options and passed down:
 
-``revisions.plan(config_path, target="head", url=None, url_env="DATABASE_URL") -> dict``
+``revisions.plan(target) -> Plan``
     ``{"current": str|None, "target": resolved id, "pending": [ids in apply order], "heads": [ids]}``.
     Raises ``MultipleHeads`` (names the heads) when ``target`` is head(s) and the scripts have several
     heads, ``UnknownRevision`` for an unknown target (or a database revision the scripts do not know),
     ``InvalidInput`` for a downgrade target or a missing config. The URL is only used through env.py.
 
-``apply.upgrade(config_path, target="head", url=None, url_env="DATABASE_URL", lock_timeout="5s",
-statement_timeout=None, *, render_sql=False) -> dict``
+``apply.upgrade(target, lock_timeout="5s", statement_timeout=None, *, render_sql_text=False) -> dict``
     Runs ``alembic upgrade`` programmatically. Returns ``{"fromRevision", "toRevision", "applied": [ids],
     "pending": [ids], "lockTimeout", "statementTimeout", "sql": str|None}`` (``sql``: the offline rendering of the
     pending range, when ``render_sql``). On failure raises ``MigrationFailed`` (``.revision``,
@@ -28,12 +29,12 @@ statement_timeout=None, *, render_sql=False) -> dict``
     ``transaction_per_migration`` the database stays at the previous revision), or ``LockTimeout``
     (transient) when a statement hit ``lock_timeout``. No advisory lock and no retries here: see ``migrate``.
 
-``migrate.migrate(config_path, target, url, url_env, lock_timeout, statement_timeout, retries=5, ...) -> StepResult``
+``migrate.migrate(target, lock_timeout, statement_timeout, retries=5, ...) -> StepResult``
     ``upgrade`` serialised by a session advisory lock (polled with ``pg_try_advisory_lock`` on a dedicated
     autocommit connection: a blocking wait deadlocks against CREATE INDEX CONCURRENTLY) and retried on lock
     timeouts with capped exponential backoff.
 
-``shadow.shadow_upgrade(config_path, target, url, url_env, workdir=None) -> dict``
+``shadow.shadow_upgrade(target, workdir=None) -> dict``
     ``upgrade(render_sql=True)`` on a shadow database; writes ``workdir/pending.sql`` and
     ``workdir/shadow-upgrade.json`` when ``workdir`` is given.
 

@@ -26,6 +26,7 @@ from schemagate.contract import names
 from schemagate.contract.dburl import DEFAULT_URL_ENV
 from schemagate.contract.errors import StepBoundary
 from schemagate.contract.stepresult import StepResult, write_termination_log
+from schemagate.contract.target import Target
 from schemagate.runner.inject.config import DEFAULT_LOCK_TIMEOUT
 from schemagate.runner.inject.downgrade import (
     below,
@@ -84,10 +85,15 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _target(args: argparse.Namespace) -> Target:
+    """The project, target revision and database the options name."""
+    return Target(args.config, args.target, args.database_url, args.database_url_env)
+
+
 def run_command(args: argparse.Namespace) -> StepResult:
     """The StepResult of one command; never raises for an error of the step (``StepBoundary``)."""
     if args.command == "migrate":
-        return migrate(args.config, args.target, args.database_url, args.database_url_env, args.lock_timeout,
+        return migrate(_target(args), args.lock_timeout,
                        args.statement_timeout, args.retries, lock_wait=args.lock_wait,
                        log=lambda s: print(s, file=sys.stderr))
     if args.command == "rehearse-upgrade":
@@ -97,7 +103,7 @@ def run_command(args: argparse.Namespace) -> StepResult:
                                 workdir=args.workdir, say=lambda s: print(s, file=sys.stderr))
     if args.command == "plan":
         with StepBoundary("plan") as step:
-            p = plan(args.config, args.target, args.database_url, args.database_url_env)
+            p = plan(_target(args))
             step.data.update(currentRevision=p["current"], targetRevision=p["target"], pending=p["pending"],
                              heads=p["heads"])
             step.succeed("Planned",
@@ -116,7 +122,7 @@ def run_command(args: argparse.Namespace) -> StepResult:
                              targetRevision=doc["targetRevision"], removes=dotted(catalog_from_json(doc["removes"])))
             step.succeed("ShadowDowngraded", f"alembic downgrade {args.target} tried on the shadow database")
             return step.result
-        out = shadow_upgrade(args.config, args.target, args.database_url, args.database_url_env, args.workdir,
+        out = shadow_upgrade(_target(args), args.workdir,
                              args.lock_timeout, args.statement_timeout)
         step.data.update({k: v for k, v in out.items() if k not in ("sql", "statements")})
         step.data["statements"] = len(out.get("statements") or [])

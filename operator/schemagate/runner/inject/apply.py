@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,7 +14,6 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
 
 from schemagate.contract import durations
-from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
 from schemagate.contract.errors import (
     AuthenticationFailed,
     DatabaseUnreachable,
@@ -26,6 +24,7 @@ from schemagate.contract.errors import (
 )
 from schemagate.contract.redact import redact
 from schemagate.contract.stepresult import Plan
+from schemagate.contract.target import Target
 from schemagate.runner.inject.config import (
     DEFAULT_LOCK_TIMEOUT,
     isolated_imports,
@@ -124,10 +123,7 @@ def _failure(e: BaseException, failing: str | None, after: str | None, known: bo
 
 @isolated_imports
 def upgrade(
-    config_path: str | os.PathLike[str],
-    target: str | None = "head",
-    url: str | None = None,
-    url_env: str | None = DEFAULT_URL_ENV,
+    t: Target,
     lock_timeout: str | None = DEFAULT_LOCK_TIMEOUT,
     statement_timeout: str | None = None,
     *,
@@ -135,12 +131,15 @@ def upgrade(
     on_revision: Callable[[str], None] | None = None,
     planned: Plan | None = None,
 ) -> dict[str, Any]:
-    """Apply the pending revisions up to ``target`` (see module docstring). ``planned``: the plan of this
-    database, computed by the caller just before (``revisions.plan``), so env.py is not run again to plan."""
+    """Apply the pending revisions up to ``t.revision`` on the database of ``t`` (see module docstring).
+    ``planned``: the plan of this database, computed by the caller just before (``revisions.plan``), so env.py is
+    not run again to plan."""
     lt = durations.to_postgres(lock_timeout, "--lock-timeout")
     st = durations.to_postgres(statement_timeout, "--statement-timeout")
-    url = resolve_url(url, url_env)
-    p = planned if planned is not None else plan(config_path, target, url, url_env)
+    t = t.resolved()
+    url, url_env = t.url, t.url_env
+    assert url is not None
+    p = planned if planned is not None else plan(t)
     result: dict[str, Any] = {
         "fromRevision": p["current"],
         "toRevision": p["current"],
@@ -151,7 +150,7 @@ def upgrade(
         "statementTimeout": _given(statement_timeout),
         "sql": None,
     }
-    cfg = make_config(config_path, url)
+    cfg = make_config(t.project, url)
     script = load_script(cfg)
     if render_sql_text and p["pending"]:
         try:
@@ -169,11 +168,11 @@ def upgrade(
                                     as_sql=False, starting_rev=None, destination_rev=p["target"]):
                 script.run_env()
     except Exception as e:  # the application's revisions and env.py may raise anything
-        after, known = _current_after_failure(config_path, url, url_env, patient=_transient(e))
+        after, known = _current_after_failure(t, patient=_transient(e))
         result["toRevision"] = after
         raise _failure(e, state["running"], after, known) from e
     # Alembic completed the upgrade: the version rows are the expected ones (no env.py run to read them back)
-    after = join_revisions(p["expected"]) if p["expected"] else _safe_current(config_path, url, url_env)
+    after = join_revisions(p["expected"]) if p["expected"] else _safe_current(t)
     result["toRevision"] = after
     result["applied"] = reached(script, p["pending"], split_revisions(after))
     return result
@@ -183,27 +182,28 @@ def _transient(e: BaseException) -> bool:
     return isinstance(translate(e, MigrationFailed), Transient)
 
 
-def _current_after_failure(config_path: str | os.PathLike[str], url: str, url_env: str | None, *, patient: bool,
-                           tries: int = 15, pause: float = 1.0) -> tuple[str | None, bool]:
-    """``(revision, known)``: where a failed upgrade left the database. After a transient failure (``patient``: the
+def _current_after_failure(t: Target, *, patient: bool, tries: int = 15,
+                           pause: float = 1.0) -> tuple[str | None, bool]:
+    """``(revision, known)``: where a failed upgrade left the database of ``t`` (its URL resolved). After a transient failure (``patient``: the
     server may be restarting, SQLSTATE 57P03) the version table is read up to ``tries`` times, ``pause`` seconds
     apart, so the message states the real revision rather than "base"."""
     for attempt in range(tries if patient else 1):
         if attempt:
             time.sleep(pause)
         try:
-            cfg = make_config(config_path, url)
-            with session_environment(url, url_env):
+            cfg = make_config(t.project, t.url)
+            with session_environment(t.url, t.url_env):
                 return join_revisions(current_heads(cfg, load_script(cfg))), True
         except Exception:  # noqa: BLE001 - best effort: only to say where the database was left
             continue
     return None, False
 
 
-def _safe_current(config_path: str | os.PathLike[str], url: str, url_env: str | None) -> str | None:
+def _safe_current(t: Target) -> str | None:
+    """The database's current revision (``t``'s URL resolved), None when it cannot be read."""
     try:
-        cfg = make_config(config_path, url)
-        with session_environment(url, url_env):
+        cfg = make_config(t.project, t.url)
+        with session_environment(t.url, t.url_env):
             heads = current_heads(cfg, load_script(cfg))
         return join_revisions(heads)
     except Exception:  # noqa: BLE001 - best effort: only to say where the database was left

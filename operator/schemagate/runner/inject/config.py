@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import configparser
 import contextlib
-import dataclasses
 import functools
 import os
 import sys
@@ -21,36 +20,11 @@ from alembic import util as alembic_util
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url, sqlalchemy_url
+from schemagate.contract.dburl import DEFAULT_URL_ENV, sqlalchemy_url
 from schemagate.contract.errors import InvalidInput
 
 DEFAULT_LOCK_TIMEOUT = "5s"
 APPLICATION_NAME = "schemagate-runner"
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """What a step works on: the application's Alembic project (``config``: see ``project_location`` for its
-    forms), the target ``revision`` (``head``, ``heads``, an id, ``label@head``), and the database: ``url``, or the
-    environment variable ``url_env`` holding it (the URL is never stored in a log or a result)."""
-
-    config: str | os.PathLike[str]
-    revision: str | None = "head"
-    url: str | None = None
-    url_env: str | None = DEFAULT_URL_ENV
-
-    def resolved(self) -> Target:
-        """The same target with ``url`` read from ``url_env`` when not given (``InvalidInput`` naming the
-        variable when neither is set)."""
-        return dataclasses.replace(self, url=resolve_url(self.url, self.url_env))
-
-    def at(self, revision: str) -> Target:
-        """The same project and database with another target revision (e.g. the resolved id)."""
-        return dataclasses.replace(self, revision=revision)
-
-    def args(self) -> tuple[str | os.PathLike[str], str | None, str | None, str | None]:
-        """``(config_path, target, url, url_env)``: the leading parameters of the steps' functions."""
-        return self.config, self.revision, self.url, self.url_env
 
 
 def _is_resource(text: str) -> bool:

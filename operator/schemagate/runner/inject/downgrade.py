@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
 from schemagate.contract.errors import InvalidInput, MigrationFailed, StepBoundary, UnknownRevision
 from schemagate.contract.stepresult import StepResult
+from schemagate.contract.target import Target
 from schemagate.runner.inject.config import (
     engine_for,
     isolated_imports,
@@ -183,7 +184,7 @@ def shadow_downgrade(config_path: str | os.PathLike[str], target: str, url: str 
     if shadow_url == real_url:
         raise InvalidInput(f"--workdir {workdir}: no prepare.json naming a shadow; the downgrade is tried on a "
                            "shadow only (run --phase prepare first)", field="--workdir")
-    synced = sync_version_table(config_path, "heads", real_url, shadow_url, url_env)
+    synced = sync_version_table(Target(config_path, "heads", real_url, url_env), shadow_url)
     before = catalog_sa(shadow_url)
     alembic_downgrade(config_path, target, shadow_url, url_env)
     gone = removed(before, catalog_sa(shadow_url))

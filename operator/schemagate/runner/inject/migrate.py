@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-import os
+import datetime
 import random
 import time
 from collections.abc import Callable
@@ -21,17 +21,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemagate.contract import durations
-from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
 from schemagate.contract.errors import (
     InvalidInput,
     LockTimeout,
     MigrationFailed,
+    SchemagateError,
+    StepBoundary,
     Transient,
-    error_result,
     sqlstate,
 )
 from schemagate.contract.redact import redact
-from schemagate.contract.stepresult import Outcome, Plan, StepResult, now
+from schemagate.contract.stepresult import Outcome, Plan, StepResult
+from schemagate.contract.target import Target
 from schemagate.runner.inject import leftovers
 from schemagate.runner.inject.apply import upgrade
 from schemagate.runner.inject.config import (
@@ -135,10 +136,7 @@ class _Cleanup:
 class _Run:
     """What every attempt of one ``migrate`` call shares."""
 
-    config_path: str | os.PathLike[str]
-    target: str | None
-    url: str
-    url_env: str | None
+    target: Target  # its URL resolved
     lock_timeout: str | None
     statement_timeout: str | None
     data: dict[str, Any]
@@ -147,6 +145,12 @@ class _Run:
     planned: Plan | None = None  # the plan made under the lock: the first attempt does not plan again
     lock: HeldLock | None = None
     pending: list[str] | None = None  # what was pending when the lock was first held
+
+    @property
+    def url(self) -> str:
+        """The database URL (``target`` is resolved)."""
+        assert self.target.url is not None
+        return self.target.url
 
 
 def _attempt(run: _Run, attempt: int) -> dict[str, Any]:
@@ -161,8 +165,7 @@ def _attempt(run: _Run, attempt: int) -> dict[str, Any]:
 
     try:
         with run.cleanup.builds.watch():
-            return upgrade(run.config_path, run.target, run.url, run.url_env, run.lock_timeout,
-                           run.statement_timeout, on_revision=on_revision,
+            return upgrade(run.target, run.lock_timeout, run.statement_timeout, on_revision=on_revision,
                            planned=run.planned if attempt == 1 else None)
     except (LockTimeout, MigrationFailed):
         run.cleanup.look()
@@ -216,10 +219,7 @@ def _until_applied(run: _Run, watcher: LockWaitWatcher, delays: list[float],
 
 @isolated_imports
 def migrate(
-    config_path: str | os.PathLike[str],
-    target: str | None = "head",
-    url: str | None = None,
-    url_env: str | None = DEFAULT_URL_ENV,
+    target: Target,
     lock_timeout: str | None = DEFAULT_LOCK_TIMEOUT,
     statement_timeout: str | None = None,
     retries: int = DEFAULT_RETRIES,
@@ -231,27 +231,14 @@ def migrate(
     log: Callable[[str], None] | None = None,
     planned: Plan | None = None,
 ) -> StepResult:
-    """``upgrade`` under the advisory lock, retried on lock timeouts; INVALID indexes the pending revisions' own
-    concurrent builds left are dropped before each attempt (``data.leftovers``); always returns a StepResult."""
-    started = now()
+    """``upgrade`` of ``target`` under the advisory lock, retried on lock timeouts; INVALID indexes the pending
+    revisions' own concurrent builds left are dropped before each attempt (``data.leftovers``); always returns a
+    StepResult (every error through ``StepBoundary``, ``MigrationFailed`` for foreign exceptions)."""
     data: dict[str, Any] = {"fromRevision": None, "toRevision": None, "applied": [], "attempts": 0,
                             "lockTimeout": None, "statementTimeout": None, "lockWaits": []}  # MigrateData
-    say = log or (lambda s: None)
-    cleanup: _Cleanup | None = None
-    try:
-        if retries < 0:
-            raise InvalidInput(f"--retries: {retries} is negative", field="--retries")
-        lock_pg = durations.to_postgres(lock_timeout, "--lock-timeout")  # what PostgreSQL receives (ms)
-        durations.to_postgres(statement_timeout, "--statement-timeout")
-        data["lockTimeout"] = lock_timeout.strip() if lock_timeout else None  # as given
-        data["statementTimeout"] = statement_timeout.strip() if statement_timeout else None
-        url = resolve_url(url, url_env)
-        # validates everything before taking any lock (``planned``: the caller's plan of this run, not recomputed)
-        first = planned if planned is not None else plan(config_path, target, url, url_env)
-        data.update({"fromRevision": first["current"], "toRevision": first["current"],
-                     "targetRevision": first["target"]})
-        cleanup = _Cleanup(url, lock_pg, data, say)
-        run = _Run(config_path, target, url, url_env, lock_timeout, statement_timeout, data, cleanup, say)
+    run: _Run | None = None
+    with StepBoundary("migrate", default=MigrationFailed, data=data) as step:
+        run = _prepare(target, lock_timeout, statement_timeout, retries, data, log or (lambda s: None), planned)
         delays = backoff_delays(retries, backoff, max_backoff)
         for transient_attempt in range(1, len(delays) + 2):
             try:
@@ -262,15 +249,41 @@ def migrate(
             except Transient as e:  # connection lost, server restarted, serialization failure, lock lost
                 _after_transient(run, e, transient_attempt, delays, sleep)
         # revisions committed by earlier attempts (before a lock timeout or a lost connection) count too
-        data["applied"] = applied_revisions(config_path, url, run.pending or [], split_revisions(data["toRevision"]))
-        return _succeeded(data, started, cleanup)
-    except Exception as e:  # noqa: BLE001
-        if isinstance(e, (MigrationFailed, Transient)) and e.current_revision is not None:
-            data["toRevision"] = e.current_revision
-        r = error_result("migrate", e, started=started, data=data, default=MigrationFailed)
-        if cleanup is not None and not isinstance(e, LockTimeout) and cleanup.sentence():
-            r.message = redact(r.message + cleanup.sentence())
-        return r
+        data["applied"] = applied_revisions(run.target.project, run.target.url, run.pending or [],
+                                            split_revisions(data["toRevision"]))
+        step.set_result(_succeeded(data, step.started, run.cleanup))
+    if step.error is not None:
+        _explain_failure(step.result, step.error, run)
+    return step.result
+
+
+def _prepare(target: Target, lock_timeout: str | None, statement_timeout: str | None, retries: int,
+             data: dict[str, Any], say: Callable[[str], None], planned: Plan | None) -> _Run:
+    """Validate everything before taking any lock (options, URL, plan: ``planned`` is the caller's plan of this
+    run, not recomputed) and record the timeouts as given and the revisions in ``data``. Raises ``InvalidInput``
+    and the plan's errors."""
+    if retries < 0:
+        raise InvalidInput(f"--retries: {retries} is negative", field="--retries")
+    lock_pg = durations.to_postgres(lock_timeout, "--lock-timeout")  # what PostgreSQL receives (ms)
+    durations.to_postgres(statement_timeout, "--statement-timeout")
+    data["lockTimeout"] = lock_timeout.strip() if lock_timeout else None  # as given
+    data["statementTimeout"] = statement_timeout.strip() if statement_timeout else None
+    target = target.resolved()
+    assert target.url is not None
+    first = planned if planned is not None else plan(target)
+    data.update({"fromRevision": first["current"], "toRevision": first["current"],
+                 "targetRevision": first["target"]})
+    cleanup = _Cleanup(target.url, lock_pg, data, say)
+    return _Run(target, lock_timeout, statement_timeout, data, cleanup, say)
+
+
+def _explain_failure(result: StepResult, error: SchemagateError, run: _Run | None) -> None:
+    """A failed migration's result states where the database really is (``toRevision``) and what was done about
+    leftovers of failed attempts (not for a lock timeout: its message names them already)."""
+    if isinstance(error, (MigrationFailed, Transient)) and error.current_revision is not None:
+        result.data["toRevision"] = error.current_revision
+    if run is not None and not isinstance(error, LockTimeout) and run.cleanup.sentence():
+        result.message = redact(result.message + run.cleanup.sentence())
 
 
 def _under_lock(run: _Run, lock_wait: float, sleep: Callable[[float], None], delays: list[float], *,
@@ -283,7 +296,7 @@ def _under_lock(run: _Run, lock_wait: float, sleep: Callable[[float], None], del
                             connect_after=_watch_after(run.data["lockTimeout"])) as watcher:
         run.lock = held
         try:
-            base = run.planned = plan(run.config_path, run.target, run.url, run.url_env)
+            base = run.planned = plan(run.target)
             if first_attempt:
                 run.data["fromRevision"] = base["current"]
                 run.pending = list(base["pending"])
@@ -311,7 +324,7 @@ def _after_transient(run: _Run, e: Transient, attempt: int, delays: list[float],
     sleep(delay)
 
 
-def _succeeded(data: dict[str, Any], started: Any, cleanup: _Cleanup) -> StepResult:
+def _succeeded(data: dict[str, Any], started: datetime.datetime, cleanup: _Cleanup) -> StepResult:
     n = len(data["applied"])
     msg = (f"applied {n} revision{'s' if n != 1 else ''} ({', '.join(data['applied'])}); "
            f"the database is at revision {data['toRevision']}") if n else (

@@ -29,6 +29,7 @@ from typing import Any
 from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url, with_database
 from schemagate.contract.errors import InvalidInput, MigrationFailed, StepBoundary, translate
 from schemagate.contract.stepresult import Outcome, StepResult
+from schemagate.contract.target import Target
 from schemagate.runner.inject.apply import upgrade
 from schemagate.runner.inject.lockreport import StatementLocks, describe, strongest
 
@@ -80,7 +81,7 @@ def upgrade_copy(config_path: str | os.PathLike[str], target: str, copy_url: str
 
     try:
         with report.watch():
-            r = upgrade(config_path, target, copy_url, url_env, lock_timeout, statement_timeout,
+            r = upgrade(Target(config_path, target, copy_url, url_env), lock_timeout, statement_timeout,
                         on_revision=started)
     except Exception as e:  # noqa: BLE001 - the application's revisions may raise anything: the rehearsal's finding
         err = translate(e, MigrationFailed)

@@ -12,9 +12,9 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
 
-from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
 from schemagate.contract.errors import translate
 from schemagate.contract.stepresult import Plan
+from schemagate.contract.target import Target
 from schemagate.runner.inject.config import (
     isolated_imports,
     load_script,
@@ -43,29 +43,24 @@ def current_heads(cfg: Config, script: ScriptDirectory, version_table: dict[str,
 
 
 @isolated_imports
-def plan(
-    config_path: str | os.PathLike[str],
-    target: str | None = "head",
-    url: str | None = None,
-    url_env: str | None = DEFAULT_URL_ENV,
-) -> Plan:
-    """What ``alembic upgrade <target>`` does on this database (see ``schemagate.runner.inject.graph``).
+def plan(t: Target) -> Plan:
+    """What ``alembic upgrade <t.revision>`` does on the database of ``t`` (see ``schemagate.runner.inject.graph``).
 
     Returns ``{"current": "0002a,0002b"|None (the version rows, sorted, comma-separated), "currentHeads": [ids],
     "target": resolved target (revision ids, comma-separated for several), "pending": [ids in apply order],
     "expected": [version rows after the upgrade, sorted], "heads": [heads of the scripts], "versionTable",
     "versionTableSchema" (from the migration context env.py configures)}``. Env.py runs once. Raises
     ``MultipleHeads``, ``UnknownRevision``, ``InvalidInput`` before any change (see ``plan_upgrade``)."""
-    url = resolve_url(url, url_env)
-    cfg = make_config(config_path, url)
+    t = t.resolved()
+    cfg = make_config(t.project, t.url)
     script = load_script(cfg)
     table: dict[str, Any] = {}
     try:
-        with session_environment(url, url_env):
+        with session_environment(t.url, t.url_env):
             cur = current_heads(cfg, script, table)
     except Exception as e:  # the application's env.py may raise anything: translated, re-raised
         raise translate(e) from e
-    up = plan_upgrade(script, cur, target)
+    up = plan_upgrade(script, cur, t.revision)
     return {"current": join_revisions(up.current), "currentHeads": list(up.current), "target": up.resolved_target,
             "pending": list(up.pending), "expected": list(up.expected), "heads": list(up.script_heads),
             "versionTable": str(table.get("versionTable") or "alembic_version"),

@@ -11,9 +11,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url, with_database
+from schemagate.contract.dburl import resolve_url, with_database
 from schemagate.contract.errors import Actor, InvalidInput, ShadowUnavailable
 from schemagate.contract.sqlkind import StatementLog
+from schemagate.contract.target import Target
 from schemagate.runner.inject.apply import upgrade
 from schemagate.runner.inject.capture import capture_statements
 from schemagate.runner.inject.config import engine_for, isolated_imports
@@ -56,14 +57,15 @@ def version_table_of(p: Mapping[str, Any]) -> dict[str, Any]:
     return {"schema": p.get("versionTableSchema"), "name": str(p.get("versionTable") or "alembic_version")}
 
 
-def sync_version_table(config_path: str | os.PathLike[str], target: str | None, real_url: str, shadow_url: str,
-                       url_env: str | None) -> dict[str, Any]:
+def sync_version_table(target: Target, shadow_url: str) -> dict[str, Any]:
     """Copy the rows of the application's Alembic version table from the real database into the shadow, wherever
     the application's env.py keeps it (``plan()``'s ``versionTable``/``versionTableSchema``: read from the migration context, never from a
     second setting), then assert that env.py reads the same current revision from both. Returns
     ``{"versionTable": {"schema", "name"}|None, "rows": [...], "current": id|None}``; raises
-    ``ShadowMismatch`` when the shadow reads another revision."""
-    real = plan(config_path, target, real_url, url_env)
+    ``ShadowMismatch`` when the shadow reads another revision. ``target``: the real database (URL resolved)."""
+    real_url = target.url
+    assert real_url is not None
+    real = plan(target)
     vt = version_table_of(real)
     out: dict[str, Any] = {"versionTable": None, "rows": [], "current": real["current"]}
     eng = engine_for(real_url)
@@ -91,7 +93,7 @@ def sync_version_table(config_path: str | os.PathLike[str], target: str | None, 
                     conn.execute(sa.text(f"INSERT INTO {qualified} (version_num) VALUES (:v)"), {"v": v})  # noqa: S608
         finally:
             eng.dispose()
-    mirror = plan(config_path, target, shadow_url, url_env)
+    mirror = plan(target.on(shadow_url))
     if mirror["current"] != real["current"]:
         raise ShadowMismatch(
             f"the shadow is not faithful: the application's env.py reads revision {mirror['current'] or 'base'} "
@@ -102,22 +104,20 @@ def sync_version_table(config_path: str | os.PathLike[str], target: str | None, 
 
 @isolated_imports
 def shadow_upgrade(
-    config_path: str | os.PathLike[str],
-    target: str | None = "head",
-    url: str | None = None,
-    url_env: str | None = DEFAULT_URL_ENV,
+    target: Target,
     workdir: str | os.PathLike[str] | None = None,
     lock_timeout: str | None = None,
     statement_timeout: str | None = None,
 ) -> dict[str, Any]:
     """Apply the pending revisions to the shadow database (named by ``workdir/prepare.json`` when present, else
-    ``url`` itself; its version rows are first copied from the real database, see ``sync_version_table``),
+    ``target``'s database itself; its version rows are first copied from the real database, see ``sync_version_table``),
     rendering their SQL first and capturing the statements executed. Writes
     ``workdir/pending.sql`` and ``workdir/shadow-upgrade.json`` (``{fromRevision, toRevision, targetRevision,
     pending, applied, sqlError?, statements}``) when ``workdir`` is given."""
-    real_url = resolve_url(url, url_env)
-    url = shadow_url_from_workdir(real_url, workdir)
-    synced = sync_version_table(config_path, target, real_url, url, url_env) if url != real_url else None
+    target = target.resolved()
+    assert target.url is not None
+    url = shadow_url_from_workdir(target.url, workdir)
+    synced = sync_version_table(target, url) if url != target.url else None
     state: dict[str, Any] = {"revision": None}  # the running revision, for the snapshots
     version_table = ((synced or {}).get("versionTable") or {}).get("name")
 
@@ -127,7 +127,7 @@ def shadow_upgrade(
 
     with capture_statements(StatementLog(version_table=version_table)) as log, \
             record_snapshots(url, workdir, state):
-        out = upgrade(config_path, target, url, url_env, lock_timeout, statement_timeout, render_sql_text=True,
+        out = upgrade(target.on(url), lock_timeout, statement_timeout, render_sql_text=True,
                       on_revision=on_revision)
     out["statements"] = log.statements
     if log.dropped:
