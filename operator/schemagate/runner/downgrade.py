@@ -130,17 +130,7 @@ def downgrade(
         lt = durations.to_postgres(lock_timeout, "--lock-timeout")
         st = durations.to_postgres(statement_timeout, "--statement-timeout")
         url = resolve_url(url, url_env)
-        found = is_downgrade(config_path, target, url, url_env)
-        if found is None:
-            raise InvalidInput(f"target revision {target!r} is not below the database's revision: not a downgrade "
-                               "(use run or migrate); nothing was changed", field="targetRevision")
-        current, targets = found
-        data.update(fromRevision=join_revisions(current), targetRevisions=list(targets))
-        if not allow:
-            raise DowngradeNotAllowed(
-                f"target revision {target!r} is older than the database's revision(s) {join_revisions(current)}: a "
-                "downgrade, which runs only when allowed (--allow-downgrade, spec.allowDowngrade: true); nothing "
-                "was changed", field="targetRevision")
+        current, targets = _allowed_downgrade(config_path, target, url, url_env, allow, data)
         t0 = time.monotonic()
         say(f"shadow: what alembic downgrade {target} removes")
         gone = _removed_in_shadow(config_path, target, url, url_env)
@@ -166,6 +156,25 @@ def downgrade(
                      f"{total} rows at risk (allowed {max_data_loss})"
                      + (f"; backup {os.path.basename(str(data['backup']['path']))}" if "backup" in data else ""))
     return step.result
+
+
+def _allowed_downgrade(config_path: str | os.PathLike[str], target: str, url: str, url_env: str | None, allow: bool,
+                       data: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(current revisions, target revisions)`` of a downgrade that may run (recorded in ``data``). Raises
+    ``InvalidInput`` when ``target`` is not below the database's revision, ``DowngradeNotAllowed`` unless
+    ``allow``; nothing is changed either way."""
+    found = is_downgrade(config_path, target, url, url_env)
+    if found is None:
+        raise InvalidInput(f"target revision {target!r} is not below the database's revision: not a downgrade "
+                           "(use run or migrate); nothing was changed", field="targetRevision")
+    current, targets = found
+    data.update(fromRevision=join_revisions(current), targetRevisions=list(targets))
+    if not allow:
+        raise DowngradeNotAllowed(
+            f"target revision {target!r} is older than the database's revision(s) {join_revisions(current)}: a "
+            "downgrade, which runs only when allowed (--allow-downgrade, spec.allowDowngrade: true); nothing "
+            "was changed", field="targetRevision")
+    return tuple(current), tuple(targets)
 
 
 def _removed_in_shadow(config_path: str | os.PathLike[str], target: str, url: str, url_env: str | None) -> Catalog:

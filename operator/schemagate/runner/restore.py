@@ -251,24 +251,33 @@ def restore(
             message = (f"restored {path.name} in place over {current}; the state before is in "
                        f"{Path(data['freshBackup']['path']).name}")
         else:
-            target = _identifier(into, "--into") if into else derived_name(current)
-            data["database"] = target
-            created = _prepare_new(server, target)
-            data["created"] = created
-            say(f"pg_restore {path.name} into {target}")
-            t1 = time.monotonic()
-            try:
-                pg_restore(path, with_database(url, target), jobs=jobs, no_owner=no_owner)
-            except BaseException:
-                if created:
-                    server.drop(target)
-                raise
-            data["restoreSeconds"] = round(time.monotonic() - t1, 3)
-            message = f"restored {path.name} into the {'new' if created else 'empty'} database {target}"
+            message = _restore_into_new(server, path, url, into or derived_name(current), jobs, no_owner, data, say,
+                                        named=bool(into))
         data["tables"] = _count_tables(with_database(url, data["database"]))
         data["durationSeconds"] = round(time.monotonic() - t0, 3)
         step.succeed("Restored", f"{message} ({data['tables']} tables; backup verified: {data['verification']})")
     return step.result
+
+
+def _restore_into_new(server: _Server, path: Path, url: str, name: str, jobs: int, no_owner: bool,
+                      data: dict[str, Any], say: Callable[[str], None], *, named: bool) -> str:
+    """Restore ``path`` into the new (or empty) database ``name`` on the server of ``url`` (``named``: given by
+    ``--into``, checked as an identifier); a database it created is dropped again when the restore fails.
+    Returns the message."""
+    target = _identifier(name, "--into") if named else name
+    data["database"] = target
+    created = _prepare_new(server, target)
+    data["created"] = created
+    say(f"pg_restore {path.name} into {target}")
+    t1 = time.monotonic()
+    try:
+        pg_restore(path, with_database(url, target), jobs=jobs, no_owner=no_owner)
+    except BaseException:
+        if created:
+            server.drop(target)
+        raise
+    data["restoreSeconds"] = round(time.monotonic() - t1, 3)
+    return f"restored {path.name} into the {'new' if created else 'empty'} database {target}"
 
 
 def _prepare_new(server: _Server, target: str) -> bool:
