@@ -17,12 +17,20 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from schemagate.contract import names
 from schemagate.contract.dburl import libpq_url_and_password
-from schemagate.contract.errors import InvalidInput
+from schemagate.contract.errors import InternalError, InvalidInput
 from schemagate.contract.redact import register_secret
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg.rows import TupleRow
+
+# A psycopg 3 connection and cursor as ``connect`` makes them (rows are tuples).
+Connection: TypeAlias = "psycopg.Connection[TupleRow]"
+Cursor: TypeAlias = "psycopg.Cursor[TupleRow]"
 
 PG_BIN_ENV = names.ENV_PG_BIN
 CONNECT_TIMEOUT = 15  # seconds (libpq connect_timeout / PGCONNECT_TIMEOUT)
@@ -128,8 +136,17 @@ def program_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def one_row(cur: Cursor) -> TupleRow:
+    """The row of the query just run on ``cur`` that always returns one (an aggregate, a setting). Raises
+    ``InternalError`` when there is none."""
+    row = cur.fetchone()
+    if row is None:
+        raise InternalError("the query returned no row")
+    return row
+
+
 def connect(url: str, *, autocommit: bool = True, connect_timeout: int = CONNECT_TIMEOUT,
-            application_name: str | None = None, **kw: Any) -> Any:
+            application_name: str | None = None, **kw: Any) -> Connection:
     """A psycopg 3 connection to ``url`` (any ``postgresql[+driver]://`` URL or libpq conninfo), autocommit by
     default; the password travels as a keyword, never in the connection string. Driver errors propagate (translate
     them with ``contract.errors.translate``)."""

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemagate.libpq import Connection, one_row
+
 SYSTEM_SCHEMA_FILTER = (
     "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' "
     "AND n.nspname NOT LIKE 'pg\\_temp\\_%'"
@@ -138,11 +140,11 @@ WHERE t.relkind IN ('r', 'p') AND NOT t.relispartition AND {SYSTEM_SCHEMA_FILTER
 _NOT_VALID = re.compile(r"\s+NOT VALID$")
 
 
-def snapshot(conn: Any) -> Catalog:
+def snapshot(conn: Connection) -> Catalog:
     """Read the catalog through a psycopg connection."""
     with conn.cursor() as cur:
         cur.execute("SELECT current_setting('server_version_num')::int")
-        version = cur.fetchone()[0]
+        version = one_row(cur)[0]
         cur.execute(_TABLES)
         tables = {(r[0], r[1]): Table(r[0], r[1], r[2], bool(r[3]), bool(r[4])) for r in cur.fetchall()}
         cur.execute(_COLUMNS)

@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemagate.analysis.checkkey import check_key
+from schemagate.libpq import Connection, Cursor
 
 KINDS = ("check", "notnull", "unique", "foreignkey", "exclusion", "type", "partition-bound", "domain-check",
          "domain-notnull", "generated", "user")
@@ -387,11 +388,11 @@ class CountOptions:
     application_name: str = "schemagate-precheck"  # what pg_stat_activity shows (verify: schemagate-verify)
 
 
-def _set(cur: Any, name: str, value: str) -> None:
+def _set(cur: Cursor, name: str, value: str) -> None:
     cur.execute("SELECT set_config(%s, %s, false)", (name, value))
 
 
-def configure_session(conn: Any, opts: CountOptions) -> None:
+def configure_session(conn: Connection, opts: CountOptions) -> None:
     """Timeouts and resources for the counting session (psycopg connection, autocommit)."""
     with conn.cursor() as cur:
         _set(cur, "statement_timeout", opts.statement_timeout)
@@ -446,7 +447,7 @@ def _join_note(a: str | None, b: str) -> str:
     return f"{a}; {b}" if a else b
 
 
-def run_counts(conn: Any, checks: Sequence[Check], opts: CountOptions | None = None) -> list[Query]:
+def run_counts(conn: Connection, checks: Sequence[Check], opts: CountOptions | None = None) -> list[Query]:
     """Count every non-skipped check on ``conn`` (a psycopg connection in autocommit mode).
 
     One REPEATABLE READ, READ ONLY transaction; each query runs under a savepoint so that one failing check

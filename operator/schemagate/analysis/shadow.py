@@ -8,13 +8,11 @@ real schema.
 
 from __future__ import annotations
 
-from typing import Any
-
 from schemagate.analysis.counting import quote_ident
-from schemagate.libpq import connect
+from schemagate.libpq import Connection, connect, one_row
 
 
-def _connect(conninfo: str) -> Any:
+def _connect(conninfo: str) -> Connection:
     return connect(conninfo)
 
 
@@ -25,7 +23,7 @@ def user_table_count(conninfo: str) -> int:
             "WHERE c.relkind IN ('r','p','v','m','S') AND n.nspname NOT IN ('pg_catalog','information_schema') "
             "AND n.nspname NOT LIKE 'pg\\_toast%'"
         )
-        return int(cur.fetchone()[0])
+        return int(one_row(cur)[0])
 
 
 def wipe_database(conninfo: str) -> None:

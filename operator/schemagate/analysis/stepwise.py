@@ -32,6 +32,7 @@ from schemagate.analysis import capture, catalog, counting, derive
 from schemagate.analysis.counting import Check
 from schemagate.contract.errors import PrecheckIncomplete
 from schemagate.contract.sqlkind import Statement
+from schemagate.libpq import Connection, one_row
 
 
 @dataclass
@@ -377,16 +378,16 @@ class DataShadowTooLarge(PrecheckIncomplete):
     reason = "DataShadowTooLarge"
 
 
-def table_bytes(real_conn: Any, tables: Sequence[tuple[str, str]]) -> int:
+def table_bytes(real_conn: Connection, tables: Sequence[tuple[str, str]]) -> int:
     total = 0
     with real_conn.cursor() as cur:
         for schema, rel in tables:
             cur.execute("SELECT pg_total_relation_size(%s::regclass)", (counting.qualified(schema, rel),))
-            total += int(cur.fetchone()[0] or 0)
+            total += int(one_row(cur)[0] or 0)
     return total
 
 
-def _replica_role(data_conn: Any) -> bool:
+def _replica_role(data_conn: Connection) -> bool:
     """``SET session_replication_role = replica`` on the shadow (triggers and foreign-key checks off); False when
     the role may not (it needs superuser, the throw-away shadow server's): then parents are loaded first and
     triggers fire."""
@@ -398,7 +399,7 @@ def _replica_role(data_conn: Any) -> bool:
     return True
 
 
-def _copy_rows(real_conn: Any, data_conn: Any, start: catalog.IdSnapshot, rel: catalog.IdRel) -> int:
+def _copy_rows(real_conn: Connection, data_conn: Connection, start: catalog.IdSnapshot, rel: catalog.IdRel) -> int:
     """Stream one table's rows (``FROM ONLY``, generated columns left out) from the real database into the
     shadow with ``COPY .. (FORMAT binary)``, ``FREEZE`` on the shadow side; the number of rows copied."""
     cols = [a for a in start.columns_of(rel.oid) if not a.generated]
@@ -413,7 +414,7 @@ def _copy_rows(real_conn: Any, data_conn: Any, start: catalog.IdSnapshot, rel: c
         return dcur.rowcount if dcur.rowcount and dcur.rowcount > 0 else 0
 
 
-def _owned_sequences(real_conn: Any, names: Sequence[tuple[str, str]]) -> list[tuple[str, str, int | None]]:
+def _owned_sequences(real_conn: Connection, names: Sequence[tuple[str, str]]) -> list[tuple[str, str, int | None]]:
     """``(schema, sequence, pg_sequence_last_value)`` of the sequences owned by the tables ``names`` (serial and
     identity columns: ``pg_depend`` deptype ``a``/``i``). Best effort: a role without rights on the sequences
     gets none (they keep their start values in the shadow)."""
@@ -430,7 +431,7 @@ def _owned_sequences(real_conn: Any, names: Sequence[tuple[str, str]]) -> list[t
         return []
 
 
-def load_rows(real_conn: Any, data_conn: Any, start: catalog.IdSnapshot, relids: Sequence[int],
+def load_rows(real_conn: Connection, data_conn: Connection, start: catalog.IdSnapshot, relids: Sequence[int],
               max_bytes: int | None) -> dict[str, Any]:
     """Stream the rows of ``relids`` (leaf tables only; partitioned parents hold none) from the real database
     into the data-carrying shadow with ``COPY .. (FORMAT binary)``, in one REPEATABLE READ, READ ONLY snapshot,

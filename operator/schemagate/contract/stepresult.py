@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from schemagate.contract import names
+from schemagate.contract.sqlkind import Statement
 
 API_VERSION = names.API_VERSION
 KIND = names.STEP_RESULT_KIND
@@ -37,6 +38,35 @@ class Plan(TypedDict):
     heads: list[str]  # the heads of the migration scripts
     versionTable: str  # the version table env.py configures (Alembic's default alembic_version)
     versionTableSchema: str | None
+
+
+class VersionTable(TypedDict):
+    """The Alembic version table env.py configures (``schema`` None: found on the search_path)."""
+
+    schema: str | None
+    name: str
+
+
+class UpgradeResult(TypedDict, total=False):
+    """What ``runner.inject.apply.upgrade`` returns."""
+
+    fromRevision: str | None
+    toRevision: str | None
+    targetRevision: str
+    pending: list[str]
+    applied: list[str]
+    lockTimeout: str | None  # as given
+    statementTimeout: str | None
+    sql: str | None  # the offline rendering of the pending range (render_sql_text)
+    sqlError: str  # why the offline rendering failed
+
+
+class ShadowUpgradeDoc(UpgradeResult, total=False):
+    """``shadow-upgrade.json`` (``runner.inject.shadow.shadow_upgrade``; without ``sql``, which is ``pending.sql``)."""
+
+    statements: list[Statement]
+    statementsDropped: int
+    versionTable: VersionTable | None
 
 
 class MigrateData(TypedDict, total=False):

@@ -44,7 +44,7 @@ from schemagate.contract.errors import (
     StepBoundary,
 )
 from schemagate.contract.stepresult import Outcome, StepResult
-from schemagate.libpq import connect
+from schemagate.libpq import connect, one_row
 from schemagate.runner import backup as bk
 from schemagate.runner.inject.config import isolated_imports, load_script, make_config, session_environment
 from schemagate.runner.inject.downgrade import (
@@ -87,7 +87,7 @@ def data_at_risk(url: str, gone: Catalog) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     with connect(url, application_name="schemagate-downgrade") as conn:
         for (schema, table) in sorted(gone["tables"]):
-            n = conn.execute(f"select count(*) from {_quote(schema, table)}").fetchone()[0]  # noqa: S608
+            n = one_row(conn.execute(f"select count(*) from {_quote(schema, table)}"))[0]  # noqa: S608
             out.append({"schema": schema, "table": table, "column": None, "rows": int(n),
                         "what": f"downgrade drops table {schema}.{table}: {n} rows"})
         for (schema, table, column), default in sorted(gone["columns"].items()):
@@ -96,7 +96,7 @@ def data_at_risk(url: str, gone: Catalog) -> list[dict[str, Any]]:
                 cond, how = f"{col} is distinct from ({default})", f"non-default values (default {default})"
             else:
                 cond, how = f"{col} is not null", "values"
-            n = conn.execute(f"select count(*) from {_quote(schema, table)} where {cond}").fetchone()[0]  # noqa: S608
+            n = one_row(conn.execute(f"select count(*) from {_quote(schema, table)} where {cond}"))[0]  # noqa: S608
             out.append({"schema": schema, "table": table, "column": column, "rows": int(n),
                         "what": f"downgrade drops {table}.{column}: {n} rows hold {how}"})
     return out

@@ -53,7 +53,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypedDict
 
 from schemagate.analysis import capture, catalog, counting, derive, lint, locks, shadow, stepwise
 from schemagate.analysis import lint as lint_module
@@ -72,9 +72,17 @@ from schemagate.contract.errors import (
     translate,
 )
 from schemagate.contract.sqlkind import Statement
-from schemagate.contract.stepresult import Outcome, Plan, StepResult, now
+from schemagate.contract.stepresult import (
+    Outcome,
+    Plan,
+    ShadowUpgradeDoc,
+    StepResult,
+    UpgradeResult,
+    VersionTable,
+    now,
+)
 from schemagate.contract.target import Target
-from schemagate.libpq import connect
+from schemagate.libpq import Connection, connect
 from schemagate.runner import shadowrestore
 from schemagate.runner.inject.apply import render_sql, upgrade
 from schemagate.runner.inject.capture import capture_statements
@@ -101,6 +109,41 @@ SHADOW_DONE_FILE = "shadow-done"  # written by count: the sidecar stops the serv
 BEFORE_FILE = "shadow-before.pickle"  # the shadow's catalog snapshot before the revisions (prepare -> count)
 
 
+class ShadowSummary(TypedDict):
+    """``data.shadow``: where the shadow ran and what was restored into it (``runner.shadowrestore``)."""
+
+    kind: str  # throw-away-server | explicit-database
+    shadowServerVersion: str | None
+    realServerVersion: str | None
+    restoreSeconds: float | None
+    versionTable: VersionTable | None
+    invalidIndexes: list[str]  # schema.name
+    extensions: list[str]
+    settings: list[str]  # database and role settings copied (name=value)
+    notes: list[str]
+
+
+class PrepareInfo(TypedDict, total=False):
+    """``prepare.json`` (phase 1 -> 3): the shadow of this pod (``shadowUrl``/``adminUrl``: its throw-away server)
+    or the variable naming the explicit shadow database (``shadowUrlEnv``)."""
+
+    shadowDatabase: None
+    shadowUrlEnv: str | None
+    shadowUrl: str | None
+    adminUrl: str | None
+    created: bool
+    server: bool
+    shadow: ShadowSummary
+    copySeconds: float | None
+
+
+class ShadowServerHandle(TypedDict):
+    """``shadow-server.json``: what the shadow-server sidecar publishes (the pod's private emptyDir)."""
+
+    adminUrl: str  # the throw-away server's superuser URL (listening on the pod's 127.0.0.1)
+    version: str | None  # PostgreSQL's server_version
+
+
 # --------------------------------------------------------------------------------------------------------------
 # helpers
 
@@ -125,7 +168,7 @@ def parse_size(text: str | int) -> int:
     return value
 
 
-def _connect(url: str) -> Any:
+def _connect(url: str) -> Connection:
     return connect(url)
 
 
@@ -135,7 +178,7 @@ def parse_user_checks(items: Iterable[Any]) -> list[Check]:
     return [counting.user(c.name, c.sql, table=c.table) for c in UserCheck.parse_all(items, "--check")]
 
 
-def _read_current_revision(conn: Any, tables: Sequence[tuple[str, str]]) -> str | None:
+def _read_current_revision(conn: Connection, tables: Sequence[tuple[str, str]]) -> str | None:
     revs: list[str] = []
     with conn.cursor() as cur:
         for s, t in tables:
@@ -300,7 +343,7 @@ def _explicit_shadow(url: str, shadow_url: str, workdir: str | os.PathLike[str] 
     return sh
 
 
-def _shadow_summary(sh: Shadow, kind: str | None = None) -> dict[str, Any]:
+def _shadow_summary(sh: Shadow, kind: str | None = None) -> ShadowSummary:
     """What the result says about the shadow: where it ran and the PostgreSQL versions on both sides."""
     i = sh.info
     return {"kind": kind or ("throw-away-server" if sh.server is not None else "explicit-database"),
@@ -597,7 +640,7 @@ def _derive_and_count(target: Target, p: Plan, shadow_url: str | None, users: li
 
 
 def _run_in_shadow(target: Target, sh: Shadow, vt: Mapping[str, Any], render: bool,
-                   notes: list[str]) -> tuple[stepwise.StepRecorder, list[Statement], dict[str, Any]]:
+                   notes: list[str]) -> tuple[stepwise.StepRecorder, list[Statement], UpgradeResult]:
     """Apply the pending revisions to the shadow, capturing every statement and an identity snapshot after each
     (``stepwise.StepRecorder``): ``(recorder, statements, upgrade result)``. A failure is the migration's own
     (``translate``d, re-raised with what it means)."""
@@ -751,18 +794,18 @@ def prepare(
     return step.result
 
 
-def _write_prepared(sh: Shadow, wd: Path, shadow_url_env: str | None) -> dict[str, Any]:
+def _write_prepared(sh: Shadow, wd: Path, shadow_url_env: str | None) -> PrepareInfo:
     """Write the shadow-before catalog snapshot, ``prepare.json`` (returned; ``shadow_url_env`` names an explicit
     shadow database, else the pod's throw-away server is the shadow) and the snapshot queries into ``wd``."""
     explicit = shadow_url_env is not None
     with _connect(sh.admin_url) as conn:
         before = catalog.snapshot(conn)
     (wd / BEFORE_FILE).write_bytes(pickle.dumps(before))
-    data = {"shadowDatabase": None, "shadowUrlEnv": shadow_url_env,
-            "shadowUrl": None if explicit else sh.url, "adminUrl": None if explicit else sh.admin_url,
-            "created": False, "server": not explicit,
-            "shadow": _shadow_summary(sh, "explicit-database" if explicit else "throw-away-server"),
-            "copySeconds": sh.info.get("seconds")}
+    data: PrepareInfo = {"shadowDatabase": None, "shadowUrlEnv": shadow_url_env,
+                         "shadowUrl": None if explicit else sh.url, "adminUrl": None if explicit else sh.admin_url,
+                         "created": False, "server": not explicit,
+                         "shadow": _shadow_summary(sh, "explicit-database" if explicit else "throw-away-server"),
+                         "copySeconds": sh.info.get("seconds")}
     (wd / PREPARE_FILE).write_text(json.dumps(data, indent=2), encoding="utf-8")
     write_snapshot_queries(sh.url, wd)
     return data
@@ -862,7 +905,7 @@ def shadow_server(workdir: str | os.PathLike[str], *, poll: float = 0.2) -> Step
     return step.result
 
 
-def wait_for_shadow_server(workdir: Path, timeout: float = 300) -> dict[str, Any]:
+def wait_for_shadow_server(workdir: Path, timeout: float = 300) -> ShadowServerHandle:
     """The handle the shadow-server sidecar publishes, waiting up to ``timeout`` seconds for it."""
     import time
 
@@ -870,7 +913,8 @@ def wait_for_shadow_server(workdir: Path, timeout: float = 300) -> dict[str, Any
     f = workdir / SHADOW_SERVER_FILE
     while True:
         try:
-            return dict(json.loads(f.read_text(encoding="utf-8")))
+            handle: ShadowServerHandle = json.loads(f.read_text(encoding="utf-8"))
+            return handle
         except (OSError, ValueError):
             if time.monotonic() > deadline:
                 raise ShadowUnavailable(f"the shadow-server container did not publish {f} within {timeout:g}s "
@@ -956,20 +1000,22 @@ def _count_user_checks(url: str, user_checks: Iterable[Any], opts: Options, data
     return users
 
 
-def _prepare_info(wd: Path) -> dict[str, Any]:
+def _prepare_info(wd: Path) -> PrepareInfo:
     """``prepare.json`` of phase 1. Raises ``InvalidInput`` naming it when prepare did not run."""
     try:
-        return dict(json.loads((wd / PREPARE_FILE).read_text(encoding="utf-8")))
+        info: PrepareInfo = json.loads((wd / PREPARE_FILE).read_text(encoding="utf-8"))
+        return info
     except (OSError, ValueError) as e:
         raise InvalidInput(f"{PREPARE_FILE} missing or unreadable in {wd}: run --phase prepare first ({e})",
                            field=PREPARE_FILE) from e
 
 
-def _shadow_upgrade_result(wd: Path) -> dict[str, Any]:
+def _shadow_upgrade_result(wd: Path) -> ShadowUpgradeDoc:
     """``shadow-upgrade.json`` of phase 2. Raises ``InternalError`` naming it when the shadow-upgrade container
     did not finish."""
     try:
-        return dict(json.loads((wd / SHADOW_UPGRADE_FILE).read_text(encoding="utf-8")))
+        doc: ShadowUpgradeDoc = json.loads((wd / SHADOW_UPGRADE_FILE).read_text(encoding="utf-8"))
+        return doc
     except (OSError, ValueError) as e:
         raise InternalError(f"{SHADOW_UPGRADE_FILE} missing or unreadable: the shadow-upgrade container did "
                             f"not finish ({e})", field=SHADOW_UPGRADE_FILE) from e

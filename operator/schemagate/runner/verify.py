@@ -49,7 +49,7 @@ from schemagate.contract.checks import UserCheck
 from schemagate.contract.errors import InvalidInput, StepBoundary
 from schemagate.contract.stepresult import Outcome, StepResult
 from schemagate.contract.target import Target
-from schemagate.libpq import connect
+from schemagate.libpq import Connection, Cursor, connect
 
 STEP = "verify"
 PLAN_ENV = names.ENV_PLAN
@@ -84,7 +84,7 @@ def load_plan(path: str | os.PathLike[str] | None = None, env: str | None = None
     return doc
 
 
-def _connect(url: str) -> Any:
+def _connect(url: str) -> Connection:
     return connect(url, application_name="schemagate-verify")
 
 
@@ -194,7 +194,7 @@ def notnull_column(entry: Mapping[str, Any]) -> str | None:
 # 1. revisions
 
 
-def read_version_rows(cur: Any, table: str, schema: str | None) -> list[str] | None:
+def read_version_rows(cur: Cursor, table: str, schema: str | None) -> list[str] | None:
     """The version table's rows (sorted), or None when the table does not exist. Quoted by the driver."""
     from psycopg import sql
 
@@ -289,7 +289,7 @@ ORDER BY pg_table_is_visible(t.oid) DESC
 """
 
 
-def _unique_keys(cur: Any, conname: str, table_oid: int) -> list[str]:
+def _unique_keys(cur: Cursor, conname: str, table_oid: int) -> list[str]:
     cur.execute(
         "SELECT pg_get_indexdef(c.conindid, k, true) FROM pg_constraint c, "
         "generate_series(1, (SELECT indnkeyatts FROM pg_index WHERE indexrelid = c.conindid)) k "
@@ -318,7 +318,7 @@ def _check_notnull(report: VerifyReport, cur: Any, c: Mapping[str, Any], entry: 
         report.fail(f"{where}.{col} is not NOT NULL")
 
 
-def _recount_constraint(report: VerifyReport, cur: Any, name: str, row: Sequence[Any]) -> None:
+def _recount_constraint(report: VerifyReport, cur: Cursor, name: str, row: Sequence[Any]) -> None:
     from schemagate.analysis import counting
 
     (conname, nsp, rel, contype, _validated, expr, cols, fnsp, frel, fcols, matchtype, toid, _display) = row

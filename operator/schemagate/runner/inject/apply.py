@@ -23,7 +23,7 @@ from schemagate.contract.errors import (
     translate,
 )
 from schemagate.contract.redact import redact
-from schemagate.contract.stepresult import Plan
+from schemagate.contract.stepresult import Plan, UpgradeResult
 from schemagate.contract.target import Target
 from schemagate.runner.inject.config import (
     DEFAULT_LOCK_TIMEOUT,
@@ -130,7 +130,7 @@ def upgrade(
     render_sql_text: bool = False,
     on_revision: Callable[[str], None] | None = None,
     planned: Plan | None = None,
-) -> dict[str, Any]:
+) -> UpgradeResult:
     """Apply the pending revisions up to ``t.revision`` on the database of ``t`` (see module docstring).
     ``planned``: the plan of this database, computed by the caller just before (``revisions.plan``), so env.py is
     not run again to plan."""
@@ -140,7 +140,7 @@ def upgrade(
     url, url_env = t.url, t.url_env
     assert url is not None
     p = planned if planned is not None else plan(t)
-    result: dict[str, Any] = {
+    result: UpgradeResult = {
         "fromRevision": p["current"],
         "toRevision": p["current"],
         "targetRevision": p["target"],

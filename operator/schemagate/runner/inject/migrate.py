@@ -31,7 +31,7 @@ from schemagate.contract.errors import (
     sqlstate,
 )
 from schemagate.contract.redact import redact
-from schemagate.contract.stepresult import Outcome, Plan, StepResult
+from schemagate.contract.stepresult import Outcome, Plan, StepResult, UpgradeResult
 from schemagate.contract.target import Target
 from schemagate.runner.inject import leftovers
 from schemagate.runner.inject.apply import upgrade
@@ -153,7 +153,7 @@ class _Run:
         return self.target.url
 
 
-def _attempt(run: _Run, attempt: int) -> dict[str, Any]:
+def _attempt(run: _Run, attempt: int) -> UpgradeResult:
     """One upgrade attempt: leftovers dropped first, index builds recorded while it runs, looked for on failure."""
     run.cleanup.drop_pending(attempt)
 

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from schemagate.contract.dburl import resolve_url, with_database
 from schemagate.contract.errors import Actor, InvalidInput, ShadowUnavailable
 from schemagate.contract.sqlkind import StatementLog
+from schemagate.contract.stepresult import ShadowUpgradeDoc, VersionTable
 from schemagate.contract.target import Target
 from schemagate.runner.inject.apply import upgrade
 from schemagate.runner.inject.capture import capture_statements
@@ -51,7 +52,7 @@ def shadow_url_from_workdir(url: str, workdir: str | os.PathLike[str] | None) ->
     raise InvalidInput(f"{f} names no shadow database", field=str(f))
 
 
-def version_table_of(p: Mapping[str, Any]) -> dict[str, Any]:
+def version_table_of(p: Mapping[str, Any]) -> VersionTable:
     """``{"schema", "name"}`` of the version table a ``plan()`` reports (from the migration context env.py
     configured: ``versionTableSchema``/``versionTable``)."""
     return {"schema": p.get("versionTableSchema"), "name": str(p.get("versionTable") or "alembic_version")}
@@ -108,7 +109,7 @@ def shadow_upgrade(
     workdir: str | os.PathLike[str] | None = None,
     lock_timeout: str | None = None,
     statement_timeout: str | None = None,
-) -> dict[str, Any]:
+) -> ShadowUpgradeDoc:
     """Apply the pending revisions to the shadow database (named by ``workdir/prepare.json`` when present, else
     ``target``'s database itself; its version rows are first copied from the real database, see ``sync_version_table``),
     rendering their SQL first and capturing the statements executed. Writes
@@ -127,8 +128,8 @@ def shadow_upgrade(
 
     with capture_statements(StatementLog(version_table=version_table)) as log, \
             record_snapshots(url, workdir, state):
-        out = upgrade(target.on(url), lock_timeout, statement_timeout, render_sql_text=True,
-                      on_revision=on_revision)
+        out: ShadowUpgradeDoc = {**upgrade(target.on(url), lock_timeout, statement_timeout, render_sql_text=True,
+                                           on_revision=on_revision)}
     out["statements"] = log.statements
     if log.dropped:
         out["statementsDropped"] = log.dropped
