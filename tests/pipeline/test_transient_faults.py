@@ -209,7 +209,7 @@ def _run_pipeline(url: str) -> tuple[threading.Thread, dict[str, Any]]:
     from schemagate.runner.pipeline import run
 
     out: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: out.update(r=run(SLOW, "head", url, None, backup=False, lint=False,
+    t = threading.Thread(target=lambda: out.update(r=run(Target(SLOW, "head", url, None), backup=False, lint=False,
                                                          user_checks=[SLEEPER], retries=6)))
     t.start()
     return t, out

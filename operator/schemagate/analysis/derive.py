@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from schemagate.analysis import catalog, counting
 from schemagate.analysis.catalog import Catalog, Constraint, Table
@@ -30,10 +30,19 @@ from schemagate.analysis.counting import Check
 from schemagate.contract.sqlkind import Statement
 
 
+class NewIndex(TypedDict):
+    """An index the pending revisions create (``data.indexes``: verify expects it valid)."""
+
+    name: str
+    schema: str
+    table: str
+    definition: str
+
+
 @dataclass
 class Derivation:
     checks: list[Check] = field(default_factory=list)
-    indexes: list[dict[str, Any]] = field(default_factory=list)
+    indexes: list[NewIndex] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # constraints the target revision deliberately leaves NOT VALID (validated by a later revision):
     # verify expects them to exist, not to be validated

@@ -26,7 +26,7 @@ import contextlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from schemagate.analysis import capture, catalog, counting, derive
 from schemagate.analysis.counting import Check
@@ -371,6 +371,15 @@ def _parents_first(start: catalog.IdSnapshot, relids: Sequence[int]) -> list[int
     return out
 
 
+class DataShadowLoad(TypedDict):
+    """What ``load_rows`` copied into the data-carrying shadow (``data.dataShadow``)."""
+
+    tables: list[str]  # schema.table, parents first
+    bytes: int  # pg_total_relation_size of those tables on the real database
+    rows: int
+    triggersOff: bool  # session_replication_role = replica was allowed
+
+
 class DataShadowTooLarge(PrecheckIncomplete):
     """The affected tables exceed ``spec.precheck.dataShadow.maxSize``: the revisions change data, so their checks
     can only be counted in a shadow holding those rows, and none is made (the precheck is blocked, ChecksFailed)."""
@@ -432,7 +441,7 @@ def _owned_sequences(real_conn: Connection, names: Sequence[tuple[str, str]]) ->
 
 
 def load_rows(real_conn: Connection, data_conn: Connection, start: catalog.IdSnapshot, relids: Sequence[int],
-              max_bytes: int | None) -> dict[str, Any]:
+              max_bytes: int | None) -> DataShadowLoad:
     """Stream the rows of ``relids`` (leaf tables only; partitioned parents hold none) from the real database
     into the data-carrying shadow with ``COPY .. (FORMAT binary)``, in one REPEATABLE READ, READ ONLY snapshot,
     parents before children, triggers and foreign-key checks off (``session_replication_role = replica``) when the

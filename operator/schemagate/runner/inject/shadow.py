@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import sqlalchemy as sa
 
@@ -52,13 +52,22 @@ def shadow_url_from_workdir(url: str, workdir: str | os.PathLike[str] | None) ->
     raise InvalidInput(f"{f} names no shadow database", field=str(f))
 
 
+class SyncedVersionTable(TypedDict):
+    """What ``sync_version_table`` copied: the real database's version table (None: it has none yet), its rows
+    (revision ids) and the current revision env.py reads from both."""
+
+    versionTable: VersionTable | None
+    rows: list[str]
+    current: str | None
+
+
 def version_table_of(p: Mapping[str, Any]) -> VersionTable:
     """``{"schema", "name"}`` of the version table a ``plan()`` reports (from the migration context env.py
     configured: ``versionTableSchema``/``versionTable``)."""
     return {"schema": p.get("versionTableSchema"), "name": str(p.get("versionTable") or "alembic_version")}
 
 
-def sync_version_table(target: Target, shadow_url: str) -> dict[str, Any]:
+def sync_version_table(target: Target, shadow_url: str) -> SyncedVersionTable:
     """Copy the rows of the application's Alembic version table from the real database into the shadow, wherever
     the application's env.py keeps it (``plan()``'s ``versionTable``/``versionTableSchema``: read from the migration context, never from a
     second setting), then assert that env.py reads the same current revision from both. Returns
@@ -68,7 +77,7 @@ def sync_version_table(target: Target, shadow_url: str) -> dict[str, Any]:
     assert real_url is not None
     real = plan(target)
     vt = version_table_of(real)
-    out: dict[str, Any] = {"versionTable": None, "rows": [], "current": real["current"]}
+    out: SyncedVersionTable = {"versionTable": None, "rows": [], "current": real["current"]}
     eng = engine_for(real_url)
     try:
         with eng.connect() as conn:
@@ -120,7 +129,8 @@ def shadow_upgrade(
     url = shadow_url_from_workdir(target.url, workdir)
     synced = sync_version_table(target, url) if url != target.url else None
     state: dict[str, Any] = {"revision": None}  # the running revision, for the snapshots
-    version_table = ((synced or {}).get("versionTable") or {}).get("name")
+    vt = synced["versionTable"] if synced is not None else None
+    version_table = vt["name"] if vt is not None else None
 
     def on_revision(rev: str) -> None:
         state["revision"] = rev
