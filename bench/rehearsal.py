@@ -40,6 +40,8 @@ from typing import Any  # noqa: E402
 import psycopg  # noqa: E402
 from bench.common import ROOT, fresh_database, goal, server  # noqa: E402
 
+from schemagate.contract.target import Target  # noqa: E402
+
 WHOLESALE = ROOT / "migrations" / "wholesale" / "alembic.ini"
 
 
@@ -48,7 +50,7 @@ def load(url: str, rows: int) -> None:
     from schemagate.contract.dburl import libpq_url
     from schemagate.runner.inject.apply import upgrade
 
-    upgrade(WHOLESALE, "0001", url)
+    upgrade(Target(WHOLESALE, "0001", url))
     orders = max(1, rows // 10)
     with psycopg.connect(libpq_url(url), autocommit=True) as c:
         c.execute("INSERT INTO retailers (id, name) SELECT 'r' || g, 'retailer ' || g FROM generate_series(1, 1000) g")
@@ -80,7 +82,7 @@ def plain(admin: str, backup: Path) -> float:
         c.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
     url = with_database(admin, name)
     rs.pg_restore(backup, url)
-    upgrade(WHOLESALE, "head", url)
+    upgrade(Target(WHOLESALE, "head", url))
     with psycopg.connect(libpq_url(admin), autocommit=True) as c:
         c.execute(f'DROP DATABASE "{name}" WITH (FORCE)')  # type: ignore[arg-type]
     return time.monotonic() - t0

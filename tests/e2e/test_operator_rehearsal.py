@@ -13,6 +13,7 @@ import pytest
 
 from schemagate import demo
 from schemagate.contract.dburl import database_name
+from schemagate.contract.target import Target
 from tests.e2e.test_operator import (  # noqa: F401
     Operator,
     cond,
@@ -74,7 +75,7 @@ def _trip_wire(url: str) -> None:
     from schemagate.runner.inject.apply import upgrade
     from tests.pipeline.helpers import FOODTRUCK
 
-    upgrade(FOODTRUCK, "0001", url)
+    upgrade(Target(FOODTRUCK, "0001", url))
     execute(url, "create function no_alter() returns event_trigger language plpgsql as $$ begin "
                  "if exists (select 1 from menu_items where name = 'Churros') then raise exception 'churros'; end if;"
                  " end $$; create event trigger no_alter on ddl_command_end execute function no_alter(); "

@@ -407,7 +407,7 @@ def test_the_data_carrying_shadow_lost_during_the_precheck_is_run_again(fresh_db
     from schemagate.contract.dburl import database_name, with_database
     from schemagate.runner.pipeline import run
 
-    assert migrate(SLOWDATA, "0001", fresh_db, None).outcome.value == "Succeeded"
+    assert migrate(Target(SLOWDATA, "0001", fresh_db, None)).outcome.value == "Succeeded"
     before = _databases(fresh_db)
     out: dict[str, Any] = {}
     t = threading.Thread(target=lambda: out.update(r=run(SLOWDATA, "head", fresh_db, None, backup=False, lint=False,
