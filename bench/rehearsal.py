@@ -92,7 +92,7 @@ def rehearsal(url: str, backup: Path) -> tuple[float, dict[str, Any]]:
     from schemagate.runner import rehearse as rh
 
     t0 = time.monotonic()
-    r = rh.rehearse(WHOLESALE, "head", url, backup=backup)
+    r = rh.rehearse(Target(WHOLESALE, "head", url), backup=backup)
     seconds = time.monotonic() - t0
     if not r.ok:
         raise SystemExit(f"the rehearsal failed: {r.reason}: {r.message}")

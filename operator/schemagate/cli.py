@@ -492,15 +492,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     console = _console()
     with database(args) as (url, url_env), progress(args) as say:
-        if args.allow_downgrade and downgrade.is_downgrade(args.config, args.target, url, url_env):
-            d = downgrade.downgrade(args.config, args.target, url, url_env, allow=True,
+        target = Target(args.config, args.target, url, url_env)
+        if args.allow_downgrade and downgrade.is_downgrade(target):
+            d = downgrade.downgrade(target, allow=True,
                                     max_data_loss=args.max_data_loss,
                                     backup_dir=None if args.no_backup else args.backup_dir, keep=args.keep,
                                     lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
                                     progress=say)
             return emit(d, args)
         r = pipeline.run(
-            Target(args.config, args.target, url, url_env), backup_dir=args.backup_dir, keep=args.keep,
+            target, backup_dir=args.backup_dir, keep=args.keep,
             backup=not args.no_backup, max_violations=args.max_violations, user_checks=args.check,
             accept_unevaluated=args.accept_unevaluated, data_shadow_max_bytes=args.data_shadow_max_size,
             lint=not args.no_lint, derive=not args.no_derive, lock_timeout=args.lock_timeout,
@@ -631,7 +632,7 @@ def _rehearse_phase(args: argparse.Namespace, url: str | None, url_env: str | No
                                      scratch_url_env=other, plan=plan, user_checks=args.check)
     if args.phase == "guard":
         return rehearse.guard(url, url_env, scratch, scratch_url_env=other)
-    return rehearse.rehearse(args.config, args.target, url, url_env, backup=args.backup,
+    return rehearse.rehearse(Target(args.config, args.target, url, url_env), backup=args.backup,
                              backup_dir=args.backup_dir, lock_timeout=args.lock_timeout,
                              statement_timeout=args.statement_timeout, jobs=args.jobs, plan=plan,
                              user_checks=args.check, scratch=scratch,

@@ -53,13 +53,13 @@ def test_foodtruck_data_at_risk_blocks_until_allowed(fresh_db: str, pg_server: s
     upgrade(Target(FOODTRUCK, "head", fresh_db))
     execute(fresh_db, "update menu_items set version = version + 1 where id in ('m1', 'm2')")
     at_head, dbs = schema_snapshot(fresh_db), _databases(pg_server)
-    r = dg.downgrade(FOODTRUCK, "0001", fresh_db, allow=True, backup_dir=tmp_path)
+    r = dg.downgrade(Target(FOODTRUCK, "0001", fresh_db), allow=True, backup_dir=tmp_path)
     assert (r.outcome, r.reason) == (Outcome.CHECKS_FAILED, "DataAtRisk"), r.message
     assert "downgrade drops menu_items.version: 2 rows hold non-default values" in r.message
     assert r.data["rowsAtRisk"] == 2 and "backup" not in r.data
     assert schema_snapshot(fresh_db) == at_head and not list(tmp_path.iterdir())
     assert _databases(pg_server) == dbs  # the shadow was dropped
-    r = dg.downgrade(FOODTRUCK, "0001", fresh_db, allow=True, max_data_loss=2, backup_dir=tmp_path)
+    r = dg.downgrade(Target(FOODTRUCK, "0001", fresh_db), allow=True, max_data_loss=2, backup_dir=tmp_path)
     assert r.ok and r.data["rowsAtRisk"] == 2, r.message
     assert version(fresh_db) == "0001"
 
@@ -68,7 +68,7 @@ def test_wholesale_rollback_to_0001_removes_constraints_and_indexes(fresh_db: st
     upgrade(Target(WHOLESALE, "0001", fresh_db))
     at_0001 = schema_snapshot(fresh_db)
     upgrade(Target(WHOLESALE, "head", fresh_db))
-    r = dg.downgrade(WHOLESALE, "0001", fresh_db, allow=True, backup_dir=tmp_path)
+    r = dg.downgrade(Target(WHOLESALE, "0001", fresh_db), allow=True, backup_dir=tmp_path)
     assert r.ok, r.message
     gone = r.data["removes"]
     assert len(gone["constraints"]) >= 10 and len(gone["indexes"]) >= 3, gone
@@ -89,26 +89,26 @@ def test_rollback_to_base_with_and_without_data_at_risk(project: Path, make_db: 
         execute(seeded, "insert into retailers (id, name) values ('r1', 'Corner Shop'); insert into wholesalers "
                         "(id, name) values ('w1', 'FreshCo'), ('w2', 'BulkMart')")
         expected = 3
-    r = dg.downgrade(project, "base", empty, allow=True, backup_dir=tmp_path)
+    r = dg.downgrade(Target(project, "base", empty), allow=True, backup_dir=tmp_path)
     assert r.ok and r.data["rowsAtRisk"] == 0, r.message
     assert version(empty) is None and r.data["toRevision"] is None
     assert query(empty, "select count(*) from pg_tables where schemaname = 'public' "
                         "and tablename <> 'alembic_version'") == [(0,)]
     before = schema_snapshot(seeded)
-    r = dg.downgrade(project, "base", seeded, allow=True, backup_dir=tmp_path)
+    r = dg.downgrade(Target(project, "base", seeded), allow=True, backup_dir=tmp_path)
     assert r.reason == "DataAtRisk" and r.data["rowsAtRisk"] == expected, r.message
     assert "downgrade drops table public." in r.message and schema_snapshot(seeded) == before
-    r = dg.downgrade(project, "base", seeded, allow=True, max_data_loss=expected, backup_dir=tmp_path)
+    r = dg.downgrade(Target(project, "base", seeded), allow=True, max_data_loss=expected, backup_dir=tmp_path)
     assert r.ok and r.data["verified"] is True, r.message
     assert version(seeded) is None
 
 
 def test_not_a_downgrade_and_bad_input(fresh_db: str) -> None:
     upgrade(Target(FOODTRUCK, "0002", fresh_db))
-    r = dg.downgrade(FOODTRUCK, "head", fresh_db, allow=True)
+    r = dg.downgrade(Target(FOODTRUCK, "head", fresh_db), allow=True)
     assert r.reason == "InvalidInput" and "not a downgrade" in r.message
-    r = dg.downgrade(FOODTRUCK, "0001", fresh_db)
+    r = dg.downgrade(Target(FOODTRUCK, "0001", fresh_db))
     assert r.reason == "DowngradeNotAllowed" and r.data["field"] == "targetRevision"
-    r = dg.downgrade(FOODTRUCK, "nope", fresh_db, allow=True)
+    r = dg.downgrade(Target(FOODTRUCK, "nope", fresh_db), allow=True)
     assert r.reason == "UnknownRevision"
     assert version(fresh_db) == "0002"

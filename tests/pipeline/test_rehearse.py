@@ -50,7 +50,7 @@ def test_wholesale_failure_caught_in_rehearsal(fresh_db: str, pg_server: str, tm
     b = bk.backup(fresh_db, backup_dir=tmp_path)
     assert b.ok, b.message
     before, dbs = schema_snapshot(fresh_db), _databases(pg_server)
-    r = rh.rehearse(WHOLESALE, "head", fresh_db, backup=b.data["path"])
+    r = rh.rehearse(Target(WHOLESALE, "head", fresh_db), backup=b.data["path"])
     assert (r.outcome, r.reason) == (Outcome.CHECKS_FAILED, "RehearsalFailed"), r.message
     d = r.data
     assert d["failedRevision"] in ("0002", "0003") and d["failedStatement"], d
@@ -69,10 +69,10 @@ def test_corrupt_backup_refused_before_anything(fresh_db: str, pg_server: str, t
     shutil.copy(bk.sidecar(p), bk.sidecar(bad))
     bad.write_bytes(p.read_bytes()[:-200])
     dbs = _databases(pg_server)
-    r = rh.rehearse(FOODTRUCK, "head", fresh_db, backup=bad)
+    r = rh.rehearse(Target(FOODTRUCK, "head", fresh_db), backup=bad)
     assert r.reason == "BackupCorrupt" and "scratchDatabase" not in r.data, r.message
     assert _databases(pg_server) == dbs
-    r = rh.rehearse(FOODTRUCK, "head", fresh_db)
+    r = rh.rehearse(Target(FOODTRUCK, "head", fresh_db))
     assert r.reason == "InvalidInput" and r.data["field"] == "--backup"
 
 
@@ -113,7 +113,7 @@ def _by_statement(statements: list[dict], start: str) -> dict:
 
 def test_foodtruck_lock_report(fresh_db: str, tmp_path: Path) -> None:
     demo.seed_foodtruck(fresh_db)
-    r = rh.rehearse(FOODTRUCK, "head", fresh_db, backup_dir=tmp_path)
+    r = rh.rehearse(Target(FOODTRUCK, "head", fresh_db), backup_dir=tmp_path)
     assert r.ok, r.message
     st = r.data["statements"]
     # 0002: ADD COLUMN takes ACCESS EXCLUSIVE on menu_items in 0002's transaction (read from pg_locks in it), held
@@ -168,7 +168,7 @@ def test_rows_changed_by_a_data_migration(fresh_db: str, tmp_path: Path) -> None
 
     project = Path(__file__).resolve().parent / "projects" / "graph" / "datamigration.ini"
     upgrade(Target(project, "0001", fresh_db))
-    r = rh.rehearse(project, "head", fresh_db, backup_dir=tmp_path)
+    r = rh.rehearse(Target(project, "head", fresh_db), backup_dir=tmp_path)
     assert r.ok, r.message
     st = r.data["statements"]
     gold = _by_statement(st, "UPDATE accounts SET tier = 'gold'")

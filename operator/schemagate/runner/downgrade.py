@@ -20,8 +20,8 @@ In order; nothing is changed on the database before step 4:
 6. **Verify**: the database's revision(s) are the target's (none for ``base``), and every table, column,
    constraint and index the downgrade removed in the shadow is gone (``VerificationFailed`` otherwise).
 
-Public API: ``is_downgrade(config, target, url=None, url_env=...) -> tuple[current, target_ids] | None`` and
-``downgrade(config, target, url=None, url_env=..., *, allow=False, max_data_loss=0, backup_dir=None, keep=5,
+Public API (``target``: the ``contract.target.Target`` with the revision to go down to):
+``is_downgrade(target) -> tuple[current, target_ids] | None`` and ``downgrade(target, *, allow=False, max_data_loss=0, backup_dir=None, keep=5,
 lock_timeout="5s", statement_timeout=None, progress=None) -> StepResult`` (reason ``Downgraded``).
 """
 
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from schemagate.contract import durations
-from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
+from schemagate.contract.dburl import resolve_url
 from schemagate.contract.errors import (
     DowngradeNotAllowed,
     InvalidInput,
@@ -44,6 +44,7 @@ from schemagate.contract.errors import (
     StepBoundary,
 )
 from schemagate.contract.stepresult import Outcome, StepResult
+from schemagate.contract.target import Target
 from schemagate.libpq import connect, one_row
 from schemagate.runner import backup as bk
 from schemagate.runner.inject.config import isolated_imports, load_script, make_config, session_environment
@@ -106,10 +107,7 @@ is_downgrade = below  # (current revisions, target revisions) when the target is
 
 
 def downgrade(
-    config_path: str | os.PathLike[str],
-    target: str,
-    url: str | None = None,
-    url_env: str | None = DEFAULT_URL_ENV,
+    t: Target,
     *,
     allow: bool = False,
     max_data_loss: int = 0,
@@ -119,21 +117,23 @@ def downgrade(
     statement_timeout: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> StepResult:
-    """Downgrade to ``target`` (see the module docstring). ``backup_dir`` None: no backup (the caller's choice).
+    """Downgrade ``t``'s database to ``t.revision`` (see the module docstring). ``backup_dir`` None: no backup (the caller's choice).
     Never raises: ``DowngradeNotAllowed``, ``InvalidInput``/``UnknownRevision``, ``DataAtRisk`` (ChecksFailed),
     ``BackupFailed``, ``ShadowUnavailable``, ``MigrationFailed``, ``LockTimeout``, ``VerificationFailed``."""
     say = progress or (lambda s: None)
-    data: dict[str, Any] = {"targetRevision": target, "maxDataLoss": max_data_loss}
+    target = str(t.revision)
+    data: dict[str, Any] = {"targetRevision": t.revision, "maxDataLoss": max_data_loss}
     with StepBoundary(STEP, default=MigrationFailed, data=data) as step:
         if max_data_loss < 0:
             raise InvalidInput(f"--max-data-loss: {max_data_loss} must be at least 0", field="--max-data-loss")
         lt = durations.to_postgres(lock_timeout, "--lock-timeout")
         st = durations.to_postgres(statement_timeout, "--statement-timeout")
-        url = resolve_url(url, url_env)
-        current, targets = _allowed_downgrade(config_path, target, url, url_env, allow, data)
+        t = t.resolved()
+        url = t.database_url
+        current, targets = _allowed_downgrade(t, allow, data)
         t0 = time.monotonic()
         say(f"shadow: what alembic downgrade {target} removes")
-        gone = _removed_in_shadow(config_path, target, url, url_env)
+        gone = _removed_in_shadow(t)
         data["removes"] = dotted(gone)
         data["shadowSeconds"] = round(time.monotonic() - t0, 3)
         total = _risk(step, url, gone, target, max_data_loss, "--max-data-loss")
@@ -147,9 +147,9 @@ def downgrade(
                 return step.result
         say(f"alembic downgrade {target}")
         t1 = time.monotonic()
-        alembic_downgrade(config_path, target, url, url_env, lt, st)
+        alembic_downgrade(t, lt, st)
         data["downgradeSeconds"] = round(time.monotonic() - t1, 3)
-        _verify(config_path, url, url_env, targets, gone, data)
+        _verify(t, targets, gone, data)
         step.succeed("Downgraded",
                      f"downgraded from {join_revisions(current)} to {join_revisions(targets) or 'base'}; verified: "
                      f"revision is the target, {sum(len(v) for v in gone.values())} removed objects are gone; "
@@ -158,12 +158,12 @@ def downgrade(
     return step.result
 
 
-def _allowed_downgrade(config_path: str | os.PathLike[str], target: str, url: str, url_env: str | None, allow: bool,
-                       data: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _allowed_downgrade(t: Target, allow: bool, data: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``(current revisions, target revisions)`` of a downgrade that may run (recorded in ``data``). Raises
     ``InvalidInput`` when ``target`` is not below the database's revision, ``DowngradeNotAllowed`` unless
     ``allow``; nothing is changed either way."""
-    found = is_downgrade(config_path, target, url, url_env)
+    target = t.revision
+    found = is_downgrade(t)
     if found is None:
         raise InvalidInput(f"target revision {target!r} is not below the database's revision: not a downgrade "
                            "(use run or migrate); nothing was changed", field="targetRevision")
@@ -177,32 +177,34 @@ def _allowed_downgrade(config_path: str | os.PathLike[str], target: str, url: st
     return tuple(current), tuple(targets)
 
 
-def _removed_in_shadow(config_path: str | os.PathLike[str], target: str, url: str, url_env: str | None) -> Catalog:
+def _removed_in_shadow(t: Target) -> Catalog:
     """What the downgrade removes, tried on the precheck's throw-away shadow server (``runner.shadowserver``):
     nothing is created on the real server, and the server and its directory are gone afterwards."""
     from schemagate.runner.shadowserver import ShadowServer
 
     with ShadowServer() as server:
-        shadow = server.restore_schema(url, version_table=_version_table(config_path, url, url_env))
+        shadow = server.restore_schema(t.database_url, version_table=_version_table(t))
         before = catalog(shadow.admin_url)
-        alembic_downgrade(config_path, target, shadow.url, url_env)
+        alembic_downgrade(t.on(shadow.url))
         return removed(before, catalog(shadow.admin_url))
 
 
 @isolated_imports
-def _version_table(config_path: str | os.PathLike[str], url: str, url_env: str | None) -> tuple[str | None, str]:
+def _version_table(t: Target) -> tuple[str | None, str]:
     """(schema, name) of the version table as the application's env.py configures the migration context."""
-    cfg = make_config(config_path, url)
+    cfg = make_config(t.project, t.database_url)
     info: dict[str, Any] = {}
-    with session_environment(url, url_env):
+    with session_environment(t.url, t.url_env):
         current_heads(cfg, load_script(cfg), info)
     return info.get("versionTableSchema"), str(info.get("versionTable") or "alembic_version")
 
 
-def _verify(config_path: str | os.PathLike[str], url: str, url_env: str | None, targets: tuple[str, ...],
-            gone: Catalog, data: dict[str, Any]) -> None:
+def _verify(t: Target, targets: tuple[str, ...], gone: Catalog, data: dict[str, Any]) -> None:
+    """The downgrade's verify: ``t``'s database is at ``targets`` and nothing of ``gone`` is left (into
+    ``data``; ``VerificationFailed`` otherwise)."""
     failures = []
-    now_heads = heads(config_path, url, url_env)
+    url = t.database_url
+    now_heads = heads(t)
     if now_heads != tuple(sorted(targets)):
         failures.append(f"revision is {join_revisions(now_heads) or 'base'}, expected {join_revisions(targets) or 'base'}")
     now = catalog(url)

@@ -172,7 +172,7 @@ def _precheck_migrate_verify(r: _Run, t: Target, p: Plan, checks: list[dict[str,
         from schemagate.runner import rehearse as rehearse_step
 
         r.say("rehearse: the pending revisions on a copy restored from the backup")
-        rr = r.record(rehearse_step.rehearse(t.project, t.revision, t.url, t.url_env, backup=rehearse_from,
+        rr = r.record(rehearse_step.rehearse(t, backup=rehearse_from,
                                              lock_timeout=lock_timeout, statement_timeout=statement_timeout,
                                              progress=r.say, plan={**pr.data, **_expected(p)}, user_checks=checks))
         if not rr.ok:

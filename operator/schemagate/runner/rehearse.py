@@ -29,7 +29,7 @@ is stopped for any reason (a failed container, a deleted Job or pod, the deadlin
 ``schemagate run --rehearse`` runs it between the precheck and the migration, from the run's backup
 (``runner.pipeline``).
 
-Public API: ``rehearse(config_path, target="head", url=None, url_env="DATABASE_URL", *, backup=None,
+Public API: ``rehearse(target: Target(config, revision="head", url=None, url_env="DATABASE_URL"), *, backup=None,
 backup_dir=None, lock_timeout="5s", statement_timeout=None, jobs=1, maintenance_db="postgres", plan=None,
 user_checks=(), scratch=None, scratch_server=None, max_size=None, progress=None) -> StepResult``;
 ``prepare_phase``, ``finish_phase``, ``guard``, ``scratch_name``.
@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from schemagate.contract.dburl import DEFAULT_URL_ENV, database_name, resolve_url, with_database
+from schemagate.contract.dburl import database_name, resolve_url, with_database
 from schemagate.contract.errors import InvalidInput, MigrationFailed, StepBoundary
 from schemagate.contract.stepresult import Outcome, StepResult
 from schemagate.contract.target import Target
@@ -136,13 +136,14 @@ def documented_locks(data: dict[str, Any]) -> None:
         rev.update(revision_summary(records, rev["revision"]))
 
 
-def _verify_copy(config_path: str | os.PathLike[str] | None, target: str, copy_url: str, url_env: str | None,
-                 plan: Mapping[str, Any] | None, user_checks: Iterable[Any], data: dict[str, Any]) -> None:
-    """The verify step's checks (``runner.verify.verify``) on the rehearsed copy, into ``data["verify"]``."""
+def _verify_copy(copy: Target, plan: Mapping[str, Any] | None, user_checks: Iterable[Any],
+                 data: dict[str, Any]) -> None:
+    """The verify step's checks (``runner.verify.verify``) on the rehearsed copy (``copy``: its URL), into
+    ``data["verify"]``."""
     from schemagate.runner import verify as verify_step
 
     t0 = time.monotonic()
-    vr = verify_step.verify(Target(config_path, target, copy_url, url_env), plan=plan, user_checks=user_checks)
+    vr = verify_step.verify(copy, plan=plan, user_checks=user_checks)
     data["verify"] = {"outcome": vr.outcome.value, "reason": vr.reason, "message": vr.message, "data": vr.data,
                       "seconds": round(time.monotonic() - t0, 3)}
 
@@ -173,10 +174,7 @@ def _drop(server: rs._Server, scratch: str, data: dict[str, Any]) -> None:
 
 
 def rehearse(
-    config_path: str | os.PathLike[str],
-    target: str | None = "head",
-    url: str | None = None,
-    url_env: str | None = DEFAULT_URL_ENV,
+    t: Target,
     *,
     backup: str | os.PathLike[str] | None = None,
     backup_dir: str | os.PathLike[str] | None = None,
@@ -191,14 +189,15 @@ def rehearse(
     max_size: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> StepResult:
-    """Rehearse the pending revisions on a restored copy, in this process (see the module docstring). Never
+    """Rehearse the pending revisions of ``t`` on a restored copy of its database, in this process (see the module docstring). Never
     raises: failures of the rehearsal itself are ``RehearsalFailed`` (ChecksFailed); bad input, a corrupt backup or
     an unreachable server are the usual errors (``InvalidInput``, ``BackupCorrupt``, ``RestoreFailed``, ...)."""
     say = progress or (lambda s: None)
-    target = target or "head"
-    data: dict[str, Any] = {"targetRevision": target}
+    t = t.at(t.revision or "head")
+    data: dict[str, Any] = {"targetRevision": t.revision}
     with StepBoundary(STEP, default=MigrationFailed, data=data) as step:
-        url = resolve_url(url, url_env)
+        t = t.resolved()
+        url = t.database_url
         t0 = time.monotonic()
         name = scratch or scratch_name(database_name(url))
         server: rs._Server | None = None
@@ -209,12 +208,12 @@ def rehearse(
             if failed is not None:
                 step.set_result(failed)
                 return step.result
-            copy_url = with_database(server.url, name)
-            upgrade_copy(config_path, target, copy_url, url_env, lock_timeout, statement_timeout, data, say)
+            copy = t.on(with_database(server.url, name))
+            upgrade_copy(copy, lock_timeout, statement_timeout, data, say)
             documented_locks(data)
             if "error" not in data:
                 say(f"verifying the rehearsed copy {name}")
-                _verify_copy(config_path, target, copy_url, url_env, plan, user_checks, data)
+                _verify_copy(copy, plan, user_checks, data)
         finally:
             if server is not None and "scratchDatabase" in data:
                 _drop(server, name, data)
@@ -276,7 +275,7 @@ def finish_phase(url: str | None, url_env: str | None, scratch: str, workdir: st
             data.update(_read(workdir, UPGRADE_FILE))
             documented_locks(data)
             if "error" not in data:
-                _verify_copy(None, target or "head", with_database(server.url, scratch), url_env, plan,
+                _verify_copy(Target(None, target or "head", with_database(server.url, scratch), url_env), plan,
                              user_checks, data)
         finally:
             _drop(server, scratch, data)

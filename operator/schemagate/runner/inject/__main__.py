@@ -97,8 +97,7 @@ def run_command(args: argparse.Namespace) -> StepResult:
                        args.statement_timeout, args.retries, lock_wait=args.lock_wait,
                        log=lambda s: print(s, file=sys.stderr))
     if args.command == "rehearse-upgrade":
-        return rehearse_upgrade(args.config, args.target, args.database_url, args.database_url_env,
-                                args.scratch_database, scratch_url_env=args.scratch_url_env,
+        return rehearse_upgrade(_target(args), args.scratch_database, scratch_url_env=args.scratch_url_env,
                                 lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
                                 workdir=args.workdir, say=lambda s: print(s, file=sys.stderr))
     if args.command == "plan":
@@ -110,13 +109,13 @@ def run_command(args: argparse.Namespace) -> StepResult:
                          f"{len(p['pending'])} pending revision(s) from {p['current'] or 'base'} to {p['target']}")
         return step.result
     if args.command == "downgrade":
-        return downgrade_step(args.config, args.target, args.database_url, args.database_url_env, args.lock_timeout,
+        return downgrade_step(_target(args), args.lock_timeout,
                               args.statement_timeout, args.expect_from)
     with StepBoundary("precheck") as step:
-        found = below(args.config, args.target, args.database_url, args.database_url_env) \
+        found = below(_target(args)) \
             if args.allow_downgrade and args.workdir else None
         if found is not None:
-            doc = shadow_downgrade(args.config, args.target, args.database_url, args.database_url_env, args.workdir,
+            doc = shadow_downgrade(_target(args), args.workdir,
                                    found)
             step.data.update(direction="downgrade", fromRevision=doc["fromRevision"],
                              targetRevision=doc["targetRevision"], removes=dotted(catalog_from_json(doc["removes"])))

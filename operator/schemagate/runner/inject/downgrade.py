@@ -29,7 +29,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from schemagate.contract.dburl import DEFAULT_URL_ENV, resolve_url
 from schemagate.contract.errors import InvalidInput, MigrationFailed, StepBoundary, UnknownRevision
 from schemagate.contract.stepresult import StepResult
 from schemagate.contract.target import Target
@@ -116,21 +115,20 @@ def dotted(cat: Catalog) -> dict[str, list[str]]:
 
 
 @isolated_imports
-def below(config_path: str | os.PathLike[str], target: str, url: str | None = None,
-          url_env: str | None = DEFAULT_URL_ENV) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """``(current revisions, target revisions)`` when ``target`` is below the database's revision(s) (``base``,
+def below(t: Target) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """``(current revisions, target revisions)`` when ``t.revision`` is below the database's revision(s) (``base``,
     or an ancestor of every current revision; Alembic's revision map), else None. Raises ``UnknownRevision`` for
     a target the scripts lack."""
     from alembic.script import revision as alembic_revision
 
-    url = resolve_url(url, url_env)
-    cfg = make_config(config_path, url)
+    t = t.resolved()
+    cfg = make_config(t.project, t.url)
     script = load_script(cfg)
-    with session_environment(url, url_env):
+    with session_environment(t.url, t.url_env):
         current = tuple(sorted(current_heads(cfg, script)))
     if not current:
         return None
-    text = (target or "head").strip()
+    text = (t.revision or "head").strip()
     if text == "base":
         return current, ()
     try:
@@ -147,46 +145,46 @@ def below(config_path: str | os.PathLike[str], target: str, url: str | None = No
 
 
 @isolated_imports
-def alembic_downgrade(config_path: str | os.PathLike[str], target: str, url: str, url_env: str | None,
-                      lock_timeout: str | None = None, statement_timeout: str | None = None) -> None:
-    """``alembic downgrade <target>`` through the application's env.py, with the timeouts in ``PGOPTIONS``.
+def alembic_downgrade(t: Target, lock_timeout: str | None = None, statement_timeout: str | None = None) -> None:
+    """``alembic downgrade <t.revision>`` on ``t``'s database (URL resolved) through the application's env.py, with
+    the timeouts in ``PGOPTIONS``.
     Raises ``MigrationFailed`` naming the statement when a downgrade function fails."""
     from alembic import command
 
     from schemagate.runner.inject.apply import _failure
 
-    cfg = make_config(config_path, url)
+    cfg = make_config(t.project, t.database_url)
     try:
-        with session_environment(url, url_env, lock_timeout, statement_timeout):
-            command.downgrade(cfg, target)
+        with session_environment(t.url, t.url_env, lock_timeout, statement_timeout):
+            command.downgrade(cfg, str(t.revision))
     except Exception as e:  # the application's downgrade functions may raise anything
         raise _failure(e, None, None, known=False) from e
 
 
 @isolated_imports
-def heads(config_path: str | os.PathLike[str], url: str, url_env: str | None) -> tuple[str, ...]:
-    """The database's current revisions as the application's env.py reads them (sorted)."""
-    cfg = make_config(config_path, url)
-    with session_environment(url, url_env):
+def heads(t: Target) -> tuple[str, ...]:
+    """The current revisions of ``t``'s database (URL resolved) as the application's env.py reads them (sorted)."""
+    cfg = make_config(t.project, t.database_url)
+    with session_environment(t.url, t.url_env):
         return tuple(sorted(current_heads(cfg, load_script(cfg))))
 
 
-def shadow_downgrade(config_path: str | os.PathLike[str], target: str, url: str | None, url_env: str | None,
-                     workdir: str | os.PathLike[str], found: tuple[tuple[str, ...], tuple[str, ...]]
+def shadow_downgrade(t: Target, workdir: str | os.PathLike[str], found: tuple[tuple[str, ...], tuple[str, ...]]
                      ) -> dict[str, Any]:
-    """``alembic downgrade <target>`` on the shadow ``workdir/prepare.json`` names (its version rows copied from
+    """``alembic downgrade <t.revision>`` on the shadow ``workdir/prepare.json`` names (its version rows copied from
     the real database first), catalogs before and after; writes and returns the ``shadow-downgrade.json``
     document. ``found`` is :func:`below`'s answer for the real database."""
     from schemagate.runner.inject.shadow import shadow_url_from_workdir, sync_version_table
 
-    real_url = resolve_url(url, url_env)
+    t = t.resolved()
+    real_url = t.database_url
     shadow_url = shadow_url_from_workdir(real_url, workdir)
     if shadow_url == real_url:
         raise InvalidInput(f"--workdir {workdir}: no prepare.json naming a shadow; the downgrade is tried on a "
                            "shadow only (run --phase prepare first)", field="--workdir")
-    synced = sync_version_table(Target(config_path, "heads", real_url, url_env), shadow_url)
+    synced = sync_version_table(t.at("heads"), shadow_url)
     before = catalog_sa(shadow_url)
-    alembic_downgrade(config_path, target, shadow_url, url_env)
+    alembic_downgrade(t.on(shadow_url))
     gone = removed(before, catalog_sa(shadow_url))
     current, targets = found
     doc = {"fromRevision": join_revisions(current), "targetRevision": join_revisions(targets) or "base",
@@ -196,16 +194,17 @@ def shadow_downgrade(config_path: str | os.PathLike[str], target: str, url: str 
     return doc
 
 
-def downgrade_step(config_path: str | os.PathLike[str], target: str, url: str | None, url_env: str | None,
-                   lock_timeout: str | None, statement_timeout: str | None, expect_from: str | None) -> StepResult:
+def downgrade_step(t: Target, lock_timeout: str | None, statement_timeout: str | None,
+                   expect_from: str | None) -> StepResult:
     """The migrate step of a downgrade (operator): the database must still be at ``expect_from`` (the revision the
-    precheck planned from; ``InvalidInput`` otherwise, nothing changed), then ``alembic downgrade <target>``.
+    precheck planned from; ``InvalidInput`` otherwise, nothing changed), then ``alembic downgrade <t.revision>``.
     Result reason ``Downgraded``, data ``{fromRevision, toRevision, targetRevision}`` (``toRevision`` ``base``
     when no revision is left). Never raises."""
     with StepBoundary("migrate", default=MigrationFailed,
-                      data={"targetRevision": target, "direction": "downgrade"}) as step:
-        real_url = resolve_url(url, url_env)
-        found = below(config_path, target, real_url, url_env)
+                      data={"targetRevision": t.revision, "direction": "downgrade"}) as step:
+        target = t.revision
+        t = t.resolved()
+        found = below(t)
         if found is None:
             raise InvalidInput(f"target revision {target!r} is not below the database's revision: nothing to "
                                "downgrade; nothing was changed", field="targetRevision")
@@ -213,8 +212,8 @@ def downgrade_step(config_path: str | os.PathLike[str], target: str, url: str | 
         if expect_from and current != expect_from:
             raise InvalidInput(f"the database is at {current}, not at {expect_from} as the precheck planned: it "
                                "changed since; nothing was changed (retry the run)", field="fromRevision")
-        alembic_downgrade(config_path, target, real_url, url_env, lock_timeout, statement_timeout)
-        now = join_revisions(heads(config_path, real_url, url_env)) or "base"
+        alembic_downgrade(t, lock_timeout, statement_timeout)
+        now = join_revisions(heads(t)) or "base"
         step.data.update(fromRevision=current, toRevision=now)
         step.succeed("Downgraded", f"alembic downgrade {target}: from {current} to {now}")
     return step.result

@@ -57,14 +57,13 @@ def lock_summary(data: dict[str, Any]) -> str:
                      for r in data.get("revisions") or [])
 
 
-def upgrade_copy(config_path: str | os.PathLike[str], target: str, copy_url: str, url_env: str | None,
-                 lock_timeout: str | None, statement_timeout: str | None, data: dict[str, Any],
+def upgrade_copy(copy: Target, lock_timeout: str | None, statement_timeout: str | None, data: dict[str, Any],
                  say: Callable[[str], None]) -> None:
-    """``alembic upgrade`` on the copy, recording durations and the lock report in ``data`` (``revisions``,
+    """``alembic upgrade`` on the copy (``copy``: the project and target revision on the copy's URL), recording durations and the lock report in ``data`` (``revisions``,
     ``statements``, ``fromRevision``, ``toRevision``); a failure is recorded (``failedRevision``,
     ``failedStatement``, ``error``, ``errorReason``), not raised."""
     starts: list[tuple[str, float]] = []
-    report = StatementLocks(copy_url)
+    report = StatementLocks(copy.database_url)
 
     def started(rev: str) -> None:
         say(f"rehearsing revision {rev}")
@@ -81,8 +80,7 @@ def upgrade_copy(config_path: str | os.PathLike[str], target: str, copy_url: str
 
     try:
         with report.watch():
-            r = upgrade(Target(config_path, target, copy_url, url_env), lock_timeout, statement_timeout,
-                        on_revision=started)
+            r = upgrade(copy, lock_timeout, statement_timeout, on_revision=started)
     except Exception as e:  # noqa: BLE001 - the application's revisions may raise anything: the rehearsal's finding
         err = translate(e, MigrationFailed)
         failed = getattr(err, "revision", None)
@@ -102,19 +100,19 @@ def failed_message(data: dict[str, Any], scratch: str, dropped: str) -> str:
             f"copy {scratch} {dropped}")
 
 
-def rehearse_upgrade(config_path: str | os.PathLike[str], target: str | None, url: str | None,
-                     url_env: str | None, scratch: str, *, scratch_url_env: str | None = None,
+def rehearse_upgrade(t: Target, scratch: str, *, scratch_url_env: str | None = None,
                      lock_timeout: str | None = "5s", statement_timeout: str | None = None,
                      workdir: str | os.PathLike[str] | None = None,
                      say: Callable[[str], None] | None = None) -> StepResult:
-    """The ``rehearse-upgrade`` container (see the module docstring). Never raises."""
-    data: dict[str, Any] = {"targetRevision": target or "head", "scratchDatabase": scratch}
+    """The ``rehearse-upgrade`` container (see the module docstring) for ``t`` (the real database: its server
+    holds the scratch copy unless ``scratch_url_env`` names another). Never raises."""
+    data: dict[str, Any] = {"targetRevision": t.revision or "head", "scratchDatabase": scratch}
     with StepBoundary(STEP, default=MigrationFailed, data=data) as step:
         if not scratch:
             raise InvalidInput("--scratch-database is required", field="--scratch-database")
-        server = resolve_url(None, scratch_url_env) if scratch_url_env else resolve_url(url, url_env)
-        upgrade_copy(config_path, target or "head", scratch_url(server, scratch), url_env or DEFAULT_URL_ENV,
-                     lock_timeout, statement_timeout, data, say or (lambda s: None))
+        server = resolve_url(None, scratch_url_env) if scratch_url_env else resolve_url(t.url, t.url_env)
+        copy = Target(t.config, t.revision or "head", scratch_url(server, scratch), t.url_env or DEFAULT_URL_ENV)
+        upgrade_copy(copy, lock_timeout, statement_timeout, data, say or (lambda s: None))
         if workdir is not None:
             Path(workdir).mkdir(parents=True, exist_ok=True)
             (Path(workdir) / UPGRADE_FILE).write_text(json.dumps(data), encoding="utf-8")
