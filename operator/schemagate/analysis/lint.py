@@ -23,9 +23,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+
+from schemagate.contract.stepresult import LintFinding, LintResult
 
 BLOCKING_RULES = frozenset({
     "adding-field-with-default",
@@ -65,13 +66,14 @@ def find_squawk(explicit: str | None = None) -> str | None:
     return shutil.which("squawk")
 
 
-def unavailable(note: str) -> dict[str, Any]:
+def unavailable(note: str) -> LintResult:
+    """The result when nothing was linted, saying why."""
     return {"available": False, "findings": [], "total": 0, "blocking": 0, "source": None, "note": note}
 
 
-def group_findings(raw: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def group_findings(raw: Iterable[Mapping[str, object]]) -> list[LintFinding]:
     """squawk's JSON findings grouped by rule: ``[{rule, count, message}]``, blocking rules first."""
-    groups: dict[str, dict[str, Any]] = {}
+    groups: dict[str, LintFinding] = {}
     for f in raw:
         rule = str(f.get("rule_name") or "unknown")
         g = groups.setdefault(rule, {"rule": rule, "count": 0, "message": str(f.get("message") or "")})
@@ -87,7 +89,7 @@ def lint_sql(
     exclude: Iterable[str] = DEFAULT_EXCLUDED,
     source: str = "offline",
     timeout: float = 120,
-) -> dict[str, Any]:
+) -> LintResult:
     """Run squawk on ``sql``; never raises for a missing or failing squawk (``available: false`` + ``note``)."""
     exe = find_squawk(squawk)
     if exe is None:

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemagate.contract.sqlkind import Statement
-from schemagate.contract.stepresult import LockFinding, LockReport
+from schemagate.contract.stepresult import LintFinding, LintResult, LockFinding, LockReport
 
 # PostgreSQL's table-level lock modes, weakest first ("Explicit Locking", table 13.2)
 MODES = ("ACCESS SHARE", "ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",
@@ -386,11 +386,11 @@ def foreign_keys_of(constraints: Iterable[Any]) -> dict[tuple[str, str], str]:
     return out
 
 
-def merge_into(lint_result: dict[str, Any], locks: LockReport) -> dict[str, Any]:
+def merge_into(lint_result: LintResult, locks: LockReport) -> LintResult:
     """Add the lock report to the squawk result (``lint_result["locks"]``) and its findings to ``findings``
     (grouped by rule, ``{rule, count, message}``), ``total`` and ``blocking``; returns ``lint_result``."""
-    lint_result["locks"] = dict(locks)
-    groups: dict[str, dict[str, Any]] = {}
+    lint_result["locks"] = locks.copy()
+    groups: dict[str, LintFinding] = {}
     for f in locks.get("findings") or ():
         g = groups.setdefault(f["rule"], {"rule": f["rule"], "count": 0, "message": f["message"]})
         g["count"] += 1

@@ -140,6 +140,27 @@ class LockReport(TypedDict):
     findings: list[LockFinding]
 
 
+class LintFinding(TypedDict):
+    """squawk findings (and the lock lint's) grouped by rule."""
+
+    rule: str
+    count: int
+    message: str
+
+
+class LintResult(TypedDict, total=False):
+    """``data.lint`` of the precheck (``analysis.lint.lint_sql``, the lock report merged in by
+    ``analysis.locks.merge_into``)."""
+
+    available: bool
+    findings: list[LintFinding]
+    total: int
+    blocking: int
+    source: str | None  # offline | captured
+    note: str | None
+    locks: LockReport
+
+
 class PrecheckData(TypedDict, total=False):
     """``data`` of the precheck step (see docs/architecture.md for ``checks`` and ``lint``)."""
 
@@ -153,7 +174,7 @@ class PrecheckData(TypedDict, total=False):
     maxViolations: int
     indexes: list[dict[str, Any]]
     notValid: list[dict[str, Any]]
-    lint: dict[str, Any]
+    lint: LintResult
 
 
 class VerifyData(TypedDict, total=False):

@@ -73,6 +73,7 @@ from schemagate.contract.errors import (
 )
 from schemagate.contract.sqlkind import Statement
 from schemagate.contract.stepresult import (
+    LintResult,
     Outcome,
     Plan,
     ShadowUpgradeDoc,
@@ -442,7 +443,7 @@ def _checks_from_diff(d: derive.Derivation, statements: list[Statement] | None,
 
 
 def lint_pending(offline_sql: str | None, offline_error: str | None, statements: list[Statement] | None,
-                 server_version_num: int) -> dict[str, Any]:
+                 server_version_num: int) -> LintResult:
     """Lint the offline rendering, or (when it failed) the DDL captured in the shadow run."""
     version = lint.pg_major_version(server_version_num)
     if offline_sql:
