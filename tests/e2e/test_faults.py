@@ -31,7 +31,7 @@ from tests.e2e.test_operator import (  # noqa: F401
     secret,
     wait_phase,
 )
-from tests.pipeline.helpers import execute, query, scalar
+from tests.pipeline.helpers import execute, private_server, processes_naming, query, scalar, shadow_servers
 
 pytestmark = pytest.mark.e2e
 GRAPH = ROOT / "tests" / "pipeline" / "projects" / "graph"
@@ -62,18 +62,6 @@ def pod_dirs(kube: Any, ns: str, job: str) -> list[Path]:
     return sorted((kube.node.pods_dir / ns).glob(f"{job}-*"))
 
 
-def processes_under(d: Path) -> list[str]:
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(d) in cmd:
-            found.append(cmd)
-    return found
-
-
 def assert_no_shadow_left(kube: Any, ns: str, url: str, precheck_jobs: list[str]) -> None:
     """No throw-away server directory in any precheck pod's shadow emptyDir, no process of those pods, no
     ``_sgshadow_`` database on the real server (waits for the pods to stop: the kubelet stops them)."""
@@ -81,7 +69,7 @@ def assert_no_shadow_left(kube: Any, ns: str, url: str, precheck_jobs: list[str]
     assert dirs, f"no pod directory for {precheck_jobs}"
 
     def clean() -> bool:
-        return not any(processes_under(d) or list((d / "volumes" / "shadow").glob("schemagate-shadow-*"))
+        return not any(processes_naming(d) or list((d / "volumes" / "shadow").glob("schemagate-shadow-*"))
                        for d in dirs)
 
     kube.wait_for(clean, timeout=120, message="the precheck pods' shadow servers to be gone")
@@ -92,30 +80,10 @@ def assert_no_shadow_left(kube: Any, ns: str, url: str, precheck_jobs: list[str]
 
 
 @pytest.fixture
-def private_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def private_pg() -> Iterator[Any]:
     """A private server (the shared one must stay up) a test may stop and start; ``.db_url`` is its database."""
-    import os
-    import tempfile
-
-    import psycopg
-
-    from schemagate.contract.dburl import libpq_url
-    from schemagate.local.postgres import EmbeddedPostgres
-
-    base = tempfile.mkdtemp(prefix="sgtest-e2e-pg-")
-    os.chmod(base, 0o755)
-    pg = EmbeddedPostgres(base)
-    admin = pg.start()
-    try:
-        with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE faulty")
-        pg.db_url = pg.url("faulty")  # type: ignore[attr-defined]
+    with private_server("faulty") as pg:
         yield pg
-    finally:
-        pg.stop("immediate")
-        import shutil
-
-        shutil.rmtree(base, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -239,6 +207,8 @@ def test_the_precheck_pods_shadow_server_killed_converges(kube: Any, operator: O
     import os
     import signal
 
+    from schemagate.contract.dburl import with_database
+
     url = private_pg.db_url
     secret(kube, namespace, "db", {"url": url})
     kube.apply(slow_dbm("oom", slow_image), namespace)
@@ -248,14 +218,12 @@ def test_the_precheck_pods_shadow_server_killed_converges(kube: Any, operator: O
         assert st.get("phase") not in ("Succeeded", "Failed", "Blocked"), st
         job = (st.get("jobs") or {}).get("precheck")
         for d in pod_dirs(kube, namespace, job) if job else []:
-            for server in (d / "volumes" / "shadow").glob("schemagate-shadow-*"):
+            for server, postmaster in shadow_servers(d / "volumes" / "shadow"):
                 try:
-                    lines = (server / "data" / "postmaster.pid").read_text().splitlines()
-                    password = (server / ".password").read_text().strip()
-                    shadow = f"postgresql://superuser:{password}@127.0.0.1:{int(lines[3])}/faulty"
-                    if scalar(shadow, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3)%'"):
-                        return int(lines[0])
-                except Exception:  # noqa: BLE001, S112 - not started, not restored yet, or already stopping
+                    if scalar(with_database(server, "faulty"),
+                              "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3)%'"):
+                        return postmaster
+                except Exception:  # noqa: BLE001, S112 - not restored yet, or already stopping
                     continue
         return None
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +77,63 @@ def schema_snapshot(url: str) -> list[tuple[Any, ...]]:
 def run_module(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout,
                           cwd=str(ROOT))
+
+
+def processes_naming(path: Path) -> list[str]:
+    """Command lines of this machine's live processes that name ``path`` or a path below it (e.g. a throw-away
+    shadow server's postmaster and its watchdog, or the processes of one test-bed pod)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in cmd:
+            found.append(cmd)
+    return found
+
+
+@contextlib.contextmanager
+def private_server(database: str) -> Iterator[Any]:
+    """A private embedded PostgreSQL that a test may stop and start (the session's server must stay up), with
+    one database; yields the ``EmbeddedPostgres`` (``.db_url``: that database's URL; ``.start()`` keeps the port).
+    Its directory is under the system temporary directory, open to traverse (the server may run as another user),
+    and removed at the end."""
+    import shutil
+    import tempfile
+
+    import psycopg
+
+    from schemagate.contract.dburl import libpq_url
+    from schemagate.local.postgres import EmbeddedPostgres
+
+    base = Path(tempfile.mkdtemp(prefix="sgtest-pg-"))
+    base.chmod(0o755)
+    pg = EmbeddedPostgres(base)
+    try:
+        admin = pg.start()
+        with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{database}"')
+        pg.db_url = pg.url(database)  # type: ignore[attr-defined]
+        yield pg
+    finally:
+        pg.stop("immediate")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def shadow_servers(parent: Path) -> list[tuple[str, int]]:
+    """``(superuser URL of the postgres database, postmaster pid)`` of each ready throw-away shadow server
+    (``schemagate.runner.shadowserver``) whose directory is in ``parent``: the port and state come from
+    ``data/postmaster.pid`` (PostgreSQL's lock file: pid, data directory, start time, port, socket directory,
+    listen address, shared memory key, status), the password from ``.password``."""
+    found = []
+    for d in sorted(parent.glob("schemagate-shadow-*")):
+        try:
+            lines = (d / "data" / "postmaster.pid").read_text().splitlines()
+            password = (d / ".password").read_text().strip()
+            if len(lines) > 7 and lines[7].strip() == "ready":
+                found.append((f"postgresql://superuser:{password}@127.0.0.1:{int(lines[3])}/postgres",
+                              int(lines[0])))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found

@@ -18,7 +18,14 @@ import pytest
 from schemagate.contract.target import Target
 from schemagate.runner.inject.lock import ADVISORY_LOCK_KEY
 from schemagate.runner.inject.migrate import migrate
-from tests.pipeline.helpers import execute, query, scalar
+from tests.pipeline.helpers import (
+    execute,
+    private_server,
+    processes_naming,
+    query,
+    scalar,
+    shadow_servers,
+)
 
 pytestmark = pytest.mark.postgres
 SLOW = Path(__file__).resolve().parent / "projects" / "graph" / "slow.ini"
@@ -187,22 +194,10 @@ def shadow_parent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 @pytest.fixture
-def private_pg(tmp_path: Path) -> Iterator[Any]:
+def private_pg() -> Iterator[Any]:
     """A private server that a test may stop and start (the shared one must stay up); its URL is ``.db_url``."""
-    import psycopg
-
-    from schemagate.contract.dburl import libpq_url
-    from schemagate.local.postgres import EmbeddedPostgres
-
-    pg = EmbeddedPostgres(tmp_path / "pg")
-    admin = pg.start()
-    try:
-        with psycopg.connect(libpq_url(admin), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE restarted")
-        pg.db_url = pg.url("restarted")  # type: ignore[attr-defined]
+    with private_server("restarted") as pg:
         yield pg
-    finally:
-        pg.stop("immediate")
 
 
 def _run_pipeline(url: str) -> tuple[threading.Thread, dict[str, Any]]:
@@ -215,20 +210,6 @@ def _run_pipeline(url: str) -> tuple[threading.Thread, dict[str, Any]]:
     return t, out
 
 
-def _postgres_processes_under(parent: Path) -> list[str]:
-    """Command lines of live processes that name a directory under ``parent`` (a throw-away server's postmaster
-    and its watchdog)."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(parent) in cmd:
-            found.append(cmd)
-    return found
-
-
 def _nothing_left(url: str, shadow_parent: Path, databases_before: set[str]) -> None:
     """No database was added to the real server (no ``<db>_sgshadow_*``, no scratch copy), no throw-away server
     directory or process is left."""
@@ -238,9 +219,9 @@ def _nothing_left(url: str, shadow_parent: Path, databases_before: set[str]) -> 
         == databases_before
     assert sorted(p.name for p in shadow_parent.iterdir()) == []
     deadline = time.monotonic() + 60  # a stopped watchdog exits within its poll interval
-    while _postgres_processes_under(shadow_parent) and time.monotonic() < deadline:
+    while processes_naming(shadow_parent) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _postgres_processes_under(shadow_parent) == []
+    assert processes_naming(shadow_parent) == []
 
 
 def _databases(url: str) -> set[str]:
@@ -257,50 +238,32 @@ def _converged(r: Any, url: str, step: str) -> None:
     _applied_once(url)
 
 
-def test_a_backend_terminated_while_the_precheck_counts_is_run_again(fresh_db: str, shadow_parent: Path) -> None:
+@pytest.mark.parametrize("step", ["precheck", "verify"])
+def test_a_backend_terminated_while_a_read_only_step_counts_is_run_again(fresh_db: str, shadow_parent: Path,
+                                                                        step: str) -> None:
+    """pg_terminate_backend on the step's counting session (the precheck's, resp. verify's, user check)."""
     before = _databases(fresh_db)
     t, out = _run_pipeline(fresh_db)
-    pid = _wait_for_pid(fresh_db, COUNTING.format(app="schemagate-precheck"), 300, t, out)
+    pid = _wait_for_pid(fresh_db, COUNTING.format(app=f"schemagate-{step}"), 300, t, out)
     execute(fresh_db, f"SELECT pg_terminate_backend({pid})")
     t.join(600)
-    _converged(out["r"], fresh_db, "precheck")
+    _converged(out["r"], fresh_db, step)
     _nothing_left(fresh_db, shadow_parent, before)
 
 
-def test_a_server_restart_while_the_precheck_counts_converges(private_pg: Any, shadow_parent: Path) -> None:
-    """Stopped (fast: every backend gets 57P01) while the precheck counts, started again 2 s later."""
+@pytest.mark.parametrize("step", ["precheck", "verify"])
+def test_a_server_restart_while_a_read_only_step_counts_converges(private_pg: Any, shadow_parent: Path,
+                                                                  step: str) -> None:
+    """Stopped (fast: every backend gets 57P01) while the step counts, started again 2 s later."""
     url = private_pg.db_url
     before = _databases(url)
     t, out = _run_pipeline(url)
-    _wait_for_pid(url, COUNTING.format(app="schemagate-precheck"), 300, t, out)
+    _wait_for_pid(url, COUNTING.format(app=f"schemagate-{step}"), 300, t, out)
     private_pg.stop("fast")
     time.sleep(2)
     private_pg.start()
     t.join(600)
-    _converged(out["r"], url, "precheck")
-    _nothing_left(url, shadow_parent, before)
-
-
-def test_a_backend_terminated_while_verify_counts_is_run_again(fresh_db: str, shadow_parent: Path) -> None:
-    before = _databases(fresh_db)
-    t, out = _run_pipeline(fresh_db)
-    pid = _wait_for_pid(fresh_db, COUNTING.format(app="schemagate-verify"), 300, t, out)
-    execute(fresh_db, f"SELECT pg_terminate_backend({pid})")
-    t.join(600)
-    _converged(out["r"], fresh_db, "verify")
-    _nothing_left(fresh_db, shadow_parent, before)
-
-
-def test_a_server_restart_while_verify_counts_converges(private_pg: Any, shadow_parent: Path) -> None:
-    url = private_pg.db_url
-    before = _databases(url)
-    t, out = _run_pipeline(url)
-    _wait_for_pid(url, COUNTING.format(app="schemagate-verify"), 300, t, out)
-    private_pg.stop("fast")
-    time.sleep(2)
-    private_pg.start()
-    t.join(600)
-    _converged(out["r"], url, "verify")
+    _converged(out["r"], url, step)
     _nothing_left(url, shadow_parent, before)
 
 
@@ -314,14 +277,9 @@ def _shadow_server(parent: Path, timeout: float, running: threading.Thread) -> t
     """(superuser URL of the ``postgres`` database, postmaster pid) of the one throw-away server under ``parent``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and running.is_alive():
-        for d in parent.glob("schemagate-shadow-*"):
-            try:
-                lines = (d / "data" / "postmaster.pid").read_text().splitlines()
-                password = (d / ".password").read_text().strip()
-                if len(lines) > 7 and lines[7].strip() == "ready":
-                    return f"postgresql://superuser:{password}@127.0.0.1:{int(lines[3])}/postgres", int(lines[0])
-            except (OSError, ValueError, IndexError):
-                pass
+        servers = shadow_servers(parent)
+        if servers:
+            return servers[0]
         time.sleep(0.1)
     raise AssertionError(f"no running throw-away server appeared under {parent}")
 
@@ -385,20 +343,6 @@ def test_the_shadow_server_killed_during_the_precheck_is_run_again(fresh_db: str
 SLOWDATA = Path(__file__).resolve().parent / "projects" / "graph" / "slowdata.ini"
 
 
-def _servers(parent: Path) -> list[str]:
-    """Superuser URLs (``postgres`` database) of the ready throw-away servers under ``parent``."""
-    urls = []
-    for d in parent.glob("schemagate-shadow-*"):
-        try:
-            lines = (d / "data" / "postmaster.pid").read_text().splitlines()
-            password = (d / ".password").read_text().strip()
-            if len(lines) > 7 and lines[7].strip() == "ready":
-                urls.append(f"postgresql://superuser:{password}@127.0.0.1:{int(lines[3])}/postgres")
-        except (OSError, ValueError, IndexError):
-            pass
-    return urls
-
-
 def test_the_data_carrying_shadow_lost_during_the_precheck_is_run_again(fresh_db: str, shadow_parent: Path) -> None:
     """The slowdata project's 0002 backfills items.qty, sleeps 3 s, then sets NOT NULL: the precheck counts it in
     a second, data-carrying throw-away server (the real rows, 10 NULLs, would block). Its session is terminated
@@ -418,7 +362,7 @@ def test_the_data_carrying_shadow_lost_during_the_precheck_is_run_again(fresh_db
            "AND (SELECT count(*) FROM items) > 0")  # only the data-carrying shadow holds the rows
 
     def data_shadow_backend() -> tuple[str, int] | None:
-        for server in _servers(shadow_parent):
+        for server, _ in shadow_servers(shadow_parent):
             try:
                 pid = scalar(with_database(server, db), sql)
             except Exception:  # noqa: BLE001 - a server starting, stopping, or without that database yet
