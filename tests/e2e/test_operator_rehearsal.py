@@ -159,3 +159,23 @@ def test_resource_deleted_mid_rehearsal_leaves_no_scratch_database(kube: Any, op
     kube.kubectl("delete", "-n", namespace, "dbm/deleted", "--wait=false")
     kube.wait_for(lambda: scratch_databases(fresh_db) == [], timeout=180, message="the copy dropped by the guard")
     assert revision(fresh_db) == "0001"
+
+
+def test_rehearse_job_passes_the_restricted_pod_security_profile(kube: Any, operator: Operator, images: Any,
+                                                                 namespace: str, fresh_db: str) -> None:
+    """Every container of the rehearse Job (the guard sidecar and the smoke test included) is admitted in a
+    namespace that enforces the Pod Security Standards' restricted profile."""
+    kube.kubectl("label", "namespace", namespace, "--overwrite", "pod-security.kubernetes.io/enforce=restricted",
+                 "pod-security.kubernetes.io/enforce-version=latest")
+    demo.seed_foodtruck(fresh_db)
+    image = images("foodtruck")
+    secret(kube, namespace, "db", {"url": fresh_db})
+    kube.apply(dbm("strict", image=image, backup={"enabled": False},
+                   rehearsal={"enabled": True, "job": {"command": ["python", "-c", SMOKE]}}), namespace)
+    o = wait_phase(kube, namespace, "strict", ("Succeeded", "Failed", "Blocked"), op=operator, timeout=400)
+    assert o["status"]["phase"] == "Succeeded", o["status"]
+    assert o["status"]["rehearsal"]["reason"] == "Rehearsed"
+    refused = kube.kubectl("get", "events", "-n", namespace, "--field-selector", "reason=FailedCreate",
+                           "-o", "name").stdout.strip()
+    assert refused == "", refused
+    assert scratch_databases(fresh_db) == []
