@@ -31,7 +31,15 @@ from tests.e2e.test_operator import (  # noqa: F401
     secret,
     wait_phase,
 )
-from tests.pipeline.helpers import execute, private_server, processes_naming, query, scalar, shadow_servers
+from tests.pipeline.helpers import (
+    execute,
+    private_server,
+    processes_naming,
+    query,
+    scalar,
+    shadow_servers,
+    wait_for_backend,
+)
 
 pytestmark = pytest.mark.e2e
 GRAPH = ROOT / "tests" / "pipeline" / "projects" / "graph"
@@ -131,14 +139,11 @@ BACKENDS = {
 def wait_backend(kube: Any, ns: str, name: str, url: str, step: str, timeout: float = 300) -> int:
     """The pid of the step's backend (see BACKENDS); fails at once when the resource has finished first."""
 
-    def found() -> int | None:
+    def finished() -> str | None:
         phase = (get(kube, ns, name).get("status") or {}).get("phase")
-        if phase in ("Succeeded", "Failed", "Blocked"):
-            raise AssertionError(f"{name} finished ({phase}) before the {step} backend was seen")
-        pid = scalar(url, BACKENDS[step])
-        return int(pid) if pid else None
+        return f"{name} finished ({phase})" if phase in ("Succeeded", "Failed", "Blocked") else None
 
-    return int(kube.wait_for(found, timeout=timeout, interval=0.02, message=f"the {step} step's backend"))
+    return wait_for_backend(url, BACKENDS[step], timeout, finished)
 
 
 def restart(pg: Any) -> None:

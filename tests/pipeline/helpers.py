@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,27 @@ def shadow_servers(parent: Path) -> list[tuple[str, int]]:
         except (OSError, ValueError, IndexError):
             pass
     return found
+
+
+def wait_for_backend(url: str, sql: str, timeout: float = 300,
+                     given_up: Callable[[], str | None] | None = None) -> int:
+    """The first non-NULL value (a backend pid) that ``sql`` returns on ``url``, polled every 20 ms on one
+    connection (a fault must land inside a window of a few seconds even when the machine is loaded); raises
+    AssertionError after ``timeout`` seconds, or at once with its text when ``given_up()`` (asked about once a
+    second, e.g. "the run ended") returns one."""
+    from schemagate.libpq import connect
+
+    deadline = time.monotonic() + timeout
+    asked = 0.0
+    with connect(url) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(sql).fetchone()
+            if row and row[0]:
+                return int(row[0])
+            if given_up is not None and time.monotonic() - asked >= 1:
+                asked = time.monotonic()
+                why = given_up()
+                if why:
+                    raise AssertionError(f"{why} before a backend matched {sql}")
+            time.sleep(0.02)
+    raise AssertionError(f"no backend matched within {timeout:g}s: {sql}")

@@ -25,6 +25,7 @@ from tests.pipeline.helpers import (
     query,
     scalar,
     shadow_servers,
+    wait_for_backend,
 )
 
 pytestmark = pytest.mark.postgres
@@ -42,20 +43,17 @@ def _run(url: str) -> tuple[threading.Thread, dict[str, Any]]:
     return t, out
 
 
-def _wait_for_pid(url: str, sql: str, timeout: float = 30, running: threading.Thread | None = None,
+def _wait_for_pid(url: str, sql: str, timeout: float = 300, running: threading.Thread | None = None,
                   out: dict[str, Any] | None = None) -> int:
     """The pid of the backend ``sql`` finds; fails at once (with the step's result) when ``running`` ended."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if running is not None and not running.is_alive():
-            r = next(iter((out or {}).values()), None)
-            raise AssertionError(f"the run ended before a backend matched {sql}: "
-                                 f"{getattr(r, 'reason', None)}: {getattr(r, 'message', None)}")
-        pid = scalar(url, sql)
-        if pid:
-            return int(pid)
-        time.sleep(0.05)
-    raise AssertionError(f"no backend matched: {sql}")
+
+    def ended() -> str | None:
+        if running is None or running.is_alive():
+            return None
+        r = next(iter((out or {}).values()), None)
+        return f"the run ended ({getattr(r, 'reason', None)}: {getattr(r, 'message', None)})"
+
+    return wait_for_backend(url, sql, timeout, ended)
 
 
 def _applied_once(url: str) -> None:
@@ -354,8 +352,8 @@ def test_the_data_carrying_shadow_lost_during_the_precheck_is_run_again(fresh_db
     assert migrate(Target(SLOWDATA, "0001", fresh_db, None)).outcome.value == "Succeeded"
     before = _databases(fresh_db)
     out: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: out.update(r=run(SLOWDATA, "head", fresh_db, None, backup=False, lint=False,
-                                                         retries=6)))
+    t = threading.Thread(target=lambda: out.update(r=run(Target(SLOWDATA, "head", fresh_db, None), backup=False,
+                                                         lint=False, retries=6)))
     t.start()
     db = database_name(fresh_db)
     sql = ("SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3)%' AND pid <> pg_backend_pid() "
