@@ -345,7 +345,14 @@ def _unmount_under(root: Path) -> None:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SCHEMAGATE_NODE_CACHE") or Path.home() / ".cache" / "schemagate" / "node")
+    """containerd's content store and image-import marks (``SCHEMAGATE_NODE_CACHE``, e.g. an empty directory to
+    measure a cold start)."""
+    return Path(os.environ.get("SCHEMAGATE_NODE_CACHE") or DEFAULT_CACHE)
+
+
+DEFAULT_CACHE = Path.home() / ".cache" / "schemagate" / "node"
+# one real node per machine whatever the cache directory: the bridge, rules and route are machine-wide
+MACHINE_LOCK = DEFAULT_CACHE / "node.lock"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -398,7 +405,8 @@ class RealNode:
 
     def _lock(self) -> None:
         self.cache.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.cache / "node.lock", "w")  # noqa: SIM115 (held for the node's lifetime)
+        MACHINE_LOCK.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(MACHINE_LOCK, "w")  # noqa: SIM115 (held for the node's lifetime)
         give_up = time.monotonic() + LOCK_WAIT
         while True:
             try:
@@ -406,7 +414,7 @@ class RealNode:
                 break
             except BlockingIOError:
                 if time.monotonic() > give_up:
-                    raise NodeError(f"another test session held {self.cache / 'node.lock'} for {LOCK_WAIT:.0f}s "
+                    raise NodeError(f"another test session held {MACHINE_LOCK} for {LOCK_WAIT:.0f}s "
                                     f"(one real node per machine)") from None
                 log.warning("another real node runs on this machine; waiting for it to stop")
                 time.sleep(2)
