@@ -154,6 +154,9 @@ def test_container_layouts_follow_the_architecture():
     assert bc[bc.index("--backup-dir") + 1] == "/backups" and bc[bc.index("--keep") + 1] == "5"
     bvol = next(v for v in backup["spec"]["template"]["spec"]["volumes"] if v["name"] == "backups")
     assert bvol == {"name": "backups", "persistentVolumeClaim": {"claimName": "backups"}}
+    # a fresh volume (root:root 0755) becomes writable by the operator image's group; only the backup pod has one
+    assert backup["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == J.RUNNER_GID == 10001
+    assert all("fsGroup" not in j["spec"]["template"]["spec"]["securityContext"] for j in (precheck, migrate, verify))
 
 
 def test_backup_jobs_and_compression_reach_the_backup_command():

@@ -22,6 +22,10 @@ TERMINATION_LOG = "/dev/termination-log"
 RUNNER_DIR = "/schemagate"
 WORK_DIR = "/work"
 BACKUP_DIR = "/backups"
+# the operator image's group (Dockerfile: USER 10001:10001). The backup pod's fsGroup: the kubelet makes a volume
+# that supports ownership management (a PersistentVolume on a block device, local, most CSI drivers) group-owned
+# and group-writable by it, so a freshly provisioned volume (root:root 0755) takes the backup of uid 10001
+RUNNER_GID = 10001
 PLAN_ENV = names.ENV_PLAN
 
 LABEL_MANAGED_BY = names.LABEL_MANAGED_BY
@@ -409,8 +413,12 @@ def build_job(m: Migration, step: str, name: str, counter: int, s: JobSettings,
         LABEL_GENERATION: str(run_generation or m.generation),
         LABEL_COUNTER: str(counter),
     }
-    return _job(m, name, labels, owner_reference(m), {names.ANNOTATION_TARGET_REVISION: m.migrations.target_revision},
-                inits, containers, volumes)
+    job = _job(m, name, labels, owner_reference(m), {names.ANNOTATION_TARGET_REVISION: m.migrations.target_revision},
+               inits, containers, volumes)
+    if step == "backup":  # core/v1 PodSecurityContext.fsGroup; OnRootMismatch: no recursive chown once it is right
+        job["spec"]["template"]["spec"]["securityContext"].update(
+            {"fsGroup": RUNNER_GID, "fsGroupChangePolicy": "OnRootMismatch"})
+    return job
 
 
 def _job(m: Migration, name: str, labels: dict[str, str], owner: dict[str, Any], annotations: dict[str, str],
