@@ -8,9 +8,10 @@ import json
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from tests.delivery.e2e_support import get_dbm
-from tests.realnode.support import APP, diagnostics, install_app
+from tests.realnode.support import APP, diagnostics, install_app, revision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.realnode]
 
@@ -29,6 +30,16 @@ def finished(kube: Any, ns: str) -> dict:
 def step_statuses(kube: Any, ns: str) -> list[dict]:
     return [cs for p in kube.pods(ns, "schemagate.dev/step")
             for cs in (p["status"].get("initContainerStatuses") or []) + (p["status"].get("containerStatuses") or [])]
+
+
+def revision_or_none(url: str) -> str | None:
+    """The database's Alembic revision; None when no revision table exists (nothing ever applied)."""
+    try:
+        return revision(url)
+    except sa.exc.ProgrammingError as e:
+        if "alembic_version" not in str(e):
+            raise
+        return None
 
 
 def test_an_oom_killed_step_fails_the_run_with_reason_oomkilled(real_kube: Any, operator: dict, node_images: dict,
@@ -50,14 +61,25 @@ def test_an_oom_killed_step_fails_the_run_with_reason_oomkilled(real_kube: Any, 
 def test_a_step_pod_that_cannot_start_fails_with_the_kubelets_reason(real_kube: Any, operator: dict, node_images: dict,
                                                              real_namespace: str,
                                                              pod_db: tuple[str, str]) -> None:  # fmt: skip
-    ns, (_, in_pod) = real_namespace, pod_db
-    short = {"jobTemplate": {"activeDeadlineSeconds": 20}}
+    """The application image is not on the node and ``imagePullPolicy: Never`` forbids a pull: the kubelet leaves
+    the container waiting with ``ErrImageNeverPull`` and never runs it. The operator looks at a step whose pod has
+    not started every ``start_poll_seconds`` (5 s) and fails the run with the kubelet's reason; the Job's own
+    deadline (the default 3600 s) plays no part, so no other outcome is possible within the wait."""
+    url, in_pod = pod_db
+    ns = real_namespace
     install_app(real_kube, ns, node_images, in_pod, "0001", "--set-string", "image.tag=not-on-this-node",
-                "--set-json", f"migration.extraSpec={json.dumps(short)}", "--wait=false", timeout="60s")
+                "--wait=false", timeout="60s")
     st = finished(real_kube, ns)
     assert st["phase"] == "Failed", st
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
-    # the kubelet's waiting reason when the operator sees it first, else the Job's deadline (both race here)
-    assert ready["reason"] in ("ErrImageNeverPull", "DeadlineExceeded"), ready
-    events = real_kube.kubectl("get", "events", "-n", ns, "-o", "json").stdout
-    assert "ErrImageNeverPull" in events  # the kubelet's own reason, on the pod
+    assert ready["reason"] == "ErrImageNeverPull", ready
+    missing = f"{node_images['example-app']['repository']}:not-on-this-node"
+    assert missing in ready["message"] and "cannot start" in ready["message"], ready
+    # the container in the missing image never ran; the kubelet said why in an Event on the pod
+    waiting = [cs for cs in step_statuses(real_kube, ns) if cs["image"] == missing]
+    assert waiting and not any((cs.get("state") or {}).get("terminated") or cs.get("lastState", {}).get("terminated")
+                               for cs in waiting), waiting  # fmt: skip
+    events = json.loads(real_kube.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
+    assert any(e["reason"] == "ErrImageNeverPull" and e["involvedObject"]["kind"] == "Pod" for e in events), \
+        [(e["reason"], e["involvedObject"]["kind"]) for e in events]
+    assert revision_or_none(url) is None  # nothing applied
