@@ -79,9 +79,12 @@ def test_backups_land_on_a_persistent_volume_as_uid_10001(real_kube: Any, operat
 
     # the backup pods mounted the claim (the kubelet's bind mount of the local volume), nothing else
     for j in jobs["backup"]:
-        (pod,) = real_kube.pods(ns, f"job-name={j['metadata']['name']}")
-        vols = {v["name"]: v for v in pod["spec"]["volumes"]}
-        assert vols["backups"]["persistentVolumeClaim"]["claimName"] == CLAIM, vols
+        pods = real_kube.pods(ns, f"job-name={j['metadata']['name']}")
+        assert pods, j["metadata"]["name"]
+        for pod in pods:
+            vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+            assert vols["backups"]["persistentVolumeClaim"]["claimName"] == CLAIM, vols
+            assert pod["spec"]["securityContext"]["fsGroup"] == 10001, pod["spec"]["securityContext"]
 
     # every run's backup is on the node's directory: the archive and its sha256 sidecar, written by uid 10001
     dumps = sorted(backup_claim.rglob("*.dump"))
