@@ -99,3 +99,7 @@ def test_backups_land_on_a_persistent_volume_as_uid_10001(real_kube: Any, operat
     newest = max(dumps, key=lambda p: p.stat().st_mtime)
     assert st["backup"]["sha256"] == hashlib.sha256(newest.read_bytes()).hexdigest(), st["backup"]
     assert Path(st["backup"]["path"]).name == newest.name, st["backup"]
+    # status.backups lists every run's backup, newest first, each with the digest of its file on the node
+    on_node = [(p.name, hashlib.sha256(p.read_bytes()).hexdigest())
+               for p in sorted(dumps, key=lambda p: p.stat().st_mtime, reverse=True)]  # fmt: skip
+    assert [(Path(b["path"]).name, b["sha256"]) for b in st["backups"]] == on_node, st["backups"]

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.delivery.e2e_support import get_dbm
-from tests.realnode.support import APP, diagnostics, install_app, revision
+from tests.realnode.support import APP, diagnostics, install_app, jobs_by_step, revision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.realnode]
 
@@ -64,7 +64,9 @@ def test_a_step_pod_that_cannot_start_fails_with_the_kubelets_reason(real_kube: 
     """The application image is not on the node and ``imagePullPolicy: Never`` forbids a pull: the kubelet leaves
     the container waiting with ``ErrImageNeverPull`` and never runs it. The operator looks at a step whose pod has
     not started every ``start_poll_seconds`` (5 s) and fails the run with the kubelet's reason; the Job's own
-    deadline (the default 3600 s) plays no part, so no other outcome is possible within the wait."""
+    deadline (the default 3600 s) plays no part, so no other outcome is possible within the wait. Then the
+    operator ends that Job (its deadline set to 1 s): the Job controller deletes the pod, and with it the
+    precheck's sidecar and its throw-away server."""
     url, in_pod = pod_db
     ns = real_namespace
     install_app(real_kube, ns, node_images, in_pod, "0001", "--set-string", "image.tag=not-on-this-node",
@@ -75,11 +77,28 @@ def test_a_step_pod_that_cannot_start_fails_with_the_kubelets_reason(real_kube: 
     assert ready["reason"] == "ErrImageNeverPull", ready
     missing = f"{node_images['example-app']['repository']}:not-on-this-node"
     assert missing in ready["message"] and "cannot start" in ready["message"], ready
-    # the container in the missing image never ran; the kubelet said why in an Event on the pod
-    waiting = [cs for cs in step_statuses(real_kube, ns) if cs["image"] == missing]
-    assert waiting and not any((cs.get("state") or {}).get("terminated") or cs.get("lastState", {}).get("terminated")
-                               for cs in waiting), waiting  # fmt: skip
-    events = json.loads(real_kube.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
-    assert any(e["reason"] == "ErrImageNeverPull" and e["involvedObject"]["kind"] == "Pod" for e in events), \
-        [(e["reason"], e["involvedObject"]["kind"]) for e in events]
     assert revision_or_none(url) is None  # nothing applied
+
+    # the stuck Job is ended at once rather than at its deadline, and its pod goes
+    (step_job,) = [j for js in jobs_by_step(real_kube, ns).values() for j in js]
+    name = step_job["metadata"]["name"]
+
+    def ended() -> dict | None:
+        j = real_kube.get(f"/apis/batch/v1/namespaces/{ns}/jobs/{name}")
+        failed = [c for c in (j["status"].get("conditions") or []) if c["type"] == "Failed" and c["status"] == "True"]
+        return j if failed and not real_kube.pods(ns, f"job-name={name}") else None
+
+    try:
+        job = real_kube.wait_for(ended, timeout=180, interval=2, message=f"job {name} Failed, its pod deleted")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{diagnostics(real_kube, ns)}") from None
+    assert job["spec"]["activeDeadlineSeconds"] == 1, job["spec"]
+    assert next(c for c in job["status"]["conditions"] if c["type"] == "Failed")["reason"] == "DeadlineExceeded"
+
+    # the kubelet said why on the pod, and no container of the missing image ever started
+    events = json.loads(real_kube.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
+    never = {e["involvedObject"].get("fieldPath") for e in events
+             if e["reason"] == "ErrImageNeverPull" and e["involvedObject"]["kind"] == "Pod"}  # fmt: skip
+    assert never, [(e["reason"], e["involvedObject"]) for e in events]
+    started = {e["involvedObject"].get("fieldPath") for e in events if e["reason"] == "Started"}
+    assert not never & started, (never, started)
