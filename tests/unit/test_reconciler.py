@@ -120,6 +120,26 @@ def test_a_step_pod_the_api_refused_fails_the_step_at_once(kube):
     assert writes.index(("patch", "Job")) > max(i for i, w in enumerate(writes) if w == ("patch", "DatabaseMigration"))
 
 
+
+def test_a_stuck_job_without_the_patch_right_ends_at_its_deadline(kube):
+    """An older Role without ``patch`` on Jobs: the failure is still recorded and the pass ends normally (the
+    Job is left to its own activeDeadlineSeconds)."""
+    reconcile(kube)
+    reconcile(kube)
+    kube.store.put("Event", {"metadata": {"name": "e1", "namespace": NS}, "reason": "FailedCreate",
+                             "involvedObject": {"kind": "Job", "name": "shop-1-backup-1"},
+                             "message": 'Error creating: serviceaccount "x" not found'})
+
+    def forbidden(_body):
+        raise fail(403)
+
+    kube.store.hooks[("patch", "Job")] = forbidden
+    deadline = kube.job(NS, "shop-1-backup-1")["spec"].get("activeDeadlineSeconds")
+    reconcile(kube)
+    st = status(kube)
+    assert st["phase"] == "Failed" and st["lastError"]["reason"] == "FailedCreate", st
+    assert kube.job(NS, "shop-1-backup-1")["spec"].get("activeDeadlineSeconds") == deadline != 1
+
 def test_a_running_step_is_resynced_slowly(kube):
     reconcile(kube)
     kube.job(NS, "shop-1-backup-1")["status"] = {"active": 1, "ready": 1}
