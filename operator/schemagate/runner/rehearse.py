@@ -112,7 +112,7 @@ def _prepare(url: str, data: dict[str, Any], *, backup: str | os.PathLike[str] |
 
 def documented_locks(data: dict[str, Any]) -> None:
     """Statements run outside a transaction whose lock the sampling did not see (shorter than one sampling
-    interval): the strongest lock the PostgreSQL documentation gives for the statement
+    interval) or saw weaker: the strongest lock the PostgreSQL documentation gives for the statement
     (``analysis.locks.statement_locks``, PostgreSQL's own parser), held for the statement's duration, with
     ``source: "documented"``; the revisions' ``strongestLock`` is computed again. A statement the parser cannot
     read keeps no lock."""
@@ -121,14 +121,17 @@ def documented_locks(data: dict[str, Any]) -> None:
 
     records = data.get("statements") or []
     for rec in records:
-        if rec.get("transactional") or rec.get("lock") or rec.get("failed"):
+        if rec.get("transactional") or rec.get("failed"):
             continue
         try:
             found = [x for x in L.statement_locks(rec["statement"]) if not x.creates]
         except Exception:  # noqa: BLE001 - unparsable (or cut at 200 characters): no lock to report
             continue
-        if found:
-            top = max(found, key=lambda x: L.MODES.index(x.mode))
+        if not found:
+            continue
+        top = max(found, key=lambda x: L.MODES.index(x.mode))
+        seen = (rec.get("lock") or {}).get("mode")
+        if seen is None or L.MODES.index(seen) < L.MODES.index(top.mode):  # sampled too late or too early
             rec["tables"] = [{"table": x.table, "mode": x.mode} for x in found]
             rec["lock"] = {"table": top.table, "mode": top.mode, "heldSeconds": rec["seconds"]}
             rec["source"] = "documented"
@@ -286,7 +289,13 @@ def finish_phase(url: str | None, url_env: str | None, scratch: str, workdir: st
 def guard(url: str | None, url_env: str | None, scratch: str, *, scratch_url_env: str | None = None,
           maintenance_db: str = "postgres", stop: threading.Event | None = None) -> StepResult:
     """The rehearse Job's ``scratch-guard`` sidecar: waits until the pod stops it (SIGTERM, or ``stop``), then
-    drops the copy (``DROP DATABASE IF EXISTS ... WITH (FORCE)``). Its exit is never the step's result."""
+    drops the copy (``DROP DATABASE IF EXISTS ... WITH (FORCE)``). The connection to the maintenance database is
+    opened before the wait, so the drop fits in the pod's termination grace period (a new connection is tried when
+    that one was lost). Its exit is never the step's result."""
+    from psycopg import sql
+
+    from schemagate.libpq import connect
+
     data: dict[str, Any] = {"scratchDatabase": scratch}
     with StepBoundary(STEP, data=data) as step:
         server = rs._Server(resolve_url(None, scratch_url_env) if scratch_url_env else resolve_url(url, url_env),
@@ -294,7 +303,15 @@ def guard(url: str | None, url_env: str | None, scratch: str, *, scratch_url_env
         stopped = stop or threading.Event()
         if stop is None:
             signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-        stopped.wait()
-        _drop(server, scratch, data)
+        held = connect(server.admin_url, application_name="schemagate-rehearsal-guard")
+        try:
+            stopped.wait()
+            try:
+                held.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(scratch)))
+                data["scratchDropped"] = True
+            except Exception:  # noqa: BLE001 - the held connection was lost: a new one
+                _drop(server, scratch, data)
+        finally:
+            held.close()
         step.succeed("ScratchDropped", f"the copy {scratch} was dropped")
     return step.result
