@@ -26,7 +26,7 @@ from tests.e2e.test_operator import (  # noqa: F401
     wait_phase,
 )
 from tests.e2e.test_operator_pipeline import revision, scalar
-from tests.pipeline.helpers import FOODTRUCK, execute
+from tests.pipeline.helpers import FOODTRUCK, WHOLESALE, execute
 
 pytestmark = pytest.mark.e2e
 
@@ -110,3 +110,24 @@ def test_data_at_risk_blocks_the_downgrade_until_allowed(kube: Any, operator: Op
     o = wait_phase(kube, namespace, "risky", DONE, op=operator, timeout=300)
     assert o["status"]["phase"] == "Succeeded", o["status"]
     assert o["status"]["currentRevision"] == "0001" == revision(fresh_db)
+
+
+def test_wholesale_to_base_with_its_constraints_and_indexes(kube: Any, operator: Operator, images: Any,
+                                                            namespace: str, fresh_db: str) -> None:
+    upgrade(WHOLESALE, "head", fresh_db)
+    execute(fresh_db, "insert into retailers (id, name) values ('r1', 'Corner Shop'); insert into wholesalers "
+                      "(id, name) values ('w1', 'FreshCo'), ('w2', 'BulkMart')")
+    image = images("wholesale")
+    secret(kube, namespace, "db", {"url": fresh_db})
+    kube.apply(dbm("bulk", image=image, allowDowngrade=True, maxDataLoss=3,
+                   migrations={"image": image, "directory": "/app", "targetRevision": "base"}), namespace)
+    o = wait_phase(kube, namespace, "bulk", DONE, op=operator, timeout=300)
+    st = o["status"]
+    assert st["phase"] == "Succeeded", st
+    down = st["plan"]["downgrade"]
+    assert down["rowsAtRisk"] == 3 and down["fromRevision"] == "0003"
+    counts = down["removedCounts"]
+    assert counts["constraints"] >= 10 and counts["indexes"] >= 3 and counts["tables"] >= 5, counts
+    # the constraints and indexes go with their tables: the tables are listed (and verified gone) by name
+    assert len(down["removes"]["tables"]) == counts["tables"] and "truncated" not in down["removes"]
+    assert revision(fresh_db) is None and _user_tables(fresh_db) == 0

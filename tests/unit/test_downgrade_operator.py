@@ -6,6 +6,8 @@ the migrate and verify Jobs, DataAtRisk blocking, and the status a downgrade lea
 
 from __future__ import annotations
 
+import json
+
 from schemagate.core import jobs as J
 from tests.unit.helpers import Sim, mig, result
 
@@ -104,3 +106,35 @@ def test_a_named_revision_below_is_refused_by_the_precheck():
     assert a.status["phase"] == "Failed" and a.status["lastError"]["reason"] == "DowngradeNotAllowed"
     assert not any("migrate" in n for n in sim.created)
     assert "shop-1-backup-1" in sim.created  # reading the revision graph needs the application's image
+
+
+def test_a_large_downgrade_plan_fits_the_termination_message():
+    """Wholesale to base removes 9 tables, 66 constraints and 13 indexes: listed by table, the precheck's result
+    keeps its downgrade plan within the kubelet's 4096 bytes (a plan cut to ``omitted.all`` would lose it)."""
+    from schemagate.contract.stepresult import to_termination_message
+    from schemagate.runner.downgrade import compact_removes
+
+    tables = {("public", f"table_{i}"): "" for i in range(9)}
+    gone = {"tables": tables, "columns": {},
+            "constraints": {("public", f"table_{i % 9}", f"constraint_number_{i}_of_the_table"): "CHECK (x > 0)"
+                            for i in range(66)},
+            "indexes": {("public", f"table_{i % 9}", f"ix_table_{i}_column"): "CREATE INDEX ..." for i in range(13)}}
+    removes = compact_removes(gone)
+    assert removes["tables"] == sorted(f"public.table_{i}" for i in range(9))
+    assert removes["constraints"] == [] and "truncated" not in removes
+    down = {**DOWN, "removes": removes, "dataAtRisk": [{"table": f"public.table_{i}", "column": None, "rows": 5}
+                                                       for i in range(9)]}
+    res = {**PRE_DOWN, "data": {**PRE_DOWN["data"], "downgrade": down}}
+    assert json.loads(to_termination_message(res))["data"]["downgrade"]["removes"] == removes
+    many = {**gone, "tables": {}, "constraints": {("public", "t", f"c_{i:04d}_" + "x" * 40): "" for i in range(200)}}
+    cut = compact_removes(many)
+    assert cut["truncated"]["constraints"] > 0 and len(json.dumps(cut)) <= 1800
+
+
+def test_omitted_counts_in_the_status_are_integers():
+    """A result cut to its envelope says ``omitted: {all: true}``; the CRD counts per list (integers)."""
+    pre = result("precheck", currentRevision="0001", targetRevision="0002", pending=["0002"], total=0,
+                 truncated=True, omitted={"all": True, "checks": 3})
+    sim = Sim(mig())
+    a = sim.run({"precheck": pre})
+    assert a.status["violations"]["omitted"] == {"all": 1, "checks": 3}

@@ -313,8 +313,9 @@ def _precheck_status(st: MigrationStatus, data: dict[str, Any], max_violations: 
                                           "revision", "evaluatedBy") if k in c}  # type: ignore[misc]
                    for c in checks],
     }
-    if data.get("truncated") or data.get("omitted"):
-        st["violations"]["omitted"] = data.get("omitted")
+    if data.get("truncated") or data.get("omitted"):  # counts per list (the CRD: integers; "all": true is 1)
+        st["violations"]["omitted"] = {str(k): int(v) for k, v in (data.get("omitted") or {}).items()
+                                       if isinstance(v, (int, bool))}
     lint = data.get("lint")
     if isinstance(lint, dict):
         st["lint"] = {"total": int(lint.get("total") or 0), "findings": list(lint.get("findings") or [])}

@@ -63,7 +63,8 @@ from schemagate.runner.inject.graph import join_revisions
 from schemagate.runner.inject.revisions import current_heads
 
 STEP = "downgrade"
-MAX_LISTED = 50  # tables/columns at risk listed in a status
+MAX_LISTED = 20  # tables/columns at risk listed in a status
+REMOVES_BUDGET = 1800  # bytes of JSON for the removed objects in the precheck's termination message (4096 in all)
 _CONSTANT_DEFAULT = re.compile(r"^\(?('([^']|'')*'|-?[0-9.]+|true|false)\)?(::[\w\s\[\]\".]+)*$", re.IGNORECASE)
 
 
@@ -235,6 +236,27 @@ def _risk(step: StepBoundary, url: str, gone: Catalog, target: str, max_data_los
     return total
 
 
+def compact_removes(gone: Catalog, budget: int = REMOVES_BUDGET) -> dict[str, Any]:
+    """What the downgrade removes, small enough for a termination message and a status: the constraints and
+    indexes of dropped tables go with their table and are not listed; over ``budget`` bytes the longest lists are
+    cut (``truncated: {kind: n}``, what verify then cannot check by name)."""
+    dropped = set(gone["tables"])
+    kept: Catalog = {"tables": gone["tables"], "columns": gone["columns"],
+                     "constraints": {k: v for k, v in gone["constraints"].items() if k[:2] not in dropped},
+                     "indexes": {k: v for k, v in gone["indexes"].items() if k[:2] not in dropped}}
+    out: dict[str, Any] = dict(dotted(kept))
+    cut: dict[str, int] = {}
+    while len(json.dumps({**out, "truncated": cut} if cut else out)) > budget:
+        kind = max(("tables", "columns", "constraints", "indexes"), key=lambda k: len(out[k]))
+        if not out[kind]:
+            break
+        out[kind].pop()
+        cut[kind] = cut.get(kind, 0) + 1
+    if cut:
+        out["truncated"] = cut
+    return out
+
+
 def count_phase(url: str | None, url_env: str | None, workdir: str | os.PathLike[str],
                 max_data_loss: int) -> StepResult:
     """The precheck Job's ``count`` container for a downgrade (operator image): reads ``shadow-downgrade.json``
@@ -260,12 +282,14 @@ def count_phase(url: str | None, url_env: str | None, workdir: str | os.PathLike
         data.update(currentRevision=doc.get("fromRevision"), targetRevision=target, expectedRevisions=targets)
         if isinstance(doc.get("versionTable"), dict):
             data["versionTable"] = doc["versionTable"]
-        down = {"fromRevision": doc.get("fromRevision"), "targetRevisions": targets, "removes": dotted(gone),
-                "maxDataLoss": max_data_loss}
+        down = {"fromRevision": doc.get("fromRevision"), "targetRevisions": targets, "maxDataLoss": max_data_loss,
+                "removedCounts": {k: len(v) for k, v in gone.items()}, "removes": compact_removes(gone)}
         data["downgrade"] = down
         inner = StepBoundary("precheck", data={})
         total = _risk(inner, url, gone, target, max_data_loss, "spec.maxDataLoss")
-        down["dataAtRisk"] = inner.data["dataAtRisk"][:MAX_LISTED]
+        at_risk = [r for r in inner.data["dataAtRisk"] if r["rows"]]
+        down["dataAtRisk"] = [{"table": f"{r['schema']}.{r['table']}", "column": r["column"], "rows": r["rows"]}
+                              for r in at_risk[:MAX_LISTED]]
         down["rowsAtRisk"] = total
         if total > max_data_loss:
             step.finish(Outcome.CHECKS_FAILED, "DataAtRisk", inner.result.message)
