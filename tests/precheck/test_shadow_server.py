@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -361,4 +362,34 @@ def test_real_server_older_major_than_shadow(older_server: Callable[[], str], tm
     assert r.reason == "ViolationsFound", r.message
     assert {c["name"]: c["count"] for c in r.data["checks"]} == {"ck_price": 1, "item.price NOT NULL": 1} or \
         {c["key"]: c["count"] for c in r.data["checks"]} == {"ck_price": 1, "item.price NOT NULL": 1}
+    wait_gone(shadow_home)
+
+
+def test_initdb_template_is_copied_with_a_new_password(shadow_home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    """The first server keeps its never-started initdb result as a template; the next ones are copies of it, each
+    with a superuser password of its own (the template's no longer logs in); ``off`` runs initdb every time."""
+    from schemagate.runner import shadowserver
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(shadowserver.TEMPLATE_DIR_ENV, str(cache))
+    with ShadowServer() as first:
+        assert not first.from_template
+        templates = list(cache.glob(shadowserver.TEMPLATE_PREFIX + "*"))
+        assert len(templates) == 1 and (templates[0] / "data" / "PG_VERSION").exists()
+        assert not (templates[0] / "data" / "postmaster.pid").exists()
+        template_password = (templates[0] / ".password").read_text().strip()
+    with ShadowServer() as a, ShadowServer() as b:
+        assert a.from_template and b.from_template
+        assert a.url() != b.url()
+        assert query(a.url(), "SHOW fsync") == [("off",)] and query(b.url(), "SHOW wal_level") == [("minimal",)]
+        assert template_password not in a.url() and template_password not in b.url()
+        stale = a.url().replace(urllib.parse.quote(a._server.password or "", safe=""),  # type: ignore[union-attr]
+                                urllib.parse.quote(template_password, safe=""))
+        with pytest.raises(Exception, match="password authentication failed"):
+            query(stale, "SELECT 1")
+    monkeypatch.setenv(shadowserver.TEMPLATE_DIR_ENV, "off")
+    with ShadowServer() as c:
+        assert not c.from_template
+        assert query(c.url(), "SELECT 1") == [(1,)]
     wait_gone(shadow_home)

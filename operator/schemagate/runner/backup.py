@@ -317,7 +317,10 @@ def _pg_dump(conn: ClientEnv, partial: Path, fmt: str, spec: str, jobs: int, loc
             reader.join()
             raise BackupFailed(f"pg_dump did not finish within {timeout:g}s (writing {partial})")
         say(f"pg_dump: {_size(partial) / 1e6:.1f} MB written")
-        time.sleep(0.2)
+        try:
+            proc.wait(timeout=0.2)  # returns as soon as pg_dump exits (a small dump need not wait 0.2 s)
+        except subprocess.TimeoutExpired:
+            pass
     reader.join()
     stderr = "".join(stderr_box)
     if proc.returncode == 0:
