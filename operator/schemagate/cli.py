@@ -478,7 +478,7 @@ def _precheck_scope(p: argparse.ArgumentParser) -> None:
 
 def _size(option: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        from schemagate.runner.precheck import parse_size
+        from schemagate.contract.sizes import parse_size
 
         try:
             return parse_size(text)
@@ -531,6 +531,20 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_precheck(args: argparse.Namespace) -> int:
+    early = None
+    if args.phase == "all" and args.config and not args.no_derive and not args.shadow_database_url_env:
+        # the throw-away shadow server starts while Alembic and SQLAlchemy are imported and env.py plans
+        from schemagate.runner.shadowserver import ShadowServer
+
+        early = ShadowServer().start_in_background()
+    try:
+        return _precheck_command(args, early)
+    finally:
+        if early is not None:
+            early.stop()  # idempotent: the precheck stops it when done with it
+
+
+def _precheck_command(args: argparse.Namespace, early: Any) -> int:
     try:
         from schemagate.runner import precheck
     except ImportError as e:  # pragma: no cover
@@ -562,7 +576,7 @@ def cmd_precheck(args: argparse.Namespace) -> int:
                                   derive=not args.no_derive, shadow_url_env=args.shadow_database_url_env,
                                   statement_timeout=args.statement_timeout,
                                   accept_unevaluated=args.accept_unevaluated,
-                                  data_shadow_max_bytes=args.data_shadow_max_size)
+                                  data_shadow_max_bytes=args.data_shadow_max_size, shadow_server=early)
     return emit(r, args)
 
 

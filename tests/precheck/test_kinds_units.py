@@ -6,7 +6,7 @@ import pytest
 
 from schemagate.analysis import counting, derive
 from schemagate.analysis.catalog import IdAttr, IdCon, IdDomain, IdRel, IdSnapshot
-from schemagate.runner.precheck import parse_size
+from schemagate.contract.sizes import parse_size
 
 
 def rel(oid: int, name: str, **kw: object) -> IdRel:

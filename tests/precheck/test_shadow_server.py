@@ -393,3 +393,26 @@ def test_initdb_template_is_copied_with_a_new_password(shadow_home: Path, monkey
         assert not c.from_template
         assert query(c.url(), "SELECT 1") == [(1,)]
     wait_gone(shadow_home)
+
+
+def test_upgrade_on_a_database_at_another_revision_than_planned_applies_nothing(fresh_db: str,
+                                                                                tmp_path: Path) -> None:
+    """The shadow upgrade runs on the real database's plan and checks, in its own env.py execution and before the
+    first step, that env.py reads the same current revision there; a database at another revision raises
+    ``UnexpectedCurrent`` (the precheck's ``ShadowMismatch``) and nothing is applied."""
+    from schemagate.runner.inject.apply import UnexpectedCurrent, upgrade
+    from schemagate.runner.inject.revisions import plan
+
+    ini = prepared(fresh_db, tmp_path / "p", "op.execute('CREATE TABLE later (id int)')")
+    p = plan(Target(ini, "head", fresh_db, "DATABASE_URL"))
+    assert p["current"] == "0001" and p["pending"] == ["0002"]
+    execute(fresh_db, "DELETE FROM alembic_version")  # env.py now reads base here
+    with pytest.raises(UnexpectedCurrent) as info:
+        upgrade(Target(ini, "head", fresh_db, "DATABASE_URL"), planned=p, expect_current=True)
+    assert info.value.current is None and info.value.expected == "0001"
+    assert precheck.shadow_mismatch(info.value, p).reason == "ShadowMismatch"
+    assert "reads revision base from the shadow but 0001" in str(precheck.shadow_mismatch(info.value, p))
+    assert query(fresh_db, "SELECT to_regclass('later') IS NULL") == [(True,)]
+    execute(fresh_db, "INSERT INTO alembic_version VALUES ('0001')")
+    out = upgrade(Target(ini, "head", fresh_db, "DATABASE_URL"), planned=p, expect_current=True)
+    assert out["applied"] == ["0002"] and query(fresh_db, "SELECT to_regclass('later') IS NOT NULL") == [(True,)]

@@ -36,6 +36,7 @@ from schemagate.runner.inject.config import DEFAULT_LOCK_TIMEOUT
 from schemagate.runner.inject.lock import backoff_delays
 from schemagate.runner.inject.migrate import DEFAULT_RETRIES, migrate
 from schemagate.runner.inject.revisions import plan
+from schemagate.runner.shadowserver import ShadowServer
 
 STEP = "run"
 
@@ -115,25 +116,48 @@ def run(
         r = _Run(boundary, on_step, progress)
         checks = _validate(max_violations, lock_timeout, statement_timeout, user_checks)
         t = target.resolved()
-        p = plan(t)  # the plan of this run: passed down, computed again only under the migration's lock
-        t = t.at(p["target"])
         if rehearse and not backup:
             raise InvalidInput("--rehearse restores the run's backup: it cannot be combined with --no-backup",
                                field="--rehearse")
-        data.update(currentRevision=p["current"], targetRevision=p["target"], pending=p["pending"])
-        if backup and p["pending"]:
-            if backup_dir is None:
-                raise InvalidInput("--backup-dir is required (or --no-backup)", field="--backup-dir")
-            b = r.record(backup_step.backup(t.url, t.url_env, backup_dir=backup_dir, keep=keep, progress=progress))
-            if not b.ok:
-                return r.stop(b, "backup failed, nothing was applied")
-            data["backup"] = {k: b.data.get(k) for k in ("path", "sizeBytes", "sha256")}
-        _precheck_migrate_verify(r, t, p, checks, max_violations=max_violations, lint=lint, derive=derive,
-                                 accept_unevaluated=list(accept_unevaluated),
-                                 data_shadow_max_bytes=data_shadow_max_bytes,
-                                 lock_timeout=lock_timeout, statement_timeout=statement_timeout, retries=retries,
-                                 rehearse_from=(data.get("backup") or {}).get("path") if rehearse else None)
+        # the precheck's throw-away server starts now, in the background, while env.py plans and pg_dump runs
+        shadow = ShadowServer().start_in_background() if derive else None
+        try:
+            _plan_and_steps(r, t, checks, shadow, backup=backup, backup_dir=backup_dir, keep=keep,
+                            max_violations=max_violations, lint=lint, derive=derive,
+                            accept_unevaluated=list(accept_unevaluated),
+                            data_shadow_max_bytes=data_shadow_max_bytes, lock_timeout=lock_timeout,
+                            statement_timeout=statement_timeout, retries=retries, rehearse=rehearse,
+                            progress=progress)
+        finally:
+            if shadow is not None:
+                shadow.stop()  # idempotent: the precheck stops it when done with it
     return boundary.result
+
+
+def _plan_and_steps(r: _Run, t: Target, checks: list[dict[str, str]], shadow: ShadowServer | None, *,
+                    backup: bool, backup_dir: str | os.PathLike[str] | None, keep: int, max_violations: int,
+                    lint: bool, derive: bool, accept_unevaluated: list[str], data_shadow_max_bytes: int | None,
+                    lock_timeout: str | None, statement_timeout: str | None, retries: int, rehearse: bool,
+                    progress: Callable[[str], None] | None) -> None:
+    """Plan, backup, then steps 2 to 4 (``shadow``: the precheck's throw-away server, starting meanwhile)."""
+    data = r.data
+    p = plan(t)  # the plan of this run: passed down, computed again only under the migration's lock
+    t = t.at(p["target"])
+    data.update(currentRevision=p["current"], targetRevision=p["target"], pending=p["pending"])
+    if backup and p["pending"]:
+        if backup_dir is None:
+            raise InvalidInput("--backup-dir is required (or --no-backup)", field="--backup-dir")
+        b = r.record(backup_step.backup(t.url, t.url_env, backup_dir=backup_dir, keep=keep, progress=progress))
+        if not b.ok:
+            r.stop(b, "backup failed, nothing was applied")
+            return
+        data["backup"] = {k: b.data.get(k) for k in ("path", "sizeBytes", "sha256")}
+    _precheck_migrate_verify(r, t, p, checks, max_violations=max_violations, lint=lint, derive=derive,
+                             accept_unevaluated=accept_unevaluated,
+                             data_shadow_max_bytes=data_shadow_max_bytes,
+                             lock_timeout=lock_timeout, statement_timeout=statement_timeout, retries=retries,
+                             rehearse_from=(data.get("backup") or {}).get("path") if rehearse else None,
+                             shadow=shadow)
 
 
 def _validate(max_violations: int, lock_timeout: str | None, statement_timeout: str | None,
@@ -150,16 +174,18 @@ def _precheck_migrate_verify(r: _Run, t: Target, p: Plan, checks: list[dict[str,
                              lint: bool, derive: bool,
                              accept_unevaluated: list[str], data_shadow_max_bytes: int | None,
                              lock_timeout: str | None, statement_timeout: str | None, retries: int,
-                             rehearse_from: str | None = None) -> None:
+                             rehearse_from: str | None = None, shadow: ShadowServer | None = None) -> None:
     """Steps 2 to 4 on the plan ``p`` of the run; sets the run's result through ``r``. The application's env.py runs
     on the real database only where it must: the migration's re-plan under its advisory lock and the upgrade."""
     from schemagate.runner import precheck as precheck_step  # imports the analysis layer: only when running
 
     r.say("precheck: deriving the checks in a shadow database and counting")
+    first_shadow = [shadow] if shadow is not None else []  # a transient retry starts a server of its own
     pr = r.read_only_step(lambda: precheck_step.precheck(
         t, max_violations=max_violations, user_checks=checks, lint=lint, derive=derive,
         accept_unevaluated=accept_unevaluated, planned=p,
-        data_shadow_max_bytes=data_shadow_max_bytes or precheck_step.DEFAULT_DATA_SHADOW_MAX_BYTES), retries)
+        data_shadow_max_bytes=data_shadow_max_bytes or precheck_step.DEFAULT_DATA_SHADOW_MAX_BYTES,
+        shadow_server=first_shadow.pop() if first_shadow else None), retries)
     if not pr.ok:
         r.data["checks"] = [c for c in pr.data.get("checks") or []
                             if c.get("count") or (c.get("evaluatedBy") == "not-evaluated" and not c.get("accepted"))]

@@ -47,7 +47,6 @@ from __future__ import annotations
 import json
 import os
 import pickle  # noqa: S403 - only our own snapshot, written by --phase prepare in the same pod
-import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -85,7 +84,7 @@ from schemagate.contract.stepresult import (
 from schemagate.contract.target import Target
 from schemagate.libpq import Connection, connect
 from schemagate.runner import shadowrestore
-from schemagate.runner.inject.apply import render_sql, upgrade
+from schemagate.runner.inject.apply import UnexpectedCurrent, render_sql, upgrade
 from schemagate.runner.inject.capture import capture_statements
 from schemagate.runner.inject.config import (
     isolated_imports,
@@ -147,26 +146,6 @@ class ShadowServerHandle(TypedDict):
 
 # --------------------------------------------------------------------------------------------------------------
 # helpers
-
-
-_SIZE = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
-         "Ti": 2**40, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes from a Kubernetes quantity (``512Mi``, ``1Gi``, ``2G``), ``MB``/``GB`` or a plain number of bytes.
-
-    Raises ValueError naming the value when it is not one."""
-    if isinstance(text, int):
-        value = text
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kMGT]i?|[KMGT]B)?\s*", str(text))
-        if not m:
-            raise ValueError(f"{text!r} is not a size (e.g. 512Mi, 1Gi, 2G or a number of bytes)")
-        value = int(float(m.group(1)) * _SIZE[m.group(2) or ""])
-    if value <= 0:
-        raise ValueError(f"{text!r}: the size must be above 0")
-    return value
 
 
 def _connect(url: str) -> Connection:
@@ -297,28 +276,35 @@ class Shadow:
 
 
 def make_shadow(url: str, shadow_url: str | None = None, workdir: str | os.PathLike[str] | None = None, *,
-                version_table: Mapping[str, Any] | None = None) -> Shadow:
+                version_table: Mapping[str, Any] | None = None, server: ShadowServer | None = None) -> Shadow:
     """The shadow for a precheck: by default a throw-away PostgreSQL (``runner.shadowserver``) started here and
     holding the real schema (``runner.shadowrestore``); nothing is written to the real server. With
     ``shadow_url`` the given, empty database is used instead (it must not be the real database).
 
     ``version_table``: ``{"schema", "name"}`` of the application's Alembic version table as its env.py configured
     the migration context (``version_table_of(plan())``), whose rows are copied. Raises ``ShadowUnavailable``
-    (start or restore failed), ``InvalidInput`` (a bad explicit shadow URL), or the real database's errors."""
+    (start or restore failed), ``InvalidInput`` (a bad explicit shadow URL), or the real database's errors.
+    ``server``: a throw-away server already started (or starting: ``ShadowServer.start_in_background``) by the
+    caller; it is used, and stopped on failure, instead of starting one here."""
     vt = (version_table.get("schema"), str(version_table.get("name") or "alembic_version")) \
         if version_table else (None, "alembic_version")
     if shadow_url:
+        if server is not None:
+            server.stop()
         return _explicit_shadow(url, shadow_url, workdir, vt)
-    server = ShadowServer()
     try:
-        server.start()
+        if server is None:
+            server = ShadowServer().start()
+        else:
+            server.started()
         target = server.restore_schema(url, version_table=vt)
         sh = Shadow(target.url, target.name, server, target.info, admin_url=target.admin_url)
         with _connect(sh.admin_url) as conn:
             sh.before = catalog.snapshot(conn)
         return sh
     except BaseException:
-        server.stop()
+        if server is not None:
+            server.stop()
         raise
 
 
@@ -354,16 +340,15 @@ def _shadow_summary(sh: Shadow, kind: str | None = None) -> ShadowSummary:
             "settings": i.get("settings", []), "notes": i.get("notes", [])}
 
 
-def assert_same_revision(target: Target, sh: Shadow, real_current: str | None) -> None:
-    """The application's env.py must read the same current revision from the shadow as from the real database
-    (``real_current``), before anything is applied; else ``ShadowMismatch`` says what each side holds."""
-    sp = plan(target.on(sh.url))
-    if sp["current"] != real_current:
-        vt = version_table_of(sp)
-        raise ShadowMismatch(
-            f"the shadow is not faithful: the application's env.py reads revision {sp['current'] or 'base'} from "
-            f"the shadow but {real_current or 'base'} from the database (version table "
-            f"{vt.get('schema') or '(search_path)'}.{vt.get('name')}); nothing was applied")
+def shadow_mismatch(e: UnexpectedCurrent, p: Mapping[str, Any]) -> ShadowMismatch:
+    """The error when the application's env.py reads another current revision from the shadow than from the real
+    database (``p``: the real database's plan): the shadow is not faithful; nothing was applied. Checked inside
+    the shadow upgrade's own env.py execution (``upgrade(expect_current=True)``), before its first step."""
+    vt = version_table_of(p)
+    return ShadowMismatch(
+        f"the shadow is not faithful: the application's env.py reads revision {e.current or 'base'} from "
+        f"the shadow but {p['current'] or 'base'} from the database (version table "
+        f"{vt.get('schema') or '(search_path)'}.{vt.get('name')}); nothing was applied")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -538,9 +523,14 @@ def precheck(
     accept_unevaluated: Sequence[str] = (),
     data_shadow_max_bytes: int | None = DEFAULT_DATA_SHADOW_MAX_BYTES,
     planned: Plan | None = None,
+    shadow_server: ShadowServer | None = None,
 ) -> StepResult:
     """Plan (``planned``: the caller's plan of this database, not recomputed), derive the checks in a shadow
     database, count, lint (see the module docstring) for ``target`` (project, target revision, database).
+
+    ``shadow_server``: a throw-away server the caller started in the background (``start_in_background``) for
+    this precheck; it is owned by the precheck from here on (used for the shadow, or stopped). Without it, one is
+    started in the background here, while env.py plans.
 
     ``accept_unevaluated``: names of checks that may stay not evaluated without blocking
     (``spec.precheck.acceptUnevaluated``; any other is ``PrecheckIncomplete``). ``data_shadow_max_bytes``: the
@@ -559,6 +549,8 @@ def precheck(
             target = target.resolved()
             if shadow_url_env and not shadow_url:
                 shadow_url = resolve_url(None, shadow_url_env)
+            if derive and not shadow_url and shadow_server is None:  # starts while env.py plans
+                shadow_server = ShadowServer().start_in_background()
             p = planned if planned is not None else plan(target)
             step.data.update(currentRevision=p["current"], targetRevision=p["target"], pending=list(p["pending"]),
                              expectedRevisions=list(p["expected"]))
@@ -566,13 +558,15 @@ def precheck(
                 checks = _nothing_pending(target, users, opts, step.data)
             elif derive:
                 checks = _derive_and_count(target.at(p["target"]), p, shadow_url, users, opts, step.data, notes,
-                                           shadows)
+                                           shadows, shadow_server)
             else:
                 checks = _user_checks_only(target, p, users, opts, step.data)
             step.set_result(_finish(step, checks, opts))
         finally:
             for sh in shadows if not keep_shadow else ():
                 sh.dispose(notes)
+            if shadow_server is not None and all(sh.server is not shadow_server for sh in shadows):
+                shadow_server.stop()  # not used: nothing pending, derivation off, or a failure before the shadow
     return _with_notes(step.result, notes)
 
 
@@ -619,16 +613,16 @@ def _url(target: Target) -> str:
 
 
 def _derive_and_count(target: Target, p: Plan, shadow_url: str | None, users: list[Check], opts: Options,
-                      data: dict[str, Any], notes: list[str], shadows: list[Shadow]) -> list[Check]:
-    """The pending revisions run in a shadow (appended to ``shadows``: the caller disposes of it) statement by
-    statement; their checks are counted on the real database or in the data-carrying shadow; the catalog diff,
-    the user checks and the lint complete the result (``analyse``)."""
+                      data: dict[str, Any], notes: list[str], shadows: list[Shadow],
+                      server: ShadowServer | None = None) -> list[Check]:
+    """The pending revisions run in a shadow (appended to ``shadows``: the caller disposes of it; ``server``: the
+    throw-away server started for it) statement by statement; their checks are counted on the real database or in
+    the data-carrying shadow; the catalog diff, the user checks and the lint complete the result (``analyse``)."""
     vt = version_table_of(p)
-    sh = make_shadow(_url(target), shadow_url, version_table=vt)
+    sh = make_shadow(_url(target), shadow_url, version_table=vt, server=server)
     shadows.append(sh)
     data["shadow"] = _shadow_summary(sh)
-    assert_same_revision(target, sh, p["current"])
-    rec, statements, up = _run_in_shadow(target, sh, vt, opts.lint, notes)
+    rec, statements, up = _run_in_shadow(target, sh, vt, opts.lint, notes, p)
     changed, _ = capture.dml_label(statements)
     if rec.checks and (changed or stepwise.creates_routines(statements)):
         derived = _count_in_data_shadow(target, shadow_url, rec, statements, opts.data_shadow_max_bytes, data, notes,
@@ -640,11 +634,12 @@ def _derive_and_count(target: Target, p: Plan, shadow_url: str | None, users: li
                    statement_timeout=opts.statement_timeout, data=data, derived=derived, before_cat=sh.before)
 
 
-def _run_in_shadow(target: Target, sh: Shadow, vt: Mapping[str, Any], render: bool,
-                   notes: list[str]) -> tuple[stepwise.StepRecorder, list[Statement], UpgradeResult]:
-    """Apply the pending revisions to the shadow, capturing every statement and an identity snapshot after each
-    (``stepwise.StepRecorder``): ``(recorder, statements, upgrade result)``. A failure is the migration's own
-    (``translate``d, re-raised with what it means)."""
+def _run_in_shadow(target: Target, sh: Shadow, vt: Mapping[str, Any], render: bool, notes: list[str],
+                   p: Plan) -> tuple[stepwise.StepRecorder, list[Statement], UpgradeResult]:
+    """Apply the pending revisions to the shadow on the real database's plan ``p`` (env.py checks there that the
+    shadow holds the same current revision: ``ShadowMismatch``), capturing every statement and an identity
+    snapshot after each (``stepwise.StepRecorder``): ``(recorder, statements, upgrade result)``. A failure is the
+    migration's own (``translate``d, re-raised with what it means)."""
     log = capture.StatementLog(version_table=vt["name"])
     with _connect(sh.url) as sconn, sconn.cursor() as scur:
         rec = stepwise.StepRecorder(catalog.id_snapshot(scur))
@@ -656,7 +651,9 @@ def _run_in_shadow(target: Target, sh: Shadow, vt: Mapping[str, Any], render: bo
     try:
         with capture_statements(log), rec.listening():
             up = upgrade(target.on(sh.url), lock_timeout=None, statement_timeout=None, render_sql_text=render,
-                         on_revision=on_revision)
+                         on_revision=on_revision, planned=p, expect_current=True)  # no second plan on the shadow
+    except UnexpectedCurrent as e:
+        raise shadow_mismatch(e, p) from e
     except Exception as e:  # translated and re-raised with what it means for the migration
         failure = translate(e, MigrationFailed)
         if failure.outcome == Outcome.TRANSIENT_ERROR:  # the shadow server was lost, not the revision

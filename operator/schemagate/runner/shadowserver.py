@@ -46,6 +46,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,6 +242,8 @@ class ShadowServer:
         self.version_num: int | None = None
         self.version: str | None = None
         self.from_template = False  # whether the data directory was copied from the cached initdb template
+        self._starter: threading.Thread | None = None
+        self._start_error: BaseException | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self, timeout: float = 120) -> ShadowServer:
@@ -292,6 +295,35 @@ class ShadowServer:
             raise
         return self
 
+    def start_in_background(self, timeout: float = 120) -> ShadowServer:
+        """Begin :meth:`start` in a thread and return at once: the start mostly waits for ``cp``/``pg_ctl``, so the
+        caller plans (runs env.py, takes the backup) meanwhile. :meth:`started` waits for it; :meth:`stop` too."""
+        def target() -> None:
+            try:
+                self.start(timeout)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller by started()
+                self._start_error = e
+
+        self._starter = threading.Thread(target=target, name="schemagate-shadow-start", daemon=True)
+        self._starter.start()
+        return self
+
+    def started(self) -> ShadowServer:
+        """Wait for a :meth:`start_in_background` to finish; re-raises its error (``ShadowServerError``,
+        ``InvalidInput``). Returns the server, running."""
+        self._join_starter()
+        if self._start_error is not None:
+            raise self._start_error
+        if self._server is None:
+            raise ShadowServerError("the shadow server is not started")
+        return self
+
+    def _join_starter(self) -> None:
+        starter = self._starter
+        if starter is not None and starter is not threading.current_thread():
+            starter.join()
+            self._starter = None
+
     def _start_watchdog(self) -> None:
         assert self.base is not None
         self._watchdog = subprocess.Popen(
@@ -310,7 +342,9 @@ class ShadowServer:
             return ""
 
     def stop(self) -> None:
-        """Stop the server and remove its directory (idempotent; never raises)."""
+        """Stop the server and remove its directory (idempotent; never raises). A start still running in the
+        background is waited for first."""
+        self._join_starter()
         if self.base is not None:
             _destroy(self.base)
         if self._watchdog is not None:

@@ -72,10 +72,25 @@ def _given(duration: str | None) -> str | None:
     return duration.strip() if duration and duration.strip() else None
 
 
+class UnexpectedCurrent(Exception):  # noqa: N818 - a condition, not a failure of the upgrade
+    """The database's current revision, read by env.py at the start of the upgrade, is not the expected one
+    (``upgrade(expect_current=...)``); nothing was applied. ``current``: what env.py read (None: base)."""
+
+    def __init__(self, current: str | None, expected: str | None) -> None:
+        super().__init__(f"env.py reads revision {current or 'base'}, expected {expected or 'base'}")
+        self.current, self.expected = current, expected
+
+
+_NOT_CHECKED = object()
+
+
 def _tracking(script: ScriptDirectory, target: str, state: dict[str, Any],
-              on_revision: Callable[[str], None] | None) -> Callable[[Any, Any], Any]:
+              on_revision: Callable[[str], None] | None, expect_current: Any = _NOT_CHECKED
+              ) -> Callable[[Any, Any], Any]:
     """The ``fn`` of the EnvironmentContext: Alembic's own upgrade steps (``_upgrade_revs``, as ``alembic.command
-    .upgrade``), each migration function wrapped to record the revision running (``state["running"]``)."""
+    .upgrade``), each migration function wrapped to record the revision running (``state["running"]``).
+    ``expect_current``: the version rows expected (``join_revisions`` form); others raise ``UnexpectedCurrent``
+    before any step runs (the heads Alembic passes are the ones it read through env.py's connection)."""
 
     def wrap(rev_id: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -91,6 +106,10 @@ def _tracking(script: ScriptDirectory, target: str, state: dict[str, Any],
         return run
 
     def upgrade_fn(rev: Any, context: Any) -> Any:
+        if expect_current is not _NOT_CHECKED:
+            current = join_revisions(split_revisions(rev))
+            if current != expect_current:
+                raise UnexpectedCurrent(current, expect_current)
         steps = script._upgrade_revs(alembic_target(target), rev)  # type: ignore[arg-type]
         for step in steps:
             rid = getattr(getattr(step, "revision", None), "revision", None)
@@ -130,10 +149,12 @@ def upgrade(
     render_sql_text: bool = False,
     on_revision: Callable[[str], None] | None = None,
     planned: Plan | None = None,
+    expect_current: bool = False,
 ) -> UpgradeResult:
     """Apply the pending revisions up to ``t.revision`` on the database of ``t`` (see module docstring).
     ``planned``: the plan of this database, computed by the caller just before (``revisions.plan``), so env.py is
-    not run again to plan."""
+    not run again to plan. ``expect_current``: ``planned`` is another database's (the precheck's shadow runs the
+    real database's plan); the same env.py run checks the current revision here first: ``UnexpectedCurrent``."""
     lt = durations.to_postgres(lock_timeout, "--lock-timeout")
     st = durations.to_postgres(statement_timeout, "--statement-timeout")
     t = t.resolved()
@@ -164,9 +185,11 @@ def upgrade(
     state: dict[str, Any] = {"running": None, "done": []}
     try:
         with session_environment(url, url_env, lt, st):
-            with EnvironmentContext(cfg, script, fn=_tracking(script, p["target"], state, on_revision),
-                                    as_sql=False, starting_rev=None, destination_rev=p["target"]):
+            fn = _tracking(script, p["target"], state, on_revision, p["current"] if expect_current else _NOT_CHECKED)
+            with EnvironmentContext(cfg, script, fn=fn, as_sql=False, starting_rev=None, destination_rev=p["target"]):
                 script.run_env()
+    except UnexpectedCurrent:
+        raise
     except Exception as e:  # the application's revisions and env.py may raise anything
         after, known = _current_after_failure(t, patient=_transient(e))
         result["toRevision"] = after
