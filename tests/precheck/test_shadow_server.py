@@ -416,3 +416,35 @@ def test_upgrade_on_a_database_at_another_revision_than_planned_applies_nothing(
     execute(fresh_db, "INSERT INTO alembic_version VALUES ('0001')")
     out = upgrade(Target(ini, "head", fresh_db, "DATABASE_URL"), planned=p, expect_current=True)
     assert out["applied"] == ["0002"] and query(fresh_db, "SELECT to_regclass('later') IS NOT NULL") == [(True,)]
+
+
+def test_schema_from_the_runs_backup_equals_a_schema_dump(fresh_db: str, tmp_path: Path, shadow_home: Path) -> None:
+    """``schemagate run`` restores the shadow's schema from the backup it just took (no second pg_dump on the real
+    database): the shadow holds the same catalog as one restored from ``pg_dump --schema-only``, no rows but the
+    version table's."""
+    from schemagate.analysis import catalog
+    from schemagate.libpq import connect
+    from schemagate.runner import backup
+
+    execute(fresh_db, "CREATE TABLE item (id int PRIMARY KEY, price int)", "INSERT INTO item VALUES (1, 5), (2, -1)",
+            "ALTER TABLE item ADD CONSTRAINT ck_price CHECK (price > 0) NOT VALID",
+            "CREATE TABLE line (id int PRIMARY KEY, item_id int REFERENCES item (id), qty int NOT NULL)",
+            "CREATE INDEX line_qty ON line (qty) WHERE qty > 1", "CREATE SEQUENCE n START 7",
+            "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)",
+            "INSERT INTO alembic_version VALUES ('0001')")
+    b = backup.backup(fresh_db, None, backup_dir=tmp_path / "b", keep=1)
+    assert b.ok, b.message
+    shadows = [precheck.make_shadow(fresh_db), precheck.make_shadow(fresh_db, schema_archive=b.data["path"])]
+    try:
+        snaps = []
+        for sh in shadows:
+            with connect(sh.admin_url) as conn:
+                snaps.append(catalog.snapshot(conn))
+            assert query(sh.admin_url, "SELECT count(*) FROM item") == [(0,)]
+            assert query(sh.admin_url, "SELECT version_num FROM alembic_version") == [("0001",)]
+        assert snaps[0].constraints == snaps[1].constraints and snaps[0].indexes == snaps[1].indexes
+        assert snaps[0].tables == snaps[1].tables
+    finally:
+        for sh in shadows:
+            sh.dispose([])
+    wait_gone(shadow_home)

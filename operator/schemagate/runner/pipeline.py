@@ -185,7 +185,8 @@ def _precheck_migrate_verify(r: _Run, t: Target, p: Plan, checks: list[dict[str,
         t, max_violations=max_violations, user_checks=checks, lint=lint, derive=derive,
         accept_unevaluated=accept_unevaluated, planned=p,
         data_shadow_max_bytes=data_shadow_max_bytes or precheck_step.DEFAULT_DATA_SHADOW_MAX_BYTES,
-        shadow_server=first_shadow.pop() if first_shadow else None), retries)
+        shadow_server=first_shadow.pop() if first_shadow else None,
+        schema_archive=(r.data.get("backup") or {}).get("path")), retries)
     if not pr.ok:
         r.data["checks"] = [c for c in pr.data.get("checks") or []
                             if c.get("count") or (c.get("evaluatedBy") == "not-evaluated" and not c.get("accepted"))]

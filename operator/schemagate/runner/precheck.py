@@ -276,7 +276,8 @@ class Shadow:
 
 
 def make_shadow(url: str, shadow_url: str | None = None, workdir: str | os.PathLike[str] | None = None, *,
-                version_table: Mapping[str, Any] | None = None, server: ShadowServer | None = None) -> Shadow:
+                version_table: Mapping[str, Any] | None = None, server: ShadowServer | None = None,
+                schema_archive: str | os.PathLike[str] | None = None) -> Shadow:
     """The shadow for a precheck: by default a throw-away PostgreSQL (``runner.shadowserver``) started here and
     holding the real schema (``runner.shadowrestore``); nothing is written to the real server. With
     ``shadow_url`` the given, empty database is used instead (it must not be the real database).
@@ -285,7 +286,9 @@ def make_shadow(url: str, shadow_url: str | None = None, workdir: str | os.PathL
     the migration context (``version_table_of(plan())``), whose rows are copied. Raises ``ShadowUnavailable``
     (start or restore failed), ``InvalidInput`` (a bad explicit shadow URL), or the real database's errors.
     ``server``: a throw-away server already started (or starting: ``ShadowServer.start_in_background``) by the
-    caller; it is used, and stopped on failure, instead of starting one here."""
+    caller; it is used, and stopped on failure, instead of starting one here. ``schema_archive``: a ``pg_dump``
+    archive of the real database just taken (the run's backup), whose schema part is restored instead of a second
+    ``pg_dump --schema-only``."""
     vt = (version_table.get("schema"), str(version_table.get("name") or "alembic_version")) \
         if version_table else (None, "alembic_version")
     if shadow_url:
@@ -297,7 +300,7 @@ def make_shadow(url: str, shadow_url: str | None = None, workdir: str | os.PathL
             server = ShadowServer().start()
         else:
             server.started()
-        target = server.restore_schema(url, version_table=vt)
+        target = server.restore_schema(url, version_table=vt, archive=schema_archive)
         sh = Shadow(target.url, target.name, server, target.info, admin_url=target.admin_url)
         with _connect(sh.admin_url) as conn:
             sh.before = catalog.snapshot(conn)
@@ -524,13 +527,15 @@ def precheck(
     data_shadow_max_bytes: int | None = DEFAULT_DATA_SHADOW_MAX_BYTES,
     planned: Plan | None = None,
     shadow_server: ShadowServer | None = None,
+    schema_archive: str | os.PathLike[str] | None = None,
 ) -> StepResult:
     """Plan (``planned``: the caller's plan of this database, not recomputed), derive the checks in a shadow
     database, count, lint (see the module docstring) for ``target`` (project, target revision, database).
 
     ``shadow_server``: a throw-away server the caller started in the background (``start_in_background``) for
     this precheck; it is owned by the precheck from here on (used for the shadow, or stopped). Without it, one is
-    started in the background here, while env.py plans.
+    started in the background here, while env.py plans. ``schema_archive``: the run's backup just taken (see
+    ``make_shadow``).
 
     ``accept_unevaluated``: names of checks that may stay not evaluated without blocking
     (``spec.precheck.acceptUnevaluated``; any other is ``PrecheckIncomplete``). ``data_shadow_max_bytes``: the
@@ -558,7 +563,7 @@ def precheck(
                 checks = _nothing_pending(target, users, opts, step.data)
             elif derive:
                 checks = _derive_and_count(target.at(p["target"]), p, shadow_url, users, opts, step.data, notes,
-                                           shadows, shadow_server)
+                                           shadows, shadow_server, schema_archive)
             else:
                 checks = _user_checks_only(target, p, users, opts, step.data)
             step.set_result(_finish(step, checks, opts))
@@ -614,12 +619,14 @@ def _url(target: Target) -> str:
 
 def _derive_and_count(target: Target, p: Plan, shadow_url: str | None, users: list[Check], opts: Options,
                       data: dict[str, Any], notes: list[str], shadows: list[Shadow],
-                      server: ShadowServer | None = None) -> list[Check]:
+                      server: ShadowServer | None = None,
+                      schema_archive: str | os.PathLike[str] | None = None) -> list[Check]:
     """The pending revisions run in a shadow (appended to ``shadows``: the caller disposes of it; ``server``: the
-    throw-away server started for it) statement by statement; their checks are counted on the real database or in
-    the data-carrying shadow; the catalog diff, the user checks and the lint complete the result (``analyse``)."""
+    throw-away server started for it; ``schema_archive``: see ``make_shadow``) statement by statement; their
+    checks are counted on the real database or in the data-carrying shadow; the catalog diff, the user checks and
+    the lint complete the result (``analyse``)."""
     vt = version_table_of(p)
-    sh = make_shadow(_url(target), shadow_url, version_table=vt, server=server)
+    sh = make_shadow(_url(target), shadow_url, version_table=vt, server=server, schema_archive=schema_archive)
     shadows.append(sh)
     data["shadow"] = _shadow_summary(sh)
     rec, statements, up = _run_in_shadow(target, sh, vt, opts.lint, notes, p)

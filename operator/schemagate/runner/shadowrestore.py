@@ -132,9 +132,12 @@ def read_real(real_url: str, version_table: tuple[str | None, str] | None) -> di
 
 def restore_schema(admin_url: str, real_url: str, *, version_table: tuple[str | None, str] | None,
                    dump_dir: str | Path, shadow_version: str | None = None,
-                   timeout: float = 1800) -> ShadowDatabase:
+                   timeout: float = 1800, archive: str | os.PathLike[str] | None = None) -> ShadowDatabase:
     """Restore the real database's schema into a new database on the shadow server whose superuser URL is
     ``admin_url`` (see the module docstring). ``dump_dir``: where the schema dump is written (and removed).
+    ``archive``: a ``pg_dump`` archive of the real database just taken (the run's verified backup, custom or
+    directory format): its schema part is restored (``pg_restore --schema-only``) and no second ``pg_dump``
+    connects to the real database.
 
     Raises ``ShadowServerError`` (reason ``ShadowUnavailable``), ``AuthenticationFailed``/``DatabaseUnreachable``
     when the real database cannot be read naming the step that failed (dump, restore with the missing extension,
@@ -178,7 +181,7 @@ def restore_schema(admin_url: str, real_url: str, *, version_table: tuple[str | 
     url = _role_url(admin_db, role, password) if role != bootstrap else admin_db
     with _connect(admin_db) as conn:
         shadow_version = shadow_version or str(conn.info.parameter_status("server_version"))
-    _dump_restore(real_url, url, Path(dump_dir), shadow_version, timeout)
+    _dump_restore(real_url, url, Path(dump_dir), shadow_version, timeout, archive=archive)
     ext = _finish_copy(admin_db, real, notes)
     vt = real["versionTable"]
     info = {
@@ -249,24 +252,28 @@ def _role_url(admin_db: str, role: str, password: str) -> str:
 
 
 def _dump_restore(real_url: str, shadow_url: str, dump_dir: Path, shadow_version: str, timeout: float,
-                  shadow_inherit: bool = False) -> None:
+                  shadow_inherit: bool = False, archive: str | os.PathLike[str] | None = None) -> None:
     from schemagate.runner.shadowserver import ShadowServerError
 
-    dump_dir.mkdir(parents=True, exist_ok=True)
-    dump = dump_dir / f"schema-{time.monotonic_ns()}.dump"
-    real = client_env(real_url)  # inherits this process's libpq settings: PGPASSWORD of the host/user form
-    real_dsn, real_env = real.conninfo, real.env
     common = ["--no-owner", "--no-privileges", "--no-publications", "--no-subscriptions"]
-    p = _run([pg_bin("pg_dump"), "--schema-only", "--format=custom", "--no-password", *common,
-              f"--file={dump}", f"--dbname={real_dsn}"], real_env, timeout)
-    if p.returncode != 0:
-        raise _dump_error(p.stderr, f"pg_dump --schema-only of the real database failed: {_tail(p.stderr)}")
+    if archive is None:
+        dump_dir.mkdir(parents=True, exist_ok=True)
+        dump = dump_dir / f"schema-{time.monotonic_ns()}.dump"
+        real = client_env(real_url)  # inherits this process's libpq settings: PGPASSWORD of the host/user form
+        real_dsn, real_env = real.conninfo, real.env
+        p = _run([pg_bin("pg_dump"), "--schema-only", "--format=custom", "--no-password", *common,
+                  f"--file={dump}", f"--dbname={real_dsn}"], real_env, timeout)
+        if p.returncode != 0:
+            raise _dump_error(p.stderr, f"pg_dump --schema-only of the real database failed: {_tail(p.stderr)}")
     base = None if shadow_inherit else {k: v for k, v in os.environ.items() if k not in LIBPQ_ENV_VARS}
     target = client_env(shadow_url, base=base)  # our own server: none of the real database's settings
     shadow_dsn, shadow_env = target.conninfo, target.env
+    # from a full archive, the same objects as pg_dump --schema-only with the same exclusions
+    source = ["--schema-only", *common, str(archive)] if archive is not None else [str(dump)]
     p = _run([pg_bin("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error", "--no-password",
-              f"--dbname={shadow_dsn}", str(dump)], shadow_env, timeout)
-    dump.unlink(missing_ok=True)
+              f"--dbname={shadow_dsn}", *source], shadow_env, timeout)
+    if archive is None:
+        dump.unlink(missing_ok=True)
     if p.returncode != 0:
         m = re.search(r'extension "([^"]+)" is not available|could not open extension control file "[^"]*/'
                       r'([^"/]+)\.control"', p.stderr)

@@ -375,13 +375,14 @@ class ShadowServer:
 
     # -- schema --------------------------------------------------------------------------------------------------
     def restore_schema(self, real_url: str, *, version_table: tuple[str | None, str] | None = None,
-                       timeout: float = 1800) -> ShadowDatabase:
-        """Make a database on this server that is the real database's schema (``shadowrestore.restore_schema``)."""
+                       timeout: float = 1800, archive: str | os.PathLike[str] | None = None) -> ShadowDatabase:
+        """Make a database on this server that is the real database's schema (``shadowrestore.restore_schema``;
+        ``archive``: a fresh ``pg_dump`` archive of the real database to take the schema from)."""
         from schemagate.runner import shadowrestore
 
         assert self.base is not None
         return shadowrestore.restore_schema(self.url(), real_url, version_table=version_table, dump_dir=self.base,
-                                            shadow_version=self.version, timeout=timeout)
+                                            shadow_version=self.version, timeout=timeout, archive=archive)
 
 
 def new_password() -> str:
