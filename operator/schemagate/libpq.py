@@ -10,14 +10,16 @@ client programs are the operator image's).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib.util
 import os
 import shutil
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from schemagate.contract import names
 from schemagate.contract.dburl import libpq_url_and_password
@@ -145,11 +147,107 @@ def one_row(cur: Cursor) -> TupleRow:
     return row
 
 
+_BUSY = ("busy",)  # the pool's entry holding the ids of the connections lent right now
+_URLS = ("urls",)  # the pool's entry holding the URLs whose connections are shared
+_SHARED: contextvars.ContextVar[dict[tuple[Any, ...], Any] | None] = contextvars.ContextVar(
+    "schemagate_shared_connections", default=None)
+
+
+@contextlib.contextmanager
+def shared_connections(*urls: str) -> Iterator[None]:
+    """Within the block (this thread), :func:`connect` to one of ``urls`` (the real database's, as given) with
+    the same options lends one server session instead of opening a new connection each time (other URLs, e.g. a
+    shadow database that may be dropped, connect as usual): the steps of one ``schemagate run`` (precheck, verify) in one
+    process open one connection to the real database, not one per question. A lent connection is handed back by
+    ``close()`` or the end of its ``with`` block: a transaction still open is committed (like psycopg's own
+    ``with``; rolled back on an exception), then ``RESET ALL`` undoes the caller's ``SET``s. A broken connection
+    is not lent again. All are closed at the end of the block."""
+    if _SHARED.get() is not None:  # already inside one: the outer block owns the connections
+        yield
+        return
+    token = _SHARED.set({_URLS: set(urls)})
+    try:
+        yield
+    finally:
+        pool = _SHARED.get() or {}
+        _SHARED.reset(token)
+        for key, conn in pool.items():
+            if key not in (_BUSY, _URLS):
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+
+class _Lent:
+    """A connection of :func:`shared_connections`, lent: everything is the connection's, except that ``close()``
+    and ``with`` hand it back instead of closing it."""
+
+    def __init__(self, conn: Any, pool: dict[tuple[Any, ...], Any], key: tuple[Any, ...], autocommit: bool):
+        object.__setattr__(self, "_conn", conn)
+        object.__setattr__(self, "_pool", pool)
+        object.__setattr__(self, "_key", key)
+        object.__setattr__(self, "_returned", False)
+        conn.autocommit = autocommit
+        pool.setdefault(_BUSY, set()).add(id(conn))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._conn, name, value)
+
+    def __enter__(self) -> _Lent:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._give_back(ok=exc_type is None)
+
+    def close(self) -> None:
+        self._give_back(ok=True)
+
+    def _give_back(self, ok: bool) -> None:
+        if self._returned:
+            return
+        object.__setattr__(self, "_returned", True)
+        import psycopg
+
+        conn = self._conn
+        try:
+            if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.commit() if ok and conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS \
+                    else conn.rollback()
+            if not conn.closed:
+                conn.autocommit = True
+                conn.execute("RESET ALL")
+        except Exception:  # noqa: BLE001 - a session in doubt is closed, not lent again
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._pool.get(_BUSY, set()).discard(id(conn))
+        if conn.closed or conn.broken:
+            self._pool.pop(self._key, None)
+
+
 def connect(url: str, *, autocommit: bool = True, connect_timeout: int = CONNECT_TIMEOUT,
             application_name: str | None = None, **kw: Any) -> Connection:
     """A psycopg 3 connection to ``url`` (any ``postgresql[+driver]://`` URL or libpq conninfo), autocommit by
     default; the password travels as a keyword, never in the connection string. Driver errors propagate (translate
-    them with ``contract.errors.translate``)."""
+    them with ``contract.errors.translate``). Inside :func:`shared_connections` the connection is lent (one
+    session per URL and options)."""
+    pool = _SHARED.get()
+    if pool is not None and url in pool[_URLS]:
+        key = (url, connect_timeout, tuple(sorted((k, repr(v)) for k, v in kw.items())))
+        conn = pool.get(key)
+        if conn is not None and id(conn) in pool.get(_BUSY, ()):
+            return _open(url, connect_timeout, application_name, kw, autocommit)  # lent already: a session apart
+        if conn is None or conn.closed or conn.broken:
+            conn = pool[key] = _open(url, connect_timeout, None, dict(kw))
+        if application_name:  # this borrower's name in pg_stat_activity; RESET ALL restores it on give-back
+            conn.execute("SELECT set_config('application_name', %s, false)", (application_name,))
+        return cast("Connection", _Lent(conn, pool, key, autocommit))  # a stand-in for the connection it lends
+    return _open(url, connect_timeout, application_name, kw, autocommit)
+
+
+def _open(url: str, connect_timeout: int, application_name: str | None, kw: dict[str, Any],
+          autocommit: bool = True) -> Connection:
     import psycopg
 
     conninfo, password = libpq_url_and_password(url) if "://" in url else (url, None)

@@ -30,6 +30,7 @@ from schemagate.contract.errors import InvalidInput, StepBoundary
 from schemagate.contract.redact import redact
 from schemagate.contract.stepresult import Outcome, Plan, StepResult
 from schemagate.contract.target import Target
+from schemagate.libpq import shared_connections
 from schemagate.runner import backup as backup_step
 from schemagate.runner import verify as verify_step
 from schemagate.runner.inject.config import DEFAULT_LOCK_TIMEOUT
@@ -122,12 +123,13 @@ def run(
         # the precheck's throw-away server starts now, in the background, while env.py plans and pg_dump runs
         shadow = ShadowServer().start_in_background() if derive else None
         try:
-            _plan_and_steps(r, t, checks, shadow, backup=backup, backup_dir=backup_dir, keep=keep,
-                            max_violations=max_violations, lint=lint, derive=derive,
-                            accept_unevaluated=list(accept_unevaluated),
-                            data_shadow_max_bytes=data_shadow_max_bytes, lock_timeout=lock_timeout,
-                            statement_timeout=statement_timeout, retries=retries, rehearse=rehearse,
-                            progress=progress)
+            with shared_connections(str(t.url)):  # precheck and verify ask on one session of the real database
+                _plan_and_steps(r, t, checks, shadow, backup=backup, backup_dir=backup_dir, keep=keep,
+                                max_violations=max_violations, lint=lint, derive=derive,
+                                accept_unevaluated=list(accept_unevaluated),
+                                data_shadow_max_bytes=data_shadow_max_bytes, lock_timeout=lock_timeout,
+                                statement_timeout=statement_timeout, retries=retries, rehearse=rehearse,
+                                progress=progress)
         finally:
             if shadow is not None:
                 shadow.stop()  # idempotent: the precheck stops it when done with it

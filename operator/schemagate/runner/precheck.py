@@ -44,6 +44,7 @@ and runs in the same read-only transaction as the derived checks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle  # noqa: S403 - only our own snapshot, written by --phase prepare in the same pod
@@ -82,7 +83,7 @@ from schemagate.contract.stepresult import (
     now,
 )
 from schemagate.contract.target import Target
-from schemagate.libpq import Connection, connect
+from schemagate.libpq import Connection, connect, shared_connections
 from schemagate.runner import shadowrestore
 from schemagate.runner.inject.apply import UnexpectedCurrent, render_sql, upgrade
 from schemagate.runner.inject.capture import capture_statements
@@ -547,11 +548,13 @@ def precheck(
                    derive=derive)
     notes: list[str] = []
     shadows: list[Shadow] = []
+    scope = contextlib.ExitStack()
     with StepBoundary(STEP, data=_base_data(max_violations)) as step:
         try:
             opts.validate()
             users = parse_user_checks(user_checks)
             target = target.resolved()
+            scope.enter_context(shared_connections(_url(target)))  # one session on the real database
             if shadow_url_env and not shadow_url:
                 shadow_url = resolve_url(None, shadow_url_env)
             if derive and not shadow_url and shadow_server is None:  # starts while env.py plans
@@ -572,6 +575,7 @@ def precheck(
                 sh.dispose(notes)
             if shadow_server is not None and all(sh.server is not shadow_server for sh in shadows):
                 shadow_server.stop()  # not used: nothing pending, derivation off, or a failure before the shadow
+            scope.close()
     return _with_notes(step.result, notes)
 
 

@@ -49,7 +49,7 @@ from schemagate.contract.checks import UserCheck
 from schemagate.contract.errors import InvalidInput, StepBoundary
 from schemagate.contract.stepresult import Outcome, StepResult
 from schemagate.contract.target import Target
-from schemagate.libpq import Connection, Cursor, connect
+from schemagate.libpq import Connection, Cursor, connect, shared_connections
 
 STEP = "verify"
 PLAN_ENV = names.ENV_PLAN
@@ -526,14 +526,15 @@ def verify(
             plan = dict(plan or {})
             users = _plan_user_checks(plan, user_checks)
             vt = plan_version_table(plan, version_table, version_table_schema)
-            with _connect(url) as conn, conn.cursor() as cur:
-                cur.execute("SELECT set_config('statement_timeout', %s, false)", (statement_timeout,))
-                check_revisions(report, cur, plan, target, vt)
-                check_constraints(report, cur, plan)
-                check_indexes(report, cur, plan)
-                check_leftovers(report, cur, plan)
-            check_downgrade(report, url, plan)
-            counted = check_counts(report, url, users, statement_timeout)
+            with shared_connections(url):  # the checks and the counts ask on one session
+                with _connect(url) as conn, conn.cursor() as cur:
+                    cur.execute("SELECT set_config('statement_timeout', %s, false)", (statement_timeout,))
+                    check_revisions(report, cur, plan, target, vt)
+                    check_constraints(report, cur, plan)
+                    check_indexes(report, cur, plan)
+                    check_leftovers(report, cur, plan)
+                check_downgrade(report, url, plan)
+                counted = check_counts(report, url, users, statement_timeout)
         finally:  # what was checked so far is in the result, also when a check failed to run
             step.data.update(report.as_data())
         _finish(step, report, counted)

@@ -203,11 +203,18 @@ def _leftovers_of(conn: sa.Connection, b: IndexBuild) -> list[Leftover]:
     return out
 
 
-def find(url: str, builds: Iterable[IndexBuild]) -> list[Leftover]:
-    """The INVALID indexes that ``builds`` left (see the module docstring); one query per build."""
+def find(url: str, builds: Iterable[IndexBuild], conn: sa.Connection | None = None) -> list[Leftover]:
+    """The INVALID indexes that ``builds`` left (see the module docstring); one query per build. ``conn``: an
+    open connection to the same database to ask on (the migration's advisory-lock connection), else one is
+    opened for the question."""
     builds = list(builds)
     if not builds:
         return []
+    if conn is not None:
+        found_here: list[Leftover] = []
+        for b in builds:
+            found_here += [x for x in _leftovers_of(conn, b) if x not in found_here]
+        return found_here
     engine = engine_for(url)
     try:
         with engine.connect() as conn:

@@ -22,6 +22,11 @@ class HeldLock:
     def __init__(self, conn: sa.Connection) -> None:
         self._conn = conn
 
+    @property
+    def conn(self) -> sa.Connection:
+        """The lock's own autocommit connection (idle between checks: catalog questions may use it)."""
+        return self._conn
+
     def check(self, before: str | None = None) -> None:
         """Raise ``LockLost`` when the lock's session has ended or no longer holds the lock (its backend was
         terminated, the server restarted): another migrator could start, so the run must not go on. ``before``

@@ -69,8 +69,8 @@ class _Cleanup:
         self.builds = leftovers.IndexBuilds()
         self.found: list[leftovers.Leftover] = []
 
-    def look(self) -> list[leftovers.Leftover]:
-        new = [x for x in leftovers.find(self.url, self.builds.builds) if x not in self.found]
+    def look(self, conn: Any = None) -> list[leftovers.Leftover]:
+        new = [x for x in leftovers.find(self.url, self.builds.builds, conn) if x not in self.found]
         for x in new:
             self.found.append(x)
             self.data.setdefault("leftovers", []).append(x.as_dict(dropped=False))
@@ -103,10 +103,11 @@ class _Cleanup:
                 self.data["committedBeforeFailure"].append(entry)
                 self.say(f"revision {revision} committed `{entry['statement']}` on its own before failing")
 
-    def after_success(self, attempt: int) -> None:
+    def after_success(self, attempt: int, conn: Any = None) -> None:
         """A build that succeeded may still find the leftover of an earlier process (REINDEX CONCURRENTLY makes
-        ``_ccnew1`` next to an old INVALID ``_ccnew``): drop those too, or name them when writers hold the table."""
-        if self.look():
+        ``_ccnew1`` next to an old INVALID ``_ccnew``): drop those too, or name them when writers hold the table.
+        ``conn``: the advisory-lock connection to look on (no connection of its own)."""
+        if self.look(conn):
             try:
                 self.drop_pending(attempt)
             except LockTimeout as e:
@@ -213,7 +214,7 @@ def _until_applied(run: _Run, watcher: LockWaitWatcher, delays: list[float],
         if wait:
             run.data["lockWaits"].append({"attempt": attempt, "outcome": "Applied", **wait})
         run.data["toRevision"] = out["toRevision"]
-        run.cleanup.after_success(attempt)
+        run.cleanup.after_success(attempt, run.lock.conn if run.lock is not None else None)
         return
 
 
