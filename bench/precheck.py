@@ -445,6 +445,14 @@ def run_whole_precheck(url: str, config: Path, pgoptions: str) -> float:
     return dt
 
 
+def run_startup() -> float:
+    """The process start a precheck cannot avoid: Python with the precheck's code (Alembic, SQLAlchemy, psycopg)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import schemagate.runner.precheck"], check=True, capture_output=True,
+                   env=dict(os.environ, PYTHONPATH=str(ROOT / "operator")))
+    return time.perf_counter() - t0
+
+
 def measure_anchor(embedded: EmbeddedPostgres | None, url: str, checks: list[counting.Check], reps: int,
                    cold_reps: int) -> bool:
     """Counting, whole ``schemagate precheck``, count(*) and runbook queries against NOT VALID + VALIDATE, serial,
@@ -464,13 +472,14 @@ def measure_anchor(embedded: EmbeddedPostgres | None, url: str, checks: list[cou
         pgoptions = "-c max_parallel_workers_per_gather=0 -c jit=off"
         run_whole_precheck(url, config, pgoptions)  # warm-up
         sides: dict[str, list[float]] = {"validate": [], "counting": [], "count(*)": [], "runbook": [],
-                                         "whole precheck": []}
+                                         "whole precheck": [], "start-up": []}
         for _ in range(reps):
             sides["validate"].append(run_validate(url)[0])
             sides["counting"].append(run_precheck(url, checks)[0])
             sides["count(*)"].append(run_bare(url)[0])
             sides["runbook"].append(run_runbook(url)[0])
             sides["whole precheck"].append(run_whole_precheck(url, config, pgoptions))
+            sides["start-up"].append(run_startup())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in sides.items()}
@@ -482,9 +491,18 @@ def measure_anchor(embedded: EmbeddedPostgres | None, url: str, checks: list[cou
               f"{med['counting'] / med['validate']:.2f}x (count(*) {med['count(*)'] / med['validate']:.2f}x, "
               f"runbook queries {med['runbook'] / med['validate']:.2f}x)", "<= 1.0x (keep it)",
               med["counting"] <= med["validate"])
+    floor = med["counting"] + med["start-up"]
     ok &= goal_line("precheck", "whole schemagate precheck vs NOT VALID + VALIDATE (warm, serial)",
                f"{med['whole precheck'] / med['validate']:.2f}x ({med['whole precheck']:.2f}s vs "
-               f"{med['validate']:.2f}s)", "<= 0.8x", med["whole precheck"] <= 0.8 * med["validate"])
+               f"{med['validate']:.2f}s; fixed cost {med['whole precheck'] - med['counting']:.2f}s; floor "
+               f"{floor / med['validate']:.2f}x = the counting scan {med['counting']:.2f}s + the process start "
+               f"with Alembic {med['start-up']:.2f}s)", "<= 0.8x", med["whole precheck"] <= 0.8 * med["validate"])
+    print("  why the floor: the precheck counts every row (the counting scan, itself "
+          f"{med['counting'] / med['validate']:.2f}x VALIDATE) and runs the application's env.py (a Python "
+          "process with Alembic and SQLAlchemy imported) before it knows what to count; the shadow (a throw-away "
+          "server from a cached initdb template, started in the background while env.py plans) and the lint "
+          "come on top. Serial, that sum cannot go below the floor printed; with the scans in parallel (the "
+          "parallel row above) the counting part shrinks.")
     if embedded is not None and cold_reps > 0:
         cold_sides: dict[str, list[float]] = {"validate": [], "counting": []}
 

@@ -7,8 +7,10 @@ server).
 
 Measured side by side in one run (``--reps`` interleaved repetitions, medians), per N, with whatever main's
 ``schemagate.runner.precheck.make_shadow`` does when the benchmark runs (then ``dispose``):
-- ``default``: ``make_shadow(url)``, the precheck's own path (a new database next to the real one, or a
-  throw-away server the precheck starts, depending on the version), everything included;
+- ``default``: ``make_shadow(url)``, the precheck's own path (a throw-away server started from the cached
+  ``initdb`` template, ``pg_dump --schema-only`` of the real database, ``pg_restore``), everything included; once
+  per size also without the template (``SCHEMAGATE_SHADOW_TEMPLATE_DIR=off``: what a machine's first server
+  costs), as context;
 - ``existing tmpfs server``: ``make_shadow(url, shadow_url=...)``, the restore alone into an empty database of an
   already running server tuned for it (data directory on ``/dev/shm``, ``fsync=off``, ``synchronous_commit=off``,
   ``full_page_writes=off``, ``max_locks_per_transaction=1024``);
@@ -119,9 +121,15 @@ def main(argv: list[str] | None = None) -> int:
                 with psycopg.connect(ddl, autocommit=True) as c:
                     c.execute(schema_sql(n))  # type: ignore[arg-type]
                 floor.append(time.monotonic() - t0)
+            os.environ["SCHEMAGATE_SHADOW_TEMPLATE_DIR"] = "off"  # context: a machine's first server runs initdb
+            try:
+                no_template = prepare_once(url, None)
+            finally:
+                del os.environ["SCHEMAGATE_SHADOW_TEMPLATE_DIR"]
             rows[n] = {"same": statistics.median(same), "throwaway": statistics.median(thrown),
-                       "floor": statistics.median(floor)}
-            print(f"{n} tables: default {rows[n]['same']:.2f}s, existing tmpfs server {rows[n]['throwaway']:.2f}s, "
+                       "floor": statistics.median(floor), "initdb": no_template}
+            print(f"{n} tables: default {rows[n]['same']:.2f}s (without the cached initdb template "
+                  f"{no_template:.2f}s), existing tmpfs server {rows[n]['throwaway']:.2f}s, "
                   f"the DDL itself {rows[n]['floor']:.2f}s", flush=True)
     print("\n| tables | default make_shadow (s) | into an existing tmpfs, fsync-off server (s) | ratio | floor: the "
           "schema's DDL run directly on that server (s) |")
