@@ -39,7 +39,7 @@ from schemagate.runner.inject.config import (
     DEFAULT_LOCK_TIMEOUT,
     isolated_imports,
 )
-from schemagate.runner.inject.graph import split_revisions
+from schemagate.runner.inject.graph import join_revisions, split_revisions
 from schemagate.runner.inject.lock import HeldLock, advisory_lock, backoff_delays
 from schemagate.runner.inject.lockwait import LockWaitWatcher, describe
 from schemagate.runner.inject.revisions import applied_revisions, plan
@@ -275,7 +275,8 @@ def _prepare(target: Target, lock_timeout: str | None, statement_timeout: str | 
     data.update({"fromRevision": first["current"], "toRevision": first["current"],
                  "targetRevision": first["target"]})
     cleanup = _Cleanup(target.url, lock_pg, data, say)
-    return _Run(target, lock_timeout, statement_timeout, data, cleanup, say)
+    return _Run(target, lock_timeout, statement_timeout, data, cleanup, say,
+                planned=first)  # under the lock: kept when the version rows are still the planned ones
 
 
 def _explain_failure(result: StepResult, error: SchemagateError, run: _Run | None) -> None:
@@ -297,7 +298,11 @@ def _under_lock(run: _Run, lock_wait: float, sleep: Callable[[float], None], del
                             connect_after=_watch_after(run.data["lockTimeout"])) as watcher:
         run.lock = held
         try:
-            base = run.planned = plan(run.target)
+            earlier = run.planned
+            if earlier is not None and _version_rows(held.conn, earlier) == earlier["current"]:
+                base = earlier  # the version rows are the planned ones: the same plan (no env.py run)
+            else:
+                base = run.planned = plan(run.target)
             if first_attempt:
                 run.data["fromRevision"] = base["current"]
                 run.pending = list(base["pending"])
@@ -305,6 +310,32 @@ def _under_lock(run: _Run, lock_wait: float, sleep: Callable[[float], None], del
             _until_applied(run, watcher, delays, sleep)
         finally:
             run.lock = None
+
+
+_UNKNOWN = "\x00unknown"  # the version rows could not be read: plan again through env.py
+
+
+def _version_rows(conn: Any, p: Plan) -> str | None:
+    """The version rows (``join_revisions`` form) of the version table the plan's env.py configured, read with SQL
+    on the advisory-lock connection, or ``_UNKNOWN``. A plan depends only on these rows (and the scripts and the
+    target, which do not change within one run), so equal rows mean an equal plan: the re-plan under the lock then
+    needs no env.py run. The unqualified name resolves on the role's ``search_path``, as in ``verify``."""
+    import sqlalchemy as sa
+
+    try:
+        schema, name = p.get("versionTableSchema"), str(p.get("versionTable") or "alembic_version")
+        if schema:
+            reg = conn.scalar(sa.text("SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON "
+                                      "n.oid = c.relnamespace WHERE n.nspname = :s AND c.relname = :n"),
+                              {"s": schema, "n": name})
+        else:
+            reg = conn.scalar(sa.text("SELECT to_regclass(quote_ident(:n))::text"), {"n": name})
+        if reg is None:
+            return None  # no version table: base, as Alembic reads it
+        rows = conn.execute(sa.text(f"SELECT version_num FROM {reg}")).scalars().all()  # noqa: S608 - regclass text
+        return join_revisions(str(r) for r in rows)
+    except Exception:  # noqa: BLE001 - then env.py reads them
+        return _UNKNOWN
 
 
 def _after_transient(run: _Run, e: Transient, attempt: int, delays: list[float],
