@@ -189,6 +189,10 @@ class _Lent:
         conn.autocommit = autocommit
         pool.setdefault(_BUSY, set()).add(id(conn))
 
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # noqa: D105 - isinstance(lent, psycopg.Connection) holds (SQLAlchemy checks it)
+        return type(self._conn)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
 

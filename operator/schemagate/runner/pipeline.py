@@ -30,10 +30,10 @@ from schemagate.contract.errors import InvalidInput, StepBoundary
 from schemagate.contract.redact import redact
 from schemagate.contract.stepresult import Outcome, Plan, StepResult
 from schemagate.contract.target import Target
-from schemagate.libpq import shared_connections
+from schemagate.libpq import connect, shared_connections
 from schemagate.runner import backup as backup_step
 from schemagate.runner import verify as verify_step
-from schemagate.runner.inject.config import DEFAULT_LOCK_TIMEOUT
+from schemagate.runner.inject.config import APPLICATION_NAME, DEFAULT_LOCK_TIMEOUT
 from schemagate.runner.inject.lock import backoff_delays
 from schemagate.runner.inject.migrate import DEFAULT_RETRIES, migrate
 from schemagate.runner.inject.revisions import plan
@@ -208,7 +208,8 @@ def _precheck_migrate_verify(r: _Run, t: Target, p: Plan, checks: list[dict[str,
             r.stop(rr, "blocked by the rehearsal, nothing was applied")
             return
     r.say(f"migrate: applying {len(p['pending'])} revision(s)")
-    mr = r.record(migrate(t, lock_timeout, statement_timeout, retries, log=r.say, planned=p))
+    mr = r.record(migrate(t, lock_timeout, statement_timeout, retries, log=r.say, planned=p,
+                          lock_session=lambda: connect(str(t.url), application_name=APPLICATION_NAME)))
     r.data["applied"] = mr.data.get("applied", [])
     r.data["currentRevision"] = mr.data.get("toRevision", r.data["currentRevision"])
     if not mr.ok:

@@ -170,7 +170,11 @@ def isolated_imports(fn: _F) -> _F:
     return run  # type: ignore[return-value]
 
 
-def engine_for(url: str, connect_timeout: int = 10) -> sa.Engine:
+def engine_for(url: str, connect_timeout: int = 10, creator: Callable[[], Any] | None = None) -> sa.Engine:
+    """A pool-less engine for ``url``; ``creator``: where its DB-API connection comes from (a session the caller
+    shares between steps), instead of a new connection."""
+    if creator is not None:
+        return sa.create_engine(sqlalchemy_url(url), poolclass=sa.pool.NullPool, creator=creator)
     return sa.create_engine(
         sqlalchemy_url(url),
         poolclass=sa.pool.NullPool,

@@ -7,6 +7,7 @@ import contextlib
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -49,15 +50,16 @@ class HeldLock:
 @contextlib.contextmanager
 def advisory_lock(
     url: str, wait_seconds: float = 600.0, poll_seconds: float = 0.5, sleep: Callable[[float], None] = time.sleep,
-    on_wait: Callable[[int | None], None] | None = None,
+    on_wait: Callable[[int | None], None] | None = None, creator: Callable[[], Any] | None = None,
 ) -> Iterator[HeldLock]:
     """Hold the migration advisory lock (session level, on a dedicated autocommit connection); yields a
     ``HeldLock`` whose ``check()`` the caller runs before each revision.
 
     Polls ``pg_try_advisory_lock`` rather than blocking in ``pg_advisory_lock``: a blocked waiter holds a snapshot
-    that CREATE INDEX CONCURRENTLY on the holder's side would wait for (deadlock or hang).
+    that CREATE INDEX CONCURRENTLY on the holder's side would wait for (deadlock or hang). ``creator``: the
+    DB-API connection to hold it on (a session the caller shares between its steps), else a new one.
     """
-    engine = engine_for(url)
+    engine = engine_for(url, creator=creator)
     try:
         conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     except Exception as e:  # the driver's connection errors: translated, re-raised

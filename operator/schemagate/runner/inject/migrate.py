@@ -144,6 +144,7 @@ class _Run:
     cleanup: _Cleanup
     say: Callable[[str], None]
     planned: Plan | None = None  # the plan made under the lock: the first attempt does not plan again
+    lock_session: Callable[[], Any] | None = None  # where the advisory lock's connection comes from
     lock: HeldLock | None = None
     pending: list[str] | None = None  # what was pending when the lock was first held
 
@@ -231,15 +232,19 @@ def migrate(
     sleep: Callable[[float], None] = time.sleep,
     log: Callable[[str], None] | None = None,
     planned: Plan | None = None,
+    lock_session: Callable[[], Any] | None = None,
 ) -> StepResult:
     """``upgrade`` of ``target`` under the advisory lock, retried on lock timeouts; INVALID indexes the pending
     revisions' own concurrent builds left are dropped before each attempt (``data.leftovers``); always returns a
-    StepResult (every error through ``StepBoundary``, ``MigrationFailed`` for foreign exceptions)."""
+    StepResult (every error through ``StepBoundary``, ``MigrationFailed`` for foreign exceptions).
+    ``lock_session``: a DB-API connection factory for the advisory lock (the caller's shared session of the real
+    database, ``libpq.shared_connections``), else the lock opens its own connection."""
     data: dict[str, Any] = {"fromRevision": None, "toRevision": None, "applied": [], "attempts": 0,
                             "lockTimeout": None, "statementTimeout": None, "lockWaits": []}  # MigrateData
     run: _Run | None = None
     with StepBoundary("migrate", default=MigrationFailed, data=data) as step:
         run = _prepare(target, lock_timeout, statement_timeout, retries, data, log or (lambda s: None), planned)
+        run.lock_session = lock_session
         delays = backoff_delays(retries, backoff, max_backoff)
         for transient_attempt in range(1, len(delays) + 2):
             try:
@@ -292,7 +297,7 @@ def _under_lock(run: _Run, lock_wait: float, sleep: Callable[[float], None], del
                 first_attempt: bool) -> None:
     """Take the advisory lock, re-plan under it (another migrator may have applied everything meanwhile, or an
     earlier attempt committed some revisions) and apply until done; the lock is checked before each revision."""
-    with advisory_lock(run.url, lock_wait, sleep=sleep,
+    with advisory_lock(run.url, lock_wait, sleep=sleep, creator=run.lock_session,
                        on_wait=lambda pid: run.say(f"waiting for another migrator (pid {pid})")) as held, \
             LockWaitWatcher(run.url, interval=_poll_interval(run.data["lockTimeout"]),
                             connect_after=_watch_after(run.data["lockTimeout"])) as watcher:
