@@ -9,9 +9,10 @@ import collections
 import json
 import os
 
+import psycopg
 import pytest
 
-from schemagate.contract.dburl import database_name
+from schemagate.contract.dburl import database_name, libpq_url
 from tests.pipeline.helpers import PROJECTS, ROOT, query, run_module, version
 
 pytestmark = pytest.mark.postgres
@@ -62,3 +63,31 @@ def test_the_migration_plans_again_when_the_version_rows_changed_meanwhile(fresh
     purposes = [line.split(" ", 1)[0] for line in log.read_text().splitlines()]
     assert purposes.count("plan") == 1, purposes  # the re-plan under the lock, through env.py
     assert version(fresh_db) == "0002"
+
+
+def test_one_run_opens_at_most_four_sessions_on_the_real_database(fresh_db: str, pg_server: str, tmp_path) -> None:
+    """pg_dump (the backup; the shadow's schema comes from it), env.py's plan, env.py's upgrade, and one shared
+    session for the precheck's and verify's questions and the advisory lock. (The lock-wait watcher would add one
+    only after half the lock_timeout: 60s here.) Counted by PostgreSQL itself (pg_stat_database.sessions)."""
+    import time
+
+    name = database_name(fresh_db)
+
+    def sessions() -> int:
+        deadline = time.monotonic() + 60
+        while query(pg_server, "SELECT count(*) FROM pg_stat_activity WHERE datname = :d", d=name) != [(0,)]:
+            assert time.monotonic() < deadline, "sessions on the database did not end"
+            time.sleep(0.1)
+        with psycopg.connect(libpq_url(pg_server), autocommit=True) as c:
+            c.execute("SELECT pg_stat_clear_snapshot()")
+            row = c.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    before = sessions()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "operator"), DATABASE_URL=fresh_db, SCHEMAGATE_NO_EMBEDDED="1")
+    p = run_module(["-m", "schemagate.cli", "run", "-c", str(PROBE), "--json", "--backup-dir",
+                    str(tmp_path / "backups"), "--lock-timeout", "60s"], env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert json.loads(p.stdout)["reason"] == "Verified"
+    opened = sessions() - before
+    assert 1 <= opened <= 4, opened
