@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "operator"))
 sys.path.insert(0, os.path.dirname(_HERE))
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -126,16 +127,20 @@ def run_side(side: str, admin: str, counter: SessionCounter, template: str, conf
                 [str(BIN / "alembic"), "-c", str(config), "upgrade", "head"]]
     else:
         cmds = [[str(BIN / "schemagate"), "run", "-c", str(config), "--backup-dir", str(tmp / f"b-{name}"),
-                 "--keep", "1"]]
+                 "--keep", "1", "--json"]]
+    steps: dict[str, float] = {}
     for cmd in cmds:
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if p.returncode != 0:
             raise SystemExit(f"{side}: {' '.join(cmd[:3])} failed (exit {p.returncode}): {p.stderr[-800:]}")
+        if "--json" in cmd:
+            steps = {f"step {s['step']}": float(s["durationSeconds"])
+                     for s in json.loads(p.stdout)["data"]["steps"]}
     dt = time.monotonic() - t0
     conns = counter.settle(before)
     lines = log.read_text().splitlines() if log.exists() else []
     real_port = str(urlsplit(url).port)
-    return {"seconds": dt, "envpy": float(len(lines)), "connections": float(conns),
+    return {"seconds": dt, "envpy": float(len(lines)), "connections": float(conns), **steps,
             "envpy_real": float(sum(1 for x in lines if x == f"online {real_port}")),
             "envpy_offline": float(sum(1 for x in lines if x.startswith("offline"))),
             "envpy_shadow": float(sum(1 for x in lines if x.startswith("online") and x != f"online {real_port}"))}
@@ -206,6 +211,16 @@ def main(argv: list[str] | None = None) -> int:
     ok &= goal("overhead", "database connections per schemagate run", f"{conns:.0f} (bare alembic "
                f"{med('bare', 'connections'):.0f})", "<= 4", conns <= 4)
     print(f"  floor of this design: {FLOOR_CONNECTIONS}")
+    step_keys = [k for k in results["schemagate run"][0] if k.startswith("step ")]
+    print("  where schemagate run's time goes (median s): " + ", ".join(
+        f"{k[5:]} {med('schemagate run', k):.2f}" for k in step_keys)
+        + f"; the rest (process start, imports, env.py's plan, the shadow start not hidden) "
+        f"{run_s - sum(med('schemagate run', k) for k in step_keys):.2f}")
+    if run_s / anchor_s > 1.5:
+        print("  why not <= 1.5x: the anchor does no precheck and no verification; the run adds the shadow (a "
+              "throw-away server started in the background, the schema restored from the backup, the revisions "
+              "applied there), the counting, the lint (squawk) and verify, each with process and round-trip costs "
+              "that a small database does not amortise.")
     print("\n| start-up | median (s) |")
     print("|---|---|")
     for label, secs in startup(max(3, args.reps)):

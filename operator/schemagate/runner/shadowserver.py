@@ -25,9 +25,10 @@ and the rows of the Alembic version table wherever the application's env.py keep
 Start-up cost: ``initdb`` is the largest part of starting a server (0.4-0.7 s). It runs once per machine and
 PostgreSQL build: its result (the data directory with this module's settings, before the first start) is kept as a
 template in ``$SCHEMAGATE_SHADOW_TEMPLATE_DIR`` (default ``$XDG_CACHE_HOME/schemagate`` or ``~/.cache/schemagate``,
-keyed by the ``postgres`` binary and the settings) and copied (``cp -a``, ~40 ms) for every later server; the
-superuser's password is replaced by a new one right after the start, so no two servers share it. When the cache
-directory cannot be written (a read-only home in a pod) each server runs ``initdb`` itself, as before.
+keyed by the ``postgres`` binary and the settings) and copied (``cp -a``, ~40 ms) for every later server. The
+servers made from one template share its generated superuser password, kept like theirs in a ``0600`` file of
+the same user (reading it takes what reading a server's own ``.password`` takes); they listen on 127.0.0.1 only.
+When the cache directory cannot be written (a read-only home in a pod) each server runs ``initdb`` itself.
 
 Nothing is left behind on any exit path: :meth:`ShadowServer.stop` (also from ``__exit__`` and from an exception
 in ``start``) stops the server and removes its directory; a watchdog process (its own session, so a signal to
@@ -162,7 +163,12 @@ def template_dir() -> Path | None:
     if explicit:
         return None if explicit.strip().lower() == "off" else Path(explicit)
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg) / "schemagate" if xdg else Path.home() / ".cache" / "schemagate"
+    if xdg:
+        return Path(xdg) / "schemagate"
+    try:
+        return Path.home() / ".cache" / "schemagate"
+    except (RuntimeError, KeyError):  # a pod's user without a home: no template
+        return None
 
 
 def template_key(postgres: Path) -> str:
@@ -275,11 +281,6 @@ class ShadowServer:
                     _save_template(self.base, template)
             server.start(timeout=timeout)
             with connect(self.url()) as conn:
-                if self.from_template:  # a password of its own, not the template's
-                    password = new_password()
-                    conn.execute(f"ALTER ROLE {server.superuser} PASSWORD '{password}'")  # token_urlsafe: no quote
-                    server.password_file.write_text(password + "\n")
-                    server.password = password
                 row = conn.execute("SELECT current_setting('server_version_num')::int, "
                                    "current_setting('server_version')").fetchone()
                 assert row is not None
