@@ -52,18 +52,18 @@ COUNTER_LINE = (  # bench/overhead.py: one line per execution, "online|offline <
     f"    open(_o.environ[{ENVPY_LOG!r}], 'a').write(('offline' if _cx.is_offline_mode() else 'online') + ' ' "
     "+ str(_us(_url).port) + '\\n')\n")
 FLOOR_ENVPY = (
-    "5 = the run's plan on the real database (before anything is written), the shadow upgrade (the shadow's "
+    "4 = the run's plan on the real database (before anything is written), the shadow upgrade (the shadow's "
     "current revision is checked inside it), the offline rendering squawk lints (alembic upgrade --sql: no "
-    "connection), the migration's re-plan under its advisory lock, the upgrade itself. Below that needs the "
-    "re-plan folded into the upgrade's own env.py run (Alembic computes the steps from the heads it reads there) "
-    "and linting the statements captured in the shadow instead of the offline rendering: 3.")
+    "connection), the upgrade itself (under the advisory lock the version rows are read with SQL: env.py plans "
+    "again only when they changed). 3 if the lint read the statements captured in the shadow instead of the "
+    "offline rendering; 2 is below what a precheck that tries the revisions on a shadow can do: env.py runs once "
+    "on the shadow and once on the database, and the plan (which revisions are pending, before the backup) "
+    "needs a third.")
 FLOOR_CONNECTIONS = (
-    "6 = env.py's plan, pg_dump (the backup; the shadow's schema is restored from it), one shared session for "
-    "the precheck's and verify's questions, the migration's advisory-lock connection (its leftover look uses it "
-    "too), env.py's re-plan under that lock, env.py's upgrade. Each env.py run opens its own engine (the "
-    "application's env.py, not ours); the lock-wait watcher opens a 7th only when the migration lasts longer "
-    "than half its lock_timeout. 4 needs the re-plan folded into the upgrade and the advisory lock taken on the "
-    "shared session.")
+    "4 = env.py's plan, pg_dump (the backup; the shadow's schema is restored from it), env.py's upgrade, one "
+    "shared session for the precheck's and verify's questions and the migration's advisory lock. Each env.py "
+    "run opens its own engine (the application's env.py, not ours); the lock-wait watcher opens a 5th only when "
+    "the migration lasts longer than half its lock_timeout.")
 STEP_MODULES = ("schemagate.cli", "schemagate.runner.backup", "schemagate.runner.precheck",
                 "schemagate.runner.inject.migrate", "schemagate.runner.verify", "schemagate.runner.pipeline")
 
