@@ -131,13 +131,12 @@ def read_real(real_url: str, version_table: tuple[str | None, str] | None) -> di
 
 
 def restore_schema(admin_url: str, real_url: str, *, version_table: tuple[str | None, str] | None,
-                   dump_dir: str | Path, shadow_version: str | None = None,
-                   timeout: float = 1800, archive: str | os.PathLike[str] | None = None) -> ShadowDatabase:
+                   dump_dir: str | Path, shadow_version: str | None = None, timeout: float = 1800,
+                   archive: str | os.PathLike[str] | None = None) -> ShadowDatabase:
     """Restore the real database's schema into a new database on the shadow server whose superuser URL is
     ``admin_url`` (see the module docstring). ``dump_dir``: where the schema dump is written (and removed).
-    ``archive``: a ``pg_dump`` archive of the real database just taken (the run's verified backup, custom or
-    directory format): its schema part is restored (``pg_restore --schema-only``) and no second ``pg_dump``
-    connects to the real database.
+    ``archive``: a fresh ``pg_dump`` archive of the real database (the run's backup): its schema is restored
+    (``pg_restore --schema-only``), no second ``pg_dump``.
 
     Raises ``ShadowServerError`` (reason ``ShadowUnavailable``), ``AuthenticationFailed``/``DatabaseUnreachable``
     when the real database cannot be read naming the step that failed (dump, restore with the missing extension,
@@ -187,11 +186,9 @@ def restore_schema(admin_url: str, real_url: str, *, version_table: tuple[str | 
     info = {
         "seconds": round(time.monotonic() - t0, 3), "database": name, "role": role,
         "realServerVersion": real["version"], "realServerVersionNum": real["versionNum"],
-        "shadowServerVersion": shadow_version,
-        "settings": [c for _, _, cs in real["settings"] for c in cs], "extensions": ext,
-        "invalidIndexes": [f"{i['schema']}.{i['name']}" for i in real["invalidIndexes"]],
-        "versionTable": vt, "versionRows": real["versionRows"], "notes": notes,
-    }
+        "shadowServerVersion": shadow_version, "settings": [c for _, _, cs in real["settings"] for c in cs],
+        "extensions": ext, "invalidIndexes": [f"{i['schema']}.{i['name']}" for i in real["invalidIndexes"]],
+        "versionTable": vt, "versionRows": real["versionRows"], "notes": notes}
     return ShadowDatabase(url=url, admin_url=admin_db, name=name, role=role, info=info)
 
 
