@@ -70,7 +70,9 @@ def verdict(ok: bool) -> str:
 
 
 def goal(bench: str, measure: str, value: str, goal_text: str, met: bool) -> bool:
-    """Print one goal line and record it for the summary; returns ``met``."""
+    """Print one goal line and record it for the summary; returns ``met``. The 1-minute load average goes with
+    the value: on a shared machine an absolute time means little without it (ratios are measured side by side)."""
+    value = f"{value}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     print(f"[goal] {measure}: {value} (goal {goal_text}): {verdict(met)}", flush=True)
     path = os.environ.get(SUMMARY_ENV)
     if path:
