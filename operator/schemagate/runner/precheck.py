@@ -49,7 +49,7 @@ import json
 import os
 import pickle  # noqa: S403 - only our own snapshot, written by --phase prepare in the same pod
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -533,10 +533,8 @@ def precheck(
     """Plan (``planned``: the caller's plan of this database, not recomputed), derive the checks in a shadow
     database, count, lint (see the module docstring) for ``target`` (project, target revision, database).
 
-    ``shadow_server``: a throw-away server the caller started in the background (``start_in_background``) for
-    this precheck; it is owned by the precheck from here on (used for the shadow, or stopped). Without it, one is
-    started in the background here, while env.py plans. ``schema_archive``: the run's backup just taken (see
-    ``make_shadow``).
+    ``shadow_server``: a throw-away server started for it in the background, owned by the precheck from here on
+    (else one starts here while env.py plans); ``schema_archive``: the run's backup just taken (``make_shadow``).
 
     ``accept_unevaluated``: names of checks that may stay not evaluated without blocking
     (``spec.precheck.acceptUnevaluated``; any other is ``PrecheckIncomplete``). ``data_shadow_max_bytes``: the
@@ -548,8 +546,7 @@ def precheck(
                    derive=derive)
     notes: list[str] = []
     shadows: list[Shadow] = []
-    scope = contextlib.ExitStack()
-    with StepBoundary(STEP, data=_base_data(max_violations)) as step:
+    with StepBoundary(STEP, data=_base_data(max_violations)) as step, contextlib.ExitStack() as scope:
         try:
             opts.validate()
             users = parse_user_checks(user_checks)
@@ -557,8 +554,7 @@ def precheck(
             scope.enter_context(shared_connections(_url(target)))  # one session on the real database
             if shadow_url_env and not shadow_url:
                 shadow_url = resolve_url(None, shadow_url_env)
-            if derive and not shadow_url and shadow_server is None:  # starts while env.py plans
-                shadow_server = ShadowServer().start_in_background()
+            shadow_server = scope.enter_context(_throwaway(shadow_server, derive and not shadow_url, shadows))
             p = planned if planned is not None else plan(target)
             step.data.update(currentRevision=p["current"], targetRevision=p["target"], pending=list(p["pending"]),
                              expectedRevisions=list(p["expected"]))
@@ -573,10 +569,21 @@ def precheck(
         finally:
             for sh in shadows if not keep_shadow else ():
                 sh.dispose(notes)
-            if shadow_server is not None and all(sh.server is not shadow_server for sh in shadows):
-                shadow_server.stop()  # not used: nothing pending, derivation off, or a failure before the shadow
-            scope.close()
     return _with_notes(step.result, notes)
+
+
+@contextlib.contextmanager
+def _throwaway(server: ShadowServer | None, wanted: bool, shadows: list[Shadow]) -> Iterator[ShadowServer | None]:
+    """The precheck's throw-away server: ``server`` (started by the caller), else (when ``wanted``) one started now
+    in the background, while env.py plans; stopped at the end unless a shadow in ``shadows`` lives on it (nothing
+    pending, derivation off, or a failure before the shadow)."""
+    if server is None and wanted:
+        server = ShadowServer().start_in_background()
+    try:
+        yield server
+    finally:
+        if server is not None and all(sh.server is not server for sh in shadows):
+            server.stop()
 
 
 def _with_notes(result: StepResult, notes: list[str]) -> StepResult:
