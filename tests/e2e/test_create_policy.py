@@ -72,6 +72,18 @@ def _create(kube: Any, ns: str, user: str, obj: dict) -> Any:
     return kube.kubectl("--as", user, "-n", ns, "create", "-f", "-", input=yaml.safe_dump(obj), check=False)
 
 
+def _wait_refused(kube: Any, ns: str, probe: dict, short: str, message: str) -> None:
+    """Wait until the API server has loaded the policy: ``limited`` creating ``probe`` is refused (a probe created
+    before that is removed again)."""
+    def refused() -> bool:
+        r = _create(kube, ns, "limited", probe)
+        if r.returncode == 0:
+            kube.kubectl("-n", ns, "delete", short, probe["metadata"]["name"], "--wait=true")
+        return r.returncode != 0 and "may not create batch/v1 jobs" in r.stderr
+
+    kube.wait_for(refused, timeout=30, message=message)
+
+
 def _exists(kube: Any, ns: str, name: str) -> bool:
     return kube.kubectl("-n", ns, "get", "dbm", name, check=False).returncode == 0
 
@@ -89,13 +101,7 @@ def test_only_users_who_may_run_the_jobs_may_create_a_migration(kube: Any, creat
     kube.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "deployer"}}, ns)
 
     # the policy takes effect once the API server has loaded it; probes created before that are removed
-    def refused() -> bool:
-        r = _create(kube, ns, "limited", _migration("probe"))
-        if r.returncode == 0:
-            kube.kubectl("-n", ns, "delete", "dbm", "probe", "--wait=true")
-        return r.returncode != 0 and "may not create batch/v1 jobs" in r.stderr
-
-    kube.wait_for(refused, timeout=30, message="the create policy to refuse a user without Job rights")
+    _wait_refused(kube, ns, _migration("probe"), "dbm", "the create policy to refuse a user without Job rights")
     r = _create(kube, ns, "limited", _migration("by-limited"))
     assert f"user limited may not create batch/v1 jobs in namespace {ns}" in r.stderr, r.stderr
     assert "ValidatingAdmissionPolicy 'schemagate-migration-create'" in r.stderr, r.stderr
@@ -124,13 +130,7 @@ def test_changes_that_leave_the_spec_alone_are_not_checked(kube: Any, create_pol
                                   "verbs": ["create", "get", "list", "patch", "update", "delete"]}],
           ["limited"])  # fmt: skip
     kube.apply(_migration("shop"), ns)  # created by the admin
-    def loaded() -> bool:
-        r = _create(kube, ns, "limited", _migration("probe"))
-        if r.returncode == 0:
-            kube.kubectl("-n", ns, "delete", "dbm", "probe", "--wait=true")
-        return r.returncode != 0 and "may not create batch/v1 jobs" in r.stderr
-
-    kube.wait_for(loaded, timeout=30, message="the create policy to be loaded")
+    _wait_refused(kube, ns, _migration("probe"), "dbm", "the create policy to be loaded")
 
     r = kube.kubectl("--as", "limited", "-n", ns, "label", "dbm", "shop", "team=payments", check=False)
     assert r.returncode == 0, r.stderr
@@ -154,13 +154,7 @@ def test_only_users_who_may_run_the_jobs_may_create_a_restore(kube: Any, create_
         return {"apiVersion": "schemagate.dev/v1alpha1", "kind": "DatabaseRestore", "metadata": {"name": name},
                 "spec": {"migrationRef": {"name": "shop"}, "backup": {"sha256": "ab" * 32}}}
 
-    def refused() -> bool:
-        r = _create(kube, ns, "limited", restore("probe"))
-        if r.returncode == 0:
-            kube.kubectl("-n", ns, "delete", "dbr", "probe", "--wait=true")
-        return r.returncode != 0 and "may not create batch/v1 jobs" in r.stderr
-
-    kube.wait_for(refused, timeout=30, message="the create policy to refuse a restore by a user without Job rights")
+    _wait_refused(kube, ns, restore("probe"), "dbr", "the create policy to refuse a restore by a user without Job rights")
     r = _create(kube, ns, "limited", restore("by-limited"))
     assert f"user limited may not create batch/v1 jobs in namespace {ns}" in r.stderr, r.stderr
     assert kube.kubectl("-n", ns, "get", "dbr", "by-limited", check=False).returncode != 0
