@@ -143,6 +143,7 @@ def test_restore_job_verifies_the_recorded_sha256_on_the_backup_volume():
     assert j["metadata"]["ownerReferences"][0]["kind"] == "DatabaseRestore"
     assert j["metadata"]["ownerReferences"][0]["uid"] == r.uid
     assert j["spec"]["backoffLimit"] == 0 and "ttlSecondsAfterFinished" not in j["spec"]
+    assert pod["securityContext"]["fsGroup"] == J.RUNNER_GID  # the backup volume as the backup pod has it
     assert all("value" not in e or "postgres" not in str(e["value"]) for e in c["env"])  # only secretKeyRef
     rep = J.build_restore_job(m, r.name, r.uid, r.job_name, "shop-2.dump", SETTINGS, sha256=SHA,
                               replace=True)

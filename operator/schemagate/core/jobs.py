@@ -505,4 +505,7 @@ def build_restore_job(m: Migration, restore_name: str, restore_uid: str, job_nam
     job = _job(m, job_name, labels, owner, {}, [], [container],
                [{"name": "backups", **m.backup.volume}, {"name": "tmp", "emptyDir": {}}], ttl=False)
     job["spec"]["backoffLimit"] = 0
+    # the backup volume as the backup pod has it (fsGroup, see RUNNER_GID): --replace writes its fresh backup there
+    job["spec"]["template"]["spec"]["securityContext"].update(
+        {"fsGroup": RUNNER_GID, "fsGroupChangePolicy": "OnRootMismatch"})
     return job
