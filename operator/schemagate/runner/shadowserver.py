@@ -134,18 +134,25 @@ def sweep_stale(parent: Path) -> list[Path]:
 
 
 def _destroy(base: Path) -> None:
-    """Stop a server in ``base`` (immediate: nothing in it is worth a checkpoint) and remove the directory."""
-    try:
-        if (base / "data" / "postmaster.pid").exists():
-            EmbeddedPostgres(base).stop(mode="immediate")
-    except Exception:  # noqa: BLE001 - the postmaster may be gone already; the directory goes anyway
-        pass
+    """Stop a server in ``base`` (immediate: nothing in it is worth a checkpoint) and remove the directory.
+
+    The postmaster gets SIGQUIT, what ``pg_ctl stop -m immediate`` sends (it ends its backends, then itself), and
+    is watched every 10 ms instead of pg_ctl's 100 ms; ``pg_ctl`` is the fallback when it is still there after
+    10 s."""
     pid = _postmaster_pid(base)
     if pid is not None and _alive(pid):
         try:
             os.kill(pid, signal.SIGQUIT)
         except OSError:
             pass
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    try:
+        if pid is not None and _alive(pid):
+            EmbeddedPostgres(base).stop(mode="immediate")
+    except Exception:  # noqa: BLE001 - the postmaster may be gone already; the directory goes anyway
+        pass
     shutil.rmtree(base, ignore_errors=True)
 
 
