@@ -332,6 +332,9 @@ def test_the_shadow_server_killed_during_the_precheck_is_run_again(fresh_db: str
     t, out = _run_pipeline(fresh_db)
     shadow_url, postmaster = _shadow_server(shadow_parent, 300, t)
     _shadow_backend(shadow_url, t, out)
+    # its shared memory lives in its directory: nothing in /dev/shm outlives a killed server
+    maps = Path(f"/proc/{postmaster}/maps").read_text()
+    assert "/dev/shm/PostgreSQL." not in maps and "pg_dynshmem" in maps, maps[-2000:]
     os.kill(postmaster, signal.SIGKILL)
     t.join(600)
     _shadow_lost(out["r"], fresh_db)

@@ -66,10 +66,14 @@ TEMPLATE_PREFIX = "shadow-template-"
 MEMORY_DIR = "/dev/shm"
 MEMORY_MIN_FREE = 256 * 1024 * 1024  # use /dev/shm only with this much room (an empty cluster is ~40 MB)
 OWNER_FILE = "owner"
+# dynamic_shared_memory_type = mmap: the server's dynamic shared memory segments are files in its own data
+# directory (pg_dynshmem/), removed with it, not /dev/shm/PostgreSQL.* segments that a server killed by SIGKILL
+# (the OOM killer) leaves behind for good
 EXTRA_CONF = (
     "\n# schemagate throw-away shadow\n"
     "autovacuum = off\nmax_connections = 40\nshared_buffers = 32MB\nmax_wal_size = 1GB\n"
     "wal_level = minimal\nmax_wal_senders = 0\narchive_mode = off\nlog_min_messages = warning\n"
+    "dynamic_shared_memory_type = mmap\n"
 )
 
 
