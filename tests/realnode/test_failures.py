@@ -46,7 +46,11 @@ def test_an_oom_killed_step_fails_the_run_with_reason_oomkilled(real_kube: Any, 
                                                                real_namespace: str,
                                                                pod_db: tuple[str, str]) -> None:  # fmt: skip
     ns, (_, in_pod) = real_namespace, pod_db
-    tiny = {"jobTemplate": {"resources": {"limits": {"memory": "24Mi"}, "requests": {"memory": "24Mi"}}}}
+    # derive: false makes the precheck one plain container; with the default shadow, the throw-away server is a
+    # sidecar (restartPolicy Always) that the kubelet restarts when it fails at the limit (CrashLoopBackOff, the
+    # pod never fails), and which container hits the limit first is a race
+    tiny = {"jobTemplate": {"resources": {"limits": {"memory": "24Mi"}, "requests": {"memory": "24Mi"}}},
+            "precheck": {"derive": False}}
     install_app(real_kube, ns, node_images, in_pod, "0001", "--set-json", f"migration.extraSpec={json.dumps(tiny)}",
                 "--wait=false", timeout="60s")
     st = finished(real_kube, ns)
