@@ -114,7 +114,7 @@ def test_data_at_risk_blocks_the_downgrade_until_allowed(kube: Any, operator: Op
 
 def test_wholesale_to_base_with_its_constraints_and_indexes(kube: Any, operator: Operator, images: Any,
                                                             namespace: str, fresh_db: str) -> None:
-    upgrade(WHOLESALE, "head", fresh_db)
+    upgrade(Target(WHOLESALE, "head", fresh_db))
     execute(fresh_db, "insert into retailers (id, name) values ('r1', 'Corner Shop'); insert into wholesalers "
                       "(id, name) values ('w1', 'FreshCo'), ('w2', 'BulkMart')")
     image = images("wholesale")
