@@ -42,7 +42,8 @@ def holder_id(m: Migration) -> str:
 
 def observe_jobs(kube: k8s.Kube, ns: str, m: Migration, status: MigrationStatus) -> tuple[JobObs, ...]:
     """The resource's Jobs; the termination message is read only for the Job whose result ``decide`` wants
-    (:func:`schemagate.core.decide.result_wanted`) and only once it has finished."""
+    (:func:`schemagate.core.decide.result_wanted`) and only once it has finished. While that Job is active, its
+    pod is looked at: one that can never start marks it ``stuck`` (``k8s.Kube.job_stuck``: reason and message)."""
     wanted = result_wanted(status)
     out = []
     for job in kube.list_jobs(ns, m.uid):
@@ -52,8 +53,8 @@ def observe_jobs(kube: k8s.Kube, ns: str, m: Migration, status: MigrationStatus)
             obs = k8s.job_observation(job, *kube.job_result(ns, wanted))
         elif obs.active and name == wanted:
             stuck = kube.job_stuck(ns, name)
-            if stuck:  # a step that cannot start fails now, not at the Job's activeDeadlineSeconds
-                obs = replace(obs, state=k8s.FAILED, reason=stuck[0], message=stuck[1], stuck=True)
+            if stuck:  # still active: decide fails the step and asks for the Job to be stopped (Action.stop)
+                obs = replace(obs, reason=stuck[0], message=stuck[1], stuck=True)
         out.append(obs)
     return tuple(out)
 

@@ -8,7 +8,8 @@ only registers the watches and feeds :meth:`Reconciler.trigger`); Kubernetes onl
 - **Echo suppression**: the resourceVersion of our own last status write is remembered, so the watch event it
   causes does not trigger another pass (:meth:`Reconciler.is_echo`).
 - **Apply order**: Lease acquire → status merge patch (with ``resourceVersion``: a stale pass gets
-  :class:`~schemagate.contract.errors.Conflict` and retries) → Job create → Lease release → Events. The decision already
+  :class:`~schemagate.contract.errors.Conflict` and retries) → stop the Jobs the decision names (a pod that can never
+  start, ``Action.stop``) → Job create → Lease release → Events. The decision already
   recorded the Lease in ``status.run.lease``; when the acquire loses a race, nothing is written and the resource is
   requeued (the next pass observes the new holder and decides to wait).
 - **Lease cache**: the Lease name and holder id of each known resource, to release it when the resource is deleted.
@@ -149,8 +150,8 @@ class Reconciler:
         return await self.apply(key, snap, action)
 
     async def apply(self, key: Key, snap: observe.Snapshot, action: Action) -> float | None:
-        """Carry out ``action``: Lease, status, metrics, stop the stuck Job, new Job, Lease release, Events (in that
-        order)."""
+        """Carry out ``action``: Lease, status, metrics, stop the Jobs it names (``action.stop``), new Job, Lease
+        release, Events (in that order)."""
         ns, name = key
         lease_ns = self.settings.lease_namespace
         if action.lock == "acquire" and not await self.call(self.kube.acquire_lease, lease_ns, snap.lease,
@@ -161,10 +162,9 @@ class Reconciler:
         for step, res in action.consumed:  # the series follow the status just written
             metrics.observe_result(ns, name, step, res)
         metrics.observe_phase(ns, name, action.phase, snap.status.get("phase"))
-        for job in snap.observed.jobs:  # failed by the status just written; its pod would wait for its deadline
-            if job.stuck:
-                await self.call(self.kube.stop_job, ns, job.name)
-                log.info("%s/%s: stopped job %s (%s): its pod cannot start", ns, name, job.name, job.reason)
+        for job in action.stop:  # failed by the status just written; its pod would wait for its deadline
+            await self.call(self.kube.stop_job, ns, job)
+            log.info("%s/%s: stopped job %s: its pod cannot start", ns, name, job)
         if action.create is not None and not await self._create_job(key, snap, action):
             return FOREIGN_JOB_REQUEUE
         if action.lock == "release":

@@ -234,6 +234,38 @@ def test_no_termination_message_falls_back_to_exit_code(exit_code, outcome_phase
         assert a.status["lastError"]["reason"] == "DeadlineExceeded"
 
 
+@pytest.mark.parametrize("step", STEPS)
+def test_a_stuck_job_fails_its_step_and_is_stopped_by_the_decision(step):
+    """A step's Job whose pod can never start (observed ``stuck``, still active): the failure is recorded with the
+    kubelet's or the API's words, the Action names the Job in ``stop`` (the reconciler ends it), no other Job is
+    created, and the Lease is released although the stuck Job is still listed as active."""
+    sim = Sim(mig())
+    results = {s: OK_RESULTS[s] for s in STEPS[:STEPS.index(step)]}
+    a = sim.step()
+    while a.create is not None and a.create.step != step:
+        sim.finish(a.create.step, results[a.create.step])
+        a = sim.step()
+    assert a.create is not None and a.create.step == step and a.stop == []
+    name = a.create.name
+    sim.jobs[name] = JobObs(name=name, step=step, generation=1, stuck=True, reason="ErrImagePull",
+                            message='container "migrate": image "x" not found')
+    assert sim.jobs[name].active
+    a = sim.step()
+    assert a.stop == [name] and a.create is None and a.lock == "release"
+    assert a.status["phase"] == "Failed" and a.status["lastError"]["reason"] == "ErrImagePull"
+    assert 'image "x" not found' in a.status["lastError"]["message"]
+    again = sim.step()  # recorded once: the next pass (the Job still active until stopped) asks nothing more
+    assert again.stop == [] and again.create is None and again.events == []
+
+
+def test_an_active_job_that_is_not_stuck_is_not_stopped():
+    sim = Sim(mig())
+    a = sim.step()
+    for _ in range(3):
+        a = sim.step()
+        assert a.stop == [] and a.status["phase"] == "BackingUp" and a.create is None
+
+
 def test_succeeded_job_without_result_advances():
     m = mig(backup={"enabled": False})
     a = decide(m, {}, Observed(now=T0, lock=LockObs(mine=True)))

@@ -65,8 +65,9 @@ class JobObs:
     reason: str = ""  # Job condition reason, e.g. DeadlineExceeded, BackoffLimitExceeded
     message: str = ""
     running: bool = False  # a pod of the Job is Ready (batch/v1 JobStatus.ready > 0): its step has started
-    stuck: bool = False  # active, but its pod can never start (k8s.stuck_reason): failed here, stopped by the
-    # reconciler so its pod (and a precheck's throw-away shadow server) goes now, not at its deadline
+    stuck: bool = False  # active, but its pod can never start (k8s.stuck_reason; its words in reason/message):
+    # decide fails the step now and asks for the Job to be stopped (Action.stop), so its pod (and a precheck's
+    # throw-away shadow server) goes now, not at the Job's activeDeadlineSeconds
 
     @property
     def active(self) -> bool:
@@ -127,7 +128,12 @@ class Event:
 
 @dataclass
 class Action:
-    """The decision: the complete desired status, at most one Job, the Lease intent, Events, next look."""
+    """The decision: the complete desired status, at most one Job, the Jobs to stop, the Lease intent, Events,
+    next look.
+
+    ``stop``: names of active Jobs whose failure this status records (a pod that can never start,
+    :attr:`JobObs.stuck`); the reconciler ends them after writing the status (``k8s.Kube.stop_job``: their
+    ``activeDeadlineSeconds`` becomes 1), so nothing waits for their deadline."""
 
     status: MigrationStatus
     create: JobRequest | None = None
@@ -135,6 +141,7 @@ class Action:
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     consumed: list[tuple[str, StepResultDict]] = field(default_factory=list)  # (step, StepResult dict)
+    stop: list[str] = field(default_factory=list)  # Job names
 
     @property
     def phase(self) -> str:
@@ -163,7 +170,8 @@ def settled(m: Migration, status: MigrationStatus) -> bool:
 
 
 def synthesize_result(job: JobObs) -> StepResultDict:
-    """The StepResult of a finished Job: its termination message, or one made from the exit code."""
+    """The StepResult of a finished Job (or a stuck one, :attr:`JobObs.stuck`): its termination message, or one
+    made from the exit code (a stuck Job: PermanentError with the reason that keeps its pod from starting)."""
     if job.result is not None:
         return job.result
     if job.state == SUCCEEDED:
@@ -259,6 +267,7 @@ class RunState:
     events: list[Event] = field(default_factory=list)
     consumed: list[tuple[str, StepResultDict]] = field(default_factory=list)
     create: JobRequest | None = None
+    stop: list[str] = field(default_factory=list)
     lock: LockIntent | None = None
     requeue: float | None = None
 
@@ -295,7 +304,7 @@ class RunState:
 
     def action(self) -> Action:
         return Action(status=self.st, create=self.create, lock=self.lock, events=self.events,
-                      requeue_after=self.requeue, consumed=self.consumed)
+                      requeue_after=self.requeue, consumed=self.consumed, stop=self.stop)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -483,6 +492,8 @@ def _rehearsal_status(st: MigrationStatus, res: StepResultDict) -> None:
 
 def _apply_result(rs: RunState, step: str, job: JobObs) -> None:
     res = synthesize_result(job)
+    if job.stuck:  # its failure is recorded now: the Job goes too, not at its deadline
+        rs.stop.append(job.name)
     if step == "rehearse":
         res = rehearsal_result(job, res)
         _rehearsal_status(rs.st, res)
@@ -626,12 +637,13 @@ def record_lease(rs: RunState) -> None:
 
 
 def consume_result(rs: RunState) -> None:
-    """The current step's finished Job moves the run on (or fails it, or schedules a retry)."""
+    """The current step's finished Job moves the run on (or fails it, or schedules a retry). A stuck Job (its pod
+    can never start) is a failure of the step now, and the Job is to be stopped (``Action.stop``)."""
     step = rs.run.get("step")
     if not step or rs.phase in S.TERMINAL_PHASES:
         return
     current = rs.current_job(step)
-    if current is not None and not current.active and not rs.run.get("retryAt"):
+    if current is not None and (not current.active or current.stuck) and not rs.run.get("retryAt"):
         _apply_result(rs, step, current)
 
 
@@ -663,7 +675,7 @@ def lock_intent(rs: RunState) -> None:
     mine = rs.obs.lock.mine
     if rs.create is not None and not mine:
         rs.lock = "acquire"
-    elif mine and rs.create is None and not any(j.active for j in rs.obs.jobs):
+    elif mine and rs.create is None and not any(j.active and j.name not in rs.stop for j in rs.obs.jobs):
         if rs.phase in (*S.TERMINAL_PHASES, S.SUSPENDED) or rs.reason == S.SECRET_NOT_FOUND:
             rs.lock = "release"
 
