@@ -499,11 +499,22 @@ def pod_termination(pods: list[Obj]) -> Obj | None:
 # runAsNonRoot with an image that runs as root). ErrImagePull alone is the first, possibly transient, failure.
 STUCK_WAITING = ("ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName", "CreateContainerConfigError")
 
+# A container the kubelet has restarted this many times after it failed is in a crash loop. Step pods have
+# restartPolicy Never, so only their native sidecars (init containers with restartPolicy Always: the precheck's
+# shadow-server, the rehearsal's scratch-guard) are ever restarted; one that keeps failing leaves the step waiting
+# for it (the shadow server never comes) until the Job's activeDeadlineSeconds. The kubelet restarts a failed
+# container at once the first time, then after 10 s, 20 s, ... (CrashLoopBackOff, at most 5 min; kubelet.go
+# initialCrashLoopBackOff), so the third restart comes about 30 s after the first failure; one or two restarts
+# (a transient fault) are tolerated.
+CRASH_LOOP_RESTARTS = 3
+CRASH_LOOP = "CrashLoopBackOff"  # the kubelet's waiting reason for a container in that loop (kuberuntime doBackOff)
+
 
 def stuck_reason(pods: list[Obj], events: list[Obj]) -> tuple[str, str] | None:
     """``(reason, message)`` when an active Job's step cannot run until someone changes something, else None.
 
-    ``pods``: the Job's pods; a container waiting with a reason in :data:`STUCK_WAITING` gives that reason.
+    ``pods``: the Job's pods; a container waiting with a reason in :data:`STUCK_WAITING` gives that reason, a
+    container of the newest pod in a crash loop (:func:`crash_loop`) gives ``CrashLoopBackOff``.
     ``events``: the Job's ``FailedCreate`` Events, used when it has no pod: the API server refused the pod
     (reason ``FailedCreate``, the Event's message, e.g. ``violates PodSecurity "restricted:latest"`` or
     ``serviceaccount "x" not found``). Messages are redacted and cut to 512 characters."""
@@ -513,13 +524,62 @@ def stuck_reason(pods: list[Obj], events: list[Obj]) -> tuple[str, str] | None:
         if reason in STUCK_WAITING:
             return reason, f"the step's container cannot start ({waiting}); fix the image or pod settings in the " \
                            "spec, then retry"
-        return None
+        looping = crash_loop(pods)
+        return (CRASH_LOOP, looping) if looping else None
     refused = [e for e in events if e.get("reason") == "FailedCreate"]
     if not refused:
         return None
     newest = sorted(refused, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))[-1]
     text = redact(str(newest.get("message") or ""))[:512]
     return "FailedCreate", f"the Job controller could not create the step's pod: {text}"
+
+
+def crash_loop(pods: list[Obj]) -> str | None:
+    """Why a container of the newest pod is in a crash loop, as a message naming the container, its restart
+    count, its last termination and the fix; None when none is (or the pod has finished).
+
+    A container is in a crash loop when the kubelet has restarted it at least :data:`CRASH_LOOP_RESTARTS` times
+    (core/v1 ContainerStatus ``restartCount``) and its last run failed: ``lastState.terminated`` (or
+    ``state.terminated`` before the kubelet has written its ``waiting: CrashLoopBackOff``) with a non-zero
+    ``exitCode`` (``reason`` ``OOMKilled`` at the memory limit, ``Error`` otherwise). A sidecar that exits 0 and is
+    restarted (the shadow server after the count) is not failing. Init container statuses are read first. The
+    message carries the last termination's message (a StepResult's ``message``, else the log tail the kubelet
+    kept with ``FallbackToLogsOnError``), redacted, and the whole is cut to 1024 characters."""
+    if not pods:
+        return None
+    newest = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")[-1]
+    st = newest.get("status") or {}
+    if st.get("phase") in ("Succeeded", "Failed"):
+        return None
+    for cs in list(st.get("initContainerStatuses") or []) + list(st.get("containerStatuses") or []):
+        restarts = int(cs.get("restartCount") or 0)
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+        if restarts < CRASH_LOOP_RESTARTS or int(term.get("exitCode") or 0) == 0:
+            continue
+        name = str(cs.get("name") or "?")
+        result, code, text = parse_termination(str(term.get("message") or ""), term.get("exitCode"))
+        said = redact(str(result.get("message") or ""))[:400] if result else text[:400]
+        last = f"{term.get('reason') or 'Error'}, exit code {code}" + (f": {said}" if said else "")
+        msg = (f"container {name} of the step's pod keeps failing and the kubelet restarts it in a loop "
+               f"(restarted {restarts} times; last exit: {last}); {_crash_loop_fix(name, term)}, then retry")
+        return msg[:1024]
+    return None
+
+
+def _crash_loop_fix(container: str, term: Obj) -> str:
+    """What to change for a container in a crash loop (:func:`crash_loop`), by its last termination reason and
+    whether it is the precheck's throw-away server (:data:`schemagate.core.jobs.SHADOW_SERVER`)."""
+    shadow = container == J.SHADOW_SERVER
+    if term.get("reason") == "OOMKilled":
+        fix = "raise the memory limit, spec.jobTemplate.resources.limits.memory (it applies to every container"
+        if shadow:
+            fix += "; the throw-away server's data directory is on a memory-backed emptyDir and counts against it"
+        return fix + ")"
+    if shadow:
+        return ("the throw-away shadow PostgreSQL does not start (the message above is its error); check "
+                "spec.precheck.shadowDatabase.sizeLimit and spec.jobTemplate.resources, or use an existing empty "
+                "database (spec.precheck.shadowDatabase.urlFrom)")
+    return "fix what the message above names"
 
 
 def pod_waiting(pods: list[Obj]) -> str:

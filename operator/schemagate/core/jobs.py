@@ -181,6 +181,7 @@ def _check_args(checks: Iterable[UserCheck]) -> list[str]:
 
 
 SHADOW_DIR = "/shadow"
+SHADOW_SERVER = "shadow-server"  # the precheck pod's sidecar running the throw-away PostgreSQL
 SHADOW_URL_ENV = names.ENV_SHADOW_DATABASE_URL
 
 
@@ -224,8 +225,8 @@ def _precheck_containers(m: Migration, s: JobSettings, base: list[str], tmp: dic
     inits = [_install_runner(m, s)]
     vols = [{"name": "work", "emptyDir": {}}, {"name": "schemagate-runner", "emptyDir": {}}, tmp]
     if pc.shadow_url_from is None:
-        server = _container(m, s, "shadow-server", ["schemagate", "precheck", "--phase", "shadow-server", "--json",
-                                                    "--workdir", WORK_DIR], db=False,
+        server = _container(m, s, SHADOW_SERVER, ["schemagate", "precheck", "--phase", "shadow-server", "--json",
+                                                  "--workdir", WORK_DIR], db=False,
                             extra_env=[{"name": names.ENV_SHADOW_DIR, "value": SHADOW_DIR}],
                             mounts=[work, {"name": "shadow", "mountPath": SHADOW_DIR}, _tmp_mount()])
         server["restartPolicy"] = "Always"  # a native sidecar: runs beside the later containers, stopped after
