@@ -1,6 +1,7 @@
 # ruff: noqa: F811  (pytest fixtures imported from test_operator are redefined as parameters)
 """Downgrades through the operator (spec.allowDowngrade, spec.maxDataLoss) on the test bed, against a real
-PostgreSQL and the food truck project: refused without allowDowngrade (no Job for ``base``), allowed with it
+PostgreSQL and the food truck project: refused without allowDowngrade (no Job for ``base`` or a revision a run of
+the resource passed, the backup Job's plan before any dump on a first run), allowed with it
 (backup, data-at-risk precheck on the shadow, alembic downgrade, verify), blocked while data is at risk."""
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ def test_foodtruck_to_base_refused_then_allowed(kube: Any, operator: Operator, i
     o = wait_phase(kube, namespace, "truck", DONE, op=operator, timeout=300)
     assert o["status"]["phase"] == "Succeeded" and revision(fresh_db) == "0003", o["status"]
     before_jobs = {j["metadata"]["name"] for j in jobs(kube, namespace)}
+    assert o["status"]["revisionsBelow"] == ["0001", "0002"]
+
+    # a named revision this resource's run passed, without allowDowngrade: refused at once, no Job, nothing changed
+    _patch(kube, namespace, "truck", {"migrations": {"targetRevision": "0001"}})
+    o = wait_phase(kube, namespace, "truck", DONE, op=operator)
+    st = o["status"]
+    assert st["phase"] == "Failed" and cond(o, "Ready")["reason"] == "DowngradeNotAllowed", st
+    assert "'0001' is below the database's revision 0003" in st["lastError"]["message"]
+    assert {j["metadata"]["name"] for j in jobs(kube, namespace)} == before_jobs
+    assert revision(fresh_db) == "0003"
 
     # without allowDowngrade: refused at once, naming the field; no Job, nothing changed
     _patch(kube, namespace, "truck", {"migrations": {"targetRevision": "base"}})
@@ -90,12 +101,20 @@ def test_data_at_risk_blocks_the_downgrade_until_allowed(kube: Any, operator: Op
     execute(fresh_db, "update menu_items set version = version + 1 where id in ('m1', 'm2')")
     image = images("foodtruck")
     secret(kube, namespace, "db", {"url": fresh_db})
-    # a named revision below the database, without allowDowngrade: the precheck refuses it, nothing changed
+    # a named revision below the database on a first run, without allowDowngrade: nothing in the status tells, so
+    # the backup Job plans first (init container in the application's image) and refuses it before pg_dump runs
     kube.apply(dbm("risky", image=image, migrations={"image": image, "directory": "/app",
                                                      "targetRevision": "0001"}), namespace)
     o = wait_phase(kube, namespace, "risky", DONE, op=operator, timeout=300)
-    assert o["status"]["phase"] == "Failed" and cond(o, "Ready")["reason"] == "DowngradeNotAllowed", o["status"]
-    assert revision(fresh_db) == "0003"
+    st = o["status"]
+    assert st["phase"] == "Failed" and cond(o, "Ready")["reason"] == "DowngradeNotAllowed", st
+    assert st["lastError"]["phase"] == "BackingUp" and "backup" not in st and "backups" not in st, st
+    assert list(st["jobs"]) == ["backup"] and revision(fresh_db) == "0003"
+    (pod,) = kube.pods(namespace, f"job-name={st['jobs']['backup']}")
+    inits = {c["name"]: c for c in pod["status"]["initContainerStatuses"]}
+    assert inits["plan"]["state"]["terminated"]["exitCode"] == 4, inits
+    (main,) = pod["status"]["containerStatuses"]
+    assert main["name"] == "backup" and "terminated" not in main["state"] and not main.get("lastState"), main
     # allowed, but 2 rows hold non-default versions and maxDataLoss is 0: blocked, nothing changed
     _patch(kube, namespace, "risky", {"allowDowngrade": True})
     o = wait_phase(kube, namespace, "risky", DONE, op=operator, timeout=300)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from schemagate.core import jobs as J
 from tests.unit.helpers import Sim, mig, result
 
@@ -138,3 +140,126 @@ def test_omitted_counts_in_the_status_are_integers():
     sim = Sim(mig())
     a = sim.run({"precheck": pre})
     assert a.status["violations"]["omitted"] == {"all": 1, "checks": 3}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A named revision below the database, known from this resource's earlier runs: refused before any Job
+
+PRE_UP = result("precheck", reason="PrecheckPassed", currentRevision=None, targetRevision="0003",
+                expectedRevisions=["0003"], pending=["0001", "0002", "0003"], total=0, checks=[])
+MIGRATE_UP = result("migrate", reason="Migrated", fromRevision=None, toRevision="0003",
+                    applied=["0001", "0002", "0003"])
+VERIFY_UP = result("verify", reason="Verified", currentRevision="0003", targetRevision="0003")
+
+
+def _upgraded_to_0003(**spec) -> Sim:
+    sim = Sim(mig(**spec))
+    a = sim.run({"precheck": PRE_UP, "migrate": MIGRATE_UP, "verify": VERIFY_UP})
+    assert a.status["phase"] == "Succeeded" and a.status["currentRevision"] == "0003"
+    return sim
+
+
+def _new_spec(sim: Sim, generation: int = 2, **spec) -> None:
+    sim.m = mig(generation=generation, **spec)
+
+
+def test_an_upgrade_records_the_revisions_it_left_below():
+    sim = _upgraded_to_0003()
+    assert sim.status["revisionsBelow"] == ["0001", "0002"]
+
+
+@pytest.mark.parametrize("target", ["0001", "0002", "0001,0002"])
+def test_a_named_revision_known_below_is_refused_before_any_job(target):
+    sim = _upgraded_to_0003()
+    before = list(sim.created)
+    _new_spec(sim, migrations=_migrations(target))
+    a = sim.step()
+    assert a.create is None and sim.created == before and a.lock is None
+    st = a.status
+    assert st["phase"] == "Failed" and st["lastError"]["reason"] == "DowngradeNotAllowed", st
+    assert f"{target!r} is below the database's revision 0003" in st["lastError"]["message"]
+    assert "spec.allowDowngrade: true" in st["lastError"]["message"] and st["currentRevision"] == "0003"
+    assert [e.reason for e in a.events].count("DowngradeNotAllowed") == 1
+    again = sim.step()  # a re-sync changes nothing and posts nothing
+    assert again.create is None and again.events == [] and again.status["phase"] == "Failed"
+    assert st["revisionsBelow"] == ["0001", "0002"]  # kept for the next run
+
+
+@pytest.mark.parametrize("target", ["0003", "heads", "0004", "00", "0002+1", "branch@0002"])
+def test_a_target_not_known_below_gets_its_jobs(target):
+    """The current revision, head, an unknown id, a prefix, a relative or branch target: the Jobs decide."""
+    sim = _upgraded_to_0003()
+    _new_spec(sim, migrations=_migrations(target))
+    a = sim.step()
+    assert a.create is not None and a.create.step == "backup" and a.status["phase"] == "BackingUp"
+
+
+def test_allow_downgrade_runs_a_known_lower_target():
+    sim = _upgraded_to_0003()
+    _new_spec(sim, migrations=_migrations("0001"), allowDowngrade=True)
+    a = sim.step()
+    assert a.create is not None and a.create.step == "backup"
+
+
+def test_a_database_moved_outside_the_resource_forgets_what_was_below():
+    """The next precheck finds the database at 0001 (downgraded by hand): 0001 and 0002 are no longer known to be
+    below it, and the run that follows knows nothing it cannot."""
+    sim = _upgraded_to_0003()
+    _new_spec(sim, migrations=_migrations("0002"), allowDowngrade=True)
+    moved = result("precheck", reason="PrecheckPassed", currentRevision="0001", targetRevision="0002",
+                   expectedRevisions=["0002"], pending=["0002"], total=0, checks=[])
+    a = sim.run({"precheck": moved, "migrate": result("migrate", reason="Migrated", toRevision="0002",
+                                                      applied=["0002"]),
+                 "verify": result("verify", reason="Verified", currentRevision="0002")})
+    assert a.status["phase"] == "Succeeded" and a.status["revisionsBelow"] == ["0001"]
+
+
+def test_a_downgrade_forgets_what_was_below():
+    sim = _upgraded_to_0003(maxDataLoss=500)
+    _new_spec(sim, migrations=_migrations("base"), allowDowngrade=True, maxDataLoss=500)
+    pre = result("precheck", reason="DowngradePlanned", direction="downgrade", currentRevision="0003",
+                 targetRevision="base", expectedRevisions=[], pending=[], total=0, checks=[],
+                 downgrade={**DOWN, "fromRevision": "0003"})
+    a = sim.run({"precheck": pre, "migrate": MIGRATE_DOWN, "verify": VERIFY_DOWN})
+    assert a.status["phase"] == "Succeeded" and a.status["currentRevision"] == "base"
+    assert "revisionsBelow" not in a.status
+    _new_spec(sim, generation=3, migrations=_migrations("0001"))  # unknown again: the backup Job plans first
+    assert sim.step().create.step == "backup"
+
+
+def test_a_user_migrate_command_is_known_from_verify():
+    """spec.migrations.command reports no revision; verify reads it, and what the run applied is below it."""
+    sim = Sim(mig(migrations={**_migrations("0003"), "command": ["./migrate.sh"]}))
+    a = sim.run({"precheck": PRE_UP, "migrate": result("migrate", reason="Completed"), "verify": VERIFY_UP})
+    assert a.status["phase"] == "Succeeded" and a.status["revisionsBelow"] == ["0001", "0002"]
+
+
+def test_the_backup_job_plans_a_named_target_before_it_dumps():
+    """First run (nothing known): the backup pod's ``plan`` init container (application image) refuses a target
+    below the database before the backup container starts; head needs no plan, nor does an allowed downgrade."""
+    job = J.build_job(mig(migrations=_migrations("0001")), "backup", "shop-1-backup-1", 1, SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    inits = [c["name"] for c in pod["initContainers"]]
+    assert inits == ["install-runner", "plan"] and [c["name"] for c in pod["containers"]] == ["backup"]
+    plan = pod["initContainers"][1]
+    assert plan["image"] == "registry.example/shop:1.2" and plan["workingDir"] == "/app"
+    assert plan["command"][:4] == ["python", "-m", "schemagate.runner.inject", "plan"]
+    assert plan["command"][plan["command"].index("--target") + 1] == "0001"
+    assert plan["terminationMessagePath"] == J.TERMINATION_LOG
+    assert {v["name"] for v in pod["volumes"]} >= {"backups", "schemagate-runner", "tmp"}
+    for m in (mig(), mig(migrations=_migrations("heads")), mig(migrations=_migrations("0001"), allowDowngrade=True)):
+        pod = J.build_job(m, "backup", "shop-1-backup-1", 1, SETTINGS)["spec"]["template"]["spec"]
+        assert "initContainers" not in pod
+
+
+def test_a_refusal_by_the_backup_jobs_plan_fails_the_run_without_a_backup():
+    refused = result("plan", "PermanentError", "DowngradeNotAllowed",
+                     "target revision '0001' is older than the database's revision(s) 0003: a downgrade, which runs "
+                     "only when allowed (schemagate run --allow-downgrade; spec.allowDowngrade: true); nothing was "
+                     "changed")
+    sim = Sim(mig(migrations=_migrations("0001")))
+    a = sim.run({"backup": refused})
+    st = a.status
+    assert st["phase"] == "Failed" and st["lastError"]["reason"] == "DowngradeNotAllowed", st
+    assert st["lastError"]["phase"] == "BackingUp" and "backup" not in st and "backups" not in st
+    assert sim.created == ["shop-1-backup-1"] and a.lock == "release"

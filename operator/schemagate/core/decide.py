@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
 from schemagate.contract.stepresult import ExitCode, Outcome
+from schemagate.core import revisions as R
 from schemagate.core import status as S
 from schemagate.core.jobs import job_name
 from schemagate.core.model import Migration
@@ -197,7 +198,7 @@ def _short(s: str, n: int = 1024) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
-_KEPT_ACROSS_RUNS = ("currentRevision", "backup", "backups", "conditions", "kopf")
+_KEPT_ACROSS_RUNS = ("currentRevision", "revisionsBelow", "backup", "backups", "conditions", "kopf")
 MAX_BACKUPS_LISTED = 100  # status.backups when spec.backup.retention is 0 (every file kept)
 
 
@@ -328,6 +329,8 @@ def _precheck_status(st: MigrationStatus, data: dict[str, Any], max_violations: 
     lint = data.get("lint")
     if isinstance(lint, dict):
         st["lint"] = {"total": int(lint.get("total") or 0), "findings": list(lint.get("findings") or [])}
+    if "currentRevision" in data:  # the database as it is now: what was known below another revision goes
+        R.observed(st, data["currentRevision"])
     if data.get("currentRevision") is not None:
         st["currentRevision"] = data["currentRevision"]
     if data.get("targetRevision"):
@@ -397,14 +400,17 @@ def _record_success(rs: RunState, step: str, res: StepResultDict, message: str) 
     elif step == "rehearse":
         rs.note("Rehearsed", message or "the pending revisions ran on a restored copy")
     elif step == "migrate" and data.get("direction") == "downgrade":
+        R.moved_down(st)
         st["currentRevision"] = data.get("toRevision") or "base"
         rs.note("Downgraded", message or f"database at {st.get('currentRevision')}")
     elif step == "migrate":
         if data.get("toRevision") is not None:
+            R.moved_up(st, data["toRevision"], data.get("applied"))
             st["currentRevision"] = data["toRevision"]
         st["appliedRevisions"] = list(data.get("applied") or [])
         rs.note("Migrated", message or f"database at {st.get('currentRevision')}")
     elif step == "verify" and data.get("currentRevision") is not None:
+        R.reached(st, data["currentRevision"])  # a user's migrate command reports no revision: verify does
         st["currentRevision"] = data["currentRevision"]
 
 
@@ -613,18 +619,29 @@ def honour_retry(rs: RunState) -> None:
 
 
 def refuse_downgrade(rs: RunState) -> None:
-    """``targetRevision: base`` is a downgrade of any database that has a revision: without
-    ``spec.allowDowngrade: true`` the run fails at once (``DowngradeNotAllowed``), before any Job. A named revision
-    below the database is found by the precheck Job (the revision graph is in the application's image), which
-    refuses it the same way before any change."""
+    """A target the operator knows to be a downgrade fails the run at once (``DowngradeNotAllowed``), before any
+    Job, unless ``spec.allowDowngrade: true``: ``base`` (a downgrade of any database that has a revision), or a
+    revision id in ``status.revisionsBelow`` (below the revision this resource's runs left the database at, see
+    :mod:`schemagate.core.revisions`). Any other named target may still be below the database (a first run, or a
+    revision this resource never passed): the first step's Job finds it with the revision graph before any change
+    (the backup Job's ``plan`` init container, :func:`schemagate.core.jobs.backup_plans_first`; without a backup
+    the precheck)."""
     m, st, run = rs.m, rs.st, rs.run
-    if m.allow_downgrade or m.migrations.target_revision.strip() != "base" or rs.phase in S.TERMINAL_PHASES \
-            or run.get("counters"):
+    target = m.migrations.target_revision.strip()
+    if m.allow_downgrade or rs.phase in S.TERMINAL_PHASES or run.get("counters"):
+        return
+    if target == "base":
+        msg = ("spec.migrations.targetRevision 'base' is a downgrade, which runs only with spec.allowDowngrade: "
+               "true (then: backup, data-at-risk precheck, alembic downgrade, verify); nothing was run")
+    elif R.known_below(st, target):
+        msg = (f"spec.migrations.targetRevision {target!r} is below the database's revision "
+               f"{st.get('currentRevision')} (this resource's runs applied it on the way there: "
+               f"status.revisionsBelow): a downgrade, which runs only with spec.allowDowngrade: true (then: backup, "
+               f"data-at-risk precheck, alembic downgrade, verify); nothing was run")
+    else:
         return
     run["step"] = None
     st["finishedAt"] = S.rfc3339(rs.obs.now)
-    msg = ("spec.migrations.targetRevision 'base' is a downgrade, which runs only with spec.allowDowngrade: true "
-           "(then: backup, data-at-risk precheck, alembic downgrade, verify); nothing was run")
     st["lastError"] = {"phase": S.PENDING, "reason": "DowngradeNotAllowed", "message": msg}
     rs.set(S.FAILED, "DowngradeNotAllowed", msg)
     rs.warn("DowngradeNotAllowed", msg)

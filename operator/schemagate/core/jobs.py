@@ -354,6 +354,45 @@ def _downgrade_containers(m: Migration, s: JobSettings, url_env: str, plan: Mapp
     return [_install_runner(m, s)], [main], [{"name": "schemagate-runner", "emptyDir": {}}, tmp]
 
 
+UPGRADE_TARGETS = ("head", "heads")  # never below the database: alembic upgrade only moves forward
+
+
+def backup_plans_first(m: Migration) -> bool:
+    """Whether the backup Job plans the run before it dumps: a named ``spec.migrations.targetRevision`` (not
+    ``head``/``heads``) without ``spec.allowDowngrade`` may lie below the database, which only the revision graph
+    in the application's image tells (``schemagate.core.decide.refuse_downgrade`` refuses what the status already
+    tells). The backup pod's ``plan`` init container then refuses such a target (``DowngradeNotAllowed``, exit
+    code 4) before ``pg_dump`` starts, and a target the scripts lack (``UnknownRevision``) the same way."""
+    return not m.allow_downgrade and m.migrations.target_revision.strip() not in UPGRADE_TARGETS
+
+
+def _backup_containers(m: Migration, s: JobSettings, base: list[str], tmp: dict[str, Any]
+                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The backup step's pod: ``schemagate backup`` (operator image) into ``spec.backup.volume``; before it, when
+    :func:`backup_plans_first`, ``install-runner`` and ``python -m schemagate.runner.inject plan`` (the
+    application's image: env.py reads the version rows, nothing is written), which fails the pod, and so the
+    step, with its StepResult when the target is refused."""
+    vol = {"name": "backups", **m.backup.volume}
+    mount: dict[str, Any] = {"name": "backups", "mountPath": BACKUP_DIR}
+    if m.backup.sub_path:
+        mount["subPath"] = m.backup.sub_path
+    keep = m.backup.retention if m.backup.retention > 0 else 1_000_000  # 0 keeps all
+    cmd = ["schemagate", "backup", *base, "--backup-dir", BACKUP_DIR, "--keep", str(keep)]
+    if m.backup.jobs > 1:
+        cmd += ["--jobs", str(m.backup.jobs)]
+    if m.backup.compression:
+        cmd += ["--compress", m.backup.compression]
+    main = [_container(m, s, "backup", cmd, mounts=[mount, _tmp_mount()])]
+    if not backup_plans_first(m):
+        return [], main, [vol, tmp]
+    plan = ["python", "-m", "schemagate.runner.inject", "plan", "-c", _alembic_config(m),
+            "--target", m.migrations.target_revision, "--database-url-env", m.migrations.database_url_env,
+            "--termination-log", TERMINATION_LOG]
+    inits = [_install_runner(m, s), _container(m, s, "plan", plan, app=True, mounts=[_runner_mount(), _tmp_mount()],
+                                               working_dir=m.migrations.directory)]
+    return inits, main, [vol, {"name": "schemagate-runner", "emptyDir": {}}, tmp]
+
+
 def build_containers(m: Migration, step: str, s: JobSettings, plan: Mapping[str, Any] | None = None,
                      backup: Mapping[str, Any] | None = None
                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -362,17 +401,7 @@ def build_containers(m: Migration, step: str, s: JobSettings, plan: Mapping[str,
     base = ["--json", "--database-url-env", url_env, "--termination-log", TERMINATION_LOG]
     tmp = {"name": "tmp", "emptyDir": {}}
     if step == "backup":
-        vol = {"name": "backups", **m.backup.volume}
-        mount: dict[str, Any] = {"name": "backups", "mountPath": BACKUP_DIR}
-        if m.backup.sub_path:
-            mount["subPath"] = m.backup.sub_path
-        keep = m.backup.retention if m.backup.retention > 0 else 1_000_000  # 0 keeps all
-        cmd = ["schemagate", "backup", *base, "--backup-dir", BACKUP_DIR, "--keep", str(keep)]
-        if m.backup.jobs > 1:
-            cmd += ["--jobs", str(m.backup.jobs)]
-        if m.backup.compression:
-            cmd += ["--compress", m.backup.compression]
-        return [], [_container(m, s, "backup", cmd, mounts=[mount, _tmp_mount()])], [vol, tmp]
+        return _backup_containers(m, s, base, tmp)
     if step == "precheck":
         return _precheck_containers(m, s, base, tmp)
     if step == "rehearse":
