@@ -6,11 +6,14 @@ timestamps; ~100 bytes a row, ~300 MB at the default 1.5M rows), on an embedded 
 
 Measured side by side in one run, ``--reps`` interleaved repetitions, medians:
 - anchor: ``pg_dump -Fc`` with pg_dump's default compression (gzip level 6), no verification at all;
+- floor: ``pg_dump -Fc --compress=gzip:1`` (the default's compression), no verification: what the default costs
+  without verification (it is verified in the same pass as pg_dump writes it, so it cannot go below this);
 - ``schemagate backup`` (``schemagate.runner.backup.backup``) per variant: custom format with ``gzip:1`` (the
   default), ``gzip`` (level 6), ``none``; directory format with 2 jobs and ``gzip:1``; ``lz4`` and ``zstd:1``
   when this pg_dump build supports them (probed). Each includes the full-read verification and the sha256.
-Printed: seconds, MB/s (database size / total seconds), archive size, the verification share (verify / total),
-and the ratio to the anchor. Goal: the default variant >= 1.5x the anchor's throughput, verification included.
+Printed: seconds, MB/s (database size / total seconds), archive size, the full read and sha256 seconds, the
+verification share (what is left after the dump / total: the default overlaps the dump), and the ratio to the
+anchor. Goal: the default variant >= 1.5x the anchor's throughput, verification included.
 
 Usage: ``python bench/backup.py [--rows 1500000] [--reps 2]``.
 """
@@ -58,13 +61,15 @@ def load(url: str, rows: int) -> int:
         return int(row[0]) if row else 0
 
 
-def anchor(url: str, out: Path) -> tuple[float, int]:
+def anchor(url: str, out: Path, compress: str | None = None) -> tuple[float, int]:
+    """A bare ``pg_dump -Fc`` (``compress``: its ``--compress``, else pg_dump's default gzip level 6), unverified."""
     from schemagate.libpq import client_env, pg_bin
 
     conn = client_env(url)  # the same libpq environment the backup step gives pg_dump
     target = out / "anchor.dump"
     t0 = time.monotonic()
-    subprocess.run([pg_bin("pg_dump"), "-Fc", "--no-password", "--file", str(target), "--dbname", conn.conninfo],
+    subprocess.run([pg_bin("pg_dump"), "-Fc", "--no-password", "--file", str(target),
+                    *([f"--compress={compress}"] if compress else []), "--dbname", conn.conninfo],
                    check=True, env=conn.env, capture_output=True)
     dt = time.monotonic() - t0
     size = target.stat().st_size
@@ -80,7 +85,8 @@ def variant(url: str, out: Path, compress: str, jobs: int) -> dict[str, float]:
     if not r.ok:
         raise SystemExit(f"backup {compress} jobs={jobs} failed: {r.message}")
     res = {"total": float(r.data["durationSeconds"]), "dump": float(r.data["dumpSeconds"]),
-           "verify": float(r.data["verifySeconds"]), "size": float(r.data["sizeBytes"])}
+           "verify": float(r.data["verifySeconds"]), "size": float(r.data["sizeBytes"]),
+           "read": float(r.data["fullReadSeconds"]), "sha": float(r.data["sha256Seconds"])}
     shutil.rmtree(d, ignore_errors=True)
     return res
 
@@ -108,10 +114,14 @@ def main(argv: list[str] | None = None) -> int:
             db_bytes = load(url, args.rows)
             print(f"loaded 2 x {args.rows} rows in {time.monotonic() - t0:.1f}s; database {db_bytes / 1e6:.0f} MB; "
                   f"CPUs {os.cpu_count()}", flush=True)
-            runs: dict[str, list[dict[str, float]]] = {"anchor": []}
+            runs: dict[str, list[dict[str, float]]] = {"anchor": [], "bare": []}
             for rep in range(args.reps):
                 dt, size = anchor(url, out)
-                runs["anchor"].append({"total": dt, "dump": dt, "verify": 0.0, "size": float(size)})
+                runs["anchor"].append({"total": dt, "dump": dt, "verify": 0.0, "size": float(size), "read": 0.0,
+                                       "sha": 0.0})
+                dt, size = anchor(url, out, bk.DEFAULT_COMPRESS)
+                runs["bare"].append({"total": dt, "dump": dt, "verify": 0.0, "size": float(size), "read": 0.0,
+                                     "sha": 0.0})
                 for compress, jobs in variants:
                     key = f"{'directory' if jobs > 1 else 'custom'} {compress} jobs={jobs}"
                     runs.setdefault(key, []).append(variant(url, out, compress, jobs))
@@ -123,29 +133,35 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(r[field] for r in runs[key])
 
     base = db_bytes / 1e6 / med("anchor", "total")
-    print("\n| variant | total (s) | dump (s) | verify (s) | verification share | archive (MB) | MB/s | vs pg_dump -Fc |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| variant | total (s) | dump (s) | verify after the dump (s) | full read / sha256 (s) | verification share "
+          "| archive (MB) | MB/s | vs pg_dump -Fc |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    labels = {"anchor": "pg_dump -Fc (anchor: default gzip level 6, unverified)",
+              "bare": f"pg_dump -Fc --compress={bk.DEFAULT_COMPRESS} (unverified: the floor of the default)"}
     for key in runs:
         total = med(key, "total")
         mbs = db_bytes / 1e6 / total
-        label = "pg_dump -Fc (anchor, unverified)" if key == "anchor" else key
-        print(f"| {label} | {total:.2f} | {med(key, 'dump'):.2f} | {med(key, 'verify'):.2f} | "
-              f"{med(key, 'verify') / total:.0%} | {med(key, 'size') / 1e6:.1f} | {mbs:.0f} | {mbs / base:.2f}x |")
+        print(f"| {labels.get(key, key)} | {total:.2f} | {med(key, 'dump'):.2f} | {med(key, 'verify'):.2f} | "
+              f"{med(key, 'read'):.2f} / {med(key, 'sha'):.2f} | {med(key, 'verify') / total:.0%} | "
+              f"{med(key, 'size') / 1e6:.1f} | {mbs:.0f} | {mbs / base:.2f}x |")
     default_key = f"custom {bk.DEFAULT_COMPRESS} jobs=1"
     ratio = (db_bytes / 1e6 / med(default_key, "total")) / base
     share = med(default_key, "verify") / med(default_key, "total")
-    dump_only = (db_bytes / 1e6 / med(default_key, "dump")) / base
-    best = max((k for k in runs if k != "anchor"), key=lambda k: -med(k, "total"))
+    floor = (db_bytes / 1e6 / med("bare", "total")) / base
+    best = max((k for k in runs if k not in ("anchor", "bare")), key=lambda k: -med(k, "total"))
     best_ratio = (db_bytes / 1e6 / med(best, "total")) / base
-    ok = goal("backup", f"verified backup throughput, default ({bk.DEFAULT_COMPRESS}) vs pg_dump -Fc",
+    ok = goal("backup", f"verified backup throughput, default (custom, {bk.DEFAULT_COMPRESS}) vs pg_dump -Fc",
               f"{ratio:.2f}x ({db_bytes / 1e6 / med(default_key, 'total'):.0f} vs {base:.0f} MB/s; verification "
-              f"{share:.0%} of it; the dump alone {dump_only:.2f}x; fastest variant measured: {best} "
-              f"{best_ratio:.2f}x)", f">= {GOAL}x with verification included", ratio >= GOAL)
+              f"read alongside the dump: {share:.0%} of the time comes after it (full read "
+              f"{med(default_key, 'read'):.2f}s, sha256 {med(default_key, 'sha'):.2f}s, both overlapped); floor "
+              f"{floor:.2f}x = a bare unverified pg_dump -Fc --compress={bk.DEFAULT_COMPRESS}; fastest variant "
+              f"measured: {best} {best_ratio:.2f}x)", f">= {GOAL}x with verification included", ratio >= GOAL)
     print(f"  lz4/zstd: {pg_build()}")
-    print("  why: pg_dump compresses in one process; with the methods this build has, gzip:1 is the fastest that "
-          "still compresses, and the verification (pg_restore reading everything back while sha256 runs in "
-          "a second thread) comes after the archive is complete (pg_restore needs the finished custom-format "
-          "table of contents). The ratio without any verification is the 'dump alone' figure above.")
+    print(f"  why: the default archive is verified while pg_dump writes it (pg_dump -> pipe -> file + sha256 + "
+          f"pg_restore --file /dev/null, one pass), so its time is pg_dump's own with {bk.DEFAULT_COMPRESS}: the "
+          f"floor row above. pg_dump compresses in one process and this build has no lz4/zstd, so more speed "
+          f"needs either no compression (custom none: ~3x the bytes) or the directory format with jobs > 1 "
+          f"(spec.backup.jobs; one more session on the database per job, verified after the dump).")
     return 0 if ok else 1
 
 

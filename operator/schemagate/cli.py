@@ -221,6 +221,10 @@ def _add_precheck(sub: _Sub) -> None:
     p.add_argument("--lint-fail", choices=("none", "blocking", "any"), default="none")
     p.add_argument("--statement-timeout", default="1h", type=_duration("--statement-timeout"),
                    help="statement_timeout of the counting queries (default 1h)")
+    p.add_argument("--count-sessions", default=2, type=_int_at_least(1, "--count-sessions"), metavar="N",
+                   help="sessions on the database counting the derived checks of different tables in parallel, "
+                        "all on one snapshot (default 2: one more session than the precheck's own; 1: one "
+                        "session, one table after the other; schemagate run always counts on one)")
     _precheck_scope(p)
     _checks(p)
     _common(p)
@@ -576,7 +580,8 @@ def _precheck_command(args: argparse.Namespace, early: Any) -> int:
                                   derive=not args.no_derive, shadow_url_env=args.shadow_database_url_env,
                                   statement_timeout=args.statement_timeout,
                                   accept_unevaluated=args.accept_unevaluated,
-                                  data_shadow_max_bytes=args.data_shadow_max_size, shadow_server=early)
+                                  data_shadow_max_bytes=args.data_shadow_max_size, shadow_server=early,
+                                  count_sessions=args.count_sessions)
     return emit(r, args)
 
 

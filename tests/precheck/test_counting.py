@@ -229,3 +229,48 @@ def test_checks_on_an_empty_table_count_zero(fresh_db: str) -> None:
     n = counting.notnull("nn", "public", "e", "a")
     count(fresh_db, [c, n])
     assert (c.count, n.count, c.error) == (0, 0, None)
+
+
+def test_split_queries_largest_first_to_the_least_loaded_session() -> None:
+    qs = [counting.Query(f"q{i}", [], "scan") for i in range(5)]
+    groups = counting.split_queries(qs, [10, 70, 20, 30, 40], 2)
+    assert [[q.sql for q in g] for g in groups] == [["q1", "q2"], ["q4", "q3", "q0"]]
+    assert counting.split_queries(qs[:1], [5], 3) == [[qs[0]], [], []]
+
+
+def test_counting_on_two_sessions_shares_one_snapshot_and_counts_the_same(fresh_db: str) -> None:
+    """Two sessions count the tables in parallel on the first one's exported snapshot: a violating row committed
+    after the snapshot was taken (here: while the helper session is being opened) is counted by neither, and every
+    count equals the one-session count of the same data."""
+    execute(fresh_db, "CREATE TABLE parent (id int PRIMARY KEY)", "INSERT INTO parent SELECT generate_series(1, 100)",
+            "CREATE TABLE child (id int, parent_id int, qty int)",
+            "INSERT INTO child SELECT g, g % 120, g % 7 - 1 FROM generate_series(1, 3000) g",
+            "CREATE TABLE other (id int, price numeric)",
+            "INSERT INTO other SELECT g, g % 11 - 2 FROM generate_series(1, 2000) g")
+
+    def checks() -> list[counting.Check]:
+        return [counting.check_("qty_ok", "public", "child", "qty >= 0"),
+                counting.foreign_key("child_fk", "public", "child", ("parent_id",), "public", "parent", ("id",),
+                                     ref_unique=True),
+                counting.check_("price_ok", "public", "other", "price >= 0")]
+
+    serial = count(fresh_db, checks())
+    opened: list[int] = []
+
+    def open_session() -> psycopg.Connection:
+        # committed after the first session exported its snapshot: neither session may count it
+        execute(fresh_db, "INSERT INTO child VALUES (0, 999, -5)", "INSERT INTO other VALUES (0, -1)")
+        conn = psycopg.connect(libpq_url(fresh_db), autocommit=True)
+        opened.append(conn.info.backend_pid)
+        return conn
+
+    parallel = checks()
+    with psycopg.connect(libpq_url(fresh_db), autocommit=True) as conn:
+        counting.run_counts(conn, parallel, CountOptions(sessions=2), open_session=open_session)
+        first = conn.info.backend_pid
+    assert len(opened) == 1 and opened[0] != first
+    assert [(c.name, c.count, c.error) for c in parallel] == [(c.name, c.count, c.error) for c in serial]
+    assert [c.count for c in serial] == [sum(1 for g in range(1, 3001) if g % 7 - 1 < 0),
+                                         sum(1 for g in range(1, 3001) if g % 120 == 0 or g % 120 > 100),
+                                         sum(1 for g in range(1, 2001) if g % 11 - 2 < 0)]
+    assert [c.count for c in count(fresh_db, checks())] == [c.count + 1 for c in serial]  # now visible

@@ -49,14 +49,15 @@ session's ``statement_timeout`` set; user checks (name + SQL returning one numbe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from schemagate.analysis.checkkey import check_key
-from schemagate.libpq import Connection, Cursor
+from schemagate.libpq import Connection, Cursor, one_row
 
 KINDS = ("check", "notnull", "unique", "foreignkey", "exclusion", "type", "partition-bound", "domain-check",
          "domain-notnull", "generated", "user")
@@ -386,6 +387,7 @@ class CountOptions:
     max_parallel_workers_per_gather: int | None = None  # None: the server's setting
     jit: bool | None = False  # off: no gain on these scans, compile time on large tables; None: the server's
     application_name: str = "schemagate-precheck"  # what pg_stat_activity shows (verify: schemagate-verify)
+    sessions: int = 1  # sessions counting in parallel on one snapshot (run_counts' open_session opens the others)
 
 
 def _set(cur: Cursor, name: str, value: str) -> None:
@@ -447,43 +449,152 @@ def _join_note(a: str | None, b: str) -> str:
     return f"{a}; {b}" if a else b
 
 
-def run_counts(conn: Connection, checks: Sequence[Check], opts: CountOptions | None = None) -> list[Query]:
+def run_counts(conn: Connection, checks: Sequence[Check], opts: CountOptions | None = None, *,
+               open_session: Callable[[], Connection] | None = None) -> list[Query]:
     """Count every non-skipped check on ``conn`` (a psycopg connection in autocommit mode).
 
     One REPEATABLE READ, READ ONLY transaction; each query runs under a savepoint so that one failing check
     (e.g. a function its expression calls does not exist yet) marks that check's ``error`` instead of losing the
     others. A failing table scan is retried check by check to find the culprit. Connection-level errors
     (server gone, statement timeout is *not* one of them) propagate.
-    """
-    import psycopg
 
+    ``opts.sessions > 1`` with ``open_session`` (a new connection to the same database) and at least two queries:
+    the queries are split over that many sessions by table size (largest first, each to the least loaded
+    session), every helper session imports the first one's snapshot (``pg_export_snapshot()`` and ``SET
+    TRANSACTION SNAPSHOT``, https://www.postgresql.org/docs/current/functions-admin.html#FUNCTIONS-SNAPSHOT-SYNCHRONIZATION),
+    so all counts still see one snapshot, and the sessions scan in parallel (one core each). When a helper cannot
+    be opened or the snapshot cannot be exported (a standby before PostgreSQL 10), the queries it would have run
+    are counted on ``conn`` as before.
+    """
     opts = opts or CountOptions()
     configure_session(conn, opts)
     queries = plan_queries(checks)
+    if opts.sessions > 1 and open_session is not None and len(queries) > 1:
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                _count_in_sessions(conn, cur, queries, opts, open_session)
+            return queries
+        except _NoSnapshot:  # rolled back before anything was counted: one session counts everything
+            pass
     with conn.transaction():
         with conn.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            for q in queries:
-                try:
-                    with conn.transaction():
-                        _run_one(cur, q)
-                except (psycopg.errors.QueryCanceled, psycopg.OperationalError):
-                    raise
-                except (psycopg.Error, ValueError) as exc:
-                    if q.kind == "scan" and len(q.checks) > 1:
-                        for c in q.checks:
-                            single = Query(table_scan_sql([c]), [c], "scan", c.table)
-                            try:
-                                with conn.transaction():
-                                    _run_one(cur, single)
-                            except (psycopg.errors.QueryCanceled, psycopg.OperationalError):
-                                raise
-                            except (psycopg.Error, ValueError) as exc2:
-                                c.error = _short(exc2)
-                    else:
-                        for c in q.checks:
-                            c.error = _short(exc)
+            _count_queries(conn, cur, queries)
     return queries
+
+
+class _NoSnapshot(Exception):
+    """``pg_export_snapshot()`` failed (it must run outside a subtransaction; not on a standby before 10)."""
+
+
+def _count_queries(conn: Connection, cur: Cursor, queries: Sequence[Query]) -> None:
+    """Run ``queries`` in ``conn``'s open transaction, each under a savepoint (see :func:`run_counts`)."""
+    import psycopg
+
+    for q in queries:
+        try:
+            with conn.transaction():
+                _run_one(cur, q)
+        except (psycopg.errors.QueryCanceled, psycopg.OperationalError):
+            raise
+        except (psycopg.Error, ValueError) as exc:
+            if q.kind == "scan" and len(q.checks) > 1:
+                for c in q.checks:
+                    single = Query(table_scan_sql([c]), [c], "scan", c.table)
+                    try:
+                        with conn.transaction():
+                            _run_one(cur, single)
+                    except (psycopg.errors.QueryCanceled, psycopg.OperationalError):
+                        raise
+                    except (psycopg.Error, ValueError) as exc2:
+                        c.error = _short(exc2)
+            else:
+                for c in q.checks:
+                    c.error = _short(exc)
+
+
+def split_queries(queries: Sequence[Query], sizes: Sequence[int], sessions: int) -> list[list[Query]]:
+    """``queries`` in ``sessions`` groups of about equal work: the largest first (``sizes``: bytes each query
+    scans), each to the group with the fewest bytes so far (longest-processing-time first). Group 0 is the
+    exporting session's; a group stays empty when there are fewer queries than sessions."""
+    groups: list[list[Query]] = [[] for _ in range(max(1, sessions))]
+    load = [0] * len(groups)
+    for q, size in sorted(zip(queries, sizes, strict=True), key=lambda x: -x[1]):
+        i = load.index(min(load))
+        groups[i].append(q)
+        load[i] += size
+    return groups
+
+
+def _scan_bytes(cur: Cursor, q: Query) -> int:
+    """What ``q`` reads, for splitting: the size of its table plus the referenced tables it joins (0 when a
+    name does not resolve: a user check)."""
+    names = set()
+    for c in q.checks:
+        if c.schema and c.relname:
+            names.add(f'"{c.schema}"."{c.relname}"')
+        if c.kind == "foreignkey" and c.ref_schema and c.ref_relname and not c.ref_is_new:
+            names.add(f'"{c.ref_schema}"."{c.ref_relname}"')
+    if not names:
+        return 0
+    cur.execute("SELECT coalesce(sum(pg_relation_size(to_regclass(n))), 0) FROM unnest(%s::text[]) AS n",
+                (sorted(names),))
+    row = cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def _count_in_sessions(conn: Connection, cur: Cursor, queries: Sequence[Query], opts: CountOptions,
+                       open_session: Callable[[], Connection]) -> None:
+    """Count ``queries`` on ``conn`` and helper sessions on its snapshot (each in a thread). A helper that
+    cannot start leaves its share to ``conn``; the helpers' errors that end a count (connection lost, statement
+    timeout) are re-raised here after every helper finished."""
+    import threading
+
+    import psycopg
+
+    try:
+        cur.execute("SELECT pg_export_snapshot()")  # the transaction's first statement: its snapshot
+        snapshot = str(one_row(cur)[0])
+        sizes = [_scan_bytes(cur, q) for q in queries]
+    except psycopg.Error as e:
+        raise _NoSnapshot(str(e)) from e
+    groups = split_queries(queries, sizes, opts.sessions)
+    mine, threads, failures, helpers = list(groups[0]), [], [], []
+    for share in groups[1:]:
+        if not share:
+            continue
+        try:
+            helper = open_session()
+            helpers.append(helper)
+            configure_session(helper, opts)
+            helper.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            helper.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        except psycopg.Error:
+            mine += share  # counted on the first session instead
+            continue
+
+        def work(h: Connection = helper, qs: list[Query] = share) -> None:
+            try:
+                with h.cursor() as hc:
+                    _count_queries(h, hc, qs)
+                h.execute("COMMIT")
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                failures.append(e)
+
+        t = threading.Thread(target=work, name="schemagate-count", daemon=True)
+        t.start()
+        threads.append(t)
+    try:
+        _count_queries(conn, cur, mine)
+    finally:
+        for t in threads:
+            t.join()
+        for h in helpers:
+            with contextlib.suppress(Exception):
+                h.close()
+    if failures:
+        raise failures[0]
 
 
 def summarize(checks: Sequence[Check]) -> dict[str, Any]:

@@ -102,6 +102,7 @@ STEP = "precheck"
 DEFAULT_STATEMENT_TIMEOUT = "1h"
 LINT_FAIL_MODES = ("none", "blocking", "any")
 DEFAULT_DATA_SHADOW_MAX_BYTES = 1 << 30  # spec.precheck.dataShadow.maxSize default: 1Gi
+MAX_COUNT_SESSIONS = 8
 PREPARE_FILE = "prepare.json"
 SHADOW_UPGRADE_FILE = "shadow-upgrade.json"
 PENDING_SQL_FILE = "pending.sql"
@@ -490,7 +491,9 @@ class Options:
     """How a precheck counts and judges (the options of ``precheck``/``count``; the CLI's and
     ``spec.precheck``'s): ``max_violations`` (>= 0), ``lint``/``lint_fail`` (one of ``LINT_FAIL_MODES``),
     ``statement_timeout`` (PostgreSQL form, for every count), ``accept_unevaluated`` (names of checks that may stay
-    not evaluated), ``data_shadow_max_bytes`` (None: no limit), ``derive`` (False: user checks only, no shadow)."""
+    not evaluated), ``data_shadow_max_bytes`` (None: no limit), ``derive`` (False: user checks only, no shadow),
+    ``count_sessions`` (sessions on the real database counting the derived checks in parallel on one snapshot,
+    ``counting.run_counts``; 1 in a ``schemagate run``, which keeps to four sessions)."""
 
     max_violations: int = 0
     lint: bool = True
@@ -499,6 +502,7 @@ class Options:
     accept_unevaluated: Sequence[str] = ()
     data_shadow_max_bytes: int | None = DEFAULT_DATA_SHADOW_MAX_BYTES
     derive: bool = True
+    count_sessions: int = 1
 
     def validate(self) -> None:
         """Raises ``InvalidInput`` naming the option."""
@@ -506,10 +510,13 @@ class Options:
             raise InvalidInput("maxViolations must be >= 0", field="maxViolations")
         if self.lint_fail not in LINT_FAIL_MODES:
             raise InvalidInput(f"lint_fail must be one of {', '.join(LINT_FAIL_MODES)}", field="lint_fail")
+        if not 1 <= self.count_sessions <= MAX_COUNT_SESSIONS:
+            raise InvalidInput(f"count sessions: {self.count_sessions} must be between 1 and {MAX_COUNT_SESSIONS}",
+                               field="--count-sessions")
 
     @property
     def counts(self) -> CountOptions:
-        return CountOptions(statement_timeout=self.statement_timeout)
+        return CountOptions(statement_timeout=self.statement_timeout, sessions=self.count_sessions)
 
 
 def precheck(
@@ -529,6 +536,7 @@ def precheck(
     planned: Plan | None = None,
     shadow_server: ShadowServer | None = None,
     schema_archive: str | os.PathLike[str] | None = None,
+    count_sessions: int = 1,
 ) -> StepResult:
     """Plan (``planned``: the caller's plan of this database, not recomputed), derive the checks in a shadow
     database, count, lint (see the module docstring) for ``target`` (project, target revision, database).
@@ -543,7 +551,7 @@ def precheck(
     raises: every error becomes the failed result through ``StepBoundary``."""
     opts = Options(max_violations=max_violations, lint=lint, lint_fail=lint_fail, statement_timeout=statement_timeout,
                    accept_unevaluated=tuple(accept_unevaluated), data_shadow_max_bytes=data_shadow_max_bytes,
-                   derive=derive)
+                   derive=derive, count_sessions=count_sessions)
     notes: list[str] = []
     shadows: list[Shadow] = []
     with StepBoundary(STEP, data=_base_data(max_violations)) as step, contextlib.ExitStack() as scope:
@@ -696,7 +704,8 @@ def _count_on_real_database(target: Target, shadow_url: str | None, rec: stepwis
     pristine = stepwise.save_checks(rec)
     derived = stepwise.bind_all(rec.steps, rec.start, rec.origins, "real-database")
     with _connect(_url(target)) as conn:
-        counting.run_counts(conn, [c for c in derived if c.count is None], opts.counts)
+        counting.run_counts(conn, [c for c in derived if c.count is None], opts.counts,
+                            open_session=lambda: _connect(_url(target)))  # a session apart: conn is in use
     failed = [c for c in derived if c.error]
     data["route"] = "real-database"
     if not failed:
