@@ -82,7 +82,7 @@ async def migration_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> No
 async def restore_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     if event.get("type") == "DELETED":
-        restorer().forget(key)
+        await restorer().deleted(key)
         return
     await restorer().run(key)
 

@@ -36,8 +36,10 @@ from schemagate.contract.redact import redact
 from schemagate.core import jobs as J
 from schemagate.core import status as S
 from schemagate.core.decide import ACTIVE, FAILED, SUCCEEDED, JobObs, JobState, LockObs
+from schemagate.core.lease import RESTORE_KIND, Holder
 from schemagate.core.model import GROUP, KIND, PLURAL, VERSION, Database, identity_hash
 from schemagate.core.restore import PLURAL as RESTORE_PLURAL
+from schemagate.core.restore import TERMINAL as RESTORE_TERMINAL
 
 log = logging.getLogger("schemagate.k8s")
 
@@ -292,32 +294,40 @@ class Kube:
             return None
 
     def _holder_stale(self, holder: str) -> bool:
-        parts = holder.split("/")
-        if len(parts) != 3:
+        """Whether the Lease's holder no longer needs it: not a holder of ours, gone (or another object of its
+        name), or finished with none of its Jobs active (a DatabaseMigration's run terminal or suspended for its
+        generation; a DatabaseRestore Succeeded or Failed)."""
+        h = Holder.parse(holder)
+        if h is None:
             return True
-        ns, name, uid = parts
-        other = self.get_migration(ns, name)
-        if other is None or (other.get("metadata") or {}).get("uid") != uid:
+        restore = h.kind == RESTORE_KIND
+        other = self.get_restore(h.namespace, h.name) if restore else self.get_migration(h.namespace, h.name)
+        if other is None or (other.get("metadata") or {}).get("uid") != h.uid:
             return True
         st = other.get("status") or {}
-        finished = st.get("phase") in (*S.TERMINAL_PHASES, S.SUSPENDED) and \
-            st.get("observedGeneration") == other["metadata"].get("generation")
+        if restore:
+            finished = st.get("phase") in RESTORE_TERMINAL
+        else:
+            finished = st.get("phase") in (*S.TERMINAL_PHASES, S.SUSPENDED) and \
+                st.get("observedGeneration") == other["metadata"].get("generation")
         if not finished:
             return False
-        return not any(job_state(j) == ACTIVE for j in self.list_jobs(ns, uid))
+        return not any(job_state(j) == ACTIVE for j in self.list_jobs(h.namespace, h.uid))
 
     def lease_state(self, ns: str, name: str, me: str) -> LockObs:
-        """The Lease ``ns/name`` as seen by holder id ``me``: mine, held by a live other (``holder`` =
-        ``namespace/name``), or free (absent, released, or held by a stale holder)."""
+        """The Lease ``ns/name`` as seen by holder id ``me``: mine, held by a live other (``holder``: its
+        :meth:`schemagate.core.lease.Holder.describe`, ``namespace/name`` or ``DatabaseRestore namespace/name``),
+        or free (absent, released, or held by a stale holder)."""
         lease = self._read_lease(ns, name)
         holder = ((lease or {}).get("spec") or {}).get("holderIdentity")
         if not holder:
             return LockObs(mine=False, holder=None, name=name)
         if holder == me:
             return LockObs(mine=True, holder=None, name=name)
-        if self._holder_stale(holder):
+        h = Holder.parse(holder)
+        if h is None or self._holder_stale(holder):
             return LockObs(mine=False, holder=None, name=name)
-        return LockObs(mine=False, holder="/".join(holder.split("/")[:2]), name=name)
+        return LockObs(mine=False, holder=h.describe(), name=name)
 
     def acquire_lease(self, ns: str, name: str, me: str, identity_note: str = "") -> bool:
         """Take the Lease for ``me`` (create it, or replace a stale holder with the read ``resourceVersion``).

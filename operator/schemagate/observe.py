@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from schemagate import k8s
 from schemagate.core.decide import JobObs, Observed, RetryPolicy, result_wanted, settled
+from schemagate.core.lease import MIGRATION_KIND, Holder
 from schemagate.core.model import Migration
 from schemagate.core.status import MigrationStatus
 
@@ -36,8 +37,9 @@ class Snapshot:
 
 
 def holder_id(m: Migration) -> str:
-    """The Lease ``holderIdentity`` of a DatabaseMigration: ``<namespace>/<name>/<uid>``."""
-    return f"{m.namespace}/{m.name}/{m.uid}"
+    """The Lease ``holderIdentity`` of a DatabaseMigration: ``<namespace>/<name>/<uid>``
+    (:class:`schemagate.core.lease.Holder`)."""
+    return Holder(MIGRATION_KIND, m.namespace, m.name, m.uid).id
 
 
 def observe_jobs(kube: k8s.Kube, ns: str, m: Migration, status: MigrationStatus) -> tuple[JobObs, ...]:

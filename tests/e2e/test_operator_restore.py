@@ -2,7 +2,7 @@
 """The DatabaseRestore end to end on the test bed, against a real PostgreSQL: a backup listed in a
 DatabaseMigration's status.backups restored into a new database equals the database it was taken from
 (``pg_dump --schema-only`` and row counts); a corrupt backup is refused before anything is touched; the spec cannot
-be changed and a finished restore never runs again."""
+be changed and a finished restore never runs again; a restore over the database waits for the database Lease."""
 
 from __future__ import annotations
 
@@ -11,22 +11,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from schemagate import demo
-from schemagate.contract.dburl import database_name, with_database
+from schemagate.contract.dburl import database_name, libpq_url, with_database
+from tests.e2e.operator_process import LEASE_NS
 from tests.e2e.test_operator import (  # noqa: F401
     Operator,
     cond,
     crd,
     dbm,
     events,
+    get,
     images,
     jobs,
     operator,
     secret,
     wait_phase,
 )
+from tests.e2e.test_operator_pipeline import revision
 from tests.pipeline.test_restore import databases, dropped, row_counts, schema_dump  # noqa: F401
 
 pytestmark = pytest.mark.e2e
@@ -113,3 +117,57 @@ def test_restore_round_trip_and_a_corrupt_backup_refused(kube: Any, operator: Op
     assert r["status"]["phase"] == "Failed" and cond(r, "Ready")["reason"] == "BackupCorrupt", r["status"]
     assert "nothing was touched" in r["status"]["message"]
     assert ours() == before
+
+
+def test_a_restore_over_the_database_waits_for_the_database_lease(kube: Any, operator: Operator, images: Any,
+                                                                  namespace: str, fresh_db: str,
+                                                                  tmp_path: Path) -> None:
+    """``replace: true`` takes the database Lease a migration run holds: while another DatabaseMigration of the
+    same database runs (its migrate step retried while a session holds a lock its revision needs), the restore
+    is Pending (``WaitingForDatabaseLock``, naming it) with no Job; once that run has ended the restore runs, and
+    its Job starts after the run's last Job finished."""
+    demo.seed_foodtruck(fresh_db)
+    image = images("foodtruck")
+    secret(kube, namespace, "db", {"url": fresh_db})
+    (tmp_path / "backups").mkdir()
+    volume = {"hostPath": {"path": str(tmp_path / "backups")}}
+    at = {"image": image, "directory": "/app"}
+    kube.apply(dbm("src", image=image, backup={"enabled": True, "volume": volume},
+                   migrations={**at, "targetRevision": "0002"}), namespace)
+    o = wait_phase(kube, namespace, "src", ("Succeeded", "Failed", "Blocked"), op=operator, timeout=300)
+    assert o["status"]["phase"] == "Succeeded" and revision(fresh_db) == "0002", o["status"]
+    sha = o["status"]["backups"][0]["sha256"]  # taken at 0001
+
+    # 0003 validates a constraint of menu_items (SHARE UPDATE EXCLUSIVE): a session holding that lock keeps the
+    # other resource's migrate step failing with LockTimeout and retrying, under the database Lease
+    holder = psycopg.connect(libpq_url(fresh_db))
+    try:
+        holder.execute("LOCK TABLE menu_items IN SHARE UPDATE EXCLUSIVE MODE")
+        kube.apply(dbm("other", image=image, backup={"enabled": False}, migrations={**at, "targetRevision": "head"}),
+                   namespace)
+        wait_phase(kube, namespace, "other", "Migrating", op=operator, timeout=300)
+        kube.apply(restore_obj("over", backup={"sha256": sha}, replace=True), namespace)
+
+        def waiting() -> dict[str, Any] | None:
+            st = get_restore(kube, namespace, "over").get("status") or {}
+            return st if st.get("reason") == "WaitingForDatabaseLock" else None
+
+        st = kube.wait_for(waiting, timeout=120, message="the restore waiting for the database Lease")
+        assert st["phase"] == "Pending" and f"database in use by {namespace}/other" in st["message"], st
+        assert get(kube, namespace, "other")["status"]["phase"] == "Migrating"
+        assert not [j for j in jobs(kube, namespace) if "restore" in j["metadata"]["name"]]
+    finally:
+        holder.close()
+
+    o = wait_phase(kube, namespace, "other", ("Succeeded", "Failed", "Blocked"), op=operator, timeout=300)
+    assert o["status"]["phase"] == "Succeeded", o["status"]
+    r = wait_restore(kube, namespace, "over", operator)
+    assert r["status"]["phase"] == "Succeeded" and r["status"]["lease"], r["status"]
+    assert revision(fresh_db) == "0001"  # the backup's revision, over the run's 0003
+    listed = jobs(kube, namespace)
+    other_done = max(j["status"]["completionTime"] for j in listed
+                     if j["metadata"]["ownerReferences"][0]["name"] == "other")
+    (restore_job,) = [j for j in listed if j["metadata"]["name"] == r["status"]["job"]]
+    assert restore_job["metadata"]["creationTimestamp"] >= other_done
+    lease = kube.get(f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NS}/leases/{r['status']['lease']}")
+    assert not lease["spec"].get("holderIdentity")  # given back

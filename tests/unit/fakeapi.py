@@ -102,16 +102,18 @@ class Store:
 
 
 class FakeCustom:
+    KINDS = {"databasemigrations": "DatabaseMigration", "databaserestores": "DatabaseRestore"}
+
     def __init__(self, store: Store) -> None:
         self.s = store
 
     def get_namespaced_custom_object(self, group, version, ns, plural, name, _preload_content=True):
-        return Resp(self.s.get("DatabaseMigration", ns, name))
+        return Resp(self.s.get(self.KINDS[plural], ns, name))
 
     def patch_namespaced_custom_object_status(self, group, version, ns, plural, name, body, _content_type=None,
                                               _preload_content=True):
         assert _content_type == k8s.MERGE
-        return self.s.patch("DatabaseMigration", ns, name, body)
+        return self.s.patch(self.KINDS[plural], ns, name, body)
 
 
 class FakeBatch:
@@ -201,6 +203,12 @@ class FakeKube(k8s.Kube):
 
     def migration(self, ns: str, name: str) -> Obj:
         return self.store.get("DatabaseMigration", ns, name)
+
+    def add_restore(self, body: Obj) -> Obj:
+        return self.store.put("DatabaseRestore", copy.deepcopy(body))
+
+    def restore(self, ns: str, name: str) -> Obj:
+        return self.store.get("DatabaseRestore", ns, name)
 
     def add_secret(self, ns: str, name: str, data: dict[str, str]) -> None:
         import base64

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from schemagate.core import jobs as J
-from schemagate.core.decide import ACTIVE, FAILED, SUCCEEDED, JobObs
+from schemagate.core.decide import ACTIVE, FAILED, SUCCEEDED, JobObs, LockObs
+from schemagate.core.lease import Holder
 from schemagate.core.model import Migration
-from schemagate.core.restore import Restore, decide_restore, pick_backup
+from schemagate.core.restore import Restore, RestoreObs, decide_restore, pick_backup
 from tests.unit.helpers import T0, body, result
 
 SHA = "ab" * 32
@@ -99,6 +100,76 @@ def test_waits_for_the_migration_and_replace_waits_for_its_run():
     assert not a.create and a.status["reason"] == "WaitingForMigration"
     assert decide_restore(rr, a.status, migration(), None, T0).create
     assert decide_restore(r, None, migration(phase="Migrating"), None, T0).create  # a new database: no wait
+
+
+LEASE = "schemagate-db-0123456789abcdef"
+FREE, MINE = LockObs(name=LEASE), LockObs(mine=True, name=LEASE)
+
+
+def test_replace_takes_the_database_lease_before_its_job_and_gives_it_back():
+    r = restore(replace=True)
+    a = decide_restore(r, None, migration(), None, T0, RestoreObs(lock=FREE))
+    assert a.create and a.lock == "acquire" and a.status["lease"] == LEASE and a.status["phase"] == "Restoring"
+    st = a.status
+    running = decide_restore(r, st, migration(), job(r), T0, RestoreObs(lock=MINE))
+    assert not running.create and running.lock is None and running.status["phase"] == "Restoring"
+    done = result("restore", reason="Restored", message="restored over shop", replace=True)
+    a = decide_restore(r, running.status, migration(), job(r, SUCCEEDED, done), T0, RestoreObs(lock=MINE))
+    assert a.status["phase"] == "Succeeded" and a.lock == "release"
+    # a failed restore gives it back too; a re-sync after the release asks nothing
+    failed = result("restore", "PermanentError", "RestoreFailed", "pg_restore failed")
+    assert decide_restore(r, running.status, migration(), job(r, FAILED, failed), T0,
+                          RestoreObs(lock=MINE)).lock == "release"
+    assert decide_restore(r, a.status, migration(), job(r, SUCCEEDED, done), T0, RestoreObs(lock=FREE)).lock is None
+
+
+def test_replace_waits_while_any_run_on_the_database_holds_the_lease():
+    """Another DatabaseMigration of the same database (not the one the restore names, which is Succeeded) runs:
+    the restore waits for the Lease, creates nothing, writes no intent; once free it starts."""
+    r = restore(replace=True)
+    held = RestoreObs(lock=LockObs(holder="team/billing", name=LEASE))
+    a = decide_restore(r, None, migration(), None, T0, held)
+    assert not a.create and a.lock is None
+    st = a.status
+    assert st["phase"] == "Pending" and st["reason"] == "WaitingForDatabaseLock" and "restoreUid" not in st
+    assert "database in use by team/billing" in st["message"] and a.requeue_after
+    stalled = next(c for c in st["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "False"
+    a = decide_restore(r, st, migration(), None, T0, RestoreObs(lock=FREE))
+    assert a.create and a.lock == "acquire"
+
+
+def test_replace_without_the_databases_secret_waits():
+    r = restore(replace=True)
+    a = decide_restore(r, None, migration(), None, T0,
+                       RestoreObs(lock=FREE, secret_error='Secret "db" not found in namespace "team"'))
+    assert not a.create and a.lock is None and a.status["reason"] == "SecretNotFound"
+
+
+def test_a_restore_into_a_new_database_takes_no_lease():
+    r = restore()
+    a = decide_restore(r, None, migration(), None, T0, RestoreObs(lock=LockObs(holder="team/billing", name=LEASE)))
+    assert a.create and a.lock is None and "lease" not in a.status
+
+
+def test_a_restart_before_the_job_was_created_takes_the_lease_again_if_needed():
+    r = restore(replace=True)
+    st = decide_restore(r, None, migration(), None, T0, RestoreObs(lock=FREE)).status
+    again = decide_restore(r, st, migration(), None, T0, RestoreObs(lock=FREE))
+    assert again.create and again.lock == "acquire"
+    assert decide_restore(r, st, migration(), None, T0, RestoreObs(lock=MINE)).lock is None
+
+
+def test_lease_holders_of_both_kinds():
+    m = Holder("DatabaseMigration", "team", "shop", "u1")
+    rr = restore(replace=True)
+    assert m.id == "team/shop/u1" and Holder.parse(m.id) == m and m.describe() == "team/shop"
+    h = Holder.parse(rr.holder)
+    assert rr.holder == "DatabaseRestore/team/back/r-uid-1" and h is not None
+    assert (h.kind, h.namespace, h.name, h.uid) == ("DatabaseRestore", "team", "back", "r-uid-1")
+    assert h.describe() == "DatabaseRestore team/back"
+    for junk in ("", "a/b", "a//c", "Other/a/b/c", "a/b/c/d/e", None):
+        assert Holder.parse(junk) is None
 
 
 @pytest.mark.parametrize("spec, reason", [

@@ -16,6 +16,7 @@ from typing import Any
 
 from schemagate.contract import names
 from schemagate.contract.checks import UserCheck
+from schemagate.core.lease import RESTORE_KIND
 from schemagate.core.model import GROUP, KIND, VERSION, Migration
 
 TERMINATION_LOG = "/dev/termination-log"
@@ -496,7 +497,6 @@ def _job(m: Migration, name: str, labels: dict[str, str], owner: dict[str, Any],
     }
 
 
-RESTORE_KIND = "DatabaseRestore"
 
 
 def build_restore_job(m: Migration, restore_name: str, restore_uid: str, job_name: str, backup_file: str,

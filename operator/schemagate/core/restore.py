@@ -16,13 +16,21 @@ Why a GitOps sync cannot restore by accident:
 - Before the Job touches a database, the backup is verified in it: the sha256 recorded in the DatabaseMigration's
   status, the sidecar and a full read (``schemagate restore --sha256``); a mismatch fails with nothing touched.
 
-Phases: ``Pending`` (waiting for the DatabaseMigration, or for its run to end before ``replace``), ``Restoring``,
-``Succeeded``, ``Failed``; kstatus conditions as the DatabaseMigration's (:func:`schemagate.core.status.build_conditions`).
+A restore over the database (``replace: true``) holds the database Lease, the same ``schemagate-db-<hash>`` Lease a
+DatabaseMigration's run holds (holder ``DatabaseRestore/<namespace>/<name>/<uid>``, :mod:`schemagate.core.lease`):
+it is taken before the Job is created and given back once the restore has finished, so a restore and a migration
+run (of any DatabaseMigration on that database) never overlap. A restore into a new database touches no existing
+database and takes no Lease.
+
+Phases: ``Pending`` (waiting for the DatabaseMigration, for its run to end, or for the database Lease before
+``replace``), ``Restoring``, ``Succeeded``, ``Failed``; kstatus conditions as the DatabaseMigration's
+(:func:`schemagate.core.status.build_conditions`).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as _dt
 import hashlib
 from dataclasses import dataclass, field
@@ -32,9 +40,10 @@ from typing import Any, cast
 from schemagate.contract import names
 from schemagate.contract.stepresult import Outcome
 from schemagate.core import status as S
-from schemagate.core.decide import JobObs, StepResultDict, synthesize_result
+from schemagate.core.decide import JobObs, LockIntent, LockObs, RetryPolicy, StepResultDict, synthesize_result
+from schemagate.core.lease import RESTORE_KIND, Holder
 
-KIND = "DatabaseRestore"
+KIND = RESTORE_KIND
 PLURAL = "databaserestores"
 RESTORING = "Restoring"
 PHASES = (S.PENDING, RESTORING, S.SUCCEEDED, S.FAILED)
@@ -74,6 +83,11 @@ class Restore:
                    jobs=int(spec.get("jobs") or 1), no_owner=bool(spec.get("noOwner", False)))
 
     @property
+    def holder(self) -> str:
+        """The database Lease ``holderIdentity`` of this restore (``replace: true`` only takes it)."""
+        return Holder(KIND, self.namespace, self.name, self.uid).id
+
+    @property
     def job_name(self) -> str:
         """``<name>-restore-<uid hash>`` (63 characters at most): one Job per object, ever."""
         tag = hashlib.sha256(self.uid.encode()).hexdigest()[:8]
@@ -81,15 +95,29 @@ class Restore:
         return self.name[: 63 - len(suffix)].rstrip("-.") + suffix
 
 
+@dataclass(frozen=True)
+class RestoreObs:
+    """What the restorer saw besides the objects: the restore's Job (None: absent), the database Lease as seen by
+    this restore's holder id (``replace: true`` only; ``lock.name`` empty otherwise), a missing Secret of the
+    database (message), and the operator's polling intervals (``lock_poll_seconds``, ``secret_poll_seconds``)."""
+
+    job: JobObs | None = None
+    lock: LockObs = LockObs()
+    secret_error: str | None = None
+    policy: RetryPolicy = RetryPolicy()
+
+
 @dataclass
 class RestoreAction:
-    """The decision: the complete desired status, whether to create the Job, Events, when to look again."""
+    """The decision: the complete desired status, whether to create the Job, the Lease intent (acquire before the
+    status is written, release after), Events, when to look again."""
 
     status: dict[str, Any]
     create: bool = False
     backup: dict[str, Any] | None = None  # the chosen status.backups entry (its path is restored)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     requeue_after: float | None = None
+    lock: LockIntent | None = None
 
 
 def pick_backup(r: Restore, migration_status: dict[str, Any]) -> dict[str, Any] | None:
@@ -114,8 +142,29 @@ def _fail(st: dict[str, Any], reason: str, message: str, now: _dt.datetime) -> N
     st.update(phase=S.FAILED, reason=reason, message=message, finishedAt=S.rfc3339(now))
 
 
+def _wait(st: dict[str, Any], reason: str, message: str, act: RestoreAction, seconds: float) -> None:
+    st.update(phase=S.PENDING, reason=reason, message=message)
+    act.requeue_after = seconds
+
+
+def _take_lease(r: Restore, st: dict[str, Any], obs: RestoreObs, act: RestoreAction) -> bool:
+    """``replace``: the database Lease before the Job (the Secret must name the database). False while waiting."""
+    if not r.replace:
+        return True
+    if obs.secret_error:
+        _wait(st, S.SECRET_NOT_FOUND, f"replace: {obs.secret_error}", act, obs.policy.secret_poll_seconds)
+        return False
+    if not obs.lock.mine and obs.lock.holder:
+        _wait(st, S.WAITING_FOR_LOCK, f"replace: database in use by {obs.lock.holder}; waiting for its Lease "
+                                      f"{obs.lock.name}", act, obs.policy.lock_poll_seconds)
+        return False
+    act.lock = None if obs.lock.mine else "acquire"
+    st["lease"] = obs.lock.name
+    return True
+
+
 def _start(r: Restore, st: dict[str, Any], migration: dict[str, Any] | None, now: _dt.datetime,
-           act: RestoreAction) -> None:
+           act: RestoreAction, obs: RestoreObs) -> None:
     """Not started yet: wait, fail with nothing touched, or write the intent and create the Job."""
     if migration is None:
         st.update(phase=S.PENDING, reason="MigrationNotFound",
@@ -139,9 +188,10 @@ def _start(r: Restore, st: dict[str, Any], migration: dict[str, Any] | None, now
                                  "was touched", now)
         return
     if r.replace and mstatus.get("phase") in S.RUNNING_PHASES:
-        st.update(phase=S.PENDING, reason="WaitingForMigration",
-                  message=f"replace: waiting for DatabaseMigration {r.migration} ({mstatus.get('phase')}) to end")
-        act.requeue_after = MIGRATION_POLL_SECONDS
+        _wait(st, "WaitingForMigration", f"replace: waiting for DatabaseMigration {r.migration} "
+                                         f"({mstatus.get('phase')}) to end", act, MIGRATION_POLL_SECONDS)
+        return
+    if not _take_lease(r, st, obs, act):
         return
     st.update(phase=RESTORING, reason=S.PROGRESSING, restoreUid=r.uid, job=r.job_name, startedAt=S.rfc3339(now),
               backup={k: chosen.get(k) for k in ("path", "sha256", "sizeBytes", "revision", "time") if k in chosen},
@@ -151,9 +201,10 @@ def _start(r: Restore, st: dict[str, Any], migration: dict[str, Any] | None, now
     act.events.append(("Normal", "RestoreStarted", f"job {r.job_name}: {st['message']}"))
 
 
-def _follow(r: Restore, st: dict[str, Any], job: JobObs | None, now: _dt.datetime, act: RestoreAction,
+def _follow(r: Restore, st: dict[str, Any], obs: RestoreObs, now: _dt.datetime, act: RestoreAction,
             chosen: dict[str, Any] | None) -> None:
     """Started: wait for the Job, take its result once, or fail when the Job is lost. Never a second Job."""
+    job = obs.job
     if job is None:
         if st.get("jobSeen"):
             _fail(st, "JobLost", f"job {st.get('job')} disappeared before it reported a result; a restore runs "
@@ -161,6 +212,8 @@ def _follow(r: Restore, st: dict[str, Any], job: JobObs | None, now: _dt.datetim
             act.events.append(("Warning", "JobLost", st["message"]))
         else:  # written, then the operator stopped before creating it: the same Job (a 409 means it exists)
             act.create, act.backup = True, chosen
+            if r.replace and not obs.lock.mine:
+                act.lock = "acquire"
         return
     st["jobSeen"] = True
     if job.active:
@@ -180,10 +233,12 @@ def _follow(r: Restore, st: dict[str, Any], job: JobObs | None, now: _dt.datetim
 
 
 def decide_restore(r: Restore, status: dict[str, Any] | None, migration: dict[str, Any] | None,
-                   job: JobObs | None, now: _dt.datetime) -> RestoreAction:
+                   job: JobObs | None, now: _dt.datetime, obs: RestoreObs | None = None) -> RestoreAction:
     """The next action for DatabaseRestore ``r`` (see the module docstring). ``migration``: the named
-    DatabaseMigration's body (None when missing); ``job``: the restore's Job as observed (None when absent).
-    Pure and deterministic."""
+    DatabaseMigration's body (None when missing); ``job``: the restore's Job as observed (None when absent);
+    ``obs``: the database Lease and Secret as observed (``replace`` needs them; its ``job`` is replaced by
+    ``job``). Pure and deterministic."""
+    obs = dataclasses.replace(obs or RestoreObs(), job=job)
     old = status or {}
     st = cast(dict[str, Any], copy.deepcopy(old))
     st.pop("kopf", None)
@@ -191,9 +246,11 @@ def decide_restore(r: Restore, status: dict[str, Any] | None, migration: dict[st
     if st.get("phase") not in TERMINAL:
         if st.get("restoreUid") == r.uid and st.get("job"):
             chosen = pick_backup(r, (migration or {}).get("status") or {}) or st.get("backup")
-            _follow(r, st, job, now, act, chosen)
+            _follow(r, st, obs, now, act, chosen)
         else:
-            _start(r, st, migration, now, act)
+            _start(r, st, migration, now, act, obs)
+    if obs.lock.mine and st.get("phase") in TERMINAL and not (job is not None and job.active):
+        act.lock = "release"  # the restore is over: the database's migrations may run again
     if st.get("phase") in TERMINAL and st.get("observedGeneration") not in (None, r.generation):
         st["message"] = (str(st.get("message") or "") + " (the spec changed after the restore ran; a restore runs "
                          "once: create a new DatabaseRestore)")[:1024]
@@ -202,7 +259,7 @@ def decide_restore(r: Restore, status: dict[str, Any] | None, migration: dict[st
     reason = str(st.get("reason") or S.PROGRESSING)
     st["conditions"] = S.build_conditions(str(st.get("phase") or S.PENDING), reason, st["message"], r.generation,
                                           old.get("conditions"), now,
-                                          stalled=reason in ("MigrationNotFound",))
+                                          stalled=reason in ("MigrationNotFound", S.SECRET_NOT_FOUND))
     return act
 
 
