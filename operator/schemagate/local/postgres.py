@@ -216,8 +216,11 @@ class EmbeddedPostgres:
             pass
         return port
 
-    def start(self, timeout: float = 60) -> str:
-        """Initialise if needed, start (or reuse a running server) and return the admin URL."""
+    def start(self, timeout: float = 60, poll: float | None = None) -> str:
+        """Initialise if needed, start (or reuse a running server) and return the admin URL. ``poll``: None waits
+        with ``pg_ctl start -w`` (which looks every 100 ms); seconds: ``pg_ctl start -W`` returns at once and
+        ``postmaster.pid`` is read that often until the postmaster reports ``ready`` (its status line, PostgreSQL
+        10+), which saves most of pg_ctl's 100 ms step for a server that is up in 20-50 ms."""
         self.init()
         assert self.password is not None
         register_secret(self.password)
@@ -231,15 +234,49 @@ class EmbeddedPostgres:
                     "-D", str(self.data_dir),
                     "-l", str(self.log_file),
                     "-o", f"-p {self.port}",
-                    "-w", "-t", str(int(timeout)),
+                    *(["-w", "-t", str(int(timeout))] if poll is None else ["-W"]),
                     "start",
                 ],
                 timeout=timeout + 30,
             )
+            if poll is not None:
+                self._wait_pid_ready(timeout, poll)
         else:
             self.port = port
         self._wait_ready(timeout)
         return self.url()
+
+    def _wait_pid_ready(self, timeout: float, poll: float) -> None:
+        """Wait until ``postmaster.pid`` says ``ready`` (line 8, ``PM_STATUS_READY``). Raises ``RuntimeError`` with
+        the log's last lines when the postmaster it names has exited or the log shows a ``FATAL`` (a bad
+        setting, the port taken), or after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        pidfile = self.data_dir / "postmaster.pid"
+        while True:
+            try:
+                lines = pidfile.read_text().splitlines()
+            except OSError:
+                lines = []
+            if len(lines) >= 8 and lines[7].strip() == "ready":
+                return
+            gone = False
+            if lines and lines[0].strip().isdigit():
+                try:
+                    os.kill(int(lines[0]), 0)
+                except ProcessLookupError:
+                    gone = True
+                except PermissionError:
+                    pass
+            tail = self._log_tail()
+            if gone or "FATAL:" in tail or time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not start (see {self.log_file}): {redact(tail)}")
+            time.sleep(poll)
+
+    def _log_tail(self) -> str:
+        try:
+            return " | ".join(self.log_file.read_text(errors="replace").strip().splitlines()[-3:])[-400:]
+        except OSError:
+            return ""
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

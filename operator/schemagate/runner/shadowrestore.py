@@ -248,18 +248,28 @@ def _role_url(admin_db: str, role: str, password: str) -> str:
                                     u.fragment))
 
 
+COMMON_DUMP_OPTIONS = ("--no-owner", "--no-privileges", "--no-publications", "--no-subscriptions")
+
+
+def schema_dump_command(real_url: str, dump: Path) -> tuple[list[str], dict[str, str]]:
+    """``pg_dump --schema-only`` of the real database into ``dump`` (custom format, the exclusions the shadow
+    restores with) and its environment: ``(argv, env)``; the password is in ``env`` only. Used as is, and by
+    ``ShadowServer`` to take the dump while the server starts (``prefetch_schema``)."""
+    real = client_env(real_url)  # inherits this process's libpq settings: PGPASSWORD of the host/user form
+    return ([pg_bin("pg_dump"), "--schema-only", "--format=custom", "--no-password", *COMMON_DUMP_OPTIONS,
+             f"--file={dump}", f"--dbname={real.conninfo}"], real.env)
+
+
 def _dump_restore(real_url: str, shadow_url: str, dump_dir: Path, shadow_version: str, timeout: float,
                   shadow_inherit: bool = False, archive: str | os.PathLike[str] | None = None) -> None:
     from schemagate.runner.shadowserver import ShadowServerError
 
-    common = ["--no-owner", "--no-privileges", "--no-publications", "--no-subscriptions"]
+    common = list(COMMON_DUMP_OPTIONS)
     if archive is None:
         dump_dir.mkdir(parents=True, exist_ok=True)
         dump = dump_dir / f"schema-{time.monotonic_ns()}.dump"
-        real = client_env(real_url)  # inherits this process's libpq settings: PGPASSWORD of the host/user form
-        real_dsn, real_env = real.conninfo, real.env
-        p = _run([pg_bin("pg_dump"), "--schema-only", "--format=custom", "--no-password", *common,
-                  f"--file={dump}", f"--dbname={real_dsn}"], real_env, timeout)
+        args, real_env = schema_dump_command(real_url, dump)
+        p = _run(args, real_env, timeout)
         if p.returncode != 0:
             raise _dump_error(p.stderr, f"pg_dump --schema-only of the real database failed: {_tail(p.stderr)}")
     base = None if shadow_inherit else {k: v for k, v in os.environ.items() if k not in LIBPQ_ENV_VARS}

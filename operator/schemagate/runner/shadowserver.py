@@ -160,6 +160,28 @@ def _destroy(base: Path) -> None:
     shutil.rmtree(base, ignore_errors=True)
 
 
+def _destroy_soon(base: Path) -> None:
+    """:func:`_destroy` with the waiting moved off the caller's path: the postmaster gets SIGQUIT and ``base`` is
+    renamed at once (so it is gone under its name when this returns), then a thread waits for the postmaster to
+    exit and removes the directory (~25 ms the caller no longer waits for; a process ending through the CLI joins
+    it first). The renamed directory keeps the ``schemagate-shadow-`` prefix and its owner file, so
+    :func:`sweep_stale` removes it should this process die before the thread is done. Synchronous when the rename
+    fails."""
+    pid = _postmaster_pid(base)
+    if pid is not None and _alive(pid):
+        try:
+            os.kill(pid, signal.SIGQUIT)
+        except OSError:
+            pass
+    gone = base.with_name(f"{DIR_PREFIX}stopped-{base.name}")
+    try:
+        os.rename(base, gone)
+    except OSError:
+        _destroy(base)
+        return
+    threading.Thread(target=_destroy, args=(gone,), name="schemagate-shadow-remove", daemon=False).start()
+
+
 def _postmaster_pid(base: Path) -> int | None:
     try:
         return int((base / "data" / "postmaster.pid").read_text().splitlines()[0])
@@ -261,6 +283,8 @@ class ShadowServer:
         self.from_template = False  # whether the data directory was copied from the cached initdb template
         self._starter: threading.Thread | None = None
         self._start_error: BaseException | None = None
+        self._prefetch_url: str | None = None  # prefetch_schema: the real database whose schema is dumped early
+        self._prefetch: tuple[Path, subprocess.Popen[bytes]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self, timeout: float = 120) -> ShadowServer:
@@ -276,6 +300,7 @@ class ShadowServer:
             os.chmod(self.base, 0o755)
             (self.base / OWNER_FILE).write_text(f"{os.getpid()}\n")
             self._start_watchdog()
+            self._start_prefetch()
             server = EmbeddedPostgres(self.base, bin_dir=self._bin_dir)
             if server.base_dir != self.base:  # as root under a closed parent: the server needs a reachable dir
                 raise ShadowServerError(f"the shadow directory {self.base} is not reachable by the PostgreSQL user; "
@@ -290,7 +315,7 @@ class ShadowServer:
                     f.write(EXTRA_CONF)
                 if template is not None:
                     _save_template(self.base, template)
-            server.start(timeout=timeout)
+            server.start(timeout=timeout, poll=0.005)
             with connect(self.url()) as conn:
                 row = conn.execute("SELECT current_setting('server_version_num')::int, "
                                    "current_setting('server_version')").fetchone()
@@ -309,7 +334,17 @@ class ShadowServer:
 
     def start_in_background(self, timeout: float = 120) -> ShadowServer:
         """Begin :meth:`start` in a thread and return at once: the start mostly waits for ``cp``/``pg_ctl``, so the
-        caller plans (runs env.py, takes the backup) meanwhile. :meth:`started` waits for it; :meth:`stop` too."""
+        caller plans (runs env.py, takes the backup) meanwhile. :meth:`started` waits for it; :meth:`stop` too.
+
+        A server :func:`start_early` began in this process (the CLI, before it imported Alembic) is adopted
+        instead when this one has the default directory and binaries: both objects are then the same server."""
+        if _EARLY and self.base is None and self._starter is None and self._parent is None \
+                and self._bin_dir == (os.environ.get(PG_BIN_ENV) or None):
+            self.__dict__ = _EARLY.pop().__dict__  # one server: the state the early start fills is this one's
+            return self
+        return self._begin_background(timeout)
+
+    def _begin_background(self, timeout: float) -> ShadowServer:
         def target() -> None:
             try:
                 self.start(timeout)
@@ -346,6 +381,41 @@ class ShadowServer:
         with open(self.base / OWNER_FILE, "a", encoding="utf-8") as f:
             f.write(f"{self._watchdog.pid}\n")
 
+    def prefetch_schema(self, real_url: str) -> ShadowServer:
+        """Before :meth:`start` (or :meth:`start_in_background`): dump the real database's schema
+        (``shadowrestore.schema_dump_command``) while the server starts, for :meth:`restore_schema` of the same
+        ``real_url`` without an archive; a dump that failed is taken again there (its error reported as usual)."""
+        self._prefetch_url = real_url
+        return self
+
+    def _start_prefetch(self) -> None:
+        if self._prefetch_url is None or self.base is None:
+            return
+        from schemagate.runner import shadowrestore
+
+        dump = self.base / "schema-prefetch.dump"
+        args, env = shadowrestore.schema_dump_command(self._prefetch_url, dump)
+        proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        self._prefetch = (dump, proc)
+
+    def _take_prefetch(self, real_url: str, timeout: float) -> Path | None:
+        """The prefetched schema dump of ``real_url`` when it completed, else None (once: a second restore dumps)."""
+        pre, self._prefetch = self._prefetch, None
+        if pre is None or real_url != self._prefetch_url:
+            if pre is not None:
+                pre[1].kill()
+                pre[1].wait()
+            return None
+        dump, proc = pre
+        try:
+            ok = proc.wait(timeout=timeout) == 0
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            ok = False
+        return dump if ok and dump.exists() else None
+
     def _log_tail(self) -> str:
         try:
             assert self._server is not None
@@ -357,8 +427,12 @@ class ShadowServer:
         """Stop the server and remove its directory (idempotent; never raises). A start still running in the
         background is waited for first."""
         self._join_starter()
+        if self._prefetch is not None:
+            self._prefetch[1].kill()
+            self._prefetch[1].wait()
+            self._prefetch = None
         if self.base is not None:
-            _destroy(self.base)
+            _destroy_soon(self.base)
         if self._watchdog is not None:
             try:
                 self._watchdog.terminate()
@@ -393,8 +467,36 @@ class ShadowServer:
         from schemagate.runner import shadowrestore
 
         assert self.base is not None
-        return shadowrestore.restore_schema(self.url(), real_url, version_table=version_table, dump_dir=self.base,
-                                            shadow_version=self.version, timeout=timeout, archive=archive)
+        prefetched = self._take_prefetch(real_url, timeout) if archive is None else None
+        try:
+            return shadowrestore.restore_schema(self.url(), real_url, version_table=version_table,
+                                                dump_dir=self.base, shadow_version=self.version, timeout=timeout,
+                                                archive=archive if prefetched is None else prefetched)
+        finally:
+            if prefetched is not None:
+                prefetched.unlink(missing_ok=True)
+
+
+_EARLY: list[ShadowServer] = []  # start_early's server, until a start_in_background adopts it
+
+
+def start_early(prefetch_url: str | None = None) -> ShadowServer:
+    """Start a throw-away server in the background now, for this process's next
+    ``ShadowServer().start_in_background()`` to adopt (the CLI calls this before it imports Alembic and
+    SQLAlchemy, so the server starts while they load). ``prefetch_url``: see :meth:`ShadowServer.prefetch_schema`.
+    The caller stops it when done (idempotent; a no-op once the adopter stopped it) and :func:`discard_early`."""
+    server = ShadowServer()
+    if prefetch_url:
+        server.prefetch_schema(prefetch_url)
+    _EARLY.append(server._begin_background(120))
+    return server
+
+
+def discard_early(server: ShadowServer) -> None:
+    """Stop ``server`` (from :func:`start_early`) and forget it if nobody adopted it."""
+    if server in _EARLY:
+        _EARLY.remove(server)
+    server.stop()
 
 
 def new_password() -> str:
