@@ -20,6 +20,7 @@ import pytest
 
 from tests.e2e.test_operator import (  # noqa: F401
     ROOT,
+    RUNNER_IMAGE,
     Operator,
     cond,
     crd,
@@ -115,6 +116,62 @@ def test_image_pull_failure_of_the_precheck_leaves_no_shadow(kube: Any, operator
     o = wait_phase(kube, namespace, "nopull", ("Failed", "Succeeded", "Blocked"), op=operator, timeout=300)
     assert o["status"]["phase"] == "Failed" and cond(o, "Ready")["reason"] == "ErrImageNeverPull", o["status"]
     job = o["status"]["jobs"]["precheck"]
+    assert_no_shadow_left(kube, namespace, fresh_db, [job])
+    assert scalar(fresh_db, "SELECT version_num FROM alembic_version") == "0001"  # untouched
+
+
+def bad_shadow_template(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ``initdb`` template in ``directory`` (``SCHEMAGATE_SHADOW_TEMPLATE_DIR``) made by the real code path, with
+    ``max_connections = 0`` appended to its postgresql.conf: every throw-away server copied from it exits at
+    start (``FATAL: configuration file ... contains errors``)."""
+    from schemagate.runner import shadowserver
+
+    monkeypatch.setenv(shadowserver.TEMPLATE_DIR_ENV, str(directory))
+    shadowserver.ShadowServer().start().stop()  # initdb, saved as the template, started once, removed
+    monkeypatch.delenv(shadowserver.TEMPLATE_DIR_ENV)
+    (template,) = directory.glob(shadowserver.TEMPLATE_PREFIX + "*")
+    with open(template / "data" / "postgresql.conf", "a", encoding="utf-8") as f:
+        f.write("\nmax_connections = 0\n")
+
+
+def test_a_crash_looping_shadow_server_fails_the_precheck_at_once(kube: Any, operator: Operator, images: Any,
+                                                                  map_image: Any, namespace: str, fresh_db: str,
+                                                                  tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The precheck pod's shadow-server sidecar really fails at start, every time: its PostgreSQL refuses the
+    setting ``max_connections = 0`` (planted in the operator image's ``initdb`` template, the one the sidecar
+    copies). The node stand-in restarts the sidecar (``restartPolicy: Always``) with back-off, as the kubelet does,
+    while ``prepare`` waits for a server that never comes. After its third restart the run fails with reason
+    ``CrashLoopBackOff`` and a message naming the container, its last exit and PostgreSQL's own error; the Job is
+    ended (deadline 1 s; its own is 3600 s), no throw-away server is left and nothing is applied."""
+    images("foodtruck")
+    from schemagate import demo
+
+    demo.seed_foodtruck(fresh_db)
+    bad_shadow_template(tmp_path / "templates", monkeypatch)
+    # the template as a file of the operator image (an env value under /tmp would be rewritten to the pod's /tmp)
+    map_image(RUNNER_IMAGE, paths={"/templates": tmp_path / "templates"},
+              env={"SCHEMAGATE_SHADOW_TEMPLATE_DIR": "/templates"})
+    secret(kube, namespace, "db", {"url": fresh_db})
+    kube.apply(dbm("loop", backup={"enabled": False}, jobTemplate={"activeDeadlineSeconds": 3600}), namespace)
+    o = wait_phase(kube, namespace, "loop", ("Failed", "Succeeded", "Blocked"), op=operator, timeout=300)
+    ready = cond(o, "Ready")
+    assert o["status"]["phase"] == "Failed" and ready["reason"] == "CrashLoopBackOff", o["status"]
+    assert "container shadow-server" in ready["message"] and "last exit: Error, exit code" in ready["message"]
+    assert '"max_connections"' in ready["message"], ready  # PostgreSQL's words, from the sidecar's StepResult
+    job = o["status"]["jobs"]["precheck"]
+
+    def ended() -> dict | None:
+        j = kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/{job}")
+        failed = [c for c in (j["status"].get("conditions") or []) if c["type"] == "Failed" and c["status"] == "True"]
+        return j if failed else None
+
+    j = kube.wait_for(ended, timeout=120, message=f"job {job} Failed")
+    assert j["spec"]["activeDeadlineSeconds"] == 1, j["spec"]
+    assert next(c for c in j["status"]["conditions"] if c["type"] == "Failed")["reason"] == "DeadlineExceeded"
+    # the sidecar really ran and failed several times: one log per run in the stand-in's pod directory
+    runs = [log for d in pod_dirs(kube, namespace, job) for log in (d / "logs" / "shadow-server").glob("*.log")]
+    assert len(runs) >= 3, runs
     assert_no_shadow_left(kube, namespace, fresh_db, [job])
     assert scalar(fresh_db, "SELECT version_num FROM alembic_version") == "0001"  # untouched
 

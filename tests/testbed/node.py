@@ -870,7 +870,8 @@ class PodRunner(threading.Thread):
                         return self._finish_stopped(why)
                     self._write_status()
                     continue
-                self._keep_sidecars()
+                if self._keep_sidecars():  # a sidecar failed or was restarted while this init container runs
+                    self._write_status()
                 why = self._tick()
                 if why:
                     return self._finish_stopped(why)

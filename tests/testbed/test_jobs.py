@@ -267,3 +267,30 @@ def test_pod_level_active_deadline(kube: Kube, namespace: str) -> None:
     assert pod["status"]["phase"] == "Failed"
     assert pod["status"]["reason"] == "DeadlineExceeded"
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 143  # SIGTERM
+
+
+def test_a_failing_sidecar_is_restarted_and_its_loop_shows_while_an_init_container_runs(kube: Kube,
+                                                                                        namespace: str) -> None:
+    """A native sidecar (init container with ``restartPolicy: Always``) that fails at start, every time, while the
+    next init container waits for it: restarted with back-off, and each failure is written to the pod's status at
+    once, as the kubelet does (``restartCount``, ``lastState.terminated`` with exit code and message,
+    ``waiting: CrashLoopBackOff``), not only once the main containers run."""
+    crash = py("""
+        import sys
+        open("/dev/termination-log", "w").write("could not start")
+        sys.exit(3)
+    """, name="server", restartPolicy="Always", terminationMessagePolicy="FallbackToLogsOnError")
+    wait = py("import time; time.sleep(600)", name="wait")
+    kube.apply(job("loop", [py("pass")], init=[crash, wait], activeDeadlineSeconds=300), namespace)
+
+    def looping() -> dict | None:
+        for p in job_pods(kube, namespace, "loop"):
+            for cs in (p.get("status") or {}).get("initContainerStatuses") or []:
+                if cs["name"] == "server" and cs["restartCount"] >= 3:
+                    return cs
+        return None
+
+    cs = kube.wait_for(looping, timeout=120, message="the sidecar restarted 3 times")
+    last = cs["lastState"]["terminated"]
+    assert last["exitCode"] == 3 and last["reason"] == "Error" and last["message"] == "could not start", cs
+    kube.kubectl("delete", "job", "-n", namespace, "loop", "--wait=false")
