@@ -13,19 +13,22 @@ import psycopg
 import pytest
 
 from schemagate.contract.dburl import database_name, libpq_url
-from tests.pipeline.helpers import PROJECTS, ROOT, query, run_module, version
+from tests.pipeline.helpers import PROJECTS, ROOT, execute, query, run_module, version
 
 pytestmark = pytest.mark.postgres
 
 PROBE = PROJECTS / "probe" / "alembic.ini"
 
 
-def test_one_run_plans_once(fresh_db: str, tmp_path) -> None:
+def test_one_run_executes_env_py_twice(fresh_db: str, tmp_path) -> None:
+    """The whole ``schemagate run`` executes the application's env.py twice: once in the precheck's throw-away
+    shadow (the pending revisions, captured for the derivation and the lint; it also confirms the plan, which
+    was read from the catalog) and once to migrate the real database. No plan run, no offline rendering."""
     log = tmp_path / "env-runs.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "operator"), DATABASE_URL=fresh_db, PROBE_ENV_LOG=str(log),
                SCHEMAGATE_NO_EMBEDDED="1")
     p = run_module(["-m", "schemagate.cli", "run", "-c", str(PROBE), "--json", "--backup-dir",
-                    str(tmp_path / "backups"), "--no-lint"], env)
+                    str(tmp_path / "backups")], env)
     assert p.returncode == 0, p.stdout + p.stderr
     result = json.loads(p.stdout)
     assert result["reason"] == "Verified" and version(fresh_db) == "0002", result["message"]
@@ -33,11 +36,73 @@ def test_one_run_plans_once(fresh_db: str, tmp_path) -> None:
     from urllib.parse import urlsplit
 
     real = f"{database_name(fresh_db)}@{urlsplit(fresh_db).port}"  # not the shadow server's database of that name
-    plans_on_real = runs[("plan", real)]
-    assert plans_on_real == 1, runs  # the run's plan; the version rows under the lock are the planned ones; was 7
+    assert sum(runs.values()) == 2, runs  # was 12, then 7, then 4
     assert runs[("migrate", real)] == 1, runs  # the upgrade itself
-    # env.py never ran against the real database for anything else than planning, migrating, rendering SQL
-    assert {purpose for purpose, db in runs if db == real} <= {"plan", "migrate", "offline"}, runs
+    shadow = [db for purpose, db in runs if db != real]
+    assert len(shadow) == 1 and runs[("migrate", shadow[0])] == 1, runs  # the shadow upgrade
+    precheck = next(s for s in result["data"]["steps"] if s["step"] == "precheck")
+    assert precheck["outcome"] == "Succeeded", precheck
+    assert query(fresh_db, "SELECT count(*) FROM probe_items") == [(0,)]
+
+
+def _run_probe(fresh_db: str, tmp_path, **env_extra: str) -> tuple[dict, collections.Counter]:
+    """``schemagate run`` of the probe project: (the result, env.py runs by (purpose, database))."""
+    log = tmp_path / "env-runs.log"
+    log.write_text("")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "operator"), DATABASE_URL=fresh_db, PROBE_ENV_LOG=str(log),
+               SCHEMAGATE_NO_EMBEDDED="1", **env_extra)
+    p = run_module(["-m", "schemagate.cli", "run", "-c", str(PROBE), "--json", "--backup-dir",
+                    str(tmp_path / "backups")], env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    runs = collections.Counter(tuple(line.split(" ", 1)) for line in log.read_text().splitlines())
+    return json.loads(p.stdout), runs
+
+
+@pytest.mark.parametrize("schema", [None, "ops"])
+def test_a_custom_version_table_at_base(fresh_db: str, tmp_path, schema: str | None) -> None:
+    """env.py keeps its version table elsewhere and the database has none yet: the catalog says base, env.py's
+    shadow run confirms it and names the table, verify reads that table; still two env.py runs."""
+    if schema:
+        execute(fresh_db, f"CREATE SCHEMA {schema}")
+    extra = {"PROBE_VERSION_TABLE": "probe_versions", **({"PROBE_VERSION_TABLE_SCHEMA": schema} if schema else {})}
+    result, runs = _run_probe(fresh_db, tmp_path, **extra)
+    assert result["reason"] == "Verified", result["message"]
+    table = f"{schema}.probe_versions" if schema else "probe_versions"
+    assert query(fresh_db, f"SELECT version_num FROM {table}") == [("0002",)]
+    assert query(fresh_db, "SELECT to_regclass('public.alembic_version') IS NULL") == [(True,)]
+    assert sum(runs.values()) == 2, runs
+    # the next run finds the one candidate table, reads it with SQL and has nothing to do: no env.py run at all
+    result, runs = _run_probe(fresh_db, tmp_path, **extra)
+    assert result["reason"] == "Verified" and result["data"]["applied"] == [], result
+    assert sum(runs.values()) == 0, runs
+
+
+def test_two_version_tables_plan_through_env_py(fresh_db: str, tmp_path) -> None:
+    """Two Alembic projects share the database (two version tables): the catalog does not tell which is the
+    probe's, so env.py plans (three runs); the other project's table is untouched."""
+    execute(fresh_db, "CREATE TABLE other_version (version_num varchar(32) PRIMARY KEY)")
+    execute(fresh_db, "INSERT INTO other_version VALUES ('f00dcafe0001')")
+    execute(fresh_db, "CREATE TABLE probe_versions (version_num varchar(32) PRIMARY KEY)")
+    result, runs = _run_probe(fresh_db, tmp_path, PROBE_VERSION_TABLE="probe_versions")
+    assert result["reason"] == "Verified", result["message"]
+    assert query(fresh_db, "SELECT version_num FROM probe_versions") == [("0002",)]
+    assert query(fresh_db, "SELECT version_num FROM other_version") == [("f00dcafe0001",)]
+    real = database_name(fresh_db)
+    assert sum(n for (purpose, db), n in runs.items() if purpose == "plan" and db.startswith(real + "@")) == 1, runs
+    assert sum(runs.values()) == 3, runs
+
+
+def test_a_wrong_guess_from_the_catalog_is_caught_by_env_py(fresh_db: str, tmp_path) -> None:
+    """The one candidate table holds revisions of the probe's scripts, but env.py keeps its version in another
+    table, not created yet (base): the shadow run's env.py reads base, not the guessed 0001, so the run plans
+    through env.py and applies both revisions to env.py's table; the other table is untouched."""
+    execute(fresh_db, "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+    execute(fresh_db, "INSERT INTO alembic_version VALUES ('0001')")
+    result, runs = _run_probe(fresh_db, tmp_path, PROBE_VERSION_TABLE="probe_versions")
+    assert result["reason"] == "Verified", result["message"]
+    assert result["data"]["applied"] == ["0001", "0002"], result["data"]
+    assert query(fresh_db, "SELECT version_num FROM probe_versions") == [("0002",)]
+    assert query(fresh_db, "SELECT version_num FROM alembic_version") == [("0001",)]
     assert query(fresh_db, "SELECT count(*) FROM probe_items") == [(0,)]
 
 

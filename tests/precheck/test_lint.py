@@ -43,7 +43,7 @@ def test_naive_migration_findings_and_lint_fail_modes(fresh_db: str) -> None:
     r = precheck.precheck(Target(project("naive"), "head", fresh_db, "DATABASE_URL"))
     assert r.outcome is Outcome.SUCCEEDED, r.message  # no rows: no violations; lint alone does not fail
     got = rules(r.data["lint"])
-    assert r.data["lint"]["source"] == "offline"
+    assert r.data["lint"]["source"] == "captured"
     assert got["constraint-missing-not-valid"] == 3 and got["adding-foreign-key-constraint"] == 1
     assert got["require-concurrent-index-creation"] == 1
     assert "lint:" in r.message
@@ -56,7 +56,7 @@ def test_safe_migration_has_no_blocking_findings(fresh_db: str) -> None:
     upgrade(fresh_db, "safe", "0001")
     r = precheck.precheck(Target(project("safe"), "head", fresh_db, "DATABASE_URL"), lint_fail="blocking")
     lint_result = r.data["lint"]
-    assert lint_result["available"] and lint_result["source"] == "offline"
+    assert lint_result["available"] and lint_result["source"] == "captured"
     assert lint_result["blocking"] == 0, lint_result
     assert r.outcome is Outcome.SUCCEEDED, r.message
     assert {c["name"] for c in r.data["checks"]} == {"ck_orders_amount", "ck_items_quantity", "fk_items_order"}

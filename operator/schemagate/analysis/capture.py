@@ -45,30 +45,40 @@ def dml_label(statements: list[Statement] | None) -> tuple[bool | None, str | No
 _CONCURRENTLY = re.compile(r"\bCONCURRENTLY\b", re.I)
 
 
+def cut_ddl(statements: list[Statement]) -> int:
+    """How many captured DDL statements were cut at ``MAX_SQL`` characters (``ddl_script`` leaves them out: a cut
+    statement does not parse)."""
+    return sum(1 for s in statements if s.get("kind") == "ddl" and len(str(s.get("sql") or "")) >= MAX_SQL)
+
+
 def ddl_script(statements: list[Statement]) -> str:
-    """The captured DDL as one SQL script (the lint fallback): one transaction per revision, as Alembic runs
-    them on PostgreSQL, with CONCURRENTLY statements outside it (as in ``autocommit_block``)."""
+    """The captured DDL as one SQL script for the linter, in the transactions PostgreSQL ran it in: statements
+    with the same ``tx`` number inside one ``BEGIN;``/``COMMIT;``, an ``autocommit`` statement (Alembic's
+    ``autocommit_block``) outside any. Statements captured without either (an older injected runner) get one
+    transaction per revision, with CONCURRENTLY statements outside it. Statements cut at ``MAX_SQL`` characters
+    are left out (``cut_ddl`` counts them); each revision starts with a ``-- revision <id>`` comment."""
     out: list[str] = []
-    current: object = object()
-    in_tx = False
+    revision: object = object()
+    open_tx: object = None  # the transaction the script is inside, None: outside
     for s in statements:
-        if s.get("kind") != "ddl":
+        sql = str(s.get("sql") or "").strip().rstrip(";")
+        if s.get("kind") != "ddl" or not sql or len(str(s.get("sql"))) >= MAX_SQL:
             continue
         rev = s.get("revision") or "?"
-        sql = str(s["sql"]).strip().rstrip(";")
-        if rev != current:
-            if in_tx:
-                out.append("COMMIT;")
-            out.append(f"-- revision {rev}")
-            current, in_tx = rev, False
-        concurrent = bool(_CONCURRENTLY.search(sql))
-        if concurrent and in_tx:
+        if s.get("autocommit") or (not s.get("tx") and _CONCURRENTLY.search(sql)):
+            tx: object = None
+        else:
+            tx = s["tx"] if s.get("tx") else ("revision", rev)
+        if tx != open_tx and open_tx is not None:
             out.append("COMMIT;")
-            in_tx = False
-        elif not concurrent and not in_tx:
-            out.append("BEGIN;")
-            in_tx = True
+        if rev != revision:
+            out.append(f"-- revision {rev}")
+            revision = rev
+        if tx != open_tx:
+            if tx is not None:
+                out.append("BEGIN;")
+            open_tx = tx
         out.append(sql + ";")
-    if in_tx:
+    if open_tx is not None:
         out.append("COMMIT;")
     return "\n".join(out) + ("\n" if out else "")

@@ -103,6 +103,14 @@ class StatementLog:
             entry["tx"] = tx
         self.statements.append(entry)
 
+    def use_version_table(self, version_table: str) -> None:
+        """The version table env.py's migration context really used (known once env.py ran): from here on, and
+        for the statements already recorded, statements on it are Alembic's bookkeeping and are not kept."""
+        if version_table == self.version_table:
+            return
+        self.version_table = version_table
+        self.statements = [s for s in self.statements if classify(s["sql"], version_table) != "other"]
+
     @property
     def dml_revisions(self) -> list[str]:
         """The revisions that executed DML, in order of first appearance (``?`` for statements outside one)."""

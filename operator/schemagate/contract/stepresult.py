@@ -15,7 +15,7 @@ import enum
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from schemagate.contract import names
 from schemagate.contract.sqlkind import Statement
@@ -38,6 +38,9 @@ class Plan(TypedDict):
     heads: list[str]  # the heads of the migration scripts
     versionTable: str  # the version table env.py configures (Alembic's default alembic_version)
     versionTableSchema: str | None
+    # "env.py": read through the application's env.py; "catalog": read with SQL from the one table of the database
+    # that can be an Alembic version table, not yet confirmed by env.py (``runner.inject.revisions``)
+    source: NotRequired[str]
 
 
 class VersionTable(TypedDict):
@@ -59,6 +62,7 @@ class UpgradeResult(TypedDict, total=False):
     statementTimeout: str | None
     sql: str | None  # the offline rendering of the pending range (render_sql_text)
     sqlError: str  # why the offline rendering failed
+    contextVersionTable: VersionTable  # the version table env.py's migration context used (when env.py ran)
 
 
 class ShadowUpgradeDoc(UpgradeResult, total=False):

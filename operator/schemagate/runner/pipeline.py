@@ -36,7 +36,7 @@ from schemagate.runner import verify as verify_step
 from schemagate.runner.inject.config import APPLICATION_NAME, DEFAULT_LOCK_TIMEOUT
 from schemagate.runner.inject.lock import backoff_delays
 from schemagate.runner.inject.migrate import DEFAULT_RETRIES, migrate
-from schemagate.runner.inject.revisions import plan
+from schemagate.runner.inject.revisions import plan_without_env
 from schemagate.runner.shadowserver import ShadowServer
 
 STEP = "run"
@@ -143,7 +143,10 @@ def _plan_and_steps(r: _Run, t: Target, checks: list[dict[str, str]], shadow: Sh
                     progress: Callable[[str], None] | None) -> None:
     """Plan, backup, then steps 2 to 4 (``shadow``: the precheck's throw-away server, starting meanwhile)."""
     data = r.data
-    p = plan(t)  # the plan of this run: passed down, computed again only under the migration's lock
+    # the plan of this run, from the catalog when it tells (no env.py run: the shadow upgrade's env.py run, or the
+    # migration's, confirms it), passed down; computed again only under the migration's lock
+    with connect(str(t.url)) as conn:
+        p = plan_without_env(t, conn)
     t = t.at(p["target"])
     data.update(currentRevision=p["current"], targetRevision=p["target"], pending=p["pending"])
     if backup and p["pending"]:

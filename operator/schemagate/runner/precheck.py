@@ -94,7 +94,7 @@ from schemagate.runner.inject.config import (
     session_environment,
 )
 from schemagate.runner.inject.downgrade import DOWNGRADE_FILE
-from schemagate.runner.inject.revisions import plan
+from schemagate.runner.inject.revisions import confirm, plan, plan_without_env
 from schemagate.runner.inject.shadow import ShadowMismatch, version_table_of
 from schemagate.runner.shadowserver import ShadowServer
 
@@ -434,17 +434,22 @@ def _checks_from_diff(d: derive.Derivation, statements: list[Statement] | None,
 
 def lint_pending(offline_sql: str | None, offline_error: str | None, statements: list[Statement] | None,
                  server_version_num: int) -> LintResult:
-    """Lint the offline rendering, or (when it failed) the DDL captured in the shadow run."""
+    """Lint the DDL the pending revisions executed in the shadow run (``statements``: what PostgreSQL ran, in the
+    transactions it ran in, ``capture.ddl_script``; source ``captured``), so no second env.py run renders it.
+    Without captured statements (derivation off) the offline rendering ``offline_sql`` (``alembic upgrade
+    --sql``; source ``offline``) is linted; ``offline_error``: why that rendering failed."""
     version = lint.pg_major_version(server_version_num)
+    if statements is not None:
+        res = lint.lint_sql(capture.ddl_script(statements), pg_version=version, source="captured")
+        cut = capture.cut_ddl(statements)
+        if cut:
+            res["note"] = "; ".join(filter(None, [res.get("note"), f"{cut} statement(s) longer than "
+                                                  f"{capture.MAX_SQL} characters were not linted"]))
+        return res
     if offline_sql:
         return lint.lint_sql(offline_sql, pg_version=version, source="offline")
     why = f"offline rendering (alembic upgrade --sql) failed: {offline_error}" if offline_error else \
         "no offline rendering available"
-    if statements:
-        res = lint.lint_sql(capture.ddl_script(statements), pg_version=version, source="captured")
-        res["note"] = f"{why}; linted the DDL executed in the shadow run instead" + (
-            f"; {res['note']}" if res.get("note") else "")
-        return res
     return lint.unavailable(f"{why}; no captured statements to lint")
 
 
@@ -563,14 +568,17 @@ def precheck(
             if shadow_url_env and not shadow_url:
                 shadow_url = resolve_url(None, shadow_url_env)
             shadow_server = scope.enter_context(_throwaway(shadow_server, derive and not shadow_url, shadows))
-            p = planned if planned is not None else plan(target)
+            if planned is None:  # from the catalog when it tells: the shadow upgrade's env.py run confirms it
+                with _connect(_url(target)) as conn:
+                    planned = plan_without_env(target, conn)
+            p = planned
             step.data.update(currentRevision=p["current"], targetRevision=p["target"], pending=list(p["pending"]),
                              expectedRevisions=list(p["expected"]))
             if not p["pending"]:
                 checks = _nothing_pending(target, users, opts, step.data)
             elif derive:
-                checks = _derive_and_count(target.at(p["target"]), p, shadow_url, users, opts, step.data, notes,
-                                           shadows, shadow_server, schema_archive)
+                checks = _derive_confirming(target, p, shadow_url, users, opts, step.data, notes, shadows,
+                                            shadow_server, schema_archive)
             else:
                 checks = _user_checks_only(target, p, users, opts, step.data)
             step.set_result(_finish(step, checks, opts))
@@ -600,6 +608,33 @@ def _with_notes(result: StepResult, notes: list[str]) -> StepResult:
     if notes:
         result.data["derivationNote"] = "; ".join(filter(None, [result.data.get("derivationNote"), *notes]))
     return result
+
+
+class _CatalogPlanWrong(Exception):  # noqa: N818 - a condition, handled in _derive_confirming
+    """The shadow upgrade's env.py does not read the version table the catalog plan was made from."""
+
+
+def _derive_confirming(target: Target, p: Plan, shadow_url: str | None, users: list[Check], opts: Options,
+                       data: dict[str, Any], notes: list[str], shadows: list[Shadow], server: ShadowServer | None,
+                       schema_archive: str | os.PathLike[str] | None) -> list[Check]:
+    """``_derive_and_count`` on the plan ``p``; a plan from the catalog that env.py does not confirm in the shadow
+    run is replaced (in place: the caller migrates and verifies on it) by env.py's plan, and the derivation runs
+    again on a new shadow."""
+    try:
+        return _derive_and_count(target.at(p["target"]), p, shadow_url, users, opts, data, notes, shadows, server,
+                                 schema_archive)
+    except _CatalogPlanWrong:
+        for sh in shadows:
+            sh.dispose(notes)
+        shadows.clear()
+    p.update(plan(target))
+    notes.append("the version table found in the catalog is not the one env.py reads: planned through env.py")
+    data.update(currentRevision=p["current"], targetRevision=p["target"], pending=list(p["pending"]),
+                expectedRevisions=list(p["expected"]))
+    if not p["pending"]:
+        return _nothing_pending(target, users, opts, data)
+    return _derive_and_count(target.at(p["target"]), p, shadow_url, users, opts, data, notes, shadows, None,
+                             schema_archive)
 
 
 def _nothing_pending(target: Target, users: list[Check], opts: Options, data: dict[str, Any]) -> list[Check]:
@@ -648,24 +683,26 @@ def _derive_and_count(target: Target, p: Plan, shadow_url: str | None, users: li
     sh = make_shadow(_url(target), shadow_url, version_table=vt, server=server, schema_archive=schema_archive)
     shadows.append(sh)
     data["shadow"] = _shadow_summary(sh)
-    rec, statements, up = _run_in_shadow(target, sh, vt, opts.lint, notes, p)
+    rec, statements, up = _run_in_shadow(target, sh, vt, notes, p)
     changed, _ = capture.dml_label(statements)
     if rec.checks and (changed or stepwise.creates_routines(statements)):
         derived = _count_in_data_shadow(target, shadow_url, rec, statements, opts.data_shadow_max_bytes, data, notes,
-                                        version_table=vt)
+                                        p)
     else:
-        derived = _count_on_real_database(target, shadow_url, rec, statements, opts, data, notes, vt)
+        derived = _count_on_real_database(target, shadow_url, rec, statements, opts, data, notes, p)
     return analyse(_url(target), sh.url, pending=list(p["pending"]), statements=statements,
                    offline_sql=up.get("sql"), offline_error=up.get("sqlError"), user_checks=users, do_lint=opts.lint,
                    statement_timeout=opts.statement_timeout, data=data, derived=derived, before_cat=sh.before)
 
 
-def _run_in_shadow(target: Target, sh: Shadow, vt: Mapping[str, Any], render: bool, notes: list[str],
+def _run_in_shadow(target: Target, sh: Shadow, vt: Mapping[str, Any], notes: list[str],
                    p: Plan) -> tuple[stepwise.StepRecorder, list[Statement], UpgradeResult]:
     """Apply the pending revisions to the shadow on the real database's plan ``p`` (env.py checks there that the
-    shadow holds the same current revision: ``ShadowMismatch``), capturing every statement and an identity
-    snapshot after each (``stepwise.StepRecorder``): ``(recorder, statements, upgrade result)``. A failure is the
-    migration's own (``translate``d, re-raised with what it means)."""
+    shadow holds the same current revision: ``ShadowMismatch``; a plan from the catalog is confirmed here,
+    ``revisions.confirm``, or ``_CatalogPlanWrong``), capturing every statement and an identity snapshot after
+    each (``stepwise.StepRecorder``): ``(recorder, statements, upgrade result)``. A failure is the migration's own
+    (``translate``d, re-raised with what it means). The one env.py run of the precheck: the lint reads the
+    statements captured here, nothing is rendered offline."""
     log = capture.StatementLog(version_table=vt["name"])
     with _connect(sh.url) as sconn, sconn.cursor() as scur:
         rec = stepwise.StepRecorder(catalog.id_snapshot(scur))
@@ -676,9 +713,11 @@ def _run_in_shadow(target: Target, sh: Shadow, vt: Mapping[str, Any], render: bo
 
     try:
         with capture_statements(log), rec.listening():
-            up = upgrade(target.on(sh.url), lock_timeout=None, statement_timeout=None, render_sql_text=render,
-                         on_revision=on_revision, planned=p, expect_current=True)  # no second plan on the shadow
+            up = upgrade(target.on(sh.url), lock_timeout=None, statement_timeout=None, on_revision=on_revision,
+                         planned=p, expect_current=True)  # no second plan on the shadow
     except UnexpectedCurrent as e:
+        if p.get("source") == "catalog":
+            raise _CatalogPlanWrong from e
         raise shadow_mismatch(e, p) from e
     except Exception as e:  # translated and re-raised with what it means for the migration
         failure = translate(e, MigrationFailed)
@@ -689,6 +728,9 @@ def _run_in_shadow(target: Target, sh: Shadow, vt: Mapping[str, Any], render: bo
         raise type(failure)(f"applying the pending revisions to the shadow database failed, so the "
                             f"migration would fail too: {failure.message}", outcome=failure.outcome,
                             field=failure.field) from e
+    if not confirm(p, up.get("contextVersionTable")):
+        raise _CatalogPlanWrong
+    log.use_version_table(p["versionTable"])  # env.py's, now known: its bookkeeping is not the revisions' DML
     if log.dropped:
         notes.append(f"{log.dropped} statement(s) of the shadow run were not recorded")
     rec.mark_present()
@@ -697,7 +739,7 @@ def _run_in_shadow(target: Target, sh: Shadow, vt: Mapping[str, Any], render: bo
 
 def _count_on_real_database(target: Target, shadow_url: str | None, rec: stepwise.StepRecorder,
                             statements: list[Statement], opts: Options, data: dict[str, Any], notes: list[str],
-                            vt: Mapping[str, Any]) -> list[Check]:
+                            p: Plan) -> list[Check]:
     """The fast route: the recorded checks bound to the real database and counted there; when one cannot be
     counted there (an expression using an object the revisions create) every check is counted in the
     data-carrying shadow instead."""
@@ -714,30 +756,32 @@ def _count_on_real_database(target: Target, shadow_url: str | None, rec: stepwis
     notes.append(f"{len(failed)} check(s) could not be counted on the real database ("
                  f"{failed[0].name}: {failed[0].error}); every check was counted in the "
                  "data-carrying shadow instead")
-    return _count_in_data_shadow(target, shadow_url, rec, statements, opts.data_shadow_max_bytes, data, notes,
-                                 version_table=vt)
+    return _count_in_data_shadow(target, shadow_url, rec, statements, opts.data_shadow_max_bytes, data, notes, p)
 
 
 def _count_in_data_shadow(target: Target, shadow_url: str | None, rec: stepwise.StepRecorder,
                           statements: list[Statement], max_bytes: int | None, data: dict[str, Any], notes: list[str],
-                          version_table: Mapping[str, Any] | None = None) -> list[Check]:
+                          p: Plan) -> list[Check]:
     """The data route (``analysis.stepwise``): a second shadow with the real schema and the rows of the affected
-    tables, where the pending revisions run again and each statement's checks are counted right before it.
-    Raises ``DataShadowTooLarge`` (a ``PrecheckIncomplete``) above ``max_bytes``."""
+    tables, where the pending revisions run again on the plan ``p`` (confirmed by the first shadow run: env.py does
+    not plan again) and each statement's checks are counted right before it. Raises ``DataShadowTooLarge`` (a
+    ``PrecheckIncomplete``) above ``max_bytes``."""
     import time
 
     t0 = time.monotonic()
     relids = stepwise.affected_tables(rec.steps, rec.start, statements)
     if shadow_url is not None:  # an explicit shadow database serves both runs: empty it, restore the schema again
         shadow.wipe_database(libpq_url(shadow_url))
-    dsh = make_shadow(_url(target), shadow_url, version_table=version_table)
+    dsh = make_shadow(_url(target), shadow_url, version_table=version_table_of(p))
     try:
         with _connect(_url(target)) as real_conn, _connect(dsh.url) as data_conn:
             loaded = stepwise.load_rows(real_conn, data_conn, rec.start, relids, max_bytes)
         counter = stepwise.DataCounter(rec.steps, rec.origins)
         try:
             with counter.listening():
-                upgrade(target.on(dsh.url), lock_timeout=None, statement_timeout=None, render_sql_text=False)
+                upgrade(target.on(dsh.url), lock_timeout=None, statement_timeout=None, planned=p, expect_current=True)
+        except UnexpectedCurrent as e:
+            raise shadow_mismatch(e, p) from e
         except Exception as e:  # noqa: BLE001 - a failing revision is a result here, not an error
             lost = translate(e)
             if isinstance(lost, DatabaseUnreachable) and lost.outcome == Outcome.TRANSIENT_ERROR:

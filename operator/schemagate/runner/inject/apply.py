@@ -106,6 +106,7 @@ def _tracking(script: ScriptDirectory, target: str, state: dict[str, Any],
         return run
 
     def upgrade_fn(rev: Any, context: Any) -> Any:
+        state["versionTable"] = {"schema": context.version_table_schema, "name": context.version_table}
         if expect_current is not _NOT_CHECKED:
             current = join_revisions(split_revisions(rev))
             if current != expect_current:
@@ -152,9 +153,12 @@ def upgrade(
     expect_current: bool = False,
 ) -> UpgradeResult:
     """Apply the pending revisions up to ``t.revision`` on the database of ``t`` (see module docstring).
-    ``planned``: the plan of this database, computed by the caller just before (``revisions.plan``), so env.py is
-    not run again to plan. ``expect_current``: ``planned`` is another database's (the precheck's shadow runs the
-    real database's plan); the same env.py run checks the current revision here first: ``UnexpectedCurrent``."""
+    ``planned``: the plan of this database, computed by the caller just before (``revisions.plan`` or
+    ``plan_from_catalog``), so env.py is not run again to plan. ``expect_current``: the same env.py run checks
+    first that it reads ``planned``'s current revision (``planned`` is another database's: the precheck's shadow
+    runs the real database's plan; or a plan not made through env.py): ``UnexpectedCurrent``, nothing applied.
+    The result names the version table env.py's migration context used (``contextVersionTable``: ``{"schema",
+    "name"}``) when env.py ran."""
     lt = durations.to_postgres(lock_timeout, "--lock-timeout")
     st = durations.to_postgres(statement_timeout, "--statement-timeout")
     t = t.resolved()
@@ -194,6 +198,8 @@ def upgrade(
         after, known = _current_after_failure(t, patient=_transient(e))
         result["toRevision"] = after
         raise _failure(e, state["running"], after, known) from e
+    if "versionTable" in state:
+        result["contextVersionTable"] = state["versionTable"]
     # Alembic completed the upgrade: the version rows are the expected ones (no env.py run to read them back)
     after = join_revisions(p["expected"]) if p["expected"] else _safe_current(t)
     result["toRevision"] = after

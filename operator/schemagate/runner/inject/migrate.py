@@ -34,7 +34,7 @@ from schemagate.contract.redact import redact
 from schemagate.contract.stepresult import Outcome, Plan, StepResult, UpgradeResult
 from schemagate.contract.target import Target
 from schemagate.runner.inject import leftovers
-from schemagate.runner.inject.apply import upgrade
+from schemagate.runner.inject.apply import UnexpectedCurrent, upgrade
 from schemagate.runner.inject.config import (
     DEFAULT_LOCK_TIMEOUT,
     isolated_imports,
@@ -42,7 +42,7 @@ from schemagate.runner.inject.config import (
 from schemagate.runner.inject.graph import join_revisions, split_revisions
 from schemagate.runner.inject.lock import HeldLock, advisory_lock, backoff_delays
 from schemagate.runner.inject.lockwait import LockWaitWatcher, describe
-from schemagate.runner.inject.revisions import applied_revisions, plan
+from schemagate.runner.inject.revisions import applied_revisions, confirm, plan
 
 DEFAULT_RETRIES = 5
 
@@ -167,8 +167,22 @@ def _attempt(run: _Run, attempt: int) -> UpgradeResult:
 
     try:
         with run.cleanup.builds.watch():
-            return upgrade(run.target, run.lock_timeout, run.statement_timeout, on_revision=on_revision,
-                           planned=run.planned if attempt == 1 else None)
+            planned = run.planned if attempt == 1 else None
+            try:  # env.py checks that it reads the planned version rows before applying anything
+                return upgrade(run.target, run.lock_timeout, run.statement_timeout, on_revision=on_revision,
+                               planned=planned, expect_current=planned is not None)
+            except UnexpectedCurrent as e:  # the plan's version rows are not the ones env.py reads: plan with it
+                run.say(f"env.py reads revision {e.current or 'base'}, not the planned "
+                        f"{e.expected or 'base'}: planning again through env.py")
+                fresh = plan(run.target)
+                if run.planned is not None:
+                    run.planned.update(fresh)  # in place: the caller's plan (verify reads its version table)
+                else:
+                    run.planned = fresh
+                run.pending = list(fresh["pending"])
+                run.data["fromRevision"] = run.data["toRevision"] = run.planned["current"]
+                return upgrade(run.target, run.lock_timeout, run.statement_timeout, on_revision=on_revision,
+                               planned=run.planned)
     except (LockTimeout, MigrationFailed):
         run.cleanup.look()
         run.cleanup.committed_before(run.cleanup.builds.revision)  # the revision running when it failed
@@ -215,6 +229,8 @@ def _until_applied(run: _Run, watcher: LockWaitWatcher, delays: list[float],
         if wait:
             run.data["lockWaits"].append({"attempt": attempt, "outcome": "Applied", **wait})
         run.data["toRevision"] = out["toRevision"]
+        if run.planned is not None:  # env.py named its version table: a plan from the catalog holds
+            confirm(run.planned, out.get("contextVersionTable"))
         run.cleanup.after_success(attempt, run.lock.conn if run.lock is not None else None)
         return
 

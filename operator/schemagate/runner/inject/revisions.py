@@ -1,6 +1,13 @@
 """Revisions and plan: the database's current revisions read through the application's env.py (its version
 table, wherever env.py puts it), and what ``alembic upgrade <target>`` does from there (``plan``, built on
-``schemagate.runner.inject.graph``)."""
+``schemagate.runner.inject.graph``).
+
+``plan_from_catalog`` makes the same plan without running env.py: Alembic's version table has one column,
+``version_num`` (``alembic.runtime.migration.MigrationContext._version``), so when exactly one table of the
+database has only that column and its rows are revisions of the scripts, those rows are what env.py would read.
+Such a plan is marked ``source: "catalog"``: the first env.py run that follows (the precheck's shadow upgrade, or
+the migration's upgrade, both with ``expect_current``) confirms it, and the caller plans through env.py when it
+does not hold."""
 
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
 
 from schemagate.contract.errors import translate
-from schemagate.contract.stepresult import Plan
+from schemagate.contract.stepresult import Plan, VersionTable
 from schemagate.contract.target import Target
 from schemagate.runner.inject.config import (
     isolated_imports,
@@ -64,7 +71,91 @@ def plan(t: Target) -> Plan:
     return {"current": join_revisions(up.current), "currentHeads": list(up.current), "target": up.resolved_target,
             "pending": list(up.pending), "expected": list(up.expected), "heads": list(up.script_heads),
             "versionTable": str(table.get("versionTable") or "alembic_version"),
-            "versionTableSchema": table.get("versionTableSchema")}
+            "versionTableSchema": table.get("versionTableSchema"), "source": "env.py"}
+
+
+# Tables that can be an Alembic version table: one column, version_num (Alembic creates it so; the table name and
+# schema are env.py's choice). Catalogs: https://www.postgresql.org/docs/current/catalog-pg-class.html
+_VERSION_TABLES = """
+SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+  AND NOT c.relispartition
+  AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+              AND NOT a.attisdropped AND a.attname = 'version_num')
+  AND (SELECT count(*) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+       AND NOT a.attisdropped) = 1
+ORDER BY 1, 2"""
+
+
+def _quote_ident(name: str) -> str:
+    """``name`` as a PostgreSQL quoted identifier (``quote_ident``: double quotes, inner ones doubled)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def version_table_candidates(conn: Any) -> list[tuple[str, str, list[str]]]:
+    """Every table of the database that can be an Alembic version table, with its rows:
+    ``[(schema, table, [version_num, ...])]``, sorted. ``conn``: an open DB-API connection to the database (read
+    only; no parameters are bound, so any paramstyle works). Raises the driver's error (e.g. no SELECT privilege)."""
+    cur = conn.cursor()
+    try:
+        cur.execute(_VERSION_TABLES)
+        tables = [(str(s), str(t)) for s, t in cur.fetchall()]
+        out = []
+        for schema, table in tables:
+            cur.execute(f"SELECT version_num FROM {_quote_ident(schema)}.{_quote_ident(table)}")  # noqa: S608
+            out.append((schema, table, sorted(str(r[0]) for r in cur.fetchall())))
+        return out
+    finally:
+        cur.close()
+
+
+@isolated_imports
+def plan_from_catalog(t: Target, conn: Any) -> Plan | None:
+    """The plan of ``plan(t)`` made without running env.py, from the version table found in the catalog (see the
+    module docstring), or None when the catalog does not tell: several candidate tables, rows that are not
+    revisions of the scripts, or the catalog could not be read. ``conn``: an open DB-API connection to the
+    database of ``t``. With no candidate table the database is at base, and ``versionTable`` is Alembic's default
+    until env.py says otherwise. Raises what ``plan`` raises for the target and the scripts (``MultipleHeads``,
+    ``UnknownRevision``, ``InvalidInput``, ``DowngradeNotAllowed``); the result has ``source: "catalog"``."""
+    t = t.resolved()
+    try:
+        found = version_table_candidates(conn)
+    except Exception:  # noqa: BLE001 - the catalog does not tell: env.py reads the version table
+        return None
+    if len(found) > 1:
+        return None
+    script = load_script(make_config(t.project, t.url))
+    schema, table, rows = found[0] if found else (None, "alembic_version", [])
+    known = {r.revision for r in script.walk_revisions()}
+    if any(r not in known for r in rows):
+        return None  # another project's version table, or a revision the scripts lack: env.py tells
+    up = plan_upgrade(script, rows, t.revision)
+    return {"current": join_revisions(up.current), "currentHeads": list(up.current), "target": up.resolved_target,
+            "pending": list(up.pending), "expected": list(up.expected), "heads": list(up.script_heads),
+            "versionTable": table, "versionTableSchema": schema, "source": "catalog"}
+
+
+def plan_without_env(t: Target, conn: Any) -> Plan:
+    """``plan_from_catalog(t, conn)`` when the catalog tells, else ``plan(t)`` (one env.py run)."""
+    p = plan_from_catalog(t, conn)
+    return p if p is not None else plan(t)
+
+
+def confirm(p: Plan, used: VersionTable | None) -> bool:
+    """Whether a ``source: "catalog"`` plan ``p`` holds for the version table env.py's migration context ``used``
+    (``{"schema", "name"}``: ``context.version_table_schema``/``version_table``, as ``upgrade`` reports them in
+    ``contextVersionTable``) in a run that read the plan's current revision (``expect_current``). When it holds,
+    ``p`` takes env.py's names and ``source: "env.py"`` (in place). A plan made through env.py always holds;
+    ``used`` None (env.py did not run) confirms nothing."""
+    if p.get("source") != "catalog":
+        return True
+    if used is None:
+        return False
+    same = used["name"] == p["versionTable"] and used["schema"] in (None, p["versionTableSchema"])
+    if p["currentHeads"] and not same:
+        return False  # the rows came from another table than the one env.py reads
+    p["versionTable"], p["versionTableSchema"], p["source"] = used["name"], used["schema"], "env.py"
+    return True
 
 
 @isolated_imports

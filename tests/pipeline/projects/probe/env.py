@@ -1,6 +1,7 @@
 """Alembic environment of the probe test project.
 
-The URL comes from ``sqlalchemy.url`` when set (schemagate's runner sets it), else from DATABASE_URL. Every
+The URL comes from ``sqlalchemy.url`` when set (schemagate's runner sets it), else from DATABASE_URL. The version
+table is ``PROBE_VERSION_TABLE`` in ``PROBE_VERSION_TABLE_SCHEMA`` when set (Alembic's default otherwise). Every
 execution of this file appends ``<purpose> <database>@<port>`` to the file named by ``PROBE_ENV_LOG`` (when set): tests
 count how often one ``schemagate run`` executes the application's env.py, and for what.
 """
@@ -38,6 +39,11 @@ def database_url() -> str:
     return url
 
 
+def version_table() -> dict:
+    return {"version_table": os.environ.get("PROBE_VERSION_TABLE") or "alembic_version",
+            "version_table_schema": os.environ.get("PROBE_VERSION_TABLE_SCHEMA") or None}
+
+
 def run_migrations_offline() -> None:
     from urllib.parse import urlsplit
 
@@ -47,6 +53,7 @@ def run_migrations_offline() -> None:
         url=database_url(),
         target_metadata=target_metadata,
         literal_binds=True,
+        **version_table(),
         transaction_per_migration=True,
         dialect_opts={"paramstyle": "named"},
     )
@@ -61,6 +68,7 @@ def run_migrations_online() -> None:
             connection=connection,
             target_metadata=target_metadata,
             transaction_per_migration=True,
+            **version_table(),
         )
         # Alembic's read-only runs (current revision, plan) are configured with dont_mutate
         probe("plan" if context.get_context().opts.get("dont_mutate") else "migrate",
