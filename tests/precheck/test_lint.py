@@ -86,3 +86,28 @@ def test_captured_ddl_script_keeps_concurrently_outside_transactions() -> None:
     got = rules(lint.lint_sql(script, pg_version="18.0", source="captured"))
     assert "ban-concurrent-index-creation-in-transaction" not in got
     assert "constraint-missing-not-valid" not in got
+
+
+def test_captured_ddl_script_follows_the_transactions_postgresql_ran() -> None:
+    """Captured statements carry their transaction number (``tx``) or ``autocommit``: the script has exactly those
+    transactions, so squawk sees a VALIDATE in the same transaction as its ADD ... NOT VALID (the lock held for
+    the whole scan) only when it really was, whatever the revision boundaries."""
+    from schemagate.analysis.capture import MAX_SQL, cut_ddl, ddl_script
+
+    add = "ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0) NOT VALID"
+    validate = "ALTER TABLE t VALIDATE CONSTRAINT c"
+    one_tx = ddl_script([{"revision": "0002", "kind": "ddl", "sql": add, "tx": 1},
+                         {"revision": "0003", "kind": "ddl", "sql": validate, "tx": 1}])
+    assert one_tx.count("BEGIN;") == 1 and "-- revision 0003" in one_tx
+    assert "constraint-missing-not-valid" in rules(lint.lint_sql(one_tx, pg_version="18.0", source="captured"))
+    two_tx = ddl_script([{"revision": "0002", "kind": "ddl", "sql": add, "tx": 1},
+                         {"revision": "0002", "kind": "ddl", "sql": validate, "tx": 2},
+                         {"revision": "0002", "kind": "ddl", "sql": "CREATE INDEX CONCURRENTLY ix ON t (a)",
+                          "autocommit": True},
+                         {"revision": "0002", "kind": "ddl", "sql": "ALTER TABLE t ADD b " + "x" * MAX_SQL, "tx": 3}])
+    assert two_tx.count("BEGIN;") == 2 and two_tx.count("COMMIT;") == 2, two_tx
+    assert two_tx.rstrip().endswith("CREATE INDEX CONCURRENTLY ix ON t (a);")  # outside any transaction
+    got = rules(lint.lint_sql(two_tx, pg_version="18.0", source="captured"))
+    assert "constraint-missing-not-valid" not in got and "ban-concurrent-index-creation-in-transaction" not in got
+    assert "x" * 100 not in two_tx  # a statement cut at MAX_SQL characters does not parse: left out, counted
+    assert cut_ddl([{"revision": "0002", "kind": "ddl", "sql": "y" * MAX_SQL}]) == 1

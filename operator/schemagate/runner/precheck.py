@@ -29,7 +29,8 @@ Public API (the CLI's ``schemagate precheck`` calls these; all return a finished
         ``derive=False``: the only container of the Job, user checks only, no workdir needed.
 
 Workdir files (shared ``emptyDir`` between the containers): see docs/architecture.md (``shadow-server.json``,
-``prepare.json``, ``shadow-before.pickle``, ``shadow-upgrade.json``, ``pending.sql``, ``shadow-done``).
+``prepare.json``, ``shadow-before.pickle``, ``shadow-upgrade.json``, ``shadow-done``; ``pending.sql``, the
+offline rendering an older injected runner wrote, is linted only when no statements were captured).
 ``shadow-upgrade.json`` (written by shadow-upgrade): ``{fromRevision, targetRevision, pending, applied,
 sqlError?, statements?, versionTable?}``; ``statements`` (optional) is the captured list described in
 ``schemagate.analysis.capture``.
@@ -95,7 +96,7 @@ from schemagate.runner.inject.config import (
 )
 from schemagate.runner.inject.downgrade import DOWNGRADE_FILE
 from schemagate.runner.inject.revisions import confirm, plan, plan_without_env
-from schemagate.runner.inject.shadow import ShadowMismatch, version_table_of
+from schemagate.runner.inject.shadow import ShadowMismatch, not_faithful, version_table_of
 from schemagate.runner.shadowserver import ShadowServer
 
 STEP = "precheck"
@@ -349,11 +350,7 @@ def shadow_mismatch(e: UnexpectedCurrent, p: Mapping[str, Any]) -> ShadowMismatc
     """The error when the application's env.py reads another current revision from the shadow than from the real
     database (``p``: the real database's plan): the shadow is not faithful; nothing was applied. Checked inside
     the shadow upgrade's own env.py execution (``upgrade(expect_current=True)``), before its first step."""
-    vt = version_table_of(p)
-    return ShadowMismatch(
-        f"the shadow is not faithful: the application's env.py reads revision {e.current or 'base'} from "
-        f"the shadow but {p['current'] or 'base'} from the database (version table "
-        f"{vt.get('schema') or '(search_path)'}.{vt.get('name')}); nothing was applied")
+    return not_faithful(e.current, p["current"], version_table_of(p))
 
 
 # --------------------------------------------------------------------------------------------------------------

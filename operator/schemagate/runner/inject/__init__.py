@@ -35,7 +35,7 @@ built once from the options and passed down:
     timeouts with capped exponential backoff.
 
 ``shadow.shadow_upgrade(target, workdir=None) -> dict``
-    ``upgrade(render_sql=True)`` on a shadow database; writes ``workdir/pending.sql`` and
+    ``upgrade`` on a shadow database on the real database's plan, capturing the statements it executes; writes
     ``workdir/shadow-upgrade.json`` when ``workdir`` is given.
 
 CLI (prints exactly one StepResult JSON on stdout, writes ``--termination-log`` / ``$SCHEMAGATE_TERMINATION_LOG``)::

@@ -125,7 +125,6 @@ def run_command(args: argparse.Namespace) -> StepResult:
                              args.lock_timeout, args.statement_timeout)
         step.data.update({k: v for k, v in out.items() if k not in ("sql", "statements")})
         step.data["statements"] = len(out.get("statements") or [])
-        step.data["sqlBytes"] = len((out.get("sql") or "").encode())
         step.succeed("ShadowUpgraded", f"applied {len(out['applied'])} revision(s) to the shadow database")
     return step.result
 

@@ -7,16 +7,16 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import sqlalchemy as sa
 
 from schemagate.contract.dburl import resolve_url, with_database
 from schemagate.contract.errors import Actor, InvalidInput, ShadowUnavailable
 from schemagate.contract.sqlkind import StatementLog
-from schemagate.contract.stepresult import ShadowUpgradeDoc, VersionTable
+from schemagate.contract.stepresult import Plan, ShadowUpgradeDoc, VersionTable
 from schemagate.contract.target import Target
-from schemagate.runner.inject.apply import upgrade
+from schemagate.runner.inject.apply import UnexpectedCurrent, upgrade
 from schemagate.runner.inject.capture import capture_statements
 from schemagate.runner.inject.config import engine_for, isolated_imports
 from schemagate.runner.inject.revisions import plan
@@ -59,6 +59,18 @@ class SyncedVersionTable(TypedDict):
     versionTable: VersionTable | None
     rows: list[str]
     current: str | None
+    plan: NotRequired[Plan]  # the real database's plan (``mirror=False``)
+
+
+def not_faithful(shadow_current: str | None, real_current: str | None, vt: Mapping[str, Any] | None) -> ShadowMismatch:
+    """The error when the application's env.py reads another current revision from the shadow
+    (``shadow_current``) than from the real database (``real_current``); ``vt``: the version table
+    ``{"schema", "name"}`` (None: Alembic's default on the search_path). Nothing was applied."""
+    vt = vt or {}
+    return ShadowMismatch(
+        f"the shadow is not faithful: the application's env.py reads revision {shadow_current or 'base'} from "
+        f"the shadow but {real_current or 'base'} from the database (version table "
+        f"{vt.get('schema') or '(search_path)'}.{vt.get('name') or 'alembic_version'}); nothing was applied")
 
 
 def version_table_of(p: Mapping[str, Any]) -> VersionTable:
@@ -67,12 +79,14 @@ def version_table_of(p: Mapping[str, Any]) -> VersionTable:
     return {"schema": p.get("versionTableSchema"), "name": str(p.get("versionTable") or "alembic_version")}
 
 
-def sync_version_table(target: Target, shadow_url: str) -> SyncedVersionTable:
+def sync_version_table(target: Target, shadow_url: str, *, mirror: bool = True) -> SyncedVersionTable:
     """Copy the rows of the application's Alembic version table from the real database into the shadow, wherever
     the application's env.py keeps it (``plan()``'s ``versionTable``/``versionTableSchema``: read from the migration context, never from a
     second setting), then assert that env.py reads the same current revision from both. Returns
     ``{"versionTable": {"schema", "name"}|None, "rows": [...], "current": id|None}``; raises
-    ``ShadowMismatch`` when the shadow reads another revision. ``target``: the real database (URL resolved)."""
+    ``ShadowMismatch`` when the shadow reads another revision. ``target``: the real database (URL resolved).
+    ``mirror=False``: env.py is not run on the shadow here (the caller's own env.py run there checks it,
+    ``upgrade(expect_current=True)``); ``plan`` in the result is the real database's plan."""
     real_url = target.url
     assert real_url is not None
     real = plan(target)
@@ -103,12 +117,12 @@ def sync_version_table(target: Target, shadow_url: str) -> SyncedVersionTable:
                     conn.execute(sa.text(f"INSERT INTO {qualified} (version_num) VALUES (:v)"), {"v": v})  # noqa: S608
         finally:
             eng.dispose()
-    mirror = plan(target.on(shadow_url))
-    if mirror["current"] != real["current"]:
-        raise ShadowMismatch(
-            f"the shadow is not faithful: the application's env.py reads revision {mirror['current'] or 'base'} "
-            f"from the shadow but {real['current'] or 'base'} from the database (version table "
-            f"{vt.get('schema') or '(search_path)'}.{vt.get('name')}); nothing was applied")
+    out["plan"] = real
+    if not mirror:
+        return out
+    mirror_plan = plan(target.on(shadow_url))
+    if mirror_plan["current"] != real["current"]:
+        raise not_faithful(mirror_plan["current"], real["current"], vt)
     return out
 
 
@@ -121,13 +135,15 @@ def shadow_upgrade(
 ) -> ShadowUpgradeDoc:
     """Apply the pending revisions to the shadow database (named by ``workdir/prepare.json`` when present, else
     ``target``'s database itself; its version rows are first copied from the real database, see ``sync_version_table``),
-    rendering their SQL first and capturing the statements executed. Writes
-    ``workdir/pending.sql`` and ``workdir/shadow-upgrade.json`` (``{fromRevision, toRevision, targetRevision,
+    capturing the statements executed (what the lint reads: nothing is rendered offline). env.py runs twice: the
+    plan on the real database and the upgrade of the shadow, which checks first that it reads the same current
+    revision (``ShadowMismatch``). Writes
+    ``workdir/shadow-upgrade.json`` (``{fromRevision, toRevision, targetRevision,
     pending, applied, sqlError?, statements}``) when ``workdir`` is given."""
     target = target.resolved()
     assert target.url is not None
     url = shadow_url_from_workdir(target.url, workdir)
-    synced = sync_version_table(target, url) if url != target.url else None
+    synced = sync_version_table(target, url, mirror=False) if url != target.url else None
     state: dict[str, Any] = {"revision": None}  # the running revision, for the snapshots
     vt = synced["versionTable"] if synced is not None else None
     version_table = vt["name"] if vt is not None else None
@@ -138,8 +154,13 @@ def shadow_upgrade(
 
     with capture_statements(StatementLog(version_table=version_table)) as log, \
             record_snapshots(url, workdir, state):
-        out: ShadowUpgradeDoc = {**upgrade(target.on(url), lock_timeout, statement_timeout, render_sql_text=True,
-                                           on_revision=on_revision)}
+        try:
+            out: ShadowUpgradeDoc = {**upgrade(target.on(url), lock_timeout, statement_timeout,
+                                               on_revision=on_revision,
+                                               planned=synced.get("plan") if synced is not None else None,
+                                               expect_current=synced is not None)}
+        except UnexpectedCurrent as e:
+            raise not_faithful(e.current, e.expected, synced["versionTable"] if synced else None) from e
     out["statements"] = log.statements
     if log.dropped:
         out["statementsDropped"] = log.dropped
@@ -148,7 +169,6 @@ def shadow_upgrade(
     if workdir is not None:
         wd = Path(workdir)
         wd.mkdir(parents=True, exist_ok=True)
-        (wd / "pending.sql").write_text(out.get("sql") or "", encoding="utf-8")
         (wd / "shadow-upgrade.json").write_text(
             json.dumps({k: v for k, v in out.items() if k != "sql"}, indent=2), encoding="utf-8"
         )
