@@ -565,10 +565,7 @@ def precheck(
             if shadow_url_env and not shadow_url:
                 shadow_url = resolve_url(None, shadow_url_env)
             shadow_server = scope.enter_context(_throwaway(shadow_server, derive and not shadow_url, shadows))
-            if planned is None:  # from the catalog when it tells: the shadow upgrade's env.py run confirms it
-                with _connect(_url(target)) as conn:
-                    planned = plan_without_env(target, conn)
-            p = planned
+            p = planned if planned is not None else _plan(target)
             step.data.update(currentRevision=p["current"], targetRevision=p["target"], pending=list(p["pending"]),
                              expectedRevisions=list(p["expected"]))
             if not p["pending"]:
@@ -605,6 +602,13 @@ def _with_notes(result: StepResult, notes: list[str]) -> StepResult:
     if notes:
         result.data["derivationNote"] = "; ".join(filter(None, [result.data.get("derivationNote"), *notes]))
     return result
+
+
+def _plan(target: Target) -> Plan:
+    """The plan of ``target`` (URL resolved): from the catalog when it tells (the shadow upgrade's env.py run
+    confirms it), else through env.py (``revisions.plan_without_env``)."""
+    with _connect(_url(target)) as conn:
+        return plan_without_env(target, conn)
 
 
 class _CatalogPlanWrong(Exception):  # noqa: N818 - a condition, handled in _derive_confirming

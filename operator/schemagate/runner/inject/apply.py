@@ -178,12 +178,7 @@ def upgrade(
     cfg = make_config(t.project, url)
     script = load_script(cfg)
     if render_sql_text and p["pending"]:
-        try:
-            with session_environment(url, url_env):
-                result["sql"] = render_sql(cfg, script, p["current"], p["target"])
-        except Exception as e:  # noqa: BLE001 - revisions that read data cannot render offline
-            result["sql"] = None
-            result["sqlError"] = error_text(e)
+        _render_into(result, cfg, script, t, p)
     if not p["pending"]:
         return result
     state: dict[str, Any] = {"running": None, "done": []}
@@ -205,6 +200,17 @@ def upgrade(
     result["toRevision"] = after
     result["applied"] = reached(script, p["pending"], split_revisions(after))
     return result
+
+
+def _render_into(result: UpgradeResult, cfg: Config, script: ScriptDirectory, t: Target, p: Plan) -> None:
+    """``result["sql"]``: the offline rendering of the plan ``p`` through env.py (``render_sql``), or None and
+    ``result["sqlError"]`` when it fails (revisions that read data cannot render offline)."""
+    try:
+        with session_environment(t.url, t.url_env):
+            result["sql"] = render_sql(cfg, script, p["current"], p["target"])
+    except Exception as e:  # noqa: BLE001 - revisions that read data cannot render offline
+        result["sql"] = None
+        result["sqlError"] = error_text(e)
 
 
 def _transient(e: BaseException) -> bool:
