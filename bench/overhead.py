@@ -52,18 +52,16 @@ COUNTER_LINE = (  # bench/overhead.py: one line per execution, "online|offline <
     f"    open(_o.environ[{ENVPY_LOG!r}], 'a').write(('offline' if _cx.is_offline_mode() else 'online') + ' ' "
     "+ str(_us(_url).port) + '\\n')\n")
 FLOOR_ENVPY = (
-    "4 = the run's plan on the real database (before anything is written), the shadow upgrade (the shadow's "
-    "current revision is checked inside it), the offline rendering squawk lints (alembic upgrade --sql: no "
-    "connection), the upgrade itself (under the advisory lock the version rows are read with SQL: env.py plans "
-    "again only when they changed). 3 if the lint read the statements captured in the shadow instead of the "
-    "offline rendering; 2 is below what a precheck that tries the revisions on a shadow can do: env.py runs once "
-    "on the shadow and once on the database, and the plan (which revisions are pending, before the backup) "
-    "needs a third.")
+    "2 = the shadow upgrade (the pending revisions, whose captured statements the lint reads; it also confirms "
+    "the plan, which was read with SQL from the one table that can be an Alembic version table) and the upgrade "
+    "itself (which checks again, inside its own env.py run, that it reads the planned revision). A third run "
+    "only when the catalog cannot tell (several version tables, rows that are not the scripts' revisions) or "
+    "when the revisions change data (the data-carrying shadow runs them again).")
 FLOOR_CONNECTIONS = (
-    "4 = env.py's plan, pg_dump (the backup; the shadow's schema is restored from it), env.py's upgrade, one "
-    "shared session for the precheck's and verify's questions and the migration's advisory lock. Each env.py "
-    "run opens its own engine (the application's env.py, not ours); the lock-wait watcher opens a 5th only when "
-    "the migration lasts longer than half its lock_timeout.")
+    "3 = pg_dump (the backup; the shadow's schema is restored from it), env.py's upgrade, one shared session for "
+    "the plan's catalog read, the precheck's and verify's questions and the migration's advisory lock. Each "
+    "env.py run opens its own engine (the application's env.py, not ours); the lock-wait watcher opens one more "
+    "only when the migration lasts longer than half its lock_timeout.")
 STEP_MODULES = ("schemagate.cli", "schemagate.runner.backup", "schemagate.runner.precheck",
                 "schemagate.runner.inject.migrate", "schemagate.runner.verify", "schemagate.runner.pipeline")
 
@@ -214,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     step_keys = [k for k in results["schemagate run"][0] if k.startswith("step ")]
     print("  where schemagate run's time goes (median s): " + ", ".join(
         f"{k[5:]} {med('schemagate run', k):.2f}" for k in step_keys)
-        + f"; the rest (process start, imports, env.py's plan, the shadow start not hidden) "
+        + f"; the rest (process start, imports, the plan, the shadow start not hidden) "
         f"{run_s - sum(med('schemagate run', k) for k in step_keys):.2f}")
     if run_s / anchor_s > 1.5:
         print("  why not <= 1.5x: the anchor does no precheck and no verification; the run adds the shadow (a "
