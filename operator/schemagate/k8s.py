@@ -199,7 +199,7 @@ class Kube:
         r = request(self.batch.list_namespaced_job, ns, label_selector=f"{J.LABEL_UID}={uid}")
         return list(r.get("items") or [])
 
-    def create_job(self, manifest: Obj) -> JobCreation:
+    def create_job(self, manifest: Mapping[str, Any]) -> JobCreation:
         """'created', 'exists' (409 and owned by the same resource: adopted), or 'foreign' (409, owned by someone
         else, or deleted in between)."""
         ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]

@@ -10,14 +10,28 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 from schemagate.contract import names
 from schemagate.contract.checks import UserCheck
 from schemagate.core.lease import RESTORE_KIND
+from schemagate.core.manifest import (
+    Container,
+    EnvVar,
+    Job,
+    JobSpec,
+    Layout,
+    OwnerReference,
+    PodSpec,
+    SecurityContext,
+    Volume,
+    VolumeMount,
+    user_volume,
+)
 from schemagate.core.model import GROUP, KIND, VERSION, Migration
+from schemagate.core.status import BackupRecord, Plan
 
 TERMINATION_LOG = "/dev/termination-log"
 RUNNER_DIR = "/schemagate"
@@ -71,23 +85,23 @@ def selector(m: Migration) -> dict[str, str]:
     return {LABEL_UID: m.uid}
 
 
-def owner_reference(m: Migration) -> dict[str, Any]:
+def owner_reference(m: Migration) -> OwnerReference:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": m.name, "uid": m.uid,
             "controller": True, "blockOwnerDeletion": True}
 
 
-def database_env(m: Migration) -> list[dict[str, Any]]:
+def database_env(m: Migration) -> list[EnvVar]:
     """The environment that carries the database location: secretKeyRef only, never a literal credential."""
     db = m.database
     url_env = m.migrations.database_url_env
     if db.url_from is not None:
         return [{"name": url_env, "valueFrom": {"secretKeyRef": {"name": db.url_from.name, "key": db.url_from.key}}}]
     assert db.password_from is not None
-    env: list[dict[str, Any]] = [
-        {"name": "PGHOST", "value": db.host},
+    env: list[EnvVar] = [
+        {"name": "PGHOST", "value": db.host or ""},
         {"name": "PGPORT", "value": str(db.port)},
-        {"name": "PGDATABASE", "value": db.name},
-        {"name": "PGUSER", "value": db.user},
+        {"name": "PGDATABASE", "value": db.name or ""},
+        {"name": "PGUSER", "value": db.user or ""},
         {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": db.password_from.name,
                                                               "key": db.password_from.key}}},
     ]
@@ -100,16 +114,16 @@ def database_env(m: Migration) -> list[dict[str, Any]]:
     return env
 
 
-def _common_env(m: Migration) -> list[dict[str, Any]]:
+def _common_env(m: Migration) -> list[EnvVar]:
     return [{"name": names.ENV_TERMINATION_LOG, "value": TERMINATION_LOG}, *database_env(m)]
 
 
-def _security(m: Migration, app: bool) -> dict[str, Any]:
+def _security(m: Migration, app: bool) -> SecurityContext:
     """A container ``securityContext`` that passes the Pod Security Standards' ``restricted`` profile
     (https://kubernetes.io/docs/concepts/security/pod-security-standards/: non-root, no privilege escalation,
     every capability dropped; seccomp is set on the pod) with a read-only root filesystem. Containers in the
     application's image run as ``spec.jobTemplate.runAsUser``, since such an image may declare no non-root user."""
-    sc: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+    sc: SecurityContext = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                           "runAsNonRoot": True, "readOnlyRootFilesystem": True}
     if app:
         sc["runAsUser"] = m.job_template.run_as_user
@@ -117,16 +131,16 @@ def _security(m: Migration, app: bool) -> dict[str, Any]:
 
 
 def _container(m: Migration, s: JobSettings, name: str, command: list[str], *, app: bool = False,
-               extra_env: list[dict[str, Any]] | None = None, mounts: list[dict[str, Any]] | None = None,
-               db: bool = True, working_dir: str | None = None) -> dict[str, Any]:
-    env = _common_env(m) if db else [{"name": names.ENV_TERMINATION_LOG, "value": TERMINATION_LOG}]
+               extra_env: list[EnvVar] | None = None, mounts: list[VolumeMount] | None = None,
+               db: bool = True, working_dir: str | None = None) -> Container:
+    env: list[EnvVar] = _common_env(m) if db else [{"name": names.ENV_TERMINATION_LOG, "value": TERMINATION_LOG}]
     # a missing URL is an error inside a Job, never a reason to start an embedded server
     env.append({"name": names.ENV_NO_EMBEDDED, "value": "1"})
     if app:
         # the root filesystem is read-only: temporary files and Python's caches stay out of it
         env += [{"name": "PYTHONPATH", "value": RUNNER_DIR}, {"name": "HOME", "value": "/tmp"},
                 {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}]
-    c: dict[str, Any] = {
+    c: Container = {
         "name": name,
         "image": m.migrations.image if app else s.runner_image,
         "command": command,
@@ -146,15 +160,15 @@ def _container(m: Migration, s: JobSettings, name: str, command: list[str], *, a
     return c
 
 
-def _tmp_mount() -> dict[str, Any]:
+def _tmp_mount() -> VolumeMount:
     return {"name": "tmp", "mountPath": "/tmp"}
 
 
-def _runner_mount() -> dict[str, Any]:
+def _runner_mount() -> VolumeMount:
     return {"name": "schemagate-runner", "mountPath": RUNNER_DIR}
 
 
-def _install_runner(m: Migration, s: JobSettings) -> dict[str, Any]:
+def _install_runner(m: Migration, s: JobSettings) -> Container:
     return _container(m, s, "install-runner", ["schemagate", "install-runner", RUNNER_DIR], db=False,
                       mounts=[_runner_mount()])
 
@@ -168,9 +182,16 @@ def _alembic_config(m: Migration) -> str:
     return m.migrations.directory.rstrip("/") + "/" + config
 
 
-def _target(m: Migration, plan: Mapping[str, Any] | None) -> str:
-    resolved = (plan or {}).get("targetRevision")
+def _target(m: Migration, plan: Plan | None) -> str:
+    resolved = plan.get("targetRevision") if plan is not None else None
     return str(resolved or m.migrations.target_revision)
+
+
+def _plan_env(m: Migration, plan: Plan | None) -> EnvVar:
+    """``SCHEMAGATE_PLAN``: the precheck's plan (``status.plan``) as JSON, its target defaulting to the spec's."""
+    doc: dict[str, object] = dict(plan or {})
+    doc.setdefault("targetRevision", m.migrations.target_revision)
+    return {"name": PLAN_ENV, "value": json.dumps(doc, separators=(",", ":"), sort_keys=True)}
 
 
 def _check_args(checks: Iterable[UserCheck]) -> list[str]:
@@ -186,8 +207,7 @@ SHADOW_SERVER = "shadow-server"  # the precheck pod's sidecar running the throw-
 SHADOW_URL_ENV = names.ENV_SHADOW_DATABASE_URL
 
 
-def _precheck_containers(m: Migration, s: JobSettings, base: list[str], tmp: dict[str, Any]
-                         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+def _precheck_containers(m: Migration, s: JobSettings, base: list[str], tmp: Volume) -> Layout:
     """The precheck's pod (docs/architecture.md):
 
     - ``derive: false``: one container, ``count --no-derive`` with the user checks; no shadow at all.
@@ -199,7 +219,7 @@ def _precheck_containers(m: Migration, s: JobSettings, base: list[str], tmp: dic
       ``SCHEMAGATE_SHADOW_DATABASE_URL`` from the Secret), no sidecar.
     """
     pc = m.precheck
-    work = {"name": "work", "mountPath": WORK_DIR}
+    work: VolumeMount = {"name": "work", "mountPath": WORK_DIR}
     common = [*base, "--workdir", WORK_DIR]
     scope: list[str] = []
     for name in pc.accept_unevaluated:
@@ -211,7 +231,7 @@ def _precheck_containers(m: Migration, s: JobSettings, base: list[str], tmp: dic
         count = ["schemagate", "precheck", "--phase", "count", *base, "--target", m.migrations.target_revision,
                  "--max-violations", str(pc.max_violations), "--no-derive", *scope, *_check_args(pc.checks)]
         return [], [_container(m, s, "count", count, mounts=[_tmp_mount()])], [tmp]
-    explicit: list[dict[str, Any]] = []
+    explicit: list[EnvVar] = []
     prepare = ["schemagate", "precheck", "--phase", "prepare", *common]
     if pc.shadow_url_from is not None:
         explicit = [{"name": SHADOW_URL_ENV, "valueFrom": {"secretKeyRef": {
@@ -224,7 +244,7 @@ def _precheck_containers(m: Migration, s: JobSettings, base: list[str], tmp: dic
         shadow.append("--allow-downgrade")
         count += ["--max-data-loss", str(m.max_data_loss)]
     inits = [_install_runner(m, s)]
-    vols = [{"name": "work", "emptyDir": {}}, {"name": "schemagate-runner", "emptyDir": {}}, tmp]
+    vols: list[Volume] = [{"name": "work", "emptyDir": {}}, {"name": "schemagate-runner", "emptyDir": {}}, tmp]
     if pc.shadow_url_from is None:
         server = _container(m, s, SHADOW_SERVER, ["schemagate", "precheck", "--phase", "shadow-server", "--json",
                                                   "--workdir", WORK_DIR], db=False,
@@ -255,22 +275,22 @@ def scratch_database(m: Migration) -> str:
     return f"{base}{SCRATCH_SUFFIX}{digest}"
 
 
-def _rehearsal_backup(m: Migration, backup: Mapping[str, Any] | None) -> tuple[list[str], list[dict[str, Any]],
-                                                                             list[dict[str, Any]]]:
+def _rehearsal_backup(m: Migration, backup: BackupRecord | None) -> tuple[list[str], list[VolumeMount],
+                                                                       list[Volume]]:
     """(prepare's backup arguments, its mounts, the volumes): the run's backup (``status.backup.path``) on the
     backup volume, read-only; without one (``spec.backup`` off, or an ``emptyDir`` gone with the backup pod) a
     fresh backup into the pod's work directory."""
     path = (backup or {}).get("path")
     if m.backup.enabled and path and "emptyDir" not in m.backup.volume:
-        mount: dict[str, Any] = {"name": "backups", "mountPath": BACKUP_DIR, "readOnly": True}
+        mount: VolumeMount = {"name": "backups", "mountPath": BACKUP_DIR, "readOnly": True}
         if m.backup.sub_path:
             mount["subPath"] = m.backup.sub_path
-        return ["--backup", str(path)], [mount], [{"name": "backups", **m.backup.volume}]
+        return ["--backup", str(path)], [mount], [user_volume("backups", m.backup.volume)]
     return ["--backup-dir", WORK_DIR + "/backup"], [], []
 
 
-def _rehearsal_job(m: Migration, s: JobSettings, scratch: str, explicit: list[dict[str, Any]],
-                   scratch_args: list[str]) -> dict[str, Any]:
+def _rehearsal_job(m: Migration, s: JobSettings, scratch: str, explicit: list[EnvVar],
+                   scratch_args: list[str]) -> Container:
     """``spec.rehearsal.job`` as a container: the user's command behind the injected runner's ``with-rehearsal-url``
     (the URL variable and PGDATABASE point at the copy; the real URL is removed before the command runs)."""
     job = m.rehearsal.job or {}
@@ -279,15 +299,14 @@ def _rehearsal_job(m: Migration, s: JobSettings, scratch: str, explicit: list[di
            *[str(a) for a in job.get("command") or ()], *[str(a) for a in job.get("args") or ()]]
     c = _container(m, s, "job", cmd, app=True, mounts=[_runner_mount(), _tmp_mount()],
                    working_dir=str(job.get("workingDir") or m.migrations.directory),
-                   extra_env=[*explicit, *[dict(e) for e in job.get("env") or ()]])
+                   extra_env=[*explicit, *[cast(EnvVar, dict(e)) for e in job.get("env") or ()]])  # as given
     if job.get("image"):
         c["image"] = str(job["image"])
     return c
 
 
-def _rehearse_containers(m: Migration, s: JobSettings, base: list[str], tmp: dict[str, Any],
-                         plan: Mapping[str, Any] | None, backup: Mapping[str, Any] | None
-                         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+def _rehearse_containers(m: Migration, s: JobSettings, base: list[str], tmp: Volume, plan: Plan | None,
+                         backup: BackupRecord | None) -> Layout:
     """The rehearse step's pod (``spec.rehearsal``; ``runner/rehearse.py``):
 
     - ``scratch-guard`` (a native sidecar, operator image): drops the scratch database when the pod stops, for
@@ -300,8 +319,8 @@ def _rehearse_containers(m: Migration, s: JobSettings, base: list[str], tmp: dic
     - ``finish`` (operator image): the verify step's checks on the copy, the copy dropped, the step's result.
     """
     scratch = scratch_database(m)
-    work = {"name": "work", "mountPath": WORK_DIR}
-    explicit: list[dict[str, Any]] = []
+    work: VolumeMount = {"name": "work", "mountPath": WORK_DIR}
+    explicit: list[EnvVar] = []
     scratch_args: list[str] = []
     if m.rehearsal.database_url_from is not None:
         ref = m.rehearsal.database_url_from
@@ -328,18 +347,16 @@ def _rehearse_containers(m: Migration, s: JobSettings, base: list[str], tmp: dic
     ]
     if m.rehearsal.job:
         inits.append(_rehearsal_job(m, s, scratch, explicit, scratch_args))
-    plan_doc = dict(plan or {})
-    plan_doc.setdefault("targetRevision", m.migrations.target_revision)
-    env = [*explicit, {"name": PLAN_ENV, "value": json.dumps(plan_doc, separators=(",", ":"), sort_keys=True)}]
+    env = [*explicit, _plan_env(m, plan)]
     finish = ["schemagate", "rehearse", "--phase", "finish", *common, "--workdir", WORK_DIR,
               "--target", _target(m, plan), "--plan-env", PLAN_ENV, *_check_args(m.verify_checks)]
     main = _container(m, s, "finish", finish, extra_env=env, mounts=[work, _tmp_mount()])
-    vols = [{"name": "work", "emptyDir": {}}, {"name": "schemagate-runner", "emptyDir": {}}, tmp, *backup_vols]
+    vols: list[Volume] = [{"name": "work", "emptyDir": {}}, {"name": "schemagate-runner", "emptyDir": {}}, tmp,
+                          *backup_vols]
     return inits, [main], vols
 
 
-def _downgrade_containers(m: Migration, s: JobSettings, url_env: str, plan: Mapping[str, Any], tmp: dict[str, Any]
-                          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+def _downgrade_containers(m: Migration, s: JobSettings, url_env: str, plan: Plan, tmp: Volume) -> Layout:
     """The migrate step of a downgrade the precheck planned (``plan.downgrade``, ``spec.allowDowngrade``): the
     injected runner's ``downgrade`` in the application's image (``alembic downgrade``, refused when the database
     is no longer at the planned ``fromRevision``). ``spec.migrations.command`` is for upgrades and is not used."""
@@ -367,14 +384,13 @@ def backup_plans_first(m: Migration) -> bool:
     return not m.allow_downgrade and m.migrations.target_revision.strip() not in UPGRADE_TARGETS
 
 
-def _backup_containers(m: Migration, s: JobSettings, base: list[str], tmp: dict[str, Any]
-                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+def _backup_containers(m: Migration, s: JobSettings, base: list[str], tmp: Volume) -> Layout:
     """The backup step's pod: ``schemagate backup`` (operator image) into ``spec.backup.volume``; before it, when
     :func:`backup_plans_first`, ``install-runner`` and ``python -m schemagate.runner.inject plan`` (the
     application's image: env.py reads the version rows, nothing is written), which fails the pod, and so the
     step, with its StepResult when the target is refused."""
-    vol = {"name": "backups", **m.backup.volume}
-    mount: dict[str, Any] = {"name": "backups", "mountPath": BACKUP_DIR}
+    vol = user_volume("backups", m.backup.volume)
+    mount: VolumeMount = {"name": "backups", "mountPath": BACKUP_DIR}
     if m.backup.sub_path:
         mount["subPath"] = m.backup.sub_path
     keep = m.backup.retention if m.backup.retention > 0 else 1_000_000  # 0 keeps all
@@ -394,21 +410,20 @@ def _backup_containers(m: Migration, s: JobSettings, base: list[str], tmp: dict[
     return inits, main, [vol, {"name": "schemagate-runner", "emptyDir": {}}, tmp]
 
 
-def build_containers(m: Migration, step: str, s: JobSettings, plan: Mapping[str, Any] | None = None,
-                     backup: Mapping[str, Any] | None = None
-                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+def build_containers(m: Migration, step: str, s: JobSettings, plan: Plan | None = None,
+                     backup: BackupRecord | None = None) -> Layout:
     """(initContainers, containers, volumes) of a step (``backup``: ``status.backup``, for the rehearsal)."""
     url_env = m.migrations.database_url_env
     base = ["--json", "--database-url-env", url_env, "--termination-log", TERMINATION_LOG]
-    tmp = {"name": "tmp", "emptyDir": {}}
+    tmp: Volume = {"name": "tmp", "emptyDir": {}}
     if step == "backup":
         return _backup_containers(m, s, base, tmp)
     if step == "precheck":
         return _precheck_containers(m, s, base, tmp)
     if step == "rehearse":
         return _rehearse_containers(m, s, base, tmp, plan, backup)
-    if step == "migrate" and (plan or {}).get("downgrade"):
-        return _downgrade_containers(m, s, url_env, plan or {}, tmp)
+    if step == "migrate" and plan is not None and plan.get("downgrade"):
+        return _downgrade_containers(m, s, url_env, plan, tmp)
     if step == "migrate":
         if m.migrations.command:
             cmd = list(m.migrations.command)
@@ -421,20 +436,17 @@ def build_containers(m: Migration, step: str, s: JobSettings, plan: Mapping[str,
                           working_dir=m.migrations.directory)
         return [_install_runner(m, s)], [main], [{"name": "schemagate-runner", "emptyDir": {}}, tmp]
     if step == "verify":
-        plan_doc = dict(plan or {})
-        plan_doc.setdefault("targetRevision", m.migrations.target_revision)
-        env = [{"name": PLAN_ENV, "value": json.dumps(plan_doc, separators=(",", ":"), sort_keys=True)}]
         cmd = ["schemagate", "verify", *base, "--plan-env", PLAN_ENV, *_check_args(m.verify_checks)]
-        return [], [_container(m, s, "verify", cmd, extra_env=env, mounts=[_tmp_mount()])], [tmp]
+        return [], [_container(m, s, "verify", cmd, extra_env=[_plan_env(m, plan)], mounts=[_tmp_mount()])], [tmp]
     raise ValueError(f"unknown step {step!r}")
 
 
 def build_job(m: Migration, step: str, name: str, counter: int, s: JobSettings,
-              plan: Mapping[str, Any] | None = None, run_generation: int | None = None,
-              backup: Mapping[str, Any] | None = None) -> dict[str, Any]:
+              plan: Plan | None = None, run_generation: int | None = None,
+              backup: BackupRecord | None = None) -> Job:
     """The complete batch/v1 Job of one step attempt (``run_generation``: the generation the run started at;
     ``backup``: ``status.backup``, which the rehearse step restores)."""
-    inits, containers, volumes = build_containers(m, step, s, plan, backup)
+    layout = build_containers(m, step, s, plan, backup)
     labels = {
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_NAME: "schemagate",
@@ -445,19 +457,19 @@ def build_job(m: Migration, step: str, name: str, counter: int, s: JobSettings,
         LABEL_COUNTER: str(counter),
     }
     job = _job(m, name, labels, owner_reference(m), {names.ANNOTATION_TARGET_REVISION: m.migrations.target_revision},
-               inits, containers, volumes)
+               layout)
     if step == "backup":  # core/v1 PodSecurityContext.fsGroup; OnRootMismatch: no recursive chown once it is right
         job["spec"]["template"]["spec"]["securityContext"].update(
             {"fsGroup": RUNNER_GID, "fsGroupChangePolicy": "OnRootMismatch"})
     return job
 
 
-def _job(m: Migration, name: str, labels: dict[str, str], owner: dict[str, Any], annotations: dict[str, str],
-         inits: list[dict[str, Any]], containers: list[dict[str, Any]], volumes: list[dict[str, Any]],
-         ttl: bool = True) -> dict[str, Any]:
+def _job(m: Migration, name: str, labels: dict[str, str], owner: OwnerReference, annotations: dict[str, str],
+         layout: Layout, ttl: bool = True) -> Job:
     """A batch/v1 Job around the containers, with the pod settings of ``spec.jobTemplate``."""
     jt = m.job_template
-    pod_spec: dict[str, Any] = {
+    inits, containers, volumes = layout
+    pod_spec: PodSpec = {
         "restartPolicy": "Never",
         "containers": containers,
         "volumes": volumes,
@@ -476,7 +488,7 @@ def _job(m: Migration, name: str, labels: dict[str, str], owner: dict[str, Any],
         pod_spec["tolerations"] = [dict(t) for t in jt.tolerations]
     if jt.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [dict(p) for p in jt.image_pull_secrets]
-    job_spec: dict[str, Any] = {
+    job_spec: JobSpec = {
         "backoffLimit": jt.backoff_limit,
         "activeDeadlineSeconds": jt.active_deadline_seconds,
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
@@ -501,7 +513,7 @@ def _job(m: Migration, name: str, labels: dict[str, str], owner: dict[str, Any],
 
 def build_restore_job(m: Migration, restore_name: str, restore_uid: str, job_name: str, backup_file: str,
                       s: JobSettings, *, sha256: str | None, into: str | None = None, replace: bool = False,
-                      jobs: int = 1, no_owner: bool = False) -> dict[str, Any]:
+                      jobs: int = 1, no_owner: bool = False) -> Job:
     """The Job of a DatabaseRestore (``schemagate.core.restore``): ``schemagate restore`` in the operator's image
     against the DatabaseMigration ``m``'s database (its ``secretKeyRef`` environment) with its backup volume at
     ``/backups`` as the backup step mounts it; ``backup_file`` is the archive's name there. The archive is
@@ -524,16 +536,16 @@ def build_restore_job(m: Migration, restore_name: str, restore_uid: str, job_nam
         cmd += ["--jobs", str(jobs)]
     if no_owner:
         cmd.append("--no-owner")
-    mount: dict[str, Any] = {"name": "backups", "mountPath": BACKUP_DIR}
+    mount: VolumeMount = {"name": "backups", "mountPath": BACKUP_DIR}
     if m.backup.sub_path:
         mount["subPath"] = m.backup.sub_path
     container = _container(m, s, "restore", cmd, mounts=[mount, _tmp_mount()])
     labels = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_NAME: "schemagate", LABEL_MIGRATION: label_value(m.name),
               LABEL_UID: restore_uid, LABEL_STEP: "restore"}
-    owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": RESTORE_KIND, "name": restore_name, "uid": restore_uid,
+    owner: OwnerReference = {"apiVersion": f"{GROUP}/{VERSION}", "kind": RESTORE_KIND, "name": restore_name, "uid": restore_uid,
              "controller": True, "blockOwnerDeletion": True}
-    job = _job(m, job_name, labels, owner, {}, [], [container],
-               [{"name": "backups", **m.backup.volume}, {"name": "tmp", "emptyDir": {}}], ttl=False)
+    job = _job(m, job_name, labels, owner, {},
+               ([], [container], [user_volume("backups", m.backup.volume), {"name": "tmp", "emptyDir": {}}]), ttl=False)
     job["spec"]["backoffLimit"] = 0
     # the backup volume as the backup pod has it (fsGroup, see RUNNER_GID): --replace writes its fresh backup there
     job["spec"]["template"]["spec"]["securityContext"].update(
