@@ -210,7 +210,7 @@ def _list_backup(m: Migration, st: MigrationStatus, rec: S.BackupRecord) -> None
     st["backups"] = [cast(S.BackupRecord, dict(rec)), *older][: min(keep, MAX_BACKUPS_LISTED)]
 
 
-def _backup_revision(st: MigrationStatus, revision: Any) -> None:
+def _backup_revision(st: MigrationStatus, revision: object) -> None:
     """The revision the precheck read goes to this run's backup (taken just before, under the same Lease)."""
     if "backup" not in (st.get("jobs") or {}) or not st.get("backups"):
         return
@@ -222,7 +222,7 @@ def _backup_revision(st: MigrationStatus, revision: Any) -> None:
 
 def fresh_run(m: Migration, prev: MigrationStatus, now: _dt.datetime) -> MigrationStatus:
     """A new run for a changed spec: keeps what is known about the database (currentRevision, last backup)."""
-    old = cast(dict[str, Any], prev)
+    old = cast(dict[str, object], prev)
     st = cast(MigrationStatus, {k: old[k] for k in _KEPT_ACROSS_RUNS if k in old})
     st.update({
         "observedGeneration": m.generation,
@@ -244,7 +244,7 @@ def fresh_run(m: Migration, prev: MigrationStatus, now: _dt.datetime) -> Migrati
 
 
 def _drop(st: MigrationStatus, *keys: str) -> None:
-    d = cast(dict[str, Any], st)
+    d = cast(dict[str, object], st)
     for k in keys:
         d.pop(k, None)
 

@@ -35,7 +35,7 @@ import datetime as _dt
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 from schemagate.contract import names
 from schemagate.contract.stepresult import Outcome
@@ -95,6 +95,24 @@ class Restore:
         return self.name[: 63 - len(suffix)].rstrip("-.") + suffix
 
 
+class RestoreStatus(TypedDict, total=False):
+    """The DatabaseRestore ``status`` (manifests/restore-crd.yaml)."""
+
+    observedGeneration: int
+    phase: str
+    reason: str
+    message: str
+    restoreUid: str
+    job: str
+    jobSeen: bool
+    lease: str
+    startedAt: str
+    finishedAt: str
+    backup: S.BackupRecord
+    result: dict[str, object]
+    conditions: list[S.Condition]
+
+
 @dataclass(frozen=True)
 class RestoreObs:
     """What the restorer saw besides the objects: the restore's Job (None: absent), the database Lease as seen by
@@ -112,15 +130,15 @@ class RestoreAction:
     """The decision: the complete desired status, whether to create the Job, the Lease intent (acquire before the
     status is written, release after), Events, when to look again."""
 
-    status: dict[str, Any]
+    status: RestoreStatus
     create: bool = False
-    backup: dict[str, Any] | None = None  # the chosen status.backups entry (its path is restored)
+    backup: S.BackupRecord | None = None  # the chosen status.backups entry (its path is restored)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     requeue_after: float | None = None
     lock: LockIntent | None = None
 
 
-def pick_backup(r: Restore, migration_status: dict[str, Any]) -> dict[str, Any] | None:
+def pick_backup(r: Restore, migration_status: S.MigrationStatus) -> S.BackupRecord | None:
     """The entry of the DatabaseMigration's ``status.backups`` the restore names: by ``sha256`` (a unique prefix
     of at least 12 hex digits is enough) or by ``path``; None when it names none of them."""
     listed = [b for b in migration_status.get("backups") or [] if isinstance(b, dict)]
@@ -130,7 +148,7 @@ def pick_backup(r: Restore, migration_status: dict[str, Any]) -> dict[str, Any] 
     return next((b for b in listed if b.get("path") == r.path), None)
 
 
-def backup_file(chosen: dict[str, Any]) -> str:
+def backup_file(chosen: S.BackupRecord) -> str:
     """The archive's name in the backup volume: the backup step writes every archive at the top of its
     ``--backup-dir`` (``/backups``), so the listed path's last component names it wherever the volume is mounted.
     Empty for a path that names no file."""
@@ -138,16 +156,21 @@ def backup_file(chosen: dict[str, Any]) -> str:
     return "" if name in ("", ".", "..") else name
 
 
-def _fail(st: dict[str, Any], reason: str, message: str, now: _dt.datetime) -> None:
-    st.update(phase=S.FAILED, reason=reason, message=message, finishedAt=S.rfc3339(now))
+def _set(st: RestoreStatus, phase: str, reason: str, message: str) -> None:
+    st["phase"], st["reason"], st["message"] = phase, reason, message
 
 
-def _wait(st: dict[str, Any], reason: str, message: str, act: RestoreAction, seconds: float) -> None:
-    st.update(phase=S.PENDING, reason=reason, message=message)
+def _fail(st: RestoreStatus, reason: str, message: str, now: _dt.datetime) -> None:
+    _set(st, S.FAILED, reason, message)
+    st["finishedAt"] = S.rfc3339(now)
+
+
+def _wait(st: RestoreStatus, reason: str, message: str, act: RestoreAction, seconds: float) -> None:
+    _set(st, S.PENDING, reason, message)
     act.requeue_after = seconds
 
 
-def _take_lease(r: Restore, st: dict[str, Any], obs: RestoreObs, act: RestoreAction) -> bool:
+def _take_lease(r: Restore, st: RestoreStatus, obs: RestoreObs, act: RestoreAction) -> bool:
     """``replace``: the database Lease before the Job (the Secret must name the database). False while waiting."""
     if not r.replace:
         return True
@@ -163,15 +186,15 @@ def _take_lease(r: Restore, st: dict[str, Any], obs: RestoreObs, act: RestoreAct
     return True
 
 
-def _start(r: Restore, st: dict[str, Any], migration: dict[str, Any] | None, now: _dt.datetime,
+def _start(r: Restore, st: RestoreStatus, migration: dict[str, Any] | None, now: _dt.datetime,
            act: RestoreAction, obs: RestoreObs) -> None:
     """Not started yet: wait, fail with nothing touched, or write the intent and create the Job."""
     if migration is None:
-        st.update(phase=S.PENDING, reason="MigrationNotFound",
-                  message=f"DatabaseMigration {r.migration!r} not found in namespace {r.namespace}")
-        act.requeue_after = MIGRATION_POLL_SECONDS
+        _wait(st, "MigrationNotFound", f"DatabaseMigration {r.migration!r} not found in namespace {r.namespace}",
+              act, MIGRATION_POLL_SECONDS)
         return
-    mspec, mstatus = migration.get("spec") or {}, migration.get("status") or {}
+    mspec = migration.get("spec") or {}
+    mstatus = cast(S.MigrationStatus, migration.get("status") or {})
     if not (mspec.get("backup") or {}).get("volume"):
         _fail(st, "InvalidSpec", f"DatabaseMigration {r.migration} has no spec.backup.volume: there is no backup "
                                  "to restore", now)
@@ -193,16 +216,17 @@ def _start(r: Restore, st: dict[str, Any], migration: dict[str, Any] | None, now
         return
     if not _take_lease(r, st, obs, act):
         return
-    st.update(phase=RESTORING, reason=S.PROGRESSING, restoreUid=r.uid, job=r.job_name, startedAt=S.rfc3339(now),
-              backup={k: chosen.get(k) for k in ("path", "sha256", "sizeBytes", "revision", "time") if k in chosen},
-              message=f"restoring {chosen.get('path')} "
-                      + ("over the database (a fresh backup first)" if r.replace else "into a new database"))
-    act.create, act.backup = True, dict(chosen)
+    _set(st, RESTORING, S.PROGRESSING, f"restoring {chosen.get('path')} "
+         + ("over the database (a fresh backup first)" if r.replace else "into a new database"))
+    st["restoreUid"], st["job"], st["startedAt"] = r.uid, r.job_name, S.rfc3339(now)
+    st["backup"] = cast(S.BackupRecord, {k: v for k, v in chosen.items()
+                                         if k in ("path", "sha256", "sizeBytes", "revision", "time")})
+    act.create, act.backup = True, copy.copy(chosen)
     act.events.append(("Normal", "RestoreStarted", f"job {r.job_name}: {st['message']}"))
 
 
-def _follow(r: Restore, st: dict[str, Any], obs: RestoreObs, now: _dt.datetime, act: RestoreAction,
-            chosen: dict[str, Any] | None) -> None:
+def _follow(r: Restore, st: RestoreStatus, obs: RestoreObs, now: _dt.datetime, act: RestoreAction,
+            chosen: S.BackupRecord | None) -> None:
     """Started: wait for the Job, take its result once, or fail when the Job is lost. Never a second Job."""
     job = obs.job
     if job is None:
@@ -211,7 +235,7 @@ def _follow(r: Restore, st: dict[str, Any], obs: RestoreObs, now: _dt.datetime, 
                                  "once: create a new DatabaseRestore to try again", now)
             act.events.append(("Warning", "JobLost", st["message"]))
         else:  # written, then the operator stopped before creating it: the same Job (a 409 means it exists)
-            act.create, act.backup = True, chosen
+            act.create, act.backup = True, copy.copy(chosen)
             if r.replace and not obs.lock.mine:
                 act.lock = "acquire"
         return
@@ -224,15 +248,15 @@ def _follow(r: Restore, st: dict[str, Any], obs: RestoreObs, now: _dt.datetime, 
     st["result"] = {k: data[k] for k in ("database", "created", "tables", "format", "verification",
                                           "freshBackup", "durationSeconds", "replace") if k in data}
     if res.get("outcome") == Outcome.SUCCEEDED.value:
-        st.update(phase=S.SUCCEEDED, reason="Restored", message=str(res.get("message") or "restored"),
-                  finishedAt=S.rfc3339(now))
+        _set(st, S.SUCCEEDED, "Restored", str(res.get("message") or "restored"))
+        st["finishedAt"] = S.rfc3339(now)
         act.events.append(("Normal", "Restored", st["message"]))
     else:
         _fail(st, str(res.get("reason") or "RestoreFailed"), str(res.get("message") or "restore failed"), now)
         act.events.append(("Warning", st["reason"], st["message"]))
 
 
-def decide_restore(r: Restore, status: dict[str, Any] | None, migration: dict[str, Any] | None,
+def decide_restore(r: Restore, status: RestoreStatus | None, migration: dict[str, Any] | None,
                    job: JobObs | None, now: _dt.datetime, obs: RestoreObs | None = None) -> RestoreAction:
     """The next action for DatabaseRestore ``r`` (see the module docstring). ``migration``: the named
     DatabaseMigration's body (None when missing); ``job``: the restore's Job as observed (None when absent);
@@ -240,12 +264,13 @@ def decide_restore(r: Restore, status: dict[str, Any] | None, migration: dict[st
     ``job``). Pure and deterministic."""
     obs = dataclasses.replace(obs or RestoreObs(), job=job)
     old = status or {}
-    st = cast(dict[str, Any], copy.deepcopy(old))
-    st.pop("kopf", None)
+    st = copy.deepcopy(old)
+    cast(dict[str, object], st).pop("kopf", None)  # Kopf's own
     act = RestoreAction(status=st)
     if st.get("phase") not in TERMINAL:
         if st.get("restoreUid") == r.uid and st.get("job"):
-            chosen = pick_backup(r, (migration or {}).get("status") or {}) or st.get("backup")
+            chosen = pick_backup(r, cast(S.MigrationStatus, (migration or {}).get("status") or {})) \
+                or st.get("backup")
             _follow(r, st, obs, now, act, chosen)
         else:
             _start(r, st, migration, now, act, obs)

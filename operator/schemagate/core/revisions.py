@@ -15,7 +15,6 @@ below the downgrade's target is again a question for the graph).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from schemagate.core.status import MigrationStatus
 
@@ -23,13 +22,13 @@ MAX_REVISIONS_BELOW = 500
 NOT_A_REVISION = ("", "base")  # Alembic's name of the empty database; no version row
 
 
-def revision_set(text: Any) -> frozenset[str]:
+def revision_set(text: object) -> frozenset[str]:
     """The revision ids of a comma-joined revision text (``status.currentRevision``, a target): ``"0002a,0002b"``
     → ``{"0002a", "0002b"}``; None, ``""`` and ``"base"`` → the empty set."""
     return frozenset(r.strip() for r in str(text or "").split(",") if r.strip() not in NOT_A_REVISION)
 
 
-def observed(st: MigrationStatus, revision: Any) -> None:
+def observed(st: MigrationStatus, revision: object) -> None:
     """A step read the database at ``revision`` (the precheck's ``currentRevision``; None: no version row): when
     it is not what ``st.currentRevision`` recorded, the database moved outside this resource and what was known
     below the recorded revision is forgotten."""
@@ -42,7 +41,7 @@ def _planned(st: MigrationStatus) -> list[str]:
     return list(plan.get("pending") or []) if plan is not None else []
 
 
-def moved_up(st: MigrationStatus, revision: Any, applied: Iterable[str] | None = None) -> None:
+def moved_up(st: MigrationStatus, revision: object, applied: Iterable[str] | None = None) -> None:
     """An upgrade took the database from ``st.currentRevision`` to ``revision`` applying ``applied`` (in order;
     None: the precheck's plan, ``st.plan.pending``): the old revision(s) and the applied ones that are not now
     current are added to ``st.revisionsBelow``. Call it before ``st.currentRevision`` is set to ``revision``.
@@ -62,7 +61,7 @@ def moved_down(st: MigrationStatus) -> None:
     st.pop("revisionsBelow", None)
 
 
-def reached(st: MigrationStatus, revision: Any) -> None:
+def reached(st: MigrationStatus, revision: object) -> None:
     """The run's verify step read the database at ``revision``: after the run's downgrade (``st.plan.downgrade``)
     :func:`moved_down`, else :func:`moved_up` along the plan (a migrate command of the user's,
     ``spec.migrations.command``, reports no revision of its own)."""
