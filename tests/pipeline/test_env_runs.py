@@ -158,3 +158,19 @@ def test_one_run_opens_at_most_four_sessions_on_the_real_database(fresh_db: str,
     assert json.loads(p.stdout)["reason"] == "Verified"
     opened = sessions() - before
     assert 1 <= opened <= 4, opened
+
+
+def test_other_tables_named_like_a_version_column_do_not_confuse_the_plan(fresh_db: str, tmp_path) -> None:
+    """A user table with an integer ``version_num`` and one with a text ``version_num`` in more rows than a version
+    table has heads are not version tables: the plan still comes from the catalog (two env.py runs), and a second
+    run with a version table that has an extra column still finds it (nothing to do, no env.py run)."""
+    execute(fresh_db, "CREATE TABLE documents (id int PRIMARY KEY, version_num integer)")
+    execute(fresh_db, "CREATE TABLE releases (version_num text)")
+    execute(fresh_db, "INSERT INTO releases SELECT 'r' || g FROM generate_series(1, 150) g")
+    result, runs = _run_probe(fresh_db, tmp_path)
+    assert result["reason"] == "Verified" and result["data"]["applied"] == ["0001", "0002"], result
+    assert sum(runs.values()) == 2, runs
+    execute(fresh_db, "ALTER TABLE alembic_version ADD COLUMN note text")
+    result, runs = _run_probe(fresh_db, tmp_path)
+    assert result["reason"] == "Verified" and result["data"]["applied"] == [], result
+    assert sum(runs.values()) == 0, runs

@@ -2,9 +2,9 @@
 table, wherever env.py puts it), and what ``alembic upgrade <target>`` does from there (``plan``, built on
 ``schemagate.runner.inject.graph``).
 
-``plan_from_catalog`` makes the same plan without running env.py: Alembic's version table has one column,
+``plan_from_catalog`` makes the same plan without running env.py: Alembic's version table has a column
 ``version_num`` (``alembic.runtime.migration.MigrationContext._version``), so when exactly one table of the
-database has only that column and its rows are revisions of the scripts, those rows are what env.py would read.
+database has such a column and its rows are revisions of the scripts, those rows are what env.py would read.
 Such a plan is marked ``source: "catalog"``: the first env.py run that follows (the precheck's shadow upgrade, or
 the migration's upgrade, both with ``expect_current``) confirms it, and the caller plans through env.py when it
 does not hold."""
@@ -74,17 +74,19 @@ def plan(t: Target) -> Plan:
             "versionTableSchema": table.get("versionTableSchema"), "source": "env.py"}
 
 
-# Tables that can be an Alembic version table: one column, version_num (Alembic creates it so; the table name and
-# schema are env.py's choice). Catalogs: https://www.postgresql.org/docs/current/catalog-pg-class.html
+# Tables that can be an Alembic version table: a text column named version_num (Alembic creates it as
+# ``version_num VARCHAR(32) NOT NULL`` and the primary key; the table name and schema are env.py's choice). Catalogs:
+# https://www.postgresql.org/docs/current/catalog-pg-class.html, catalog-pg-attribute.html
 _VERSION_TABLES = """
 SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
   AND NOT c.relispartition
   AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
-              AND NOT a.attisdropped AND a.attname = 'version_num')
-  AND (SELECT count(*) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
-       AND NOT a.attisdropped) = 1
+              AND NOT a.attisdropped AND a.attname = 'version_num'
+              AND a.atttypid IN ('pg_catalog.varchar'::regtype, 'pg_catalog.text'::regtype,
+                                 'pg_catalog.bpchar'::regtype))
 ORDER BY 1, 2"""
+_MAX_VERSION_ROWS = 100  # one row per head: a table with more is not a version table
 
 
 def _quote_ident(name: str) -> str:
@@ -94,7 +96,8 @@ def _quote_ident(name: str) -> str:
 
 def version_table_candidates(conn: Any) -> list[tuple[str, str, list[str]]]:
     """Every table of the database that can be an Alembic version table, with its rows:
-    ``[(schema, table, [version_num, ...])]``, sorted. ``conn``: an open DB-API connection to the database (read
+    ``[(schema, table, [version_num, ...])]``, sorted: a text column ``version_num`` without NULLs, at most 100
+    rows (one per head). ``conn``: an open DB-API connection to the database (read
     only; no parameters are bound, so any paramstyle works). Raises the driver's error (e.g. no SELECT privilege)."""
     cur = conn.cursor()
     try:
@@ -102,8 +105,11 @@ def version_table_candidates(conn: Any) -> list[tuple[str, str, list[str]]]:
         tables = [(str(s), str(t)) for s, t in cur.fetchall()]
         out = []
         for schema, table in tables:
-            cur.execute(f"SELECT version_num FROM {_quote_ident(schema)}.{_quote_ident(table)}")  # noqa: S608
-            out.append((schema, table, sorted(str(r[0]) for r in cur.fetchall())))
+            cur.execute(f"SELECT version_num FROM {_quote_ident(schema)}.{_quote_ident(table)} "  # noqa: S608
+                        f"LIMIT {_MAX_VERSION_ROWS + 1}")
+            rows = [r[0] for r in cur.fetchall()]
+            if len(rows) <= _MAX_VERSION_ROWS and all(r is not None for r in rows):
+                out.append((schema, table, sorted(str(r).strip() for r in rows)))
         return out
     finally:
         cur.close()
