@@ -504,9 +504,27 @@ def cmd_run(args: argparse.Namespace) -> int:
             discard_early(early)  # idempotent: the run's precheck stops it when done with it
 
 
+def _warm_imports(*modules: str) -> None:
+    """Import ``modules`` in a daemon thread: the step needs them later, and meanwhile it mostly waits (env.py's
+    round trips, pg_dump, pg_restore), time in which the interpreter is free to load them (the precheck's
+    analysis layer and pglast: ~50-80 ms). An import that fails here fails again, with its error, where the step
+    imports it."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        for m in modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(m)
+
+    threading.Thread(target=load, name="schemagate-warm-imports", daemon=True).start()
+
+
 def _run_command(args: argparse.Namespace) -> int:
     from schemagate.runner import downgrade, pipeline
 
+    if not args.no_derive:
+        _warm_imports("schemagate.runner.precheck", *(() if args.no_lint else ("pglast",)))
     console = None if args.json else _console()  # rich loads in ~40 ms: only for the human output
     with database(args) as (url, url_env), progress(args) as say:
         target = Target(args.config, args.target, url, url_env)
@@ -583,6 +601,8 @@ def _precheck_command(args: argparse.Namespace, early: Any) -> int:
         from schemagate.runner import precheck
     except ImportError as e:  # pragma: no cover
         return emit(_failed("precheck", e), args)
+    if args.phase == "all" and not args.no_lint and not args.no_derive:
+        _warm_imports("pglast")  # the lock lint's parser, needed after the counting
     checks = args.check
     if args.phase == "shadow-server":  # needs no database URL: it serves the pod's throw-away shadow
         if not args.workdir:

@@ -58,6 +58,10 @@ from schemagate.contract.errors import InvalidInput, ShadowUnavailable, error_te
 from schemagate.contract.redact import register_secret
 from schemagate.libpq import PG_BIN_ENV, connect
 from schemagate.local.postgres import EmbeddedPostgres
+from schemagate.runner import shadowwatch
+from schemagate.runner.shadowwatch import alive as _alive
+from schemagate.runner.shadowwatch import destroy as _destroy
+from schemagate.runner.shadowwatch import postmaster_pid as _postmaster_pid
 
 DIR_PREFIX = "schemagate-shadow-"
 SHADOW_DIR_ENV = names.ENV_SHADOW_DIR  # parent directory of the throw-away servers (default: /dev/shm, TMPDIR)
@@ -79,21 +83,6 @@ EXTRA_CONF = (
 
 class ShadowServerError(ShadowUnavailable):
     """The throw-away server could not be started or the schema not restored (reason ``ShadowUnavailable``)."""
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie, killed but not yet reaped, is not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
 
 
 def parent_dir() -> Path:
@@ -137,29 +126,6 @@ def sweep_stale(parent: Path) -> list[Path]:
     return removed
 
 
-def _destroy(base: Path) -> None:
-    """Stop a server in ``base`` (immediate: nothing in it is worth a checkpoint) and remove the directory.
-
-    The postmaster gets SIGQUIT, what ``pg_ctl stop -m immediate`` sends (it ends its backends, then itself), and
-    is watched every 10 ms instead of pg_ctl's 100 ms; ``pg_ctl`` is the fallback when it is still there after
-    10 s."""
-    pid = _postmaster_pid(base)
-    if pid is not None and _alive(pid):
-        try:
-            os.kill(pid, signal.SIGQUIT)
-        except OSError:
-            pass
-        deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.01)
-    try:
-        if pid is not None and _alive(pid):
-            EmbeddedPostgres(base).stop(mode="immediate")
-    except Exception:  # noqa: BLE001 - the postmaster may be gone already; the directory goes anyway
-        pass
-    shutil.rmtree(base, ignore_errors=True)
-
-
 def _destroy_soon(base: Path) -> None:
     """:func:`_destroy` with the waiting moved off the caller's path: the postmaster gets SIGQUIT and ``base`` is
     renamed at once (so it is gone under its name when this returns), then a thread waits for the postmaster to
@@ -180,13 +146,6 @@ def _destroy_soon(base: Path) -> None:
         _destroy(base)
         return
     threading.Thread(target=_destroy, args=(gone,), name="schemagate-shadow-remove", daemon=False).start()
-
-
-def _postmaster_pid(base: Path) -> int | None:
-    try:
-        return int((base / "data" / "postmaster.pid").read_text().splitlines()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def template_dir() -> Path | None:
@@ -374,7 +333,7 @@ class ShadowServer:
     def _start_watchdog(self) -> None:
         assert self.base is not None
         self._watchdog = subprocess.Popen(
-            [sys.executable, "-m", "schemagate.runner.shadowserver", "watch", str(os.getpid()), str(self.base)],
+            [sys.executable, "-I", "-S", shadowwatch.__file__, "watch", str(os.getpid()), str(self.base)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, close_fds=True,
         )
@@ -505,28 +464,9 @@ def new_password() -> str:
     return pw
 
 
-# --------------------------------------------------------------------------------------------------------------
-# the watchdog: ``python -m schemagate.runner.shadowserver watch OWNER_PID DIR``
-
-
-def watch(owner: int, base: Path, poll: float = 0.2) -> int:
-    """Wait until the directory is gone (a normal stop) or the owner process has died; then destroy it."""
-    original_parent = os.getppid()
-    while base.exists():
-        if not _alive(owner) or os.getppid() != original_parent:
-            _destroy(base)
-            return 0
-        time.sleep(poll)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 3 or args[0] != "watch":
-        print("usage: python -m schemagate.runner.shadowserver watch OWNER_PID DIR", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C to the terminal's group is the owner's business
-    return watch(int(args[1]), Path(args[2]))
+    """``python -m schemagate.runner.shadowserver watch OWNER_PID DIR``: the watchdog (``shadowwatch.main``)."""
+    return shadowwatch.main(argv)
 
 
 if __name__ == "__main__":
