@@ -10,29 +10,22 @@ from typing import Any
 
 import pytest
 
-from schemagate import k8s, metrics
-from schemagate.reconciler import Reconciler
 from schemagate.restorer import LEASE_RACE_REQUEUE, Restorer
-from schemagate.settings import OperatorSettings
 from tests.unit.fakeapi import FakeKube
 from tests.unit.helpers import body, result
+from tests.unit.test_reconciler import (  # noqa: F401  (_forget_metric_series: the autouse fixture, billing's series)
+    LEASE,
+    LEASE_NS,
+    NS,
+    URL,
+    _forget_metric_series,
+    reconcile,
+    settings,
+)
 
-NS, LEASE_NS = "team", "schemagate-system"
-URL = "postgresql://app:s3cret@db.team.svc:5432/shop"
-LEASE = k8s.lease_name("db.team.svc:5432/shop")
 SHA = "ab" * 32
 BACKUPS = [{"path": "/backups/shop-1.dump", "sha256": SHA, "sizeBytes": 10, "revision": "0001", "time": "t1"}]
 RESTORE_HOLDER = f"DatabaseRestore/{NS}/back/uid-back"
-
-
-def settings() -> OperatorSettings:
-    return OperatorSettings(runner_image="registry.example/schemagate:0.1.0", lease_namespace=LEASE_NS)
-
-
-@pytest.fixture(autouse=True)
-def _forget_metric_series():
-    yield
-    metrics.forget(NS, "billing")
 
 
 @pytest.fixture
@@ -62,13 +55,7 @@ def restore_pass(kube: FakeKube) -> float | None:
 
 
 def migration_pass(kube: FakeKube, name: str) -> float | None:
-    async def once() -> float | None:
-        r = Reconciler(kube, settings(), workers=2)
-        try:
-            return await r.reconcile((NS, name))
-        finally:
-            r.pool.shutdown()
-    return asyncio.run(once())
+    return reconcile(kube, (NS, name))
 
 
 def restore_status(kube: FakeKube) -> dict[str, Any]:
