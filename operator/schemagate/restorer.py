@@ -4,7 +4,8 @@ No Kopf here (``schemagate.handlers`` registers the watches and calls :meth:`Res
 through :class:`schemagate.k8s.Kube`, whose blocking calls run in the reconciler's thread pool. Passes of one
 DatabaseRestore never overlap (one lock per object). Apply order: database Lease acquire (``replace: true``; a lost
 race writes nothing and looks again), status merge patch (with ``resourceVersion``: a stale pass gets
-:class:`~schemagate.contract.errors.Conflict` and looks again), the Job, Lease release, Events: the status names
+:class:`~schemagate.contract.errors.Conflict` and looks again), the Job, the stop of a Job whose pod can never start
+(``RestoreAction.stop``), Lease release, Events: the status names
 the Job (and the restore's uid) before the Job exists, so a restart creates the same Job (a 409 is "already
 there") and never a second one.
 """
@@ -104,6 +105,8 @@ class Restorer:
             job = k8s.job_observation(j)
             if not job.active:
                 job = k8s.job_observation(j, *self.kube.job_result(ns, r.job_name))
+            elif stuck := self.kube.job_stuck(ns, r.job_name):  # a pod that can never start
+                job = dataclasses.replace(job, reason=stuck[0], message=stuck[1], stuck=True)
         obs = self._observe_lease(ns, r, migration)
         return body, migration, dataclasses.replace(obs, job=job)
 
@@ -123,6 +126,9 @@ class Restorer:
             log.info("restore %s/%s: lease %s taken meanwhile; looking again", *key, obs.lock.name)
             return LEASE_RACE_REQUEUE
         await self._apply(key, body, r, migration, act)
+        for job in act.stop:  # failed by the status just written: nothing waits for the Job's deadline
+            await self.call(self.kube.stop_job, key[0], job)
+            log.info("restore %s/%s: stopped job %s: its pod cannot start", *key, job)
         if act.lock == "release":
             await self.call(self.kube.release_lease, self.settings.lease_namespace, obs.lock.name, r.holder)
         for type_, reason, message in act.events:

@@ -125,7 +125,7 @@ def test_a_restore_over_the_database_waits_for_the_database_lease(kube: Any, ope
     """``replace: true`` takes the database Lease a migration run holds: while another DatabaseMigration of the
     same database runs (its migrate step retried while a session holds a lock its revision needs), the restore
     is Pending (``WaitingForDatabaseLock``, naming it) with no Job; once that run has ended the restore runs, and
-    its Job starts after the run's last Job finished."""
+    its Job starts after the run's last Job finished. Then a restore whose pod can never start fails at once."""
     demo.seed_foodtruck(fresh_db)
     image = images("foodtruck")
     secret(kube, namespace, "db", {"url": fresh_db})
@@ -171,3 +171,16 @@ def test_a_restore_over_the_database_waits_for_the_database_lease(kube: Any, ope
     assert restore_job["metadata"]["creationTimestamp"] >= other_done
     lease = kube.get(f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NS}/leases/{r['status']['lease']}")
     assert not lease["spec"].get("holderIdentity")  # given back
+
+    # a restore Job whose pod can never start (the database's Secret is gone: the kubelet's
+    # CreateContainerConfigError): Failed at once with that reason, and its Job stopped, not left to its deadline
+    kube.kubectl("delete", "secret", "-n", namespace, "db")
+    kube.apply(restore_obj("nosecret", backup={"sha256": sha}), namespace)
+    r = wait_restore(kube, namespace, "nosecret", operator)
+    assert r["status"]["phase"] == "Failed" and r["status"]["reason"] == "CreateContainerConfigError", r["status"]
+
+    def stopped() -> bool:
+        return any(j["metadata"]["name"] == r["status"]["job"] and j["spec"]["activeDeadlineSeconds"] == 1
+                   for j in jobs(kube, namespace))
+
+    kube.wait_for(stopped, timeout=60, message="the stuck restore Job stopped")

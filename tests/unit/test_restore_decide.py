@@ -222,3 +222,18 @@ def test_restore_job_verifies_the_recorded_sha256_on_the_backup_volume():
     assert cmd[cmd.index("--replace") + 1:cmd.index("--replace") + 3] == ["--backup-dir", "/backups"]
     with pytest.raises(ValueError, match="not a file name"):
         J.build_restore_job(m, r.name, r.uid, r.job_name, "../etc/x", SETTINGS, sha256=SHA)
+
+
+def test_a_restore_job_whose_pod_cannot_start_fails_now_and_is_stopped():
+    r = restore(replace=True)
+    st = decide_restore(r, None, migration(), None, T0, RestoreObs(lock=FREE)).status
+    waiting = decide_restore(r, st, migration(), job(r), T0, RestoreObs(lock=MINE))
+    assert waiting.stop == [] and waiting.requeue_after == RestoreObs().policy.start_poll_seconds
+    stuck = JobObs(name=r.job_name, step="restore", generation=0, stuck=True, reason="CreateContainerConfigError",
+                   message='container "restore": secret "db" not found')
+    a = decide_restore(r, waiting.status, migration(), stuck, T0, RestoreObs(lock=MINE))
+    assert a.stop == [r.job_name] and not a.create and a.lock == "release"
+    assert a.status["phase"] == "Failed" and a.status["reason"] == "CreateContainerConfigError"
+    assert 'secret "db" not found' in a.status["message"]
+    later = decide_restore(r, a.status, migration(), stuck, T0, RestoreObs(lock=FREE))
+    assert later.stop == [] and later.status["phase"] == "Failed" and later.events == []

@@ -145,3 +145,19 @@ def test_a_restore_into_a_new_database_touches_no_lease(kube):
     restore_pass(kube)
     assert restore_status(kube)["phase"] == "Restoring" and "lease" not in restore_status(kube)
     assert kube.lease_holder(LEASE_NS, LEASE) == f"{NS}/billing/uid-billing"
+
+
+def test_a_restore_pod_the_api_refuses_fails_the_restore_stops_its_job_and_frees_the_lease(kube):
+    kube.migration(NS, "billing")["status"]["phase"] = "Succeeded"
+    restore_pass(kube)
+    name = restore_status(kube)["job"]
+    kube.store.put("Event", {"metadata": {"name": "e1", "namespace": NS}, "reason": "FailedCreate",
+                             "involvedObject": {"kind": "Job", "name": name},
+                             "message": 'Error creating: pods "p" is forbidden: violates PodSecurity "restricted"'})
+    restore_pass(kube)
+    st = restore_status(kube)
+    assert st["phase"] == "Failed" and st["reason"] == "FailedCreate" and "PodSecurity" in st["message"], st
+    assert kube.job(NS, name)["spec"]["activeDeadlineSeconds"] == 1  # stopped after the status was written
+    writes = [w[:2] for w in kube.store.writes]
+    assert writes.index(("patch", "Job")) > max(i for i, w in enumerate(writes) if w == ("patch", "DatabaseRestore"))
+    assert kube.lease_holder(LEASE_NS, LEASE) is None

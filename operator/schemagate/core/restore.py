@@ -127,8 +127,9 @@ class RestoreObs:
 
 @dataclass
 class RestoreAction:
-    """The decision: the complete desired status, whether to create the Job, the Lease intent (acquire before the
-    status is written, release after), Events, when to look again."""
+    """The decision: the complete desired status, whether to create the Job, the Jobs to stop (after the status is
+    written), the Lease intent (acquire before the status is written, release after), Events, when to look
+    again."""
 
     status: RestoreStatus
     create: bool = False
@@ -136,6 +137,7 @@ class RestoreAction:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     requeue_after: float | None = None
     lock: LockIntent | None = None
+    stop: list[str] = field(default_factory=list)  # active Jobs to end (a pod that can never start, JobObs.stuck)
 
 
 def pick_backup(r: Restore, migration_status: S.MigrationStatus) -> S.BackupRecord | None:
@@ -240,9 +242,11 @@ def _follow(r: Restore, st: RestoreStatus, obs: RestoreObs, now: _dt.datetime, a
                 act.lock = "acquire"
         return
     st["jobSeen"] = True
-    if job.active:
-        act.requeue_after = 120.0
+    if job.active and not job.stuck:  # while its pod has not started, look again soon for one that cannot start
+        act.requeue_after = obs.policy.active_resync_seconds if job.running else obs.policy.start_poll_seconds
         return
+    if job.stuck:  # its pod can never start: the restore fails now and its Job is stopped (nothing was touched)
+        act.stop.append(job.name)
     res: StepResultDict = synthesize_result(job)
     data = res.get("data") or {}
     st["result"] = {k: data[k] for k in ("database", "created", "tables", "format", "verification",
@@ -274,7 +278,7 @@ def decide_restore(r: Restore, status: RestoreStatus | None, migration: dict[str
             _follow(r, st, obs, now, act, chosen)
         else:
             _start(r, st, migration, now, act, obs)
-    if obs.lock.mine and st.get("phase") in TERMINAL and not (job is not None and job.active):
+    if obs.lock.mine and st.get("phase") in TERMINAL and (job is None or not job.active or job.name in act.stop):
         act.lock = "release"  # the restore is over: the database's migrations may run again
     if st.get("phase") in TERMINAL and st.get("observedGeneration") not in (None, r.generation):
         st["message"] = (str(st.get("message") or "") + " (the spec changed after the restore ran; a restore runs "
