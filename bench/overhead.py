@@ -132,8 +132,9 @@ def run_side(side: str, admin: str, counter: SessionCounter, template: str, conf
         if p.returncode != 0:
             raise SystemExit(f"{side}: {' '.join(cmd[:3])} failed (exit {p.returncode}): {p.stderr[-800:]}")
         if "--json" in cmd:
-            steps = {f"step {s['step']}": float(s["durationSeconds"])
-                     for s in json.loads(p.stdout)["data"]["steps"]}
+            result = json.loads(p.stdout)
+            steps = {f"step {s['step']}": float(s["durationSeconds"]) for s in result["data"]["steps"]}
+            steps["run"] = float(result["durationSeconds"])
     dt = time.monotonic() - t0
     conns = counter.settle(before)
     lines = log.read_text().splitlines() if log.exists() else []
@@ -212,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     step_keys = [k for k in results["schemagate run"][0] if k.startswith("step ")]
     print("  where schemagate run's time goes (median s): " + ", ".join(
         f"{k[5:]} {med('schemagate run', k):.2f}" for k in step_keys)
-        + f"; the rest (process start, imports, the plan, the shadow start not hidden) "
-        f"{run_s - sum(med('schemagate run', k) for k in step_keys):.2f}")
+        + f"; between the steps (the plan, waiting for the shadow server) "
+        f"{med('schemagate run', 'run') - sum(med('schemagate run', k) for k in step_keys):.2f}; outside the "
+        f"run (process start, imports of Alembic/SQLAlchemy/psycopg, exit) {run_s - med('schemagate run', 'run'):.2f}"
+        f" (bare alembic's whole run: {bare_s:.2f})")
     if run_s / anchor_s > 1.5:
         print("  why not <= 1.5x: the anchor does no precheck and no verification; the run adds the shadow (a "
               "throw-away server started in the background, the schema restored from the backup, the revisions "

@@ -266,7 +266,8 @@ def test_counting_on_two_sessions_shares_one_snapshot_and_counts_the_same(fresh_
 
     parallel = checks()
     with psycopg.connect(libpq_url(fresh_db), autocommit=True) as conn:
-        counting.run_counts(conn, parallel, CountOptions(sessions=2), open_session=open_session)
+        counting.run_counts(conn, parallel, CountOptions(sessions=2, parallel_min_bytes=0),
+                            open_session=open_session)
         first = conn.info.backend_pid
     assert len(opened) == 1 and opened[0] != first
     assert [(c.name, c.count, c.error) for c in parallel] == [(c.name, c.count, c.error) for c in serial]
@@ -274,3 +275,17 @@ def test_counting_on_two_sessions_shares_one_snapshot_and_counts_the_same(fresh_
                                          sum(1 for g in range(1, 3001) if g % 120 == 0 or g % 120 > 100),
                                          sum(1 for g in range(1, 2001) if g % 11 - 2 < 0)]
     assert [c.count for c in count(fresh_db, checks())] == [c.count + 1 for c in serial]  # now visible
+
+
+def test_small_tables_are_counted_on_one_session(fresh_db: str) -> None:
+    """Below ``parallel_min_bytes`` of tables to read no helper session is opened: a connection costs more."""
+    execute(fresh_db, "CREATE TABLE a (x int)", "INSERT INTO a VALUES (1), (-1)", "CREATE TABLE b (y int)",
+            "INSERT INTO b VALUES (-2)")
+    checks = [counting.check_("a_ok", "public", "a", "x > 0"), counting.check_("b_ok", "public", "b", "y > 0")]
+
+    def open_session() -> psycopg.Connection:
+        raise AssertionError("a helper session was opened for two tiny tables")
+
+    with psycopg.connect(libpq_url(fresh_db), autocommit=True) as conn:
+        counting.run_counts(conn, checks, CountOptions(sessions=2), open_session=open_session)
+    assert [c.count for c in checks] == [1, 1]

@@ -20,7 +20,7 @@ from schemagate.contract.errors import InvalidInput
 from schemagate.contract.target import Target
 from schemagate.libpq import PG_BIN_ENV, pg_bin
 from schemagate.local.postgres import EmbeddedPostgres
-from schemagate.runner import precheck
+from schemagate.runner import precheck, shadowwatch
 from schemagate.runner.shadowserver import MEMORY_DIR, SHADOW_DIR_ENV, ShadowServer, parent_dir
 from tests.precheck.helpers import databases, execute, query
 from tests.precheck.shadowproject import make_project
@@ -92,7 +92,8 @@ def prepared(fresh_db: str, root: Path, *later: str, **kw: str) -> str:
 
 def test_server_lifecycle_memory_directory() -> None:
     """Without SCHEMAGATE_SHADOW_DIR the server lives on /dev/shm (memory) when it has room, fsync off; stop
-    removes the directory and the postmaster."""
+    takes the directory away at once (renamed for the watchdog), and the watchdog removes it and is gone once the
+    postmaster has exited."""
     assert parent_dir() == Path(MEMORY_DIR), "expected /dev/shm to have room on this machine"
     server = ShadowServer().start()
     base = server.base
@@ -104,7 +105,11 @@ def test_server_lifecycle_memory_directory() -> None:
     finally:
         server.stop()
     assert not base.exists()
-    assert not processes_under(base)
+    stopped = shadowwatch.stopped_name(base)
+    deadline = time.monotonic() + 20
+    while (stopped.exists() or processes_under(base) or processes_under(stopped)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not stopped.exists() and not processes_under(base) and not processes_under(stopped)
 
 
 def test_owner_killed_with_sigkill_leaves_nothing(shadow_home: Path) -> None:

@@ -388,6 +388,7 @@ class CountOptions:
     jit: bool | None = False  # off: no gain on these scans, compile time on large tables; None: the server's
     application_name: str = "schemagate-precheck"  # what pg_stat_activity shows (verify: schemagate-verify)
     sessions: int = 1  # sessions counting in parallel on one snapshot (run_counts' open_session opens the others)
+    parallel_min_bytes: int = 64 << 20  # below this many bytes to scan, one session (a connection costs more)
 
 
 def _set(cur: Cursor, name: str, value: str) -> None:
@@ -462,7 +463,8 @@ def run_counts(conn: Connection, checks: Sequence[Check], opts: CountOptions | N
     the queries are split over that many sessions by table size (largest first, each to the least loaded
     session), every helper session imports the first one's snapshot (``pg_export_snapshot()`` and ``SET
     TRANSACTION SNAPSHOT``, https://www.postgresql.org/docs/current/functions-admin.html#FUNCTIONS-SNAPSHOT-SYNCHRONIZATION),
-    so all counts still see one snapshot, and the sessions scan in parallel (one core each). When a helper cannot
+    so all counts still see one snapshot, and the sessions scan in parallel (one core each); below
+    ``opts.parallel_min_bytes`` of tables to read one session counts everything. When a helper cannot
     be opened or the snapshot cannot be exported (a standby before PostgreSQL 10), the queries it would have run
     are counted on ``conn`` as before.
     """
@@ -559,6 +561,9 @@ def _count_in_sessions(conn: Connection, cur: Cursor, queries: Sequence[Query], 
         sizes = [_scan_bytes(cur, q) for q in queries]
     except psycopg.Error as e:
         raise _NoSnapshot(str(e)) from e
+    if sum(sizes) < opts.parallel_min_bytes:
+        _count_queries(conn, cur, queries)
+        return
     groups = split_queries(queries, sizes, opts.sessions)
     mine, threads, failures, helpers = list(groups[0]), [], [], []
     for share in groups[1:]:

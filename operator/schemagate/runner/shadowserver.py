@@ -31,9 +31,11 @@ the same user (reading it takes what reading a server's own ``.password`` takes)
 When the cache directory cannot be written (a read-only home in a pod) each server runs ``initdb`` itself.
 
 Nothing is left behind on any exit path: :meth:`ShadowServer.stop` (also from ``__exit__`` and from an exception
-in ``start``) stops the server and removes its directory; a watchdog process (its own session, so a signal to
-the precheck's process group does not reach it) does the same when the process that started the server dies,
-even by SIGKILL; and ``start`` removes directories of earlier servers whose owner and watchdog are both gone.
+in ``start``) stops the server (SIGQUIT) and renames its directory, which the server's watchdog process (its own
+session, so a signal to the precheck's process group does not reach it; ``runner/shadowwatch.py``) removes once
+the postmaster has exited, within ~50 ms, so the step does not wait for it (without a live watchdog ``stop``
+waits and removes it itself); the watchdog does the same when the process that started the server dies, even by
+SIGKILL; and ``start`` removes directories of earlier servers whose owner and watchdog are both gone.
 In Kubernetes the directory is an ``emptyDir`` of the Job's pod, so it goes with the pod too.
 """
 
@@ -126,26 +128,33 @@ def sweep_stale(parent: Path) -> list[Path]:
     return removed
 
 
-def _destroy_soon(base: Path) -> None:
-    """:func:`_destroy` with the waiting moved off the caller's path: the postmaster gets SIGQUIT and ``base`` is
-    renamed at once (so it is gone under its name when this returns), then a thread waits for the postmaster to
-    exit and removes the directory (~25 ms the caller no longer waits for; a process ending through the CLI joins
-    it first). The renamed directory keeps the ``schemagate-shadow-`` prefix and its owner file, so
-    :func:`sweep_stale` removes it should this process die before the thread is done. Synchronous when the rename
-    fails."""
+_RELEASED: list[subprocess.Popen[bytes]] = []  # watchdogs finishing a removal (see ShadowServer.stop)
+
+
+def _reap_watchdogs() -> None:
+    """Collect the exit status of released watchdogs that are done (no zombies, no ResourceWarning)."""
+    _RELEASED[:] = [w for w in _RELEASED if w.poll() is None]
+
+
+def _hand_over(base: Path) -> bool:
+    """Stop the server in ``base`` without waiting: SIGQUIT to the postmaster and ``base`` renamed to
+    ``shadowwatch.stopped_name(base)`` at once (gone under its name when this returns); the watchdog, which looks
+    every 50 ms, waits for the postmaster to exit and removes the directory (~25 ms the step no longer waits for,
+    and a process that ends right after does not wait either). The renamed directory keeps the
+    ``schemagate-shadow-`` prefix and the owner file, so :func:`sweep_stale` removes it should the watchdog die
+    too. False (nothing done) when the rename fails."""
+    gone = shadowwatch.stopped_name(base)
     pid = _postmaster_pid(base)
+    try:
+        os.rename(base, gone)
+    except OSError:
+        return False
     if pid is not None and _alive(pid):
         try:
             os.kill(pid, signal.SIGQUIT)
         except OSError:
             pass
-    gone = base.with_name(f"{DIR_PREFIX}stopped-{base.name}")
-    try:
-        os.rename(base, gone)
-    except OSError:
-        _destroy(base)
-        return
-    threading.Thread(target=_destroy, args=(gone,), name="schemagate-shadow-remove", daemon=False).start()
+    return True
 
 
 def template_dir() -> Path | None:
@@ -390,15 +399,19 @@ class ShadowServer:
             self._prefetch[1].kill()
             self._prefetch[1].wait()
             self._prefetch = None
-        if self.base is not None:
-            _destroy_soon(self.base)
-        if self._watchdog is not None:
+        watchdog, self._watchdog = self._watchdog, None
+        _reap_watchdogs()
+        if self.base is not None and self.base.exists():
+            if watchdog is not None and watchdog.poll() is None and _hand_over(self.base):
+                _RELEASED.append(watchdog)  # it removes the directory and exits; reaped later, never waited for
+                return
+            _destroy(self.base)
+        if watchdog is not None:
             try:
-                self._watchdog.terminate()
-                self._watchdog.wait(timeout=10)
+                watchdog.terminate()
+                watchdog.wait(timeout=10)
             except Exception:  # noqa: BLE001
                 pass
-            self._watchdog = None
 
     @property
     def running(self) -> bool:

@@ -10,8 +10,8 @@ needs). The same functions serve ``shadowserver`` in process.
   itself), watched every 10 ms instead of pg_ctl's 100 ms, SIGKILL when it is still there after 10 s (a throw-away
   server: nothing in it is worth a checkpoint; its backends notice the postmaster's death and exit), then the
   directory is removed;
-- :func:`watch`: wait until the directory is gone (a normal stop) or the owner process has died (even by SIGKILL),
-  then :func:`destroy` it.
+- :func:`watch`: remove the directory once its owner stopped the server (renamed it to :func:`stopped_name`, so
+  the owner need not wait for the postmaster to exit), or once the owner process has died (even by SIGKILL).
 """
 
 from __future__ import annotations
@@ -72,15 +72,27 @@ def destroy(base: Path) -> None:
     shutil.rmtree(base, ignore_errors=True)
 
 
-def watch(owner: int, base: Path, poll: float = 0.2) -> int:
-    """Wait until the directory is gone (a normal stop) or the owner process has died; then destroy it."""
+def stopped_name(base: Path) -> Path:
+    """Where a server stopped by its owner is renamed to for the watchdog to remove (same parent and prefix)."""
+    return base.with_name(base.name.replace("schemagate-shadow-", "schemagate-shadow-stopped-", 1))
+
+
+def watch(owner: int, base: Path, poll: float = 0.05) -> int:
+    """Until the directory is gone: when the owner renamed it to :func:`stopped_name` (its stop), destroy that;
+    when the owner process has died, destroy the directory."""
     original_parent = os.getppid()
-    while base.exists():
+    stopped = stopped_name(base)
+    while True:
+        if stopped.exists():
+            destroy(stopped)
+            return 0
+        if not base.exists():
+            return 0
         if not alive(owner) or os.getppid() != original_parent:
             destroy(base)
+            destroy(stopped)  # renamed in the meantime
             return 0
         time.sleep(poll)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
