@@ -145,6 +145,47 @@ def test_stale_directory_swept_at_next_start(shadow_home: Path) -> None:
     wait_gone(shadow_home)
 
 
+def test_a_restarted_shadow_server_sidecar_removes_what_its_killed_run_left(shadow_home: Path,
+                                                                          tmp_path: Path) -> None:
+    """The kubelet restarts the precheck pod's shadow-server sidecar after the kernel killed it at the memory limit
+    (SIGKILL to everything in the container: no cleanup). In the pod each run is PID 1 of its own PID namespace, so
+    the leftover's recorded owner looks alive (here: this test's own pid) and a plain start keeps it; the sidecar
+    phase removes it (and stops its postmaster) before starting its new server."""
+    import threading
+
+    code = ("import time; from schemagate.runner.shadowserver import ShadowServer; s = ShadowServer().start(); "
+            "print(s.base, s._watchdog.pid, flush=True); time.sleep(600)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    base_text, watchdog = p.stdout.readline().split()
+    os.kill(int(watchdog), signal.SIGKILL)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    left = Path(base_text)
+    (left / "owner").write_text(f"{os.getpid()}\n")  # what PID 1 of the next run's namespace looks like
+    assert processes_under(left), "the killed run's postmaster this test needs"
+    with ShadowServer():
+        assert left.exists()  # sweep_stale keeps it: its owner looks alive
+    work = tmp_path / "work"
+    work.mkdir()
+    results: list = []
+    t = threading.Thread(target=lambda: results.append(precheck.shadow_server(work)), daemon=True)
+    t.start()
+    try:
+        handle = work / precheck.SHADOW_SERVER_FILE
+        deadline = time.monotonic() + 120
+        while not handle.exists() and t.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert handle.exists(), results
+        assert not left.exists() and not processes_under(left)
+        assert len(list(shadow_home.glob("schemagate-shadow-*"))) == 1  # the new run's own server
+    finally:
+        (work / precheck.SHADOW_DONE_FILE).touch()
+        t.join(timeout=60)
+    assert results and results[0].ok, results
+    wait_gone(shadow_home)
+
+
 def test_bad_shadow_directory_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(SHADOW_DIR_ENV, str(tmp_path / "missing"))
     with pytest.raises(InvalidInput, match="SCHEMAGATE_SHADOW_DIR=.*missing"):

@@ -1,5 +1,6 @@
 """Failures that only a real node produces, surfacing as clear reasons in the DatabaseMigration's status:
-a step container killed by the kernel at its memory limit (OOMKilled), and a step pod the kubelet cannot start
+a step container killed by the kernel at its memory limit (OOMKilled), the precheck's shadow-server sidecar killed
+there again and again while the kubelet restarts it (CrashLoopBackOff), and a step pod the kubelet cannot start
 (its image is not on the node and may not be pulled): the kubelet's own reason, ErrImageNeverPull."""
 
 from __future__ import annotations
@@ -46,9 +47,8 @@ def test_an_oom_killed_step_fails_the_run_with_reason_oomkilled(real_kube: Any, 
                                                                real_namespace: str,
                                                                pod_db: tuple[str, str]) -> None:  # fmt: skip
     ns, (_, in_pod) = real_namespace, pod_db
-    # derive: false makes the precheck one plain container; with the default shadow, the throw-away server is a
-    # sidecar (restartPolicy Always) that the kubelet restarts when it fails at the limit (CrashLoopBackOff, the
-    # pod never fails), and which container hits the limit first is a race
+    # derive: false makes the precheck one plain container: with the default shadow, which container hits 24Mi
+    # first (a step container, or the shadow-server sidecar: CrashLoopBackOff, the test above) is a race
     tiny = {"jobTemplate": {"resources": {"limits": {"memory": "24Mi"}, "requests": {"memory": "24Mi"}}},
             "precheck": {"derive": False}}
     install_app(real_kube, ns, node_images, in_pod, "0001", "--set-json", f"migration.extraSpec={json.dumps(tiny)}",
@@ -60,6 +60,56 @@ def test_an_oom_killed_step_fails_the_run_with_reason_oomkilled(real_kube: Any, 
     killed = [cs for cs in step_statuses(real_kube, ns)
               if ((cs.get("state") or {}).get("terminated") or {}).get("reason") == "OOMKilled"]  # fmt: skip
     assert killed and killed[0]["state"]["terminated"]["exitCode"] == 137
+
+
+def ended_job(kube: Any, ns: str, name: str) -> dict:
+    """The step Job ``name`` once it is Failed and its pods are gone (the operator ended it: deadline 1 s)."""
+    def ended() -> dict | None:
+        j = kube.get(f"/apis/batch/v1/namespaces/{ns}/jobs/{name}")
+        failed = [c for c in (j["status"].get("conditions") or []) if c["type"] == "Failed" and c["status"] == "True"]
+        return j if failed and not kube.pods(ns, f"job-name={name}") else None
+
+    try:
+        job = kube.wait_for(ended, timeout=180, interval=2, message=f"job {name} Failed, its pod deleted")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{diagnostics(kube, ns)}") from None
+    assert job["spec"]["activeDeadlineSeconds"] == 1, job["spec"]
+    assert next(c for c in job["status"]["conditions"] if c["type"] == "Failed")["reason"] == "DeadlineExceeded"
+    return job
+
+
+def test_a_shadow_server_oom_killed_in_a_loop_fails_the_run_at_once(real_kube: Any, operator: dict,
+                                                                    node_images: dict, real_namespace: str,
+                                                                    pod_db: tuple[str, str]) -> None:  # fmt: skip
+    """The default precheck at a 96Mi memory limit per container: its Python containers fit (install-runner about
+    20 MB, prepare waiting for the server about 50 MB), the shadow-server sidecar does not (Python, the throw-away
+    server's processes and its data directory on the memory-backed emptyDir, about 40 MB, are charged to its
+    cgroup). The kernel kills it at start (OOMKilled), the kubelet restarts it with back-off (10 s, 20 s) while
+    prepare waits; each run first removes what the killed one left on that volume (which would otherwise count
+    against the pod's memory, 192Mi, until a pod-level kill took prepare). Once it has been restarted 3 times the run fails with reason CrashLoopBackOff and a message
+    naming the container, OOMKilled and the field to raise. No other outcome can come first: the Job keeps its
+    3600 s deadline and prepare waits 120 s for the server. The Job is ended, its pod (and the sidecar) goes, nothing
+    is applied."""
+    url, in_pod = pod_db
+    ns = real_namespace
+    tight = {"jobTemplate": {"resources": {"limits": {"memory": "96Mi"}, "requests": {"memory": "96Mi"}}},
+             "backup": {"enabled": False}}
+    install_app(real_kube, ns, node_images, in_pod, "0001", "--set-json", f"migration.extraSpec={json.dumps(tight)}",
+                "--wait=false", timeout="60s")
+    st = finished(real_kube, ns)
+    assert st["phase"] == "Failed", st
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "CrashLoopBackOff", f"{ready}\n{step_statuses(real_kube, ns)}\n{diagnostics(real_kube, ns)}"
+    assert "container shadow-server" in ready["message"] and "last exit: OOMKilled" in ready["message"], ready
+    assert "spec.jobTemplate.resources.limits.memory" in ready["message"], ready
+    (step_job,) = [j for js in jobs_by_step(real_kube, ns).values() for j in js]
+    assert step_job["metadata"]["labels"]["schemagate.dev/step"] == "precheck"
+    ended_job(real_kube, ns, step_job["metadata"]["name"])
+    assert revision_or_none(url) is None  # nothing applied
+    # the kubelet's own record of the loop: it backed off restarting the sidecar, which the kernel killed
+    events = json.loads(real_kube.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
+    backoff = [e for e in events if e["reason"] == "BackOff" and "shadow-server" in (e.get("message") or "")]
+    assert backoff, [(e["reason"], e.get("message")) for e in events]
 
 
 def test_a_step_pod_that_cannot_start_fails_with_the_kubelets_reason(real_kube: Any, operator: dict, node_images: dict,
@@ -85,19 +135,7 @@ def test_a_step_pod_that_cannot_start_fails_with_the_kubelets_reason(real_kube: 
 
     # the stuck Job is ended at once rather than at its deadline, and its pod goes
     (step_job,) = [j for js in jobs_by_step(real_kube, ns).values() for j in js]
-    name = step_job["metadata"]["name"]
-
-    def ended() -> dict | None:
-        j = real_kube.get(f"/apis/batch/v1/namespaces/{ns}/jobs/{name}")
-        failed = [c for c in (j["status"].get("conditions") or []) if c["type"] == "Failed" and c["status"] == "True"]
-        return j if failed and not real_kube.pods(ns, f"job-name={name}") else None
-
-    try:
-        job = real_kube.wait_for(ended, timeout=180, interval=2, message=f"job {name} Failed, its pod deleted")
-    except AssertionError as e:
-        raise AssertionError(f"{e}\n{diagnostics(real_kube, ns)}") from None
-    assert job["spec"]["activeDeadlineSeconds"] == 1, job["spec"]
-    assert next(c for c in job["status"]["conditions"] if c["type"] == "Failed")["reason"] == "DeadlineExceeded"
+    ended_job(real_kube, ns, step_job["metadata"]["name"])
 
     # the kubelet said why on the pod, and no container of the missing image ever started
     events = json.loads(real_kube.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]

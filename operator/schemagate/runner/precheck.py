@@ -956,6 +956,7 @@ def shadow_server(workdir: str | os.PathLike[str], *, poll: float = 0.2) -> Step
     if (wd / SHADOW_DONE_FILE).exists():  # restarted after the count finished: nothing to serve
         return StepResult(step=STEP, outcome=Outcome.SUCCEEDED, reason="ShadowStopped",
                           message="the count already finished", started_at=started).finish()
+    _remove_earlier_runs()
     server = ShadowServer()
     with StepBoundary(STEP) as step:
         try:
@@ -973,6 +974,24 @@ def shadow_server(workdir: str | os.PathLike[str], *, poll: float = 0.2) -> Step
         step.data["shadowServerVersion"] = server.version
         step.succeed("ShadowStopped", f"the throw-away shadow server (PostgreSQL {server.version}) ran and is removed")
     return step.result
+
+
+def _remove_earlier_runs() -> list[Path]:
+    """Remove the server directories earlier runs of this sidecar left in the pod's shadow volume
+    (``$SCHEMAGATE_SHADOW_DIR``, set by the Job; nothing is removed without it). The kubelet starts a sidecar
+    again only after its run has ended, e.g. killed by the kernel at the memory limit (SIGKILL: no cleanup); what
+    that run left stays on the memory-backed ``emptyDir``, counting against the pod's memory with every restart,
+    and ``sweep_stale`` keeps it: each run is PID 1 of its own PID namespace, so the recorded owner looks alive.
+    Only this sidecar uses that volume, so every server directory there is an earlier run's."""
+    from schemagate.runner import shadowserver
+
+    explicit = os.environ.get(shadowserver.SHADOW_DIR_ENV)
+    if not explicit:
+        return []
+    left = sorted(Path(explicit).glob(shadowserver.DIR_PREFIX + "*"))
+    for d in left:
+        shadowserver._destroy(d)  # stops a postmaster still running there (no PID namespaces: a test bed)
+    return left
 
 
 def wait_for_shadow_server(workdir: Path, timeout: float = 300) -> ShadowServerHandle:
