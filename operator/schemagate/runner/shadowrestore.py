@@ -183,8 +183,9 @@ def restore_schema(admin_url: str, real_url: str, *, version_table: tuple[str | 
                                             f"{error_text(e)}") from e
     admin_db = with_database(admin_url, name)
     url = _role_url(admin_db, role, password) if role != bootstrap else admin_db
-    with _connect(admin_db) as conn:
-        shadow_version = shadow_version or str(conn.info.parameter_status("server_version"))
+    if not shadow_version:  # the server's own start reported it (ShadowServer.version): no connection for it
+        with _connect(admin_db) as conn:
+            shadow_version = str(conn.info.parameter_status("server_version"))
     _dump_restore(real_url, url, Path(dump_dir), shadow_version, timeout, archive=archive)
     ext = _finish_copy(admin_db, real, notes)
     vt = real["versionTable"]
