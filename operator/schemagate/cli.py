@@ -42,7 +42,6 @@ from schemagate.contract.redact import redact
 from schemagate.contract.stepresult import TERMINATION_LOG_ENV, Outcome, StepResult, write_termination_log
 from schemagate.contract.target import Target
 from schemagate.libpq import embedded_bin_dir
-from schemagate.local.postgres import EmbeddedPostgres
 
 DEMO_DIR = ".demo"
 NO_EMBEDDED_ENV = names.ENV_NO_EMBEDDED  # set in images/Jobs: a missing URL is an error, never a local server
@@ -436,6 +435,8 @@ def database(args: argparse.Namespace) -> Iterator[tuple[str | None, str | None]
             or args.database_url_env != DEFAULT_URL_ENV:  # a variable the user named: never another database
         yield None, args.database_url_env  # the step reports InvalidInput naming the variable
         return
+    from schemagate.local.postgres import EmbeddedPostgres
+
     server = EmbeddedPostgres(Path(DEMO_DIR) / "pg")
     print(f"schemagate: {args.database_url_env} is not set: using the embedded PostgreSQL in {DEMO_DIR}/pg "
           f"(database app)", file=sys.stderr)
@@ -768,6 +769,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "1. food truck: optimistic locking (version column, CHECK stock >= 0, index) on clean data\n"
         "2. wholesale: 10 CHECKs, 2 foreign-key changes, 3 indexes, on data with a few bad rows",
         title="schemagate", border_style="cyan"))
+    from schemagate.local.postgres import EmbeddedPostgres
+
     server = EmbeddedPostgres(base / "pg")
     with console.status("starting PostgreSQL (first run: initdb)"):
         admin = server.start()
