@@ -127,8 +127,9 @@ def test_owner_killed_with_sigkill_leaves_nothing(shadow_home: Path) -> None:
     wait_gone(shadow_home)
 
 
-def test_stale_directory_swept_at_next_start(shadow_home: Path) -> None:
-    """A leftover whose owner and watchdog are both gone (both killed) is removed by the next start."""
+def killed_server() -> Path:
+    """The directory of a throw-away server whose owner process and watchdog were both killed (SIGKILL), as the
+    kernel leaves it; its postmaster may still run."""
     code = ("import time; from schemagate.runner.shadowserver import ShadowServer; s = ShadowServer().start(); "
             "print(s.base, s._watchdog.pid, flush=True); time.sleep(600)")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -137,10 +138,16 @@ def test_stale_directory_swept_at_next_start(shadow_home: Path) -> None:
     os.kill(int(watchdog), signal.SIGKILL)
     p.send_signal(signal.SIGKILL)
     p.wait()
+    return Path(base_text)
+
+
+def test_stale_directory_swept_at_next_start(shadow_home: Path) -> None:
+    """A leftover whose owner and watchdog are both gone (both killed) is removed by the next start."""
+    leftover = killed_server()
     time.sleep(0.5)
-    assert Path(base_text).exists(), "the leftover this test needs"
+    assert leftover.exists(), "the leftover this test needs"
     with ShadowServer() as s:
-        assert not Path(base_text).exists()
+        assert not leftover.exists()
         assert s.base is not None and s.base.exists()
     wait_gone(shadow_home)
 
@@ -153,15 +160,7 @@ def test_a_restarted_shadow_server_sidecar_removes_what_its_killed_run_left(shad
     phase removes it (and stops its postmaster) before starting its new server."""
     import threading
 
-    code = ("import time; from schemagate.runner.shadowserver import ShadowServer; s = ShadowServer().start(); "
-            "print(s.base, s._watchdog.pid, flush=True); time.sleep(600)")
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert p.stdout is not None
-    base_text, watchdog = p.stdout.readline().split()
-    os.kill(int(watchdog), signal.SIGKILL)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    left = Path(base_text)
+    left = killed_server()
     (left / "owner").write_text(f"{os.getpid()}\n")  # what PID 1 of the next run's namespace looks like
     assert processes_under(left), "the killed run's postmaster this test needs"
     with ShadowServer():

@@ -43,19 +43,24 @@ def revision_or_none(url: str) -> str | None:
         return None
 
 
+def failed_at_memory_limit(kube: Any, ns: str, node_images: dict, in_pod: str, memory: str, **spec: Any) -> dict:
+    """Install the example application at revision 0001 with every step container limited to ``memory`` (and
+    ``spec`` merged into its DatabaseMigration); wait until its run ends, assert it Failed; its Ready condition."""
+    extra = {"jobTemplate": {"resources": {"limits": {"memory": memory}, "requests": {"memory": memory}}}, **spec}
+    install_app(kube, ns, node_images, in_pod, "0001", "--set-json", f"migration.extraSpec={json.dumps(extra)}",
+                "--wait=false", timeout="60s")
+    st = finished(kube, ns)
+    assert st["phase"] == "Failed", st
+    return next(c for c in st["conditions"] if c["type"] == "Ready")
+
+
 def test_an_oom_killed_step_fails_the_run_with_reason_oomkilled(real_kube: Any, operator: dict, node_images: dict,
                                                                real_namespace: str,
                                                                pod_db: tuple[str, str]) -> None:  # fmt: skip
     ns, (_, in_pod) = real_namespace, pod_db
     # derive: false makes the precheck one plain container: with the default shadow, which container hits 24Mi
-    # first (a step container, or the shadow-server sidecar: CrashLoopBackOff, the test above) is a race
-    tiny = {"jobTemplate": {"resources": {"limits": {"memory": "24Mi"}, "requests": {"memory": "24Mi"}}},
-            "precheck": {"derive": False}}
-    install_app(real_kube, ns, node_images, in_pod, "0001", "--set-json", f"migration.extraSpec={json.dumps(tiny)}",
-                "--wait=false", timeout="60s")
-    st = finished(real_kube, ns)
-    assert st["phase"] == "Failed", st
-    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    # first (a step container, or the shadow-server sidecar: CrashLoopBackOff, the test below) is a race
+    ready = failed_at_memory_limit(real_kube, ns, node_images, in_pod, "24Mi", precheck={"derive": False})
     assert ready["reason"] == "OOMKilled" and "memory limit" in ready["message"], ready
     killed = [cs for cs in step_statuses(real_kube, ns)
               if ((cs.get("state") or {}).get("terminated") or {}).get("reason") == "OOMKilled"]  # fmt: skip
@@ -92,13 +97,7 @@ def test_a_shadow_server_oom_killed_in_a_loop_fails_the_run_at_once(real_kube: A
     is applied."""
     url, in_pod = pod_db
     ns = real_namespace
-    tight = {"jobTemplate": {"resources": {"limits": {"memory": "96Mi"}, "requests": {"memory": "96Mi"}}},
-             "backup": {"enabled": False}}
-    install_app(real_kube, ns, node_images, in_pod, "0001", "--set-json", f"migration.extraSpec={json.dumps(tight)}",
-                "--wait=false", timeout="60s")
-    st = finished(real_kube, ns)
-    assert st["phase"] == "Failed", st
-    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    ready = failed_at_memory_limit(real_kube, ns, node_images, in_pod, "96Mi", backup={"enabled": False})
     assert ready["reason"] == "CrashLoopBackOff", f"{ready}\n{step_statuses(real_kube, ns)}\n{diagnostics(real_kube, ns)}"
     assert "container shadow-server" in ready["message"] and "last exit: OOMKilled" in ready["message"], ready
     assert "spec.jobTemplate.resources.limits.memory" in ready["message"], ready
