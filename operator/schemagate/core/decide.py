@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
 from schemagate.contract.stepresult import ExitCode, Outcome
-from schemagate.core import revisions as R
 from schemagate.core import status as S
 from schemagate.core.jobs import job_name
 from schemagate.core.model import Migration
@@ -198,7 +197,7 @@ def _short(s: str, n: int = 1024) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
-_KEPT_ACROSS_RUNS = ("currentRevision", "revisionsBelow", "backup", "backups", "conditions", "kopf")
+_KEPT_ACROSS_RUNS = ("currentRevision", "backup", "backups", "conditions", "kopf")
 MAX_BACKUPS_LISTED = 100  # status.backups when spec.backup.retention is 0 (every file kept)
 
 
@@ -329,8 +328,6 @@ def _precheck_status(st: MigrationStatus, data: dict[str, Any], max_violations: 
     lint = data.get("lint")
     if isinstance(lint, dict):
         st["lint"] = {"total": int(lint.get("total") or 0), "findings": list(lint.get("findings") or [])}
-    if "currentRevision" in data:  # the database as it is now: what was known below another revision goes
-        R.observed(st, data["currentRevision"])
     if data.get("currentRevision") is not None:
         st["currentRevision"] = data["currentRevision"]
     if data.get("targetRevision"):
@@ -400,17 +397,14 @@ def _record_success(rs: RunState, step: str, res: StepResultDict, message: str) 
     elif step == "rehearse":
         rs.note("Rehearsed", message or "the pending revisions ran on a restored copy")
     elif step == "migrate" and data.get("direction") == "downgrade":
-        R.moved_down(st)
         st["currentRevision"] = data.get("toRevision") or "base"
         rs.note("Downgraded", message or f"database at {st.get('currentRevision')}")
     elif step == "migrate":
         if data.get("toRevision") is not None:
-            R.moved_up(st, data["toRevision"], data.get("applied"))
             st["currentRevision"] = data["toRevision"]
         st["appliedRevisions"] = list(data.get("applied") or [])
         rs.note("Migrated", message or f"database at {st.get('currentRevision')}")
     elif step == "verify" and data.get("currentRevision") is not None:
-        R.reached(st, data["currentRevision"])  # a user's migrate command reports no revision: verify does
         st["currentRevision"] = data["currentRevision"]
 
 
@@ -619,27 +613,18 @@ def honour_retry(rs: RunState) -> None:
 
 
 def refuse_downgrade(rs: RunState) -> None:
-    """A target the operator knows to be a downgrade fails the run at once (``DowngradeNotAllowed``), before any
-    Job, unless ``spec.allowDowngrade: true``: ``base`` (a downgrade of any database that has a revision), or a
-    revision id in ``status.revisionsBelow`` (below the revision this resource's runs left the database at, see
-    :mod:`schemagate.core.revisions`). Any other named target may still be below the database (a first run, or a
-    revision this resource never passed): the first step's Job finds it with the revision graph before any change
-    (the backup Job's ``plan`` init container, :func:`schemagate.core.jobs.backup_plans_first`; without a backup
-    the precheck)."""
+    """``base`` without ``spec.allowDowngrade: true`` fails the run at once (``DowngradeNotAllowed``), before any
+    Job: it is a downgrade of any database that has a revision. Whether another named target is below the
+    database is a question for the revision graph and the database as they are now (the status may be stale: a
+    DatabaseRestore, or an ``alembic downgrade`` by hand, moves the database back without this resource), so the
+    first step's Job answers it before any change: the backup Job's ``plan`` init container
+    (:func:`schemagate.core.jobs.backup_plans_first`), without a backup the precheck."""
     m, st, run = rs.m, rs.st, rs.run
-    target = m.migrations.target_revision.strip()
-    if m.allow_downgrade or rs.phase in S.TERMINAL_PHASES or run.get("counters"):
+    if m.allow_downgrade or m.migrations.target_revision.strip() != "base" or rs.phase in S.TERMINAL_PHASES \
+            or run.get("counters"):
         return
-    if target == "base":
-        msg = ("spec.migrations.targetRevision 'base' is a downgrade, which runs only with spec.allowDowngrade: "
-               "true (then: backup, data-at-risk precheck, alembic downgrade, verify); nothing was run")
-    elif R.known_below(st, target):
-        msg = (f"spec.migrations.targetRevision {target!r} is below the database's revision "
-               f"{st.get('currentRevision')} (this resource's runs applied it on the way there: "
-               f"status.revisionsBelow): a downgrade, which runs only with spec.allowDowngrade: true (then: backup, "
-               f"data-at-risk precheck, alembic downgrade, verify); nothing was run")
-    else:
-        return
+    msg = ("spec.migrations.targetRevision 'base' is a downgrade, which runs only with spec.allowDowngrade: "
+           "true (then: backup, data-at-risk precheck, alembic downgrade, verify); nothing was run")
     run["step"] = None
     st["finishedAt"] = S.rfc3339(rs.obs.now)
     st["lastError"] = {"phase": S.PENDING, "reason": "DowngradeNotAllowed", "message": msg}

@@ -125,7 +125,6 @@ class MigrationStatus(TypedDict, total=False):
     phase: str
     conditions: list[Condition]
     currentRevision: str | None
-    revisionsBelow: list[str]  # known to lie below currentRevision (schemagate.core.revisions), oldest first
     targetRevision: str
     resolvedTargetRevision: str
     appliedRevisions: list[str]
