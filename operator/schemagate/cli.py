@@ -7,7 +7,7 @@ Steps (each prints one StepResult with ``--json``, human output with rich otherw
     schemagate run       -c alembic.ini [--target head] [--backup-dir DIR] [--check NAME=SQL ...]
                          [--allow-downgrade [--max-data-loss N]]   (a --target below the database: downgrade)
     schemagate backup    [--backup-dir DIR] [--keep N]
-    schemagate precheck  -c alembic.ini [--max-violations N] [--check NAME=SQL ...] [--phase all|shadow-server|prepare|count]
+    schemagate precheck  -c alembic.ini [--max-violations N] [--check NAME=SQL ...] [--phase all|shadow-server|prepare|data-prepare|count]
     schemagate migrate   -c alembic.ini [--lock-timeout 5s] [--statement-timeout 0] [--retries 5]
     schemagate verify    [-c alembic.ini] [--plan FILE | --plan-env SCHEMAGATE_PLAN] [--check NAME=SQL ...]
     schemagate restore   --backup PATH [--sha256 HEX] [--into NAME | --replace [--backup-dir DIR]] [--jobs N] [--no-owner]
@@ -204,9 +204,10 @@ def _add_precheck(sub: _Sub) -> None:
     p = sub.add_parser("precheck", help="count the rows that would violate the pending revisions' constraints")
     _project(p, required=False)
     p.add_argument("--max-violations", default=0, type=_int_at_least(0, "--max-violations"))
-    p.add_argument("--phase", choices=("all", "shadow-server", "prepare", "count"), default="all",
+    p.add_argument("--phase", choices=("all", "shadow-server", "prepare", "data-prepare", "count"), default="all",
                    help="all (default, one process) or the Kubernetes phases shadow-server (a sidecar running "
-                        "the throw-away shadow PostgreSQL)/prepare/count")
+                        "the throw-away shadow PostgreSQL)/prepare/data-prepare (the data-carrying shadow, when the "
+                        "revisions change data)/count")
     p.add_argument("--workdir", default=None, help="shared directory of the Kubernetes phases")
     p.add_argument("--max-data-loss", default=0, type=_int_at_least(0, "--max-data-loss"),
                    help="--phase count after a downgrade tried on the shadow (shadow-upgrade --allow-downgrade): "
@@ -615,6 +616,11 @@ def _precheck_command(args: argparse.Namespace, early: Any) -> int:
             if not args.workdir:
                 return emit(_usage("precheck", "--phase prepare needs --workdir"), args)
             r = precheck.prepare(url, url_env, workdir=args.workdir, shadow_url_env=args.shadow_database_url_env)
+        elif args.phase == "data-prepare":
+            if not args.workdir:
+                return emit(_usage("precheck", "--phase data-prepare needs --workdir"), args)
+            r = precheck.data_prepare(url, url_env, workdir=args.workdir,
+                                      data_shadow_max_bytes=args.data_shadow_max_size)
         elif args.phase == "count":
             if not args.workdir and not args.no_derive:
                 return emit(_usage("precheck", "--phase count needs --workdir (or --no-derive)"), args)

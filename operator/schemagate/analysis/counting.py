@@ -425,11 +425,26 @@ def _run_one(cur: Any, q: Query) -> None:
         cur.execute(q.sql)
     row = cur.fetchone()
     elapsed = time.monotonic() - t0
+    if q.kind not in ("scan", "unique") and cur.fetchone() is not None:
+        raise ValueError("a user check must return exactly one row with one column")
+    fill_query(q, row, elapsed)
+
+
+def fill_query(q: Query, row: Sequence[Any] | None, seconds: float) -> None:
+    """Set the counts of ``q``'s checks from the first row its SQL returned (``scan``: one count per check;
+    ``unique``: the rows in duplicate groups and the number of groups; otherwise one number). Raises
+    ``ValueError``/``TypeError`` for a row of another shape. Also used for rows counted elsewhere (the injected
+    runner's data-carrying shadow run, ``analysis.stepwise.RecordedDataCounter``)."""
+    elapsed = seconds
+    if row is None and q.kind in ("scan", "unique"):
+        raise TypeError(f"the {q.kind} query returned no row")
     if q.kind == "scan":
+        assert row is not None
         for i, c in enumerate(q.checks):
             c.count = int(row[i])
             c.seconds = elapsed
     elif q.kind == "unique":
+        assert row is not None
         c = q.checks[0]
         c.count, groups = int(row[0]), int(row[1])
         c.seconds = elapsed
@@ -437,7 +452,7 @@ def _run_one(cur: Any, q: Query) -> None:
             c.note = _join_note(c.note, f"{groups} duplicate group(s)")
     else:
         c = q.checks[0]
-        if row is None or len(row) != 1 or cur.fetchone() is not None:
+        if row is None or len(row) != 1:
             raise ValueError("a user check must return exactly one row with one column")
         try:
             c.count = int(row[0]) if row[0] is not None else 0

@@ -31,7 +31,7 @@ from typing import Any, TypedDict
 from schemagate.analysis import capture, catalog, counting, derive
 from schemagate.analysis.counting import Check
 from schemagate.contract.errors import PrecheckIncomplete
-from schemagate.contract.sqlkind import Statement
+from schemagate.contract.sqlkind import Statement, in_transaction, normalized
 from schemagate.libpq import Connection, one_row
 
 
@@ -50,10 +50,6 @@ class Step:
     @property
     def where(self) -> str:
         return f"revision {self.revision}, statement {self.ordinal or self.index + 1}"
-
-
-def _norm(sql: str) -> str:
-    return re.sub(r"\s+", " ", sql or "").strip()
 
 
 def recorded_kind(sql: str) -> bool:
@@ -196,8 +192,33 @@ class StopCounting(Exception):  # noqa: N818 - a control-flow signal, not an err
     """Raised from the data-carrying run once a statement is known to fail: nothing after it needs running."""
 
 
+def bind_for_count(checks: Iterable[Check], at: catalog.IdSnapshot, origins: dict[tuple[int, int], catalog.IdAttr],
+                   note: str | None) -> list[Check]:
+    """The checks of ``checks`` still to count in the data-carrying shadow, pointed at the state ``at`` (the
+    schema right before the statement, ``derive.bind``), marked ``data-shadow`` with ``note`` added."""
+    todo = []
+    for c in checks:
+        if c.count is not None or c.unevaluated:
+            continue
+        derive.bind(c, at, origins)
+        if c.skipped:
+            continue
+        c.evaluated_by = "data-shadow"
+        if note:
+            c.note = f"{c.note}; {note}" if c.note else note
+        todo.append(c)
+    return todo
+
+
+def _stop_note(step: Step) -> str:
+    return f"counted on the data as it stands before {step.where}, which fails (later statements not run)"
+
+
 class DataCounter:
-    """Counts each recorded statement's checks in the data-carrying shadow right before the statement runs."""
+    """Counts each recorded statement's checks in the data-carrying shadow right before the statement runs.
+
+    The decisions (:meth:`reach`, :meth:`passed`, :meth:`fail`) are apart from SQLAlchemy's events, so a run the
+    injected runner made in the application's image is judged the same way (:class:`RecordedDataCounter`)."""
 
     def __init__(self, steps: Sequence[Step], origins: dict[tuple[int, int], catalog.IdAttr]) -> None:
         self.steps = list(steps)
@@ -208,65 +229,70 @@ class DataCounter:
         self.mismatch: str | None = None
         self.current: Step | None = None
 
-    def _count(self, cursor: Any, checks: list[Check], at: catalog.IdSnapshot, note: str | None) -> None:
-        todo = []
-        for c in checks:
-            if c.count is not None or c.unevaluated:
-                continue
-            derive.bind(c, at, self.origins)
-            if c.skipped:
-                continue
-            c.evaluated_by = "data-shadow"
-            if note:
-                c.note = f"{c.note}; {note}" if c.note else note
-            todo.append(c)
-        if not todo:
-            return
+    def _count(self, cursor: Any, checks: list[Check], at: catalog.IdSnapshot, note: str | None,
+               which: str) -> None:
+        todo = bind_for_count(checks, at, self.origins, note)
+        if todo:
+            self._run(cursor, todo, which)
+
+    def _run(self, cursor: Any, todo: list[Check], which: str) -> None:
+        """Count ``todo`` on the migration's own connection (``which``: ``own`` or ``later``)."""
         dbapi = cursor.connection
         cur = dbapi.cursor()
         try:
-            in_tx = _in_transaction(dbapi)
-            counting.run_counts_cursor(cur, todo, savepoints=in_tx)
+            counting.run_counts_cursor(cur, todo, savepoints=in_transaction(dbapi))
         finally:
             cur.close()
 
-    def before_execute(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
-                       executemany: bool) -> None:
-        if executemany or not recorded_kind(statement):
-            return
-        if self.position >= len(self.steps) or _norm(self.steps[self.position].sql) != _norm(statement):
+    def reach(self, statement: str, cursor: Any) -> None:
+        """The data run is about to execute ``statement`` (a recorded kind): match it with the next recorded
+        step, count the step's checks; raises :class:`StopCounting` on a mismatch or when a count is above 0 (the
+        statement fails: the later checks are counted on the data as it stands, nothing after it runs)."""
+        if self.position >= len(self.steps) or normalized(self.steps[self.position].sql) != normalized(statement):
             self.mismatch = (f"the revisions executed a different statement on the data than on the empty schema "
-                             f"(statement {self.position + 1}: {_norm(statement)[:200]})")
+                             f"(statement {self.position + 1}: {normalized(statement)[:200]})")
             raise StopCounting(self.mismatch)
         step = self.steps[self.position]
         self.position += 1
         self.current = step
         if not step.checks:
             return
-        self._count(cursor, step.checks, step.before, None)
+        self._count(cursor, step.checks, step.before, None, "own")
         if any(c.count or c.error for c in step.checks):
-            where = step.where
             later = [c for s in self.steps[step.index + 1:] for c in s.checks]
-            self._count(cursor, later, step.before,
-                        f"counted on the data as it stands before {where}, which fails (later statements not run)")
+            self._count(cursor, later, step.before, _stop_note(step), "later")
             self.stopped_at = step
-            raise StopCounting(where)
+            raise StopCounting(step.where)
 
-    def after_execute(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
-                      executemany: bool) -> None:
-        if executemany or not recorded_kind(statement) or self.current is None:
+    def passed(self) -> None:
+        """The current statement ran: its checks not modelled were accepted by PostgreSQL (0 rows)."""
+        if self.current is None:
             return
-        for c in self.current.checks:  # not modelled, but PostgreSQL accepted the rows
+        for c in self.current.checks:
             if c.unevaluated and c.count is None:
                 c.count, c.evaluated_by = 0, "postgresql"
                 c.note = f"{c.note}; {c.unevaluated}" if c.note else c.unevaluated
                 c.unevaluated = None
         self.current = None
 
+    def fail(self, error: str) -> None:
+        """The current statement failed with ``error`` (the first line of the driver's message)."""
+        if self.current is not None and self.failed is None:
+            self.failed = (self.current, error)
+
+    def before_execute(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+                       executemany: bool) -> None:
+        if not executemany and recorded_kind(statement):
+            self.reach(statement, cursor)
+
+    def after_execute(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+                      executemany: bool) -> None:
+        if not executemany and recorded_kind(statement):
+            self.passed()
+
     def handle_error(self, context: Any) -> None:
-        if self.current is not None and self.failed is None and not isinstance(context.original_exception,
-                                                                                StopCounting):
-            self.failed = (self.current, str(context.original_exception).strip().splitlines()[0][:300])
+        if not isinstance(context.original_exception, StopCounting):
+            self.fail(str(context.original_exception).strip().splitlines()[0][:300])
 
     @contextlib.contextmanager
     def listening(self) -> Iterator[DataCounter]:
@@ -295,18 +321,118 @@ class DataCounter:
         if self.failed is not None:
             step, error = self.failed
             out.append(Check(name=step.where, kind="statement",
-                             definition=_norm(step.sql)[:500], revision=step.revision, statement=step.sql[:500],
+                             definition=normalized(step.sql)[:500], revision=step.revision, statement=step.sql[:500],
                              unevaluated=f"fails on the data in the data-carrying shadow: {error}"))
         mark_unevaluated(out)
         return out
 
 
-def _in_transaction(dbapi: Any) -> bool:
-    info = getattr(dbapi, "info", None)
-    if info is not None and hasattr(info, "transaction_status"):  # psycopg 3
-        return int(info.transaction_status) != 0
-    status = getattr(dbapi, "get_transaction_status", None)  # psycopg2
-    return bool(status and status() != 0)
+# --------------------------------------------------------------------------------------------------------------
+# the data route of the Kubernetes phases: the counting queries as JSON for the injected runner, and its record
+
+
+class QueryDoc(TypedDict, total=False):
+    """One counting query for the injected runner (``runner.inject.datarun``): ``sql``; ``kind`` (``scan``,
+    ``unique``, ``foreignkey``, ``user``: how its first row reads, ``counting.fill_query``); ``parts``: for a scan
+    of several checks, one query per check, run when the scan fails (as ``counting.run_counts_cursor`` does)."""
+
+    sql: str
+    kind: str
+    parts: list[QueryDoc]
+
+
+class StepQueries(TypedDict):
+    """The queries to run right before one recorded statement: ``own`` (its checks), ``later`` (every later
+    statement's checks, run only when an own count is above 0 or fails: the statement fails there)."""
+
+    sql: str
+    own: list[QueryDoc]
+    later: list[QueryDoc]
+
+
+def _query_docs(checks: Sequence[Check]) -> list[QueryDoc]:
+    out: list[QueryDoc] = []
+    for q in counting.plan_queries(checks):
+        doc: QueryDoc = {"sql": q.sql, "kind": q.kind}
+        if q.kind == "scan" and len(q.checks) > 1:
+            doc["parts"] = [d for c in q.checks for d in _query_docs([c])]
+        out.append(doc)
+    return out
+
+
+def data_queries(steps: Sequence[Step], origins: dict[tuple[int, int], catalog.IdAttr]) -> list[StepQueries]:
+    """Per recorded statement, the counting queries :class:`DataCounter` runs right before it (bound as it binds
+    them: on copies, ``steps`` stay as they are). JSON for the injected runner (standard library and SQLAlchemy
+    only), which runs them in the application's image; :class:`RecordedDataCounter` reads its record back."""
+    out: list[StepQueries] = []
+    for i, step in enumerate(steps):
+        own = bind_for_count(counting.copy_checks(step.checks), step.before, origins, None)
+        later: list[Check] = []
+        if own:
+            rest = counting.copy_checks([c for s in steps[i + 1:] for c in s.checks])
+            later = bind_for_count(rest, step.before, origins, _stop_note(step))
+        out.append({"sql": step.sql, "own": _query_docs(own), "later": _query_docs(later)})
+    return out
+
+
+class QueryRecord(TypedDict, total=False):
+    """What the injected runner got for one :class:`QueryDoc`: ``row`` (the first row) or ``error`` (the first
+    line of the driver's message), ``seconds``, and ``parts`` (the records of the doc's parts, after an error)."""
+
+    row: list[Any] | None
+    error: str
+    seconds: float
+    parts: list[QueryRecord]
+
+
+class RecordedDataCounter(DataCounter):
+    """A :class:`DataCounter` judging a run the injected runner made (``runner.inject.datarun``): instead of
+    executing the queries it reads their records; everything else (binding, stop, the checks PostgreSQL decides)
+    is :class:`DataCounter`'s own."""
+
+    def __init__(self, steps: Sequence[Step], origins: dict[tuple[int, int], catalog.IdAttr]) -> None:
+        super().__init__(steps, origins)
+        self.records: dict[str, list[QueryRecord]] = {}
+
+    def _run(self, cursor: Any, todo: list[Check], which: str) -> None:
+        fill_recorded(todo, self.records.get(which))
+
+    def replay(self, events: Sequence[dict[str, Any]]) -> None:
+        """Apply the run's events in order: ``{"event": "before", "sql", "own", "later"?}``, ``{"event":
+        "after"}``, ``{"event": "error", "error"}``; stops where the run stopped."""
+        for ev in events:
+            if ev.get("event") == "before":
+                self.records = {"own": ev.get("own") or [], "later": ev.get("later") or []}
+                try:
+                    self.reach(str(ev.get("sql") or ""), None)
+                except StopCounting:
+                    return
+            elif ev.get("event") == "after":
+                self.passed()
+            elif ev.get("event") == "error":
+                self.fail(str(ev.get("error") or "")[:300])
+
+
+def fill_recorded(checks: Sequence[Check], records: Sequence[QueryRecord] | None) -> None:
+    """Counts (or errors) of ``checks`` from the records of their queries (``counting.plan_queries`` order, as
+    :func:`data_queries` wrote them). Raises ``ValueError`` when the records do not match the queries."""
+    queries = counting.plan_queries(checks)
+    if records is None or len(records) != len(queries):
+        raise ValueError(f"{len(queries)} counting queries planned, {len(records or [])} recorded")
+    for q, rec in zip(queries, records, strict=True):
+        if rec.get("parts") and q.kind == "scan" and len(q.checks) > 1:
+            for c, part in zip(q.checks, rec["parts"], strict=True):
+                fill_recorded([c], [part])
+            continue
+        error = rec.get("error")
+        if error is None:
+            try:
+                counting.fill_query(q, rec.get("row"), float(rec.get("seconds") or 0))
+            except (TypeError, ValueError, IndexError) as e:
+                error = str(e)
+        if error is not None:
+            for c in q.checks:
+                c.error = str(error)[:300]
 
 
 # --------------------------------------------------------------------------------------------------------------

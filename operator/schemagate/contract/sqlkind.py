@@ -246,3 +246,21 @@ def single_select_problem(sql: str) -> str | None:
     if m:
         return f"it contains {m.group(1).upper()}; a check only reads"
     return None
+
+
+def normalized(sql: str) -> str:
+    """``sql`` with every run of white space one blank, stripped: how two runs of the same revisions are matched
+    statement by statement (``analysis.stepwise.DataCounter``, ``runner.inject.datarun``)."""
+    return re.sub(r"\s+", " ", sql or "").strip()
+
+
+def in_transaction(dbapi: object) -> bool:
+    """Whether a DB-API connection of psycopg 3 (``info.transaction_status``) or psycopg2
+    (``get_transaction_status()``) is inside a transaction (libpq's ``PQtransactionStatus`` is not idle): the
+    counts run there under ``SAVEPOINT``; otherwise (Alembic's ``autocommit_block``) each query is its own
+    transaction."""
+    info = getattr(dbapi, "info", None)
+    if info is not None and hasattr(info, "transaction_status"):  # psycopg 3
+        return int(info.transaction_status) != 0
+    status = getattr(dbapi, "get_transaction_status", None)  # psycopg2
+    return bool(status and status() != 0)

@@ -71,6 +71,7 @@ class ShadowUpgradeDoc(UpgradeResult, total=False):
     statements: list[Statement]
     statementsDropped: int
     versionTable: VersionTable | None
+    plan: Plan  # the real database's plan the shadow ran (the data-carrying shadow runs it again)
 
 
 class MigrateData(TypedDict, total=False):

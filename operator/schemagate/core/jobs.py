@@ -214,7 +214,10 @@ def _precheck_containers(m: Migration, s: JobSettings, base: list[str], tmp: Vol
     - default: a sidecar ``shadow-server`` (operator image, ``restartPolicy: Always``) runs the throw-away
       PostgreSQL on a memory-backed ``emptyDir`` (``spec.precheck.shadowDatabase.sizeLimit``), so nothing is
       written to the real server and everything goes with the pod; ``prepare`` restores the real schema into it,
-      ``shadow-upgrade`` (the application's image) applies the pending revisions there, ``count`` diffs and counts.
+      ``shadow-upgrade`` (the application's image) applies the pending revisions there; when they change data,
+      ``data-prepare`` makes a data-carrying shadow on the same server and ``data-upgrade`` (the application's
+      image) runs them again there, counting each check right before its statement (both quick no-ops
+      otherwise); ``count`` diffs and counts.
     - ``shadowDatabase.urlFrom``: the same three steps against that existing, empty database (its URL in
       ``SCHEMAGATE_SHADOW_DATABASE_URL`` from the Secret), no sidecar.
     """
@@ -258,8 +261,24 @@ def _precheck_containers(m: Migration, s: JobSettings, base: list[str], tmp: Vol
         _container(m, s, "shadow-upgrade", shadow, app=True, mounts=[work, _runner_mount(), _tmp_mount()],
                    working_dir=m.migrations.directory, extra_env=explicit),
     ]
+    if pc.shadow_url_from is None:
+        inits += _data_containers(m, s, common, work)
     main = _container(m, s, "count", count, mounts=[work, _tmp_mount()], extra_env=explicit)
     return inits, [main], vols
+
+
+def _data_containers(m: Migration, s: JobSettings, common: list[str], work: VolumeMount) -> list[Container]:
+    """The precheck's data route on the sidecar's server: ``data-prepare`` (operator image) makes the
+    data-carrying shadow when the revisions change data, ``data-upgrade`` (the application's image) runs them
+    again there counting each check right before its statement; both quick no-ops otherwise."""
+    data_prepare = ["schemagate", "precheck", "--phase", "data-prepare", *common, "--data-shadow-max-size",
+                    m.precheck.data_shadow_max_size]
+    data_upgrade = ["python", "-m", "schemagate.runner.inject", "data-upgrade", "-c", _alembic_config(m),
+                    "--target", m.migrations.target_revision, "--database-url-env", m.migrations.database_url_env,
+                    "--workdir", WORK_DIR, "--termination-log", TERMINATION_LOG]
+    return [_container(m, s, "data-prepare", data_prepare, mounts=[work, _tmp_mount()]),
+            _container(m, s, "data-upgrade", data_upgrade, app=True, mounts=[work, _runner_mount(), _tmp_mount()],
+                       working_dir=m.migrations.directory)]
 
 
 REHEARSAL_URL_ENV = names.ENV_REHEARSAL_DATABASE_URL

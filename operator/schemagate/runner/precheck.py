@@ -797,12 +797,7 @@ def _count_in_data_shadow(target: Target, shadow_url: str | None, rec: stepwise.
         checks = counter.finish()
     finally:
         dsh.dispose(notes)
-    data["route"] = "data-shadow"
-    notes.insert(0, f"the pending revisions change or read data: each check was counted in a data-carrying shadow "
-                    f"({len(loaded['tables'])} table(s), {loaded['bytes']} bytes) right before the statement that "
-                    f"validates it")
-    data["dataShadow"] = {**loaded, "seconds": round(time.monotonic() - t0, 3),
-                          "stoppedAt": counter.stopped_at.where if counter.stopped_at else None}
+    notes.insert(0, _data_route_summary(loaded, time.monotonic() - t0, counter.stopped_at, data))
     return checks
 
 
@@ -894,12 +889,9 @@ def write_snapshot_queries(shadow_url: str, wd: Path) -> None:
         json.dumps({"version": version, "queries": catalog.id_queries(version)}), encoding="utf-8")
 
 
-def replayed_checks(wd: Path, statements: list[Statement] | None) -> list[Check] | None:
-    """The statement-by-statement checks rebuilt from ``snapshots.json`` (None when the shadow-upgrade container
-    wrote none: an older injected runner; the name-based diff is used then). The checks are bound to the real
-    database (fast route). The Kubernetes phases have no data-carrying shadow yet: when the revisions change or
-    read data, the checks on the tables those statements name (and their foreign-key neighbours) are reported not
-    evaluated instead of counted before the data changes."""
+def _replay(wd: Path) -> stepwise.StepRecorder | None:
+    """The statement-by-statement record rebuilt from ``snapshots.json`` (None when the shadow-upgrade container
+    wrote none: an older injected runner), every check marked present at the target or not."""
     f = wd / SNAPSHOTS_FILE
     if not f.exists():
         return None
@@ -908,15 +900,179 @@ def replayed_checks(wd: Path, statements: list[Statement] | None) -> list[Check]
     except (ValueError, KeyError, TypeError, IndexError) as e:
         raise InternalError(f"{SNAPSHOTS_FILE} is unreadable ({e})", field=SNAPSHOTS_FILE) from e
     rec.mark_present()
+    return rec
+
+
+def replayed_checks(wd: Path, statements: list[Statement] | None, data: dict[str, Any] | None = None,
+                    notes: list[str] | None = None) -> list[Check] | None:
+    """The statement-by-statement checks rebuilt from ``snapshots.json`` (None when the shadow-upgrade container
+    wrote none: an older injected runner; the name-based diff is used then).
+
+    When the revisions change or read data, ``data-prepare`` made a data-carrying shadow and ``data-upgrade``
+    counted each check there right before its statement: the checks are judged from that run
+    (:func:`_data_route_checks`; ``data`` gets ``route: data-shadow`` and ``dataShadow``, ``notes`` the note), or
+    ``DataShadowTooLarge`` is raised when the affected tables exceeded ``spec.precheck.dataShadow.maxSize``.
+    Otherwise the checks are bound to the real database (fast route); only when no data-carrying shadow could be
+    made (an explicit shadow database) are the checks on the tables the data statements name (and their
+    foreign-key neighbours) reported not evaluated instead of counted before the data changes."""
+    rec = _replay(wd)
+    if rec is None:
+        return None
+    made = _data_shadow_made(wd)
+    if made is not None:
+        return _data_route_checks(wd, rec, made, data if data is not None else {}, notes if notes is not None else [])
     changed, _ = capture.dml_label(statements)
     if changed:
         touched = set(stepwise.affected_tables([], rec.start, statements or []))
         for c in rec.checks:
             if c.extra.get("relid") in touched or c.extra.get("ref_relid") in touched:
-                c.unevaluated = ("the pending revisions change or read this table's rows; the Kubernetes phases "
-                                 "cannot count after data changes yet (schemagate precheck counts them in a "
-                                 "data-carrying shadow)")
+                c.unevaluated = ("the pending revisions change or read this table's rows and no data-carrying "
+                                 "shadow could be made (an explicit shadow database holds only one copy of the "
+                                 "schema); schemagate precheck counts them in a data-carrying shadow")
     return stepwise.bind_all(rec.steps, rec.start, rec.origins, "real-database")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the data route of the Kubernetes phases: data-prepare (operator image) -> data-upgrade (application image) ->
+# count
+
+DATA_QUERIES_FILE = "data-queries.json"  # runner.inject.datarun.QUERIES_FILE: the shadow's URL, plan, queries
+DATA_COUNTS_FILE = "data-counts.json"  # runner.inject.datarun.COUNTS_FILE: what data-upgrade counted
+DATA_SHADOW_FILE = "data-shadow.json"  # data-prepare -> count: {"load", "seconds"} or {"blocked": {message, field}}
+DATA_SHADOW_SUFFIX = "_sg_data"  # the data-carrying shadow's name on the pod's server: <real name>_sg_data
+
+
+def data_prepare(
+    url: str | None = None,
+    url_env: str | None = DEFAULT_URL_ENV,
+    *,
+    workdir: str | os.PathLike[str],
+    data_shadow_max_bytes: int | None = DEFAULT_DATA_SHADOW_MAX_BYTES,
+) -> StepResult:
+    """Phase 2b (operator image, after ``shadow-upgrade``): when the pending revisions change or read data (or
+    create a routine a check may call), create the data-carrying shadow on this pod's throw-away server (the real
+    schema, restored with ``runner.shadowrestore``, and the rows of the affected tables, ``stepwise.load_rows``,
+    bounded by ``data_shadow_max_bytes``: above it nothing is copied and ``count`` reports
+    ``DataShadowTooLarge``) and write ``data-queries.json``: per recorded statement the counting queries
+    ``data-upgrade`` runs right before it (``stepwise.data_queries``). Otherwise a quick no-op
+    (``DataShadowNotNeeded``). Never raises (``StepBoundary``)."""
+    with StepBoundary(STEP) as step:
+        url = resolve_url(url, url_env)
+        wd = Path(workdir)
+        wanted = _data_route_wanted(wd)
+        if isinstance(wanted, str):
+            step.succeed("DataShadowNotNeeded", wanted)
+        else:
+            made = _make_data_shadow(url, wd, *wanted, data_shadow_max_bytes)
+            step.data["dataShadow"] = made
+            step.succeed("DataShadowPrepared", "the data-carrying shadow holds the rows of the affected tables"
+                         if "blocked" not in made else "the affected tables exceed spec.precheck.dataShadow.maxSize")
+    return step.result
+
+
+def _data_route_wanted(wd: Path) -> tuple[stepwise.StepRecorder, list[Statement], ShadowUpgradeDoc,
+                                          PrepareInfo] | str:
+    """What the data route needs (the record, the statements, ``shadow-upgrade.json``, ``prepare.json``), or why
+    it is not taken (the same rule as the all-in-one precheck's: recorded checks, and the revisions change or read
+    data or create a routine)."""
+    if (wd / DOWNGRADE_FILE).exists():
+        return "a downgrade was tried on the shadow: no data-carrying shadow"
+    rec = _replay(wd)
+    up = _shadow_upgrade_result(wd)
+    statements = up.get("statements")
+    if rec is None or not isinstance(statements, list):
+        return "the shadow-upgrade container recorded no statements: no data-carrying shadow"
+    changed, _ = capture.dml_label(statements)
+    if not (rec.checks and (changed or stepwise.creates_routines(statements))):
+        return "the pending revisions change no data the checks depend on: no data-carrying shadow"
+    info = _prepare_info(wd)
+    if not info.get("adminUrl"):
+        return "an explicit shadow database holds no second, data-carrying shadow"
+    return rec, statements, up, info
+
+
+def _make_data_shadow(url: str, wd: Path, rec: stepwise.StepRecorder, statements: list[Statement],
+                      up: ShadowUpgradeDoc, info: PrepareInfo, max_bytes: int | None) -> dict[str, Any]:
+    """The data-carrying shadow ``<name>_sg_data`` next to the schema shadow on the pod's server (the
+    application's role keeps its password there), its rows, ``data-queries.json`` and ``data-shadow.json``
+    (returned)."""
+    import time
+    import urllib.parse
+
+    t0 = time.monotonic()
+    relids = stepwise.affected_tables(rec.steps, rec.start, statements)
+    schema_url = resolve_url(str(info["shadowUrl"]), None)
+    vt, summary = up.get("versionTable"), info.get("shadow")
+    target = shadowrestore.restore_schema(
+        resolve_url(str(info["adminUrl"]), None), url, version_table=(vt["schema"], vt["name"]) if vt else None,
+        dump_dir=wd, shadow_version=summary["shadowServerVersion"] if summary else None,
+        database=database_name(schema_url)[:50] + DATA_SHADOW_SUFFIX,
+        password=urllib.parse.unquote(urllib.parse.urlsplit(schema_url).password or "") or None)
+    made: dict[str, Any]
+    try:
+        with _connect(url) as real_conn, _connect(target.url) as data_conn:
+            loaded = stepwise.load_rows(real_conn, data_conn, rec.start, relids, max_bytes)
+    except stepwise.DataShadowTooLarge as e:
+        made = {"blocked": {"message": e.message, "field": e.field}}
+    else:
+        queries = {"url": target.url, "plan": up.get("plan"), "versionTable": vt,
+                   "steps": stepwise.data_queries(rec.steps, rec.origins)}
+        (wd / DATA_QUERIES_FILE).write_text(json.dumps(queries), encoding="utf-8")
+        made = {"load": loaded, "seconds": round(time.monotonic() - t0, 3)}
+    (wd / DATA_SHADOW_FILE).write_text(json.dumps(made), encoding="utf-8")
+    return made
+
+
+def _data_shadow_made(wd: Path) -> dict[str, Any] | None:
+    """``data-shadow.json`` (None: data-prepare made no data-carrying shadow); raises ``DataShadowTooLarge``
+    when it was blocked by ``spec.precheck.dataShadow.maxSize``."""
+    f = wd / DATA_SHADOW_FILE
+    if not f.exists():
+        return None
+    try:
+        made: dict[str, Any] = json.loads(f.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise InternalError(f"{DATA_SHADOW_FILE} is unreadable ({e})", field=DATA_SHADOW_FILE) from e
+    if "blocked" in made:
+        raise stepwise.DataShadowTooLarge(str(made["blocked"]["message"]), field=made["blocked"].get("field"))
+    return made
+
+
+def _data_route_checks(wd: Path, rec: stepwise.StepRecorder, made: dict[str, Any], data: dict[str, Any],
+                       notes: list[str]) -> list[Check]:
+    """Every recorded check judged from the run ``data-upgrade`` made in the data-carrying shadow
+    (``data-counts.json``, ``stepwise.RecordedDataCounter``: the all-in-one precheck's ``DataCounter`` rules);
+    fills ``data`` (``route``, ``dataShadow``) and ``notes``."""
+    try:
+        doc = json.loads((wd / DATA_COUNTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InternalError(f"{DATA_COUNTS_FILE} missing or unreadable: the data-upgrade container did not finish "
+                            f"({e})", field=DATA_COUNTS_FILE) from e
+    counter = stepwise.RecordedDataCounter(rec.steps, rec.origins)
+    try:
+        counter.replay(doc.get("events") or [])
+    except (ValueError, KeyError, TypeError) as e:
+        raise InternalError(f"{DATA_COUNTS_FILE} does not match the recorded statements ({e})",
+                            field=DATA_COUNTS_FILE) from e
+    error = doc.get("error")
+    if error and counter.stopped_at is None and counter.failed is None and counter.mismatch is None:
+        if not rec.steps:
+            raise MigrationFailed(f"applying the pending revisions to the data-carrying shadow failed: {error}")
+        counter.failed = (counter.current or rec.steps[-1], str(error))
+    checks = counter.finish()
+    notes.insert(0, _data_route_summary(made["load"], float(made.get("seconds") or 0) + float(doc.get("seconds") or 0),
+                                        counter.stopped_at, data))
+    return checks
+
+
+def _data_route_summary(loaded: stepwise.DataShadowLoad, seconds: float, stopped_at: stepwise.Step | None,
+                        data: dict[str, Any]) -> str:
+    """``data.route``/``data.dataShadow`` of the data route; returns its note (the same text on both paths)."""
+    data["route"] = "data-shadow"
+    data["dataShadow"] = {**loaded, "seconds": round(seconds, 3), "stoppedAt": stopped_at.where if stopped_at else None}
+    return (f"the pending revisions change or read data: each check was counted in a data-carrying shadow "
+            f"({len(loaded['tables'])} table(s), {loaded['bytes']} bytes) right before the statement that "
+            f"validates it")
 
 
 class _PodShadow(Shadow):
@@ -1125,13 +1281,16 @@ def _count_after_shadow_upgrade(url: str, wd: Path, user_checks: Iterable[Any], 
     sql_path = wd / PENDING_SQL_FILE
     offline_sql = sql_path.read_text(encoding="utf-8") if sql_path.exists() else None
     statements = up.get("statements") if isinstance(up.get("statements"), list) else None
-    derived = replayed_checks(wd, statements) if opts.derive else None
+    notes: list[str] = []
+    derived = replayed_checks(wd, statements, data, notes) if opts.derive else None
     checks = analyse(url, sh.url, pending=pending, statements=statements, offline_sql=offline_sql or None,
                      offline_error=up.get("sqlError"), user_checks=users, do_lint=opts.lint,
                      statement_timeout=opts.statement_timeout, data=data, derive_checks=opts.derive, derived=derived,
                      before_cat=sh.before)
     if derived is not None:
-        data["route"] = "real-database"
+        data.setdefault("route", "real-database")
+    if notes:
+        data["derivationNote"] = "; ".join(filter(None, [data.get("derivationNote"), *notes]))
     if info.get("shadow"):
         data["shadow"] = info["shadow"]
     if not pending:

@@ -4,6 +4,8 @@
     python -m schemagate.runner.inject migrate        -c alembic.ini --target head --database-url-env DATABASE_URL
     python -m schemagate.runner.inject shadow-upgrade -c alembic.ini --target head --database-url-env SHADOW_URL \
         --workdir /work
+    python -m schemagate.runner.inject data-upgrade   -c alembic.ini --target head --database-url-env DATABASE_URL \
+        --workdir /work
     python -m schemagate.runner.inject plan           -c alembic.ini --target head
     python -m schemagate.runner.inject rehearse-upgrade -c alembic.ini --target head --scratch-database NAME \
         [--scratch-url-env NAME] --workdir /work
@@ -28,6 +30,7 @@ from schemagate.contract.errors import StepBoundary
 from schemagate.contract.stepresult import StepResult, write_termination_log
 from schemagate.contract.target import Target
 from schemagate.runner.inject.config import DEFAULT_LOCK_TIMEOUT
+from schemagate.runner.inject.datarun import data_upgrade
 from schemagate.runner.inject.downgrade import (
     below,
     catalog_from_json,
@@ -51,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
                         ("downgrade", "alembic downgrade to a target below the database (the operator's migrate "
                                       "step of a downgrade)"),
                         ("rehearse-upgrade", "apply the pending revisions to the rehearsal's restored copy, with "
-                                             "the lock report")):
+                                             "the lock report"),
+                        ("data-upgrade", "apply the pending revisions again in the precheck's data-carrying shadow, "
+                                         "counting each check right before its statement (a no-op when the "
+                                         "revisions change no data)")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("-c", "--config", default=os.environ.get(names.ENV_ALEMBIC_CONFIG, "alembic.ini"))
         p.add_argument("--target", default=os.environ.get(names.ENV_TARGET, "head"))
@@ -71,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
                            help="seconds to wait for another migrator's advisory lock")
         if name in ("shadow-upgrade", "rehearse-upgrade"):
             p.add_argument("--workdir", default=None)
+        if name == "data-upgrade":
+            p.add_argument("--workdir", required=True)
         if name == "shadow-upgrade":
             p.add_argument("--allow-downgrade", action="store_true",
                            help="a target below the database: try alembic downgrade on the shadow (spec.allowDowngrade)")
@@ -108,6 +116,8 @@ def run_command(args: argparse.Namespace) -> StepResult:
             step.succeed("Planned",
                          f"{len(p['pending'])} pending revision(s) from {p['current'] or 'base'} to {p['target']}")
         return step.result
+    if args.command == "data-upgrade":
+        return _data_upgrade(args)
     if args.command == "downgrade":
         return downgrade_step(_target(args), args.lock_timeout,
                               args.statement_timeout, args.expect_from)
@@ -123,9 +133,25 @@ def run_command(args: argparse.Namespace) -> StepResult:
             return step.result
         out = shadow_upgrade(_target(args), args.workdir,
                              args.lock_timeout, args.statement_timeout)
-        step.data.update({k: v for k, v in out.items() if k not in ("sql", "statements")})
+        step.data.update({k: v for k, v in out.items() if k not in ("sql", "statements", "plan")})
         step.data["statements"] = len(out.get("statements") or [])
         step.succeed("ShadowUpgraded", f"applied {len(out['applied'])} revision(s) to the shadow database")
+    return step.result
+
+
+def _data_upgrade(args: argparse.Namespace) -> StepResult:
+    """``data-upgrade``: ``datarun.data_upgrade`` as a StepResult (``DataShadowNotNeeded`` when the precheck
+    wrote no counting queries)."""
+    with StepBoundary("precheck") as step:
+        out = data_upgrade(_target(args), args.workdir)
+        if out is None:
+            step.succeed("DataShadowNotNeeded", "the pending revisions change no data the checks depend on: "
+                                                "no data-carrying shadow run")
+        else:
+            step.data.update(statements=sum(1 for e in out["events"] if e["event"] == "before"),
+                             revisionError=out.get("error"))
+            step.succeed("DataShadowUpgraded", "the pending revisions ran in the data-carrying shadow database, "
+                                               "each check counted right before its statement")
     return step.result
 
 

@@ -166,6 +166,8 @@ def shadow_upgrade(
         out["statementsDropped"] = log.dropped
     if synced is not None:
         out["versionTable"] = synced["versionTable"]
+        if "plan" in synced:
+            out["plan"] = synced["plan"]  # the data-carrying shadow runs the same plan (runner.inject.datarun)
     if workdir is not None:
         wd = Path(workdir)
         wd.mkdir(parents=True, exist_ok=True)
