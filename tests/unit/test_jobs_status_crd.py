@@ -129,7 +129,8 @@ def test_container_layouts_follow_the_architecture():
 
     assert layout(backup) == ([], [("backup", op)])
     assert layout(precheck) == ([("install-runner", op), ("shadow-server", op), ("prepare", op),
-                                 ("shadow-upgrade", app)], [("count", op)])
+                                 ("shadow-upgrade", app), ("data-prepare", op), ("data-upgrade", app)],
+                                [("count", op)])
     assert layout(migrate) == ([("install-runner", op)], [("migrate", app)])
     assert layout(verify) == ([], [("verify", op)])
     pre = precheck["spec"]["template"]["spec"]
@@ -139,6 +140,12 @@ def test_container_layouts_follow_the_architecture():
     sh = pre["initContainers"][3]
     assert sh["command"][:4] == ["python", "-m", "schemagate.runner.inject", "shadow-upgrade"]
     assert {"name": "PYTHONPATH", "value": "/schemagate"} in sh["env"]
+    dp, du = pre["initContainers"][4], pre["initContainers"][5]
+    assert dp["command"][:4] == ["schemagate", "precheck", "--phase", "data-prepare"]
+    assert dp["command"][dp["command"].index("--data-shadow-max-size") + 1] == m.precheck.data_shadow_max_size
+    assert du["command"][:4] == ["python", "-m", "schemagate.runner.inject", "data-upgrade"]
+    assert du["command"][du["command"].index("-c") + 1] == sh["command"][sh["command"].index("-c") + 1]
+    assert {"name": "PYTHONPATH", "value": "/schemagate"} in du["env"]
     assert pre["containers"][0]["command"][:4] == ["schemagate", "precheck", "--phase", "count"]
     mc = migrate["spec"]["template"]["spec"]["containers"][0]
     assert mc["command"][:4] == ["python", "-m", "schemagate.runner.inject", "migrate"]

@@ -132,15 +132,13 @@ def read_real(real_url: str, version_table: tuple[str | None, str] | None) -> di
 
 def restore_schema(admin_url: str, real_url: str, *, version_table: tuple[str | None, str] | None,
                    dump_dir: str | Path, shadow_version: str | None = None, timeout: float = 1800,
-                   archive: str | os.PathLike[str] | None = None, database: str | None = None,
-                   password: str | None = None) -> ShadowDatabase:
+                   archive: str | os.PathLike[str] | None = None,
+                   database: str | None = None, password: str | None = None) -> ShadowDatabase:
     """Restore the real database's schema into a new database on the shadow server whose superuser URL is
     ``admin_url`` (see the module docstring). ``dump_dir``: where the schema dump is written (and removed).
     ``archive``: a fresh ``pg_dump`` archive of the real database (the run's backup): its schema is restored
-    (``pg_restore --schema-only``), no second ``pg_dump``. ``database``: the shadow database's name (default the
-    real one's: a second shadow on the same server needs another); ``password``: the application role's password
-    on the shadow (default a new one; a second shadow keeps the first one's, whose URL stays valid).
-
+    (``pg_restore --schema-only``), no second ``pg_dump``. ``database``, ``password``: a second shadow's name and
+    the application role's password (default: the real name, a new password; a second shadow keeps the first's).
     Raises ``ShadowServerError`` (reason ``ShadowUnavailable``), ``AuthenticationFailed``/``DatabaseUnreachable``
     when the real database cannot be read naming the step that failed (dump, restore with the missing extension,
     a setting, an invalid index)."""
@@ -148,8 +146,7 @@ def restore_schema(admin_url: str, real_url: str, *, version_table: tuple[str | 
 
     t0 = time.monotonic()
     real = read_real(real_url, version_table)
-    name, role = database or real["database"], real["role"]
-    password = password or new_password()
+    name, role, password = database or real["database"], real["role"], password or new_password()
     admin = with_database(admin_url, "postgres")
     notes: list[str] = []
     with _connect(admin) as conn:
