@@ -22,6 +22,11 @@ Public API (the CLI's ``schemagate precheck`` calls these; all return a finished
         Kubernetes, init container (operator image): restore the real schema into the pod's throw-away server (or
         the explicit shadow database); writes ``workdir/prepare.json`` and the shadow-before snapshot.
 
+    data_prepare(url=None, url_env="DATABASE_URL", *, workdir, data_shadow_max_bytes=1Gi) -> StepResult
+        Kubernetes, init container (operator image) after shadow-upgrade: when the revisions change data, the
+        data-carrying shadow on the pod's server and ``data-queries.json`` for the injected ``data-upgrade``
+        (``runner.inject.datarun``), which counts each check right before its statement; else a quick no-op.
+
     count(url=None, url_env="DATABASE_URL", *, workdir, max_violations=0, user_checks=(), lint=True,
           lint_fail="none", statement_timeout="1h", derive=True) -> StepResult
         Kubernetes, main container (operator image), after ``python -m schemagate.runner.inject shadow-upgrade
@@ -29,7 +34,8 @@ Public API (the CLI's ``schemagate precheck`` calls these; all return a finished
         ``derive=False``: the only container of the Job, user checks only, no workdir needed.
 
 Workdir files (shared ``emptyDir`` between the containers): see docs/architecture.md (``shadow-server.json``,
-``prepare.json``, ``shadow-before.pickle``, ``shadow-upgrade.json``, ``shadow-done``; ``pending.sql``, the
+``prepare.json``, ``shadow-before.pickle``, ``shadow-upgrade.json``, ``data-shadow.json``, ``data-queries.json``,
+``data-counts.json``, ``shadow-done``; ``pending.sql``, the
 offline rendering an older injected runner wrote, is linted only when no statements were captured).
 ``shadow-upgrade.json`` (written by shadow-upgrade): ``{fromRevision, targetRevision, pending, applied,
 sqlError?, statements?, versionTable?}``; ``statements`` (optional) is the captured list described in
@@ -1207,7 +1213,8 @@ def count(
     ``derive=False`` (``spec.precheck.derive: false``: the Job has this one container, no shadow at all) counts
     only ``user_checks`` on the real database, read-only; ``workdir`` may then be None.
     ``accept_unevaluated`` as in :func:`precheck`; ``data_shadow_max_bytes`` is accepted for the same command
-    line but unused: these phases count by the name-based catalog diff (no statement-by-statement record)."""
+    line (the limit applies in :func:`data_prepare`, whose verdict ``count`` reports). When ``data-upgrade``
+    counted in a data-carrying shadow, the checks are judged from its record (:func:`replayed_checks`)."""
     opts = Options(max_violations=max_violations, lint=lint, lint_fail=lint_fail, statement_timeout=statement_timeout,
                    accept_unevaluated=tuple(accept_unevaluated), data_shadow_max_bytes=data_shadow_max_bytes,
                    derive=derive)
