@@ -15,7 +15,7 @@ Printed: seconds, MB/s (database size / total seconds), archive size, the full r
 verification share (what is left after the dump / total: the default overlaps the dump), and the ratio to the
 anchor. Goal: the default variant >= 1.5x the anchor's throughput, verification included.
 
-Usage: ``python bench/backup.py [--rows 1500000] [--reps 2]``.
+Usage: ``python bench/backup.py [--rows 1500000] [--reps 3]``.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_500_000)
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args(argv)
     variants: list[tuple[str, int]] = [(bk.DEFAULT_COMPRESS, 1), ("gzip", 1), ("none", 1), (bk.DEFAULT_COMPRESS, 2)]
     for extra in ("lz4", "zstd:1"):

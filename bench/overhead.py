@@ -16,7 +16,7 @@ Goals (issue "fast and gentle on production"): ``schemagate run`` <= 1.5x (pg_du
 executed <= 2 times; <= 4 database connections. Also printed (no goal): start-up time of ``schemagate --help`` and
 of importing each step's module, next to a bare ``python -c pass``.
 
-Usage: ``python bench/overhead.py [--reps 3]``.
+Usage: ``python bench/overhead.py [--reps 5]``.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     from schemagate.contract.dburl import libpq_url, with_database
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="schemagate-bench-overhead-"))
     results: dict[str, list[dict[str, float]]] = {"bare": [], "anchor": [], "schemagate run": []}
