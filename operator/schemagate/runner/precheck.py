@@ -555,7 +555,8 @@ def precheck(
     ``accept_unevaluated``: names of checks that may stay not evaluated without blocking
     (``spec.precheck.acceptUnevaluated``; any other is ``PrecheckIncomplete``). ``data_shadow_max_bytes``: the
     largest total size of the tables copied into the data-carrying shadow (``spec.precheck.dataShadow.maxSize``;
-    None: no limit); above it the step is blocked (``DataShadowTooLarge``) before anything is copied. Never
+    None: no limit); above it the step is blocked (``DataShadowTooLarge``) before anything is copied.
+    ``count_sessions``: sessions counting the derived checks in parallel on one snapshot (``Options``). Never
     raises: every error becomes the failed result through ``StepBoundary``."""
     opts = Options(max_violations=max_violations, lint=lint, lint_fail=lint_fail, statement_timeout=statement_timeout,
                    accept_unevaluated=tuple(accept_unevaluated), data_shadow_max_bytes=data_shadow_max_bytes,
