@@ -396,38 +396,16 @@ def _dump_streamed(conn: ClientEnv, partial: Path, spec: str, lock_wait: str, ti
         d.start()
     timer = threading.Timer(timeout, dump.kill)
     timer.start()
-    h, hashing, size, reader_gone, last_say = hashlib.sha256(), 0.0, 0, False, 0.0
-    assert dump.stdout is not None and reader.stdin is not None
-    for pipe in (dump.stdout, reader.stdin):  # 1 MiB pipes: fewer, larger reads and writes (Linux; else as is)
-        with contextlib.suppress(OSError, AttributeError):
-            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, chunk)
     try:
-        with open(partial, "wb") as f:
-            fd = dump.stdout.fileno()
-            while True:
-                b = os.read(fd, chunk)
-                if not b:
-                    break
-                f.write(b)
-                th = time.monotonic()
-                h.update(b)
-                hashing += time.monotonic() - th
-                size += len(b)
-                if not reader_gone:
-                    try:
-                        reader.stdin.write(b)
-                    except (BrokenPipeError, OSError):  # pg_restore stopped reading: its stderr says why
-                        reader_gone = True
-                if th - last_say > 0.2:
-                    say(f"pg_dump: {size / 1e6:.1f} MB written and read back")
-                    last_say = th
+        h, hashing, size = _tee(dump, reader, partial, chunk, say)
     except OSError as e:
         dump.kill()
         reader.kill()
         raise BackupFailed(f"cannot write {partial}: {e.strerror or e}") from e
     finally:
-        with contextlib.suppress(OSError):
-            reader.stdin.close()
+        if reader.stdin is not None:
+            with contextlib.suppress(OSError):
+                reader.stdin.close()
         dump.wait()
         dump_seconds = time.monotonic() - t0
         timer.cancel()
@@ -446,6 +424,35 @@ def _dump_streamed(conn: ClientEnv, partial: Path, spec: str, lock_wait: str, ti
     if on_disk != size:
         raise BackupFailed(f"{partial} holds {on_disk} bytes, {size} were written; the backup was removed")
     return _Streamed(h.hexdigest(), dump_seconds, read_seconds, hashing, size)
+
+
+def _tee(dump: subprocess.Popen[bytes], reader: subprocess.Popen[bytes], partial: Path, chunk: int,
+         say: Callable[[str], None]) -> tuple[Any, float, int]:
+    """Copy pg_dump's output to ``partial``, the sha256 and pg_restore's input until pg_dump closes it:
+    (the sha256 object, seconds spent hashing, bytes). Raises ``OSError`` when ``partial`` cannot be written; a
+    pg_restore that stopped reading is left to its exit status."""
+    assert dump.stdout is not None and reader.stdin is not None
+    for pipe in (dump.stdout, reader.stdin):  # 1 MiB pipes: fewer, larger reads and writes (Linux; else as is)
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, chunk)
+    h, hashing, size, reader_gone, last_say = hashlib.sha256(), 0.0, 0, False, 0.0
+    with open(partial, "wb") as f:
+        fd = dump.stdout.fileno()
+        while b := os.read(fd, chunk):
+            f.write(b)
+            th = time.monotonic()
+            h.update(b)
+            hashing += time.monotonic() - th
+            size += len(b)
+            if not reader_gone:
+                try:
+                    reader.stdin.write(b)
+                except OSError:  # BrokenPipeError: pg_restore stopped reading, its stderr says why
+                    reader_gone = True
+            if th - last_say > 0.2:
+                say(f"pg_dump: {size / 1e6:.1f} MB written and read back")
+                last_say = th
+    return h, hashing, size
 
 
 def _verify_archive(partial: Path, name: str, say: Callable[[str], None]) -> tuple[str, float, float]:

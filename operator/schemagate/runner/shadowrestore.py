@@ -150,19 +150,7 @@ def restore_schema(admin_url: str, real_url: str, *, version_table: tuple[str | 
     admin = with_database(admin_url, "postgres")
     notes: list[str] = []
     with _connect(admin) as conn:
-        present = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
-        for r in real["roles"]:
-            if r != role and r not in present:
-                conn.execute(f"CREATE ROLE {_q(r)} NOLOGIN")
-        bootstrap = conn.execute("SELECT current_user").fetchone()[0]
-        # one PBKDF2 iteration for the role's password (PostgreSQL 16+; default 4096): the iterations slow down
-        # guessing a weak password, and this one is 18 random bytes on a server that lives for one precheck;
-        # each of the shadow's connections as the role then saves ~2 ms of hashing on both sides
-        conn.execute("SELECT set_config('scram_iterations', '1', false) "
-                     "WHERE current_setting('server_version_num')::int >= 160000")
-        if role != bootstrap:  # the shadow's own superuser already is that role: keep its password
-            verb = "ALTER" if role in present else "CREATE"
-            conn.execute(f"{verb} ROLE {_q(role)} LOGIN SUPERUSER PASSWORD {_lit(password)}")
+        bootstrap = _create_roles(conn, real["roles"], role, password)
         opts = f" ENCODING {_lit(real['encoding'])} LC_COLLATE {_lit(real['collate'])} LC_CTYPE {_lit(real['ctype'])}"
         if name != "postgres":
             try:
@@ -196,6 +184,26 @@ def restore_schema(admin_url: str, real_url: str, *, version_table: tuple[str | 
         "extensions": ext, "invalidIndexes": [f"{i['schema']}.{i['name']}" for i in real["invalidIndexes"]],
         "versionTable": vt, "versionRows": real["versionRows"], "notes": notes}
     return ShadowDatabase(url=url, admin_url=admin_db, name=name, role=role, info=info)
+
+
+def _create_roles(conn: Any, roles: list[str], role: str, password: str) -> str:
+    """On the shadow (``conn``: its superuser): every role of the real server by name (NOLOGIN), the
+    application's ``role`` LOGIN SUPERUSER with ``password``; returns the shadow's bootstrap superuser (when it is
+    ``role`` already, its own password stays)."""
+    present = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
+    for r in roles:
+        if r != role and r not in present:
+            conn.execute(f"CREATE ROLE {_q(r)} NOLOGIN")
+    bootstrap = str(conn.execute("SELECT current_user").fetchone()[0])
+    # one PBKDF2 iteration for the role's password (PostgreSQL 16+; default 4096): the iterations slow down
+    # guessing a weak password, and this one is 18 random bytes on a server that lives for one precheck; each of
+    # the shadow's connections as the role then saves ~2 ms of hashing on both sides
+    conn.execute("SELECT set_config('scram_iterations', '1', false) "
+                 "WHERE current_setting('server_version_num')::int >= 160000")
+    if role != bootstrap:
+        verb = "ALTER" if role in present else "CREATE"
+        conn.execute(f"{verb} ROLE {_q(role)} LOGIN SUPERUSER PASSWORD {_lit(password)}")
+    return bootstrap
 
 
 def _finish_copy(admin_db: str, real: dict[str, Any], notes: list[str]) -> list[str]:
