@@ -136,3 +136,21 @@ def test_without_data_changes_the_data_steps_do_nothing(fresh_db: str, pod_shado
     same(job, cli)
     assert job.data["route"] == "real-database" and job.data["total"] == 1
     assert "plan" in json.loads((pod_shadow / "shadow-upgrade.json").read_text())
+
+
+def test_a_check_the_real_database_cannot_plan_is_counted_in_the_data_shadow(
+        fresh_db: str, pod_shadow: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No data changes, but the CHECK casts to a type the revision creates: the real database cannot count it
+    (the type is not there yet), so both paths count every check in the data-carrying shadow."""
+    ini = sql_project(tmp_path / "p", ["CREATE TABLE t (id int, m text, n int)"],
+                      ["CREATE TYPE mood AS ENUM ('ok', 'bad')",
+                       "ALTER TABLE t ADD CONSTRAINT t_m CHECK (m::mood IS NOT NULL)",
+                       "ALTER TABLE t ADD CONSTRAINT t_n CHECK (n > 0)"])
+    base(fresh_db, ini, "INSERT INTO t VALUES (1, 'ok', 1), (2, 'bad', -1)")
+    cli = precheck.precheck(Target(ini, "head", fresh_db, "DATABASE_URL"), lint=False)
+    assert cli.data["route"] == "data-shadow" and "could not be counted on the real database" in \
+        cli.data["derivationNote"], cli.data["derivationNote"]
+    job = phases(fresh_db, ini, pod_shadow, monkeypatch)
+    same(job, cli)
+    assert {c["name"]: (c["count"], c["evaluatedBy"]) for c in job.data["checks"]} == {
+        "t_m": (0, "data-shadow"), "t_n": (1, "data-shadow")}

@@ -966,7 +966,7 @@ def data_prepare(
     with StepBoundary(STEP) as step:
         url = resolve_url(url, url_env)
         wd = Path(workdir)
-        wanted = _data_route_wanted(wd)
+        wanted = _data_route_wanted(url, wd)
         if isinstance(wanted, str):
             step.succeed("DataShadowNotNeeded", wanted)
         else:
@@ -977,29 +977,58 @@ def data_prepare(
     return step.result
 
 
-def _data_route_wanted(wd: Path) -> tuple[stepwise.StepRecorder, list[Statement], ShadowUpgradeDoc,
-                                          PrepareInfo] | str:
-    """What the data route needs (the record, the statements, ``shadow-upgrade.json``, ``prepare.json``), or why
-    it is not taken (the same rule as the all-in-one precheck's: recorded checks, and the revisions change or read
-    data or create a routine)."""
+def _data_route_wanted(url: str, wd: Path) -> tuple[stepwise.StepRecorder, list[Statement], ShadowUpgradeDoc,
+                                                    PrepareInfo, list[str]] | str:
+    """What the data route needs (the record, the statements, ``shadow-upgrade.json``, ``prepare.json``, notes), or
+    why it is not taken. The same rule as the all-in-one precheck's: recorded checks, and the revisions change or
+    read data or create a routine, or a check cannot be counted on the real database (:func:`_refused_by_real`)."""
     if (wd / DOWNGRADE_FILE).exists():
         return "a downgrade was tried on the shadow: no data-carrying shadow"
     rec = _replay(wd)
     up = _shadow_upgrade_result(wd)
     statements = up.get("statements")
-    if rec is None or not isinstance(statements, list):
-        return "the shadow-upgrade container recorded no statements: no data-carrying shadow"
+    if rec is None or not isinstance(statements, list) or not rec.checks:
+        return "no statement-by-statement checks recorded: no data-carrying shadow"
     changed, _ = capture.dml_label(statements)
-    if not (rec.checks and (changed or stepwise.creates_routines(statements))):
-        return "the pending revisions change no data the checks depend on: no data-carrying shadow"
+    notes: list[str] = []
+    if not (changed or stepwise.creates_routines(statements)):
+        failed = _refused_by_real(url, rec)
+        if not failed:
+            return "the pending revisions change no data the checks depend on: no data-carrying shadow"
+        notes.append(f"{len(failed)} check(s) could not be counted on the real database ({failed[0].name}: "
+                     f"{failed[0].error}); every check was counted in the data-carrying shadow instead")
     info = _prepare_info(wd)
     if not info.get("adminUrl"):
         return "an explicit shadow database holds no second, data-carrying shadow"
-    return rec, statements, up, info
+    return rec, statements, up, info, notes
+
+
+def _refused_by_real(url: str, rec: stepwise.StepRecorder) -> list[Check]:
+    """The checks of the fast route (bound to the real database as ``count`` binds them) whose counting query
+    PostgreSQL refuses there (``EXPLAIN``, which parses and plans but scans nothing: an object the revisions
+    create other than a routine, e.g. a type a CHECK casts to), each with its ``error``; ``rec`` is left as it
+    was. The all-in-one precheck counts such checks in the data-carrying shadow (``_count_on_real_database``)."""
+    pristine = stepwise.save_checks(rec)
+    try:
+        failed = []
+        with _connect(url) as conn:
+            for c in stepwise.bind_all(rec.steps, rec.start, rec.origins, "real-database"):
+                for q in counting.plan_queries([c] if c.count is None else []):
+                    try:
+                        with conn.transaction(), conn.cursor() as cur:
+                            cur.execute("SET TRANSACTION READ ONLY")
+                            cur.execute("EXPLAIN " + q.sql)
+                    except Exception as e:  # noqa: BLE001 - any refusal marks the check
+                        c.error = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                        failed.append(c)
+        return failed
+    finally:
+        stepwise.restore_checks(rec, pristine)
 
 
 def _make_data_shadow(url: str, wd: Path, rec: stepwise.StepRecorder, statements: list[Statement],
-                      up: ShadowUpgradeDoc, info: PrepareInfo, max_bytes: int | None) -> dict[str, Any]:
+                      up: ShadowUpgradeDoc, info: PrepareInfo, notes: list[str], max_bytes: int | None
+                      ) -> dict[str, Any]:
     """The data-carrying shadow ``<name>_sg_data`` next to the schema shadow on the pod's server (the
     application's role keeps its password there), its rows, ``data-queries.json`` and ``data-shadow.json``
     (returned)."""
@@ -1025,7 +1054,7 @@ def _make_data_shadow(url: str, wd: Path, rec: stepwise.StepRecorder, statements
         queries = {"url": target.url, "plan": up.get("plan"), "versionTable": vt,
                    "steps": stepwise.data_queries(rec.steps, rec.origins)}
         (wd / DATA_QUERIES_FILE).write_text(json.dumps(queries), encoding="utf-8")
-        made = {"load": loaded, "seconds": round(time.monotonic() - t0, 3)}
+        made = {"load": loaded, "seconds": round(time.monotonic() - t0, 3), "notes": notes}
     (wd / DATA_SHADOW_FILE).write_text(json.dumps(made), encoding="utf-8")
     return made
 
@@ -1069,6 +1098,7 @@ def _data_route_checks(wd: Path, rec: stepwise.StepRecorder, made: dict[str, Any
     checks = counter.finish()
     notes.insert(0, _data_route_summary(made["load"], float(made.get("seconds") or 0) + float(doc.get("seconds") or 0),
                                         counter.stopped_at, data))
+    notes.extend(str(n) for n in made.get("notes") or [])
     return checks
 
 
