@@ -840,13 +840,13 @@ def _exit_now(code: int) -> None:
     down Alembic, SQLAlchemy and psycopg module by module takes ~50 ms, a tenth of a small run): the other
     non-daemon threads are joined and the ``atexit`` callbacks run (``weakref.finalize``, logging), stdout and
     stderr are flushed, then ``os._exit``. Everything the command opened (connections, throw-away servers,
-    temporary directories) it has closed itself by now."""
+    temporary directories) it has closed itself by now. The threads are ended as the interpreter itself ends them
+    (``threading._shutdown``: the hooks that wake idle ``concurrent.futures`` workers run first, then the
+    non-daemon threads are joined); joining them without those hooks waits forever for an idle worker."""
     import atexit
     import threading
 
-    for t in threading.enumerate():
-        if t is not threading.current_thread() and not t.daemon:
-            t.join()
+    getattr(threading, "_shutdown")()  # noqa: B009 - private, as the interpreter's own exit calls it
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

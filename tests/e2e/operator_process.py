@@ -48,6 +48,7 @@ class Operator:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log: IO[bytes] | None = None
         self.starts = 0
+        self.killed = False  # stop() had to SIGKILL: the process did not end on SIGTERM
 
     def _env(self) -> dict[str, str]:
         env = self.kube.env(dict(os.environ))
@@ -91,12 +92,14 @@ class Operator:
             self.proc.wait(10)
         self._closed()
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 15) -> None:
+        """SIGTERM, as the kubelet stops a pod; SIGKILL after ``grace`` seconds (``killed`` records it)."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(15)
+                self.proc.wait(grace)
             except subprocess.TimeoutExpired:
+                self.killed = True
                 self.proc.kill()
                 self.proc.wait(10)
         self._closed()

@@ -94,7 +94,8 @@ def test_a_clean_shutdown_hands_over_at_once(kube: Any, replicas: tuple[Operator
     first = _holder(kube, lease)
     b.start()
     kube.wait_for(lambda: "waiting for the leader Lease" in b.logs(), timeout=60, message="the standby to start")
-    a.stop()  # SIGTERM: Kopf stops, the Lease is released
+    a.stop(grace=120)  # SIGTERM: Kopf stops, the Lease is released, the process ends
+    assert not a.killed, "the operator did not exit after SIGTERM: " + a.logs()[-2000:]
     stopped = time.monotonic()
     kube.wait_for(lambda: _holder(kube, lease) not in ("", first), timeout=30, message="the standby to lead")
     assert time.monotonic() - stopped < LEASE_SECONDS  # no waiting for expiry
