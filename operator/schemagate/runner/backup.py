@@ -23,6 +23,11 @@
   while the sha256 of its files is computed in parallel. Recorded: path, format, compression, jobs, size, sha256 (of the file; of the sidecar's manifest for
   a directory), dump/verify durations. The sidecar is in ``sha256sum`` format (``sha256sum -c`` works from the
   backup directory): one line for a file, one per data file for a directory.
+- Private: a backup holds the whole database, so the archive and its sidecar are created readable by their
+  owner only (files ``0600``; pg_dump's directory format runs under umask ``077``: its directory ``0700``, files
+  ``0600``), and a backup directory this step creates is ``0700``. An existing backup directory keeps its mode
+  (in Kubernetes the volume's, group-owned by the pod's ``fsGroup``; the restore and rehearse Jobs read the
+  backups as the same user, 10001).
 - Retention: the newest ``keep`` backups of this database (files and directories alike) are kept; the one just
   made is never removed.
 - ``verify_backup(path)`` re-checks an existing backup (sha256 sidecar and full read).
@@ -72,6 +77,14 @@ DEFAULT_COMPRESS = "gzip:1"  # measured: bench/backup.py (module docstring)
 COMPRESS_METHODS = ("gzip", "lz4", "zstd", "none")
 _COMPRESS = re.compile(r"(?P<method>gzip|lz4|zstd|none)(:(level=)?(?P<level>\d{1,2}))?|(?P<digit>\d)")
 MAX_JOBS = 64
+FILE_MODE = 0o600  # archive and sidecar: the owner only (they hold the whole database)
+DIR_MODE = 0o700  # a backup directory this step creates
+DUMP_UMASK = 0o077  # pg_dump --format=directory: its directory 0700, its files 0600
+
+
+def _private(path: str, flags: int) -> int:
+    """``open``'s opener creating ``path`` with mode :data:`FILE_MODE` (not readable by group or others)."""
+    return os.open(path, flags, FILE_MODE)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -299,9 +312,12 @@ def _options(keep: int, jobs: int, lock_wait_timeout: str, compress: str | None)
 
 
 def _destination(bdir: Path, database: str) -> Path:
-    """``<bdir>/<database>-<UTC time>.dump`` after checking that ``bdir`` exists (created) and is writable."""
+    """``<bdir>/<database>-<UTC time>.dump`` after checking that ``bdir`` exists (created with mode 0700) and is
+    writable."""
     try:
-        bdir.mkdir(parents=True, exist_ok=True)
+        if not bdir.is_dir():  # created here: 0700 (an existing directory keeps its mode)
+            bdir.mkdir(parents=True, mode=DIR_MODE, exist_ok=True)
+            os.chmod(bdir, DIR_MODE)
     except OSError as e:
         raise InvalidInput(f"--backup-dir: cannot create {bdir}: {e.strerror}", field="--backup-dir") from e
     if not os.access(bdir, os.W_OK):
@@ -322,7 +338,8 @@ def _pg_dump(conn: ClientEnv, partial: Path, fmt: str, spec: str, jobs: int, loc
         args.append(f"--jobs={jobs}")
     args += ["--dbname", conn.conninfo]
     t0 = time.monotonic()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=conn.env)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=conn.env,
+                            umask=DUMP_UMASK)
     stderr_box: list[str] = []
     reader = threading.Thread(target=lambda: stderr_box.append(proc.stderr.read() if proc.stderr else ""))
     reader.start()
@@ -436,7 +453,7 @@ def _tee(dump: subprocess.Popen[bytes], reader: subprocess.Popen[bytes], partial
         with contextlib.suppress(OSError, AttributeError):
             fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, chunk)
     h, hashing, size, reader_gone, last_say = hashlib.sha256(), 0.0, 0, False, 0.0
-    with open(partial, "wb") as f:
+    with open(partial, "wb", opener=_private) as f:
         fd = dump.stdout.fileno()
         while b := os.read(fd, chunk):
             f.write(b)
@@ -488,7 +505,7 @@ def _publish(partial: Path, side_tmp: Path, final: Path, text: str) -> tuple[str
     digest = digest_of(partial, text)
     size = _size(partial)
     try:
-        with open(side_tmp, "w", encoding="utf-8") as f:
+        with open(side_tmp, "w", encoding="utf-8", opener=_private) as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
