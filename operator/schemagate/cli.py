@@ -487,9 +487,9 @@ def _size(option: str) -> Callable[[str], int]:
         from schemagate.contract.sizes import parse_size
 
         try:
-            return parse_size(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(f"{option}: {e}") from e
+            return parse_size(text, field=option)
+        except ValueError as e:  # InvalidInput, naming the option and the value
+            raise argparse.ArgumentTypeError(str(e)) from e
     return parse
 
 

@@ -122,12 +122,12 @@ def test_exclusion_sql_uses_each_operator() -> None:
 
 
 @pytest.mark.parametrize(("text", "size"), [("1Gi", 2**30), ("512Mi", 512 * 2**20), ("2G", 2 * 10**9),
-                                            ("100MB", 10**8), ("4096", 4096), (4096, 4096)])
+                                            ("100M", 10**8), ("1Ki", 1024), ("4096", 4096), (4096, 4096)])
 def test_parse_size(text: str | int, size: int) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "1 gib", "-5", "0", "1.5.2Gi"])
+@pytest.mark.parametrize("text", ["", "1 gib", "-5", "0", "1.5.2Gi", "100MB", "1ki"])
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="size"):
         parse_size(text)
