@@ -174,3 +174,37 @@ def test_other_tables_named_like_a_version_column_do_not_confuse_the_plan(fresh_
     result, runs = _run_probe(fresh_db, tmp_path)
     assert result["reason"] == "Verified" and result["data"]["applied"] == [], result
     assert sum(runs.values()) == 0, runs
+
+
+@pytest.mark.parametrize("command", ["precheck", "run"])
+@pytest.mark.parametrize("elsewhere", ["same", "other"])
+def test_an_env_py_that_ignores_the_url_it_is_given_changes_nothing(make_db, tmp_path, command: str,
+                                                                     elsewhere: str) -> None:
+    """env.py reads its own variable first (here PROBE_APP_DB), so in the precheck's shadow run it connects to the
+    real database (``same``) or to another one (``other``) instead of the shadow: WrongDatabase, found inside that
+    env.py run before any revision ran, and no database changes."""
+    real = make_db()
+    other = make_db() if elsewhere == "other" else real
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "operator"), DATABASE_URL=real, PROBE_APP_DB=other,
+               SCHEMAGATE_NO_EMBEDDED="1")
+    args = ["-m", "schemagate.cli", command, "-c", str(PROBE), "--json"]
+    if command == "run":
+        args += ["--backup-dir", str(tmp_path / "backups")]
+    p = run_module(args, env)
+    result = json.loads(p.stdout)
+    assert p.returncode != 0 and result["reason"] == "WrongDatabase", result
+    assert "env.py connected to" in result["message"] and "sqlalchemy.url" in result["message"], result["message"]
+    assert version(real) is None and version(other) is None  # nothing applied anywhere
+    assert query(real, "SELECT to_regclass('probe_items') IS NULL") == [(True,)]
+
+
+def test_migrate_refuses_an_env_py_that_migrates_another_database(make_db) -> None:
+    """``schemagate migrate`` (no shadow run before it): env.py connects to another database than the one the
+    advisory lock is held on: WrongDatabase before any revision runs."""
+    real, other = make_db(), make_db()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "operator"), DATABASE_URL=real, PROBE_APP_DB=other,
+               SCHEMAGATE_NO_EMBEDDED="1")
+    p = run_module(["-m", "schemagate.cli", "migrate", "-c", str(PROBE), "--json"], env)
+    result = json.loads(p.stdout)
+    assert p.returncode != 0 and result["reason"] == "WrongDatabase", result
+    assert version(real) is None and version(other) is None

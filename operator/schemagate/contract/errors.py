@@ -9,7 +9,8 @@ field, file or check) it is about. Messages are redacted when the error is made:
     ├── InvalidInput                            InvalidInput          user        an option/field/file is wrong; nothing changed
     │   ├── UnknownRevision                     UnknownRevision       user        target or database revision not in the scripts
     │   ├── MultipleHeads                       MultipleHeads         user        several heads where one is needed
-    │   └── DowngradeNotAllowed                 DowngradeNotAllowed   user        target below the database, downgrade not allowed
+    │   ├── DowngradeNotAllowed                 DowngradeNotAllowed   user        target below the database, downgrade not allowed
+    │   └── WrongDatabase                       WrongDatabase         user        env.py connected elsewhere than told; nothing applied
     ├── AuthenticationFailed                    AuthenticationFailed  user        credentials rejected (SQLSTATE 28P01/28000)
     ├── MigrationFailed(revision, statement)    MigrationFailed       user        a revision failed; the database stays at the previous one
     ├── BackupFailed                            BackupFailed          database    pg_dump failed
@@ -114,6 +115,14 @@ class DowngradeNotAllowed(InvalidInput):
     (``--allow-downgrade`` / ``spec.allowDowngrade``). Nothing was changed."""
 
     reason = "DowngradeNotAllowed"
+
+
+class WrongDatabase(InvalidInput):
+    """The application's env.py connected to another database than the one schemagate gave it (``sqlalchemy.url``
+    and the ``--database-url-env`` variable): found inside env.py's own run, before any revision ran there, so
+    nothing was applied. Its URL must come from one of those two."""
+
+    reason = "WrongDatabase"
 
 
 class AuthenticationFailed(SchemagateError):

@@ -75,6 +75,7 @@ from schemagate.contract.errors import (
     PrecheckIncomplete,
     ShadowUnavailable,
     StepBoundary,
+    WrongDatabase,
     error_text,
     translate,
 )
@@ -92,7 +93,7 @@ from schemagate.contract.stepresult import (
 from schemagate.contract.target import Target
 from schemagate.libpq import Connection, connect, shared_connections
 from schemagate.runner import shadowrestore
-from schemagate.runner.inject.apply import UnexpectedCurrent, render_sql, upgrade
+from schemagate.runner.inject.apply import UnexpectedCurrent, render_sql, server_identity, upgrade
 from schemagate.runner.inject.capture import capture_statements
 from schemagate.runner.inject.config import (
     isolated_imports,
@@ -714,6 +715,7 @@ def _run_in_shadow(target: Target, sh: Shadow, vt: Mapping[str, Any], notes: lis
     log = capture.StatementLog(version_table=vt["name"])
     with _connect(sh.url) as sconn, sconn.cursor() as scur:
         rec = stepwise.StepRecorder(catalog.id_snapshot(scur))
+        shadow_server = server_identity(sconn)  # env.py must connect there: never to the real database
 
     def on_revision(rev: str) -> None:
         log.on_revision(rev)
@@ -722,7 +724,9 @@ def _run_in_shadow(target: Target, sh: Shadow, vt: Mapping[str, Any], notes: lis
     try:
         with capture_statements(log), rec.listening():
             up = upgrade(target.on(sh.url), lock_timeout=None, statement_timeout=None, on_revision=on_revision,
-                         planned=p, expect_current=True)  # no second plan on the shadow
+                         planned=p, expect_current=True, expect_server=shadow_server)  # no second plan there
+    except WrongDatabase:
+        raise
     except UnexpectedCurrent as e:
         if p.get("source") == "catalog":
             raise _CatalogPlanWrong from e
@@ -784,12 +788,16 @@ def _count_in_data_shadow(target: Target, shadow_url: str | None, rec: stepwise.
     try:
         with _connect(_url(target)) as real_conn, _connect(dsh.url) as data_conn:
             loaded = stepwise.load_rows(real_conn, data_conn, rec.start, relids, max_bytes)
+            data_server = server_identity(data_conn)
         counter = stepwise.DataCounter(rec.steps, rec.origins)
         try:
             with counter.listening():
-                upgrade(target.on(dsh.url), lock_timeout=None, statement_timeout=None, planned=p, expect_current=True)
+                upgrade(target.on(dsh.url), lock_timeout=None, statement_timeout=None, planned=p, expect_current=True,
+                        expect_server=data_server)
         except UnexpectedCurrent as e:
             raise shadow_mismatch(e, p) from e
+        except WrongDatabase:
+            raise
         except Exception as e:  # noqa: BLE001 - a failing revision is a result here, not an error
             lost = translate(e)
             if isinstance(lost, DatabaseUnreachable) and lost.outcome == Outcome.TRANSIENT_ERROR:

@@ -19,6 +19,7 @@ from schemagate.contract.errors import (
     DatabaseUnreachable,
     MigrationFailed,
     Transient,
+    WrongDatabase,
     error_text,
     translate,
 )
@@ -67,6 +68,44 @@ def render_sql(cfg: Config, script: ScriptDirectory, current: str | Sequence[str
     return buf.getvalue()
 
 
+# Which server and database a session is on, whatever route it took (host name, socket, a connection pooler):
+# the database, the server's port and its postmaster's start time (as epoch text: independent of the session's
+# TimeZone and DateStyle). https://www.postgresql.org/docs/current/functions-info.html
+SERVER_IDENTITY_SQL = ("SELECT current_database(), current_setting('port'), "
+                       "extract(epoch FROM pg_postmaster_start_time())::text")
+
+ServerIdentity = tuple[str, str, str]
+
+
+def server_identity(conn: Any) -> ServerIdentity:
+    """``(database, port, postmaster start epoch)`` of the session ``conn``: a SQLAlchemy ``Connection`` or a
+    DB-API connection. Two sessions on the same database of the same server give equal identities."""
+    if hasattr(conn, "exec_driver_sql"):
+        row = conn.exec_driver_sql(SERVER_IDENTITY_SQL).first()
+    else:
+        cur = conn.cursor()
+        try:
+            cur.execute(SERVER_IDENTITY_SQL)
+            row = cur.fetchone()
+        finally:
+            cur.close()
+    return (str(row[0]), str(row[1]), str(row[2]))
+
+
+def _check_server(context: Any, expected: ServerIdentity) -> None:
+    """Raise ``WrongDatabase`` when env.py's migration context is connected elsewhere than ``expected``."""
+    got = server_identity(context.connection)
+    if got != expected:
+        same_server = got[1:] == expected[1:]
+        where = f"database {got[0]!r} of the same server" if same_server else \
+            f"database {got[0]!r} of another server (port {got[1]})"
+        raise WrongDatabase(
+            f"the application's env.py connected to {where}, not to database {expected[0]!r} it was given in "
+            f"sqlalchemy.url and the --database-url-env variable (spec.migrations.databaseUrlEnv; default "
+            f"DATABASE_URL); nothing was applied. env.py must take its URL from "
+            f"config.get_main_option('sqlalchemy.url') or from that variable", field="env.py")
+
+
 def _given(duration: str | None) -> str | None:
     """A duration as the user gave it (for results), None when not given."""
     return duration.strip() if duration and duration.strip() else None
@@ -85,12 +124,14 @@ _NOT_CHECKED = object()
 
 
 def _tracking(script: ScriptDirectory, target: str, state: dict[str, Any],
-              on_revision: Callable[[str], None] | None, expect_current: Any = _NOT_CHECKED
-              ) -> Callable[[Any, Any], Any]:
+              on_revision: Callable[[str], None] | None, expect_current: Any = _NOT_CHECKED,
+              expect_server: ServerIdentity | None = None) -> Callable[[Any, Any], Any]:
     """The ``fn`` of the EnvironmentContext: Alembic's own upgrade steps (``_upgrade_revs``, as ``alembic.command
     .upgrade``), each migration function wrapped to record the revision running (``state["running"]``).
     ``expect_current``: the version rows expected (``join_revisions`` form); others raise ``UnexpectedCurrent``
-    before any step runs (the heads Alembic passes are the ones it read through env.py's connection)."""
+    before any step runs (the heads Alembic passes are the ones it read through env.py's connection).
+    ``expect_server``: the session env.py opened must be on that database (``server_identity``), else
+    ``WrongDatabase`` before any step runs."""
 
     def wrap(rev_id: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -107,6 +148,8 @@ def _tracking(script: ScriptDirectory, target: str, state: dict[str, Any],
 
     def upgrade_fn(rev: Any, context: Any) -> Any:
         state["versionTable"] = {"schema": context.version_table_schema, "name": context.version_table}
+        if expect_server is not None and context.connection is not None:
+            _check_server(context, expect_server)
         if expect_current is not _NOT_CHECKED:
             current = join_revisions(split_revisions(rev))
             if current != expect_current:
@@ -151,12 +194,15 @@ def upgrade(
     on_revision: Callable[[str], None] | None = None,
     planned: Plan | None = None,
     expect_current: bool = False,
+    expect_server: ServerIdentity | None = None,
 ) -> UpgradeResult:
     """Apply the pending revisions up to ``t.revision`` on the database of ``t`` (see module docstring).
     ``planned``: the plan of this database, computed by the caller just before (``revisions.plan`` or
     ``plan_from_catalog``), so env.py is not run again to plan. ``expect_current``: the same env.py run checks
     first that it reads ``planned``'s current revision (``planned`` is another database's: the precheck's shadow
     runs the real database's plan; or a plan not made through env.py): ``UnexpectedCurrent``, nothing applied.
+    ``expect_server``: the database env.py must connect to (``server_identity`` of a session the caller opened
+    with ``t``'s URL): another one is ``WrongDatabase``, raised before any revision runs there.
     The result names the version table env.py's migration context used (``contextVersionTable``: ``{"schema",
     "name"}``) when env.py ran."""
     lt = durations.to_postgres(lock_timeout, "--lock-timeout")
@@ -184,10 +230,11 @@ def upgrade(
     state: dict[str, Any] = {"running": None, "done": []}
     try:
         with session_environment(url, url_env, lt, st):
-            fn = _tracking(script, p["target"], state, on_revision, p["current"] if expect_current else _NOT_CHECKED)
+            fn = _tracking(script, p["target"], state, on_revision, p["current"] if expect_current else _NOT_CHECKED,
+                           expect_server)
             with EnvironmentContext(cfg, script, fn=fn, as_sql=False, starting_rev=None, destination_rev=p["target"]):
                 script.run_env()
-    except UnexpectedCurrent:
+    except (UnexpectedCurrent, WrongDatabase):
         raise
     except Exception as e:  # the application's revisions and env.py may raise anything
         after, known = _current_after_failure(t, patient=_transient(e))

@@ -34,7 +34,7 @@ from schemagate.contract.redact import redact
 from schemagate.contract.stepresult import Outcome, Plan, StepResult, UpgradeResult
 from schemagate.contract.target import Target
 from schemagate.runner.inject import leftovers
-from schemagate.runner.inject.apply import UnexpectedCurrent, upgrade
+from schemagate.runner.inject.apply import ServerIdentity, UnexpectedCurrent, server_identity, upgrade
 from schemagate.runner.inject.config import (
     DEFAULT_LOCK_TIMEOUT,
     isolated_imports,
@@ -146,6 +146,7 @@ class _Run:
     planned: Plan | None = None  # the plan made under the lock: the first attempt does not plan again
     lock_session: Callable[[], Any] | None = None  # where the advisory lock's connection comes from
     lock: HeldLock | None = None
+    server: ServerIdentity | None = None  # the database the lock is held on: env.py must migrate that one
     pending: list[str] | None = None  # what was pending when the lock was first held
 
     @property
@@ -170,7 +171,7 @@ def _attempt(run: _Run, attempt: int) -> UpgradeResult:
             planned = run.planned if attempt == 1 else None
             try:  # env.py checks that it reads the planned version rows before applying anything
                 return upgrade(run.target, run.lock_timeout, run.statement_timeout, on_revision=on_revision,
-                               planned=planned, expect_current=planned is not None)
+                               planned=planned, expect_current=planned is not None, expect_server=run.server)
             except UnexpectedCurrent as e:  # the plan's version rows are not the ones env.py reads: plan with it
                 run.say(f"env.py reads revision {e.current or 'base'}, not the planned "
                         f"{e.expected or 'base'}: planning again through env.py")
@@ -182,7 +183,7 @@ def _attempt(run: _Run, attempt: int) -> UpgradeResult:
                 run.pending = list(fresh["pending"])
                 run.data["fromRevision"] = run.data["toRevision"] = run.planned["current"]
                 return upgrade(run.target, run.lock_timeout, run.statement_timeout, on_revision=on_revision,
-                               planned=run.planned)
+                               planned=run.planned, expect_server=run.server)
     except (LockTimeout, MigrationFailed):
         run.cleanup.look()
         run.cleanup.committed_before(run.cleanup.builds.revision)  # the revision running when it failed
@@ -318,6 +319,7 @@ def _under_lock(run: _Run, lock_wait: float, sleep: Callable[[float], None], del
             LockWaitWatcher(run.url, interval=_poll_interval(run.data["lockTimeout"]),
                             connect_after=_watch_after(run.data["lockTimeout"])) as watcher:
         run.lock = held
+        run.server = server_identity(held.conn)
         try:
             earlier = run.planned
             if earlier is not None and _version_rows(held.conn, earlier) == earlier["current"]:

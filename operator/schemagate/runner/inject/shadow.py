@@ -16,7 +16,7 @@ from schemagate.contract.errors import Actor, InvalidInput, ShadowUnavailable
 from schemagate.contract.sqlkind import StatementLog
 from schemagate.contract.stepresult import Plan, ShadowUpgradeDoc, VersionTable
 from schemagate.contract.target import Target
-from schemagate.runner.inject.apply import UnexpectedCurrent, upgrade
+from schemagate.runner.inject.apply import UnexpectedCurrent, server_identity, upgrade
 from schemagate.runner.inject.capture import capture_statements
 from schemagate.runner.inject.config import engine_for, isolated_imports
 from schemagate.runner.inject.revisions import plan
@@ -152,13 +152,20 @@ def shadow_upgrade(
         state["revision"] = rev
         log.on_revision(rev)
 
+    eng = engine_for(url)
+    try:
+        with eng.connect() as conn:
+            shadow_server = server_identity(conn)  # env.py must connect there: never to the real database
+    finally:
+        eng.dispose()
     with capture_statements(StatementLog(version_table=version_table)) as log, \
             record_snapshots(url, workdir, state):
         try:
             out: ShadowUpgradeDoc = {**upgrade(target.on(url), lock_timeout, statement_timeout,
                                                on_revision=on_revision,
                                                planned=synced.get("plan") if synced is not None else None,
-                                               expect_current=synced is not None)}
+                                               expect_current=synced is not None,
+                                               expect_server=shadow_server)}
         except UnexpectedCurrent as e:
             raise not_faithful(e.current, e.expected, synced["versionTable"] if synced else None) from e
     out["statements"] = log.statements

@@ -29,8 +29,9 @@ target_metadata = None
 
 
 def database_url() -> str:
-    # sqlalchemy.url first: schemagate's runner sets it (and the variable it was told to use) to the target
-    url = config.get_main_option("sqlalchemy.url") or os.environ.get("DATABASE_URL")
+    # sqlalchemy.url first: schemagate's runner sets it (and the variable it was told to use) to the target;
+    # PROBE_APP_DB (tests only) plays an env.py that reads its own variable first and ignores both
+    url = os.environ.get("PROBE_APP_DB") or config.get_main_option("sqlalchemy.url") or os.environ.get("DATABASE_URL")
     if not url:
         raise RuntimeError("set DATABASE_URL to postgresql://user:password@host:port/database")
     scheme, _, rest = url.partition("://")
