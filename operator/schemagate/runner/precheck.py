@@ -102,6 +102,7 @@ from schemagate.runner.inject.config import (
     session_environment,
 )
 from schemagate.runner.inject.downgrade import DOWNGRADE_FILE
+from schemagate.runner.inject.leftovers import ShadowRetry, shadow_note
 from schemagate.runner.inject.revisions import confirm, plan, plan_without_env
 from schemagate.runner.inject.shadow import ShadowMismatch, not_faithful, version_table_of
 from schemagate.runner.shadowserver import ShadowServer
@@ -606,7 +607,9 @@ def _throwaway(server: ShadowServer | None, wanted: bool, shadows: list[Shadow])
 
 def _with_notes(result: StepResult, notes: list[str]) -> StepResult:
     """``result`` with ``notes`` (what happened on the way: shadow clean-up, dropped statements) appended to
-    ``data.derivationNote``."""
+    ``data.derivationNote``; the leftovers the shadow run dropped (``data.leftovers``) to the message."""
+    if result.data.get("leftovers"):
+        result.message = f"{result.message}; {shadow_note(result.data['leftovers'])}"
     if notes:
         result.data["derivationNote"] = "; ".join(filter(None, [result.data.get("derivationNote"), *notes]))
     return result
@@ -692,7 +695,7 @@ def _derive_and_count(target: Target, p: Plan, shadow_url: str | None, users: li
     sh = make_shadow(_url(target), shadow_url, version_table=vt, server=server, schema_archive=schema_archive)
     shadows.append(sh)
     data["shadow"] = _shadow_summary(sh)
-    rec, statements, up = _run_in_shadow(target, sh, vt, notes, p)
+    rec, statements, up = _run_in_shadow(target, sh, vt, notes, p, data)
     changed, _ = capture.dml_label(statements)
     if rec.checks and (changed or stepwise.creates_routines(statements)):
         derived = _count_in_data_shadow(target, shadow_url, rec, statements, opts.data_shadow_max_bytes, data, notes,
@@ -705,14 +708,18 @@ def _derive_and_count(target: Target, p: Plan, shadow_url: str | None, users: li
 
 
 def _run_in_shadow(target: Target, sh: Shadow, vt: Mapping[str, Any], notes: list[str],
-                   p: Plan) -> tuple[stepwise.StepRecorder, list[Statement], UpgradeResult]:
+                   p: Plan, data: dict[str, Any] | None = None,
+                   ) -> tuple[stepwise.StepRecorder, list[Statement], UpgradeResult]:
     """Apply the pending revisions to the shadow on the real database's plan ``p`` (env.py checks there that the
     shadow holds the same current revision: ``ShadowMismatch``; a plan from the catalog is confirmed here,
     ``revisions.confirm``, or ``_CatalogPlanWrong``), capturing every statement and an identity snapshot after
     each (``stepwise.StepRecorder``): ``(recorder, statements, upgrade result)``. A failure is the migration's own
     (``translate``d, re-raised with what it means). The one env.py run of the precheck: the lint reads the
-    statements captured here, nothing is rendered offline."""
+    statements captured here, nothing is rendered offline. A build that fails on an INVALID index of its own
+    name (an earlier attempt's leftover) is handled as migrate handles it (``ShadowRetry``: dropped, run again;
+    ``data.leftovers``)."""
     log = capture.StatementLog(version_table=vt["name"])
+    retry = ShadowRetry(sh.url)
     with _connect(sh.url) as sconn, sconn.cursor() as scur:
         rec = stepwise.StepRecorder(catalog.id_snapshot(scur))
         shadow_server = server_identity(sconn)  # env.py must connect there: never to the real database
@@ -720,11 +727,15 @@ def _run_in_shadow(target: Target, sh: Shadow, vt: Mapping[str, Any], notes: lis
     def on_revision(rev: str) -> None:
         log.on_revision(rev)
         rec.on_revision(rev)
+        retry.builds.on_revision(rev)
+
+    def attempt(first: bool) -> UpgradeResult:  # no second plan on the shadow, but after a leftover was dropped
+        return upgrade(target.on(sh.url), lock_timeout=None, statement_timeout=None, on_revision=on_revision,
+                       planned=p if first else None, expect_current=first, expect_server=shadow_server)
 
     try:
         with capture_statements(log), rec.listening():
-            up = upgrade(target.on(sh.url), lock_timeout=None, statement_timeout=None, on_revision=on_revision,
-                         planned=p, expect_current=True, expect_server=shadow_server)  # no second plan there
+            up = retry.run(attempt, log)
     except WrongDatabase:
         raise
     except UnexpectedCurrent as e:
@@ -746,7 +757,15 @@ def _run_in_shadow(target: Target, sh: Shadow, vt: Mapping[str, Any], notes: lis
     if log.dropped:
         notes.append(f"{log.dropped} statement(s) of the shadow run were not recorded")
     rec.mark_present()
+    _say_leftovers(retry, data)
     return rec, [s.copy() for s in log.statements], up
+
+
+def _say_leftovers(retry: ShadowRetry, data: dict[str, Any] | None) -> None:
+    """The shadow run's dropped leftovers in ``data.leftovers`` (still on the real database; the message names
+    them, ``_with_notes``)."""
+    if retry.dropped and data is not None:
+        data["leftovers"] = retry.found()
 
 
 def _count_on_real_database(target: Target, shadow_url: str | None, rec: stepwise.StepRecorder,

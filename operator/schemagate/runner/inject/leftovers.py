@@ -21,21 +21,22 @@ case).
 
 Public API: ``IndexBuild``, ``Leftover``, ``parse_index_build(sql, revision=None) -> IndexBuild | None``,
 ``IndexBuilds`` (``watch()``, ``on_revision(rev)``, ``add_sql(text)``, ``builds``, ``committed_by(rev)``), ``find(url,
-builds) -> [Leftover]``, ``drop(url, leftovers, lock_timeout) -> None``, ``is_duplicate_relation(exc)``.
+builds) -> [Leftover]``, ``drop(url, leftovers, lock_timeout) -> None``, ``is_duplicate_relation(exc)``,
+``ShadowRetry`` (the same handling in a shadow: what migrate will do, predicted by the precheck).
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from schemagate.contract.errors import sqlstate
-from schemagate.contract.sqlkind import classify
+from schemagate.contract.sqlkind import StatementLog, classify
 from schemagate.runner.inject.config import engine_for
 
 _IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
@@ -181,20 +182,27 @@ ORDER BY 1, 3
 """
 
 
-def _leftovers_of(conn: sa.Connection, b: IndexBuild) -> list[Leftover]:
+Rows = Callable[[str, dict[str, Any]], Sequence[Any]]
+
+
+def _rows_on(conn: sa.Connection) -> Rows:
+    return lambda sql, params: conn.execute(sa.text(sql), params).all()
+
+
+def _leftovers_of(conn: sa.Connection | Rows, b: IndexBuild) -> list[Leftover]:
+    rows_of = _rows_on(conn) if isinstance(conn, sa.Connection) else conn
     if b.kind == "create":
-        rows = conn.execute(sa.text(_INVALID_SQL.format(where="ic.relname = :index AND t.relname = :table")),
-                            {"index": b.index, "table": b.table, "schema": b.schema}).all()
+        rows = rows_of(_INVALID_SQL.format(where="ic.relname = :index AND t.relname = :table"),
+                       {"index": b.index, "table": b.table, "schema": b.schema})
         return [Leftover(r[0], r[1], r[2], b.revision) for r in rows[:1]]
     if b.kind == "reindex-index":
-        rows = conn.execute(sa.text(_INVALID_SQL.format(
+        rows = rows_of(_INVALID_SQL.format(
             where="i.indrelid IN (SELECT x.indrelid FROM pg_index x JOIN pg_class xc ON xc.oid = x.indexrelid "
                   "JOIN pg_namespace xn ON xn.oid = xc.relnamespace WHERE xc.relname = :index "
-                  "AND (CAST(:schema AS text) IS NULL OR xn.nspname = :schema))")),
-            {"index": b.index, "schema": b.schema}).all()
+                  "AND (CAST(:schema AS text) IS NULL OR xn.nspname = :schema))"),
+            {"index": b.index, "schema": b.schema})
     else:
-        rows = conn.execute(sa.text(_INVALID_SQL.format(where="t.relname = :table")),
-                            {"table": b.table, "schema": b.schema}).all()
+        rows = rows_of(_INVALID_SQL.format(where="t.relname = :table"), {"table": b.table, "schema": b.schema})
     out = []
     for r in rows:
         m = _REINDEX_LEFTOVER.fullmatch(r[2])
@@ -245,3 +253,84 @@ def drop(url: str, leftovers: Sequence[Leftover], lock_timeout: str | None) -> N
 def is_duplicate_relation(exc: BaseException) -> bool:
     """True when ``exc`` is PostgreSQL's "relation ... already exists" (SQLSTATE 42P07, duplicate_table)."""
     return sqlstate(exc) == "42P07"
+
+
+T = TypeVar("T")
+
+
+class ShadowRetry:
+    """The handling of ``migrate`` for a build that fails on its own leftover, done in a shadow database (the
+    precheck's throw-away copies, which hold the real database's INVALID indexes under their names): when the
+    pending revisions' run fails with "already exists" (``is_duplicate_relation``) and ``find`` names INVALID
+    indexes of the builds that run executed, they are dropped (``DROP INDEX CONCURRENTLY``) and the run is made
+    again, once, from where the shadow stands, as ``migrate`` does on the real database. The queries go through
+    the driver connection (``Engine.raw_connection``), so the statement listeners of the shadow run (capture,
+    snapshots, counting) see neither the look-up nor the drop.
+
+    ``builds``: the index builds seen (tag them through ``builds.on_revision``); ``dropped``: what was dropped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.builds = IndexBuilds()
+        self.dropped: list[Leftover] = []
+
+    def run(self, attempt: Callable[[bool], T], log: StatementLog | None = None,
+            before_again: Callable[[], None] | None = None) -> T:
+        """``attempt(True)``; on a failure that the builds' leftovers explain, drop them, forget the failed build in
+        ``log`` (the statements captured: the build runs again), call ``before_again`` (reset what else the failed
+        run recorded) and return ``attempt(False)`` (its errors propagate). Raises the first attempt's error
+        otherwise."""
+        with self.builds.watch():
+            try:
+                return attempt(True)
+            except Exception as e:
+                if not is_duplicate_relation(e) or not self._drop_found():
+                    raise
+        if log is not None and log.statements and parse_index_build(log.statements[-1]["sql"]) is not None:
+            log.statements.pop()
+        if before_again is not None:
+            before_again()
+        return attempt(False)
+
+    def _drop_found(self) -> bool:
+        engine = engine_for(self.url)
+        try:
+            raw = engine.raw_connection()
+            try:
+                raw.driver_connection.autocommit = True  # type: ignore[union-attr]
+                cur = raw.cursor()
+                cur.execute("SET lock_timeout = '300s'")  # the shadow has no other session: never wait for ever
+
+                def rows(sql: str, params: dict[str, Any]) -> Sequence[Any]:
+                    text = sa.text(sql).bindparams(**params).compile(
+                        dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+                    cur.execute(str(text))
+                    return cur.fetchall()
+
+                found: list[Leftover] = []
+                for b in self.builds.builds:
+                    found += [x for x in _leftovers_of(rows, b) if x not in found]
+                q = engine.dialect.identifier_preparer.quote_identifier
+                for x in found:
+                    cur.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {q(x.schema)}.{q(x.index)}")
+                self.dropped += found
+                return bool(found)
+            finally:
+                raw.close()
+        finally:
+            engine.dispose()
+
+    def found(self) -> list[dict[str, Any]]:
+        """``data.leftovers`` of the precheck: each dropped leftover (``Leftover.as_dict``; ``dropped`` False: it
+        is still on the real database) with ``migrateDrops`` True."""
+        return [{**x.as_dict(dropped=False), "migrateDrops": True} for x in self.dropped]
+
+
+def shadow_note(found: Sequence[dict[str, Any]]) -> str:
+    """What a precheck's message says about ``found`` (``ShadowRetry.found``); empty when none."""
+    if not found:
+        return ""
+    return ("INVALID index(es) " + ", ".join(f"{x['index']} (table {x['table']}, schema {x['schema']})"
+                                            for x in found)
+            + " left by an earlier attempt of revision " + ", ".join(sorted({str(x["revision"]) for x in found}))
+            + ": migrate drops it before applying (DROP INDEX CONCURRENTLY), as the shadow run did")
