@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from test_operator are redefined as parameters)
 """The precheck Job (``core.jobs.build_job``) on the test bed when the pending revisions change data: it counts
 each check in a data-carrying shadow right before the statement that validates it, exactly as ``schemagate
 precheck`` does on the same database (route ``data-shadow``, ``dataShadow`` summary, ``DataShadowTooLarge`` above
@@ -14,8 +15,9 @@ from schemagate.contract.target import Target
 from schemagate.runner import precheck
 from schemagate.runner.inject.apply import upgrade
 from tests.e2e.operator_process import RUNNER_IMAGE
+from tests.e2e.test_operator import Operator, crd, dbm, operator, wait_phase  # noqa: F401
 from tests.e2e.test_precheck_job import leftovers, run_precheck_job, secret, spec_for
-from tests.precheck.helpers import PROJECTS, databases, execute, sql_project
+from tests.precheck.helpers import PROJECTS, databases, execute, query, sql_project
 
 pytestmark = pytest.mark.e2e
 
@@ -114,3 +116,20 @@ def test_data_shadow_too_large_blocks_like_the_cli(kube: Any, namespace: str, ma
     assert r.get("reason") == "DataShadowTooLarge" and r.get("outcome") == cli.outcome.value, r
     assert "spec.precheck.dataShadow.maxSize (8192 bytes)" in r["message"] and "public.acct" in r["message"]
     assert leftovers(kube, namespace, out["pod"]) == []
+
+
+def test_the_operator_applies_the_backfill_migration(kube: Any, operator: Operator, namespace: str, map_image: Any,
+                                                     fresh_db: str, tmp_path: Path) -> None:
+    """The whole run (backup, precheck, migrate, verify) of the safe backfill migration the CLI passes: the
+    operator's precheck passes it too, and the revisions are applied."""
+    ini = _backfill_project(tmp_path, fresh_db, "INSERT INTO acct VALUES (1, 5), (2, 50), (3, NULL)")
+    map_image(RUNNER_IMAGE)
+    map_image("schemagate.test/backfill:e2e", paths={"/app": Path(ini).parent})
+    secret(kube, namespace, "db", {"url": fresh_db})
+    kube.apply(dbm("backfill", image="schemagate.test/backfill:e2e"), namespace)
+    o = wait_phase(kube, namespace, "backfill", ("Succeeded", "Failed", "Blocked"), op=operator, timeout=300)
+    assert o["status"]["phase"] == "Succeeded", o["status"]
+    assert query(fresh_db, "SELECT version_num FROM alembic_version") == [("0002",)]
+    assert query(fresh_db, "SELECT count(*) FROM acct WHERE status = 'on'") == [(3,)]
+    assert query(fresh_db, "SELECT is_nullable FROM information_schema.columns WHERE table_name = 'acct' "
+                           "AND column_name = 'status'") == [("NO",)]
