@@ -24,11 +24,25 @@ pytestmark = pytest.mark.e2e
 # fixtures
 
 
+def wait_established(kube: Any, *names: str, timeout: float = 120) -> None:
+    """Wait until each CustomResourceDefinition has ``Established=True`` (``kubectl wait`` errors out instead of
+    waiting while a just re-applied CRD has no ``status.conditions`` yet)."""
+
+    def established() -> bool:
+        for name in names:
+            p = kube.kubectl("get", f"crd/{name}", "-o",
+                             'jsonpath={.status.conditions[?(@.type=="Established")].status}', check=False)
+            if p.returncode != 0 or p.stdout.strip() != "True":
+                return False
+        return True
+
+    kube.wait_for(established, timeout=timeout, interval=0.5, message=f"CRDs {', '.join(names)} Established")
+
+
 @pytest.fixture(scope="module")
 def crd(kube: Any) -> None:
     kube.kubectl("apply", "-f", str(ROOT / "manifests/crd.yaml"), "-f", str(ROOT / "manifests/restore-crd.yaml"))
-    kube.kubectl("wait", "--for=condition=Established", "crd/databasemigrations.schemagate.dev",
-                 "crd/databaserestores.schemagate.dev", "--timeout=60s")
+    wait_established(kube, "databasemigrations.schemagate.dev", "databaserestores.schemagate.dev")
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": LEASE_NS}})
 
 
