@@ -198,12 +198,13 @@ def read_version_rows(cur: Cursor, table: str, schema: str | None) -> list[str] 
     """The version table's rows (sorted), or None when the table does not exist. Quoted by the driver."""
     from psycopg import sql
 
-    cur.execute("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = %s "
+    cur.execute("SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = %s "
                 "AND (%s::text IS NULL OR n.nspname = %s) ORDER BY pg_table_is_visible(c.oid) DESC LIMIT 1",
                 (table, schema, schema))
-    if cur.fetchone() is None:
+    found = cur.fetchone()
+    if found is None:
         return None
-    name = sql.Identifier(schema, table) if schema else sql.Identifier(table)
+    name = sql.Identifier(found[0], table)  # the table found, also when it is not on this session's search_path
     cur.execute(sql.SQL("SELECT version_num FROM {} ORDER BY 1").format(name))
     return [r[0] for r in cur.fetchall()]
 

@@ -34,7 +34,7 @@ from schemagate.runner.inject.config import (
     session_environment,
 )
 from schemagate.runner.inject.graph import alembic_target, join_revisions, reached, split_revisions
-from schemagate.runner.inject.revisions import current_heads, plan
+from schemagate.runner.inject.revisions import context_version_table, current_heads, plan
 
 
 def _statement_of(exc: BaseException) -> str | None:
@@ -147,7 +147,7 @@ def _tracking(script: ScriptDirectory, target: str, state: dict[str, Any],
         return run
 
     def upgrade_fn(rev: Any, context: Any) -> Any:
-        state["versionTable"] = {"schema": context.version_table_schema, "name": context.version_table}
+        state["versionTable"] = context_version_table(context)  # resolved on env.py's connection
         if expect_server is not None and context.connection is not None:
             _check_server(context, expect_server)
         if expect_current is not _NOT_CHECKED:

@@ -35,18 +35,57 @@ def current_heads(cfg: Config, script: ScriptDirectory, version_table: dict[str,
                   ) -> tuple[str, ...]:
     """The database's current revision(s), read through the application's own env.py (its version table). When
     ``version_table`` is given, the migration context's version table is recorded in it (``versionTable``,
-    ``versionTableSchema``: what env.py passed to ``context.configure``)."""
+    ``versionTableSchema``: what env.py passed to ``context.configure``, an unqualified name resolved on env.py's
+    own connection, see ``context_version_table``)."""
     captured: dict[str, tuple[str, ...]] = {}
 
     def fn(rev: Any, context: Any) -> list[Any]:
         captured["heads"] = tuple(context.get_current_heads())
         if version_table is not None:
-            version_table.update(versionTable=context.version_table, versionTableSchema=context.version_table_schema)
+            vt = context_version_table(context)
+            version_table.update(versionTable=vt["name"], versionTableSchema=vt["schema"])
         return []
 
     with EnvironmentContext(cfg, script, fn=fn, dont_mutate=True):
         script.run_env()
     return captured.get("heads", ())
+
+
+# The schema an unqualified relation name resolves to on a session (the first schema of its search_path holding
+# it: https://www.postgresql.org/docs/current/ddl-schemas.html#DDL-SCHEMAS-PATH), else the schema an unqualified
+# CREATE TABLE would use (current_schema(): the first existing schema of the search_path; NULL when there is none).
+_RESOLVE_SCHEMA = (
+    "SELECT COALESCE((SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+    "ON n.oid = c.relnamespace WHERE c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident({name}))), "
+    "pg_catalog.current_schema())")
+
+
+def _literal(text: str) -> str:
+    """``text`` as a PostgreSQL escape string constant (``E'...'``: backslashes and quotes doubled), the same under
+    any ``standard_conforming_strings``."""
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def context_version_table(context: Any) -> VersionTable:
+    """``{"schema", "name"}`` of the version table of Alembic's ``MigrationContext`` (``context.version_table``,
+    ``context.version_table_schema``, as env.py configured it). An unqualified name (schema None) resolves on
+    env.py's OWN connection (``context.connection``: the ``search_path`` env.py's engine sets, e.g. with
+    ``connect_args={"options": "-c search_path=billing"}``, may differ from the role's), so the schema names where
+    env.py really reads and writes the table: the schema holding it, else where Alembic would create it
+    (``current_schema()``). The query runs on the DB-API cursor, unseen by SQLAlchemy's event listeners (the
+    statement capture records the revisions' statements only), and takes no lock. Schema None when env.py runs
+    offline, on another dialect, or the session has no schema on its search_path."""
+    name, schema = str(context.version_table), context.version_table_schema
+    conn = getattr(context, "connection", None)
+    if schema is None and conn is not None and conn.dialect.name == "postgresql":
+        cur = conn.connection.cursor()  # the DB-API connection (no parameters: any paramstyle works)
+        try:
+            cur.execute(_RESOLVE_SCHEMA.format(name=_literal(name)))
+            row = cur.fetchone()
+        finally:
+            cur.close()
+        schema = row[0] if row else None
+    return {"schema": schema, "name": name}
 
 
 @isolated_imports

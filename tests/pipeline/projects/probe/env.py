@@ -1,7 +1,8 @@
 """Alembic environment of the probe test project.
 
 The URL comes from ``sqlalchemy.url`` when set (schemagate's runner sets it), else from DATABASE_URL. The version
-table is ``PROBE_VERSION_TABLE`` in ``PROBE_VERSION_TABLE_SCHEMA`` when set (Alembic's default otherwise). Every
+table is ``PROBE_VERSION_TABLE`` in ``PROBE_VERSION_TABLE_SCHEMA`` when set (Alembic's default otherwise); with
+``PROBE_SEARCH_PATH`` env.py's engine sets the session's search_path (``connect_args``), not the role's. Every
 execution of this file appends ``<purpose> <database>@<port>`` to the file named by ``PROBE_ENV_LOG`` (when set): tests
 count how often one ``schemagate run`` executes the application's env.py, and for what.
 """
@@ -63,7 +64,9 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = create_engine(database_url(), poolclass=pool.NullPool)
+    search_path = os.environ.get("PROBE_SEARCH_PATH")
+    connect_args = {"options": f"-c search_path={search_path}"} if search_path else {}
+    engine = create_engine(database_url(), poolclass=pool.NullPool, connect_args=connect_args)
     with engine.connect() as connection:
         context.configure(
             connection=connection,
