@@ -24,6 +24,7 @@ from tests.pipeline.test_leftovers import CASE05, indexes, versions, writer
 pytestmark = pytest.mark.postgres
 
 CONCURRENT = PROJECTS / "graph" / "concurrent.ini"
+BACKFILLED = PROJECTS / "graph" / "backfilled.ini"
 
 
 def cli(url: str, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
@@ -106,3 +107,32 @@ def test_unique_leftover_blocks_with_the_count_then_passes_after_the_fix(fresh_d
     assert p.returncode == 0 and out["reason"] == "Verified", out["message"]
     assert "dropped INVALID index(es) ix_Ev_Code" in step_of(out, "migrate")["message"]
     assert versions(fresh_db) == ["0003"] and indexes(fresh_db, "Sales")["ix_Ev_Code"] is True
+
+
+def test_leftover_in_the_data_carrying_shadow(fresh_db: str, tmp_path: Path) -> None:
+    """0002 folds codes to lower case, then builds ix_tags_code (unique) concurrently: the checks are counted in
+    the data-carrying shadow, which holds the leftover too. Duplicates after the UPDATE block with their count
+    (the build is reached there before the leftover is dropped, and again after); clean rows pass."""
+    p, out = cli(fresh_db, "migrate", "-c", str(BACKFILLED), "--target", "0001", "--retries", "0")
+    assert p.returncode == 0, out["message"]
+    execute(fresh_db, "insert into tags (code) select 'T' || g from generate_series(1, 50) g")
+    with writer(fresh_db, "begin; insert into tags (code) values ('late')", hold=3.0):
+        p, out = cli(fresh_db, "migrate", "-c", str(BACKFILLED), "--retries", "0", "--lock-timeout", "1s")
+    assert p.returncode != 0 and out["reason"] == "LockTimeout", out["message"]
+    assert indexes(fresh_db)["ix_tags_code"] is False and versions(fresh_db) == ["0001"]
+    execute(fresh_db, "insert into tags (code) values ('Q'), ('q'), ('x')")
+
+    p, pre = cli(fresh_db, "precheck", "-c", str(BACKFILLED))
+    assert p.returncode != 0 and pre["reason"] == "ViolationsFound", pre["message"]
+    assert pre["data"]["route"] == "data-shadow", pre["data"]
+    assert _counts(pre).get("ix_tags_code") == 2, pre["data"]["checks"]
+    assert [(x["index"], x["revision"]) for x in pre["data"]["leftovers"]] == [("ix_tags_code", "0002")]
+
+    execute(fresh_db, "delete from tags where code = 'Q'")
+    p, pre = cli(fresh_db, "precheck", "-c", str(BACKFILLED))
+    assert p.returncode == 0 and pre["outcome"] == "Succeeded", pre["message"]
+    assert pre["data"]["route"] == "data-shadow" and _counts(pre).get("ix_tags_code") == 0, pre["data"]
+    assert "ix_tags_code" in pre["message"] and "migrate drops it before applying" in pre["message"]
+    p, out = run(fresh_db, BACKFILLED, tmp_path)
+    assert p.returncode == 0 and out["reason"] == "Verified", out["message"]
+    assert versions(fresh_db) == ["0002"] and indexes(fresh_db)["ix_tags_code"] is True

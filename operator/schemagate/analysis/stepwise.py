@@ -280,6 +280,14 @@ class DataCounter:
         if self.current is not None and self.failed is None:
             self.failed = (self.current, error)
 
+    def again(self) -> None:
+        """The run is made again from the statement that failed (``runner.inject.leftovers.ShadowRetry`` dropped
+        the INVALID index it failed on): that statement is reached, and counted, once more."""
+        if self.failed is not None:
+            self.position = self.failed[0].index
+        self.failed = None
+        self.current = None
+
     def before_execute(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
                        executemany: bool) -> None:
         if not executemany and recorded_kind(statement):

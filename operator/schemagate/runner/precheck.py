@@ -809,10 +809,13 @@ def _count_in_data_shadow(target: Target, shadow_url: str | None, rec: stepwise.
             loaded = stepwise.load_rows(real_conn, data_conn, rec.start, relids, max_bytes)
             data_server = server_identity(data_conn)
         counter = stepwise.DataCounter(rec.steps, rec.origins)
+        retry = ShadowRetry(dsh.url)  # a leftover's build fails here too: dropped and run again, as in migrate
         try:
             with counter.listening():
-                upgrade(target.on(dsh.url), lock_timeout=None, statement_timeout=None, planned=p, expect_current=True,
-                        expect_server=data_server)
+                retry.run(lambda first: upgrade(
+                    target.on(dsh.url), lock_timeout=None, statement_timeout=None, planned=p if first else None,
+                    expect_current=first, expect_server=data_server, on_revision=retry.builds.on_revision),
+                    before_again=counter.again)
         except UnexpectedCurrent as e:
             raise shadow_mismatch(e, p) from e
         except WrongDatabase:

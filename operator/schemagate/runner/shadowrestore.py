@@ -10,8 +10,9 @@ What is read from the real server (read-only: catalog queries and ``pg_dump --sc
    (``ALTER DATABASE .. SET``, ``ALTER ROLE .. [IN DATABASE ..] SET``), e.g. ``search_path``;
 3. every schema object: ``pg_dump --schema-only --no-owner --no-privileges`` restored with ``pg_restore
    --exit-on-error`` (extensions included: an extension the shadow server lacks fails naming it);
-4. INVALID indexes (``pg_dump`` leaves them out): created under the same name and marked invalid, so a revision
-   that creates the same name fails in the shadow exactly as it will on the real database;
+4. INVALID indexes (``pg_dump`` leaves them out): created under the same name and marked invalid (and not ready,
+   ``indisready``, when the real one is not: then it is not maintained and a unique one enforces nothing), so a
+   revision that creates the same name fails in the shadow exactly as it will on the real database;
 5. the rows of the application's Alembic version table, wherever its env.py keeps it (``version_table``: the
    ``(schema, name)`` the migration context reported; schema None means the first match on the role's
    ``search_path``, resolved on the real server).
@@ -106,8 +107,8 @@ def read_real(real_url: str, version_table: tuple[str | None, str] | None) -> di
             "WHERE datname = current_database())) AND (s.setrole = 0 OR s.setrole = "
             "(SELECT oid FROM pg_roles WHERE rolname = current_user)) ORDER BY 1, 2").fetchall()]
         info["invalidIndexes"] = [
-            {"schema": s, "name": n, "definition": d} for s, n, d in conn.execute(
-                "SELECT n.nspname, c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+            {"schema": s, "name": n, "definition": d, "ready": r} for s, n, d, r in conn.execute(
+                "SELECT n.nspname, c.relname, pg_get_indexdef(i.indexrelid), i.indisready FROM pg_index i "
                 "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog','information_schema') "
                 "ORDER BY 1, 2").fetchall()]
@@ -216,8 +217,10 @@ def _finish_copy(admin_db: str, real: dict[str, Any], notes: list[str]) -> list[
             try:
                 conn.execute(ix["definition"])
                 if superuser:
-                    conn.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = %s::regclass",
-                                 (f"{_q(ix['schema'])}.{_q(ix['name'])}",))
+                    # not ready (a build stopped before its scan): not maintained, a unique one enforces nothing
+                    conn.execute("UPDATE pg_index SET indisvalid = false, indisready = %s "
+                                 "WHERE indexrelid = %s::regclass",
+                                 (ix.get("ready", True), f"{_q(ix['schema'])}.{_q(ix['name'])}"))
                 else:
                     notes.append(f"INVALID index {ix['schema']}.{ix['name']} copied as valid (marking it invalid "
                                  f"needs a superuser on the shadow); its name is taken as on the real database")
