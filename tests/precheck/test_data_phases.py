@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
+from schemagate.contract.errors import WrongDatabase
 from schemagate.contract.stepresult import Outcome
 from schemagate.contract.target import Target
 from schemagate.runner import precheck
 from schemagate.runner.inject.apply import upgrade
 from schemagate.runner.inject.datarun import data_upgrade
 from schemagate.runner.inject.shadow import shadow_upgrade
-from tests.precheck.helpers import databases, execute, sql_project
+from tests.precheck.helpers import databases, execute, query, sql_project
 from tests.precheck.shadowproject import make_project
 
 pytestmark = pytest.mark.postgres
@@ -154,3 +155,25 @@ def test_a_check_the_real_database_cannot_plan_is_counted_in_the_data_shadow(
     same(job, cli)
     assert {c["name"]: (c["count"], c["evaluatedBy"]) for c in job.data["checks"]} == {
         "t_m": (0, "data-shadow"), "t_n": (1, "data-shadow")}
+
+
+def test_data_upgrade_refuses_an_env_py_that_connects_elsewhere(fresh_db: str, pod_shadow: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """env.py reads its own variable first (APP_DB, set only for the data-upgrade container here): it would run the
+    data migration on the real database; WrongDatabase before any revision runs, the real rows unchanged."""
+    ini = sql_project(tmp_path / "p", ["CREATE TABLE t (id int, a int)"],
+                      ["UPDATE t SET a = 0 WHERE a IS NULL", "ALTER TABLE t ALTER COLUMN a SET NOT NULL"])
+    env_py = Path(ini).parent / "env.py"
+    env_py.write_text(env_py.read_text().replace('os.environ.get("DATABASE_URL")',
+                                                 'os.environ.get("APP_DB") or os.environ.get("DATABASE_URL")'))
+    base(fresh_db, ini, "INSERT INTO t VALUES (1, NULL)")
+    monkeypatch.setenv("DATABASE_URL", fresh_db)
+    assert precheck.prepare(workdir=pod_shadow).ok
+    shadow_upgrade(Target(ini, "head", fresh_db, "DATABASE_URL"), pod_shadow)
+    assert precheck.data_prepare(workdir=pod_shadow).reason == "DataShadowPrepared"
+    monkeypatch.setenv("APP_DB", fresh_db)
+    with pytest.raises(WrongDatabase):
+        data_upgrade(Target(ini, "head", fresh_db, "DATABASE_URL"), pod_shadow)
+    assert query(fresh_db, "SELECT a FROM t") == [(None,)]
+    assert query(fresh_db, "SELECT version_num FROM alembic_version") == [("0001",)]
+    assert not (pod_shadow / precheck.DATA_COUNTS_FILE).exists()

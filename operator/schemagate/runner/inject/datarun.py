@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from schemagate.contract.errors import (
     DatabaseUnreachable,
     InternalError,
+    WrongDatabase,
     error_text,
     exception_chain,
     translate,
@@ -41,7 +42,8 @@ from schemagate.contract.errors import (
 from schemagate.contract.sqlkind import classify, in_transaction, normalized
 from schemagate.contract.stepresult import Outcome
 from schemagate.contract.target import Target
-from schemagate.runner.inject.apply import UnexpectedCurrent, upgrade
+from schemagate.runner.inject.apply import UnexpectedCurrent, server_identity, upgrade
+from schemagate.runner.inject.config import engine_for
 from schemagate.runner.inject.shadow import not_faithful
 
 QUERIES_FILE = "data-queries.json"
@@ -163,8 +165,9 @@ class _Listening:
 def data_upgrade(target: Target, workdir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """Run the pending revisions in the data-carrying shadow ``workdir/data-queries.json`` names, counting before
     each statement (see the module docstring); writes ``workdir/data-counts.json`` and returns it, or None (nothing
-    written) when there is no ``data-queries.json``: the route is not needed. Raises ``ShadowMismatch`` when env.py
-    reads another current revision there, ``DatabaseUnreachable`` when the shadow's session is lost; a revision
+    written) when there is no ``data-queries.json``: the route is not needed. Raises ``WrongDatabase`` (nothing
+    run) when env.py connects elsewhere than the data-carrying shadow, ``ShadowMismatch`` when env.py reads another
+    current revision there, ``DatabaseUnreachable`` when the shadow's session is lost; a revision
     that fails is a result (``error``), not an error."""
     wd = Path(workdir)
     qfile = wd / QUERIES_FILE
@@ -178,10 +181,19 @@ def data_upgrade(target: Target, workdir: str | os.PathLike[str]) -> dict[str, A
     run = DataRun(list(spec["steps"]))
     out: dict[str, Any] = {"events": run.events}
     planned = spec.get("plan")
+    url = str(spec["url"])
+    eng = engine_for(url)
+    try:
+        with eng.connect() as conn:
+            data_server = server_identity(conn)  # env.py must connect there: never to the real database
+    finally:
+        eng.dispose()
     try:
         with run.listening():
-            upgrade(target.resolved().on(str(spec["url"])), lock_timeout=None, statement_timeout=None,
-                    planned=planned, expect_current=planned is not None)
+            upgrade(target.resolved().on(url), lock_timeout=None, statement_timeout=None,
+                    planned=planned, expect_current=planned is not None, expect_server=data_server)
+    except WrongDatabase:
+        raise
     except UnexpectedCurrent as e:
         raise not_faithful(e.current, e.expected, spec.get("versionTable")) from e
     except Exception as e:  # noqa: BLE001 - a failing revision is a result here, not an error
