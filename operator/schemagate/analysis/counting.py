@@ -507,28 +507,33 @@ class _NoSnapshot(Exception):
 
 def _count_queries(conn: Connection, cur: Cursor, queries: Sequence[Query]) -> None:
     """Run ``queries`` in ``conn``'s open transaction, each under a savepoint (see :func:`run_counts`)."""
+    for q in queries:
+        exc = _attempt(conn, cur, q)
+        if exc is None:
+            continue
+        if q.kind == "scan" and len(q.checks) > 1:  # find the culprit: each check of the scan on its own
+            for c in q.checks:
+                alone = _attempt(conn, cur, Query(table_scan_sql([c]), [c], "scan", c.table))
+                if alone is not None:
+                    c.error = _short(alone)
+        else:
+            for c in q.checks:
+                c.error = _short(exc)
+
+
+def _attempt(conn: Connection, cur: Cursor, q: Query) -> Exception | None:
+    """Run ``q`` under a savepoint: None, or the error that marks its checks (a lost connection or a statement
+    timeout propagates)."""
     import psycopg
 
-    for q in queries:
-        try:
-            with conn.transaction():
-                _run_one(cur, q)
-        except (psycopg.errors.QueryCanceled, psycopg.OperationalError):
-            raise
-        except (psycopg.Error, ValueError) as exc:
-            if q.kind == "scan" and len(q.checks) > 1:
-                for c in q.checks:
-                    single = Query(table_scan_sql([c]), [c], "scan", c.table)
-                    try:
-                        with conn.transaction():
-                            _run_one(cur, single)
-                    except (psycopg.errors.QueryCanceled, psycopg.OperationalError):
-                        raise
-                    except (psycopg.Error, ValueError) as exc2:
-                        c.error = _short(exc2)
-            else:
-                for c in q.checks:
-                    c.error = _short(exc)
+    try:
+        with conn.transaction():
+            _run_one(cur, q)
+    except (psycopg.errors.QueryCanceled, psycopg.OperationalError):
+        raise
+    except (psycopg.Error, ValueError) as exc:
+        return exc
+    return None
 
 
 def split_queries(queries: Sequence[Query], sizes: Sequence[int], sessions: int) -> list[list[Query]]:
