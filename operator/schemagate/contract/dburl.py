@@ -58,7 +58,9 @@ def credential_candidates(url: str) -> list[str]:
     rest = url.partition("://")[2]
     out: list[str] = []
     netloc = _AUTHORITY_END.split(rest, 1)[0]
-    for userinfo in (netloc.rpartition("@")[0], netloc.partition("@")[0], rest.rpartition("@")[0]):
+    # no '@': no user info, hence no password ("host:5432" is a host and a port)
+    for userinfo in (netloc.rpartition("@")[0], netloc.partition("@")[0] if "@" in netloc else "",
+                     rest.rpartition("@")[0]):
         user, sep, password = userinfo.partition(":")
         if sep and password and password not in out:
             out.append(password)

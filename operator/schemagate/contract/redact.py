@@ -4,6 +4,9 @@
 ``redact(text)`` masks the password of every URL (``scheme://user:PASSWORD@host``), every libpq or environment
 style key/value (``password=...``, ``PGPASSWORD=...``, ``"password": "..."``), SQLAlchemy's ``password='...'`` repr,
 and every secret registered with ``register_secret`` (also in URL-encoded form). Standard library only.
+
+Only real secrets: a key that is part of a path or a name (``/etc/passwd: File exists``) is not a password, and a
+URL without ``user:password@`` registers nothing (its port stays visible; ``dburl.credential_candidates``).
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ _SECRETS: set[str] = set()
 # scheme://user:password@host  (the password may be empty; it ends at the LAST '@' before whitespace/quote, so a
 # password holding an unencoded '@' or '/' is masked whole)
 _URL_PW = re.compile(r"(?P<pre>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@'\"]*:)(?P<pw>[^\s'\"]*)(?P<at>@)")
-# libpq key/value and env style: password=..., PGPASSWORD=..., "password": "..."
+# libpq key/value and env style: password=..., PGPASSWORD=..., "password": "...", password: ... (YAML), PWD=...
+# (ODBC; with '=' only: "pwd: /work" is the shell's). Not a file name: the key follows no path or name character
+# ("/etc/passwd: File exists", "x.passwd=").
 _KV_PW = re.compile(
-    r"(?P<pre>\b(?:(?:pg)?passw(?:or)?d|pwd)[\"']?\s*[=:]\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,)]+)",
+    r"(?P<pre>(?<![\w/\\.~-])(?:(?:pg)?passw(?:or)?d[\"']?\s*[=:]|pwd[\"']?\s*=)\s*)"
+    r"(?P<pw>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,)]+)",
     re.IGNORECASE,
 )
 # sqlalchemy's repr of URL objects: password='...'
