@@ -5,6 +5,7 @@ Steps (each prints one StepResult with ``--json``, human output with rich otherw
 2 usage error)::
 
     schemagate run       -c alembic.ini [--target head] [--backup-dir DIR] [--check NAME=SQL ...]
+                         [--shadow-database-url-env NAME] [--no-derive]
                          [--allow-downgrade [--max-data-loss N]]   (a --target below the database: downgrade)
     schemagate backup    [--backup-dir DIR] [--keep N]
     schemagate precheck  -c alembic.ini [--max-violations N] [--check NAME=SQL ...] [--phase all|shadow-server|prepare|data-prepare|count]
@@ -19,8 +20,9 @@ Steps (each prints one StepResult with ``--json``, human output with rich otherw
 
 The database URL comes from the environment variable named by ``--database-url-env`` (default DATABASE_URL) or
 ``--database-url`` (discouraged: visible in the process list). With neither, a local embedded PostgreSQL under
-``.demo/`` is started (unless ``SCHEMAGATE_NO_EMBEDDED=1``: then it is an error naming the variable). A URL is
-never printed.
+``.demo/`` is started, after the options and the ``-c`` project were checked (``check_before_embedded``: bad input
+changes nothing), saying so in one line on stderr (unless ``SCHEMAGATE_NO_EMBEDDED=1``: then it is an error naming
+the variable). A URL is never printed. Argument errors are usage errors (exit 2) naming the option once.
 """
 
 from __future__ import annotations
