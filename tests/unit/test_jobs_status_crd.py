@@ -439,3 +439,24 @@ def test_a_refused_pod_is_stuck_with_the_newest_event():
         'PodSecurity "restricted:latest"')
     assert k8s.stuck_reason([], []) is None
     assert k8s.stuck_reason([], [{"reason": "SuccessfulCreate", "message": "created"}]) is None
+
+
+def test_every_pod_with_the_backup_volume_reads_it_as_the_user_that_wrote_it():
+    """The backup step writes its archives 0600 (they hold the whole database; runner/backup.py): the containers
+    that mount the backup volume (backup, restore, the rehearsal's prepare) must all run as the operator image's
+    user 10001, whatever spec.jobTemplate.runAsUser says (that is for the application's image)."""
+    volume = {"persistentVolumeClaim": {"claimName": "backups"}}
+    m = mig(jobTemplate={"runAsUser": 4242}, backup={"enabled": True, "volume": volume}, rehearsal={"enabled": True})
+    jobs = [J.build_job(m, "backup", "shop-1-backup-1", 1, SETTINGS),
+            J.build_job(m, "rehearse", "shop-1-rehearse-1", 1, SETTINGS, {"targetRevision": "0003"},
+                        backup={"path": "/backups/shop-1.dump"}),
+            J.build_restore_job(m, "r", "r-uid", "shop-restore-1", "shop-1.dump", SETTINGS, sha256="ab" * 32)]
+    readers = []
+    for job in jobs:
+        pod = job["spec"]["template"]["spec"]
+        assert "runAsUser" not in pod["securityContext"] and "runAsGroup" not in pod["securityContext"]
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            if any(v["name"] == "backups" for v in c.get("volumeMounts") or []):
+                readers.append(c["name"])
+                assert c["image"] == SETTINGS.runner_image and "runAsUser" not in c["securityContext"], c
+    assert {"backup", "prepare", "restore"} <= set(readers), readers
