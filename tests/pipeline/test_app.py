@@ -35,7 +35,7 @@ def test_plan_on_empty_database(fresh_db: str) -> None:
     p = plan(Target(FOODTRUCK, "head", fresh_db))
     assert p == {"current": None, "currentHeads": [], "target": "0003", "pending": ["0001", "0002", "0003"],
                  "expected": ["0003"], "heads": ["0003"], "versionTable": "alembic_version",
-                 "versionTableSchema": None, "source": "env.py"}
+                 "versionTableSchema": "public", "source": "env.py"}  # where env.py's session creates it
     assert version(fresh_db) is None  # planning changes nothing
 
 

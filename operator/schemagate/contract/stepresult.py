@@ -44,7 +44,9 @@ class Plan(TypedDict):
 
 
 class VersionTable(TypedDict):
-    """The Alembic version table env.py configures (``schema`` None: found on the search_path)."""
+    """The Alembic version table env.py configures; an unqualified name is resolved on env.py's own session (its
+    search_path: ``runner.inject.revisions.context_version_table``), so ``schema`` names where env.py reads it.
+    ``schema`` None: not known (a plan from the catalog with no table yet, env.py run offline)."""
 
     schema: str | None
     name: str
