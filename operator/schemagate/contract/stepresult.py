@@ -74,6 +74,7 @@ class ShadowUpgradeDoc(UpgradeResult, total=False):
     statementsDropped: int
     versionTable: VersionTable | None
     plan: Plan  # the real database's plan the shadow ran (the data-carrying shadow runs it again)
+    leftovers: list[dict[str, Any]]  # INVALID leftovers the shadow run dropped and built again (leftovers.ShadowRetry)
 
 
 class MigrateData(TypedDict, total=False):

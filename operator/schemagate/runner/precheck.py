@@ -1361,6 +1361,8 @@ def _count_after_shadow_upgrade(url: str, wd: Path, user_checks: Iterable[Any], 
         data["derivationNote"] = "; ".join(filter(None, [data.get("derivationNote"), *notes]))
     if info.get("shadow"):
         data["shadow"] = info["shadow"]
+    if up.get("leftovers"):  # INVALID leftovers the shadow run dropped and built again, as migrate will
+        data["leftovers"] = up["leftovers"]
     if not pending:
         data["derivationNote"] = "no pending revisions"
     return checks

@@ -44,6 +44,7 @@ from schemagate.contract.stepresult import Outcome
 from schemagate.contract.target import Target
 from schemagate.runner.inject.apply import UnexpectedCurrent, server_identity, upgrade
 from schemagate.runner.inject.config import engine_for
+from schemagate.runner.inject.leftovers import ShadowRetry
 from schemagate.runner.inject.shadow import not_faithful
 
 QUERIES_FILE = "data-queries.json"
@@ -138,6 +139,16 @@ class DataRun:
             self.events.append({"event": "after"})
             self.current = False
 
+    def again(self) -> None:
+        """The run is made again from the statement that failed (``leftovers.ShadowRetry`` dropped the INVALID
+        index it failed on): its events are forgotten, so it is reached, and counted, once more."""
+        while self.events and self.events[-1]["event"] == "error":
+            self.events.pop()
+        if self.current and self.events and self.events[-1]["event"] == "before":
+            self.events.pop()
+            self.position -= 1
+        self.current = False
+
     def error(self, context: Any) -> None:
         if not isinstance(context.original_exception, _Stop):
             self.events.append({"event": "error", "error": _first_line(context.original_exception)})
@@ -189,9 +200,12 @@ def data_upgrade(target: Target, workdir: str | os.PathLike[str]) -> dict[str, A
     finally:
         eng.dispose()
     try:
+        retry = ShadowRetry(url)  # a leftover's build fails here too: dropped, run again (migrate)
         with run.listening():
-            upgrade(target.resolved().on(url), lock_timeout=None, statement_timeout=None,
-                    planned=planned, expect_current=planned is not None, expect_server=data_server)
+            retry.run(lambda first: upgrade(
+                target.resolved().on(url), lock_timeout=None, statement_timeout=None,
+                planned=planned if first else None, expect_current=first and planned is not None,
+                expect_server=data_server, on_revision=retry.builds.on_revision), before_again=run.again)
     except WrongDatabase:
         raise
     except UnexpectedCurrent as e:

@@ -14,11 +14,12 @@ import sqlalchemy as sa
 from schemagate.contract.dburl import resolve_url, with_database
 from schemagate.contract.errors import Actor, InvalidInput, ShadowUnavailable
 from schemagate.contract.sqlkind import StatementLog
-from schemagate.contract.stepresult import Plan, ShadowUpgradeDoc, VersionTable
+from schemagate.contract.stepresult import Plan, ShadowUpgradeDoc, UpgradeResult, VersionTable
 from schemagate.contract.target import Target
-from schemagate.runner.inject.apply import UnexpectedCurrent, server_identity, upgrade
+from schemagate.runner.inject.apply import ServerIdentity, UnexpectedCurrent, server_identity, upgrade
 from schemagate.runner.inject.capture import capture_statements
 from schemagate.runner.inject.config import engine_for, isolated_imports
+from schemagate.runner.inject.leftovers import ShadowRetry
 from schemagate.runner.inject.revisions import plan
 from schemagate.runner.inject.snapshots import record_snapshots
 
@@ -126,6 +127,31 @@ def sync_version_table(target: Target, shadow_url: str, *, mirror: bool = True) 
     return out
 
 
+def _upgrade_shadow(target: Target, timeouts: tuple[str | None, str | None], synced: SyncedVersionTable | None,
+                    log: StatementLog, state: dict[str, Any], shadow_server: ServerIdentity) -> ShadowUpgradeDoc:
+    """The upgrade of the shadow ``target`` on the real database's plan (``synced``); a build that fails on its own
+    INVALID leftover is dropped and run again, as migrate does (``leftovers.ShadowRetry``; ``leftovers``)."""
+    retry = ShadowRetry(str(target.url))
+
+    def on_revision(rev: str) -> None:
+        state["revision"] = rev
+        log.on_revision(rev)
+        retry.builds.on_revision(rev)
+
+    def attempt(first: bool) -> UpgradeResult:
+        return upgrade(target, *timeouts, on_revision=on_revision,
+                       planned=synced.get("plan") if first and synced is not None else None,
+                       expect_current=first and synced is not None, expect_server=shadow_server)
+
+    def again() -> None:
+        state["revision"] = None  # the snapshots number the statements of the revision run again from 1
+
+    out: ShadowUpgradeDoc = {**retry.run(attempt, log, again)}
+    if retry.dropped:
+        out["leftovers"] = retry.found()
+    return out
+
+
 @isolated_imports
 def shadow_upgrade(
     target: Target,
@@ -148,10 +174,6 @@ def shadow_upgrade(
     vt = synced["versionTable"] if synced is not None else None
     version_table = vt["name"] if vt is not None else None
 
-    def on_revision(rev: str) -> None:
-        state["revision"] = rev
-        log.on_revision(rev)
-
     eng = engine_for(url)
     try:
         with eng.connect() as conn:
@@ -161,11 +183,8 @@ def shadow_upgrade(
     with capture_statements(StatementLog(version_table=version_table)) as log, \
             record_snapshots(url, workdir, state):
         try:
-            out: ShadowUpgradeDoc = {**upgrade(target.on(url), lock_timeout, statement_timeout,
-                                               on_revision=on_revision,
-                                               planned=synced.get("plan") if synced is not None else None,
-                                               expect_current=synced is not None,
-                                               expect_server=shadow_server)}
+            out = _upgrade_shadow(target.on(url), (lock_timeout, statement_timeout), synced, log, state,
+                                  shadow_server)
         except UnexpectedCurrent as e:
             raise not_faithful(e.current, e.expected, synced["versionTable"] if synced else None) from e
     out["statements"] = log.statements
