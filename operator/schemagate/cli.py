@@ -491,12 +491,24 @@ def database(args: argparse.Namespace) -> Iterator[tuple[str | None, str | None]
 def check_before_embedded(args: argparse.Namespace) -> None:
     """What the step would refuse, checked before the local embedded server is set up (initdb writes ~46 MB to
     ``.demo/pg``), so bad input changes nothing: the Alembic project of ``-c`` (the file, its ``script_location``),
-    ``--backup`` of restore, ``--backup-dir`` and ``--compress``. Raises ``InvalidInput`` naming the option."""
+    ``--backup`` of restore, ``--backup-dir``, ``--compress``, ``--jobs``, ``--shadow-database-url-env``.
+    Raises ``InvalidInput`` naming the option."""
+    from schemagate.runner import backup as backup_step
+
     config = getattr(args, "config", None)
     if config:
         from schemagate.runner.inject.config import load_script, make_config
 
         load_script(make_config(config))
+    shadow_env = getattr(args, "shadow_database_url_env", None)
+    if shadow_env and not getattr(args, "no_derive", False) and not os.environ.get(shadow_env):
+        raise InvalidInput(f"--shadow-database-url-env: the environment variable {shadow_env} is not set",
+                           field="--shadow-database-url-env")
+    if getattr(args, "rehearse", False) and getattr(args, "no_backup", False):
+        raise InvalidInput("--rehearse restores the run's backup: it cannot be combined with --no-backup",
+                           field="--rehearse")
+    if getattr(args, "jobs", 1) > backup_step.MAX_JOBS:
+        raise InvalidInput(f"--jobs: {args.jobs} must be between 1 and {backup_step.MAX_JOBS}", field="--jobs")
     backup = getattr(args, "backup", None)
     if backup and not Path(backup).exists():
         raise InvalidInput(f"--backup: {backup} does not exist", field="--backup")
@@ -504,9 +516,7 @@ def check_before_embedded(args: argparse.Namespace) -> None:
     if backup_dir and Path(backup_dir).exists() and not Path(backup_dir).is_dir():
         raise InvalidInput(f"--backup-dir: {backup_dir} is not a directory", field="--backup-dir")
     if getattr(args, "compress", None):
-        from schemagate.runner.backup import check_compress
-
-        check_compress(args.compress)
+        backup_step.check_compress(args.compress)
 
 
 def _ensure_database(admin_url: str, name: str, recreate: bool = False) -> str:
@@ -592,6 +602,10 @@ def _run_command(args: argparse.Namespace) -> int:
     with database(args) as (url, url_env), progress(args) as say:
         target = Target(args.config, args.target, url, url_env)
         if args.allow_downgrade and downgrade.is_downgrade(target):
+            if args.shadow_database_url_env:  # the downgrade is tried on a throw-away server of its own
+                return emit(_usage("run", "--shadow-database-url-env is for the precheck of an upgrade; a "
+                                          "downgrade is tried on a throw-away server (PostgreSQL server programs)"),
+                            args)
             d = downgrade.downgrade(target, allow=True,
                                     max_data_loss=args.max_data_loss,
                                     backup_dir=None if args.no_backup else args.backup_dir, keep=args.keep,

@@ -81,6 +81,10 @@ def test_bad_input_without_database_url_sets_up_no_local_server(tmp_path: Path) 
          ["argument --lock-timeout: '99999h' is longer than PostgreSQL's maximum"]),
         (["restore", "--backup", "missing.dump"], 4, ["--backup: missing.dump does not exist"]),
         (["backup", "--compress", "brotli"], 4, ["'brotli'"]),
+        (["backup", "--jobs", "65"], 4, ["--jobs: 65 must be between 1 and 64"]),
+        (["run", "-c", str(FOODTRUCK), "--rehearse", "--no-backup"], 4, ["cannot be combined with --no-backup"]),
+        (["run", "-c", str(FOODTRUCK), "--shadow-database-url-env", "NO_SUCH_SHADOW"], 4,
+         ["NO_SUCH_SHADOW is not set"]),
     ]
     for args, code, words in cases:
         p = _sg(args, _env(COLUMNS="300"), cwd=cwd)
@@ -145,6 +149,11 @@ def test_without_the_embedded_extra_the_precheck_says_what_is_missing(make_db, t
     p = _sg(["run", "-c", str(FOODTRUCK), "--json", "--backup-dir", str(tmp_path / "b"),
              "--shadow-database-url-env", "SHADOW_URL"], env)
     assert p.returncode == 0, p.stdout + p.stderr
+    assert version(url) == "0003"
+    # a downgrade is tried on a throw-away server of its own: the option is refused, nothing changes
+    p = _sg(["run", "-c", str(FOODTRUCK), "--target", "0002", "--allow-downgrade", "--no-backup",
+             "--shadow-database-url-env", "SHADOW_URL"], env)
+    assert p.returncode == 4 and "a downgrade is tried on a throw-away server" in " ".join(p.stdout.split()), p.stdout
     assert version(url) == "0003"
     p = _sg(["run", "-c", str(FOODTRUCK), "--shadow-database-url-env", "NOT_SET_ANYWHERE"], env)
     assert p.returncode == 4 and "NOT_SET_ANYWHERE is not set" in " ".join((p.stdout + p.stderr).split())
