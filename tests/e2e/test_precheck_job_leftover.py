@@ -2,7 +2,7 @@
 the injected shadow-upgrade (and data-upgrade) handle the build that fails on it as migrate does (drop it in the
 shadow, run again), so the Job's result names the leftover (``data.leftovers``) and counts as the all-in-one
 precheck does, instead of failing with "already exists". The leftover is made by a real lock timeout behind a
-real second session's write transaction."""
+real second session's write transaction, held open until the migration has failed."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from schemagate.contract.target import Target
 from schemagate.runner.inject.migrate import migrate
 from tests.e2e.operator_process import RUNNER_IMAGE
 from tests.e2e.test_precheck_job import leftovers, run_precheck_job, secret, spec_for
-from tests.pipeline.helpers import PROJECTS, execute
-from tests.pipeline.test_leftovers import CASE05, indexes, writer
+from tests.pipeline.helpers import PROJECTS, execute, open_transaction
+from tests.pipeline.test_leftovers import CASE05, indexes
 
 pytestmark = pytest.mark.e2e
 
@@ -23,7 +23,7 @@ IMAGE = "schemagate.test/leftover:job"
 
 
 def _leftover(url: str, ini: Any, table: str, index: str) -> None:
-    with writer(url, f"begin; insert into {table} default values", hold=3.0):
+    with open_transaction(url, f"insert into {table} default values"):
         r = migrate(Target(ini, "head", url), lock_timeout="1s", retries=0)
     assert r.reason == "LockTimeout", r.message
     assert indexes(url)[index] is False

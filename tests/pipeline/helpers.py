@@ -51,6 +51,20 @@ def execute(url: str, sql: str) -> None:
         e.dispose()
 
 
+@contextlib.contextmanager
+def open_transaction(url: str, sql: str) -> Iterator[None]:
+    """A second session that runs ``sql`` in a transaction and keeps it open until the block ends (then commits):
+    whatever the block runs meanwhile waits for it, however slowly it starts."""
+    e = engine(url)
+    try:
+        with e.connect() as c:
+            c.exec_driver_sql(sql)
+            yield
+            c.commit()
+    finally:
+        e.dispose()
+
+
 def version(url: str) -> str | None:
     if not scalar(url, "select to_regclass('alembic_version') is not null"):
         return None

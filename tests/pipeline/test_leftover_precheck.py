@@ -1,7 +1,7 @@
 """The precheck after a failed concurrent index build, through the CLI, on real PostgreSQL (case 05 and its kin).
 
 ``schemagate migrate`` leaves an INVALID index behind when CREATE [UNIQUE] INDEX CONCURRENTLY fails (a lock timeout
-behind a real second session's write transaction, or duplicate rows), and names it. The next ``schemagate run``
+behind a real second session's write transaction, held open until the migration has failed, or duplicate rows), and names it. The next ``schemagate run``
 prechecks in a shadow that holds that INVALID index under its name: the build fails there on "already exists", as
 it does on the real database, and migrate's handling (drop the leftover, run again) is what the shadow does too.
 So the precheck predicts the migration: it passes over clean rows, naming the leftover (``data.leftovers``), and
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.pipeline.helpers import PROJECTS, ROOT, execute, run_module
-from tests.pipeline.test_leftovers import CASE05, indexes, versions, writer
+from tests.pipeline.helpers import PROJECTS, ROOT, execute, open_transaction, run_module
+from tests.pipeline.test_leftovers import CASE05, indexes, versions
 
 pytestmark = pytest.mark.postgres
 
@@ -50,7 +50,7 @@ def test_case05_lock_timeout_leftover_then_run(fresh_db: str, tmp_path: Path) ->
     p, out = cli(fresh_db, "migrate", "-c", str(ini), "--target", "0001", "--retries", "0")
     assert p.returncode == 0, out["message"]
     execute(fresh_db, (CASE05 / "data.sql").read_text().replace("%", "%%"))
-    with writer(fresh_db, "begin; insert into events (kind) values ('late')", hold=3.0):
+    with open_transaction(fresh_db, "insert into events (kind) values ('late')"):
         p, out = cli(fresh_db, "migrate", "-c", str(ini), "--retries", "0", "--lock-timeout", "1s")
     assert p.returncode != 0 and out["reason"] == "LockTimeout", out["message"]
     assert "ix_events_kind" in out["message"] and "INVALID" in out["message"]
@@ -116,7 +116,7 @@ def test_leftover_in_the_data_carrying_shadow(fresh_db: str, tmp_path: Path) -> 
     p, out = cli(fresh_db, "migrate", "-c", str(BACKFILLED), "--target", "0001", "--retries", "0")
     assert p.returncode == 0, out["message"]
     execute(fresh_db, "insert into tags (code) select 'T' || g from generate_series(1, 50) g")
-    with writer(fresh_db, "begin; insert into tags (code) values ('late')", hold=3.0):
+    with open_transaction(fresh_db, "insert into tags (code) values ('late')"):
         p, out = cli(fresh_db, "migrate", "-c", str(BACKFILLED), "--retries", "0", "--lock-timeout", "1s")
     assert p.returncode != 0 and out["reason"] == "LockTimeout", out["message"]
     assert indexes(fresh_db)["ix_tags_code"] is False and versions(fresh_db) == ["0001"]

@@ -2,7 +2,7 @@
 server in a thread): the injected ``shadow-upgrade`` and ``data-upgrade`` handle a build that fails on its own
 INVALID leftover as migrate does (drop it, run again), and ``count`` says what the all-in-one precheck says,
 naming the leftover (``data.leftovers``) and counting the unique index's duplicates exactly. The leftover is made
-by a real lock timeout behind a real second session's write transaction."""
+by a real lock timeout behind a real second session's write transaction, held open until the migration has failed."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from schemagate.contract.stepresult import Outcome
 from schemagate.contract.target import Target
 from schemagate.runner import precheck
 from schemagate.runner.inject.migrate import migrate
-from tests.pipeline.helpers import PROJECTS, execute
-from tests.pipeline.test_leftovers import CASE05, indexes, writer
+from tests.pipeline.helpers import PROJECTS, execute, open_transaction
+from tests.pipeline.test_leftovers import CASE05, indexes
 from tests.precheck.test_data_phases import phases, same
 
 pytestmark = pytest.mark.postgres
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.postgres
 
 def _leftover(url: str, ini: Path, table: str, index: str) -> None:
     """Revision 0002's concurrent build of ``index`` stopped by a lock timeout: INVALID, still at 0001."""
-    with writer(url, f"begin; insert into {table} default values", hold=3.0):
+    with open_transaction(url, f"insert into {table} default values"):
         r = migrate(Target(ini, "head", url), lock_timeout="1s", retries=0)
     assert r.reason == "LockTimeout", r.message
     assert indexes(url)[index] is False
