@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,10 @@ def test_backups_land_on_a_persistent_volume_as_uid_10001(real_kube: Any, operat
     for dump in dumps:
         assert dump.stat().st_uid == 10001 and dump.stat().st_size > 0, (dump, dump.stat())
         sidecar = dump.with_name(dump.name + ".sha256")
+        # the whole database: readable by its owner only, on the fsGroup volume too (restore and rehearse read it
+        # as the same user 10001)
+        assert stat.S_IMODE(dump.stat().st_mode) == stat.S_IMODE(sidecar.stat().st_mode) == 0o600, \
+            (oct(dump.stat().st_mode), oct(sidecar.stat().st_mode))
         digest = hashlib.sha256(dump.read_bytes()).hexdigest()
         assert sidecar.read_text().split()[0] == digest, (sidecar, sidecar.read_text())
     # the status names the newest backup as the pod saw it (/backups/...) with the digest of the file on the node
