@@ -211,16 +211,9 @@ def upgrade(
     url, url_env = t.url, t.url_env
     assert url is not None
     p = planned if planned is not None else plan(t)
-    result: UpgradeResult = {
-        "fromRevision": p["current"],
-        "toRevision": p["current"],
-        "targetRevision": p["target"],
-        "pending": list(p["pending"]),
-        "applied": [],
-        "lockTimeout": _given(lock_timeout),
-        "statementTimeout": _given(statement_timeout),
-        "sql": None,
-    }
+    result: UpgradeResult = {"fromRevision": p["current"], "toRevision": p["current"], "targetRevision": p["target"],
+                             "pending": list(p["pending"]), "applied": [], "lockTimeout": _given(lock_timeout),
+                             "statementTimeout": _given(statement_timeout), "sql": None}
     cfg = make_config(t.project, url)
     script = load_script(cfg)
     if render_sql_text and p["pending"]:
