@@ -17,6 +17,7 @@ from tests.e2e.operator_process import (  # noqa: F401 (re-exported for the deli
     RUNNER_IMAGE,
     Operator,
     free_port,
+    wait_established,
 )
 
 GATE = "schemagate.dev/migration"
@@ -25,7 +26,7 @@ GATE = "schemagate.dev/migration"
 def install_crd(kube: Any) -> None:
     kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "manifests" / "crd.yaml"),
                  "-f", str(ROOT / "manifests" / "restore-crd.yaml"))
-    kube.kubectl("wait", "--for=condition=Established", "crd/databasemigrations.schemagate.dev", "--timeout=60s")
+    wait_established(kube, "databasemigrations.schemagate.dev", "databaserestores.schemagate.dev")
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": LEASE_NS}})
 
 

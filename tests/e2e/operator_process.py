@@ -112,3 +112,18 @@ class Operator:
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
+
+
+def wait_established(kube: Any, *names: str, timeout: float = 120) -> None:
+    """Wait until each CustomResourceDefinition has ``Established=True`` (``kubectl wait`` errors out instead of
+    waiting while a just re-applied CRD has no ``status.conditions`` yet)."""
+
+    def established() -> bool:
+        for name in names:
+            p = kube.kubectl("get", f"crd/{name}", "-o",
+                             'jsonpath={.status.conditions[?(@.type=="Established")].status}', check=False)
+            if p.returncode != 0 or p.stdout.strip() != "True":
+                return False
+        return True
+
+    kube.wait_for(established, timeout=timeout, interval=0.5, message=f"CRDs {', '.join(names)} Established")

@@ -12,6 +12,7 @@ import yaml
 
 from tests.delivery.gotools import module_dir
 from tests.delivery.monitoring import monitoring_objects
+from tests.e2e.operator_process import wait_established
 
 pytestmark = pytest.mark.e2e
 PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
@@ -27,7 +28,7 @@ def install_prometheus_operator_crds(kube: Any) -> list[str]:
         kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path), timeout=120)
         names.append(yaml.safe_load(path.read_text())["metadata"]["name"])
     for name in names:
-        kube.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+        wait_established(kube, name)
     return names
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.operator_process import ROOT
+from tests.e2e.operator_process import ROOT, wait_established
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ def create_policy(kube: Any) -> Iterator[None]:
     """The CRD and the create policy (with its binding) from manifests/, removed afterwards if they were new."""
     kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "manifests" / "crd.yaml"),
                  "-f", str(ROOT / "manifests" / "restore-crd.yaml"))
-    kube.kubectl("wait", "--for=condition=Established", "crd/databasemigrations.schemagate.dev", "--timeout=60s")
+    wait_established(kube, "databasemigrations.schemagate.dev")
     docs = _policy_docs()
     assert [d["kind"] for d in docs] == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     existed = kube.kubectl("get", "validatingadmissionpolicy", POLICY, check=False).returncode == 0

@@ -15,28 +15,19 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.operator_process import LEASE_NS, ROOT, RUNNER_IMAGE, Operator  # noqa: F401 (re-exported)
+from tests.e2e.operator_process import (  # noqa: F401 (re-exported)
+    LEASE_NS,
+    ROOT,
+    RUNNER_IMAGE,
+    Operator,
+    wait_established,
+)
 
 pytestmark = pytest.mark.e2e
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # fixtures
-
-
-def wait_established(kube: Any, *names: str, timeout: float = 120) -> None:
-    """Wait until each CustomResourceDefinition has ``Established=True`` (``kubectl wait`` errors out instead of
-    waiting while a just re-applied CRD has no ``status.conditions`` yet)."""
-
-    def established() -> bool:
-        for name in names:
-            p = kube.kubectl("get", f"crd/{name}", "-o",
-                             'jsonpath={.status.conditions[?(@.type=="Established")].status}', check=False)
-            if p.returncode != 0 or p.stdout.strip() != "True":
-                return False
-        return True
-
-    kube.wait_for(established, timeout=timeout, interval=0.5, message=f"CRDs {', '.join(names)} Established")
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.operator_process import ROOT, RUNNER_IMAGE, free_port
+from tests.e2e.operator_process import ROOT, RUNNER_IMAGE, free_port, wait_established
 from tests.e2e.operator_process import Operator as SharedOperator
 
 CHART = ROOT / "charts" / "schemagate"
@@ -209,7 +209,7 @@ def _delete(kube: Any, kind: str, name: str, ns: str | None) -> None:
 def _install_crd(kube: Any) -> None:
     kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "manifests" / "crd.yaml"),
                  "-f", str(ROOT / "manifests" / "restore-crd.yaml"))
-    kube.kubectl("wait", "--for=condition=Established", "crd/databasemigrations.schemagate.dev", "--timeout=60s")
+    wait_established(kube, "databasemigrations.schemagate.dev")
 
 
 @pytest.fixture(scope="module")

@@ -415,7 +415,8 @@ def test_data_route_on_an_explicit_shadow_database_as_a_role_without_superuser(p
         ini = sql_project(tmp_path / "proj", ["CREATE TABLE p (id int PRIMARY KEY)",
                                               "CREATE TABLE c (id int, p_id int REFERENCES p, n int)"],
                           ["UPDATE c SET n = 0 WHERE n IS NULL", "ALTER TABLE c ALTER COLUMN n SET NOT NULL",
-                           "ALTER TABLE c ADD CONSTRAINT c_n CHECK (n < 5)"])
+                           "ALTER TABLE c ADD CONSTRAINT c_n CHECK (n < 5)", "CREATE INDEX ix_c_n ON c (n)",
+                           "ALTER TABLE c ADD CONSTRAINT c_id CHECK (id > 0) NOT VALID"])
         upgrade(Target(ini, "0001", as_role(real), "DATABASE_URL"))
         execute(as_role(real), "INSERT INTO p VALUES (1)", "INSERT INTO c VALUES (1, 1, NULL), (2, 1, 9)")
         r = precheck.precheck(Target(ini, "head", as_role(real), "DATABASE_URL"), lint=False, shadow_url=as_role(spare))
@@ -423,6 +424,9 @@ def test_data_route_on_an_explicit_shadow_database_as_a_role_without_superuser(p
         assert r.data["dataShadow"]["triggersOff"] is False and r.data["dataShadow"]["tables"] == ["public.p",
                                                                                                    "public.c"]
         assert user_table_count(libpq_url(as_role(spare))) == 0 and password not in r.to_json()
+        # what verify checks comes from the shadow's catalog, read before the data route emptied the database
+        assert [i["name"] for i in r.data["indexes"]] == ["ix_c_n"], r.data["indexes"]
+        assert [c["name"] for c in r.data["notValid"]] == ["c_id"], r.data["notValid"]
     finally:
         execute(pg_server, f"DROP OWNED BY {role} CASCADE")
         for url in (real, spare):

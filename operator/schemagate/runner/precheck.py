@@ -380,6 +380,7 @@ def analyse(
     derive_checks: bool = True,
     derived: list[Check] | None = None,
     before_cat: catalog.Catalog | None = None,
+    after_cat: catalog.Catalog | None = None,
 ) -> list[Check]:
     """Diff the catalogs, count, lint; fills ``data`` and returns every check (derived and user).
 
@@ -389,8 +390,11 @@ def analyse(
     name-based catalog diff of the real database against the shadow after the revisions.
     With ``derive_checks=False`` only the user checks are counted; the diff still supplies the new indexes and
     the intentionally NOT VALID constraints that verify needs."""
-    with _connect(shadow_url) as sconn:
-        shadow_cat = catalog.snapshot(sconn)
+    if after_cat is not None:  # taken by the caller before the shadow was emptied (an explicit shadow database)
+        shadow_cat = after_cat
+    else:
+        with _connect(shadow_url) as sconn:
+            shadow_cat = catalog.snapshot(sconn)
     with _connect(url) as conn:
         real_cat = catalog.snapshot(conn)
         # shadow-before vs shadow-after: one server prints both sides, so an unchanged definition never differs
@@ -697,6 +701,10 @@ def _derive_and_count(target: Target, p: Plan, shadow_url: str | None, users: li
     data["shadow"] = _shadow_summary(sh)
     rec, statements, up = _run_in_shadow(target, sh, vt, notes, p, data)
     changed, _ = capture.dml_label(statements)
+    after: catalog.Catalog | None = None
+    if shadow_url is not None:  # the data route empties an explicit shadow database: its catalog is read first
+        with _connect(sh.url) as sconn:
+            after = catalog.snapshot(sconn)
     if rec.checks and (changed or stepwise.creates_routines(statements)):
         derived = _count_in_data_shadow(target, shadow_url, rec, statements, opts.data_shadow_max_bytes, data, notes,
                                         p)
@@ -704,7 +712,8 @@ def _derive_and_count(target: Target, p: Plan, shadow_url: str | None, users: li
         derived = _count_on_real_database(target, shadow_url, rec, statements, opts, data, notes, p)
     return analyse(_url(target), sh.url, pending=list(p["pending"]), statements=statements,
                    offline_sql=up.get("sql"), offline_error=up.get("sqlError"), user_checks=users, do_lint=opts.lint,
-                   statement_timeout=opts.statement_timeout, data=data, derived=derived, before_cat=sh.before)
+                   statement_timeout=opts.statement_timeout, data=data, derived=derived, before_cat=sh.before,
+                   after_cat=after)
 
 
 def _run_in_shadow(target: Target, sh: Shadow, vt: Mapping[str, Any], notes: list[str],
