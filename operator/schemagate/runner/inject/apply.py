@@ -28,6 +28,7 @@ from schemagate.contract.stepresult import Plan, UpgradeResult
 from schemagate.contract.target import Target
 from schemagate.runner.inject.config import (
     DEFAULT_LOCK_TIMEOUT,
+    engine_for,
     isolated_imports,
     load_script,
     make_config,
@@ -90,6 +91,16 @@ def server_identity(conn: Any) -> ServerIdentity:
         finally:
             cur.close()
     return (str(row[0]), str(row[1]), str(row[2]))
+
+
+def server_identity_of(url: str) -> ServerIdentity:
+    """``server_identity`` of a session opened for ``url`` (and closed again)."""
+    eng = engine_for(url)
+    try:
+        with eng.connect() as conn:
+            return server_identity(conn)
+    finally:
+        eng.dispose()
 
 
 def _check_server(context: Any, expected: ServerIdentity) -> None:

@@ -42,8 +42,7 @@ from schemagate.contract.errors import (
 from schemagate.contract.sqlkind import classify, in_transaction, normalized
 from schemagate.contract.stepresult import Outcome
 from schemagate.contract.target import Target
-from schemagate.runner.inject.apply import UnexpectedCurrent, server_identity, upgrade
-from schemagate.runner.inject.config import engine_for
+from schemagate.runner.inject.apply import UnexpectedCurrent, server_identity_of, upgrade
 from schemagate.runner.inject.leftovers import ShadowRetry
 from schemagate.runner.inject.shadow import not_faithful
 
@@ -193,12 +192,7 @@ def data_upgrade(target: Target, workdir: str | os.PathLike[str]) -> dict[str, A
     out: dict[str, Any] = {"events": run.events}
     planned = spec.get("plan")
     url = str(spec["url"])
-    eng = engine_for(url)
-    try:
-        with eng.connect() as conn:
-            data_server = server_identity(conn)  # env.py must connect there: never to the real database
-    finally:
-        eng.dispose()
+    data_server = server_identity_of(url)  # env.py must connect there: never to the real database
     try:
         retry = ShadowRetry(url)  # a leftover's build fails here too: dropped, run again (migrate)
         with run.listening():

@@ -16,7 +16,7 @@ from schemagate.contract.errors import Actor, InvalidInput, ShadowUnavailable
 from schemagate.contract.sqlkind import StatementLog
 from schemagate.contract.stepresult import Plan, ShadowUpgradeDoc, UpgradeResult, VersionTable
 from schemagate.contract.target import Target
-from schemagate.runner.inject.apply import ServerIdentity, UnexpectedCurrent, server_identity, upgrade
+from schemagate.runner.inject.apply import ServerIdentity, UnexpectedCurrent, server_identity_of, upgrade
 from schemagate.runner.inject.capture import capture_statements
 from schemagate.runner.inject.config import engine_for, isolated_imports
 from schemagate.runner.inject.leftovers import ShadowRetry
@@ -174,12 +174,7 @@ def shadow_upgrade(
     vt = synced["versionTable"] if synced is not None else None
     version_table = vt["name"] if vt is not None else None
 
-    eng = engine_for(url)
-    try:
-        with eng.connect() as conn:
-            shadow_server = server_identity(conn)  # env.py must connect there: never to the real database
-    finally:
-        eng.dispose()
+    shadow_server = server_identity_of(url)  # env.py must connect there: never to the real database
     with capture_statements(StatementLog(version_table=version_table)) as log, \
             record_snapshots(url, workdir, state):
         try:
