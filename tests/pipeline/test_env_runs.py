@@ -72,10 +72,11 @@ def test_a_custom_version_table_at_base(fresh_db: str, tmp_path, schema: str | N
     assert query(fresh_db, f"SELECT version_num FROM {table}") == [("0002",)]
     assert query(fresh_db, "SELECT to_regclass('public.alembic_version') IS NULL") == [(True,)]
     assert sum(runs.values()) == 2, runs
-    # the next run finds the one candidate table, reads it with SQL and has nothing to do: no env.py run at all
+    # the next run has nothing to do: env.py plans once (a catalog plan with nothing pending is confirmed by no
+    # later env.py run, and the one table it found could be another project's), nothing else runs
     result, runs = _run_probe(fresh_db, tmp_path, **extra)
     assert result["reason"] == "Verified" and result["data"]["applied"] == [], result
-    assert sum(runs.values()) == 0, runs
+    assert sum(runs.values()) == 1 and [purpose for purpose, _db in runs] == ["plan"], runs
 
 
 def test_two_version_tables_plan_through_env_py(fresh_db: str, tmp_path) -> None:
@@ -162,8 +163,8 @@ def test_one_run_opens_at_most_four_sessions_on_the_real_database(fresh_db: str,
 
 def test_other_tables_named_like_a_version_column_do_not_confuse_the_plan(fresh_db: str, tmp_path) -> None:
     """A user table with an integer ``version_num`` and one with a text ``version_num`` in more rows than a version
-    table has heads are not version tables: the plan still comes from the catalog (two env.py runs), and a second
-    run with a version table that has an extra column still finds it (nothing to do, no env.py run)."""
+    table has heads are not version tables: the plan still comes from the catalog (two env.py runs), and the catalog
+    still finds a version table that has an extra column (a second run has nothing to do: one env.py plan run)."""
     execute(fresh_db, "CREATE TABLE documents (id int PRIMARY KEY, version_num integer)")
     execute(fresh_db, "CREATE TABLE releases (version_num text)")
     execute(fresh_db, "INSERT INTO releases SELECT 'r' || g FROM generate_series(1, 150) g")
@@ -171,9 +172,15 @@ def test_other_tables_named_like_a_version_column_do_not_confuse_the_plan(fresh_
     assert result["reason"] == "Verified" and result["data"]["applied"] == ["0001", "0002"], result
     assert sum(runs.values()) == 2, runs
     execute(fresh_db, "ALTER TABLE alembic_version ADD COLUMN note text")
-    result, runs = _run_probe(fresh_db, tmp_path)
+    from schemagate.contract.target import Target
+    from schemagate.runner.inject.revisions import plan_from_catalog
+
+    with psycopg.connect(libpq_url(fresh_db)) as conn:
+        found = plan_from_catalog(Target(PROBE, "head", fresh_db), conn)
+    assert found is not None and (found["versionTable"], found["current"]) == ("alembic_version", "0002"), found
+    result, runs = _run_probe(fresh_db, tmp_path)  # nothing to do: env.py plans once (plan_without_env)
     assert result["reason"] == "Verified" and result["data"]["applied"] == [], result
-    assert sum(runs.values()) == 0, runs
+    assert sum(runs.values()) == 1 and [purpose for purpose, _db in runs] == ["plan"], runs
 
 
 @pytest.mark.parametrize("command", ["precheck", "run"])

@@ -143,3 +143,20 @@ def test_probe_run_with_search_path_in_env_py(make_db, tmp_path: Path, other_pro
     assert result["reason"] == "Verified" and result["data"]["applied"] == ["0002"], result
     assert _versions(url) == {"billing": ["0002"], **({"public": ["0002"]} if other_project else {})}
     assert query(url, "SELECT to_regclass('billing.probe_items') IS NOT NULL") == [(True,)]
+
+
+def test_another_projects_table_at_head_is_not_taken_for_env_pys(make_db, tmp_path: Path) -> None:
+    """The probe has never run (billing.alembic_version does not exist) and another project's public.alembic_version
+    holds 0002, one of the probe's ids: the catalog's one table says "nothing to do", but env.py, which plans when
+    nothing is pending, reads base on its search_path. Both revisions are applied in billing; the other project's
+    table is untouched (before, the run reported Verified at 0002 and applied nothing)."""
+    url = make_db()
+    execute(url, "CREATE SCHEMA billing; " + OTHER_PROJECT)
+    env = _env(url, PROBE_SEARCH_PATH="billing")
+    p = run_module(["-m", "schemagate.cli", "run", "-c", str(PROBE), "--json", "--backup-dir",
+                    str(tmp_path / "backups")], env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    result = json.loads(p.stdout)
+    assert result["reason"] == "Verified" and result["data"]["applied"] == ["0001", "0002"], result
+    assert _versions(url) == {"billing": ["0002"], "public": ["0002"]}
+    assert query(url, "SELECT to_regclass('billing.probe_items') IS NOT NULL") == [(True,)]

@@ -7,7 +7,7 @@ table, wherever env.py puts it), and what ``alembic upgrade <target>`` does from
 database has such a column and its rows are revisions of the scripts, those rows are what env.py would read.
 Such a plan is marked ``source: "catalog"``: the first env.py run that follows (the precheck's shadow upgrade, or
 the migration's upgrade, both with ``expect_current``) confirms it, and the caller plans through env.py when it
-does not hold."""
+does not hold. With nothing pending no env.py run follows, so ``plan_without_env`` plans through env.py then."""
 
 from __future__ import annotations
 
@@ -181,9 +181,12 @@ def plan_from_catalog(t: Target, conn: Any) -> Plan | None:
 
 
 def plan_without_env(t: Target, conn: Any) -> Plan:
-    """``plan_from_catalog(t, conn)`` when the catalog tells, else ``plan(t)`` (one env.py run)."""
+    """``plan_from_catalog(t, conn)`` when the catalog tells and something is pending, else ``plan(t)`` (one
+    env.py run). A catalog plan with nothing pending is not used: no later env.py run would confirm it (no shadow
+    upgrade, no migration), and the one table the catalog found may be another Alembic project's with the same
+    revision ids while env.py's own table (e.g. on the search_path its engine sets) does not exist yet."""
     p = plan_from_catalog(t, conn)
-    return p if p is not None else plan(t)
+    return p if p is not None and p["pending"] else plan(t)
 
 
 def confirm(p: Plan, used: VersionTable | None) -> bool:
