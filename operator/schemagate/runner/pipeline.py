@@ -148,8 +148,8 @@ def _plan_and_steps(r: _Run, t: Target, checks: list[dict[str, str]], shadow: Sh
                     progress: Callable[[str], None] | None, shadow_url_env: str | None = None) -> None:
     """Plan, backup, then steps 2 to 4 (``shadow``: the precheck's throw-away server, starting meanwhile)."""
     data = r.data
-    # the plan of this run, from the catalog when it tells (no env.py run: the shadow upgrade's env.py run, or the
-    # migration's, confirms it), passed down; computed again only under the migration's lock
+    # the plan of this run, from the catalog when it tells and something is pending (no env.py run: the shadow
+    # upgrade's env.py run, or the migration's, confirms it), passed down; computed again only under the lock
     with connect(str(t.url)) as conn:
         p = plan_without_env(t, conn)
     t = t.at(p["target"])
