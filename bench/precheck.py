@@ -527,8 +527,8 @@ def measure_anchor(embedded: EmbeddedPostgres | None, url: str, checks: list[cou
     for label, v in (("process start, imports, exit (wall minus the step's duration)", part["outside"]),
                      ("the shadow's schema restore", part["restore"]),
                      ("the counting on 2 sessions (measured alone, above)", med["counting, 2 sessions"]),
-                     ("the rest of the step: env.py's plan, waiting for the shadow server, the shadow upgrade "
-                      "(env.py on the shadow), catalog snapshots, the lint, the stop", rest)):
+                     ("the rest of the step: the plan (read from the catalog), waiting for the shadow server, the "
+                      "shadow upgrade (env.py's one run, on the shadow), catalog snapshots, the lint, the stop", rest)):
         print(f"| {label} | {v:.2f} | {v / med['validate']:.2f}x |")
     floor = med["counting, 2 sessions"] + med["start-up"]
     ok &= goal_line("precheck", "whole schemagate precheck vs NOT VALID + VALIDATE (warm, serial)",
@@ -543,11 +543,11 @@ def measure_anchor(embedded: EmbeddedPostgres | None, url: str, checks: list[cou
           f"{med['counting'] / med['validate']:.2f}x VALIDATE on one session, "
           f"{med['counting, 2 sessions'] / med['validate']:.2f}x on two sessions scanning different tables on one "
           "snapshot) and runs the application's env.py (a Python process with Alembic, SQLAlchemy and psycopg "
-          "imported) before it knows what to count: env.py plans on the database, then applies the pending "
-          "revisions to the shadow, whose statements are the checks. The shadow server starts and its schema is "
-          "restored while Python imports and env.py plans; the lint's parser loads while the shadow upgrade and "
+          "imported) before it knows what to count: env.py applies the pending revisions to the shadow, whose "
+          "statements are the checks (the plan is read from the catalog, no env.py run). The shadow server starts "
+          "and its schema is restored while Python imports; the lint's parser loads while the shadow upgrade and "
           "counting wait on PostgreSQL. Serial, the sum cannot go below the floor printed (start-up + counting), "
-          "and the rest of the step (table above) is env.py's two runs, the snapshots and the lint.")
+          "and the rest of the step (table above) is env.py's run on the shadow, the snapshots and the lint.")
     if embedded is not None and cold_reps > 0:
         cold_sides: dict[str, list[float]] = {"validate": [], "counting": []}
 
