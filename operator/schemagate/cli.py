@@ -230,7 +230,8 @@ def _add_backup(sub: _Sub) -> None:
 
 def _add_precheck(sub: _Sub) -> None:
     p = sub.add_parser("precheck", help="count the rows that would violate the pending revisions' constraints")
-    _project(p, "with a --phase other than all (they read what the first phase wrote in --workdir)")
+    _project(p, "with a --phase other than all (the Kubernetes phases: the project runs in the application's "
+                "image, and the phases share its results through --workdir)")
     p.add_argument("--max-violations", default=0, type=_int_at_least(0, "--max-violations"), metavar="N",
                    help=_MAX_VIOLATIONS_HELP)
     p.add_argument("--phase", choices=("all", "shadow-server", "prepare", "data-prepare", "count"), default="all",
