@@ -86,7 +86,9 @@ def watch(owner: int, base: Path, poll: float = 0.05) -> int:
         if stopped.exists():
             destroy(stopped)
             return 0
-        if not base.exists():
+        if not base.exists():  # renamed between the two looks (the rename is atomic), or removed
+            if stopped.exists():
+                destroy(stopped)
             return 0
         if not alive(owner) or os.getppid() != original_parent:
             destroy(base)
