@@ -41,6 +41,7 @@ SCHEDULING_GATE = f"{GROUP}/migration"  # the pod scheduling gate the operator r
 # steps (Jobs and the CLI)
 ENV_DATABASE_URL = "DATABASE_URL"  # default name of the variable holding the database URL
 ENV_TERMINATION_LOG = "SCHEMAGATE_TERMINATION_LOG"  # where a step writes its StepResult for the kubelet
+ENV_TERMINATION_MESSAGE_LIMIT = "SCHEMAGATE_TERMINATION_MESSAGE_LIMIT"  # its byte budget in the step's pod
 ENV_PLAN = "SCHEMAGATE_PLAN"  # the verification plan (precheck data) for the verify Job
 ENV_ALEMBIC_CONFIG = "SCHEMAGATE_ALEMBIC_CONFIG"  # default -c/--config of the injected runner
 ENV_TARGET = "SCHEMAGATE_TARGET"  # default --target of the injected runner

@@ -24,6 +24,17 @@ API_VERSION = names.API_VERSION
 KIND = names.STEP_RESULT_KIND
 SCHEMA_VERSION = 1
 TERMINATION_MESSAGE_LIMIT = 4096
+# The kubelet keeps at most 12 KiB of termination messages per pod, divided equally among all its containers (init
+# containers included), and 4096 bytes per container: a message over its share is cut, and no longer parses.
+# https://kubernetes.io/docs/tasks/debug/debug-application/determine-reason-pod-failure/#customizing-the-termination-message
+POD_TERMINATION_MESSAGES = 12 * 1024
+TERMINATION_LIMIT_ENV = names.ENV_TERMINATION_MESSAGE_LIMIT
+
+
+def termination_limit(containers: int) -> int:
+    """The bytes one container's termination message may take in a pod of ``containers`` containers (init
+    containers included): ``min(4096, 12288 // containers)`` (the kubelet's rule, see above)."""
+    return min(TERMINATION_MESSAGE_LIMIT, POD_TERMINATION_MESSAGES // max(1, containers))
 TERMINATION_LOG_ENV = names.ENV_TERMINATION_LOG
 
 
@@ -427,5 +438,9 @@ def write_termination_log(result: StepResult, path: str | None = None) -> None:
     path = path or os.environ.get(TERMINATION_LOG_ENV)
     if not path:
         return
+    try:  # the step's share of its pod's termination messages (core.jobs sets it), else the per-container limit
+        limit = int(os.environ.get(TERMINATION_LIMIT_ENV) or TERMINATION_MESSAGE_LIMIT)
+    except ValueError:
+        limit = TERMINATION_MESSAGE_LIMIT
     with open(path, "w", encoding="utf-8") as f:
-        f.write(to_termination_message(result))
+        f.write(to_termination_message(result, limit=max(256, min(limit, TERMINATION_MESSAGE_LIMIT))))

@@ -16,6 +16,7 @@ from typing import cast
 
 from schemagate.contract import names
 from schemagate.contract.checks import UserCheck
+from schemagate.contract.stepresult import termination_limit
 from schemagate.core.lease import RESTORE_KIND
 from schemagate.core.manifest import (
     Container,
@@ -483,6 +484,16 @@ def build_job(m: Migration, step: str, name: str, counter: int, s: JobSettings,
     return job
 
 
+def _termination_budget(all_containers: list[Container]) -> None:
+    """Every container that writes a termination message learns its share of the pod's
+    (``stepresult.termination_limit``): the kubelet cuts a longer one, which then does not parse."""
+    limit = str(termination_limit(len(all_containers)))
+    for c in all_containers:
+        env = c.get("env") or []
+        if any(e.get("name") == names.ENV_TERMINATION_LOG for e in env):
+            env.append({"name": names.ENV_TERMINATION_MESSAGE_LIMIT, "value": limit})
+
+
 def _job(m: Migration, name: str, labels: dict[str, str], owner: OwnerReference, annotations: dict[str, str],
          layout: Layout, ttl: bool = True) -> Job:
     """A batch/v1 Job around the containers, with the pod settings of ``spec.jobTemplate``."""
@@ -497,6 +508,7 @@ def _job(m: Migration, name: str, labels: dict[str, str], owner: OwnerReference,
     }
     if inits:
         pod_spec["initContainers"] = inits
+    _termination_budget([*inits, *containers])
     if jt.service_account_name:
         pod_spec["serviceAccountName"] = jt.service_account_name
     else:
