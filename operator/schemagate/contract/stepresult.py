@@ -73,7 +73,7 @@ class UpgradeResult(TypedDict, total=False):
     applied: list[str]
     lockTimeout: str | None  # as given
     statementTimeout: str | None
-    sql: str | None  # the offline rendering of the pending range (render_sql_text)
+    sql: str | None  # always None from upgrade (the offline rendering is render_sql); kept in shadow-upgrade.json of older runners
     sqlError: str  # why the offline rendering failed
     contextVersionTable: VersionTable  # the version table env.py's migration context used (when env.py ran)
 

@@ -711,7 +711,7 @@ def _derive_and_count(target: Target, p: Plan, shadow_url: str | None, users: li
     else:
         derived = _count_on_real_database(target, shadow_url, rec, statements, opts, data, notes, p)
     return analyse(_url(target), sh.url, pending=list(p["pending"]), statements=statements,
-                   offline_sql=up.get("sql"), offline_error=up.get("sqlError"), user_checks=users, do_lint=opts.lint,
+                   offline_sql=None, offline_error=None, user_checks=users, do_lint=opts.lint,
                    statement_timeout=opts.statement_timeout, data=data, derived=derived, before_cat=sh.before,
                    after_cat=after)
 

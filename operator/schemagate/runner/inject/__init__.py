@@ -21,10 +21,11 @@ built once from the options and passed down:
     heads, ``UnknownRevision`` for an unknown target (or a database revision the scripts do not know),
     ``InvalidInput`` for a downgrade target or a missing config. The URL is only used through env.py.
 
-``apply.upgrade(target, lock_timeout="5s", statement_timeout=None, *, render_sql_text=False) -> dict``
+``apply.upgrade(target, lock_timeout="5s", statement_timeout=None, *, planned=None, expect_current=False,
+expect_server=None) -> dict``
     Runs ``alembic upgrade`` programmatically. Returns ``{"fromRevision", "toRevision", "applied": [ids],
-    "pending": [ids], "lockTimeout", "statementTimeout", "sql": str|None}`` (``sql``: the offline rendering of the
-    pending range, when ``render_sql``). On failure raises ``MigrationFailed`` (``.revision``,
+    "pending": [ids], "lockTimeout", "statementTimeout", "sql": None}`` (the offline rendering is
+    ``render_sql``, used only where nothing runs in a shadow). On failure raises ``MigrationFailed`` (``.revision``,
     ``.statement``, ``.current_revision``: the message names the revision and the failing statement; with
     ``transaction_per_migration`` the database stays at the previous revision), or ``LockTimeout``
     (transient) when a statement hit ``lock_timeout``. No advisory lock and no retries here: see ``migrate``.

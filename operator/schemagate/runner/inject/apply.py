@@ -20,7 +20,6 @@ from schemagate.contract.errors import (
     MigrationFailed,
     Transient,
     WrongDatabase,
-    error_text,
     translate,
 )
 from schemagate.contract.redact import redact
@@ -201,7 +200,6 @@ def upgrade(
     lock_timeout: str | None = DEFAULT_LOCK_TIMEOUT,
     statement_timeout: str | None = None,
     *,
-    render_sql_text: bool = False,
     on_revision: Callable[[str], None] | None = None,
     planned: Plan | None = None,
     expect_current: bool = False,
@@ -227,8 +225,6 @@ def upgrade(
                              "statementTimeout": _given(statement_timeout), "sql": None}
     cfg = make_config(t.project, url)
     script = load_script(cfg)
-    if render_sql_text and p["pending"]:
-        _render_into(result, cfg, script, t, p)
     if not p["pending"]:
         return result
     state: dict[str, Any] = {"running": None, "done": []}
@@ -251,17 +247,6 @@ def upgrade(
     result["toRevision"] = after
     result["applied"] = reached(script, p["pending"], split_revisions(after))
     return result
-
-
-def _render_into(result: UpgradeResult, cfg: Config, script: ScriptDirectory, t: Target, p: Plan) -> None:
-    """``result["sql"]``: the offline rendering of the plan ``p`` through env.py (``render_sql``), or None and
-    ``result["sqlError"]`` when it fails (revisions that read data cannot render offline)."""
-    try:
-        with session_environment(t.url, t.url_env):
-            result["sql"] = render_sql(cfg, script, p["current"], p["target"])
-    except Exception as e:  # noqa: BLE001 - revisions that read data cannot render offline
-        result["sql"] = None
-        result["sqlError"] = error_text(e)
 
 
 def _transient(e: BaseException) -> bool:
