@@ -25,6 +25,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from kubernetes import client, config
@@ -33,6 +34,7 @@ from kubernetes.client.exceptions import ApiException
 from schemagate.contract import names
 from schemagate.contract.errors import Conflict, Forbidden, Invalid, KubernetesApiError, NotFound
 from schemagate.contract.redact import redact
+from schemagate.contract.stepresult import from_log, from_termination_message
 from schemagate.core import jobs as J
 from schemagate.core import status as S
 from schemagate.core.decide import ACTIVE, FAILED, SUCCEEDED, JobObs, JobState, LockObs
@@ -48,6 +50,10 @@ MERGE = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 # Gated pods have not been scheduled, so they are Pending: a server-side filter that keeps the list small.
 PENDING_PODS = "status.phase=Pending"
+# A step prints its whole result as one line on stdout at the end (``--json``); the log is read only when the
+# termination message had to be summarised. The bytes bound what one read can cost the operator.
+LOG_TAIL_LINES = 50
+LOG_LIMIT_BYTES = 8 * 1024 * 1024
 
 Obj = dict[str, Any]
 JobCreation = Literal["created", "exists", "foreign"]
@@ -250,14 +256,38 @@ class Kube:
         """The StepResult of a finished Job's newest pod: ``(parsed termination message, exit code, other text)``
         (see :func:`pod_termination` and :func:`parse_termination`)."""
         pods = request(self.core.list_namespaced_pod, ns, label_selector=f"job-name={job_name}").get("items") or []
-        term = pod_termination(pods)
-        if term is None:
+        source = termination_source(pods)
+        if source is None:
             return None, None, pod_waiting(pods)
+        term = source.terminated
         result, code, text = parse_termination(term.get("message") or "", term.get("exitCode"))
+        if result is not None and result.get("truncated"):
+            result = self.whole_result(ns, source, result)
         if result is None and term.get("reason") == "OOMKilled":
             text = "OOMKilled: the kernel killed the step at its memory limit (spec.jobTemplate.resources)" + (
                 f"; last output: {text}" if text else "")
         return result, code, text
+
+    def whole_result(self, ns: str, source: TerminationSource, summary: Obj) -> Obj:
+        """The whole StepResult of a step whose termination message is a summary (``truncated: true``: over the
+        container's share of the pod's 12 KiB), read from the line the step printed on stdout in its container's log
+        (``stepresult.from_log``; the last ``LOG_TAIL_LINES`` lines, at most ``LOG_LIMIT_BYTES``). The summary when
+        the log cannot be read (no ``get pods/log`` right, the pod gone, the node unreachable) or has no such line;
+        a warning says why."""
+        try:
+            r = call(self.core.read_namespaced_pod_log, source.pod, ns, container=source.container,
+                     previous=source.previous, tail_lines=LOG_TAIL_LINES, limit_bytes=LOG_LIMIT_BYTES,
+                     _preload_content=False)
+            whole = from_log(r.data.decode("utf-8", errors="replace"), summary)
+        except KubernetesApiError as e:
+            log.warning("the result of %s/%s container %s was summarised to fit its termination message and its "
+                        "log cannot be read (%s): the summary is used", ns, source.pod, source.container, e)
+            return summary
+        if whole is None:
+            log.warning("the result of %s/%s container %s was summarised to fit its termination message and its "
+                        "log has no whole result: the summary is used", ns, source.pod, source.container)
+            return summary
+        return whole
 
     # ------------------------------------------------------------------------------------------------------------
     # Secrets
@@ -479,15 +509,26 @@ def job_observation(job: Mapping[str, Any], result: Obj | None = None, exit_code
     )
 
 
-def pod_termination(pods: list[Obj]) -> Obj | None:
-    """The ``terminated`` state that holds a Job's result: of the newest pod (creationTimestamp), the first
-    container that exited non-zero (init containers first, current or last state; sidecars never count), else the
-    last container's.
-    None when no pod or no terminated container. (core/v1 ContainerStatus.state.terminated.)"""
+@dataclass(frozen=True)
+class TerminationSource:
+    """Where a Job's result was read: the pod and container names, whether it is the container's previous run
+    (``lastState``: its log is ``previous=true``) and the core/v1 ContainerStateTerminated."""
+
+    pod: str
+    container: str
+    previous: bool
+    terminated: Obj
+
+
+def termination_source(pods: list[Obj]) -> TerminationSource | None:
+    """The container whose ``terminated`` state holds a Job's result: of the newest pod (creationTimestamp), the
+    first container that exited non-zero (init containers first, current or last state; sidecars never count), else
+    the last container's. None when no pod or no terminated container. (core/v1 ContainerStatus.state.terminated.)"""
     if not pods:
         return None
     newest = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")[-1]
     st = newest.get("status") or {}
+    pod = str(newest["metadata"].get("name") or "")
     # a sidecar (an init container with restartPolicy Always, e.g. the precheck's shadow-server) serves the step
     # and is stopped after it: its exit is never the step's result
     sidecars = {c.get("name") for c in (newest.get("spec") or {}).get("initContainers") or []
@@ -495,12 +536,19 @@ def pod_termination(pods: list[Obj]) -> Obj | None:
     statuses = [cs for cs in list(st.get("initContainerStatuses") or []) + list(st.get("containerStatuses") or [])
                 if cs.get("name") not in sidecars]
     for cs in statuses:
-        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        current = (cs.get("state") or {}).get("terminated")
+        term = current or (cs.get("lastState") or {}).get("terminated")
         if term and int(term.get("exitCode") or 0) != 0:
-            return term
-    if statuses:
-        return (statuses[-1].get("state") or {}).get("terminated") or None
+            return TerminationSource(pod, str(cs.get("name")), current is None, term)
+    if statuses and (statuses[-1].get("state") or {}).get("terminated"):
+        return TerminationSource(pod, str(statuses[-1].get("name")), False, statuses[-1]["state"]["terminated"])
     return None
+
+
+def pod_termination(pods: list[Obj]) -> Obj | None:
+    """The ``terminated`` state that holds a Job's result (:func:`termination_source`), or None."""
+    source = termination_source(pods)
+    return source.terminated if source is not None else None
 
 
 # core/v1 ContainerStateWaiting reasons after which a container never starts without a change by the user: the
@@ -607,16 +655,12 @@ def pod_waiting(pods: list[Obj]) -> str:
 
 
 def parse_termination(message: str, exit_code: int | str | None) -> tuple[Obj | None, int | None, str]:
-    """``(StepResult dict, exit code, text)``: the termination message parsed when it is a StepResult document,
-    else the last line of it (``FallbackToLogsOnError``: the log tail of a crash), redacted and cut to 512."""
+    """``(StepResult dict, exit code, text)``: the termination message parsed when it is a StepResult document
+    (plain or compressed: ``contract.stepresult.from_termination_message``), else the last line of it (``FallbackToLogsOnError``: the log tail of a crash), redacted and cut to 512."""
     code = int(exit_code) if exit_code is not None else None
+    d = from_termination_message(message)
+    if d is not None:
+        return d, code, ""
     text = (message or "").strip()
-    if text.startswith("{"):
-        try:
-            d = json.loads(text)
-            if isinstance(d, dict) and d.get("kind") == "StepResult":
-                return d, code, ""
-        except ValueError:
-            pass
     last = text.splitlines()[-1] if text else ""
     return None, code, redact(last)[:512]

@@ -5,13 +5,13 @@ object from the precheck; the throw-away shadow server runs in a sidecar of the 
 from __future__ import annotations
 
 import base64
-import json
 import urllib.parse
 from typing import Any
 
 import pytest
 
 from schemagate.contract.dburl import database_name
+from schemagate.contract.stepresult import from_log, from_termination_message
 from schemagate.contract.target import Target
 from schemagate.core import jobs as J
 from schemagate.core.model import Migration
@@ -37,7 +37,8 @@ def seeded(url: str) -> None:
 
 def run_precheck_job(kube: Any, ns: str, spec: dict[str, Any], name: str) -> dict[str, Any]:
     """Render the precheck Job for ``spec``, apply it (without the owner reference: there is no resource), wait,
-    and return the count container's StepResult (its termination message) plus the pod."""
+    and return the count container's StepResult (its termination message, or the line it printed when that is a
+    summary) plus the pod."""
     body = {"apiVersion": "schemagate.dev/v1alpha1", "kind": "DatabaseMigration",
             "metadata": {"name": name, "namespace": ns, "uid": "00000000-0000-0000-0000-000000000001",
                          "generation": 1}, "spec": spec}
@@ -53,10 +54,11 @@ def run_precheck_job(kube: Any, ns: str, spec: dict[str, Any], name: str) -> dic
                 + (pod["status"].get("initContainerStatuses") or [])}
     term = (statuses.get("count") or {}).get("state", {}).get("terminated") or {}
     msg = term.get("message") or ""
-    try:
-        result = json.loads(msg)
-    except ValueError:
-        result = {"raw": msg}
+    result = from_termination_message(msg) or {"raw": msg}
+    if result.get("truncated"):  # over the pod's share: the whole result is the line the step printed, as the
+        # operator reads it (k8s.Kube.whole_result)
+        log = kube.core().read_namespaced_pod_log(pod["metadata"]["name"], ns, container="count")
+        result = from_log(log, result) or result
     return {"job": done, "pod": pod, "result": result, "statuses": statuses}
 
 

@@ -246,6 +246,7 @@ def test_manifest_rbac_denies_what_the_operator_does_not_need(kube: Any, manifes
         ("create", "jobs.batch", "-A"),
         ("watch", "pods", "-A"),
         ("patch", "pods", "-A"),
+        ("get", "pods", "--subresource=log", "-A"),
         ("get", "secrets", "-A"),
         ("create", "events", "-A"),
         ("patch", "jobs.batch", "-A"),

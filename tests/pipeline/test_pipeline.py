@@ -13,7 +13,12 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from schemagate import demo
-from schemagate.contract.stepresult import Outcome, StepResult, to_termination_message
+from schemagate.contract.stepresult import (
+    Outcome,
+    StepResult,
+    from_termination_message,
+    to_termination_message,
+)
 from schemagate.contract.target import Target
 from schemagate.runner import pipeline, verify
 from schemagate.runner.inject.apply import upgrade
@@ -95,7 +100,7 @@ def test_wholesale_is_blocked_with_exact_counts_and_untouched(fresh_db: str, tmp
     assert scalar(fresh_db, "select count(*) from pg_database where datname <> current_database() and datname "
                             "like current_database() || '%'") == 0  # no shadow database left behind
     msg = to_termination_message(r)
-    assert len(msg.encode()) <= 4096 and json.loads(msg)["reason"] == "ViolationsFound"
+    assert len(msg.encode()) <= 4096 and from_termination_message(msg)["reason"] == "ViolationsFound"
 
 
 def test_wholesale_passes_once_the_data_is_fixed(fresh_db: str, tmp_path: Path) -> None:

@@ -258,15 +258,20 @@ def test_kubernetes_phases_carry_transactions_from_the_injected_runner_to_the_lo
 
 
 def test_the_lock_report_gives_way_before_any_count_in_the_termination_message(fresh_db: str) -> None:
-    """The precheck Job reports through a 4 KiB termination message: the lock report's table lists are details,
-    dropped before a single violation count would be."""
-    from schemagate.contract.stepresult import TERMINATION_MESSAGE_LIMIT, to_termination_message
+    """The precheck Job reports through its share of the pod's termination messages: when even compressed it does
+    not fit, the lock report's table lists are details, dropped before a single violation count would be."""
+    from schemagate.contract.stepresult import (
+        from_termination_message,
+        termination_limit,
+        to_termination_message,
+    )
 
     demo.seed_wholesale(fresh_db)
     r = precheck.precheck(Target(REPO / "migrations" / "wholesale" / "alembic.ini", "head", fresh_db, "DATABASE_URL"))
     assert r.data["lint"]["locks"]["revisions"]
-    msg = to_termination_message(r)
-    assert len(msg.encode()) <= TERMINATION_MESSAGE_LIMIT
-    d = json.loads(msg)
+    msg = to_termination_message(r, limit=termination_limit(7))  # a precheck pod of 7 containers: 1755 bytes
+    assert len(msg.encode()) <= termination_limit(7)
+    d = from_termination_message(msg)
+    assert d is not None and d["data"]["omitted"].get("lintLocks") == 1
     counts = {c["name"]: c["count"] for c in d["data"]["checks"] if c.get("count")}
     assert counts == demo.WHOLESALE_VIOLATIONS, d["data"].get("omitted")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from schemagate.contract.stepresult import (
     TERMINATION_MESSAGE_LIMIT,
     Outcome,
     StepResult,
+    from_termination_message,
     to_termination_message,
 )
 from schemagate.contract.target import Target
@@ -34,7 +33,8 @@ def test_many_checks_fit_in_the_termination_message(fresh_db: str) -> None:
     assert full_total == sum(max(0, i - 101) for i in range(150)) + 100  # + ck_orders_amount (amount <= 0)
     msg = to_termination_message(r)
     assert len(msg.encode()) <= TERMINATION_MESSAGE_LIMIT
-    d = json.loads(msg)
+    d = from_termination_message(msg)
+    assert d is not None
     back = StepResult.from_dict(d)
     assert back.outcome is Outcome.CHECKS_FAILED and back.reason == "ViolationsFound"
     assert d["truncated"] is True and d["data"]["total"] == full_total

@@ -692,7 +692,8 @@ class PodRunner(threading.Thread):
         slot.exit_code = code
         policy = slot.c.get("terminationMessagePolicy") or "File"
         assert slot.msg_file is not None
-        msg = podspec.termination_message(slot.msg_file, policy, code, slot.log_file)
+        every = sum(len(self.spec.get(k) or []) for k in ("initContainers", "containers", "ephemeralContainers"))
+        msg = podspec.termination_message(slot.msg_file, policy, code, slot.log_file, every)
         term: dict[str, Any] = {
             "exitCode": code,
             "reason": "Completed" if code == 0 else "Error",

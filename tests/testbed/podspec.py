@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 MAX_TERMINATION_MESSAGE = 4096  # kubelet: kubecontainer.MaxContainerTerminationMessageLength
+MAX_POD_TERMINATION_MESSAGES = 12 * 1024  # kubelet: kubecontainer.MaxPodTerminationMessageLogLength
 FALLBACK_LOG_LINES = 80  # kubelet: MaxContainerTerminationMessageLogLines
 FALLBACK_LOG_BYTES = 2048  # kubelet: MaxContainerTerminationMessageLogLength
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
@@ -372,11 +373,14 @@ def _tail_bytes(path: Path, limit: int) -> bytes:
         return b""
 
 
-def termination_message(message_file: Path, policy: str | None, exit_code: int, log_file: Path | None) -> str:
-    """What the kubelet puts into ``state.terminated.message``."""
+def termination_message(message_file: Path, policy: str | None, exit_code: int, log_file: Path | None,
+                        containers: int = 1) -> str:
+    """What the kubelet puts into ``state.terminated.message``: the last 4096 bytes of the file (or of the log,
+    ``FallbackToLogsOnError``), then cut to the container's share of the pod's 12 KiB, ``12288 // containers``
+    (init, regular and ephemeral containers; kubelet ``status_manager.normalizeStatus``, which keeps the head)."""
     data = _tail_bytes(message_file, MAX_TERMINATION_MESSAGE)
     if not data and policy == "FallbackToLogsOnError" and exit_code != 0 and log_file is not None:
         data = _tail_bytes(log_file, 1 << 20)
         lines = data.splitlines(keepends=True)[-FALLBACK_LOG_LINES:]
         data = b"".join(lines)[-FALLBACK_LOG_BYTES:]
-    return data.decode("utf-8", errors="replace")
+    return data[:MAX_POD_TERMINATION_MESSAGES // max(1, containers)].decode("utf-8", errors="replace")

@@ -232,6 +232,10 @@ def test_termination_message(tmp_path: Path) -> None:
     msg.write_text('{"outcome": "Succeeded"}')
     assert podspec.termination_message(msg, "File", 0, None) == '{"outcome": "Succeeded"}'
     assert podspec.termination_message(tmp_path / "missing", "File", 0, None) == ""
+    # the pod's 12 KiB are shared: in a pod of 7 containers each keeps the first 1755 bytes of its message
+    msg.write_text("c" * 2000 + "d" * 2000)
+    assert podspec.termination_message(msg, "File", 0, None, containers=7) == "c" * 1755
+    assert podspec.termination_message(msg, "File", 0, None, containers=3) == "c" * 2000 + "d" * 2000
 
 
 # -- wiring ---------------------------------------------------------------------------------------------------------

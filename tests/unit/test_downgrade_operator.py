@@ -113,7 +113,7 @@ def test_a_named_revision_below_is_refused_by_the_precheck():
 def test_a_large_downgrade_plan_fits_the_termination_message():
     """Wholesale to base removes 9 tables, 66 constraints and 13 indexes: listed by table, the precheck's result
     keeps its downgrade plan within the kubelet's 4096 bytes (a plan cut to ``omitted.all`` would lose it)."""
-    from schemagate.contract.stepresult import to_termination_message
+    from schemagate.contract.stepresult import from_termination_message, to_termination_message
     from schemagate.runner.downgrade import compact_removes
 
     tables = {("public", f"table_{i}"): "" for i in range(9)}
@@ -127,7 +127,7 @@ def test_a_large_downgrade_plan_fits_the_termination_message():
     down = {**DOWN, "removes": removes, "dataAtRisk": [{"table": f"public.table_{i}", "column": None, "rows": 5}
                                                        for i in range(9)]}
     res = {**PRE_DOWN, "data": {**PRE_DOWN["data"], "downgrade": down}}
-    assert json.loads(to_termination_message(res))["data"]["downgrade"]["removes"] == removes
+    assert from_termination_message(to_termination_message(res))["data"]["downgrade"]["removes"] == removes
     many = {**gone, "tables": {}, "constraints": {("public", "t", f"c_{i:04d}_" + "x" * 40): "" for i in range(200)}}
     cut = compact_removes(many)
     assert cut["truncated"]["constraints"] > 0 and len(json.dumps(cut)) <= 1800

@@ -135,6 +135,16 @@ def test_pod_termination_picks_the_newest_pod_and_the_first_failed_container():
     assert k8s.pod_termination([]) is None
 
 
+def test_termination_source_names_the_pod_and_container_whose_log_holds_the_whole_result():
+    new = _pod("2025-01-01T11:00:00Z", init=[{"name": "plan", **_term(0, "planned")}],
+               main=[{"name": "count", **_term(3, "counted")}])
+    assert k8s.termination_source([new]) == k8s.TerminationSource(
+        "p-2025-01-01T11:00:00Z", "count", False, {"exitCode": 3, "message": "counted"})
+    restarted = _pod("t", main=[{"name": "migrate", "state": {"running": {}}, **_term(5, "crashed", last=True)}])
+    assert k8s.termination_source([restarted]).previous is True  # its log is the previous run's
+    assert k8s.termination_source([_pod("t", main=[{"name": "x", "state": {"running": {}}}])]) is None
+
+
 def test_job_result_reads_the_pods_of_the_job():
     k = FakeKube()
     k.store.put("Job", {"metadata": {"name": "j", "namespace": "team"}})

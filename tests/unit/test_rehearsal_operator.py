@@ -5,6 +5,7 @@ test bed in tests/e2e/test_operator_rehearsal.py)."""
 from __future__ import annotations
 
 import json
+import secrets
 
 from schemagate.core import jobs as J
 from schemagate.core.decide import FAILED, JobObs
@@ -152,10 +153,11 @@ def test_a_large_lock_report_fits_the_termination_message():
         TERMINATION_MESSAGE_LIMIT,
         Outcome,
         StepResult,
+        from_termination_message,
         to_termination_message,
     )
 
-    statements = [{"revision": "0002", "statement": f"UPDATE orders SET x = {i} WHERE id % 300 = {i}" + " " * 120,
+    statements = [{"revision": "0002", "statement": f"UPDATE orders SET x = '{secrets.token_hex(40)}' WHERE id % 300 = {i}",
                    "seconds": 0.01, "lock": None, "rows": 0} for i in range(150)]
     statements += [{"revision": "0002", "statement": "ALTER TABLE orders ADD COLUMN y int", "seconds": 0.01,
                     "lock": {"table": "orders", "mode": "ACCESS EXCLUSIVE", "heldSeconds": 2.1}}]
@@ -166,7 +168,7 @@ def test_a_large_lock_report_fits_the_termination_message():
                          "verification": "sha256 ok, full read"})
     text = to_termination_message(r)
     assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
-    d = json.loads(text)["data"]
+    d = from_termination_message(text)["data"]
     assert d["revisions"][0]["strongestLock"]["mode"] == "ACCESS EXCLUSIVE"  # the per-revision summary stays
     assert any(s.get("lock") for s in d["statements"])  # statements with a lock stay, those without go first
     assert d["verify"]["reason"] == "Verified" and d["omitted"]["statements"] >= 150

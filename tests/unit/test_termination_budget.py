@@ -5,11 +5,21 @@ gets 1755 bytes; a message cut by the kubelet no longer parses and the run loses
 from __future__ import annotations
 
 import json
+import secrets
 
 import pytest
 
 from schemagate.contract import names
-from schemagate.contract.stepresult import Outcome, StepResult, termination_limit, write_termination_log
+from schemagate.contract.stepresult import (
+    COMPRESSED_PREFIX,
+    Outcome,
+    StepResult,
+    from_log,
+    from_termination_message,
+    termination_limit,
+    to_termination_message,
+    write_termination_log,
+)
 from schemagate.core import jobs as J
 from tests.unit.helpers import mig
 
@@ -31,16 +41,67 @@ def test_every_container_that_reports_knows_its_share_of_the_pod(step: str) -> N
         assert len(every) >= 6 and share < 2100  # the pod's containers share 12 KiB
 
 
-def test_the_message_is_written_within_the_share(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_message_is_written_within_the_share_and_nothing_is_lost(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result over the share (40 checks, 6 KB of JSON) goes compressed and whole: every check, the zero counts and
+    their notes included, reads back."""
     checks = [{"name": f"ck_{i}", "count": i, "definition": "CHECK ((x > 0))", "note": "n" * 80} for i in range(40)]
     r = StepResult(step="precheck", outcome=Outcome.CHECKS_FAILED, reason="ViolationsFound", message="m",
                    data={"checks": checks, "total": sum(range(40))})
+    assert len(json.dumps(r.to_dict())) > 4096
     path = tmp_path / "termination-log"
     monkeypatch.setenv(names.ENV_TERMINATION_MESSAGE_LIMIT, str(termination_limit(7)))
     write_termination_log(r, str(path))
-    text = path.read_bytes()
-    assert len(text) <= 1755 and json.loads(text)["reason"] == "ViolationsFound"
-    assert json.loads(text)["data"]["checks"][0]["count"] == 39  # the largest counts are kept
+    text = path.read_text()
+    assert len(text.encode()) <= 1755 and text.startswith(COMPRESSED_PREFIX)
+    back = from_termination_message(text)
+    assert back is not None and back["data"]["checks"] == checks and not back["truncated"]
     monkeypatch.setenv(names.ENV_TERMINATION_MESSAGE_LIMIT, "not-a-number")
     write_termination_log(r, str(path))
-    assert len(path.read_bytes()) <= 4096
+    assert len(path.read_bytes()) <= 4096 and from_termination_message(path.read_text()) is not None
+
+
+def test_a_small_result_stays_plain_json(tmp_path) -> None:
+    """What fits is written as plain JSON, readable in ``kubectl describe pod``."""
+    r = StepResult(step="verify", outcome=Outcome.SUCCEEDED, reason="Verified", message="ok")
+    path = tmp_path / "termination-log"
+    write_termination_log(r, str(path))
+    assert json.loads(path.read_text())["reason"] == "Verified"
+    assert from_termination_message(path.read_text())["reason"] == "Verified"
+
+
+def test_what_does_not_fit_even_compressed_keeps_the_largest_counts() -> None:
+    """Incompressible details (random notes) over the share: the summary drops them and the zero counts first and
+    keeps the largest counts; ``truncated`` and ``data.omitted`` say so."""
+    checks = [{"name": f"ck_{i}", "count": i, "definition": "CHECK ((x > 0))", "note": secrets.token_hex(60)}
+              for i in range(200)]
+    r = StepResult(step="precheck", outcome=Outcome.CHECKS_FAILED, reason="ViolationsFound", message="m",
+                   data={"checks": checks, "total": sum(range(200))})
+    msg = to_termination_message(r, limit=termination_limit(7))
+    assert len(msg.encode()) <= 1755
+    back = from_termination_message(msg)
+    assert back is not None and back["truncated"] is True and back["data"]["omitted"]["zeroChecks"] == 1
+    kept = [c["count"] for c in back["data"]["checks"]]
+    assert kept[0] == 199 and kept == sorted(kept, reverse=True) and "note" not in back["data"]["checks"][0]
+
+
+@pytest.mark.parametrize("message", ["", "Traceback (most recent call last):", COMPRESSED_PREFIX + "!!!",
+                                     COMPRESSED_PREFIX + "eJzLSM3JyQcABiwCFQ==", '{"kind": "Other"}', '{"kind": "Ste'])
+def test_what_is_not_a_step_result_reads_as_none(message: str) -> None:
+    """A crash's log tail, a cut message, broken base64 or zlib, another document: None, never an exception."""
+    assert from_termination_message(message) is None
+
+
+def test_the_whole_result_is_the_matching_line_of_the_log() -> None:
+    """``from_log``: the last StepResult line that is the same result as the summary (step, startedAt, outcome,
+    reason); stderr lines, a user's print and another run's result are skipped."""
+    r = StepResult(step="precheck", outcome=Outcome.CHECKS_FAILED, reason="ViolationsFound", message="m",
+                   data={"checks": [{"name": f"ck_{i}", "count": i} for i in range(300)]})
+    summary = from_termination_message(to_termination_message(r, limit=600))
+    assert summary is not None and summary["truncated"] is True
+    other = StepResult(step="precheck", outcome=Outcome.SUCCEEDED, reason="PrecheckPassed", message="earlier")
+    log = "\n".join(["INFO  [alembic.runtime.migration] Running upgrade 0001 -> 0002", other.to_json(),
+                     '{"kind": "StepResult", "step": "precheck"}', r.to_json(), "schemagate: done", ""])
+    whole = from_log(log, summary)
+    assert whole is not None and len(whole["data"]["checks"]) == 300 and not whole["truncated"]
+    assert from_log(other.to_json() + "\n" + "{broken", summary) is None
+    assert from_log("", summary) is None

@@ -71,6 +71,11 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, patch]
+# A step result too large for its termination message (the pod's 12 KiB are shared by its containers) is read
+# whole from the line the step printed in its container's log.
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
 # Only to report SecretNotFound and to learn the database identity for the Lease; never copied anywhere.
 - apiGroups: [""]
   resources: [secrets]

@@ -1,4 +1,4 @@
-"""The one JSON result every step emits, its exit codes, and the 4 KiB termination-message form.
+"""The one JSON result every step emits, its exit codes, and its termination-message form (within the pod's share).
 
 Standard library only: the injected runner (``schemagate.runner.inject``) runs this inside the application's image,
 and the operator's core reads it from the Job's termination message (Kubernetes:
@@ -9,11 +9,13 @@ The shapes of ``data`` per step and of the operator's run bookkeeping are the ``
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime as _dt
 import enum
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, NotRequired, TypedDict
 
@@ -383,55 +385,111 @@ def _trim_rehearsal(data: dict[str, Any], omitted: dict[str, int], dump: Any) ->
     return str(dump())
 
 
-def to_termination_message(result: StepResult | dict[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
-    """Serialise compactly and, when larger than ``limit`` bytes, summarise until it fits.
+COMPRESSED_PREFIX = "zlib+base64:"
 
-    Order: drop zero-count checks (and each check's note, revision, statement, evaluatedBy, and its key where it
-    is the name), drop the shadow's details (settings, extensions...: its kind and versions stay), drop lint
-    details (the lock report, then the findings), then cut lists (checks keep the largest counts),
-    then shorten the message. ``truncated`` becomes true and ``data.omitted`` says how many items went.
+
+def _packed(text: str, limit: int) -> str | None:
+    """``text`` as it goes into a termination message of ``limit`` bytes: itself when it fits, else
+    ``zlib+base64:`` + base64(zlib(text)) when that fits (JSON lists of checks shrink 4-8 times), else None."""
+    if len(text.encode()) <= limit:
+        return text
+    packed = COMPRESSED_PREFIX + base64.b64encode(zlib.compress(text.encode(), 9)).decode("ascii")
+    return packed if len(packed) <= limit else None
+
+
+def from_termination_message(message: str) -> dict[str, Any] | None:
+    """The StepResult document of a termination message written by :func:`to_termination_message` (plain JSON, or
+    the ``zlib+base64:`` form), or None when ``message`` is not one (e.g. the log tail of a crash:
+    ``terminationMessagePolicy: FallbackToLogsOnError``, or a message the kubelet cut)."""
+    text = (message or "").strip()
+    if text.startswith(COMPRESSED_PREFIX):
+        try:
+            text = zlib.decompress(base64.b64decode(text[len(COMPRESSED_PREFIX):], validate=True)).decode()
+        except (ValueError, zlib.error):
+            return None
+    if not text.startswith("{"):
+        return None
+    try:
+        d = json.loads(text)
+    except ValueError:
+        return None
+    return d if isinstance(d, dict) and d.get("kind") == KIND else None
+
+
+def from_log(log: str, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The whole StepResult a step printed on stdout (``--json``: one line, the last such line of its log) that
+    ``summary`` (its termination message, ``truncated: true``) summarises, or None when the log has none.
+
+    It must be the same result: same step, startedAt, outcome and reason. ``log`` is the container's log (stdout and
+    stderr interleaved, as ``kubectl logs`` prints it); lines that are not a StepResult are skipped."""
+    same = ("step", "startedAt", "outcome", "reason")
+    for line in reversed(log.splitlines()):
+        line = line.strip()
+        if not line.startswith("{") or '"StepResult"' not in line:
+            continue
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(d, dict) and d.get("kind") == KIND and all(d.get(k) == summary.get(k) for k in same):
+            return d
+    return None
+
+
+def to_termination_message(result: StepResult | dict[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+    """The result as a termination message of at most ``limit`` bytes (read back by :func:`from_termination_message`).
+
+    Compact JSON when it fits; else the same JSON compressed (``zlib+base64:``), so nothing is lost; only when even
+    that is too long, summarised until it fits. Order: drop zero-count checks (and each check's note, revision,
+    statement, evaluatedBy, and its key where it is the name), drop the shadow's details (settings, extensions...:
+    its kind and versions stay), drop lint details (the lock report, then the findings), then cut lists (checks
+    keep the largest counts), then shorten the message. ``truncated`` becomes true and ``data.omitted`` says how
+    many items went.
     """
     d = copy.deepcopy(result.to_dict() if isinstance(result, StepResult) else result)
 
     def dump() -> str:
         return json.dumps(d, separators=(",", ":"), default=str)
 
-    text = dump()
-    if len(text.encode()) <= limit:
-        return text
+    def fit(text: str) -> str | None:
+        return _packed(text, limit)
+
+    packed = fit(dump())
+    if packed is not None:
+        return packed
     d["truncated"] = True
     data = d.setdefault("data", {})
     omitted: dict[str, int] = data.setdefault("omitted", {})
     _trim_checks(data, omitted)
     text = dump()
     shadow = data.get("shadow")
-    if len(text.encode()) > limit and isinstance(shadow, dict):  # keep where the shadow ran and the versions
+    if fit(text) is None and isinstance(shadow, dict):  # keep where the shadow ran and the versions
         omitted["shadowDetails"] = 1
         data["shadow"] = {k: shadow[k] for k in ("kind", "shadowServerVersion", "realServerVersion") if k in shadow}
         text = dump()
     lint = data.get("lint")
-    if len(text.encode()) > limit and isinstance(lint, dict) and isinstance(lint.get("locks"), dict):
+    if fit(text) is None and isinstance(lint, dict) and isinstance(lint.get("locks"), dict):
         omitted["lintLocks"] = 1  # the lock report's per-revision tables (its findings are also in findings)
         lint.pop("locks")
         text = dump()
-    if len(text.encode()) > limit and isinstance(lint, dict) and isinstance(lint.get("findings"), list):
+    if fit(text) is None and isinstance(lint, dict) and isinstance(lint.get("findings"), list):
         omitted["lintFindings"] = len(lint["findings"])
         lint["findings"] = []
         text = dump()
-    if len(text.encode()) > limit:
+    if fit(text) is None:
         text = _trim_rehearsal(data, omitted, dump)
     for key in _SHRINKABLE:
-        while len(text.encode()) > limit and isinstance(data.get(key), list) and data[key]:
+        while fit(text) is None and isinstance(data.get(key), list) and data[key]:
             data[key].pop()
             omitted[key] = omitted.get(key, 0) + 1
             text = dump()
-    if len(text.encode()) > limit:
+    if fit(text) is None:
         d["message"] = str(d.get("message", ""))[:200]
         text = dump()
-    if len(text.encode()) > limit:  # last resort: keep the envelope only
+    if fit(text) is None:  # last resort: keep the envelope only
         d["data"] = {"omitted": {"all": True}}
         text = dump()
-    return text
+    return fit(text) or text
 
 
 def write_termination_log(result: StepResult, path: str | None = None) -> None:
