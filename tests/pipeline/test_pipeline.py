@@ -243,6 +243,21 @@ def test_verify_finds_not_valid_constraint_invalid_index_and_user_violations(fre
     assert any("pending" in x for x in r.data["failures"]), r.data
 
 
+def test_verify_with_a_partial_plan_looks_at_every_table(fresh_db: str) -> None:
+    """A ``partial`` plan (the operator had only the summary of the precheck's result, whose lists may be short):
+    a NOT VALID constraint on a table the plan does not name is found all the same."""
+    demo.seed_foodtruck(fresh_db)
+    upgrade(Target(FOODTRUCK, "head", fresh_db))
+    execute(fresh_db, "alter table order_items add constraint ck_left_behind check (id <> '') not valid")
+    plan = {"targetRevision": "0003", "checks": [{"name": "check_stock_non_negative", "table": "menu_items",
+                                                  "kind": "check"}], "indexes": []}
+    r = verify.verify(Target(None, None, fresh_db), plan=plan)
+    assert r.outcome is Outcome.SUCCEEDED, r.data  # the plan names menu_items only
+    r = verify.verify(Target(None, None, fresh_db), plan={**plan, "partial": True})
+    assert (r.outcome, r.reason) == (Outcome.CHECKS_FAILED, "VerificationFailed"), r.message
+    assert any("ck_left_behind on order_items is NOT VALID" in f for f in r.data["failures"]), r.data
+
+
 def test_verify_plan_from_env(fresh_db: str, monkeypatch) -> None:
     demo.seed_foodtruck(fresh_db)
     upgrade(Target(FOODTRUCK, "head", fresh_db))

@@ -98,6 +98,29 @@ def test_idempotent_when_nothing_changes():
 # Blocked, failures, retries
 
 
+def test_a_summarised_precheck_result_makes_a_partial_plan_and_says_so():
+    """Only the termination message's summary came back (``data.omitted``; the log could not be read): the plan is
+    ``partial`` (verify then looks for leftovers on every table) and a Warning Event names the missing right."""
+    summary = copy.deepcopy(OK_RESULTS["precheck"])
+    summary["truncated"] = True
+    summary["data"]["omitted"] = {"zeroChecks": 40}
+    sim = Sim(mig())
+    sim.step()
+    sim.finish("backup", OK_RESULTS["backup"])
+    sim.step()
+    sim.finish("precheck", summary)
+    a = sim.step()
+    assert a.create.step == "migrate" and a.status["plan"]["partial"] is True
+    (warning,) = [e for e in a.events if e.reason == "PrecheckResultSummarized"]
+    assert warning.type == "Warning" and "pods/log" in warning.message
+    whole = Sim(mig())
+    whole.step()
+    whole.finish("backup", OK_RESULTS["backup"])
+    whole.step()
+    whole.finish("precheck", OK_RESULTS["precheck"])
+    assert "partial" not in whole.step().status["plan"]
+
+
 def test_blocked_on_violations_records_counts_and_never_migrates():
     pre = result("precheck", "ChecksFailed", "ViolationsFound", "12 rows violate", currentRevision="0001",
                  targetRevision="0002", pending=["0002"], total=12, maxViolations=0,

@@ -346,6 +346,8 @@ def _precheck_status(st: MigrationStatus, data: dict[str, Any], max_violations: 
         st["plan"]["versionTable"] = dict(data["versionTable"])
     if isinstance(data.get("downgrade"), dict):  # a downgrade (spec.allowDowngrade): migrate downgrades, verify checks
         st["plan"]["downgrade"] = dict(data["downgrade"])
+    if data.get("omitted"):  # only the summary came back (k8s.Kube.whole_result): lists may be short
+        st["plan"]["partial"] = True
     return total
 
 
@@ -374,6 +376,11 @@ def _verdict(rs: RunState, step: str, res: StepResultDict) -> tuple[str, str, st
     if step == "precheck" and outcome in (_SUCCEEDED, _CHECKS_FAILED) and data:
         limit = rs.m.precheck.max_violations
         total = _precheck_status(rs.st, data, limit)
+        if data.get("omitted"):
+            rs.warn("PrecheckResultSummarized", "only the summary of the precheck's result could be read (its "
+                    "termination message; the operator reads the whole result from the step's log and needs "
+                    "get on pods/log): the status lists the largest counts, and verify looks for NOT VALID "
+                    "constraints and invalid indexes on every table")
         if outcome == _SUCCEEDED and total > limit:
             outcome, reason = _CHECKS_FAILED, "ViolationsFound"
             message = f"{total} rows violate the new constraints (maxViolations {limit})"

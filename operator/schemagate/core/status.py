@@ -94,6 +94,9 @@ class _PlanOptional(TypedDict, total=False):
     # a downgrade (spec.allowDowngrade): {fromRevision, targetRevisions, removes: {kind: [names]}, dataAtRisk,
     # rowsAtRisk, maxDataLoss} from the precheck; the migrate Job downgrades, verify checks the removed objects gone
     downgrade: dict[str, Any]
+    # True when the precheck's result reached the operator only as its termination message's summary (its log could
+    # not be read): checks and indexes may be missing, so verify looks for leftovers on every user table
+    partial: bool
 
 
 class Plan(_PlanOptional):

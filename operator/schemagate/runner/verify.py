@@ -13,7 +13,8 @@ Named checks, each adding to one ``VerifyReport`` (every failure is one line in 
    check/foreignkey/unique/notnull) exists and ``pg_constraint.convalidated``; NOT NULL ones are ``attnotnull``.
 3. ``check_indexes``: every index the revisions added has ``indisvalid AND indisready AND indislive``.
 4. ``check_leftovers``: no NOT VALID constraint and no invalid index is left on a touched table (every user table
-   without a plan), except constraints the target leaves NOT VALID on purpose (the plan's ``notValid``).
+   without a plan, or with a ``partial`` one: the operator had only the summary of the precheck's result), except
+   constraints the target leaves NOT VALID on purpose (the plan's ``notValid``).
 5. ``check_counts``: the plan's checks, rebuilt from the live catalog, count 0 violating rows with the precheck's
    own counting (``schemagate.analysis.counting``: PostgreSQL semantics, one scan per table), and so do the user
    checks (SQL returning a count).
@@ -414,7 +415,7 @@ WHERE t.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_s
 
 def check_leftovers(report: VerifyReport, cur: Any, plan: Mapping[str, Any]) -> None:
     """Check 4 (see the module docstring)."""
-    if not plan.get("checks") and not plan.get("indexes"):
+    if plan.get("partial") or (not plan.get("checks") and not plan.get("indexes")):
         cur.execute(_USER_TABLES_SQL)
         report.touched |= {r[0] for r in cur.fetchall()}
     if not report.touched:
