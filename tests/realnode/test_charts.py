@@ -113,15 +113,23 @@ def test_upgrade_runs_every_step_in_real_containers(real_kube: Any, operator: di
 def test_blocked_upgrade_fails_and_keeps_the_old_pods(real_kube: Any, operator: dict, node_images: dict,
                                                      real_namespace: str, pod_db: tuple[str, str]) -> None:  # fmt: skip
     from tests.e2e.test_gate import seed_negative_stock
+    from tests.e2e.test_large_result import user_checks
 
     url, in_pod = pod_db
     ns = real_namespace
     install_app(real_kube, ns, node_images, in_pod, "0001")
     seed_negative_stock(url, rows=4)
-    r = install_app(real_kube, ns, node_images, in_pod, "0003", timeout="150s", check=False)
+    # 64 user checks that do not compress: the precheck's result is over its container's share of the pod's 12 KiB,
+    # so the real kubelet keeps a summary and the operator reads the whole result from the container's log
+    checks = user_checks()
+    r = install_app(real_kube, ns, node_images, in_pod, "0003", "--set-json", f"migration.checks={json.dumps(checks)}",
+                    timeout="150s", check=False)
     assert r.returncode != 0, r.stdout
     o = get_dbm(real_kube, ns, APP)
-    assert o["status"]["phase"] == "Blocked" and (o["status"].get("violations") or {}).get("total") == 4, o["status"]
+    violations = o["status"].get("violations") or {}
+    assert o["status"]["phase"] == "Blocked" and violations.get("total") == 4 + 8, o["status"]
+    counted = {c["name"]: c.get("count") for c in violations["checks"]}
+    assert [counted.get(c["name"]) for c in checks] == [1] * 8 + [0] * 56 and "omitted" not in violations
     assert revision(url) == "0001"  # nothing applied
     pods = app_pods(real_kube, ns, "app.kubernetes.io/instance=shop")
     old = [p for p in pods if not is_gated(p)]
