@@ -34,7 +34,7 @@ from kubernetes.client.exceptions import ApiException
 from schemagate.contract import names
 from schemagate.contract.errors import Conflict, Forbidden, Invalid, KubernetesApiError, NotFound
 from schemagate.contract.redact import redact
-from schemagate.contract.stepresult import from_log, from_termination_message
+from schemagate.contract.stepresult import from_log, from_termination_message, is_cut
 from schemagate.core import jobs as J
 from schemagate.core import status as S
 from schemagate.core.decide import ACTIVE, FAILED, SUCCEEDED, JobObs, JobState, LockObs
@@ -263,29 +263,33 @@ class Kube:
         result, code, text = parse_termination(term.get("message") or "", term.get("exitCode"))
         if result is not None and result.get("truncated"):
             result = self.whole_result(ns, source, result)
+        elif result is None and is_cut(term.get("message") or ""):
+            result = self.whole_result(ns, source, None)
         if result is None and term.get("reason") == "OOMKilled":
             text = "OOMKilled: the kernel killed the step at its memory limit (spec.jobTemplate.resources)" + (
                 f"; last output: {text}" if text else "")
         return result, code, text
 
-    def whole_result(self, ns: str, source: TerminationSource, summary: Obj) -> Obj:
+    def whole_result(self, ns: str, source: TerminationSource, summary: Obj | None) -> Obj | None:
         """The whole StepResult of a step whose termination message is a summary (``truncated: true``: over the
-        container's share of the pod's 12 KiB), read from the line the step printed on stdout in its container's log
-        (``stepresult.from_log``; the last ``LOG_TAIL_LINES`` lines, at most ``LOG_LIMIT_BYTES``). The summary when
-        the log cannot be read (no ``get pods/log`` right, the pod gone, the node unreachable) or has no such line;
-        a warning says why."""
+        container's share of the pod's 12 KiB) or was cut by the kubelet (``summary`` None), read from the line the
+        step printed on stdout in its container's log (``stepresult.from_log``; the last ``LOG_TAIL_LINES`` lines,
+        at most ``LOG_LIMIT_BYTES``). ``summary`` when the log cannot be read (no ``get pods/log`` right, the pod
+        gone, the node unreachable) or has no such line; a warning says why."""
+        what = "summarised to fit" if summary is not None else "cut by the kubelet in"
         try:
             r = call(self.core.read_namespaced_pod_log, source.pod, ns, container=source.container,
                      previous=source.previous, tail_lines=LOG_TAIL_LINES, limit_bytes=LOG_LIMIT_BYTES,
                      _preload_content=False)
             whole = from_log(r.data.decode("utf-8", errors="replace"), summary)
         except KubernetesApiError as e:
-            log.warning("the result of %s/%s container %s was summarised to fit its termination message and its "
-                        "log cannot be read (%s): the summary is used", ns, source.pod, source.container, e)
+            log.warning("the result of %s/%s container %s was %s its termination message and its log cannot be "
+                        "read (%s): the %s is used", ns, source.pod, source.container, what, e,
+                        "summary" if summary is not None else "exit code")
             return summary
         if whole is None:
-            log.warning("the result of %s/%s container %s was summarised to fit its termination message and its "
-                        "log has no whole result: the summary is used", ns, source.pod, source.container)
+            log.warning("the result of %s/%s container %s was %s its termination message and its log has no whole "
+                        "result", ns, source.pod, source.container, what)
             return summary
         return whole
 

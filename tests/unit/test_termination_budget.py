@@ -16,6 +16,7 @@ from schemagate.contract.stepresult import (
     StepResult,
     from_log,
     from_termination_message,
+    is_cut,
     termination_limit,
     to_termination_message,
     write_termination_log,
@@ -105,3 +106,19 @@ def test_the_whole_result_is_the_matching_line_of_the_log() -> None:
     assert whole is not None and len(whole["data"]["checks"]) == 300 and not whole["truncated"]
     assert from_log(other.to_json() + "\n" + "{broken", summary) is None
     assert from_log("", summary) is None
+
+
+def test_a_message_the_kubelet_cut_is_known_as_cut_and_its_result_is_the_last_line_of_the_log() -> None:
+    """A writer that did not know its share (``is_cut``): a StepResult begun, plain or compressed, that no longer
+    parses; the log's last StepResult line is then the result (one run of the container's log)."""
+    r = StepResult(step="verify", outcome=Outcome.SUCCEEDED, reason="Verified", message="ok",
+                   data={"checks": [{"name": f"ck_{i}", "count": 0, "note": "n" * 100} for i in range(80)]})
+    plain = to_termination_message(r, limit=4096 * 4)
+    packed = to_termination_message(r, limit=4096)
+    assert plain.startswith("{") and packed.startswith(COMPRESSED_PREFIX)
+    assert is_cut(plain[:1755]) and is_cut(packed[: len(packed) // 2])
+    assert not is_cut(plain) and not is_cut(packed) and not is_cut("Traceback (most recent call last):")
+    assert not is_cut('{"kind": "Other"') and not is_cut("")
+    whole = from_log("starting\n" + r.to_json() + "\n", None)
+    assert whole is not None and len(whole["data"]["checks"]) == 80
+    assert from_log("no result here\n", None) is None

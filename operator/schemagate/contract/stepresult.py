@@ -397,6 +397,14 @@ def _packed(text: str, limit: int) -> str | None:
     return packed if len(packed) <= limit else None
 
 
+def is_cut(message: str) -> bool:
+    """True when ``message`` began as a StepResult (plain or compressed) but does not parse: the kubelet cut it
+    (a writer that did not know its share of the pod)."""
+    text = (message or "").strip()
+    begun = text.startswith(COMPRESSED_PREFIX) or text.startswith('{"apiVersion":') and f'"kind":"{KIND}"' in text
+    return begun and from_termination_message(text) is None
+
+
 def from_termination_message(message: str) -> dict[str, Any] | None:
     """The StepResult document of a termination message written by :func:`to_termination_message` (plain JSON, or
     the ``zlib+base64:`` form), or None when ``message`` is not one (e.g. the log tail of a crash:
@@ -416,12 +424,13 @@ def from_termination_message(message: str) -> dict[str, Any] | None:
     return d if isinstance(d, dict) and d.get("kind") == KIND else None
 
 
-def from_log(log: str, summary: dict[str, Any]) -> dict[str, Any] | None:
+def from_log(log: str, summary: dict[str, Any] | None) -> dict[str, Any] | None:
     """The whole StepResult a step printed on stdout (``--json``: one line, the last such line of its log) that
     ``summary`` (its termination message, ``truncated: true``) summarises, or None when the log has none.
 
-    It must be the same result: same step, startedAt, outcome and reason. ``log`` is the container's log (stdout and
-    stderr interleaved, as ``kubectl logs`` prints it); lines that are not a StepResult are skipped."""
+    It must be the same result: same step, startedAt, outcome and reason; with ``summary`` None (the message was cut
+    and does not parse), the last StepResult line. ``log`` is one run of the container's log (stdout and stderr
+    interleaved, as ``kubectl logs`` prints it); lines that are not a StepResult are skipped."""
     same = ("step", "startedAt", "outcome", "reason")
     for line in reversed(log.splitlines()):
         line = line.strip()
@@ -431,7 +440,8 @@ def from_log(log: str, summary: dict[str, Any]) -> dict[str, Any] | None:
             d = json.loads(line)
         except ValueError:
             continue
-        if isinstance(d, dict) and d.get("kind") == KIND and all(d.get(k) == summary.get(k) for k in same):
+        if isinstance(d, dict) and d.get("kind") == KIND and (summary is None or
+                                                              all(d.get(k) == summary.get(k) for k in same)):
             return d
     return None
 
