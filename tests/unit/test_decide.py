@@ -121,6 +121,29 @@ def test_a_summarised_precheck_result_makes_a_partial_plan_and_says_so():
     assert "partial" not in whole.step().status["plan"]
 
 
+def test_a_result_with_thousands_of_checks_keeps_the_status_small_and_what_blocks():
+    """A first deploy from base can plan thousands of checks, and the whole result now comes from the step's log:
+    the status lists at most MAX_STATUS_CHECKS of them (those with rows and those not evaluated first), counts the
+    rest in ``omitted``, and makes the plan ``partial`` (verify then looks at every table)."""
+    from schemagate.core.decide import MAX_STATUS_CHECKS
+
+    checks = [{"name": f"ck_{i:04d}", "table": f"t{i}", "kind": "check", "definition": "x > 0", "count": 0}
+              for i in range(1200)]
+    checks[1100]["count"], checks[7]["count"] = 5, 2
+    checks[900] = {**checks[900], "count": None, "evaluatedBy": "not-evaluated"}
+    pre = result("precheck", "ChecksFailed", "ViolationsFound", "7 rows violate", currentRevision="0001",
+                 targetRevision="0002", pending=["0002"], total=7, maxViolations=0, checks=checks,
+                 indexes=[{"name": f"ix_{i}", "table": "t"} for i in range(MAX_STATUS_CHECKS + 3)])
+    a = Sim(mig()).run({"precheck": pre})
+    listed = [c["name"] for c in a.status["violations"]["checks"]]
+    assert len(listed) == MAX_STATUS_CHECKS and listed == sorted(listed)  # in their order
+    assert {"ck_1100", "ck_0007", "ck_0900"} <= set(listed)
+    assert a.status["violations"]["omitted"] == {"statusChecks": 700, "statusIndexes": 3}
+    assert a.status["violations"]["total"] == 7 and a.status["plan"]["partial"] is True
+    assert len(a.status["plan"]["checks"]) == len(a.status["plan"]["indexes"]) == MAX_STATUS_CHECKS
+    assert not [e for e in a.events if e.reason == "PrecheckResultSummarized"]  # the result itself was whole
+
+
 def test_blocked_on_violations_records_counts_and_never_migrates():
     pre = result("precheck", "ChecksFailed", "ViolationsFound", "12 rows violate", currentRevision="0001",
                  targetRevision="0002", pending=["0002"], total=12, maxViolations=0,

@@ -4,6 +4,7 @@ test bed in tests/e2e/test_operator_rehearsal.py)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import secrets
 
@@ -49,6 +50,23 @@ def test_rehearse_runs_after_backup_and_precheck_before_migrate():
     assert r["statements"][0]["lock"]["table"] == "menu_items" and r["scratchDropped"] is True
     assert r["verify"] == {"outcome": "Succeeded", "reason": "Verified", "message": "verified"}  # details dropped
     assert "Rehearsed" in [e.reason for e in sim.events]
+
+
+def test_thousands_of_rehearsed_statements_keep_the_status_small():
+    """The whole result comes from the step's log, so the statements are not cut on the way: the status keeps
+    MAX_STATUS_STATEMENTS, those that took a lock or changed rows first, and counts the rest."""
+    from schemagate.core.decide import MAX_STATUS_STATEMENTS
+
+    quiet = [{"revision": "0002", "statement": f"UPDATE t SET x = {i} WHERE false", "seconds": 0.0, "lock": None,
+              "rows": 0} for i in range(3000)]
+    quiet[2500] = {**quiet[2500], "rows": 12}
+    many = copy.deepcopy(REHEARSED)
+    many["data"]["statements"] = quiet + REHEARSED["data"]["statements"]
+    a = Sim(mig(rehearsal=ON)).run({"rehearse": many})
+    r = a.status["rehearsal"]
+    assert len(r["statements"]) == MAX_STATUS_STATEMENTS and r["omitted"] == {"statements": 3001 - MAX_STATUS_STATEMENTS}
+    assert r["statements"][-1]["lock"]["table"] == "menu_items"  # the one that took a lock, in its place (last)
+    assert any(x.get("rows") == 12 for x in r["statements"])
 
 
 def test_failed_rehearsal_blocks_before_migrate():

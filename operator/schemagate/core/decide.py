@@ -199,6 +199,11 @@ def _short(s: str, n: int = 1024) -> str:
 
 _KEPT_ACROSS_RUNS = ("currentRevision", "backup", "backups", "conditions", "kopf")
 MAX_BACKUPS_LISTED = 100  # status.backups when spec.backup.retention is 0 (every file kept)
+# status.violations.checks, status.plan.checks and status.plan.indexes list at most this many entries each: a result
+# read whole from the step's log can hold thousands (a first deploy from base), and the object must stay far below
+# the 1.5 MiB a write to the API server may carry (etcd's default --max-request-bytes)
+MAX_STATUS_CHECKS = 500
+MAX_STATUS_STATEMENTS = 200  # status.rehearsal.statements
 
 
 def _list_backup(m: Migration, st: MigrationStatus, rec: S.BackupRecord) -> None:
@@ -311,10 +316,25 @@ class RunState:
 # Consuming a step's result
 
 
+def _status_checks(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """At most ``MAX_STATUS_CHECKS`` of ``checks``, in their order: those that count rows or were not evaluated
+    first (the largest counts), then the rest."""
+    if len(checks) <= MAX_STATUS_CHECKS:
+        return checks
+
+    def weight(i: int) -> tuple[int, int]:
+        c = checks[i]
+        return (0 if c.get("count") or c.get("evaluatedBy") == "not-evaluated" else 1, -int(c.get("count") or 0))
+
+    keep = sorted(sorted(range(len(checks)), key=weight)[:MAX_STATUS_CHECKS])
+    return [checks[i] for i in keep]
+
+
 def _precheck_status(st: MigrationStatus, data: dict[str, Any], max_violations: int) -> int:
-    checks = [c for c in data.get("checks") or [] if isinstance(c, dict)]
+    every = [c for c in data.get("checks") or [] if isinstance(c, dict)]
+    checks = _status_checks(every)
     raw_total = data.get("total")
-    total = int(raw_total) if raw_total is not None else sum(int(c.get("count") or 0) for c in checks)
+    total = int(raw_total) if raw_total is not None else sum(int(c.get("count") or 0) for c in every)
     st["violations"] = {
         "total": total,
         "maxViolations": int(data.get("maxViolations", max_violations)),
@@ -322,9 +342,15 @@ def _precheck_status(st: MigrationStatus, data: dict[str, Any], max_violations: 
                                           "revision", "evaluatedBy") if k in c}  # type: ignore[misc]
                    for c in checks],
     }
-    if data.get("truncated") or data.get("omitted"):  # counts per list (the CRD: integers; "all": true is 1)
-        st["violations"]["omitted"] = {str(k): int(v) for k, v in (data.get("omitted") or {}).items()
-                                       if isinstance(v, (int, bool))}
+    omitted = {str(k): int(v) for k, v in (data.get("omitted") or {}).items() if isinstance(v, (int, bool))}
+    if len(checks) < len(every):  # the status keeps what blocks; verify widens its leftover check (plan.partial)
+        omitted["statusChecks"] = len(every) - len(checks)
+    indexes = list(data.get("indexes") or [])
+    if len(indexes) > MAX_STATUS_CHECKS:
+        omitted["statusIndexes"] = len(indexes) - MAX_STATUS_CHECKS
+        indexes = indexes[:MAX_STATUS_CHECKS]
+    if omitted:  # counts per list (the CRD: integers; "all": true is 1)
+        st["violations"]["omitted"] = omitted
     lint = data.get("lint")
     if isinstance(lint, dict):
         st["lint"] = {"total": int(lint.get("total") or 0), "findings": list(lint.get("findings") or [])}
@@ -339,14 +365,14 @@ def _precheck_status(st: MigrationStatus, data: dict[str, Any], max_violations: 
         "checks": [{k: c.get(k) for k in ("name", "schema", "table", "column", "kind", "definition", "presentAtTarget")
                     if k in c}  # type: ignore[misc]
                    for c in checks],
-        "indexes": list(data.get("indexes") or []),
+        "indexes": indexes,
         "notValid": list(data.get("notValid") or []),
     }
     if isinstance(data.get("versionTable"), dict):  # where env.py keeps the version rows (verify reads them there)
         st["plan"]["versionTable"] = dict(data["versionTable"])
     if isinstance(data.get("downgrade"), dict):  # a downgrade (spec.allowDowngrade): migrate downgrades, verify checks
         st["plan"]["downgrade"] = dict(data["downgrade"])
-    if data.get("omitted"):  # only the summary came back (k8s.Kube.whole_result): lists may be short
+    if omitted:  # only the summary came back (k8s.Kube.whole_result), or the status keeps a part: lists are short
         st["plan"]["partial"] = True
     return total
 
@@ -492,6 +518,14 @@ def _rehearsal_status(st: MigrationStatus, res: StepResultDict) -> None:
     rec: dict[str, Any] = {"outcome": res.get("outcome"), "reason": res.get("reason"),
                            "message": _short(str(res.get("message") or ""))}
     rec.update({k: data[k] for k in REHEARSAL_STATUS_KEYS if data.get(k) is not None})
+    statements = rec.get("statements")
+    if isinstance(statements, list) and len(statements) > MAX_STATUS_STATEMENTS:  # those that took a lock, changed
+        # rows or failed first, in their order
+        weight = [0 if isinstance(x, dict) and (x.get("lock") or x.get("rows") or x.get("failed")) else 1
+                  for x in statements]
+        keep = sorted(sorted(range(len(statements)), key=lambda i: weight[i])[:MAX_STATUS_STATEMENTS])
+        rec["statements"] = [statements[i] for i in keep]
+        rec["omitted"] = {"statements": len(statements) - len(keep)}
     if isinstance(data.get("verify"), dict):
         rec["verify"] = {k: v for k, v in data["verify"].items() if k != "data"}
     st["rehearsal"] = rec
