@@ -660,7 +660,8 @@ def pod_waiting(pods: list[Obj]) -> str:
 
 def parse_termination(message: str, exit_code: int | str | None) -> tuple[Obj | None, int | None, str]:
     """``(StepResult dict, exit code, text)``: the termination message parsed when it is a StepResult document
-    (plain or compressed: ``contract.stepresult.from_termination_message``), else the last line of it (``FallbackToLogsOnError``: the log tail of a crash), redacted and cut to 512."""
+    (plain or compressed: ``contract.stepresult.from_termination_message``), else the last line of it
+    (``FallbackToLogsOnError``: the log tail of a crash), redacted and cut to 512."""
     code = int(exit_code) if exit_code is not None else None
     d = from_termination_message(message)
     if d is not None:
