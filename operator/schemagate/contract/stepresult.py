@@ -27,17 +27,18 @@ KIND = names.STEP_RESULT_KIND
 SCHEMA_VERSION = 1
 TERMINATION_MESSAGE_LIMIT = 4096
 # The kubelet keeps at most 12 KiB of termination messages per pod, divided equally among all its containers (init
-# containers included), and 4096 bytes per container: a message over its share is cut, and no longer parses.
+# containers included), and 4096 bytes per container: a message over its share is cut, and no longer parses
+# (kubelet pkg/kubelet/status/status_manager.go normalizeStatus; kubecontainer.MaxPodTerminationMessageLogLength).
 # https://kubernetes.io/docs/tasks/debug/debug-application/determine-reason-pod-failure/#customizing-the-termination-message
 POD_TERMINATION_MESSAGES = 12 * 1024
 TERMINATION_LIMIT_ENV = names.ENV_TERMINATION_MESSAGE_LIMIT
+TERMINATION_LOG_ENV = names.ENV_TERMINATION_LOG
 
 
 def termination_limit(containers: int) -> int:
     """The bytes one container's termination message may take in a pod of ``containers`` containers (init
     containers included): ``min(4096, 12288 // containers)`` (the kubelet's rule, see above)."""
     return min(TERMINATION_MESSAGE_LIMIT, POD_TERMINATION_MESSAGES // max(1, containers))
-TERMINATION_LOG_ENV = names.ENV_TERMINATION_LOG
 
 
 class Plan(TypedDict):

@@ -29,7 +29,7 @@ import copy
 import datetime as _dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, TypeVar, cast
 
 from schemagate.contract.stepresult import ExitCode, Outcome
 from schemagate.core import status as S
@@ -316,18 +316,22 @@ class RunState:
 # Consuming a step's result
 
 
+T = TypeVar("T")
+
+
+def _keep_first(items: list[T], limit: int, weight: Callable[[T], Any]) -> list[T]:
+    """At most ``limit`` of ``items``, in their order: the lowest ``weight`` first (the sort is stable)."""
+    if len(items) <= limit:
+        return items
+    keep = sorted(sorted(range(len(items)), key=lambda i: weight(items[i]))[:limit])
+    return [items[i] for i in keep]
+
+
 def _status_checks(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """At most ``MAX_STATUS_CHECKS`` of ``checks``, in their order: those that count rows or were not evaluated
     first (the largest counts), then the rest."""
-    if len(checks) <= MAX_STATUS_CHECKS:
-        return checks
-
-    def weight(i: int) -> tuple[int, int]:
-        c = checks[i]
-        return (0 if c.get("count") or c.get("evaluatedBy") == "not-evaluated" else 1, -int(c.get("count") or 0))
-
-    keep = sorted(sorted(range(len(checks)), key=weight)[:MAX_STATUS_CHECKS])
-    return [checks[i] for i in keep]
+    return _keep_first(checks, MAX_STATUS_CHECKS, lambda c: (
+        0 if c.get("count") or c.get("evaluatedBy") == "not-evaluated" else 1, -int(c.get("count") or 0)))
 
 
 def _precheck_status(st: MigrationStatus, data: dict[str, Any], max_violations: int) -> int:
@@ -521,11 +525,9 @@ def _rehearsal_status(st: MigrationStatus, res: StepResultDict) -> None:
     statements = rec.get("statements")
     if isinstance(statements, list) and len(statements) > MAX_STATUS_STATEMENTS:  # those that took a lock, changed
         # rows or failed first, in their order
-        weight = [0 if isinstance(x, dict) and (x.get("lock") or x.get("rows") or x.get("failed")) else 1
-                  for x in statements]
-        keep = sorted(sorted(range(len(statements)), key=lambda i: weight[i])[:MAX_STATUS_STATEMENTS])
-        rec["statements"] = [statements[i] for i in keep]
-        rec["omitted"] = {"statements": len(statements) - len(keep)}
+        rec["statements"] = _keep_first(statements, MAX_STATUS_STATEMENTS, lambda x: 0 if isinstance(x, dict) and (
+            x.get("lock") or x.get("rows") or x.get("failed")) else 1)
+        rec["omitted"] = {"statements": len(statements) - MAX_STATUS_STATEMENTS}
     if isinstance(data.get("verify"), dict):
         rec["verify"] = {k: v for k, v in data["verify"].items() if k != "data"}
     st["rehearsal"] = rec
